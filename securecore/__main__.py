@@ -1,0 +1,5 @@
+import sys
+
+from securecore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""The ``securecore`` command line.
+
+Sub-commands are added by the issues that build the service; for now the
+command manages the lab (``securecore lab up|down|status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from securecore import __version__
+from securecore.lab import LabError
+from securecore.lab.manager import Lab
+from securecore.lab.spec import load_spec
+
+DEFAULT_LAB_INVENTORY = "inventories/lab"
+
+
+def _lab(args: argparse.Namespace) -> int:
+    def log(message: str) -> None:
+        if not args.quiet or message.startswith("changed"):
+            print(message, flush=True)
+
+    lab = Lab(load_spec(Path(args.inventory)), log=log)
+    if args.action == "status":
+        rows = lab.status()
+        print(f"{'host':<12} {'container':<28} {'state':<10} {'address':<16} {'ssh':<16} reachable")
+        for row in rows:
+            print(
+                f"{row.host:<12} {row.container:<28} {row.state:<10} {row.address:<16} "
+                f"127.0.0.1:{row.ssh_port:<6} {'yes' if row.ssh_ok else 'no'}"
+            )
+        return 0 if all(r.ssh_ok for r in rows) else 3
+    changes = lab.up() if args.action == "up" else lab.down(purge_image=args.purge)
+    print(f"lab {args.action}: changed={len(changes)}")
+    if args.action == "up":
+        print(
+            f"inventory: {lab.spec.inventory}  ssh key: {lab.spec.ssh_key}\n"
+            f"try: ansible -i {args.inventory} all -m ping"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="securecore",
+        description="SecureCore: hardened, HSM-backed core service and its tooling.",
+    )
+    parser.add_argument("--version", action="version", version=f"securecore {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lab = commands.add_parser(
+        "lab",
+        help="manage the local podman lab that stands in for real hosts",
+        description="Create, remove or inspect the lab described by a lab inventory.",
+    )
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument(
+        "-i",
+        "--inventory",
+        default=os.environ.get("SECURECORE_LAB_INVENTORY", DEFAULT_LAB_INVENTORY),
+        help="lab inventory directory (default: %(default)s)",
+    )
+    lab.add_argument(
+        "--purge",
+        action="store_true",
+        help="with down: also remove the cached base image",
+    )
+    lab.add_argument("-q", "--quiet", action="store_true", help="print only changes")
+    lab.set_defaults(handler=_lab)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except LabError as exc:
+        print(f"securecore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
