@@ -24,6 +24,16 @@ def podman_names(*args: str) -> list[str]:
     return [line for line in out.split() if line]
 
 
+def inspect_container(host: str) -> dict:
+    out = subprocess.run(
+        ["podman", "container", "inspect", SPEC.container_name(host)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)[0]
+
+
 @pytest.fixture(scope="module")
 def lab_up():
     needs("podman", "debootstrap", "ssh")
@@ -54,28 +64,14 @@ def test_ansible_reaches_every_host_over_ssh(lab_up) -> None:
 
 def test_ssh_is_published_on_loopback_only(lab_up) -> None:
     for host in SPEC.hosts:
-        info = json.loads(
-            subprocess.run(
-                ["podman", "container", "inspect", SPEC.container_name(host.name)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )[0]
+        info = inspect_container(host.name)
         bindings = info["NetworkSettings"]["Ports"]["22/tcp"]
         assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(host.ssh_port)}]
 
 
 def test_hosts_sit_on_their_segment_networks(lab_up) -> None:
     for host in SPEC.hosts:
-        info = json.loads(
-            subprocess.run(
-                ["podman", "container", "inspect", SPEC.container_name(host.name)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )[0]
+        info = inspect_container(host.name)
         networks = info["NetworkSettings"]["Networks"]
         assert list(networks) == [SPEC.network_name(host.segment)]
         assert networks[SPEC.network_name(host.segment)]["IPAddress"] == str(host.address)
