@@ -10,7 +10,7 @@ venv="$root/.venv"
 
 APT_PACKAGES=(
   # the lab: rootful podman with runc (crun fails on cgroups v1 hybrid hosts)
-  podman runc netavark aardvark-dns debootstrap
+  podman runc netavark aardvark-dns iptables debootstrap
   # controller tooling
   python3 python3-venv python3-dev gcc openssh-client git
   # HSM (SoftHSM2 is the lab's PKCS#11 token) and firewall tooling

@@ -73,6 +73,7 @@ class Lab:
         self._ensure_ssh_key()
         for segment in self.spec.segments:
             self._ensure_network(segment)
+        self._ensure_routing_without_nat()
         self._remove_unknown_containers()
         for host in self.spec.hosts:
             self._ensure_container(host)
@@ -151,6 +152,62 @@ class Lab:
             ]
         )
         self._changed(f"created network {name} ({segment.network}, VLAN {segment.vlan})")
+
+    def _routing_rules(self) -> list[list[str]]:
+        """NAT exemptions between every pair of segments.
+
+        netavark masquerades everything that leaves a podman network, so a
+        host in one segment would see traffic from another segment as coming
+        from its own gateway, and the zone firewalls could not tell the zones
+        apart. Between VLANs a real site routes without NAT; these rules make
+        the lab do the same (traffic to the outside is still masqueraded).
+        """
+        rules = []
+        for a in self.spec.segments.values():
+            for b in self.spec.segments.values():
+                if a.name != b.name:
+                    rules.append(
+                        [
+                            "POSTROUTING",
+                            "-s",
+                            str(a.network),
+                            "-d",
+                            str(b.network),
+                            "-m",
+                            "comment",
+                            "--comment",
+                            f"{self.spec.name}: {a.name}->{b.name}",
+                            "-j",
+                            "RETURN",
+                        ]
+                    )
+        return rules
+
+    def _iptables(self, *args: str) -> subprocess.CompletedProcess[str]:
+        if shutil.which("iptables") is None:
+            raise LabError("iptables is not installed; run 'apt-get install iptables'")
+        return subprocess.run(
+            ["iptables", "-w", "10", "-t", "nat", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def _ensure_routing_without_nat(self) -> None:
+        for rule in self._routing_rules():
+            if self._iptables("-C", *rule).returncode == 0:
+                continue
+            # Inserted first, ahead of netavark's masquerading chains.
+            proc = self._iptables("-I", rule[0], "1", *rule[1:])
+            if proc.returncode != 0:
+                raise LabError(f"iptables could not add {' '.join(rule)}: {proc.stderr.strip()}")
+            self._changed(f"route {rule[2]} -> {rule[4]} without NAT")
+
+    def _remove_routing_rules(self) -> None:
+        for rule in self._routing_rules():
+            while self._iptables("-C", *rule).returncode == 0:
+                self._iptables("-D", *rule)
+                self._changed(f"removed route {rule[2]} -> {rule[4]} without NAT")
 
     def _remove_unknown_containers(self) -> None:
         wanted = {self.spec.container_name(h.name) for h in self.spec.hosts}
@@ -335,6 +392,7 @@ class Lab:
         for name in self.podman.names_with_label("network", self.spec.label):
             self.podman.run(["network", "rm", "--force", name])
             self._changed(f"removed network {name}")
+        self._remove_routing_rules()
         if self.spec.state_dir.exists():
             shutil.rmtree(self.spec.state_dir)
             self._changed(f"removed {self.spec.state_dir}")
