@@ -28,6 +28,17 @@ PACKAGES = (
     "python3-apt",
     "sudo",
     "systemd",
+    # The packages of the site's standard server build, which the roles
+    # require. They are in the image because the plugin zone has no route to
+    # a package mirror once its firewall is up (production sites point apt at
+    # an internal mirror); the roles still install them where they are missing.
+    "aide",
+    "auditd",
+    "chrony",
+    "libpam-pwquality",
+    "logrotate",
+    "nftables",
+    "unattended-upgrades",
 )
 RECIPE_LABEL = "io.securecore.lab.recipe"
 
