@@ -10,7 +10,7 @@ ruff check .
 ruff format --check .
 echo "==> ansible-lint (production profile)"
 ansible-lint --offline --profile production
-echo "==> molecule test (scenario: default, on the lab hosts)"
-molecule test --scenario-name default
+echo "==> molecule test (every scenario, on the lab hosts)"
+molecule test --all
 echo "==> pytest"
 pytest "$@"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from tests.labhosts import connect
+
 
 def test_debian_12_with_systemd_running(lab_host):
     _, host = lab_host
@@ -35,10 +37,8 @@ def test_sshd_listens_and_admin_has_sudo(lab_host):
 
 
 def test_each_host_has_its_own_ssh_host_key(spec):
-    from conftest import connect
-
     fingerprints = {
-        connect(h).run("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
+        connect(spec, h).run("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
         for h in spec.hosts
     }
     assert len(fingerprints) == len(spec.hosts)

@@ -1,0 +1,111 @@
+"""Real traffic between the lab's zones after roles/network_segments.
+
+Listeners run on the lab hosts for the length of each test; connections are
+made from other lab hosts, so every packet crosses the zone firewalls.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.labhosts import Listener, can_connect, connect, lab_spec
+
+SPEC = lab_spec()
+HOSTS = {h.name: h for h in SPEC.hosts}
+CORE_PORT, PLUGIN_PORT, UNLISTED_PORT = 8443, 9443, 7001
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    return {name: connect(SPEC, h) for name, h in HOSTS.items()}
+
+
+def ip(name: str) -> str:
+    return str(HOSTS[name].address)
+
+
+def test_core_reaches_plugin_service_port(hosts):
+    with Listener(hosts["plugin-01"], PLUGIN_PORT):
+        assert can_connect(hosts["core-01"], ip("plugin-01"), PLUGIN_PORT)
+        assert can_connect(hosts["core-02"], ip("plugin-01"), PLUGIN_PORT)
+
+
+def test_plugin_cannot_reach_dmz_or_other_ports(hosts):
+    with Listener(hosts["dmz-01"], 443), Listener(hosts["core-01"], UNLISTED_PORT):
+        # The DMZ's public port is open to everyone but the plugin zone, whose
+        # egress is closed: the packet never leaves plugin-01.
+        assert can_connect(hosts["core-01"], ip("dmz-01"), 443)
+        assert not can_connect(hosts["plugin-01"], ip("dmz-01"), 443)
+        assert not can_connect(hosts["plugin-01"], ip("core-01"), UNLISTED_PORT)
+        assert not can_connect(hosts["plugin-01"], ip("core-01"), 22)
+
+
+def test_plugin_may_call_the_core_api_only(hosts):
+    with Listener(hosts["core-01"], CORE_PORT):
+        assert can_connect(hosts["plugin-01"], ip("core-01"), CORE_PORT)
+
+
+def test_dmz_reaches_core_only_on_the_core_service_port(hosts):
+    with Listener(hosts["core-01"], CORE_PORT), Listener(hosts["core-01"], UNLISTED_PORT):
+        assert can_connect(hosts["dmz-01"], ip("core-01"), CORE_PORT)
+        assert not can_connect(hosts["dmz-01"], ip("core-01"), UNLISTED_PORT)
+        assert not can_connect(hosts["dmz-01"], ip("core-01"), 22)
+
+
+def test_plugin_service_port_closed_to_dmz(hosts):
+    with Listener(hosts["plugin-01"], PLUGIN_PORT):
+        assert not can_connect(hosts["dmz-01"], ip("plugin-01"), PLUGIN_PORT)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTS))
+def test_ssh_from_the_controller_still_works(name):
+    host = HOSTS[name]
+    proc = subprocess.run(
+        [
+            "ssh",
+            "-i",
+            str(SPEC.ssh_key),
+            "-p",
+            str(host.ssh_port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={SPEC.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            f"{host.user}@127.0.0.1",
+            "hostname",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == name
+
+
+@pytest.mark.parametrize("name", sorted(HOSTS))
+def test_ruleset_loaded_with_default_drop(hosts, name):
+    ruleset = hosts[name].check_output("nft list table inet securecore")
+    assert "hook input priority filter; policy drop;" in ruleset
+    assert "hook forward priority filter; policy drop;" in ruleset
+    assert 'log prefix "securecore-drop-in: "' in ruleset
+    expected_output_policy = "drop" if HOSTS[name].segment == "plugin" else "accept"
+    assert f"hook output priority filter; policy {expected_output_policy};" in ruleset
+    assert hosts[name].service("nftables").is_enabled
+
+
+@pytest.mark.parametrize("name", sorted(HOSTS))
+def test_vlan_configuration_rendered_and_valid(hosts, name):
+    host = hosts[name]
+    vlan = SPEC.segments[HOSTS[name].segment].vlan
+    netdev = host.file(f"/etc/systemd/network/20-securecore-vlan{vlan}.netdev")
+    network = host.file(f"/etc/systemd/network/20-securecore-vlan{vlan}.network")
+    assert netdev.contains(f"^Id={vlan}$")
+    assert network.contains(f"^Address={HOSTS[name].address}/24$")
+    for kind, f in (("netdev", netdev), ("network", network)):
+        host.check_output(f"/usr/local/libexec/securecore/validate-vlan-config {kind} {f.path}")

@@ -1,0 +1,72 @@
+"""Reach the lab hosts from tests: testinfra hosts and real traffic between them.
+
+Hosts are reached over SSH exactly as Ansible reaches them: the lab key, the
+known_hosts file that `securecore lab up` wrote (strict host key checking),
+and sudo for root.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+
+import testinfra
+
+from securecore.lab.spec import LabHost, LabSpec, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lab_spec() -> LabSpec:
+    return load_spec(ROOT / "inventories" / "lab")
+
+
+def connect(spec: LabSpec, host: LabHost, user: str | None = None) -> testinfra.host.Host:
+    return testinfra.get_host(
+        f"ssh://{user or host.user}@127.0.0.1:{host.ssh_port}",
+        ssh_identity_file=str(spec.ssh_key),
+        ssh_extra_args=(
+            f"-o UserKnownHostsFile={spec.known_hosts} -o StrictHostKeyChecking=yes "
+            "-o IdentitiesOnly=yes -o BatchMode=yes -o ControlMaster=no"
+        ),
+        sudo=user is None,
+    )
+
+
+class Listener:
+    """A TCP listener on a lab host for the length of a test (at most 120 s)."""
+
+    def __init__(self, host: testinfra.host.Host, port: int) -> None:
+        self.host, self.port = host, port
+        self.unit = f"securecore-test-listener-{port}"
+
+    def __enter__(self) -> Listener:
+        self.host.run(f"systemctl stop {self.unit} 2>/dev/null")
+        server = (
+            "import socket;s=socket.socket();"
+            "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+            f"s.bind(('0.0.0.0',{self.port}));s.listen(8)\n"
+            "while True:\n c,_=s.accept();c.sendall(b'ok');c.close()"
+        )
+        self.host.check_output(
+            f"systemd-run --unit {self.unit} --collect timeout 120 python3 -c {shlex.quote(server)}"
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.host.socket(f"tcp://0.0.0.0:{self.port}").is_listening:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"listener on port {self.port} did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.host.run(f"systemctl stop {self.unit}")
+
+
+def can_connect(source: testinfra.host.Host, address: str, port: int, timeout: float = 3) -> bool:
+    """Whether ``source`` opens a TCP connection to address:port (and reads the banner)."""
+    client = (
+        f"import socket;c=socket.create_connection(('{address}',{port}),timeout={timeout});"
+        "assert c.recv(2)==b'ok'"
+    )
+    return source.run(f"python3 -c {shlex.quote(client)}").rc == 0
