@@ -33,11 +33,13 @@ PACKAGES = (
     # a package mirror once its firewall is up (production sites point apt at
     # an internal mirror); the roles still install them where they are missing.
     "aide",
+    "aide-common",
     "auditd",
     "chrony",
     "libpam-pwquality",
     "logrotate",
     "nftables",
+    "procps",
     "unattended-upgrades",
 )
 RECIPE_LABEL = "io.securecore.lab.recipe"

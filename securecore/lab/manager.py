@@ -24,9 +24,12 @@ from securecore.lab.podman import ULIMITS, Podman
 from securecore.lab.spec import LabHost, LabSpec
 
 CONFIG_LABEL = "io.securecore.lab.config"
-# Capabilities beyond podman's defaults: nftables (NET_ADMIN), ping and
-# packet tests (NET_RAW), login records written by sshd/PAM (AUDIT_WRITE).
-CAPABILITIES = ("NET_ADMIN", "NET_RAW", "AUDIT_WRITE")
+# Capabilities beyond podman's defaults, which a real host has: nftables
+# (NET_ADMIN), ping and packet tests (NET_RAW), login records written by
+# sshd/PAM (AUDIT_WRITE), AIDE reading every file as its own user
+# (DAC_READ_SEARCH). Never SYS_TIME or SYS_ADMIN: those would reach the
+# machine the lab runs on.
+CAPABILITIES = ("NET_ADMIN", "NET_RAW", "AUDIT_WRITE", "DAC_READ_SEARCH")
 SSH_WAIT_SECONDS = 90
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
