@@ -15,6 +15,8 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc openssh-client git
   # HSM (SoftHSM2 is the lab's PKCS#11 token) and firewall tooling
   softhsm2 opensc nftables openssl
+  # independent checks used by the tests (SSH configuration audit)
+  ssh-audit
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

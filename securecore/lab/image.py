@@ -36,6 +36,7 @@ PACKAGES = (
     "aide-common",
     "auditd",
     "chrony",
+    "cracklib-runtime",
     "libpam-pwquality",
     "logrotate",
     "nftables",

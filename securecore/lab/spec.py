@@ -83,7 +83,7 @@ def read_inventory(inventory: Path) -> dict[str, Any]:
     if executable is None:
         raise LabError(
             "'ansible-inventory' was not found on PATH; activate the project's "
-            "virtualenv (. .venv/bin/activate) or run through make"
+            "virtualenv (. .venv/bin/activate) or run through scripts/run"
         )
     if not inventory.is_dir():
         raise LabError(f"inventory {inventory} does not exist or is not a directory")

@@ -104,6 +104,23 @@ def test_up_repairs_stopped_and_half_made_containers(lab_up) -> None:
     assert "lab up: changed=0" in run("securecore", "lab", "up").stdout
 
 
+def test_bare_host_fails_an_independent_ssh_audit(lab_up) -> None:
+    # The same audit finds no failure once roles/hardening has run
+    # (molecule/hardening): the lab's bare hosts are the baseline it improves.
+    needs("ssh-audit")
+    host = SPEC.hosts[0]
+    proc = subprocess.run(
+        ["ssh-audit", "-n", "-p", str(host.ssh_port), "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    failures = [line for line in proc.stdout.splitlines() if "-- [fail]" in line]
+    assert failures, proc.stdout
+    assert any("nistp256" in line or "sha1" in line for line in failures)
+
+
 def test_status_reports_every_host_reachable(lab_up) -> None:
     proc = run("securecore", "lab", "status")
     for host in SPEC.hosts:
