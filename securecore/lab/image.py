@@ -34,10 +34,13 @@ PACKAGES = (
     # an internal mirror); the roles still install them where they are missing.
     "aide",
     "aide-common",
+    "apt-show-versions",
     "auditd",
     "chrony",
     "cracklib-runtime",
+    "debsums",
     "libpam-pwquality",
+    "libpam-tmpdir",
     "logrotate",
     "nftables",
     "procps",

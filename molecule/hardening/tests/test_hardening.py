@@ -225,11 +225,14 @@ def test_only_root_may_su(host):
         ("/etc/ssh/sshd_config", 0o600, "root"),
         ("/etc/crontab", 0o600, "root"),
         ("/etc/cron.d", 0o700, "root"),
+        ("/etc/cron.allow", 0o600, "root"),
+        ("/home/ansible", 0o750, "ansible"),
     ],
 )
 def test_sensitive_file_modes(host, path, mode, group):
     f = host.file(path)
-    assert f.user == "root" and f.group == group and f.mode == mode
+    owner = "ansible" if path.startswith("/home/") else "root"
+    assert f.user == owner and f.group == group and f.mode == mode
 
 
 def test_kernel_settings_are_configured(host):
