@@ -8,6 +8,7 @@ and sudo for root.
 from __future__ import annotations
 
 import shlex
+import subprocess
 import time
 from pathlib import Path
 
@@ -70,3 +71,46 @@ def can_connect(source: testinfra.host.Host, address: str, port: int, timeout: f
         "assert c.recv(2)==b'ok'"
     )
     return source.run(f"python3 -c {shlex.quote(client)}").rc == 0
+
+
+def ssh_from_controller(
+    spec: LabSpec, host: LabHost, *options: str, user: str | None = None, command: str = "true"
+) -> subprocess.CompletedProcess[str]:
+    """An SSH login from the controller, with strict host key checking.
+
+    ``options`` choose the authentication (e.g. ``-i KEY`` or password only).
+    """
+    return subprocess.run(
+        [
+            "ssh",
+            "-p",
+            str(host.ssh_port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={spec.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=10",
+            *options,
+            f"{user or host.user}@127.0.0.1",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def ssh_audit_failures(host: LabHost) -> tuple[list[str], str]:
+    """The '[fail]' findings of ssh-audit against a lab host, and its full report."""
+    proc = subprocess.run(
+        ["ssh-audit", "-n", "-p", str(host.ssh_port), "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return [line for line in proc.stdout.splitlines() if "-- [fail]" in line], proc.stdout

@@ -13,6 +13,7 @@ import pytest
 
 from securecore.lab.spec import load_spec
 from tests.integration.helpers import ROOT, needs, run
+from tests.labhosts import ssh_audit_failures
 
 pytestmark = pytest.mark.lab
 SPEC = load_spec(ROOT / "inventories" / "lab")
@@ -108,16 +109,8 @@ def test_bare_host_fails_an_independent_ssh_audit(lab_up) -> None:
     # The same audit finds no failure once roles/hardening has run
     # (molecule/hardening): the lab's bare hosts are the baseline it improves.
     needs("ssh-audit")
-    host = SPEC.hosts[0]
-    proc = subprocess.run(
-        ["ssh-audit", "-n", "-p", str(host.ssh_port), "127.0.0.1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    failures = [line for line in proc.stdout.splitlines() if "-- [fail]" in line]
-    assert failures, proc.stdout
+    failures, report = ssh_audit_failures(SPEC.hosts[0])
+    assert failures, report
     assert any("nistp256" in line or "sha1" in line for line in failures)
 
 

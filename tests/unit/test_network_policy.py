@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import roleplugins
 
-
-def _load() -> Any:
-    path = ROOT / "roles" / "network_segments" / "filter_plugins" / "network_policy.py"
-    spec = importlib.util.spec_from_file_location("network_policy", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-policy = _load()
+policy = roleplugins.load("network_segments", "filter_plugins", "network_policy")
 SEGMENTS = {
     "dmz": {"vlan": 100, "cidr": "10.1.100.0/24"},
     "core": {"vlan": 200, "cidr": "10.1.200.0/24"},

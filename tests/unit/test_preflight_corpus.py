@@ -8,7 +8,6 @@ run would give it. Every case asserts the exact list of problems reported.
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,12 @@ from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
 from ansible.vars.manager import VariableManager
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import roleplugins
+
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "preflight_corpus.yml").read_text())
 
 
-def _load_validator() -> Any:
-    path = ROOT / "roles" / "preflight" / "filter_plugins" / "site_inventory.py"
-    spec = importlib.util.spec_from_file_location("site_inventory", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-site_inventory = _load_validator()
+site_inventory = roleplugins.load("preflight", "filter_plugins", "site_inventory")
 
 BASE_SEGMENTS = {
     "dmz": {"vlan": 100, "cidr": "10.1.100.0/24"},

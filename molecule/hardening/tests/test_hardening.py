@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labhosts import connect, lab_spec
+from tests.labhosts import connect, lab_spec, ssh_audit_failures, ssh_from_controller
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}
@@ -60,28 +60,7 @@ def pam(host, user: str, action: str, *answers: str):
 
 
 def ssh(*options: str, user: str = "ansible") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "ssh",
-            "-p",
-            str(PROBE.ssh_port),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            f"UserKnownHostsFile={SPEC.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "ConnectTimeout=10",
-            *options,
-            f"{user}@127.0.0.1",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return ssh_from_controller(SPEC, PROBE, *options, user=user)
 
 
 # --- sshd -----------------------------------------------------------------------
@@ -144,15 +123,9 @@ def test_effective_sshd_settings(host):
 
 
 def test_ssh_audit_finds_no_failure():
-    proc = subprocess.run(
-        ["ssh-audit", "-n", "-p", str(PROBE.ssh_port), "127.0.0.1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "-- [fail]" not in proc.stdout, proc.stdout
-    assert "ssh-ed25519" in proc.stdout
+    failures, report = ssh_audit_failures(PROBE)
+    assert failures == [], report
+    assert "ssh-ed25519" in report
 
 
 def test_no_weak_dh_moduli(host):

@@ -6,11 +6,9 @@ made from other lab hosts, so every packet crosses the zone firewalls.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.labhosts import Listener, can_connect, connect, lab_spec
+from tests.labhosts import Listener, can_connect, connect, lab_spec, ssh_from_controller
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}
@@ -62,28 +60,8 @@ def test_plugin_service_port_closed_to_dmz(hosts):
 @pytest.mark.parametrize("name", sorted(HOSTS))
 def test_ssh_from_the_controller_still_works(name):
     host = HOSTS[name]
-    proc = subprocess.run(
-        [
-            "ssh",
-            "-i",
-            str(SPEC.ssh_key),
-            "-p",
-            str(host.ssh_port),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            f"UserKnownHostsFile={SPEC.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            f"{host.user}@127.0.0.1",
-            "hostname",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    proc = ssh_from_controller(
+        SPEC, host, "-i", str(SPEC.ssh_key), "-o", "IdentitiesOnly=yes", command="hostname"
     )
     assert proc.returncode == 0 and proc.stdout.strip() == name
 
