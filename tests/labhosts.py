@@ -74,11 +74,17 @@ def can_connect(source: testinfra.host.Host, address: str, port: int, timeout: f
 
 
 def ssh_from_controller(
-    spec: LabSpec, host: LabHost, *options: str, user: str | None = None, command: str = "true"
+    spec: LabSpec,
+    host: LabHost,
+    *options: str,
+    user: str | None = None,
+    command: str = "true",
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """An SSH login from the controller, with strict host key checking.
 
     ``options`` choose the authentication (e.g. ``-i KEY`` or password only).
+    ``stdin`` reaches the command without appearing on any command line.
     """
     return subprocess.run(
         [
@@ -97,6 +103,7 @@ def ssh_from_controller(
             f"{user or host.user}@127.0.0.1",
             command,
         ],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

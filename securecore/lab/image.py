@@ -20,6 +20,8 @@ from securecore.lab.podman import Podman
 SUITE = "bookworm"
 # What a minimal real Debian server has that Ansible needs to manage it:
 # python3 (+ python3-apt for the apt module), sshd, sudo, systemd, iproute2.
+# debootstrap's own set: what a minimal Debian server has that Ansible needs
+# to manage it (python3 and python3-apt, sshd, sudo, systemd, iproute2).
 PACKAGES = (
     "ca-certificates",
     "iproute2",
@@ -28,10 +30,13 @@ PACKAGES = (
     "python3-apt",
     "sudo",
     "systemd",
-    # The packages of the site's standard server build, which the roles
-    # require. They are in the image because the plugin zone has no route to
-    # a package mirror once its firewall is up (production sites point apt at
-    # an internal mirror); the roles still install them where they are missing.
+)
+# The site's standard server build, which the roles require. It is in the
+# image because the plugin zone has no route to a package mirror once its
+# firewall is up (production sites point apt at an internal mirror); the roles
+# still install these where they are missing. Installed with apt-get inside
+# the new root, which resolves dependencies better than debootstrap does.
+SERVER_PACKAGES = (
     "aide",
     "aide-common",
     "apt-show-versions",
@@ -43,7 +48,13 @@ PACKAGES = (
     "libpam-tmpdir",
     "logrotate",
     "nftables",
+    "opensc",
     "procps",
+    "python3-asn1crypto",
+    "python3-cryptography",
+    "python3-packaging",
+    "python3-venv",
+    "softhsm2",
     "unattended-upgrades",
 )
 RECIPE_LABEL = "io.securecore.lab.recipe"
@@ -68,6 +79,12 @@ deb {mirror} {suite} main
 deb {mirror} {suite}-updates main
 deb {security_mirror} {suite}-security main
 SOURCES
+# No service starts inside the chroot while packages are installed.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {server_packages}
+rm -f /usr/sbin/policy-rc.d
 id ansible >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ansible
 install -d -m 0700 -o ansible -g ansible /home/ansible/.ssh
 echo 'ansible ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/90-lab-ansible
@@ -92,7 +109,7 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 def recipe_hash(mirror: str) -> str:
     digest = hashlib.sha256()
-    for part in (SUITE, mirror, *PACKAGES, CONFIGURE_SCRIPT):
+    for part in (SUITE, mirror, *PACKAGES, *SERVER_PACKAGES, CONFIGURE_SCRIPT):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
@@ -131,7 +148,10 @@ def build_image(podman: Podman, image: str, mirror: str, log: Callable[[str], No
             what="debootstrap",
         )
         script = CONFIGURE_SCRIPT.format(
-            mirror=mirror, suite=SUITE, security_mirror=security_mirror(mirror)
+            mirror=mirror,
+            suite=SUITE,
+            security_mirror=security_mirror(mirror),
+            server_packages=" ".join(SERVER_PACKAGES),
         )
         _run_logged(["chroot", str(rootfs), "/bin/sh", "-c", script], what="image configuration")
         tar = subprocess.Popen(

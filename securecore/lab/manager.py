@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -31,6 +33,8 @@ CONFIG_LABEL = "io.securecore.lab.config"
 # machine the lab runs on.
 CAPABILITIES = ("NET_ADMIN", "NET_RAW", "AUDIT_WRITE", "DAC_READ_SEARCH")
 SSH_WAIT_SECONDS = 90
+# Secrets the site's roles need, generated per lab (names of inventory variables).
+LAB_SECRETS = ("hsm_so_pin", "hsm_user_pin")
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 
@@ -74,6 +78,7 @@ class Lab:
         self._outdated_image: str | None = None
         self._ensure_image()
         self._ensure_ssh_key()
+        self._ensure_secrets()
         for segment in self.spec.segments:
             self._ensure_network(segment)
         self._ensure_routing_without_nat()
@@ -122,6 +127,23 @@ class Lab:
             check=True,
         )
         self._changed(f"generated SSH key {key}")
+
+    def _ensure_secrets(self) -> None:
+        """Random secrets of the lab (HSM PINs), in 0600 files outside git.
+
+        The lab inventory reads them with the file lookup; a real site keeps
+        them in ansible-vault instead.
+        """
+        directory = self.spec.state_dir / "secrets"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name in LAB_SECRETS:
+            path = directory / name
+            if path.exists():
+                continue
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(16))
+            self._changed(f"generated lab secret {path}")
 
     def _ensure_network(self, segment_name: str) -> None:
         segment = self.spec.segments[segment_name]
