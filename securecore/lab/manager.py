@@ -76,6 +76,8 @@ class Lab:
     def up(self) -> list[str]:
         self.changes = []
         self._outdated_image: str | None = None
+        # Hosts started in this run may need time to boot; others answer at once.
+        self._started: set[str] = set()
         self._ensure_image()
         self._ensure_ssh_key()
         self._ensure_secrets()
@@ -86,8 +88,27 @@ class Lab:
         for host in self.spec.hosts:
             self._ensure_container(host)
         self._ensure_known_hosts()
-        for host in self.spec.hosts:
-            self._ensure_reachable(host)
+        unreachable = [
+            h
+            for h in self.spec.hosts
+            if not self._wait_for_ssh(h, SSH_WAIT_SECONDS if h.name in self._started else 15)
+        ]
+        if unreachable:
+            # A container that podman lists as running may be a leftover whose
+            # processes ended with an earlier session: replace it once.
+            for host in unreachable:
+                self.podman.run(["rm", "--force", self.spec.container_name(host.name)])
+                self._changed(f"removed container of {host.name}: it did not answer over SSH")
+                self._create_container(host, self._container_config(host))
+                self._ensure_authorized_key(host)
+            self._ensure_known_hosts()
+            for host in unreachable:
+                if not self._wait_for_ssh(host, SSH_WAIT_SECONDS):
+                    raise LabError(
+                        f"{host.name} is not reachable over SSH on 127.0.0.1:{host.ssh_port} "
+                        f"after {SSH_WAIT_SECONDS}s; see "
+                        f"'podman logs {self.spec.container_name(host.name)}'"
+                    )
         if self._outdated_image:
             # Left untagged by the rebuild; no container uses it any more.
             self.podman.run(["rmi", self._outdated_image], check=False)
@@ -271,6 +292,7 @@ class Lab:
                 return
             elif self.podman.run(["start", name], check=False).returncode == 0:
                 self._changed(f"started stopped container {name} (was {state})")
+                self._started.add(host.name)
                 self._ensure_authorized_key(host)
                 return
             else:
@@ -318,6 +340,7 @@ class Lab:
                 f"{proc.stderr.strip()}"
             )
         self._changed(f"created container {name} ({host.address}, ssh 127.0.0.1:{host.ssh_port})")
+        self._started.add(host.name)
 
     def _ensure_authorized_key(self, host: LabHost) -> None:
         name = self.spec.container_name(host.name)
@@ -395,17 +418,14 @@ class Lab:
         )
         return proc.returncode == 0
 
-    def _ensure_reachable(self, host: LabHost) -> None:
-        deadline = time.monotonic() + SSH_WAIT_SECONDS
+    def _wait_for_ssh(self, host: LabHost, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self._ssh_works(host):
                 self._ok(f"{host.user}@{host.name} answers over SSH on 127.0.0.1:{host.ssh_port}")
-                return
+                return True
             time.sleep(1)
-        raise LabError(
-            f"{host.name} is not reachable over SSH on 127.0.0.1:{host.ssh_port} after "
-            f"{SSH_WAIT_SECONDS}s; see 'podman logs {self.spec.container_name(host.name)}'"
-        )
+        return False
 
     # -- down ----------------------------------------------------------------
 

@@ -105,6 +105,21 @@ def test_up_repairs_stopped_and_half_made_containers(lab_up) -> None:
     assert "lab up: changed=0" in run("securecore", "lab", "up").stdout
 
 
+def test_up_replaces_a_running_container_that_does_not_answer(lab_up) -> None:
+    # What an interrupted session can leave: podman says running, SSH is dead.
+    silent = SPEC.hosts[2]
+    name = SPEC.container_name(silent.name)
+    subprocess.run(
+        ["podman", "exec", name, "systemctl", "stop", "ssh.socket", "ssh.service"],
+        check=True,
+        capture_output=True,
+    )
+    proc = run("securecore", "lab", "up")
+    assert f"removed container of {silent.name}: it did not answer over SSH" in proc.stdout
+    ping = run("ansible", "-i", "inventories/lab", silent.name, "-m", "ping", "-o")
+    assert f"{silent.name} | SUCCESS" in ping.stdout
+
+
 def test_bare_host_fails_an_independent_ssh_audit(lab_up) -> None:
     # The same audit finds no failure once roles/hardening has run
     # (molecule/hardening): the lab's bare hosts are the baseline it improves.
