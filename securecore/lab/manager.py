@@ -117,12 +117,14 @@ class Lab:
     def _ensure_image(self) -> None:
         if image.image_is_current(self.podman, self.spec.image, self.spec.mirror):
             self._ok(f"image {self.spec.image} is built and current")
-            return
-        previous = self.podman.inspect("image", self.spec.image)
-        image.build_image(self.podman, self.spec.image, self.spec.mirror, self.log)
-        self._changed(f"built image {self.spec.image}")
-        if previous is not None:
-            self._outdated_image = previous["Id"]
+        else:
+            previous = self.podman.inspect("image", self.spec.image)
+            image.build_image(self.podman, self.spec.image, self.spec.mirror, self.log)
+            self._changed(f"built image {self.spec.image}")
+            if previous is not None:
+                self._outdated_image = previous["Id"]
+        # Read once: every container's configuration hash includes it.
+        self._image_id = (self.podman.inspect("image", self.spec.image) or {}).get("Id")
 
     def _ensure_ssh_key(self) -> None:
         key = self.spec.ssh_key
@@ -263,9 +265,8 @@ class Lab:
                 self._changed(f"removed container {name}, no longer in the inventory")
 
     def _container_config(self, host: LabHost) -> str:
-        image_info = self.podman.inspect("image", self.spec.image) or {}
         wanted = {
-            "image": image_info.get("Id"),
+            "image": self._image_id,
             "network": self.spec.network_name(host.segment),
             "ip": str(host.address),
             "port": host.ssh_port,
