@@ -241,6 +241,12 @@ def test_journal_is_persistent(host):
     assert host.check_output("find /var/log/journal -name '*.journal' | head -1")
 
 
+def test_rotated_logs_are_kept_a_year(host):
+    config = host.file("/etc/logrotate.conf")
+    assert config.contains("^weekly$") and config.contains("^rotate 52$")
+    host.check_output("logrotate --debug /etc/logrotate.conf")
+
+
 def test_aide_detects_a_new_file(probe):
     assert probe.file("/var/lib/aide/aide.db").exists
     probe.check_output("echo probe > /etc/securecore-aide-probe")

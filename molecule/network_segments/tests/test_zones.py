@@ -6,8 +6,11 @@ made from other lab hosts, so every packet crosses the zone firewalls.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from tests.integration.helpers import run
 from tests.labhosts import Listener, can_connect, connect, lab_spec, ssh_from_controller
 
 SPEC = lab_spec()
@@ -87,3 +90,24 @@ def test_vlan_configuration_rendered_and_valid(hosts, name):
     assert network.contains(f"^Address={HOSTS[name].address}/24$")
     for kind, f in (("netdev", netdev), ("network", network)):
         host.check_output(f"/usr/local/libexec/securecore/validate-vlan-config {kind} {f.path}")
+
+
+def test_bad_host_rule_is_refused_and_the_loaded_rules_stay(hosts):
+    before = hosts["core-01"].check_output("nft -s list table inet securecore")
+    bad_rule = {"network_segments_host_rules": [{"name": "bad", "ports": [70000], "from": ["dmz"]}]}
+    proc = run(
+        "ansible-playbook",
+        "-i",
+        "inventories/lab",
+        "molecule/network_segments/converge.yml",
+        "--limit",
+        "core-01",
+        "-e",
+        json.dumps(bad_rule),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert (
+        "network_segments_host_rules[0] (bad).ports: port '70000' is outside 1-65535" in proc.stdout
+    )
+    assert hosts["core-01"].check_output("nft -s list table inet securecore") == before
