@@ -36,10 +36,21 @@ def connect(spec: LabSpec, host: LabHost, user: str | None = None) -> testinfra.
 
 
 class Listener:
-    """A TCP listener on a lab host for the length of a test (at most 120 s)."""
+    """A TCP listener on a lab host for the length of a test (at most 120 s).
 
-    def __init__(self, host: testinfra.host.Host, port: int) -> None:
+    By default a plain socket that answers b"ok"; `command` runs another server
+    (for example `openssl s_server`) as `user`, which must listen on 0.0.0.0:port.
+    """
+
+    def __init__(
+        self,
+        host: testinfra.host.Host,
+        port: int,
+        command: str | None = None,
+        user: str = "root",
+    ) -> None:
         self.host, self.port = host, port
+        self.command, self.user = command, user
         self.unit = f"securecore-test-listener-{port}"
 
     def __enter__(self) -> Listener:
@@ -50,8 +61,9 @@ class Listener:
             f"s.bind(('0.0.0.0',{self.port}));s.listen(8)\n"
             "while True:\n c,_=s.accept();c.sendall(b'ok');c.close()"
         )
+        command = self.command or f"python3 -c {shlex.quote(server)}"
         self.host.check_output(
-            f"systemd-run --unit {self.unit} --collect timeout 120 python3 -c {shlex.quote(server)}"
+            f"systemd-run --unit {self.unit} --collect -p User={self.user} timeout 120 {command}"
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

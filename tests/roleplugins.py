@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,3 +18,22 @@ def load(role: str, folder: str, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_module_utils(role: str, *names: str) -> ModuleType:
+    """Load roles/ROLE/module_utils/NAME.py as ansible.module_utils.NAME (in order).
+
+    Module utils import each other the way Ansible ships them to a host; this
+    registers them under those names. Returns the last one loaded.
+    """
+    loaded = None
+    for name in names:
+        path = ROOT / "roles" / role / "module_utils" / f"{name}.py"
+        qualified = f"ansible.module_utils.{name}"
+        spec = importlib.util.spec_from_file_location(qualified, path)
+        assert spec is not None and spec.loader is not None
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = loaded
+        spec.loader.exec_module(loaded)
+    assert loaded is not None
+    return loaded

@@ -7,15 +7,13 @@ then used through python-pkcs11 and checked with `cryptography`.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import ROOT, needs
+from tests.integration.helpers import needs, run_module
 
 SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 SO_PIN, USER_PIN = "so-pin-4711-0815", "user-pin-2342"
@@ -35,36 +33,8 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def module(module_name: str, check: bool = False, **args: str) -> dict:
-    """Run one of the role's modules on localhost and return its result."""
-    proc = subprocess.run(
-        [
-            "ansible",
-            "localhost",
-            "-M",
-            "roles/hsm/library",
-            "-m",
-            module_name,
-            "-a",
-            json.dumps(args),
-            *(["--check"] if check else []),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={
-            **os.environ,
-            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        },
-    )
-    # "localhost | CHANGED => {...}"
-    result = json.loads(proc.stdout.split("=>", 1)[1])
-    # No secret may appear anywhere in what Ansible reports.
-    assert SO_PIN not in proc.stdout + proc.stderr and USER_PIN not in proc.stdout + proc.stderr
-    return result
+    """Run one of the role's modules on localhost; no PIN may appear in its output."""
+    return run_module("hsm", module_name, args, check=check, secrets=(SO_PIN, USER_PIN))
 
 
 def token(**extra: str) -> dict:

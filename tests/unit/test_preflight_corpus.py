@@ -106,3 +106,13 @@ def test_secret_values_never_appear_in_problems(tmp_path: Path) -> None:
         "put it in ansible-vault)",
     ]
     assert not any(secret in p for p in problems)
+
+
+def test_a_controller_secret_is_reported_once_for_the_site(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(build_inventory({}), sort_keys=False))
+    required = [{"var": "pki_ca_passphrase", "group": "all", "role": "pki", "controller": True}]
+    assert problems_for(path, required) == [
+        "secret pki_ca_passphrase is not set (required by pki on the controller; "
+        "put it in ansible-vault)"
+    ]

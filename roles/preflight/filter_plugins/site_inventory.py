@@ -168,7 +168,12 @@ def _secret_problems(
     for entry in required or ():
         var, group = entry.get("var"), entry.get("group", "all")
         role = entry.get("role", "site")
-        for host in sorted(groups.get(group, ())):
+        hosts = sorted(groups.get(group, ()))
+        # A controller secret (the CA passphrase) is one value for the site:
+        # checking it on one host says all, and one message is enough.
+        if entry.get("controller"):
+            hosts = hosts[:1]
+        for host in hosts:
             # Only whether it is set is reported; a secret's value never is.
             try:
                 value = hostvars.get(host, {}).get(var)
@@ -178,6 +183,12 @@ def _secret_problems(
                 )
                 continue
             if value is None or (isinstance(value, str) and not value.strip()):
+                if entry.get("controller"):
+                    problems.append(
+                        f"secret {var} is not set (required by {role} on the controller; "
+                        "put it in ansible-vault)"
+                    )
+                    continue
                 problems.append(
                     f"host {host}: secret {var} is not set (required by {role} for group "
                     f"{group}; put it in ansible-vault)"

@@ -1,0 +1,403 @@
+"""roles/pki's modules on the controller, and the site's TLS policy in real handshakes.
+
+The modules run through `ansible localhost -m ...` as the role runs them;
+certificates are checked with `openssl verify` and used in TLS 1.3 handshakes
+on loopback with the contexts of securecore.tls.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from securecore.tls import TLSPolicy, TLSPolicyError
+from tests.integration.helpers import needs, run_module
+
+PASSPHRASE = "ca-passphrase-example-0815"
+
+
+def ca(path: Path, check: bool = False, **extra) -> dict:
+    return run_module(
+        "pki", "pki_ca", {"path": str(path), "passphrase": PASSPHRASE, **extra},
+        check=check, secrets=(PASSPHRASE,),
+    )  # fmt: skip
+
+
+def request(directory: Path, name: str, usage: str = "server", **extra) -> dict:
+    return run_module(
+        "pki",
+        "pki_request",
+        {
+            "key_path": str(directory / f"{name}.key"),
+            "certificate_path": str(directory / f"{name}.pem"),
+            "usage": usage,
+            "common_name": name,
+            **extra,
+        },
+    )
+
+
+def sign(ca_dir: Path, csr: str, name: str, usage: str = "server", **extra) -> dict:
+    return run_module(
+        "pki",
+        "pki_sign",
+        {"ca_path": str(ca_dir), "passphrase": PASSPHRASE, "csr": csr, "usage": usage,
+         "common_name": name, **extra},
+        secrets=(PASSPHRASE,),
+    )  # fmt: skip
+
+
+def issue(ca_dir: Path, directory: Path, name: str, usage: str, **names) -> dict:
+    """Key and CSR by pki_request, certificate by pki_sign, chain written as the role does."""
+    issuer = (ca_dir / "intermediate-ca.pem").read_text()
+    timing = {key: names.pop(key) for key in ("not_before", "not_after") if key in names}
+    asked = request(directory, name, usage, issuer=issuer, **names)
+    assert asked["needs_certificate"], asked
+    signed = sign(ca_dir, asked["csr"], name, usage, **names, **timing)
+    (directory / f"{name}.pem").write_text(signed["chain_pem"])
+    return signed
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A fresh CA directory with root, intermediate and CRL."""
+    needs("openssl", "ansible")
+    made = ca(tmp_path / "ca")
+    assert made["changed"], made
+    return tmp_path / "ca"
+
+
+def openssl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+
+
+def iso(days: float) -> str:
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+    return moment.isoformat()
+
+
+# --- the CA -------------------------------------------------------------------
+
+
+def test_ca_keys_are_encrypted_pkcs8_with_600000_pbkdf2_iterations(site: Path) -> None:
+    assert site.stat().st_mode & 0o777 == 0o700
+    for key in ("root-ca.key", "intermediate-ca.key"):
+        path = site / key
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        parsed = openssl("asn1parse", "-in", str(path)).stdout
+        assert ":PBES2" in parsed and ":PBKDF2" in parsed and ":hmacWithSHA256" in parsed
+        assert ":aes-256-cbc" in parsed
+        assert ":0927C0" in parsed  # INTEGER 600000, the iteration count
+        assert openssl("pkey", "-in", str(path), "-passin", "pass:wrong", "-noout").returncode
+        good = openssl("pkey", "-in", str(path), "-passin", f"pass:{PASSPHRASE}", "-noout")
+        assert good.returncode == 0, good.stderr
+
+
+def test_ca_is_idempotent_and_check_mode_changes_nothing(site: Path) -> None:
+    before = {p.name: p.read_bytes() for p in site.iterdir() if p.is_file()}
+    again = ca(site)
+    assert again["changed"] is False and again["actions"] == []
+    checked = ca(site, check=True)
+    assert checked["changed"] is False
+    assert {p.name: p.read_bytes() for p in site.iterdir() if p.is_file()} == before
+    root = x509.load_pem_x509_certificate(again["root_pem"].encode())
+    constraints = root.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert constraints.ca and root.signature_hash_algorithm.name == "sha256"
+
+
+def test_check_mode_on_an_empty_directory_writes_nothing(tmp_path: Path) -> None:
+    checked = ca(tmp_path / "ca", check=True)
+    assert checked["changed"] is True and "create the root CA" in checked["actions"]
+    assert not (tmp_path / "ca").exists()
+
+
+def test_wrong_passphrase_is_a_clear_error_that_changes_nothing(site: Path) -> None:
+    crl = (site / "crl.pem").read_bytes()
+    result = run_module(
+        "pki", "pki_ca", {"path": str(site), "passphrase": "not-the-passphrase"},
+        secrets=("not-the-passphrase", PASSPHRASE),
+    )  # fmt: skip
+    assert result.get("failed")
+    assert "root-ca.key: cannot decrypt the key with the given passphrase" in result["msg"]
+    assert (site / "crl.pem").read_bytes() == crl
+
+
+def test_too_few_kdf_iterations_are_refused(tmp_path: Path) -> None:
+    result = ca(tmp_path / "ca", kdf_iterations=10000)
+    assert result.get("failed") and "kdf_iterations: 10000 is below 100000" in result["msg"]
+    assert not (tmp_path / "ca").exists()
+
+
+# --- leaf certificates --------------------------------------------------------
+
+
+def test_issued_chain_verifies_with_openssl_and_carries_the_wanted_names(
+    site: Path, tmp_path: Path
+) -> None:
+    signed = issue(
+        site, tmp_path, "core-01", "server",
+        dns_names=["core-01", "core-01.example.internal"], ip_addresses=["10.2.200.11"],
+    )  # fmt: skip
+    key = tmp_path / "core-01.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    verified = openssl(
+        "verify", "-CAfile", str(site / "root-ca.pem"), "-untrusted", str(tmp_path / "core-01.pem"),
+        "-crl_check", "-CRLfile", str(site / "crl.pem"), "-purpose", "sslserver",
+        str(tmp_path / "core-01.pem"),
+    )  # fmt: skip
+    assert verified.returncode == 0 and ": OK" in verified.stdout, verified.stdout + verified.stderr
+    cert = x509.load_pem_x509_certificate(signed["certificate_pem"].encode())
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"
+    assert cert.signature_hash_algorithm.name == "sha256"
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["core-01", "core-01.example.internal"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.2.200.11"]
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert (site / "issued" / f"{signed['serial']}.pem").exists()
+    # Short validity by default: 180 days.
+    assert 179 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 181
+
+
+def test_a_good_certificate_is_kept(site: Path, tmp_path: Path) -> None:
+    issue(site, tmp_path, "plugin-01", "client", uris=["spiffe://securecore/plugin/plugin-01"])
+    again = request(
+        tmp_path, "plugin-01", "client", issuer=(site / "intermediate-ca.pem").read_text(),
+        uris=["spiffe://securecore/plugin/plugin-01"],
+    )  # fmt: skip
+    assert again["changed"] is False and again["needs_certificate"] is False, again
+    assert "csr" not in again and again["days_remaining"] >= 179
+
+
+def test_short_validity_is_renewed_and_warned_about(site: Path, tmp_path: Path) -> None:
+    issue(site, tmp_path, "dmz-01", "server", dns_names=["dmz-01"], not_after=iso(20))
+    issuer = (site / "intermediate-ca.pem").read_text()
+    asked = request(tmp_path, "dmz-01", "server", issuer=issuer, dns_names=["dmz-01"])
+    assert asked["needs_certificate"] and asked["days_remaining"] == 19
+    assert asked["reasons"] == ["19 days of validity left (renewal at 90)"]
+    assert "below the 30-day alert threshold" in asked["_warnings_text"]
+    # Between the thresholds: renewed, without an alert.
+    issue(site, tmp_path, "core-02", "server", dns_names=["core-02"], not_after=iso(60))
+    asked = request(tmp_path, "core-02", "server", issuer=issuer, dns_names=["core-02"])
+    assert asked["needs_certificate"] and "alert threshold" not in asked["_warnings_text"]
+
+
+def test_changed_names_or_another_issuer_mean_a_new_certificate(site: Path, tmp_path: Path) -> None:
+    issue(site, tmp_path, "core-01", "server", dns_names=["core-01"])
+    issuer = (site / "intermediate-ca.pem").read_text()
+    renamed = request(tmp_path, "core-01", "server", issuer=issuer, dns_names=["core-01", "api"])
+    assert renamed["needs_certificate"]
+    assert renamed["reasons"] == ["SANs differ (missing: ['DNS:api'], not wanted: [])"]
+    other = ca(tmp_path / "other-ca")
+    foreign = request(
+        tmp_path, "core-01", "server", issuer=other["intermediate_pem"], dns_names=["core-01"]
+    )
+    assert foreign["reasons"] == ["it was not issued by the current intermediate CA"]
+
+
+def test_the_ca_takes_names_from_the_playbook_not_from_the_csr(site: Path, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "core-01")]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("evil.example")]), False)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
+    signed = sign(site, csr, "plugin-01", "server", dns_names=["plugin-01"])
+    cert = x509.load_pem_x509_certificate(signed["certificate_pem"].encode())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["plugin-01"]
+    rsa_like = sign(site, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", "x")
+    assert (
+        rsa_like.get("failed") and "csr: not a PEM certificate signing request" in rsa_like["msg"]
+    )
+
+
+def test_revocation_is_permanent_and_reaches_the_crl(site: Path, tmp_path: Path) -> None:
+    signed = issue(site, tmp_path, "lost-laptop", "client")
+    unknown = ca(site, revoke=[{"serial": "abcdef", "reason": "key_compromise"}])
+    assert unknown.get("failed") and "serial abcdef was not issued by this CA" in unknown["msg"]
+    revoked = ca(site, revoke=[{"serial": signed["serial"], "reason": "key_compromise"}])
+    assert revoked["changed"] and signed["serial"] in revoked["revoked"]
+    crl = x509.load_pem_x509_crl(revoked["crl_pem"].encode())
+    entry = crl.get_revoked_certificate_by_serial_number(int(signed["serial"], 16))
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name == (
+        "key_compromise"
+    )
+    # The holder's next run replaces it.
+    asked = request(
+        tmp_path, "lost-laptop", "client", issuer=(site / "intermediate-ca.pem").read_text(),
+        crl=revoked["crl_pem"],
+    )  # fmt: skip
+    assert asked["needs_certificate"] and asked["reasons"] == ["it is revoked"]
+    # Dropping it from the list later un-revokes nothing, and changes nothing.
+    later = ca(site)
+    assert later["changed"] is False and signed["serial"] in later["revoked"]
+    denied = openssl(
+        "verify", "-CAfile", str(site / "root-ca.pem"), "-untrusted",
+        str(tmp_path / "lost-laptop.pem"), "-crl_check", "-CRLfile", str(site / "crl.pem"),
+        str(tmp_path / "lost-laptop.pem"),
+    )  # fmt: skip
+    assert denied.returncode != 0 and "certificate revoked" in denied.stdout + denied.stderr
+
+
+# --- the TLS policy in real handshakes ------------------------------------------
+
+
+def policy_for(site: Path, directory: Path, server: str, client: str | None) -> TLSPolicy:
+    return TLSPolicy.from_mapping(
+        {
+            "ca_file": str(site / "root-ca.pem"),
+            "crl_file": str(site / "crl.pem"),
+            "server_certificate": str(directory / f"{server}.pem"),
+            "server_key": str(directory / f"{server}.key"),
+            "client_certificate": str(directory / f"{client}.pem") if client else None,
+            "client_key": str(directory / f"{client}.key") if client else None,
+        }
+    )
+
+
+def handshake(server_policy: TLSPolicy, client_context: ssl.SSLContext) -> dict:
+    """One connection on loopback; returns what the server saw."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    outcome: dict = {}
+
+    def serve() -> None:
+        listener.settimeout(10)
+        connection, _ = listener.accept()
+        try:
+            with server_policy.server_context().wrap_socket(connection, server_side=True) as tls:
+                outcome["version"] = tls.version()
+                outcome["peer"] = tls.getpeercert()
+                tls.sendall(b"ok")
+        except (ssl.SSLError, OSError) as error:
+            outcome["error"] = str(error)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client_context.wrap_socket(raw, server_hostname="core-01") as tls,
+        ):
+            outcome["client_read"] = tls.recv(2)
+    except (ssl.SSLError, OSError) as error:
+        outcome["client_error"] = str(error)
+    thread.join(timeout=15)
+    listener.close()
+    return outcome
+
+
+@pytest.fixture
+def tls_site(site: Path, tmp_path: Path) -> tuple[Path, Path]:
+    issue(site, tmp_path, "core-01", "server", dns_names=["core-01"], ip_addresses=["127.0.0.1"])
+    issue(site, tmp_path, "dmz-01", "client", uris=["spiffe://securecore/dmz/dmz-01"])
+    return site, tmp_path
+
+
+def test_mutual_tls_13_handshake_succeeds_and_names_the_client(tls_site) -> None:
+    site, directory = tls_site
+    policy = policy_for(site, directory, "core-01", "dmz-01")
+    seen = handshake(policy, policy.client_context())
+    assert seen.get("version") == "TLSv1.3", seen
+    assert seen["client_read"] == b"ok"
+    assert ("URI", "spiffe://securecore/dmz/dmz-01") in seen["peer"]["subjectAltName"]
+
+
+def test_a_client_without_a_certificate_is_refused(tls_site) -> None:
+    site, directory = tls_site
+    policy = policy_for(site, directory, "core-01", "dmz-01")
+    seen = handshake(policy, policy.client_context(with_certificate=False))
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in seen.get("error", ""), seen
+    assert seen.get("client_read") != b"ok"
+
+
+def test_a_client_certificate_from_another_ca_is_refused(tls_site, tmp_path: Path) -> None:
+    site, directory = tls_site
+    other_ca = tmp_path / "other-ca"
+    ca(other_ca)
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    issue(other_ca, stranger, "dmz-01", "client")
+    server = policy_for(site, directory, "core-01", None)
+    client = policy_for(site, stranger, "core-01", "dmz-01")
+    seen = handshake(server, client.client_context())
+    assert "certificate verify failed" in seen.get("error", ""), seen
+
+
+def test_an_expired_client_certificate_is_refused(tls_site) -> None:
+    site, directory = tls_site
+    issue(site, directory, "old", "client", not_before=iso(-30), not_after=iso(-1))
+    policy = policy_for(site, directory, "core-01", "old")
+    seen = handshake(policy, policy.client_context())
+    assert "certificate has expired" in seen.get("error", ""), seen
+
+
+def test_a_revoked_client_certificate_is_refused(tls_site) -> None:
+    site, directory = tls_site
+    signed = issue(site, directory, "revoked", "client")
+    ca(site, revoke=[{"serial": signed["serial"], "reason": "key_compromise"}])
+    policy = policy_for(site, directory, "core-01", "revoked")
+    seen = handshake(policy, policy.client_context())
+    assert "certificate revoked" in seen.get("error", ""), seen
+
+
+def test_a_tls_12_client_is_refused(tls_site) -> None:
+    site, directory = tls_site
+    policy = policy_for(site, directory, "core-01", "dmz-01")
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old.load_verify_locations(str(site / "root-ca.pem"))
+    old.load_cert_chain(str(directory / "dmz-01.pem"), str(directory / "dmz-01.key"))
+    seen = handshake(policy, old)
+    assert "version" not in seen and "error" in seen, seen
+
+
+# --- the policy file ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"minimum_version": "TLSv1.2"}, "minimum_version = 'TLSv1.2': only TLSv1.3 is allowed"),
+        ({"verify_client": "optional"}, "verify_client = 'optional': mutual TLS is required"),
+        (
+            {"ciphersuites": ["TLS_AES_128_CCM_8_SHA256"]},
+            "ciphersuites ['TLS_AES_128_CCM_8_SHA256']",
+        ),
+        ({"ca_fiel": "/x"}, "unknown key(s) ca_fiel"),
+        ({"crl_file": None}, "crl_check = 'leaf' needs crl_file"),
+    ],
+)
+def test_a_weaker_policy_is_refused_with_the_key_named(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    data = {"ca_file": "/etc/securecore/tls/ca.pem", "crl_file": "/etc/securecore/tls/crl.pem"}
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({**data, **change}))
+    with pytest.raises(TLSPolicyError) as caught:
+        TLSPolicy.from_file(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+
+
+def test_a_missing_certificate_file_names_the_key(site: Path, tmp_path: Path) -> None:
+    policy = policy_for(site, tmp_path, "absent", None)
+    with pytest.raises(TLSPolicyError, match=r"server_certificate = .*absent\.pem"):
+        policy.server_context()
