@@ -1,0 +1,1 @@
+"""The tamper-evident audit log (RFC 9162 Merkle tree, signed checkpoints)."""
