@@ -11,25 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.integration.helpers import needs, run_module
+from tests.integration.helpers import run_module
 
 SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 SO_PIN, USER_PIN = "so-pin-4711-0815", "user-pin-2342"
-
-
-@pytest.fixture
-def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    needs("softhsm2-util", "pkcs11-tool")
-    if not SOFTHSM.exists():
-        pytest.skip("SoftHSM2 is not installed (scripts/bootstrap.sh installs it)")
-    tokens = tmp_path / "tokens"
-    tokens.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    return conf
 
 
 def module(module_name: str, check: bool = False, **args: str) -> dict:

@@ -1,0 +1,1 @@
+"""Cryptography of the core service: envelope encryption and signatures over the key ring."""

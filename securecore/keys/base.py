@@ -1,0 +1,92 @@
+"""The key interface and the ring that picks versions."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+_KEY_ID = re.compile(r"^(?P<name>[A-Za-z0-9._-]+?)-v(?P<version>[1-9][0-9]*)$")
+
+
+class KeyStoreError(Exception):
+    """A key is missing, of the wrong kind, or an operation on it failed."""
+
+
+def key_id(name: str, version: int) -> str:
+    return f"{name}-v{version}"
+
+
+def parse_key_id(value: str) -> tuple[str, int]:
+    match = _KEY_ID.match(value)
+    if not match:
+        raise KeyStoreError(f"{value!r} is not a key id (NAME-vN)")
+    return match["name"], int(match["version"])
+
+
+class KeyBackend(ABC):
+    """Where keys live. Signing keys are ECDSA P-256; key-encryption keys AES-256."""
+
+    @abstractmethod
+    def versions(self, name: str) -> list[int]:
+        """Versions of NAME that exist, ascending."""
+
+    @abstractmethod
+    def public_key(self, kid: str) -> ec.EllipticCurvePublicKey: ...
+
+    @abstractmethod
+    def sign_digest(self, kid: str, digest: bytes) -> bytes:
+        """ECDSA over a SHA-256 digest; the DER signature (PKCS#11's raw r||s converted)."""
+
+    @abstractmethod
+    def kek_encrypt(self, kid: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM with the key-encryption key; ciphertext || tag."""
+
+    @abstractmethod
+    def kek_decrypt(self, kid: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes: ...
+
+    @abstractmethod
+    def create_version(self, name: str, kind: str) -> str:
+        """Rotation: make version N+1 of NAME (kind 'ec_p256' or 'aes256'); its key id."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions or handles."""
+
+
+class KeyRing:
+    """The service's view: which version signs and wraps, and verification by key id."""
+
+    def __init__(self, backend: KeyBackend, signing_key: str, kek: str) -> None:
+        self.backend = backend
+        self.signing_key, self.kek = signing_key, kek
+
+    def current(self, name: str) -> str:
+        # Asked each time, so a rotation made while the service runs is used at
+        # once, and a version made a moment ago is never missed.
+        versions = self.backend.versions(name)
+        if not versions:
+            raise KeyStoreError(f"no version of key {name} exists")
+        return key_id(name, versions[-1])
+
+    def sign(self, data: bytes) -> tuple[str, bytes]:
+        kid = self.current(self.signing_key)
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(data)
+        return kid, self.backend.sign_digest(kid, digest.finalize())
+
+    def verify(self, kid: str, data: bytes, signature: bytes) -> bool:
+        name, _ = parse_key_id(kid)
+        if name != self.signing_key:
+            return False
+        try:
+            public = self.backend.public_key(kid)
+        except KeyStoreError:
+            return False  # a retired or unknown version verifies nothing
+        try:
+            public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
