@@ -1,0 +1,273 @@
+"""The append-only audit log: group commit, external witness, signed checkpoints, verify.
+
+Append path (one writer thread; callers block until their record is durable):
+  1. the batch's leaf hashes are appended to the witness file and fsynced;
+  2. the records are committed to the store in one transaction (fsynced);
+  3. callers are answered with their sequence numbers.
+Every `checkpoint_every` records or `checkpoint_interval` seconds the tree
+head is signed (C2SP signed note) and written to the store and to the
+witness directory, which can live on another host: rewriting the database
+alone is then detected, and the witness's leaf hashes name the first bad
+record exactly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from securecore.audit import merkle
+from securecore.audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from securecore.audit.record import Record, protect_details
+from securecore.audit.store import AuditStore
+from securecore.keys.base import KeyRing
+
+LEAVES_FILE = "leaves"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class AuditError(Exception):
+    """The audit log cannot accept records (the service must not answer without them)."""
+
+
+@dataclass
+class _Pending:
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    details: dict[str, Any]
+    done: Future
+
+
+class AuditLog:
+    def __init__(
+        self,
+        store: AuditStore,
+        ring: KeyRing,
+        witness_dir: str | Path,
+        *,
+        origin: str,
+        hmac_key: bytes,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 10.0,
+        max_batch: int = 2048,
+    ) -> None:
+        self.store, self.ring, self.origin = store, ring, origin
+        self.hmac_key = hmac_key
+        self.checkpoint_every, self.checkpoint_interval = checkpoint_every, checkpoint_interval
+        self.max_batch = max_batch
+        self.witness = Path(witness_dir)
+        (self.witness / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        self._leaves_path = self.witness / LEAVES_FILE
+        self._tree = merkle.CompactRange()
+        self._recover()
+        self._last_checkpoint_size = max((s for s, _ in store.checkpoints()), default=0)
+        self._last_checkpoint_time = time.monotonic()
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._failed: BaseException | None = None
+        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._writer.start()
+
+    # --- start-up -------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Rebuild the tree from the store; drop witness leaves of records never committed."""
+        size = 0
+        for record in self.store.records():
+            size += 1
+            if record.seq != size:
+                raise AuditError(f"audit store: record {size} is missing (found {record.seq})")
+            self._tree.append(merkle.leaf_hash(record.entry()))
+        witnessed = self._leaves_path.stat().st_size // 32 if self._leaves_path.exists() else 0
+        if witnessed > size:
+            # A crash between the witness write and the commit: those records
+            # were never acknowledged. (Signed checkpoints still cover any
+            # record that a checkpoint included.)
+            with self._leaves_path.open("r+b") as handle:
+                handle.truncate(size * 32)
+                os.fsync(handle.fileno())
+        self._leaves = self._leaves_path.open("ab")
+
+    # --- appending ----------------------------------------------------------------
+
+    def append(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        details: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> int:
+        """Append a record; returns its sequence number once it is durable."""
+        if self._failed is not None:
+            raise AuditError(f"the audit log stopped after an error: {self._failed}")
+        pending = _Pending(actor, action, target, outcome, details or {}, Future())
+        self._queue.put(pending)
+        return pending.done.result(timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            wait = max(
+                0.05, self.checkpoint_interval - (time.monotonic() - self._last_checkpoint_time)
+            )
+            try:
+                first = self._queue.get(timeout=wait)
+            except queue.Empty:
+                self._maybe_checkpoint()
+                continue
+            if first is None:
+                self._maybe_checkpoint(force=True)
+                return
+            batch, stop = [first], False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                self._commit(batch)
+            except BaseException as error:  # the service must see every failure
+                self._failed = error
+                for pending in batch:
+                    pending.done.set_exception(AuditError(f"audit write failed: {error}"))
+                return
+            self._maybe_checkpoint()
+            if stop:
+                self._maybe_checkpoint(force=True)
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+        first_seq = self._tree.size + 1
+        records = [
+            Record(
+                first_seq + index, now, p.actor, p.action, p.target, p.outcome,
+                protect_details(p.details, self.hmac_key),
+            )
+            for index, p in enumerate(batch)
+        ]  # fmt: skip
+        leaves = [merkle.leaf_hash(record.entry()) for record in records]
+        self._leaves.write(b"".join(leaves))
+        self._leaves.flush()
+        os.fsync(self._leaves.fileno())
+        self.store.append_batch(records)
+        for leaf in leaves:
+            self._tree.append(leaf)
+        for record, pending in zip(records, batch, strict=True):
+            pending.done.set_result(record.seq)
+
+    # --- checkpoints --------------------------------------------------------------
+
+    def _maybe_checkpoint(self, force: bool = False) -> None:
+        size = self._tree.size
+        if size == self._last_checkpoint_size:
+            return
+        due = size - self._last_checkpoint_size >= self.checkpoint_every or (
+            time.monotonic() - self._last_checkpoint_time >= self.checkpoint_interval
+        )
+        if force or due:
+            self._write_checkpoint()
+
+    def _write_checkpoint(self) -> None:
+        size = self._tree.size
+        note = sign_checkpoint(self.ring, Checkpoint(self.origin, size, self._tree.root()))
+        path = self.witness / CHECKPOINT_DIR / f"{size:012d}"
+        temporary = path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.write(note)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+        self.store.add_checkpoint(size, note)
+        self._last_checkpoint_size, self._last_checkpoint_time = size, time.monotonic()
+
+    def close(self) -> None:
+        """Write what is queued, a final checkpoint, and stop."""
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join(timeout=60)
+        self._leaves.close()
+        self.store.close()
+
+
+# --- verification -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    size: int
+    checkpoints: int
+    first_bad_seq: int | None = None
+    problem: str = ""
+
+
+def verify_log(
+    store: AuditStore, witness_dir: str | Path, public_keys: dict[str, ec.EllipticCurvePublicKey]
+) -> Verification:
+    """Recompute every leaf and the tree; check them against the witness and the checkpoints."""
+    witness = Path(witness_dir)
+    leaves_path = witness / LEAVES_FILE
+    witnessed = leaves_path.read_bytes() if leaves_path.exists() else b""
+    if len(witnessed) % 32:
+        return Verification(False, 0, 0, None, f"{leaves_path}: not a whole number of hashes")
+    count = len(witnessed) // 32
+
+    notes = {size: note for size, note in store.checkpoints()}
+    for path in sorted((witness / CHECKPOINT_DIR).glob("[0-9]*")):
+        notes[int(path.name)] = path.read_text(encoding="utf-8")  # the witness copy wins
+    checkpoints: dict[int, bytes] = {}
+    for size, note in sorted(notes.items()):
+        try:
+            checkpoint = verify_checkpoint(note, public_keys)
+        except CheckpointError as error:
+            return Verification(False, 0, 0, None, f"checkpoint {size}: {error}")
+        if checkpoint.size != size:
+            return Verification(
+                False, 0, 0, None, f"checkpoint file {size} holds size {checkpoint.size}"
+            )
+        checkpoints[size] = checkpoint.root
+
+    tree = merkle.CompactRange()
+    expected = 0
+    for record in store.records():
+        expected += 1
+        if record.seq != expected:
+            problem = f"record {expected} is missing (the next one stored is {record.seq})"
+            return Verification(False, expected - 1, len(checkpoints), expected, problem)
+        leaf = merkle.leaf_hash(record.entry())
+        if expected > count:
+            problem = f"record {expected} is not in the witness (inserted or never witnessed)"
+            return Verification(False, expected - 1, len(checkpoints), expected, problem)
+        if leaf != witnessed[(expected - 1) * 32 : expected * 32]:
+            problem = f"record {expected} differs from what was witnessed (modified or reordered)"
+            return Verification(False, expected - 1, len(checkpoints), expected, problem)
+        tree.append(leaf)
+        root = checkpoints.get(expected)
+        if root is not None and root != tree.root():
+            problem = f"the tree of size {expected} does not match its signed checkpoint"
+            return Verification(False, expected, len(checkpoints), None, problem)
+    if expected < count or (checkpoints and max(checkpoints) > expected):
+        problem = f"the log ends at {expected}; the witness or a checkpoint knows more (truncated)"
+        return Verification(False, expected, len(checkpoints), expected + 1, problem)
+    return Verification(True, expected, len(checkpoints))

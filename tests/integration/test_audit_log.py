@@ -1,0 +1,199 @@
+"""The audit log on a real SQLite database and witness directory: durability and tampering."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from securecore.audit.log import AuditLog, verify_log
+from securecore.audit.store import SQLiteAuditStore
+from securecore.keys.base import KeyRing
+from securecore.keys.software import SoftwareKeys
+from tests.integration.helpers import ROOT
+
+HMAC_KEY = b"k" * 32
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> SoftwareKeys:
+    directory = tmp_path / "keys"
+    directory.mkdir(mode=0o700)
+    backend = SoftwareKeys(directory)
+    backend.create_version("securecore-signing", "ec_p256")
+    backend.create_version("securecore-kek", "aes256")
+    return backend
+
+
+def open_log(tmp_path: Path, keys: SoftwareKeys, **options) -> AuditLog:
+    ring = KeyRing(keys, "securecore-signing", "securecore-kek")
+    return AuditLog(
+        SQLiteAuditStore(tmp_path / "audit.db"),
+        ring,
+        tmp_path / "witness",
+        origin="securecore.test/audit",
+        hmac_key=HMAC_KEY,
+        **options,
+    )
+
+
+def public_keys(keys: SoftwareKeys) -> dict:
+    return {f"securecore-signing-v{v}": keys.public_key(f"securecore-signing-v{v}")
+            for v in keys.versions("securecore-signing")}  # fmt: skip
+
+
+def verify(tmp_path: Path, keys: SoftwareKeys):
+    store = SQLiteAuditStore(tmp_path / "audit.db")
+    try:
+        return verify_log(store, tmp_path / "witness", public_keys(keys))
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def written(tmp_path: Path, keys: SoftwareKeys) -> Path:
+    """A log of 200 records from 8 threads, checkpointed every 50."""
+    log = open_log(tmp_path, keys, checkpoint_every=50)
+    seqs: list[int] = []
+
+    def worker(n: int) -> None:
+        for i in range(25):
+            seqs.append(log.append(f"user-{n}", "login", "core", "success", {"i": i}))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    assert sorted(seqs) == list(range(1, 201))
+    return tmp_path
+
+
+def sql(tmp_path: Path, statement: str) -> None:
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        db.execute(statement)
+
+
+def test_an_untouched_log_verifies_with_its_checkpoints(written: Path, keys) -> None:
+    result = verify(written, keys)
+    assert result.ok and result.size == 200 and result.checkpoints == 4, result
+    assert sorted(p.name for p in (written / "witness" / "checkpoints").iterdir())[-1] == (
+        "000000000200"
+    )
+
+
+@pytest.mark.parametrize(
+    ("statement", "first_bad", "problem"),
+    [
+        ("UPDATE audit_records SET outcome='failure' WHERE seq=77", 77, "modified or reordered"),
+        ("DELETE FROM audit_records WHERE seq=120", 120, "record 120 is missing"),
+        ("INSERT INTO audit_records VALUES (201, 't', 'a', 'b', 'c', 'd', '{}')", 201, "inserted"),
+        (
+            "UPDATE audit_records SET actor = CASE seq WHEN 10 THEN (SELECT actor FROM "
+            "audit_records WHERE seq=11) ELSE (SELECT actor FROM audit_records WHERE seq=10) END, "
+            "details = CASE seq WHEN 10 THEN '{\"i\":99}' ELSE details END WHERE seq IN (10, 11)",
+            10,
+            "modified or reordered",
+        ),
+        ("DELETE FROM audit_records WHERE seq > 180", 181, "truncated"),
+    ],
+    ids=["modified", "deleted", "inserted", "reordered", "truncated"],
+)
+def test_every_kind_of_change_is_named_by_its_first_sequence_number(
+    written: Path, keys, statement: str, first_bad: int, problem: str
+) -> None:
+    sql(written, statement)
+    result = verify(written, keys)
+    assert not result.ok and result.first_bad_seq == first_bad and problem in result.problem, result
+
+
+def test_rewriting_database_and_witness_leaves_is_caught_by_the_signed_checkpoints(
+    written: Path, keys
+) -> None:
+    sql(written, "UPDATE audit_records SET outcome='failure' WHERE seq=33")
+    store = SQLiteAuditStore(written / "audit.db")
+    record = next(r for r in store.records() if r.seq == 33)
+    store.close()
+    from securecore.audit import merkle
+
+    leaves = bytearray((written / "witness" / "leaves").read_bytes())
+    leaves[32 * 32 : 33 * 32] = merkle.leaf_hash(record.entry())
+    (written / "witness" / "leaves").write_bytes(bytes(leaves))
+    result = verify(written, keys)
+    assert not result.ok and "does not match its signed checkpoint" in result.problem, result
+    assert 33 <= result.size < 200  # the first checkpoint after the change
+
+
+def test_secret_values_never_reach_the_database(tmp_path: Path, keys) -> None:
+    log = open_log(tmp_path, keys)
+    log.append(
+        "admin",
+        "rotate",
+        "hsm",
+        "success",
+        {"user_pin": "4711-0815", "nested": {"api_key": "abc123secret"}},
+    )
+    log.close()
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("audit.db*"))
+    assert b"4711-0815" not in data and b"abc123secret" not in data
+    assert b"hmac-sha256:" in data
+
+
+WRITER = """
+import os, sys
+from pathlib import Path
+from securecore.audit.log import AuditLog
+from securecore.audit.store import SQLiteAuditStore
+from securecore.keys.base import KeyRing
+from securecore.keys.software import SoftwareKeys
+base = Path(sys.argv[1])
+ring = KeyRing(SoftwareKeys(base / "keys"), "securecore-signing", "securecore-kek")
+log = AuditLog(SQLiteAuditStore(base / "audit.db"), ring, base / "witness",
+               origin="securecore.test/audit", hmac_key=b"k" * 32, checkpoint_every=100)
+import threading
+def worker():
+    for _ in range(100000):
+        seq = log.append("load", "write", "core", "success", {})
+        os.write(1, f"{seq}\\n".encode())  # one write: lines from threads never interleave
+threads = [threading.Thread(target=worker) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+"""
+
+
+def test_kill_9_under_load_loses_no_acknowledged_record(tmp_path: Path, keys) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acknowledged: list[int] = []
+    deadline = time.monotonic() + 30
+    assert writer.stdout is not None
+    while len(acknowledged) < 3000 and time.monotonic() < deadline:
+        line = writer.stdout.readline()
+        if not line:
+            break
+        acknowledged.append(int(line))
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=10)
+    assert len(acknowledged) >= 3000, "the writer did not get going"
+    # Reopening recovers (drops witness leaves of records never committed) ...
+    reopened = open_log(tmp_path, keys)
+    reopened.close()
+    store = SQLiteAuditStore(tmp_path / "audit.db")
+    stored = {record.seq for record in store.records()}
+    store.close()
+    # ... and every acknowledged record is there, and the whole log verifies.
+    assert set(acknowledged) <= stored
+    result = verify(tmp_path, keys)
+    assert result.ok, result
