@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 from abc import ABC, abstractmethod
 
@@ -52,16 +53,45 @@ class KeyBackend(ABC):
     def create_version(self, name: str, kind: str) -> str:
         """Rotation: make version N+1 of NAME (kind 'ec_p256' or 'aes256'); its key id."""
 
+    @abstractmethod
+    def created(self, kid: str) -> datetime.datetime | None:
+        """When the version was made (None if the backend cannot tell)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions or handles."""
 
 
 class KeyRing:
-    """The service's view: which version signs and wraps, and verification by key id."""
+    """The service's view: which version signs and wraps, and which versions are still accepted.
 
-    def __init__(self, backend: KeyBackend, signing_key: str, kek: str) -> None:
+    The newest version of a key is used for new signatures and envelopes. An
+    older version keeps verifying and unwrapping for `grace_period` after its
+    successor was made (seed 000 3.3), then it is refused even while it is
+    still on the token, until an operator retires (removes) it. A version
+    whose successor's date is unknown is accepted until retired.
+    """
+
+    def __init__(
+        self,
+        backend: KeyBackend,
+        signing_key: str,
+        kek: str,
+        grace_period: datetime.timedelta = datetime.timedelta(days=30),
+    ) -> None:
         self.backend = backend
         self.signing_key, self.kek = signing_key, kek
+        self.grace_period = grace_period
+
+    def accepts(self, kid: str) -> bool:
+        name, version = parse_key_id(kid)
+        later = [v for v in self.backend.versions(name) if v > version]
+        if not later:
+            return True
+        successor_made = self.backend.created(key_id(name, later[0]))
+        if successor_made is None:
+            return True
+        now = datetime.datetime.now(datetime.UTC)
+        return now - successor_made <= self.grace_period
 
     def current(self, name: str) -> str:
         # Asked each time, so a rotation made while the service runs is used at
@@ -79,7 +109,7 @@ class KeyRing:
 
     def verify(self, kid: str, data: bytes, signature: bytes) -> bool:
         name, _ = parse_key_id(kid)
-        if name != self.signing_key:
+        if name != self.signing_key or not self.accepts(kid):
             return False
         try:
             public = self.backend.public_key(kid)

@@ -8,6 +8,7 @@ and the raw r||s it returns is converted to DER.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 import threading
@@ -21,6 +22,9 @@ from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from securecore.keys.base import KeyBackend, KeyStoreError, key_id, parse_key_id
+
+# A data object labelled like the key records when the version was made.
+CREATED_APPLICATION = "securecore/key-created"
 
 
 class Pkcs11Keys(KeyBackend):
@@ -60,6 +64,23 @@ class Pkcs11Keys(KeyBackend):
                 for obj in self._session.get_objects({Attribute.CLASS: cls})
             }
         return sorted(int(m[1]) for m in map(pattern.match, labels) if m)
+
+    def created(self, kid: str) -> datetime.datetime | None:
+        parse_key_id(kid)
+        with self._lock:
+            records = [
+                obj[Attribute.VALUE]
+                for obj in self._session.get_objects(
+                    {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: kid}
+                )
+                if obj[Attribute.APPLICATION] == CREATED_APPLICATION
+            ]
+        if not records:
+            return None  # a version made by a tool that did not record its date
+        try:
+            return datetime.datetime.fromisoformat(bytes(records[0]).decode())
+        except ValueError:
+            return None
 
     def public_key(self, kid: str) -> ec.EllipticCurvePublicKey:
         public = self._find(kid, ObjectClass.PUBLIC_KEY)
@@ -117,4 +138,17 @@ class Pkcs11Keys(KeyBackend):
                 )
             else:
                 raise KeyStoreError(f"key kind {kind!r}: one of ec_p256, aes256")
+            # The same record of creation as roles/hsm's pkcs11_key writes.
+            self._session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: False,
+                    Attribute.LABEL: kid,
+                    Attribute.APPLICATION: CREATED_APPLICATION,
+                    Attribute.VALUE: datetime.datetime.now(datetime.UTC)
+                    .isoformat(timespec="seconds")
+                    .encode(),
+                }
+            )
         return kid

@@ -6,6 +6,7 @@ can run the service without an HSM; production uses the PKCS#11 backend.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from pathlib import Path
@@ -57,6 +58,10 @@ class SoftwareKeys(KeyBackend):
         if len(secret) != 32:
             raise KeyStoreError(f"{path}: an AES-256 key has 32 bytes, this one {len(secret)}")
         return secret
+
+    def created(self, kid: str) -> datetime.datetime | None:
+        # The file's modification time: keys are written once and never changed.
+        return datetime.datetime.fromtimestamp(self._path(kid).stat().st_mtime, datetime.UTC)
 
     def public_key(self, kid: str) -> ec.EllipticCurvePublicKey:
         return self._private(kid).public_key()

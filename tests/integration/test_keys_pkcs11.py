@@ -9,6 +9,7 @@ configuration once per process) and their results are checked here with
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import subprocess
 import sys
@@ -51,6 +52,8 @@ out["v2"] = [kid2, base64.b64encode(signature2).decode()]
 out["old_verifies"] = ring.verify(kid, b"checkpoint 1", signature)
 out["old_envelope_opens"] = open_envelope(ring, sealed, b"ctx").decode()
 out["versions"] = backend.versions("securecore-signing")
+made = [backend.created(kid) for kid in ("securecore-signing-v1", "securecore-kek-v2")]
+out["created"] = [str(moment.date()) if moment else None for moment in made]
 print(json.dumps(out))
 """
 
@@ -89,3 +92,6 @@ def test_sign_wrap_and_rotate_on_a_real_token(softhsm: Path) -> None:
     assert out["old_verifies"] is True
     assert out["old_envelope_opens"] == "wrapped on the token"
     assert out["versions"] == [1, 2]
+    # Versions carry their date (roles/hsm's module and the backend both set it).
+    today = datetime.datetime.now(datetime.UTC).date().isoformat()
+    assert out["created"] == [today, today]

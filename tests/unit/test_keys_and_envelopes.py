@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,51 @@ def test_checkpoints_are_c2sp_signed_notes(ring: KeyRing) -> None:
         verify_checkpoint(forged, keys)
     with pytest.raises(CheckpointError, match="no signature from a known key"):
         verify_checkpoint(note, {})
+
+
+def test_an_old_version_is_refused_after_the_grace_period(ring: KeyRing, tmp_path: Path) -> None:
+    kid, signature = ring.sign(b"old")
+    sealed = seal(ring, b"old secret", b"ctx")
+    ring.backend.create_version("securecore-signing", "ec_p256")
+    ring.backend.create_version("securecore-kek", "aes256")
+    assert ring.verify(kid, b"old", signature)  # within the 30 days
+    # The successors were made 31 days ago: the old versions are past their grace.
+    month_ago = time.time() - 31 * 86400
+    for name in ("securecore-signing-v2.pem", "securecore-kek-v2.aes"):
+        os.utime(tmp_path / "keys" / name, (month_ago, month_ago))
+    assert not ring.accepts(kid)
+    assert not ring.verify(kid, b"old", signature)
+    with pytest.raises(EnvelopeError, match="past its grace period"):
+        open_envelope(ring, sealed, b"ctx")
+    # The current versions are unaffected.
+    new_kid, new_signature = ring.sign(b"new")
+    assert ring.verify(new_kid, b"new", new_signature)
+
+
+def test_rotation_while_in_use_fails_no_operation(ring: KeyRing) -> None:
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def use() -> None:
+        while not stop.is_set():
+            kid, signature = ring.sign(b"request")
+            if not ring.verify(kid, b"request", signature):
+                failures.append(f"verify {kid}")
+            sealed = seal(ring, b"payload", b"ctx")
+            try:
+                open_envelope(ring, sealed, b"ctx")
+            except EnvelopeError as error:
+                failures.append(str(error))
+
+    workers = [threading.Thread(target=use) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for _ in range(5):
+        ring.backend.create_version("securecore-signing", "ec_p256")
+        ring.backend.create_version("securecore-kek", "aes256")
+        time.sleep(0.05)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    assert failures == []
+    assert ring.current("securecore-signing") == "securecore-signing-v6"

@@ -98,6 +98,7 @@ public_key_pem:
   type: str
 """
 
+import datetime
 import hashlib
 import re
 
@@ -118,6 +119,9 @@ P256_OID = "1.2.840.10045.3.1.7"  # secp256r1 / prime256v1
 
 def label_of(name, version):
     return f"{name}-v{version}"
+
+
+CREATED_APPLICATION = "securecore/key-created"
 
 
 def id_of(label):
@@ -144,6 +148,24 @@ def public_pem(session, label):
     return loaded.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
+
+
+def record_creation(session, label):
+    # When the version was made, as a data object next to the key: the service
+    # keeps an older version usable for a grace period counted from its
+    # successor's creation. (SoftHSM 2.6 cannot read back CKA_START_DATE.)
+    session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.DATA,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: False,
+            Attribute.LABEL: label,
+            Attribute.APPLICATION: CREATED_APPLICATION,
+            Attribute.VALUE: datetime.datetime.now(datetime.UTC)
+            .isoformat(timespec="seconds")
+            .encode(),
+        }
+    )
 
 
 def create(session, key_type, label):
@@ -178,6 +200,7 @@ def create(session, key_type, label):
             public_template={**common, Attribute.VERIFY: True},
             private_template={**common, **private, Attribute.SIGN: True},
         )
+    record_creation(session, label)
 
 
 def check_protected(module, session, key_class, label):
