@@ -1,7 +1,7 @@
 """The ``securecore`` command line.
 
-Sub-commands are added by the issues that build the service; for now the
-command manages the lab (``securecore lab up|down|status``).
+``securecore lab up|down|status`` manages the lab; ``securecore audit
+verify|prove|export`` works with the audit log named by the configuration.
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from securecore import __version__
+from securecore.audit import commands as audit_commands
+from securecore.audit.checkpoint import CheckpointError
+from securecore.config import ConfigError
+from securecore.devsetup import SetupError
+from securecore.devsetup import init as init_development_setup
+from securecore.keys.base import KeyStoreError
 from securecore.lab import LabError
 from securecore.lab.manager import Lab
 from securecore.lab.spec import load_spec
@@ -72,6 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lab.add_argument("-q", "--quiet", action="store_true", help="print only changes")
     lab.set_defaults(handler=_lab)
+    init = commands.add_parser(
+        "init",
+        help="make a development setup (config, keys, CA, database) in a directory",
+        description="Create DIR with a configuration, a SoftHSM token (or key files), a "
+        "development CA with server and admin certificates, and an empty audit database.",
+    )
+    init.add_argument("directory", help="an empty or new directory")
+    init.add_argument(
+        "--software-keys",
+        action="store_true",
+        help="keep the keys in files even where SoftHSM2 is installed",
+    )
+    init.set_defaults(
+        handler=lambda args: (
+            bool(init_development_setup(args.directory, prefer_hsm=not args.software_keys)) and 0
+        )
+    )
+    audit_commands.add_parser(commands)
     return parser
 
 
@@ -79,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except LabError as exc:
+    except (LabError, ConfigError, KeyStoreError, CheckpointError, SetupError) as exc:
         print(f"securecore {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

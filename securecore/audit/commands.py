@@ -1,0 +1,119 @@
+"""`securecore audit verify|prove|export`: the audit log from the configuration."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from securecore import config as configuration
+from securecore.audit import merkle
+from securecore.audit.checkpoint import verify_checkpoint
+from securecore.audit.export import export_lines
+from securecore.audit.factory import open_store
+from securecore.audit.log import verify_log
+from securecore.keys.factory import open_key_ring
+
+
+def signing_public_keys(ring) -> dict:
+    name = ring.signing_key
+    return {
+        f"{name}-v{version}": ring.backend.public_key(f"{name}-v{version}")
+        for version in ring.backend.versions(name)
+    }
+
+
+def _verify(args: argparse.Namespace) -> int:
+    config = configuration.load(args.config)
+    ring = open_key_ring(config)
+    store = open_store(config)
+    try:
+        result = verify_log(store, config.get("audit", "witness_dir"), signing_public_keys(ring))
+    finally:
+        store.close()
+    if result.ok:
+        print(f"audit log OK: {result.size} records, {result.checkpoints} signed checkpoints")
+        return 0
+    where = f" (first bad record: {result.first_bad_seq})" if result.first_bad_seq else ""
+    print(f"audit log FAILED{where}: {result.problem}", file=sys.stderr)
+    return 1
+
+
+def _prove(args: argparse.Namespace) -> int:
+    config = configuration.load(args.config)
+    ring = open_key_ring(config)
+    store = open_store(config)
+    try:
+        checkpoints = store.checkpoints()
+        covering = [(size, note) for size, note in checkpoints if size >= args.seq]
+        if not covering:
+            print(
+                f"record {args.seq} is not in a signed checkpoint yet (latest: "
+                f"{checkpoints[-1][0] if checkpoints else 'none'})",
+                file=sys.stderr,
+            )
+            return 1
+        size, note = covering[0]
+        checkpoint = verify_checkpoint(note, signing_public_keys(ring))
+        leaves = [merkle.leaf_hash(r.entry()) for r in itertools.islice(store.records(), size)]
+    finally:
+        store.close()
+    path = merkle.inclusion_proof(leaves, args.seq - 1)
+    if not merkle.verify_inclusion(leaves[args.seq - 1], args.seq - 1, size, path, checkpoint.root):
+        print(
+            f"record {args.seq}: the stored log does not match checkpoint {size}", file=sys.stderr
+        )
+        return 1
+    print(
+        json.dumps(
+            {
+                "seq": args.seq,
+                "leaf_index": args.seq - 1,
+                "tree_size": size,
+                "leaf_hash": leaves[args.seq - 1].hex(),
+                "inclusion_path": [node.hex() for node in path],
+                "root_hash": checkpoint.root.hex(),
+                "checkpoint": note,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    config = configuration.load(args.config)
+    store = open_store(config)
+    try:
+        lines = export_lines(store, config.get("audit", "origin"))
+        if args.output:
+            with Path(args.output).open("w", encoding="utf-8") as output:
+                output.writelines(line + "\n" for line in lines)
+        else:
+            sys.stdout.writelines(line + "\n" for line in lines)
+    finally:
+        store.close()
+    return 0
+
+
+def add_parser(commands) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="verify, prove or export the tamper-evident audit log",
+        description="Work with the audit log named by the configuration.",
+    )
+    actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    for name, handler, text in (
+        ("verify", _verify, "recompute the tree; check the witness and every checkpoint"),
+        ("prove", _prove, "print the RFC 9162 inclusion proof of a record"),
+        ("export", _export, "write the log as JSON Lines (docs/audit-export.md)"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
+        if name == "prove":
+            action.add_argument("seq", type=int, help="sequence number of the record")
+        if name == "export":
+            action.add_argument("-o", "--output", help="file to write (default: stdout)")
+        action.set_defaults(handler=handler)

@@ -1,0 +1,175 @@
+"""The service's configuration: one TOML file, validated completely before anything starts.
+
+Found with `-c PATH` or the SECURECORE_CONFIG environment variable. Every
+problem names the file and the key ("[audit] checkpoint_every"); all of them
+are reported at once. roles/securecore renders the same format in production
+and `securecore init` writes it for development.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENVIRONMENT_VARIABLE = "SECURECORE_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration is missing or wrong; the message lists every problem with its key."""
+
+
+@dataclass(frozen=True)
+class Option:
+    kind: type | tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    is_path: bool = False
+    must_exist: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+
+
+SCHEMA: dict[str, dict[str, Option]] = {
+    "service": {
+        "name": Option(str, "securecore"),
+        "listen": Option(str, "0.0.0.0:8443"),
+        "data_dir": Option(str, required=True, is_path=True),
+    },
+    "tls": {
+        "policy": Option(str, is_path=True, must_exist=True),
+    },
+    "keys": {
+        "backend": Option(str, required=True, choices=("pkcs11", "software")),
+        "signing_key": Option(str, "securecore-signing"),
+        "kek": Option(str, "securecore-kek"),
+        "grace_period_days": Option(int, 30, minimum=0),
+    },
+    "keys.pkcs11": {
+        "module": Option(str, "/usr/lib/softhsm/libsofthsm2.so", is_path=True, must_exist=True),
+        "token_label": Option(str, "securecore"),
+        "user_pin_file": Option(str, required=True, is_path=True, must_exist=True),
+        "softhsm_conf": Option(str, is_path=True, must_exist=True),
+    },
+    "keys.software": {
+        "directory": Option(str, required=True, is_path=True, must_exist=True),
+    },
+    "audit": {
+        "database": Option(str, required=True, is_path=True),
+        "witness_dir": Option(str, required=True, is_path=True),
+        "origin": Option(str, required=True),
+        "hmac_key_file": Option(str, required=True, is_path=True, must_exist=True),
+        "checkpoint_every": Option(int, 1000, minimum=1),
+        "checkpoint_interval_seconds": Option((int, float), 10.0, minimum=0),
+    },
+    "backup": {
+        "directory": Option(str, is_path=True),
+    },
+}
+REQUIRED_SECTIONS = ("service", "keys", "audit")
+
+
+class Config:
+    """Validated settings: `config.get("audit", "database")`, paths absolute."""
+
+    def __init__(self, path: Path, values: dict[str, dict[str, Any]]) -> None:
+        self.path = path
+        self._values = values
+
+    def get(self, section: str, key: str) -> Any:
+        return self._values.get(section, {}).get(key, SCHEMA[section][key].default)
+
+    def section(self, section: str) -> dict[str, Any]:
+        return {key: self.get(section, key) for key in SCHEMA[section]}
+
+    def has(self, section: str) -> bool:
+        return section in self._values
+
+
+def locate(path: str | os.PathLike | None) -> Path:
+    if path:
+        return Path(path)
+    from_environment = os.environ.get(ENVIRONMENT_VARIABLE)
+    if from_environment:
+        return Path(from_environment)
+    raise ConfigError(f"no configuration: pass -c PATH or set {ENVIRONMENT_VARIABLE}")
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    config_path = locate(path)
+    try:
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ConfigError(f"{config_path}: the configuration file does not exist") from error
+    except OSError as error:
+        raise ConfigError(f"{config_path}: cannot read it ({error.strerror})") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{config_path}: not valid TOML ({error})") from error
+    base = config_path.resolve().parent
+    problems: list[str] = []
+    values = _validate(raw, base, problems)
+    if problems:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConfigError(f"{config_path}: {len(problems)} problem(s):\n{listed}")
+    return Config(config_path, values)
+
+
+def _flatten(raw: dict[str, Any], problems: list[str]) -> dict[str, dict[str, Any]]:
+    sections: dict[str, dict[str, Any]] = {}
+    for name, content in raw.items():
+        if not isinstance(content, dict):
+            problems.append(f"{name}: a top-level key must be a [section]")
+            continue
+        plain = {k: v for k, v in content.items() if not isinstance(v, dict)}
+        sections[name] = plain
+        for sub, sub_content in content.items():
+            if isinstance(sub_content, dict):
+                sections[f"{name}.{sub}"] = sub_content
+    return sections
+
+
+def _validate(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str, dict[str, Any]]:
+    sections = _flatten(raw, problems)
+    for name in sorted(set(sections) - set(SCHEMA)):
+        problems.append(f"[{name}]: unknown section (known: {', '.join(SCHEMA)})")
+    for name in REQUIRED_SECTIONS:
+        if name not in sections:
+            problems.append(f"[{name}]: the section is required")
+    backend = sections.get("keys", {}).get("backend")
+    if backend in ("pkcs11", "software") and f"keys.{backend}" not in sections:
+        problems.append(f"[keys.{backend}]: required because [keys] backend = {backend!r}")
+    values: dict[str, dict[str, Any]] = {}
+    for name, content in sections.items():
+        schema = SCHEMA.get(name)
+        if schema is None:
+            continue
+        values[name] = {}
+        for key in sorted(set(content) - set(schema)):
+            problems.append(f"[{name}] {key}: unknown key (known: {', '.join(schema)})")
+        for key, option in schema.items():
+            where = f"[{name}] {key}"
+            if key not in content:
+                if option.required:
+                    problems.append(f"{where}: required")
+                continue
+            value = content[key]
+            if isinstance(value, bool) or not isinstance(value, option.kind):
+                kinds = option.kind if isinstance(option.kind, tuple) else (option.kind,)
+                wanted = " or ".join(kind.__name__ for kind in kinds)
+                problems.append(f"{where}: must be {wanted}, not {type(value).__name__}")
+                continue
+            if option.choices and value not in option.choices:
+                problems.append(f"{where} = {value!r}: one of {', '.join(option.choices)}")
+                continue
+            if option.minimum is not None and value < option.minimum:
+                problems.append(f"{where} = {value}: at least {option.minimum}")
+                continue
+            if option.is_path:
+                value = str((base / value).resolve()) if value else value
+                if option.must_exist and not Path(value).exists():
+                    problems.append(f"{where} = {value}: no such file or directory")
+                    continue
+            values[name][key] = value
+    return values

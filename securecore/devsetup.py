@@ -1,0 +1,209 @@
+"""`securecore init DIR`: a working development setup in one directory, without Ansible.
+
+DIR/config.toml        the same format roles/securecore renders in production
+DIR/secrets/           random PINs and the audit HMAC key (0600)
+DIR/softhsm/ or keys/  a SoftHSM token with the service's keys, or key files
+                       where SoftHSM is not installed (said clearly)
+DIR/tls/               a development CA, a server and an admin client certificate,
+                       and the TLS policy (TLS 1.3, mutual)
+DIR/data/              the empty audit database and its witness directory
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from securecore.audit.store import SQLiteAuditStore
+from securecore.keys.base import KeyBackend
+
+SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
+KEYS = (("securecore-signing", "ec_p256"), ("securecore-kek", "aes256"))
+
+
+class SetupError(Exception):
+    """The development setup cannot be made; nothing that existed was changed."""
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+
+
+def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
+    base = Path(directory).resolve()
+    config_path = base / "config.toml"
+    if config_path.exists():
+        raise SetupError(f"{config_path} exists already; choose an empty directory")
+    if base.exists() and any(base.iterdir()):
+        raise SetupError(f"{base} is not empty; choose an empty directory")
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in ("secrets", "tls", "data", "data/witness", "backups"):
+        (base / name).mkdir(mode=0o700)
+    _write_private(base / "secrets" / "audit_hmac_key", secrets.token_hex(32).encode())
+
+    use_hsm = prefer_hsm and SOFTHSM_MODULE.exists() and shutil.which("softhsm2-util")
+    if use_hsm:
+        keys_section = _softhsm_token(base)
+        log(f"keys: SoftHSM2 token 'securecore' in {base / 'softhsm'}")
+    else:
+        keys_section = _software_keys(base)
+        log(
+            "keys: SoftHSM2 is not installed, so the keys are FILES in "
+            f"{base / 'keys'} (development only; production uses an HSM)"
+        )
+    _development_pki(base / "tls")
+    SQLiteAuditStore(base / "data" / "audit.db").close()
+    config_path.write_text(
+        "# SecureCore development configuration, made by `securecore init`.\n"
+        "[service]\n"
+        'name = "securecore"\n'
+        'listen = "127.0.0.1:8443"\n'
+        'data_dir = "data"\n\n'
+        "[tls]\n"
+        'policy = "tls/policy.json"\n\n' + keys_section + "\n[audit]\n"
+        'database = "data/audit.db"\n'
+        'witness_dir = "data/witness"\n'
+        'origin = "securecore.localhost/audit"\n'
+        'hmac_key_file = "secrets/audit_hmac_key"\n'
+        "checkpoint_every = 1000\n"
+        "checkpoint_interval_seconds = 10\n\n"
+        "[backup]\n"
+        'directory = "backups"\n',
+        encoding="utf-8",
+    )
+    config_path.chmod(0o600)
+    log(f"config: {config_path}")
+    log(f"admin client certificate: {base / 'tls' / 'admin.pem'} (key admin.key)")
+    log(f"check it: securecore audit verify -c {config_path}")
+    return config_path
+
+
+def _create_keys(backend: KeyBackend) -> None:
+    for name, kind in KEYS:
+        backend.create_version(name, kind)
+
+
+def _software_keys(base: Path) -> str:
+    from securecore.keys.software import SoftwareKeys
+
+    (base / "keys").mkdir(mode=0o700)
+    _create_keys(SoftwareKeys(base / "keys"))
+    return '[keys]\nbackend = "software"\n\n[keys.software]\ndirectory = "keys"\n'
+
+
+def _softhsm_token(base: Path) -> str:
+    tokens = base / "softhsm" / "tokens"
+    (base / "softhsm").mkdir(mode=0o700)
+    tokens.mkdir(mode=0o700)
+    conf = base / "softhsm" / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
+    so_pin, user_pin = secrets.token_hex(8), secrets.token_hex(8)
+    _write_private(base / "secrets" / "hsm_so_pin", so_pin.encode())
+    _write_private(base / "secrets" / "hsm_user_pin", user_pin.encode())
+    environment = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+    # softhsm2-util takes PINs as arguments only; these are fresh random
+    # development PINs, visible for a moment to this machine's root.
+    made = subprocess.run(
+        ["softhsm2-util", "--init-token", "--free", "--label", "securecore",
+         "--so-pin", so_pin, "--pin", user_pin],
+        env=environment, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise SetupError(f"softhsm2-util could not make the token: {made.stderr.strip()}")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    from securecore.keys.pkcs11 import Pkcs11Keys
+
+    backend = Pkcs11Keys(str(SOFTHSM_MODULE), "securecore", user_pin)
+    try:
+        _create_keys(backend)
+    finally:
+        backend.close()
+    return (
+        '[keys]\nbackend = "pkcs11"\n\n[keys.pkcs11]\n'
+        f'module = "{SOFTHSM_MODULE}"\n'
+        'token_label = "securecore"\n'
+        'user_pin_file = "secrets/hsm_user_pin"\n'
+        'softhsm_conf = "softhsm/softhsm2.conf"\n'
+    )
+
+
+def _development_pki(tls: Path) -> None:
+    """A one-level development CA: a server certificate for localhost and an admin client."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SecureCore Development CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (tls / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    leaves = {
+        "server": (
+            "localhost",
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        ),
+        "admin": (
+            "admin",
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            [x509.UniformResourceIdentifier("spiffe://securecore/admin/admin")],
+        ),
+    }
+    for name, (common_name, usage, sans) in leaves.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=180))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        (tls / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(
+            tls / f"{name}.key",
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+    # The development CA keeps no CRL, so the policy does not check one.
+    policy = {
+        "ca_file": str(tls / "ca.pem"),
+        "crl_check": "none",
+        "server_certificate": str(tls / "server.pem"),
+        "server_key": str(tls / "server.key"),
+        "client_certificate": str(tls / "admin.pem"),
+        "client_key": str(tls / "admin.key"),
+    }
+    (tls / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
