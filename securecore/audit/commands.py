@@ -57,7 +57,7 @@ def _prove(args: argparse.Namespace) -> int:
             return 1
         size, note = covering[0]
         checkpoint = verify_checkpoint(note, signing_public_keys(ring))
-        leaves = [merkle.leaf_hash(r.entry()) for r in itertools.islice(store.records(), size)]
+        leaves = [merkle.leaf_hash(e) for _, e in itertools.islice(store.entries(), size)]
     finally:
         store.close()
     path = merkle.inclusion_proof(leaves, args.seq - 1)

@@ -26,8 +26,7 @@ def export_lines(store: AuditStore, origin: str) -> Iterator[str]:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     yield line({"type": "header", "format": FORMAT, "origin": origin, "size": store.size()})
-    for record in store.records():
-        entry = json.loads(record.entry())
-        yield line({"type": "record", "seq": record.seq, "record": entry})
+    for seq, entry in store.entries():
+        yield line({"type": "record", "seq": seq, "record": json.loads(entry)})
     for size, note in store.checkpoints():
         yield line({"type": "checkpoint", "size": size, "note": note})

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import datetime
 import os
-import queue
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from securecore.audit.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from securecore.audit.record import Record, protect_details
+from securecore.audit.record import canonical, protect_details
 from securecore.audit.store import AuditStore
 from securecore.keys.base import KeyRing
 
@@ -42,16 +40,6 @@ CHECKPOINT_DIR = "checkpoints"
 
 class AuditError(Exception):
     """The audit log cannot accept records (the service must not answer without them)."""
-
-
-@dataclass
-class _Pending:
-    actor: str
-    action: str
-    target: str
-    outcome: str
-    details: dict[str, Any]
-    done: Future
 
 
 class AuditLog:
@@ -65,7 +53,7 @@ class AuditLog:
         hmac_key: bytes,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 10.0,
-        max_batch: int = 2048,
+        max_batch: int = 4096,
     ) -> None:
         self.store, self.ring, self.origin = store, ring, origin
         self.hmac_key = hmac_key
@@ -78,7 +66,18 @@ class AuditLog:
         self._recover()
         self._last_checkpoint_size = max((s for s, _ in store.checkpoints()), default=0)
         self._last_checkpoint_time = time.monotonic()
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        # Appenders take a sequence number and queue their record under the
+        # lock, then wait until `_committed` reaches it: one wake-up per
+        # commit instead of a future per record keeps the cost per append low.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._durable = threading.Condition(self._lock)
+        self._pending: list[tuple[int, str, str, str, str, dict[str, Any]]] = []
+        self._next_seq = self._tree.size + 1
+        self._committed = self._tree.size
+        self._checkpoint_wanted = 0
+        self._checkpointed = self._last_checkpoint_size
+        self._closing = False
         self._failed: BaseException | None = None
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()
@@ -88,11 +87,11 @@ class AuditLog:
     def _recover(self) -> None:
         """Rebuild the tree from the store; drop witness leaves of records never committed."""
         size = 0
-        for record in self.store.records():
+        for seq, entry in self.store.entries():
             size += 1
-            if record.seq != size:
-                raise AuditError(f"audit store: record {size} is missing (found {record.seq})")
-            self._tree.append(merkle.leaf_hash(record.entry()))
+            if seq != size:
+                raise AuditError(f"audit store: record {size} is missing (found {seq})")
+            self._tree.append(merkle.leaf_hash(entry))
         witnessed = self._leaves_path.stat().st_size // 32 if self._leaves_path.exists() else 0
         if witnessed > size:
             # A crash between the witness write and the commit: those records
@@ -115,66 +114,92 @@ class AuditLog:
         timeout: float = 30.0,
     ) -> int:
         """Append a record; returns its sequence number once it is durable."""
+        with self._lock:
+            self._raise_if_stopped()
+            seq = self._next_seq
+            self._next_seq += 1
+            self._pending.append((seq, actor, action, target, outcome, details or {}))
+            self._work.notify()
+            self._wait(lambda: self._committed >= seq, timeout, f"record {seq} durable")
+        return seq
+
+    def checkpoint_now(self, timeout: float = 30.0) -> int:
+        """Sign a checkpoint of everything appended so far; returns its tree size."""
+        with self._lock:
+            self._raise_if_stopped()
+            wanted = self._next_seq - 1
+            self._checkpoint_wanted = max(self._checkpoint_wanted, wanted)
+            self._work.notify()
+            self._wait(lambda: self._checkpointed >= wanted, timeout, f"checkpoint {wanted}")
+            return self._checkpointed
+
+    def _wait(self, done, timeout: float, what: str) -> None:
+        """With the lock held: wait for the writer until done(), failure or timeout."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            self._raise_if_stopped()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AuditError(f"{what}: not done within {timeout} s")
+            self._durable.wait(remaining)
+
+    def _raise_if_stopped(self) -> None:
         if self._failed is not None:
             raise AuditError(f"the audit log stopped after an error: {self._failed}")
-        pending = _Pending(actor, action, target, outcome, details or {}, Future())
-        self._queue.put(pending)
-        return pending.done.result(timeout=timeout)
 
     def _run(self) -> None:
         while True:
-            wait = max(
-                0.05, self.checkpoint_interval - (time.monotonic() - self._last_checkpoint_time)
-            )
+            with self._lock:
+                while not (
+                    self._pending or self._closing or self._checkpoint_wanted > self._checkpointed
+                ):
+                    wait = self.checkpoint_interval - (
+                        time.monotonic() - self._last_checkpoint_time
+                    )
+                    if wait <= 0 and self._tree.size > self._last_checkpoint_size:
+                        break
+                    self._work.wait(max(0.05, wait))
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                closing = self._closing and not self._pending
+                forced = self._checkpoint_wanted > self._checkpointed
             try:
-                first = self._queue.get(timeout=wait)
-            except queue.Empty:
-                self._maybe_checkpoint()
-                continue
-            if first is None:
-                self._maybe_checkpoint(force=True)
+                if batch:
+                    self._commit(batch)
+                if batch or forced or closing:
+                    self._maybe_checkpoint(force=closing or (forced and not self._pending))
+                else:
+                    self._maybe_checkpoint()
+            except BaseException as error:  # appenders must see every failure
+                with self._lock:
+                    self._failed = error
+                    self._durable.notify_all()
                 return
-            batch, stop = [first], False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            try:
-                self._commit(batch)
-            except BaseException as error:  # the service must see every failure
-                self._failed = error
-                for pending in batch:
-                    pending.done.set_exception(AuditError(f"audit write failed: {error}"))
-                return
-            self._maybe_checkpoint()
-            if stop:
-                self._maybe_checkpoint(force=True)
-                return
+            with self._lock:
+                if batch:
+                    self._committed = batch[-1][0]
+                self._checkpointed = self._last_checkpoint_size
+                self._durable.notify_all()
+                if closing:
+                    return
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[tuple[int, str, str, str, str, dict[str, Any]]]) -> None:
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
-        first_seq = self._tree.size + 1
-        records = [
-            Record(
-                first_seq + index, now, p.actor, p.action, p.target, p.outcome,
-                protect_details(p.details, self.hmac_key),
-            )
-            for index, p in enumerate(batch)
+        rows = [
+            (seq, canonical({
+                "seq": seq, "timestamp": now, "actor": actor, "action": action,
+                "target": target, "outcome": outcome,
+                "details": protect_details(details, self.hmac_key),
+            }))
+            for seq, actor, action, target, outcome, details in batch
         ]  # fmt: skip
-        leaves = [merkle.leaf_hash(record.entry()) for record in records]
+        leaves = [merkle.leaf_hash(entry) for _, entry in rows]
         self._leaves.write(b"".join(leaves))
         self._leaves.flush()
         os.fsync(self._leaves.fileno())
-        self.store.append_batch(records)
+        self.store.append_batch(rows)
         for leaf in leaves:
             self._tree.append(leaf)
-        for record, pending in zip(records, batch, strict=True):
-            pending.done.set_result(record.seq)
 
     # --- checkpoints --------------------------------------------------------------
 
@@ -203,9 +228,10 @@ class AuditLog:
 
     def close(self) -> None:
         """Write what is queued, a final checkpoint, and stop."""
-        if self._writer.is_alive():
-            self._queue.put(None)
-            self._writer.join(timeout=60)
+        with self._lock:
+            self._closing = True
+            self._work.notify()
+        self._writer.join(timeout=60)
         self._leaves.close()
         self.store.close()
 
@@ -250,12 +276,15 @@ def verify_log(
 
     tree = merkle.CompactRange()
     expected = 0
-    for record in store.records():
+    for seq, entry in store.entries():
         expected += 1
-        if record.seq != expected:
-            problem = f"record {expected} is missing (the next one stored is {record.seq})"
+        if seq != expected or f'"seq":{seq},'.encode() not in entry:
+            if seq != expected:
+                problem = f"record {expected} is missing (the next one stored is {seq})"
+            else:
+                problem = f"record {expected} carries another sequence number inside"
             return Verification(False, expected - 1, len(checkpoints), expected, problem)
-        leaf = merkle.leaf_hash(record.entry())
+        leaf = merkle.leaf_hash(entry)
         if expected > count:
             problem = f"record {expected} is not in the witness (inserted or never witnessed)"
             return Verification(False, expected - 1, len(checkpoints), expected, problem)

@@ -27,9 +27,15 @@ class Record:
 
     def entry(self) -> bytes:
         """Canonical JSON (sorted keys, no spaces, UTF-8): what the Merkle leaf hashes."""
-        return json.dumps(
-            asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        return canonical(asdict(self))
+
+    @classmethod
+    def from_entry(cls, entry: bytes) -> Record:
+        return cls(**json.loads(entry))
+
+
+def canonical(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def protect_details(details: dict[str, Any], hmac_key: bytes) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """Durable storage of audit records: SQLite in WAL mode with synchronous=FULL.
 
-The store is an interface (AuditStore) so that PostgreSQL can be added; the
-SQLite implementation is the default. A record is durable when its
-transaction has committed; group commit (several appends, one commit and one
-fsync) is done by the writer in securecore.audit.log.
+A record is stored as its canonical entry (the exact bytes its Merkle leaf
+hashes), so there is one source of truth and verification hashes what is
+stored without re-encoding it. SQLite's JSON functions query the fields
+(`json_extract(entry, '$.actor')`). The store is an interface (AuditStore) so
+that PostgreSQL can be added; SQLite is the default. Group commit (many
+appends, one transaction, one fsync) is done by the writer in
+securecore.audit.log.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -19,12 +21,7 @@ from securecore.audit.record import Record
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
     seq INTEGER PRIMARY KEY,
-    timestamp TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    details TEXT NOT NULL
+    entry BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     size INTEGER PRIMARY KEY,
@@ -35,12 +32,16 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 
 class AuditStore(ABC):
     @abstractmethod
-    def append_batch(self, records: Sequence[Record]) -> None:
-        """Insert the records in one transaction and return once it is durable."""
+    def append_batch(self, rows: Sequence[tuple[int, bytes]]) -> None:
+        """Insert (seq, entry) rows in one transaction and return once it is durable."""
 
     @abstractmethod
+    def entries(self) -> Iterator[tuple[int, bytes]]:
+        """Every (seq, entry), in order of sequence numbers."""
+
     def records(self) -> Iterator[Record]:
-        """Every record, in storage order of sequence numbers."""
+        for _, entry in self.entries():
+            yield Record.from_entry(entry)
 
     @abstractmethod
     def size(self) -> int: ...
@@ -65,27 +66,19 @@ class SQLiteAuditStore(AuditStore):
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
 
-    def append_batch(self, records: Sequence[Record]) -> None:
-        rows = [
-            (r.seq, r.timestamp, r.actor, r.action, r.target, r.outcome,
-             json.dumps(r.details, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
-            for r in records
-        ]  # fmt: skip
+    def append_batch(self, rows: Sequence[tuple[int, bytes]]) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany("INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO audit_records VALUES (?, ?)", rows)
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
-    def records(self) -> Iterator[Record]:
-        cursor = self._db.execute(
-            "SELECT seq, timestamp, actor, action, target, outcome, details "
-            "FROM audit_records ORDER BY seq"
-        )
-        for seq, timestamp, actor, action, target, outcome, details in cursor:
-            yield Record(seq, timestamp, actor, action, target, outcome, json.loads(details))
+    def entries(self) -> Iterator[tuple[int, bytes]]:
+        cursor = self._db.execute("SELECT seq, entry FROM audit_records ORDER BY seq")
+        while rows := cursor.fetchmany(4096):
+            yield from rows
 
     def size(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -93,12 +94,20 @@ class SoftwareKeys(KeyBackend):
             )
         else:
             data = AESGCM.generate_key(bit_length=256)
-        # O_EXCL: two processes rotating at once cannot overwrite each other's key.
-        descriptor = os.open(
-            self.directory / f"{kid}{SUFFIX[kind]}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-        )
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # Written under a temporary name and then linked into place: a reader
+        # listing versions never sees a half-written key, and link() fails if
+        # another process made the same version meanwhile (no overwrite).
+        final = self.directory / f"{kid}{SUFFIX[kind]}"
+        descriptor, temporary = tempfile.mkstemp(dir=self.directory, prefix=".new-")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temporary, final)
+            except FileExistsError as error:
+                raise KeyStoreError(f"{final} was made by someone else meanwhile") from error
+        finally:
+            Path(temporary).unlink()
         return kid

@@ -80,7 +80,10 @@ def test_init_gives_a_setup_that_verifies(setup) -> None:
 def test_verify_names_the_first_bad_record_and_fails(setup) -> None:
     config, _ = setup
     with sqlite3.connect(config.parent / "data" / "audit.db") as db:
-        db.execute("UPDATE audit_records SET actor = 'mallory' WHERE seq = 142")
+        db.execute(
+            "UPDATE audit_records SET entry = CAST(replace(CAST(entry AS TEXT), "
+            '\'"actor":"alice"\', \'"actor":"mallory"\') AS BLOB) WHERE seq = 142'
+        )
     proc = securecore("audit", "verify", "-c", str(config), check=False)
     assert proc.returncode == 1
     assert "first bad record: 142" in proc.stderr, proc.stderr
