@@ -12,12 +12,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from securecore import __version__
+from securecore import __version__, state_commands
 from securecore.audit import commands as audit_commands
 from securecore.audit.checkpoint import CheckpointError
+from securecore.backup import BackupError
 from securecore.config import ConfigError
 from securecore.devsetup import SetupError
 from securecore.devsetup import init as init_development_setup
+from securecore.emergency import EmergencyError
 from securecore.keys.base import KeyStoreError
 from securecore.lab import LabError
 from securecore.lab.manager import Lab
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     audit_commands.add_parser(commands)
+    state_commands.add_parsers(commands)
     return parser
 
 
@@ -103,7 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (LabError, ConfigError, KeyStoreError, CheckpointError, SetupError) as exc:
+    except (
+        LabError,
+        ConfigError,
+        KeyStoreError,
+        CheckpointError,
+        SetupError,
+        BackupError,
+        EmergencyError,
+    ) as exc:
         print(f"securecore {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
