@@ -207,3 +207,16 @@ def test_kill_9_under_load_loses_no_acknowledged_record(tmp_path: Path, keys) ->
     assert set(acknowledged) <= stored
     result = verify(tmp_path, keys)
     assert result.ok, result
+
+
+def test_a_quiet_log_is_checkpointed_after_the_interval(tmp_path: Path, keys) -> None:
+    log = open_log(tmp_path, keys, checkpoint_every=1000, checkpoint_interval=0.3)
+    for i in range(3):
+        log.append("alice", "login", "core", "success", {"i": i})
+    deadline = time.monotonic() + 10
+    checkpoints = tmp_path / "witness" / "checkpoints"
+    while not (checkpoints / "000000000003").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (checkpoints / "000000000003").exists(), "no time-based checkpoint"
+    log.close()
+    assert verify(tmp_path, keys).ok
