@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """Run a command from the project root with the project's ansible.cfg."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    # Molecule exports ANSIBLE_FORCE_COLOR for its own runs; output that tests
+    # read must be plain text.
+    env.pop("ANSIBLE_FORCE_COLOR", None)
     proc = subprocess.run(
         list(args),
         cwd=ROOT,
@@ -68,7 +71,7 @@ def run_module(
         timeout=120,
         check=False,
         env={
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "ANSIBLE_FORCE_COLOR"},
             "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
