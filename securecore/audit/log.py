@@ -42,6 +42,17 @@ class AuditError(Exception):
     """The audit log cannot accept records (the service must not answer without them)."""
 
 
+class _Batch:
+    """Records that commit together, and the event their appenders wait on."""
+
+    __slots__ = ("done", "error", "records")
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, str, str, str, str, dict[str, Any]]] = []
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class AuditLog:
     def __init__(
         self,
@@ -53,12 +64,10 @@ class AuditLog:
         hmac_key: bytes,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 10.0,
-        max_batch: int = 4096,
     ) -> None:
         self.store, self.ring, self.origin = store, ring, origin
         self.hmac_key = hmac_key
         self.checkpoint_every, self.checkpoint_interval = checkpoint_every, checkpoint_interval
-        self.max_batch = max_batch
         self.witness = Path(witness_dir)
         (self.witness / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         self._leaves_path = self.witness / LEAVES_FILE
@@ -66,15 +75,14 @@ class AuditLog:
         self._recover()
         self._last_checkpoint_size = max((s for s, _ in store.checkpoints()), default=0)
         self._last_checkpoint_time = time.monotonic()
-        # Appenders take a sequence number and queue their record under the
-        # lock, then wait until `_committed` reaches it: one wake-up per
-        # commit instead of a future per record keeps the cost per append low.
+        # Appenders take a sequence number and add their record to the open
+        # batch under the lock, then wait on that batch's event: one wake-up
+        # per record when its group commit is durable, and none before.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._durable = threading.Condition(self._lock)
-        self._pending: list[tuple[int, str, str, str, str, dict[str, Any]]] = []
+        self._open = _Batch()
         self._next_seq = self._tree.size + 1
-        self._committed = self._tree.size
         self._checkpoint_wanted = 0
         self._checkpointed = self._last_checkpoint_size
         self._closing = False
@@ -118,9 +126,14 @@ class AuditLog:
             self._raise_if_stopped()
             seq = self._next_seq
             self._next_seq += 1
-            self._pending.append((seq, actor, action, target, outcome, details or {}))
-            self._work.notify()
-            self._wait(lambda: self._committed >= seq, timeout, f"record {seq} durable")
+            batch = self._open
+            batch.records.append((seq, actor, action, target, outcome, details or {}))
+            if len(batch.records) == 1:
+                self._work.notify()
+        if not batch.done.wait(timeout):
+            raise AuditError(f"record {seq}: not durable within {timeout} s")
+        if batch.error is not None:
+            raise AuditError(f"audit write failed: {batch.error}")
         return seq
 
     def checkpoint_now(self, timeout: float = 30.0) -> int:
@@ -130,57 +143,57 @@ class AuditLog:
             wanted = self._next_seq - 1
             self._checkpoint_wanted = max(self._checkpoint_wanted, wanted)
             self._work.notify()
-            self._wait(lambda: self._checkpointed >= wanted, timeout, f"checkpoint {wanted}")
+            deadline = time.monotonic() + timeout
+            while self._checkpointed < wanted:
+                self._raise_if_stopped()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AuditError(f"no checkpoint of size {wanted} within {timeout} s")
+                self._durable.wait(remaining)
             return self._checkpointed
 
-    def _wait(self, done, timeout: float, what: str) -> None:
-        """With the lock held: wait for the writer until done(), failure or timeout."""
-        deadline = time.monotonic() + timeout
-        while not done():
-            self._raise_if_stopped()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AuditError(f"{what}: not done within {timeout} s")
-            self._durable.wait(remaining)
-
     def _raise_if_stopped(self) -> None:
+        if self._closing:
+            raise AuditError("the audit log is closed")
         if self._failed is not None:
             raise AuditError(f"the audit log stopped after an error: {self._failed}")
+
+    def _has_work(self) -> bool:
+        return bool(
+            self._open.records or self._closing or self._checkpoint_wanted > self._checkpointed
+        )
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not (
-                    self._pending or self._closing or self._checkpoint_wanted > self._checkpointed
-                ):
-                    wait = self.checkpoint_interval - (
-                        time.monotonic() - self._last_checkpoint_time
-                    )
-                    if wait <= 0 and self._tree.size > self._last_checkpoint_size:
-                        break
-                    self._work.wait(max(0.05, wait))
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                closing = self._closing and not self._pending
+                while not self._has_work():
+                    if self._tree.size == self._last_checkpoint_size:
+                        self._work.wait()  # nothing to do until someone appends
+                        continue
+                    since = time.monotonic() - self._last_checkpoint_time
+                    if since >= self.checkpoint_interval:
+                        break  # records wait for their time-based checkpoint
+                    self._work.wait(self.checkpoint_interval - since)
+                batch, self._open = self._open, _Batch()
+                closing = self._closing
                 forced = self._checkpoint_wanted > self._checkpointed
             try:
-                if batch:
-                    self._commit(batch)
-                if batch or forced or closing:
-                    self._maybe_checkpoint(force=closing or (forced and not self._pending))
-                else:
-                    self._maybe_checkpoint()
+                if batch.records:
+                    self._commit(batch.records)
+                self._maybe_checkpoint(force=closing or forced)
             except BaseException as error:  # appenders must see every failure
                 with self._lock:
                     self._failed = error
+                    for failed in (batch, self._open):
+                        failed.error = error
+                        failed.done.set()
                     self._durable.notify_all()
                 return
+            batch.done.set()
             with self._lock:
-                if batch:
-                    self._committed = batch[-1][0]
                 self._checkpointed = self._last_checkpoint_size
                 self._durable.notify_all()
-                if closing:
+                if closing and not self._open.records:
                     return
 
     def _commit(self, batch: list[tuple[int, str, str, str, str, dict[str, Any]]]) -> None:
