@@ -24,6 +24,8 @@ from securecore.keys.base import KeyStoreError
 from securecore.lab import LabError
 from securecore.lab.manager import Lab
 from securecore.lab.spec import load_spec
+from securecore.server import serve as serve_command
+from securecore.tls import TLSPolicyError
 
 DEFAULT_LAB_INVENTORY = "inventories/lab"
 
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit_commands.add_parser(commands)
     state_commands.add_parsers(commands)
+    serve_command.add_parser(commands)
     return parser
 
 
@@ -114,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         SetupError,
         BackupError,
         EmergencyError,
+        TLSPolicyError,
     ) as exc:
         print(f"securecore {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -186,6 +186,11 @@ def _development_pki(tls: Path) -> None:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            # OpenSSL's strict verification (the TLS policy sets it) wants both.
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
             .sign(ca_key, hashes.SHA256())
         )
         (tls / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))

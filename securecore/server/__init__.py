@@ -1,0 +1,1 @@
+"""The core service over mutual TLS: ASGI application, client identity, serving."""

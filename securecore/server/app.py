@@ -1,0 +1,75 @@
+"""The ASGI application of the core service (Starlette).
+
+Every connection is mutual TLS 1.3 (the server refuses anything else); the
+identity middleware turns the verified client certificate into a Principal
+for each request and refuses requests whose certificate names none. Health
+(/healthz) and readiness (/readyz) answer any verified client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from securecore.server.errors import error_response, http_exception, unhandled
+from securecore.server.identity import IdentityError, principal_from_scope
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class IdentityMiddleware:
+    def __init__(self, app, trust_domain: str) -> None:
+        self.app, self.trust_domain = app, trust_domain
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = principal_from_scope(scope, self.trust_domain)
+        except IdentityError as error:
+            if scope["path"] not in OPEN_PATHS:
+                await error_response(403, str(error), "identity_unknown")(scope, receive, send)
+                return
+            principal = None
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    *, trust_domain: str, readiness: dict[str, Callable[[], None]] | None = None
+) -> Starlette:
+    checks = readiness or {}
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        failed = {}
+        for name, check in checks.items():
+            try:
+                check()
+            except Exception as error:  # a failing dependency, reported by name
+                failed[name] = type(error).__name__
+        if failed:
+            return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
+        return JSONResponse({"status": "ready", "checks": sorted(checks)})
+
+    async def whoami(request: Request) -> JSONResponse:
+        return JSONResponse(request.state.principal.as_dict())
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/v1/whoami", whoami),
+        ],
+        exception_handlers={HTTPException: http_exception, Exception: unhandled},
+    )
+    app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
+    return app

@@ -1,0 +1,37 @@
+"""Every error is JSON with a stable code: {"error": {"code": ..., "message": ...}}."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, message: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code or CODES.get(status, "error"), "message": message}},
+        status_code=status,
+    )
+
+
+async def http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)  # noqa: S101 - Starlette routes only these here
+    return error_response(exc.status_code, exc.detail or CODES.get(exc.status_code, "error"))
+
+
+async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+    # The details stay in the server's log; the client learns nothing internal.
+    return error_response(500, "internal error")

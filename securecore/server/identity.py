@@ -1,0 +1,66 @@
+"""Who is calling: the principal named by the verified client certificate.
+
+Site certificates (roles/pki, `securecore init`) carry a URI SAN
+spiffe://TRUST_DOMAIN/KIND/NAME - admin/NAME, core/HOST, plugin/HOST,
+dmz/HOST. Nothing else (headers, subject CN alone) names a principal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+KINDS = ("admin", "core", "plugin", "dmz")
+
+
+class IdentityError(Exception):
+    """The certificate names no principal of this site."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str
+    name: str
+    spiffe_id: str
+    subject: str
+    serial: str
+    fingerprint: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "spiffe_id": self.spiffe_id,
+            "subject": self.subject,
+            "serial": self.serial,
+            "fingerprint_sha256": self.fingerprint,
+        }
+
+
+def principal_from_scope(scope: dict, trust_domain: str) -> Principal:
+    tls = scope.get("extensions", {}).get("tls")
+    if not tls or not tls.get("client_cert_chain"):
+        raise IdentityError("no verified client certificate on this connection")
+    cert = x509.load_pem_x509_certificate(tls["client_cert_chain"][0].encode())
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as error:
+        raise IdentityError("the client certificate has no subject alternative names") from error
+    prefix = f"spiffe://{trust_domain}/"
+    ids = [uri for uri in sans.get_values_for_type(x509.UniformResourceIdentifier)
+           if uri.startswith(prefix)]  # fmt: skip
+    if len(ids) != 1:
+        raise IdentityError(f"the client certificate must carry exactly one {prefix}... URI")
+    parts = ids[0][len(prefix) :].split("/")
+    if len(parts) != 2 or parts[0] not in KINDS or not parts[1]:
+        raise IdentityError(f"{ids[0]}: not KIND/NAME with KIND one of {', '.join(KINDS)}")
+    return Principal(
+        kind=parts[0],
+        name=parts[1],
+        spiffe_id=ids[0],
+        subject=cert.subject.rfc4514_string(),
+        serial=format(cert.serial_number, "x"),
+        fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+    )

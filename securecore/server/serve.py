@@ -1,0 +1,67 @@
+"""`securecore serve -c CONFIG`: the service on uvicorn, mutual TLS 1.3 only."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from securecore import config as configuration
+from securecore.audit.factory import open_store
+from securecore.config import ConfigError
+from securecore.keys.factory import open_key_ring
+from securecore.server.app import create_app
+from securecore.server.logs import log_config
+from securecore.server.tls_scope import TLSScopeH11Protocol
+from securecore.tls import TLSPolicy
+
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def build_server(config: configuration.Config) -> uvicorn.Server:
+    policy_path = config.get("tls", "policy")
+    if not policy_path:
+        raise ConfigError(f"{config.path}: [tls] policy is required to serve")
+    policy = TLSPolicy.from_file(policy_path)
+    policy.server_context()  # certificate, key, CA and CRL load now, or nothing starts
+    ring = open_key_ring(config)
+    host, _, port = config.get("service", "listen").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{config.path}: [service] listen must be HOST:PORT")
+
+    def audit_store() -> None:
+        open_store(config).close()
+
+    def signing_key() -> None:
+        ring.current(ring.signing_key)
+
+    app = create_app(
+        trust_domain="securecore",
+        readiness={"audit_store": audit_store, "signing_key": signing_key},
+    )
+    settings = uvicorn.Config(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        http=TLSScopeH11Protocol,
+        ssl_context_factory=lambda _config, _default: policy.server_context(),
+        log_config=log_config(),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        server_header=False,
+        proxy_headers=False,  # no header may change who the client is
+    )
+    return uvicorn.Server(settings)
+
+
+def serve(args: argparse.Namespace) -> int:
+    server = build_server(configuration.load(args.config))
+    server.run()
+    return 0
+
+
+def add_parser(commands) -> None:
+    command = commands.add_parser(
+        "serve", help="run the core service (mutual TLS 1.3)", description=__doc__
+    )
+    command.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
+    command.set_defaults(handler=serve)

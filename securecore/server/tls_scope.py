@@ -1,0 +1,63 @@
+"""The ASGI TLS extension for uvicorn: the verified client certificate in the scope.
+
+uvicorn does not put the peer certificate into the ASGI scope. This protocol
+class adds `scope["extensions"]["tls"]` (ASGI TLS extension, asgiref
+specs/tls) for every request on a TLS connection, taken from the connection's
+SSL object after the handshake verified the chain against the site's CA. The
+application reads identity from there only: a client cannot forge it with
+a header, since no header is ever consulted.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+# IANA TLS versions and TLS 1.3 cipher suites, as the extension wants numbers.
+TLS_VERSIONS = {"TLSv1.3": 0x0304, "TLSv1.2": 0x0303}
+CIPHER_SUITES = {
+    "TLS_AES_128_GCM_SHA256": 0x1301,
+    "TLS_AES_256_GCM_SHA384": 0x1302,
+    "TLS_CHACHA20_POLY1305_SHA256": 0x1303,
+}
+
+
+def tls_extension(transport: Any) -> dict[str, Any] | None:
+    ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    cipher = ssl_object.cipher()
+    return {
+        "server_cert": None,
+        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+        "client_cert_name": None,
+        # A chain that fails verification never completes the handshake.
+        "client_cert_error": None,
+        "tls_version": TLS_VERSIONS.get(ssl_object.version() or ""),
+        "cipher_suite": CIPHER_SUITES.get(cipher[0]) if cipher else None,
+    }
+
+
+class _WithTLS:
+    __slots__ = ("app", "tls")
+
+    def __init__(self, app: Any, tls: dict[str, Any]) -> None:
+        self.app, self.tls = app, tls
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope["extensions"] = {**scope.get("extensions", {}), "tls": dict(self.tls)}
+        await self.app(scope, receive, send)
+
+
+class TLSScopeH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, one instance per connection, with the TLS extension."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        tls = tls_extension(transport)
+        if tls is not None:
+            self.app = _WithTLS(self.app, tls)

@@ -1,0 +1,137 @@
+"""`securecore serve` on a development setup: mutual TLS 1.3, identity, JSON errors, shutdown.
+
+Real TLS on loopback against the real server process; the client identity
+must come from the verified certificate and never from a header.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_audit_cli import securecore
+
+FORGED_HEADERS = {
+    "X-Forwarded-Client-Cert": "By=spiffe://securecore/core/core-01;URI=spiffe://securecore/admin/root",
+    "X-Client-Cert": "-----BEGIN CERTIFICATE-----forged",
+    "X-SSL-Client-S-DN": "CN=root",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("serve") / "dev"
+    securecore("init", str(directory), "--software-keys")
+    port = free_port()
+    config = directory / "config.toml"
+    config.write_text(config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail(f"the server did not start: {process.communicate()[1]}")
+    yield {"port": port, "tls": directory / "tls", "process": process}
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def context(tls: Path, *, client: str | None = "admin", maximum=ssl.TLSVersion.TLSv1_3):
+    ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    ctx.maximum_version = maximum
+    if client:
+        ctx.load_cert_chain(str(tls / f"{client}.pem"), str(tls / f"{client}.key"))
+    return ctx
+
+
+def get(server, path: str, headers=None, **options) -> tuple[int, dict]:
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server["port"], context=context(server["tls"], **options), timeout=10
+    )
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_the_client_certificate_names_the_caller(server) -> None:
+    status, body = get(server, "/v1/whoami")
+    assert status == 200
+    assert body["kind"] == "admin" and body["spiffe_id"] == "spiffe://securecore/admin/admin"
+
+
+def test_forged_identity_headers_are_never_trusted(server) -> None:
+    status, body = get(server, "/v1/whoami", headers=FORGED_HEADERS)
+    assert status == 200 and body["name"] == "admin" and body["subject"] == "CN=admin"
+
+
+def test_health_and_readiness(server) -> None:
+    assert get(server, "/healthz") == (200, {"status": "ok"})
+    status, body = get(server, "/readyz")
+    assert status == 200 and body["checks"] == ["audit_store", "signing_key"]
+
+
+def test_errors_are_json_with_stable_codes(server) -> None:
+    assert get(server, "/no/such/thing") == (
+        404,
+        {"error": {"code": "not_found", "message": "Not Found"}},
+    )
+
+
+def test_a_server_certificate_cannot_be_used_as_a_client(server) -> None:
+    # Valid and from the site's CA, but for serverAuth only: refused at the handshake.
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+        get(server, "/v1/whoami", client="server")
+
+
+def test_without_a_client_certificate_there_is_no_connection(server) -> None:
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+        get(server, "/healthz", client=None)
+
+
+def test_tls_12_is_refused(server) -> None:
+    with pytest.raises(ssl.SSLError):
+        get(server, "/healthz", maximum=ssl.TLSVersion.TLSv1_2)
+
+
+def test_logs_are_json_and_shutdown_is_graceful(server) -> None:
+    get(server, "/healthz")
+    process = server["process"]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    # uvicorn re-raises SIGTERM once it has shut down cleanly (systemd counts
+    # that as a clean stop); a crash would be another code.
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert any(line["message"] == "Shutting down" for line in lines)
+    assert any(
+        line["logger"] == "uvicorn.access" and "/healthz" in line["message"] for line in lines
+    )
+    assert any("Finished server process" in line["message"] for line in lines)
+    assert not any("color_message" in line for line in lines)

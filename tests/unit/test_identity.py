@@ -1,0 +1,88 @@
+"""The identity middleware: only a verified certificate's spiffe:// URI names a caller."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from securecore.server.app import create_app
+from securecore.server.identity import IdentityError, principal_from_scope
+
+
+def certificate(*uris: str) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if uris:
+        names = [x509.UniformResourceIdentifier(uri) for uri in uris]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def scope(path: str, pem: str | None, headers=()) -> dict:
+    value = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "https", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": list(headers), "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    if pem is not None:
+        value["extensions"] = {"tls": {"client_cert_chain": [pem]}}
+    return value
+
+
+def call(request_scope: dict) -> tuple[int, bytes]:
+    app = create_app(trust_domain="securecore")
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(request_scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+@pytest.mark.parametrize(
+    ("uris", "message"),
+    [
+        ((), "no subject alternative names"),
+        (("spiffe://other-domain/admin/x",), "exactly one spiffe://securecore/... URI"),
+        (("spiffe://securecore/root/x",), "not KIND/NAME"),
+        (("spiffe://securecore/admin/a", "spiffe://securecore/admin/b"), "exactly one"),
+    ],
+)
+def test_certificates_that_name_no_principal_are_refused(uris, message) -> None:
+    with pytest.raises(IdentityError, match=message):
+        principal_from_scope(scope("/v1/whoami", certificate(*uris)), "securecore")
+    status, body = call(scope("/v1/whoami", certificate(*uris)))
+    assert status == 403 and b'"identity_unknown"' in body
+
+
+def test_headers_never_make_an_identity() -> None:
+    forged = [(b"x-forwarded-client-cert", b"URI=spiffe://securecore/admin/root")]
+    status, body = call(scope("/v1/whoami", None, forged))
+    assert status == 403 and b"no verified client certificate" in body
+
+
+def test_a_good_certificate_names_its_principal(tmp_path: Path) -> None:
+    status, body = call(scope("/v1/whoami", certificate("spiffe://securecore/plugin/plugin-01")))
+    assert status == 200 and b'"kind":"plugin"' in body and b'"name":"plugin-01"' in body
