@@ -94,7 +94,13 @@ def open_envelope(ring: KeyRing, envelope: Envelope, context: bytes) -> bytes:
     if name != ring.kek:
         raise EnvelopeError(f"envelope key {envelope.kid} is not a version of {ring.kek}")
     if not ring.accepts(envelope.kid):
-        raise EnvelopeError(f"envelope key {envelope.kid} is past its grace period after rotation")
+        _, version = parse_key_id(envelope.kid)
+        why = (
+            "is past its grace period after rotation"
+            if version in ring.backend.versions(name)
+            else "is retired or was never made"
+        )
+        raise EnvelopeError(f"envelope key {envelope.kid} {why}")
     if len(envelope.nonce) != NONCE_SIZE or len(envelope.wrap_nonce) != NONCE_SIZE:
         raise EnvelopeError("envelope nonces must be 12 bytes")
     try:

@@ -84,7 +84,10 @@ class KeyRing:
 
     def accepts(self, kid: str) -> bool:
         name, version = parse_key_id(kid)
-        later = [v for v in self.backend.versions(name) if v > version]
+        versions = self.backend.versions(name)
+        if version not in versions:
+            return False  # never made, or retired
+        later = [v for v in versions if v > version]
         if not later:
             return True
         successor_made = self.backend.created(key_id(name, later[0]))

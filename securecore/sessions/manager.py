@@ -1,0 +1,225 @@
+"""Sessions of principals: short-lived access tokens, refresh tokens rotated on use.
+
+- An access token lives `access_ttl` seconds. Verified tokens are cached until
+  their expiry - never longer, and a revoked session's tokens fail at once.
+- A refresh token is returned once and stored only as its SHA-256. Using it
+  gives a new pair and retires it; using a retired refresh token again is
+  reuse (a stolen token): the whole session is revoked (RFC 6819 5.2.2.3).
+- A session unused for `idle_timeout` seconds expires; a principal may hold
+  at most `max_sessions` live sessions.
+State lives in SQLite (the service's database), so every worker sees the
+same revocations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securecore.keys.base import KeyRing
+from securecore.sessions import tokens
+from securecore.sessions.tokens import TokenError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    revoked_at REAL,
+    revoked_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_principal ON sessions (principal);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    digest TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL REFERENCES sessions (id),
+    expires REAL NOT NULL,
+    used_at REAL
+);
+"""
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_id: str
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SessionManager:
+    def __init__(
+        self,
+        ring: KeyRing,
+        database: str | Path,
+        *,
+        issuer: str = "securecore",
+        audience: str = "securecore-api",
+        access_ttl: int = 300,
+        refresh_ttl: int = 8 * 3600,
+        idle_timeout: int = 900,
+        max_sessions: int = 5,
+        clock=time.time,
+    ) -> None:
+        self.ring, self.issuer, self.audience = ring, issuer, audience
+        self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
+        self.idle_timeout, self.max_sessions = idle_timeout, max_sessions
+        self.clock = clock
+        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    # --- issuing -------------------------------------------------------------------
+
+    def create(self, principal: str) -> TokenPair:
+        now = self.clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                live = self._db.execute(
+                    "SELECT COUNT(*) FROM sessions WHERE principal = ? AND revoked_at IS NULL "
+                    "AND last_seen >= ?",
+                    (principal, now - self.idle_timeout),
+                ).fetchone()[0]
+                if live >= self.max_sessions:
+                    raise TokenError(
+                        "too_many_sessions",
+                        f"{principal} has {live} live sessions (at most {self.max_sessions})",
+                    )
+                session_id = str(uuid.uuid4())
+                self._db.execute(
+                    "INSERT INTO sessions (id, principal, created, last_seen) VALUES (?, ?, ?, ?)",
+                    (session_id, principal, now, now),
+                )
+                refresh = self._new_refresh(session_id, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return TokenPair(
+            self._access(principal, session_id, now), refresh, self.access_ttl, session_id
+        )
+
+    def _access(self, principal: str, session_id: str, now: float) -> str:
+        return tokens.issue(
+            self.ring,
+            {
+                "iss": self.issuer,
+                "aud": self.audience,
+                "sub": principal,
+                "sid": session_id,
+                "jti": str(uuid.uuid4()),
+                "iat": int(now),
+                "nbf": int(now),
+                "exp": int(now) + self.access_ttl,
+            },
+        )
+
+    def _new_refresh(self, session_id: str, now: float) -> str:
+        token = secrets.token_urlsafe(32)
+        self._db.execute(
+            "INSERT INTO refresh_tokens (digest, session_id, expires) VALUES (?, ?, ?)",
+            (_digest(token), session_id, now + self.refresh_ttl),
+        )
+        return token
+
+    def refresh(self, refresh_token: str) -> TokenPair:
+        now = self.clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT r.session_id, r.expires, r.used_at, s.principal, s.revoked_at, "
+                    "s.last_seen FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id "
+                    "WHERE r.digest = ?",
+                    (_digest(refresh_token),),
+                ).fetchone()
+                if row is None:
+                    raise TokenError("invalid_refresh", "unknown refresh token")
+                session_id, expires, used_at, principal, revoked_at, last_seen = row
+                if used_at is not None:
+                    # Someone holds a copy of a token that was already exchanged.
+                    self._revoke(session_id, "refresh token reuse", now)
+                    self._db.execute("COMMIT")
+                    raise TokenError("refresh_reuse", "refresh token reused: session revoked")
+                if revoked_at is not None:
+                    raise TokenError("revoked", "the session is revoked")
+                if now > expires or now - last_seen > self.idle_timeout:
+                    raise TokenError("expired", "the session has expired")
+                self._db.execute(
+                    "UPDATE refresh_tokens SET used_at = ? WHERE digest = ?",
+                    (now, _digest(refresh_token)),
+                )
+                self._db.execute(
+                    "UPDATE sessions SET last_seen = ? WHERE id = ?", (now, session_id)
+                )
+                new_refresh = self._new_refresh(session_id, now)
+                self._db.execute("COMMIT")
+            except TokenError as error:
+                if error.code != "refresh_reuse":
+                    self._db.execute("ROLLBACK")
+                raise
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return TokenPair(
+            self._access(principal, session_id, now), new_refresh, self.access_ttl, session_id
+        )
+
+    # --- checking -------------------------------------------------------------------
+
+    def verify(self, access_token: str) -> dict[str, Any]:
+        now = self.clock()
+        cached = self._cache.get(access_token)
+        if cached is not None and now <= cached[0]:
+            claims = cached[1]
+        else:
+            _, claims = tokens.verify(
+                self.ring, access_token, issuer=self.issuer, audience=self.audience, now=now,
+                leeway=0,
+            )  # fmt: skip
+            self._cache[access_token] = (claims["exp"], claims)
+            if len(self._cache) > 100_000:
+                self._expire_cache(now)
+        # Revocation and idleness are checked on every use, cached or not.
+        row = self._db.execute(
+            "SELECT revoked_at, last_seen FROM sessions WHERE id = ?", (claims["sid"],)
+        ).fetchone()
+        if row is None or row[0] is not None:
+            raise TokenError("revoked", "the session is revoked")
+        if now - row[1] > self.idle_timeout:
+            raise TokenError("expired", "the session has been idle too long")
+        if now - row[1] > 10:  # write last_seen at most every 10 s per session
+            self._db.execute("UPDATE sessions SET last_seen = ? WHERE id = ?", (now, claims["sid"]))
+        return claims
+
+    def _expire_cache(self, now: float) -> None:
+        for token in [t for t, (exp, _) in self._cache.items() if exp < now]:
+            del self._cache[token]
+
+    def revoke(self, session_id: str, reason: str) -> None:
+        with self._lock:
+            self._revoke(session_id, reason, self.clock())
+
+    def _revoke(self, session_id: str, reason: str, now: float) -> None:
+        self._db.execute(
+            "UPDATE sessions SET revoked_at = ?, revoked_reason = ? "
+            "WHERE id = ? AND revoked_at IS NULL",
+            (now, reason, session_id),
+        )
+
+    def close(self) -> None:
+        self._db.close()
