@@ -18,18 +18,14 @@ from securecore.audit.store import SQLiteAuditStore
 from securecore.keys.base import KeyRing
 from securecore.keys.software import SoftwareKeys
 from tests.integration.helpers import ROOT
+from tests.keyrings import software_ring
 
 HMAC_KEY = b"k" * 32
 
 
 @pytest.fixture
 def keys(tmp_path: Path) -> SoftwareKeys:
-    directory = tmp_path / "keys"
-    directory.mkdir(mode=0o700)
-    backend = SoftwareKeys(directory)
-    backend.create_version("securecore-signing", "ec_p256")
-    backend.create_version("securecore-kek", "aes256")
-    return backend
+    return software_ring(tmp_path).backend
 
 
 def open_log(tmp_path: Path, keys: SoftwareKeys, **options) -> AuditLog:

@@ -24,17 +24,12 @@ from securecore.audit.checkpoint import (
 )
 from securecore.crypto.envelope import Envelope, EnvelopeError, open_envelope, seal
 from securecore.keys.base import KeyRing, KeyStoreError
-from securecore.keys.software import SoftwareKeys
+from tests.keyrings import software_ring
 
 
 @pytest.fixture
 def ring(tmp_path: Path) -> KeyRing:
-    directory = tmp_path / "keys"
-    directory.mkdir(mode=0o700)
-    backend = SoftwareKeys(directory)
-    backend.create_version("securecore-signing", "ec_p256")
-    backend.create_version("securecore-kek", "aes256")
-    return KeyRing(backend, "securecore-signing", "securecore-kek")
+    return software_ring(tmp_path)
 
 
 def test_key_files_are_private(ring: KeyRing, tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from securecore.keys.base import KeyRing
-from securecore.keys.software import SoftwareKeys
 from securecore.sessions import tokens
 from securecore.sessions.manager import SessionManager
 from securecore.sessions.tokens import TokenError
+from tests.keyrings import software_ring
 
 
 class Clock:
@@ -30,12 +30,7 @@ class Clock:
 
 @pytest.fixture
 def ring(tmp_path: Path) -> KeyRing:
-    directory = tmp_path / "keys"
-    directory.mkdir(mode=0o700)
-    backend = SoftwareKeys(directory)
-    backend.create_version("securecore-signing", "ec_p256")
-    backend.create_version("securecore-kek", "aes256")
-    return KeyRing(backend, "securecore-signing", "securecore-kek")
+    return software_ring(tmp_path)
 
 
 @pytest.fixture
