@@ -18,6 +18,8 @@ from starlette.routing import Route
 
 from securecore.server.errors import error_response, http_exception, unhandled
 from securecore.server.identity import IdentityError, principal_from_scope
+from securecore.server.session_routes import session_routes
+from securecore.sessions.manager import SessionManager
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -42,7 +44,10 @@ class IdentityMiddleware:
 
 
 def create_app(
-    *, trust_domain: str, readiness: dict[str, Callable[[], None]] | None = None
+    *,
+    trust_domain: str,
+    readiness: dict[str, Callable[[], None]] | None = None,
+    sessions: SessionManager | None = None,
 ) -> Starlette:
     checks = readiness or {}
 
@@ -68,6 +73,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/v1/whoami", whoami),
+            *(session_routes(sessions) if sessions is not None else []),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unhandled},
     )

@@ -7,6 +7,7 @@ dmz/HOST. Nothing else (headers, subject CN alone) names a principal.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -27,6 +28,15 @@ class Principal:
     subject: str
     serial: str
     fingerprint: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def thumbprint(self) -> str:
+        """RFC 8705 x5t#S256: base64url SHA-256 of the certificate (binds tokens to it)."""
+        return base64.urlsafe_b64encode(bytes.fromhex(self.fingerprint)).rstrip(b"=").decode()
 
     def as_dict(self) -> dict[str, str]:
         return {

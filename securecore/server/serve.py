@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import uvicorn
 
@@ -13,6 +14,7 @@ from securecore.keys.factory import open_key_ring
 from securecore.server.app import create_app
 from securecore.server.logs import log_config
 from securecore.server.tls_scope import TLSScopeH11Protocol
+from securecore.sessions.manager import SessionManager
 from securecore.tls import TLSPolicy
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -35,9 +37,11 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
     def signing_key() -> None:
         ring.current(ring.signing_key)
 
+    sessions = SessionManager(ring, Path(config.get("service", "data_dir")) / "sessions.db")
     app = create_app(
         trust_domain="securecore",
         readiness={"audit_store": audit_store, "signing_key": signing_key},
+        sessions=sessions,
     )
     settings = uvicorn.Config(
         app,

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     created REAL NOT NULL,
     last_seen REAL NOT NULL,
     revoked_at REAL,
-    revoked_reason TEXT
+    revoked_reason TEXT,
+    binding TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_principal ON sessions (principal);
 CREATE TABLE IF NOT EXISTS refresh_tokens (
@@ -84,7 +85,7 @@ class SessionManager:
 
     # --- issuing -------------------------------------------------------------------
 
-    def create(self, principal: str) -> TokenPair:
+    def create(self, principal: str, certificate_thumbprint: str | None = None) -> TokenPair:
         now = self.clock()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -101,22 +102,29 @@ class SessionManager:
                     )
                 session_id = str(uuid.uuid4())
                 self._db.execute(
-                    "INSERT INTO sessions (id, principal, created, last_seen) VALUES (?, ?, ?, ?)",
-                    (session_id, principal, now, now),
+                    "INSERT INTO sessions (id, principal, created, last_seen, binding) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (session_id, principal, now, now, certificate_thumbprint),
                 )
                 refresh = self._new_refresh(session_id, now)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return TokenPair(
-            self._access(principal, session_id, now), refresh, self.access_ttl, session_id
-        )
+        access = self._access(principal, session_id, now, certificate_thumbprint)
+        return TokenPair(access, refresh, self.access_ttl, session_id)
 
-    def _access(self, principal: str, session_id: str, now: float) -> str:
+    def _access(
+        self, principal: str, session_id: str, now: float, thumbprint: str | None = None
+    ) -> str:
+        claims: dict[str, Any] = {}
+        if thumbprint:
+            # RFC 8705: the token is bound to the client certificate it was issued to.
+            claims["cnf"] = {"x5t#S256": thumbprint}
         return tokens.issue(
             self.ring,
             {
+                **claims,
                 "iss": self.issuer,
                 "aud": self.audience,
                 "sub": principal,
@@ -136,20 +144,24 @@ class SessionManager:
         )
         return token
 
-    def refresh(self, refresh_token: str) -> TokenPair:
+    def refresh(self, refresh_token: str, certificate_thumbprint: str | None = None) -> TokenPair:
         now = self.clock()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
                     "SELECT r.session_id, r.expires, r.used_at, s.principal, s.revoked_at, "
-                    "s.last_seen FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id "
+                    "s.last_seen, s.binding FROM refresh_tokens r "
+                    "JOIN sessions s ON s.id = r.session_id "
                     "WHERE r.digest = ?",
                     (_digest(refresh_token),),
                 ).fetchone()
                 if row is None:
                     raise TokenError("invalid_refresh", "unknown refresh token")
-                session_id, expires, used_at, principal, revoked_at, last_seen = row
+                session_id, expires, used_at, principal, revoked_at, last_seen, binding = row
+                if binding and binding != certificate_thumbprint:
+                    # A refresh token is usable only with the certificate it was issued to.
+                    raise TokenError("binding_mismatch", "refresh token of another certificate")
                 if used_at is not None:
                     # Someone holds a copy of a token that was already exchanged.
                     self._revoke(session_id, "refresh token reuse", now)
@@ -175,13 +187,15 @@ class SessionManager:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return TokenPair(
-            self._access(principal, session_id, now), new_refresh, self.access_ttl, session_id
-        )
+        access = self._access(principal, session_id, now, binding)
+        return TokenPair(access, new_refresh, self.access_ttl, session_id)
 
     # --- checking -------------------------------------------------------------------
 
-    def verify(self, access_token: str) -> dict[str, Any]:
+    def verify(
+        self, access_token: str, certificate_thumbprint: str | None = None
+    ) -> dict[str, Any]:
+        """The claims of a live token; a certificate-bound token needs that certificate."""
         now = self.clock()
         cached = self._cache.get(access_token)
         if cached is not None and now <= cached[0]:
@@ -194,6 +208,9 @@ class SessionManager:
             self._cache[access_token] = (claims["exp"], claims)
             if len(self._cache) > 100_000:
                 self._expire_cache(now)
+        bound = claims.get("cnf", {}).get("x5t#S256")
+        if bound and bound != certificate_thumbprint:
+            raise TokenError("binding_mismatch", "the token is bound to another certificate")
         # Revocation and idleness are checked on every use, cached or not.
         row = self._db.execute(
             "SELECT revoked_at, last_seen FROM sessions WHERE id = ?", (claims["sid"],)

@@ -120,6 +120,53 @@ def test_tls_12_is_refused(server) -> None:
         get(server, "/healthz", maximum=ssl.TLSVersion.TLSv1_2)
 
 
+def call(server, method: str, path: str, *, token=None, body=None, client="admin"):
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server["port"], context=context(server["tls"], client=client), timeout=10
+    )
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    payload = json.dumps(body).encode() if body is not None else None
+    if payload is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+        return response.status, json.loads(raw) if raw else None
+    finally:
+        connection.close()
+
+
+def test_sessions_over_the_api(server) -> None:
+    status, pair = call(server, "POST", "/v1/sessions")
+    assert status == 201 and pair["token_type"] == "Bearer"
+    status, current = call(server, "GET", "/v1/sessions/current", token=pair["access_token"])
+    assert status == 200 and current["sub"] == "admin/admin"
+    assert call(server, "GET", "/v1/sessions/current")[1]["error"]["code"] == "unauthenticated"
+    status, renewed = call(
+        server, "POST", "/v1/sessions/refresh", body={"refresh_token": pair["refresh_token"]}
+    )
+    assert status == 200 and renewed["session_id"] == pair["session_id"]
+    status, error = call(server, "POST", "/v1/sessions/refresh", body={"token": "x"})
+    assert status == 422 and error["error"]["code"] == "invalid_request"
+    # Reusing the first refresh token revokes the session.
+    status, error = call(
+        server, "POST", "/v1/sessions/refresh", body={"refresh_token": pair["refresh_token"]}
+    )
+    assert status == 401 and error["error"]["code"] == "refresh_reuse"
+    status, error = call(server, "GET", "/v1/sessions/current", token=renewed["access_token"])
+    assert status == 401 and error["error"]["code"] == "revoked"
+
+
+def test_a_session_can_be_ended_by_its_holder(server) -> None:
+    _, pair = call(server, "POST", "/v1/sessions")
+    status, ended = call(server, "DELETE", "/v1/sessions/current", token=pair["access_token"])
+    assert status == 204 and ended is None
+    status, error = call(server, "GET", "/v1/sessions/current", token=pair["access_token"])
+    assert status == 401 and error["error"]["code"] == "revoked"
+
+
+# Last: it stops the module's server.
 def test_logs_are_json_and_shutdown_is_graceful(server) -> None:
     get(server, "/healthz")
     process = server["process"]

@@ -169,3 +169,17 @@ def test_a_retired_signing_key_ends_its_tokens(ring: KeyRing, sessions, tmp_path
     with pytest.raises(TokenError) as caught:
         fresh.verify(token)
     assert caught.value.code == "unknown_kid"
+
+
+def test_a_bound_token_needs_its_certificate(sessions: SessionManager) -> None:
+    pair = sessions.create("admin/alice", certificate_thumbprint="thumb-of-alice")
+    assert claims_of(pair.access_token)["cnf"] == {"x5t#S256": "thumb-of-alice"}
+    assert sessions.verify(pair.access_token, "thumb-of-alice")["sub"] == "admin/alice"
+    with pytest.raises(TokenError) as caught:
+        sessions.verify(pair.access_token, "thumb-of-mallory")
+    assert caught.value.code == "binding_mismatch"
+    with pytest.raises(TokenError) as refreshed:
+        sessions.refresh(pair.refresh_token, "thumb-of-mallory")
+    assert refreshed.value.code == "binding_mismatch"
+    # The refresh token was not spent by the refused attempt.
+    assert sessions.refresh(pair.refresh_token, "thumb-of-alice").session_id == pair.session_id

@@ -1,0 +1,99 @@
+"""/v1/sessions: tokens for the principal of the client certificate.
+
+POST   /v1/sessions          a new session (access + refresh token), bound to the certificate
+POST   /v1/sessions/refresh  {"refresh_token": ...} -> a new pair; the old refresh token retires
+DELETE /v1/sessions/current  revoke the session of the presented access token
+GET    /v1/sessions/current  the presented access token's session (a check for clients)
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from securecore.server.errors import error_response
+from securecore.sessions.manager import SessionManager, TokenPair
+from securecore.sessions.tokens import TokenError
+
+MAX_BODY = 4096
+
+
+def _pair(pair: TokenPair) -> dict:
+    return {
+        "access_token": pair.access_token,
+        "refresh_token": pair.refresh_token,
+        "token_type": "Bearer",
+        "expires_in": pair.expires_in,
+        "session_id": pair.session_id,
+    }
+
+
+def _refused(error: TokenError) -> JSONResponse:
+    status = 429 if error.code == "too_many_sessions" else 401
+    return error_response(status, str(error), error.code)
+
+
+def bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def session_routes(sessions: SessionManager) -> list[Route]:
+    async def create(request: Request) -> Response:
+        principal = request.state.principal
+        try:
+            pair = sessions.create(principal.id, principal.thumbprint)
+        except TokenError as error:
+            return _refused(error)
+        return JSONResponse(_pair(pair), status_code=201)
+
+    async def refresh(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return error_response(413, f"the body is larger than {MAX_BODY} bytes")
+        try:
+            data = json.loads(body or b"null")
+        except ValueError:
+            return error_response(400, "the body is not JSON")
+        token = data.get("refresh_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token or set(data) != {"refresh_token"}:
+            return error_response(422, 'the body must be {"refresh_token": "..."} only')
+        try:
+            pair = sessions.refresh(token, request.state.principal.thumbprint)
+        except TokenError as error:
+            return _refused(error)
+        return JSONResponse(_pair(pair))
+
+    def current_claims(request: Request) -> dict:
+        token = bearer(request)
+        if token is None:
+            raise TokenError("unauthenticated", "an Authorization: Bearer token is required")
+        return sessions.verify(token, request.state.principal.thumbprint)
+
+    async def current(request: Request) -> Response:
+        try:
+            claims = current_claims(request)
+        except TokenError as error:
+            return _refused(error)
+        return JSONResponse(
+            {"session_id": claims["sid"], "sub": claims["sub"], "exp": claims["exp"]}
+        )
+
+    async def end(request: Request) -> Response:
+        try:
+            claims = current_claims(request)
+        except TokenError as error:
+            return _refused(error)
+        sessions.revoke(claims["sid"], "ended by its holder")
+        return Response(status_code=204)
+
+    return [
+        Route("/v1/sessions", create, methods=["POST"]),
+        Route("/v1/sessions/refresh", refresh, methods=["POST"]),
+        Route("/v1/sessions/current", current, methods=["GET"]),
+        Route("/v1/sessions/current", end, methods=["DELETE"]),
+    ]
