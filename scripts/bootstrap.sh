@@ -17,6 +17,8 @@ APT_PACKAGES=(
   softhsm2 opensc nftables openssl
   # independent checks used by the tests (SSH configuration audit)
   ssh-audit
+  # the second audit store (the tests start their own server from its binaries)
+  postgresql
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

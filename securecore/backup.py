@@ -53,6 +53,12 @@ def _manifest_bytes(manifest: dict) -> bytes:
 
 
 def create_backup(config: Config, ring: KeyRing, directory: str | Path | None = None) -> Path:
+    if config.get("audit", "backend") != "sqlite":
+        raise BackupError(
+            f"{config.path}: [audit] backend = {config.get('audit', 'backend')!r}: back up "
+            "PostgreSQL with its own tools (pg_basebackup, WAL archiving); `securecore backup` "
+            "copies the SQLite store"
+        )
     target = Path(directory or config.get("backup", "directory") or "")
     if not str(target):
         raise BackupError(f"{config.path}: [backup] directory is not set and no -o was given")

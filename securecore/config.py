@@ -57,7 +57,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "directory": Option(str, required=True, is_path=True, must_exist=True),
     },
     "audit": {
+        "backend": Option(str, "sqlite", choices=("sqlite", "postgresql")),
+        # SQLite: the database file. PostgreSQL: see dsn (database is then ignored).
         "database": Option(str, required=True, is_path=True),
+        "dsn": Option(str),
         "witness_dir": Option(str, required=True, is_path=True),
         "origin": Option(str, required=True),
         "hmac_key_file": Option(str, required=True, is_path=True, must_exist=True),

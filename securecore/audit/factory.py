@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from securecore.audit.log import AuditLog
-from securecore.audit.store import SQLiteAuditStore
-from securecore.config import Config
+from securecore.audit.store import AuditStore, SQLiteAuditStore
+from securecore.config import Config, ConfigError
 from securecore.keys.base import KeyRing
 from securecore.keys.factory import read_secret_file
 
 
-def open_store(config: Config) -> SQLiteAuditStore:
+def open_store(config: Config) -> AuditStore:
+    if config.get("audit", "backend") == "postgresql":
+        dsn = config.get("audit", "dsn")
+        if not dsn:
+            raise ConfigError(f"{config.path}: [audit] dsn is required with backend = postgresql")
+        from securecore.audit.postgres import PostgresAuditStore
+
+        return PostgresAuditStore(dsn)
     return SQLiteAuditStore(config.get("audit", "database"))
 
 

@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from securecore.audit.log import AuditLog, verify_log
 from securecore.audit.store import SQLiteAuditStore
 from securecore.keys.base import KeyRing
 from securecore.keys.software import SoftwareKeys
+from tests.auditload import append_from_threads
 from tests.integration.helpers import ROOT
 from tests.keyrings import software_ring
 
@@ -57,17 +57,7 @@ def verify(tmp_path: Path, keys: SoftwareKeys):
 def written(tmp_path: Path, keys: SoftwareKeys) -> Path:
     """A log of 200 records from 8 threads, checkpointed every 50."""
     log = open_log(tmp_path, keys, checkpoint_every=50)
-    seqs: list[int] = []
-
-    def worker(n: int) -> None:
-        for i in range(25):
-            seqs.append(log.append(f"user-{n}", "login", "core", "success", {"i": i}))
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    seqs = append_from_threads(log)
     log.close()
     assert sorted(seqs) == list(range(1, 201))
     return tmp_path
