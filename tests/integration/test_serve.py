@@ -9,16 +9,12 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import socket
 import ssl
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_audit_cli import securecore
+from tests.devserver import dev_server
 
 FORGED_HEADERS = {
     "X-Forwarded-Client-Cert": "By=spiffe://securecore/core/core-01;URI=spiffe://securecore/admin/root",
@@ -27,37 +23,10 @@ FORGED_HEADERS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("serve") / "dev"
-    securecore("init", str(directory), "--software-keys")
-    port = free_port()
-    config = directory / "config.toml"
-    config.write_text(config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        pytest.fail(f"the server did not start: {process.communicate()[1]}")
-    yield {"port": port, "tls": directory / "tls", "process": process}
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with dev_server(tmp_path_factory.mktemp("serve") / "dev") as running:
+        yield running
 
 
 def context(tls: Path, *, client: str | None = "admin", maximum=ssl.TLSVersion.TLSv1_3):

@@ -1,0 +1,1 @@
+"""Plugins of the core service: registry, registration flow, trust scores."""

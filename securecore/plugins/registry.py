@@ -1,0 +1,312 @@
+"""The plugin registry and its registration flow (seed 000 4.2 and 6.1).
+
+Registration, five steps, each recorded:
+  1. request         the plugin's name, vendor, endpoint and security level are well-formed
+  2. security        level at least the configured minimum; the credentials - the client
+                     certificate the request came with, verified by mutual TLS - name this
+                     very plugin (spiffe://.../plugin/NAME); the vendor is on the allowlist
+  3. communication   the core connects to the plugin's endpoint over mutual TLS 1.3 and gets
+                     an answer within the timeout
+  4. trust           initial score from vendor reputation, the new-plugin bonus and the
+                     history of earlier registrations under this name
+  5. completion      state active, a session for the plugin, an audit record
+A failing step leaves the plugin `pending` with the reason. States: pending, active,
+suspended, revoked (revoked is final). Every call to a plugin is recorded and moves its
+trust score; the score's thresholds suspend it.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from securecore.plugins.trust import TrustAssessment, TrustFactors, assess
+from securecore.server.identity import Principal
+
+STATES = ("pending", "active", "suspended", "revoked")
+NAME = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+OUTCOMES = ("success", "failure", "violation", "auth_failure")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS plugins (
+    name TEXT PRIMARY KEY,
+    vendor TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    security_level INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    registered_at REAL NOT NULL,
+    certificate_fingerprint TEXT NOT NULL,
+    calls INTEGER NOT NULL DEFAULT 0,
+    successes INTEGER NOT NULL DEFAULT 0,
+    violations INTEGER NOT NULL DEFAULT 0,
+    auth_failures INTEGER NOT NULL DEFAULT 0,
+    score INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS trust_history (
+    plugin TEXT NOT NULL,
+    time REAL NOT NULL,
+    score INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS communications (
+    plugin TEXT NOT NULL,
+    time REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    latency_ms REAL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+class RegistrationError(Exception):
+    """A registration step failed; `step` says which (request, security, ...)."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass(frozen=True)
+class RegistrationRequest:
+    name: str
+    vendor: str
+    endpoint: str
+    security_level: int
+
+
+@dataclass
+class Registration:
+    name: str
+    state: str
+    score: int
+    steps: list[dict[str, str]] = field(default_factory=list)
+    alerts: list[dict[str, str]] = field(default_factory=list)
+
+
+ProbeResult = dict[str, Any]
+Probe = Callable[[str], ProbeResult]
+AuditHook = Callable[[str, str, str, str, dict[str, Any]], Any]
+
+
+class PluginRegistry:
+    def __init__(
+        self,
+        database: str | Path,
+        *,
+        vendors: dict[str, int],
+        minimum_security_level: int,
+        probe: Probe,
+        audit: AuditHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.vendors, self.minimum_security_level = vendors, minimum_security_level
+        self.probe, self.clock = probe, clock
+        self.audit = audit or (lambda *args: None)
+        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    # --- registration ----------------------------------------------------------------
+
+    def register(self, request: RegistrationRequest, principal: Principal) -> Registration:
+        steps: list[dict[str, str]] = []
+
+        def passed(step: str, detail: str) -> None:
+            steps.append({"step": step, "outcome": "passed", "detail": detail})
+            self.audit(principal.id, f"plugin.register.{step}", request.name, "success",
+                       {"detail": detail})  # fmt: skip
+
+        try:
+            self._check_request(request)
+            passed("request", f"{request.endpoint}, level {request.security_level}")
+            self._check_security(request, principal)
+            passed("security", f"credentials {principal.spiffe_id}, vendor {request.vendor}")
+            probe = self.probe(request.endpoint)
+            if not probe.get("ok"):
+                raise RegistrationError("communication", probe.get("error", "no answer"))
+            passed("communication", f"{probe.get('tls_version')} in {probe.get('ms')} ms")
+        except RegistrationError as error:
+            steps.append({"step": error.step, "outcome": "failed", "detail": str(error)})
+            self.audit(principal.id, f"plugin.register.{error.step}", request.name, "failure",
+                       {"detail": str(error)})  # fmt: skip
+            self._store_pending(request, principal, f"{error.step}: {error}")
+            return Registration(request.name, "pending", 0, steps)
+
+        history = self._history_penalty(request.name)
+        factors = TrustFactors(
+            vendor_reputation=self.vendors[request.vendor], security_violations=history
+        )
+        assessment = assess(request.name, factors, new=True)
+        passed("trust", f"initial score {assessment.score} (earlier violations: {history})")
+        state = "suspended" if "suspend" in assessment.actions else "active"
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO plugins (name, vendor, endpoint, security_level, state, reason, "
+                "registered_at, certificate_fingerprint, violations, score) "
+                "VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "vendor = excluded.vendor, endpoint = excluded.endpoint, "
+                "security_level = excluded.security_level, state = excluded.state, reason = '', "
+                "certificate_fingerprint = excluded.certificate_fingerprint, "
+                "violations = excluded.violations, score = excluded.score",
+                (request.name, request.vendor, request.endpoint, request.security_level, state,
+                 self.clock(), principal.fingerprint, history, assessment.score),
+            )  # fmt: skip
+            self._history(request.name, assessment.score, "registered")
+        passed("completion", f"state {state}")
+        return Registration(
+            request.name, state, assessment.score, steps,
+            [vars(alert) for alert in assessment.alerts],
+        )  # fmt: skip
+
+    def _check_request(self, request: RegistrationRequest) -> None:
+        if not NAME.match(request.name):
+            raise RegistrationError("request", f"name {request.name!r}: [a-z][a-z0-9-]{{1,62}}")
+        url = urlsplit(request.endpoint)
+        if url.scheme != "https" or not url.hostname or url.path not in ("", "/"):
+            raise RegistrationError("request", f"endpoint {request.endpoint!r}: https://HOST:PORT")
+        if not isinstance(request.security_level, int) or not 1 <= request.security_level <= 5:
+            raise RegistrationError("request", "security_level: an integer 1-5")
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state FROM plugins WHERE name = ?", (request.name,)
+            ).fetchone()
+        if row and row[0] == "revoked":
+            raise RegistrationError("request", f"{request.name} is revoked; it cannot return")
+
+    def _check_security(self, request: RegistrationRequest, principal: Principal) -> None:
+        if request.security_level < self.minimum_security_level:
+            raise RegistrationError(
+                "security",
+                f"security level {request.security_level} is below {self.minimum_security_level}",
+            )
+        if principal.kind != "plugin" or principal.name != request.name:
+            raise RegistrationError(
+                "security",
+                f"the client certificate names {principal.id}, not plugin/{request.name}",
+            )
+        if request.vendor not in self.vendors:
+            raise RegistrationError("security", f"vendor {request.vendor!r} is not allowed")
+
+    def _history_penalty(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT violations FROM plugins WHERE name = ?", (name,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _store_pending(
+        self, request: RegistrationRequest, principal: Principal, reason: str
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO plugins (name, vendor, endpoint, security_level, state, reason, "
+                "registered_at, certificate_fingerprint) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET reason = excluded.reason "
+                "WHERE plugins.state IN ('pending')",
+                (request.name, request.vendor, request.endpoint, request.security_level, reason,
+                 self.clock(), principal.fingerprint),
+            )  # fmt: skip
+
+    # --- communication and trust ------------------------------------------------------
+
+    def record_call(
+        self, name: str, outcome: str, latency_ms: float | None = None, detail: str = ""
+    ) -> TrustAssessment:
+        """Record one call to the plugin; update and act on its trust score."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome {outcome!r}: one of {', '.join(OUTCOMES)}")
+        now = self.clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT vendor, registered_at, calls, successes, violations, auth_failures, "
+                    "state, score FROM plugins WHERE name = ?",
+                    (name,),
+                ).fetchone()
+                if row is None:
+                    raise KeyError(name)
+                vendor, registered, calls, successes, violations, auth_failures, state, old = row
+                calls += 1
+                successes += outcome == "success"
+                violations += outcome == "violation"
+                auth_failures += outcome == "auth_failure"
+                factors = TrustFactors(
+                    calls=calls, successes=successes, security_violations=violations,
+                    uptime_days=int((now - registered) // 86400), auth_failures=auth_failures,
+                    vendor_reputation=self.vendors.get(vendor, 0),
+                )  # fmt: skip
+                assessment = assess(name, factors)
+                if "suspend" in assessment.actions and state == "active":
+                    state = "suspended"
+                self._db.execute(
+                    "UPDATE plugins SET calls = ?, successes = ?, violations = ?, "
+                    "auth_failures = ?, score = ?, state = ?, "
+                    "reason = CASE WHEN ? = 'suspended' AND reason = '' "
+                    "THEN 'trust score at or below 30' ELSE reason END WHERE name = ?",
+                    (calls, successes, violations, auth_failures, assessment.score, state,
+                     state, name),
+                )  # fmt: skip
+                self._db.execute(
+                    "INSERT INTO communications VALUES (?, ?, ?, ?, ?)",
+                    (name, now, outcome, latency_ms, detail),
+                )
+                if assessment.score != old:
+                    self._history(name, assessment.score, f"call {outcome}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if state == "suspended" and "suspend" in assessment.actions:
+            self.audit("securecore", "plugin.suspend", name, "success",
+                       {"score": assessment.score})  # fmt: skip
+        return assessment
+
+    def _history(self, name: str, score: int, reason: str) -> None:
+        self._db.execute(
+            "INSERT INTO trust_history VALUES (?, ?, ?, ?)", (name, self.clock(), score, reason)
+        )
+
+    def set_state(self, name: str, state: str, reason: str, actor: str) -> None:
+        if state not in STATES:
+            raise ValueError(f"state {state!r}: one of {', '.join(STATES)}")
+        with self._lock:
+            current = self._db.execute(
+                "SELECT state FROM plugins WHERE name = ?", (name,)
+            ).fetchone()
+            if current is None:
+                raise KeyError(name)
+            if current[0] == "revoked":
+                raise ValueError(f"{name} is revoked; revocation is final")
+            self._db.execute(
+                "UPDATE plugins SET state = ?, reason = ? WHERE name = ?", (state, reason, name)
+            )
+        self.audit(actor, f"plugin.{state}", name, "success", {"reason": reason})
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM plugins WHERE name = ?", (name,))
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            plugin = dict(zip([c[0] for c in cursor.description], row, strict=True))
+            plugin["trust_history"] = [
+                {"time": t, "score": s, "reason": r}
+                for t, s, r in self._db.execute(
+                    "SELECT time, score, reason FROM trust_history WHERE plugin = ? ORDER BY rowid",
+                    (name,),
+                )
+            ]
+        return plugin
+
+    def close(self) -> None:
+        self._db.close()

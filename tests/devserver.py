@@ -1,0 +1,50 @@
+"""`securecore serve` on a fresh development setup, for tests that need a real TLS peer."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_audit_cli import securecore
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def dev_server(directory: Path) -> Iterator[dict]:
+    """Yield {"port", "tls", "process"} of a running server; kill it afterwards."""
+    securecore("init", str(directory), "--software-keys")
+    port = free_port()
+    config = directory / "config.toml"
+    config.write_text(config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail(f"the server did not start: {process.communicate()[1]}")
+    try:
+        yield {"port": port, "tls": directory / "tls", "process": process}
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

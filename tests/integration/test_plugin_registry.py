@@ -1,0 +1,121 @@
+"""Plugin registration (five steps) and trust, with a real mutual-TLS probe.
+
+A development `securecore serve` stands in for the plugin's endpoint: the
+registry's probe must reach it over mutual TLS 1.3 with the core's client
+certificate, as it will reach the reference plugin on the lab.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from securecore.plugins.probe import mtls_probe
+from securecore.plugins.registry import PluginRegistry, RegistrationRequest
+from securecore.server.identity import Principal
+from securecore.tls import TLSPolicy
+from tests.devserver import dev_server, free_port
+
+
+def principal(kind: str, name: str) -> Principal:
+    return Principal(kind, name, f"spiffe://securecore/{kind}/{name}", f"CN={name}", "1", "ab" * 32)
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory):
+    with dev_server(tmp_path_factory.mktemp("plugin") / "dev") as running:
+        yield running
+
+
+@pytest.fixture
+def registry(endpoint, tmp_path: Path):
+    tls = endpoint["tls"]
+    policy = TLSPolicy.from_file(tls / "policy.json")
+    records: list[tuple] = []
+    registry = PluginRegistry(
+        tmp_path / "plugins.db",
+        vendors={"acme": 80, "shady": 10},
+        minimum_security_level=3,
+        probe=mtls_probe(policy, timeout=3),
+        audit=lambda *record: records.append(record),
+    )
+    registry.records = records
+    yield registry
+    registry.close()
+
+
+def request(server, **changes) -> RegistrationRequest:
+    values = {"name": "ticket-store", "vendor": "acme", "security_level": 4,
+              "endpoint": f"https://localhost:{server['port']}"}  # fmt: skip
+    return RegistrationRequest(**{**values, **changes})
+
+
+def test_a_plugin_registers_in_five_steps(registry, endpoint) -> None:
+    done = registry.register(request(endpoint), principal("plugin", "ticket-store"))
+    assert done.state == "active" and done.score == 74
+    assert [s["step"] for s in done.steps] == [
+        "request", "security", "communication", "trust", "completion",
+    ]  # fmt: skip
+    assert all(s["outcome"] == "passed" for s in done.steps)
+    assert "TLSv1.3" in done.steps[2]["detail"]
+    assert [a["code"] for a in done.alerts] == ["plugin_new"]
+    actions = [record[1] for record in registry.records]
+    assert actions[-1] == "plugin.register.completion" and len(actions) == 5
+    stored = registry.get("ticket-store")
+    assert stored["trust_history"][0]["reason"] == "registered"
+
+
+@pytest.mark.parametrize(
+    ("changes", "who", "step", "message"),
+    [
+        ({"name": "Bad Name"}, ("plugin", "Bad Name"), "request", "name 'Bad Name'"),
+        ({"endpoint": "http://localhost:1"}, None, "request", "https://HOST:PORT"),
+        ({"security_level": 2}, None, "security", "security level 2 is below 3"),
+        ({}, ("admin", "alice"), "security", "names admin/alice, not plugin/ticket-store"),
+        ({"vendor": "unknown-co"}, None, "security", "vendor 'unknown-co' is not allowed"),
+    ],
+)
+def test_a_failing_step_leaves_the_plugin_pending(
+    registry, endpoint, changes, who, step, message
+) -> None:
+    wanted = request(endpoint, **changes)
+    done = registry.register(wanted, principal(*(who or ("plugin", wanted.name))))
+    assert done.state == "pending"
+    assert done.steps[-1]["step"] == step and message in done.steps[-1]["detail"]
+    assert registry.records[-1][3] == "failure"
+
+
+def test_an_unreachable_endpoint_fails_the_communication_test(registry) -> None:
+    unreachable = RegistrationRequest("ticket-store", "acme", f"https://localhost:{free_port()}", 4)
+    done = registry.register(unreachable, principal("plugin", "ticket-store"))
+    assert done.state == "pending" and done.steps[-1]["step"] == "communication"
+    assert registry.get("ticket-store")["reason"].startswith("communication: ")
+
+
+def test_failures_lower_trust_until_the_plugin_is_suspended(registry, endpoint) -> None:
+    registry.register(request(endpoint), principal("plugin", "ticket-store"))
+    for _ in range(18):
+        registry.record_call("ticket-store", "success", 12.5)
+    assessment = None
+    for _ in range(4):
+        assessment = registry.record_call("ticket-store", "failure", 5000)
+    assert any(a.code == "success_rate_low" for a in assessment.alerts)  # 18/22 = 82%
+    assert registry.get("ticket-store")["state"] == "active"
+    for _ in range(3):
+        assessment = registry.record_call("ticket-store", "violation", detail="bad signature")
+    plugin = registry.get("ticket-store")
+    assert plugin["state"] == "suspended" and plugin["score"] <= 30
+    assert "trust score" in plugin["reason"]
+    scores = [entry["score"] for entry in plugin["trust_history"]]
+    assert scores[0] == 74 and scores[-1] == plugin["score"] and len(scores) > 5
+    assert registry.records[-1][1] == "plugin.suspend"
+
+
+def test_revocation_is_final(registry, endpoint) -> None:
+    registry.register(request(endpoint), principal("plugin", "ticket-store"))
+    registry.set_state("ticket-store", "revoked", "vendor contract ended", "admin/alice")
+    with pytest.raises(ValueError, match="revocation is final"):
+        registry.set_state("ticket-store", "active", "oops", "admin/alice")
+    again = registry.register(request(endpoint), principal("plugin", "ticket-store"))
+    assert again.state == "pending" and "is revoked" in again.steps[-1]["detail"]
