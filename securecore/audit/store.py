@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from securecore.audit.record import Record
+from securecore.transactions import immediate_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -67,13 +68,8 @@ class SQLiteAuditStore(AuditStore):
         self._db.executescript(SCHEMA)
 
     def append_batch(self, rows: Sequence[tuple[int, bytes]]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(self._db):
             self._db.executemany("INSERT INTO audit_records VALUES (?, ?)", rows)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def entries(self) -> Iterator[tuple[int, bytes]]:
         cursor = self._db.execute("SELECT seq, entry FROM audit_records ORDER BY seq")

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from securecore.plugins.trust import TrustAssessment, TrustFactors, assess
 from securecore.server.identity import Principal
+from securecore.transactions import immediate_transaction
 
 STATES = ("pending", "active", "suspended", "revoked")
 NAME = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
@@ -225,48 +226,43 @@ class PluginRegistry:
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome {outcome!r}: one of {', '.join(OUTCOMES)}")
         now = self.clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT vendor, registered_at, calls, successes, violations, auth_failures, "
-                    "state, score FROM plugins WHERE name = ?",
-                    (name,),
-                ).fetchone()
-                if row is None:
-                    raise KeyError(name)
-                vendor, registered, calls, successes, violations, auth_failures, state, old = row
-                calls += 1
-                successes += outcome == "success"
-                violations += outcome == "violation"
-                auth_failures += outcome == "auth_failure"
-                factors = TrustFactors(
-                    calls=calls, successes=successes, security_violations=violations,
-                    uptime_days=int((now - registered) // 86400), auth_failures=auth_failures,
-                    vendor_reputation=self.vendors.get(vendor, 0),
-                )  # fmt: skip
-                assessment = assess(name, factors)
-                if "suspend" in assessment.actions and state == "active":
-                    state = "suspended"
-                self._db.execute(
-                    "UPDATE plugins SET calls = ?, successes = ?, violations = ?, "
-                    "auth_failures = ?, score = ?, state = ?, "
-                    "reason = CASE WHEN ? = 'suspended' AND reason = '' "
-                    "THEN 'trust score at or below 30' ELSE reason END WHERE name = ?",
-                    (calls, successes, violations, auth_failures, assessment.score, state,
-                     state, name),
-                )  # fmt: skip
-                self._db.execute(
-                    "INSERT INTO communications VALUES (?, ?, ?, ?, ?)",
-                    (name, now, outcome, latency_ms, detail),
-                )
-                if assessment.score != old:
-                    self._history(name, assessment.score, f"call {outcome}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        if state == "suspended" and "suspend" in assessment.actions:
+        with self._lock, immediate_transaction(self._db):
+            row = self._db.execute(
+                "SELECT vendor, registered_at, calls, successes, violations, auth_failures, "
+                "state, score FROM plugins WHERE name = ?",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(name)
+            vendor, registered, calls, successes, violations, auth_failures, state, old = row
+            calls += 1
+            successes += outcome == "success"
+            violations += outcome == "violation"
+            auth_failures += outcome == "auth_failure"
+            factors = TrustFactors(
+                calls=calls, successes=successes, security_violations=violations,
+                uptime_days=int((now - registered) // 86400), auth_failures=auth_failures,
+                vendor_reputation=self.vendors.get(vendor, 0),
+            )  # fmt: skip
+            assessment = assess(name, factors)
+            suspended_now = "suspend" in assessment.actions and state == "active"
+            if suspended_now:
+                state = "suspended"
+            self._db.execute(
+                "UPDATE plugins SET calls = ?, successes = ?, violations = ?, "
+                "auth_failures = ?, score = ?, state = ?, "
+                "reason = CASE WHEN ? = 'suspended' AND reason = '' "
+                "THEN 'trust score at or below 30' ELSE reason END WHERE name = ?",
+                (calls, successes, violations, auth_failures, assessment.score, state,
+                 state, name),
+            )  # fmt: skip
+            self._db.execute(
+                "INSERT INTO communications VALUES (?, ?, ?, ?, ?)",
+                (name, now, outcome, latency_ms, detail),
+            )
+            if assessment.score != old:
+                self._history(name, assessment.score, f"call {outcome}")
+        if suspended_now:
             self.audit("securecore", "plugin.suspend", name, "success",
                        {"score": assessment.score})  # fmt: skip
         return assessment

@@ -26,6 +26,7 @@ from typing import Any
 from securecore.keys.base import KeyRing
 from securecore.sessions import tokens
 from securecore.sessions.tokens import TokenError
+from securecore.transactions import immediate_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -87,30 +88,24 @@ class SessionManager:
 
     def create(self, principal: str, certificate_thumbprint: str | None = None) -> TokenPair:
         now = self.clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                live = self._db.execute(
-                    "SELECT COUNT(*) FROM sessions WHERE principal = ? AND revoked_at IS NULL "
-                    "AND last_seen >= ?",
-                    (principal, now - self.idle_timeout),
-                ).fetchone()[0]
-                if live >= self.max_sessions:
-                    raise TokenError(
-                        "too_many_sessions",
-                        f"{principal} has {live} live sessions (at most {self.max_sessions})",
-                    )
-                session_id = str(uuid.uuid4())
-                self._db.execute(
-                    "INSERT INTO sessions (id, principal, created, last_seen, binding) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (session_id, principal, now, now, certificate_thumbprint),
+        with self._lock, immediate_transaction(self._db):
+            live = self._db.execute(
+                "SELECT COUNT(*) FROM sessions WHERE principal = ? AND revoked_at IS NULL "
+                "AND last_seen >= ?",
+                (principal, now - self.idle_timeout),
+            ).fetchone()[0]
+            if live >= self.max_sessions:
+                raise TokenError(
+                    "too_many_sessions",
+                    f"{principal} has {live} live sessions (at most {self.max_sessions})",
                 )
-                refresh = self._new_refresh(session_id, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            session_id = str(uuid.uuid4())
+            self._db.execute(
+                "INSERT INTO sessions (id, principal, created, last_seen, binding) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (session_id, principal, now, now, certificate_thumbprint),
+            )
+            refresh = self._new_refresh(session_id, now)
         access = self._access(principal, session_id, now, certificate_thumbprint)
         return TokenPair(access, refresh, self.access_ttl, session_id)
 
@@ -146,27 +141,26 @@ class SessionManager:
 
     def refresh(self, refresh_token: str, certificate_thumbprint: str | None = None) -> TokenPair:
         now = self.clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT r.session_id, r.expires, r.used_at, s.principal, s.revoked_at, "
-                    "s.last_seen, s.binding FROM refresh_tokens r "
-                    "JOIN sessions s ON s.id = r.session_id "
-                    "WHERE r.digest = ?",
-                    (_digest(refresh_token),),
-                ).fetchone()
-                if row is None:
-                    raise TokenError("invalid_refresh", "unknown refresh token")
-                session_id, expires, used_at, principal, revoked_at, last_seen, binding = row
-                if binding and binding != certificate_thumbprint:
-                    # A refresh token is usable only with the certificate it was issued to.
-                    raise TokenError("binding_mismatch", "refresh token of another certificate")
-                if used_at is not None:
-                    # Someone holds a copy of a token that was already exchanged.
-                    self._revoke(session_id, "refresh token reuse", now)
-                    self._db.execute("COMMIT")
-                    raise TokenError("refresh_reuse", "refresh token reused: session revoked")
+        reused = False
+        with self._lock, immediate_transaction(self._db):
+            row = self._db.execute(
+                "SELECT r.session_id, r.expires, r.used_at, s.principal, s.revoked_at, "
+                "s.last_seen, s.binding FROM refresh_tokens r "
+                "JOIN sessions s ON s.id = r.session_id WHERE r.digest = ?",
+                (_digest(refresh_token),),
+            ).fetchone()
+            if row is None:
+                raise TokenError("invalid_refresh", "unknown refresh token")
+            session_id, expires, used_at, principal, revoked_at, last_seen, binding = row
+            if binding and binding != certificate_thumbprint:
+                # A refresh token is usable only with the certificate it was issued to.
+                raise TokenError("binding_mismatch", "refresh token of another certificate")
+            if used_at is not None:
+                # Someone holds a copy of a token that was already exchanged: the
+                # revocation is committed, then the caller is refused.
+                self._revoke(session_id, "refresh token reuse", now)
+                reused = True
+            else:
                 if revoked_at is not None:
                     raise TokenError("revoked", "the session is revoked")
                 if now > expires or now - last_seen > self.idle_timeout:
@@ -179,14 +173,8 @@ class SessionManager:
                     "UPDATE sessions SET last_seen = ? WHERE id = ?", (now, session_id)
                 )
                 new_refresh = self._new_refresh(session_id, now)
-                self._db.execute("COMMIT")
-            except TokenError as error:
-                if error.code != "refresh_reuse":
-                    self._db.execute("ROLLBACK")
-                raise
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        if reused:
+            raise TokenError("refresh_reuse", "refresh token reused: session revoked")
         access = self._access(principal, session_id, now, binding)
         return TokenPair(access, new_refresh, self.access_ttl, session_id)
 
