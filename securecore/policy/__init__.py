@@ -1,0 +1,1 @@
+"""The policy engine in the request path: ACL, intrusion detection, rate limits, trust."""
