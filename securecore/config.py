@@ -67,6 +67,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "checkpoint_every": Option(int, 1000, minimum=1),
         "checkpoint_interval_seconds": Option((int, float), 10.0, minimum=0),
     },
+    "policy": {
+        # A TOML file with [acl] (allow, deny, regions, allowed_regions, windows),
+        # [client_limit] and [plugin_limit] (rate, burst); see securecore.policy.
+        "file": Option(str, is_path=True, must_exist=True),
+    },
     "backup": {
         "directory": Option(str, is_path=True),
     },

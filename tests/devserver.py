@@ -22,12 +22,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def dev_server(directory: Path) -> Iterator[dict]:
-    """Yield {"port", "tls", "process"} of a running server; kill it afterwards."""
+def dev_server(directory: Path, policy: str | None = None) -> Iterator[dict]:
+    """Yield {"port", "tls", "config", "process"} of a running server; kill it afterwards.
+
+    `policy`: the text of a policy file ([acl], [client_limit], ...) to serve with.
+    """
     securecore("init", str(directory), "--software-keys")
     port = free_port()
     config = directory / "config.toml"
-    config.write_text(config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}"))
+    text = config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}")
+    if policy is not None:
+        (directory / "policy.toml").write_text(policy)
+        text += '\n[policy]\nfile = "policy.toml"\n'
+    config.write_text(text)
     process = subprocess.Popen(
         [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -43,7 +50,7 @@ def dev_server(directory: Path) -> Iterator[dict]:
         process.kill()
         pytest.fail(f"the server did not start: {process.communicate()[1]}")
     try:
-        yield {"port": port, "tls": directory / "tls", "process": process}
+        yield {"port": port, "tls": directory / "tls", "config": config, "process": process}
     finally:
         if process.poll() is None:
             process.kill()

@@ -8,6 +8,7 @@ for each request and refuses requests whose certificate names none. Health
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from starlette.applications import Starlette
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from securecore.policy.engine import PolicyEngine
 from securecore.server.errors import error_response, http_exception, unhandled
 from securecore.server.identity import IdentityError, principal_from_scope
 from securecore.server.session_routes import session_routes
@@ -43,11 +45,23 @@ class IdentityMiddleware:
         await self.app(scope, receive, send)
 
 
+def _lifespan(on_shutdown: Callable[[], None] | None):
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
+    return lifespan
+
+
 def create_app(
     *,
     trust_domain: str,
     readiness: dict[str, Callable[[], None]] | None = None,
     sessions: SessionManager | None = None,
+    policy: PolicyEngine | None = None,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> Starlette:
     checks = readiness or {}
 
@@ -76,6 +90,12 @@ def create_app(
             *(session_routes(sessions) if sessions is not None else []),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unhandled},
+        lifespan=_lifespan(on_shutdown),
     )
+    # Added last runs first: identity, then the policy engine, then the handler.
+    if policy is not None:
+        from securecore.server.policy_middleware import PolicyMiddleware
+
+        app.add_middleware(PolicyMiddleware, engine=policy)
     app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
     return app

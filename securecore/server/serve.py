@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import tomllib
 from pathlib import Path
 
 import uvicorn
 
 from securecore import config as configuration
-from securecore.audit.factory import open_store
+from securecore.audit.factory import open_audit_log, open_store
 from securecore.config import ConfigError
 from securecore.keys.factory import open_key_ring
+from securecore.policy.engine import Policy, PolicyEngine
+from securecore.policy.state import PolicyState
 from securecore.server.app import create_app
 from securecore.server.logs import log_config
 from securecore.server.tls_scope import TLSScopeH11Protocol
@@ -18,6 +21,16 @@ from securecore.sessions.manager import SessionManager
 from securecore.tls import TLSPolicy
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def load_policy(config: configuration.Config) -> Policy:
+    path = config.get("policy", "file")
+    if not path:
+        return Policy()
+    try:
+        return Policy.from_mapping(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as error:
+        raise ConfigError(f"{path} ([policy] file of {config.path}): {error}") from error
 
 
 def build_server(config: configuration.Config) -> uvicorn.Server:
@@ -37,11 +50,18 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
     def signing_key() -> None:
         ring.current(ring.signing_key)
 
-    sessions = SessionManager(ring, Path(config.get("service", "data_dir")) / "sessions.db")
+    data_dir = Path(config.get("service", "data_dir"))
+    sessions = SessionManager(ring, data_dir / "sessions.db")
+    audit = open_audit_log(config, ring)
+    engine = PolicyEngine(
+        load_policy(config), PolicyState(data_dir / "policy.db"), audit=audit.append
+    )
     app = create_app(
         trust_domain="securecore",
         readiness={"audit_store": audit_store, "signing_key": signing_key},
         sessions=sessions,
+        policy=engine,
+        on_shutdown=audit.close,  # writes what is queued and a final signed checkpoint
     )
     settings = uvicorn.Config(
         app,

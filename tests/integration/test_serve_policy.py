@@ -1,0 +1,72 @@
+"""The policy engine in the served request path, and its durable audit trail."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+
+import pytest
+
+from tests.devserver import dev_server
+from tests.integration.test_audit_cli import securecore
+from tests.integration.test_serve import context
+
+POLICY = """
+[acl]
+allow = ["127.0.0.0/8"]
+deny = ["127.0.0.99/32"]
+
+[client_limit]
+rate = 0.01
+burst = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with dev_server(tmp_path_factory.mktemp("policy") / "dev", policy=POLICY) as running:
+        yield running
+
+
+def whoami(server, path: str = "/v1/whoami") -> http.client.HTTPResponse:
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server["port"], context=context(server["tls"]), timeout=10
+    )
+    connection.request("GET", path)
+    response = connection.getresponse()
+    response.body = json.loads(response.read())
+    connection.close()
+    return response
+
+
+def test_the_rate_limit_answers_429_with_retry_after_and_everything_is_audited(server) -> None:
+    statuses = [whoami(server).status for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    limited = whoami(server)
+    assert limited.status == 429 and limited.body["error"]["code"] == "rate_limit"
+    assert int(limited.getheader("Retry-After")) >= 1
+    # Health stays reachable for monitoring even when the client is limited.
+    assert whoami(server, "/healthz").status == 200
+    process = server["process"]
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=20)
+    verified = securecore("audit", "verify", "-c", str(server["config"]))
+    assert "audit log OK: 4 records" in verified.stdout, verified.stdout
+    exported = securecore("audit", "export", "-c", str(server["config"])).stdout.splitlines()
+    records = [json.loads(line)["record"] for line in exported if '"type":"record"' in line]
+    assert [r["outcome"] for r in records] == ["allowed"] * 3 + ["denied"]
+    assert records[-1]["action"] == "policy.rate_limit"
+    assert records[0]["details"]["policy_version"] == records[-1]["details"]["policy_version"]
+    assert records[0]["actor"] == "admin/admin"
+
+
+def test_a_bad_policy_file_stops_the_start_naming_the_file(tmp_path) -> None:
+    directory = tmp_path / "dev"
+    securecore("init", str(directory), "--software-keys")
+    (directory / "policy.toml").write_text('[acl]\nallow = ["10.0.0.0/33"]\n')
+    config = directory / "config.toml"
+    config.write_text(config.read_text() + '\n[policy]\nfile = "policy.toml"\n')
+    proc = securecore("serve", "-c", str(config), check=False)
+    assert proc.returncode == 2
+    assert "policy.toml ([policy] file of" in proc.stderr and "acl.allow" in proc.stderr
