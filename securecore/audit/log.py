@@ -136,6 +136,16 @@ class AuditLog:
             raise AuditError(f"audit write failed: {batch.error}")
         return seq
 
+    @property
+    def size(self) -> int:
+        """Records committed so far."""
+        return self._tree.size
+
+    @property
+    def uncheckpointed(self) -> int:
+        """Committed records that no signed checkpoint covers yet (the audit lag)."""
+        return self._tree.size - self._last_checkpoint_size
+
     def checkpoint_now(self, timeout: float = 30.0) -> int:
         """Sign a checkpoint of everything appended so far; returns its tree size."""
         with self._lock:

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from securecore.monitoring.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from securecore.policy.engine import PolicyEngine
 from securecore.server.errors import error_response, http_exception, unhandled
 from securecore.server.identity import IdentityError, principal_from_scope
@@ -61,6 +62,7 @@ def create_app(
     readiness: dict[str, Callable[[], None]] | None = None,
     sessions: SessionManager | None = None,
     policy: PolicyEngine | None = None,
+    metrics: ServiceMetrics | None = None,
     on_shutdown: Callable[[], None] | None = None,
 ) -> Starlette:
     checks = readiness or {}
@@ -88,6 +90,7 @@ def create_app(
             Route("/readyz", readyz),
             Route("/v1/whoami", whoami),
             *(session_routes(sessions) if sessions is not None else []),
+            *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unhandled},
         lifespan=_lifespan(on_shutdown),
@@ -98,4 +101,13 @@ def create_app(
 
         app.add_middleware(PolicyMiddleware, engine=policy)
     app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
+    if metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer
     return app
+
+
+def metrics_endpoint(metrics: ServiceMetrics):
+    async def scrape(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return scrape

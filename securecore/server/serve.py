@@ -12,9 +12,11 @@ from securecore import config as configuration
 from securecore.audit.factory import open_audit_log, open_store
 from securecore.config import ConfigError
 from securecore.keys.factory import open_key_ring
+from securecore.monitoring.metrics import ServiceMetrics
 from securecore.policy.engine import Policy, PolicyEngine
 from securecore.policy.state import PolicyState
 from securecore.server.app import create_app
+from securecore.server.live_metrics import live_state
 from securecore.server.logs import log_config
 from securecore.server.tls_scope import TLSScopeH11Protocol
 from securecore.sessions.manager import SessionManager
@@ -53,14 +55,23 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
     data_dir = Path(config.get("service", "data_dir"))
     sessions = SessionManager(ring, data_dir / "sessions.db")
     audit = open_audit_log(config, ring)
+    metrics = ServiceMetrics()
+
+    def audit_decision(actor, action, target, outcome, details):
+        # A policy decision is counted for /metrics, then made durable.
+        metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
+        return audit.append(actor, action, target, outcome, details)
+
     engine = PolicyEngine(
-        load_policy(config), PolicyState(data_dir / "policy.db"), audit=audit.append
+        load_policy(config), PolicyState(data_dir / "policy.db"), audit=audit_decision
     )
+    metrics.add_collector(live_state(data_dir, audit, policy))
     app = create_app(
         trust_domain="securecore",
         readiness={"audit_store": audit_store, "signing_key": signing_key},
         sessions=sessions,
         policy=engine,
+        metrics=metrics,
         on_shutdown=audit.close,  # writes what is queued and a final signed checkpoint
     )
     settings = uvicorn.Config(

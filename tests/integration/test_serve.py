@@ -135,6 +135,23 @@ def test_a_session_can_be_ended_by_its_holder(server) -> None:
     assert status == 401 and error["error"]["code"] == "revoked"
 
 
+def test_metrics_are_prometheus_text_with_the_alerted_series(server) -> None:
+    get(server, "/v1/whoami")
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server["port"], context=context(server["tls"]), timeout=10
+    )
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
+    assert 'securecore_requests_total{method="GET",route="/v1/whoami",status="200"}' in text
+    assert 'securecore_policy_decisions_total{outcome="allowed",stage="rate_limit"}' in text
+    assert "securecore_audit_uncheckpointed_records" in text
+    assert 'securecore_certificate_not_after_seconds{name="server_certificate"}' in text
+    assert 'securecore_plugins{state="active"} 0.0' in text
+
+
 # Last: it stops the module's server.
 def test_logs_are_json_and_shutdown_is_graceful(server) -> None:
     get(server, "/healthz")

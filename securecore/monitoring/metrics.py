@@ -1,0 +1,93 @@
+"""Prometheus metrics of one service process, in its own registry.
+
+Request rates and latencies come from the middleware; policy decisions from
+the engine's audit hook; trust scores, plugin calls, sessions and the audit
+log's lag are read when /metrics is scraped, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "securecore_requests_total", "Requests answered", ["route", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "securecore_request_duration_seconds", "Time to answer a request", ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry,
+        )  # fmt: skip
+        self.decisions = Counter(
+            "securecore_policy_decisions_total", "Policy decisions", ["stage", "outcome"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.up = Gauge("securecore_up", "1 while the service runs", registry=self.registry)
+        self.up.set(1)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class LiveState(Collector):
+    """Gauges read from the service's state at scrape time."""
+
+    def __init__(self, sources: dict[str, Callable[[], dict[tuple[str, ...], float] | float]],
+                 labels: dict[str, list[str]], help_text: dict[str, str]) -> None:  # fmt: skip
+        self.sources, self.labels, self.help_text = sources, labels, help_text
+
+    def collect(self):
+        for name, source in self.sources.items():
+            family = GaugeMetricFamily(name, self.help_text[name], labels=self.labels.get(name, []))
+            value = source()
+            if isinstance(value, dict):
+                for label_values, number in value.items():
+                    family.add_metric(list(label_values), number)
+            else:
+                family.add_metric([], value)
+            yield family
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route template (bounded label values)."""
+
+    def __init__(self, app, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(
+                template, scope["method"], status["code"], time.perf_counter() - started
+            )

@@ -1,0 +1,38 @@
+"""The shipped Prometheus alerting rules: well-formed, the seed's thresholds, known metrics."""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+
+import yaml
+
+RULES = yaml.safe_load(files("securecore.monitoring").joinpath("alerts.yml").read_text())
+# Every series the service exports (securecore/monitoring, securecore/server/live_metrics.py).
+EXPORTED = {
+    "securecore_plugin_trust_score", "securecore_plugin_success_ratio", "securecore_plugin_calls",
+    "securecore_plugins", "securecore_certificate_not_after_seconds",
+    "securecore_audit_uncheckpointed_records", "securecore_request_duration_seconds_bucket",
+    "up",
+}  # fmt: skip
+
+
+def rules() -> list[dict]:
+    return [rule for group in RULES["groups"] for rule in group["rules"]]
+
+
+def test_every_rule_is_complete_and_uses_exported_series() -> None:
+    for rule in rules():
+        assert {"alert", "expr", "labels", "annotations"} <= set(rule), rule
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}
+        used = set(re.findall(r"\b(securecore_[a-z_]+|up)\b", rule["expr"]))
+        assert used <= EXPORTED, (rule["alert"], used - EXPORTED)
+
+
+def test_the_seed_thresholds_are_the_ones_alerted() -> None:
+    by_name = {rule["alert"]: rule for rule in rules()}
+    assert "<= 30" in by_name["SecureCorePluginTrustCritical"]["expr"]
+    assert by_name["SecureCorePluginTrustCritical"]["labels"]["severity"] == "critical"
+    assert "<= 0.90" in by_name["SecureCorePluginSuccessRateLow"]["expr"]
+    assert by_name["SecureCorePluginRegistered"]["labels"]["severity"] == "info"
+    assert "30 * 86400" in by_name["SecureCoreCertificateExpiresSoon"]["expr"]
