@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from securecore import __version__, state_commands
+from securecore import __version__, admin_commands, state_commands
+from securecore.admin_commands import AdminError
 from securecore.audit import commands as audit_commands
 from securecore.audit.checkpoint import CheckpointError
 from securecore.backup import BackupError
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands.add_parser(commands)
     state_commands.add_parsers(commands)
     serve_command.add_parser(commands)
+    admin_commands.add_parsers(commands)
     return parser
 
 
@@ -118,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BackupError,
         EmergencyError,
         TLSPolicyError,
+        AdminError,
     ) as exc:
         print(f"securecore {args.command}: error: {exc}", file=sys.stderr)
         return 2

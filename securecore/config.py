@@ -72,6 +72,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         # [client_limit] and [plugin_limit] (rate, burst); see securecore.policy.
         "file": Option(str, is_path=True, must_exist=True),
     },
+    "plugins": {
+        # Vendor allowlist with each vendor's reputation (0-100), e.g. {acme = 80}.
+        "vendors": Option(dict, {}),
+        "minimum_security_level": Option(int, 3, minimum=1),
+    },
     "backup": {
         "directory": Option(str, is_path=True),
     },
@@ -130,10 +135,14 @@ def _flatten(raw: dict[str, Any], problems: list[str]) -> dict[str, dict[str, An
         if not isinstance(content, dict):
             problems.append(f"{name}: a top-level key must be a [section]")
             continue
-        plain = {k: v for k, v in content.items() if not isinstance(v, dict)}
-        sections[name] = plain
+        # A table inside a section is a subsection ([keys.pkcs11]) when the
+        # schema has one by that name; otherwise it is a value (vendors = {...}).
+        sections[name] = {
+            k: v for k, v in content.items()
+            if not (isinstance(v, dict) and f"{name}.{k}" in SCHEMA)
+        }  # fmt: skip
         for sub, sub_content in content.items():
-            if isinstance(sub_content, dict):
+            if isinstance(sub_content, dict) and f"{name}.{sub}" in SCHEMA:
                 sections[f"{name}.{sub}"] = sub_content
     return sections
 

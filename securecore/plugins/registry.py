@@ -288,6 +288,15 @@ class PluginRegistry:
             )
         self.audit(actor, f"plugin.{state}", name, "success", {"reason": reason})
 
+    def summary(self) -> list[dict[str, Any]]:
+        """Every plugin: name, vendor, state, score, calls, reason."""
+        columns = ("name", "vendor", "state", "score", "calls", "reason")
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(columns)} FROM plugins ORDER BY name"  # noqa: S608 - constant
+            ).fetchall()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
     def get(self, name: str) -> dict[str, Any] | None:
         with self._lock:
             cursor = self._db.execute("SELECT * FROM plugins WHERE name = ?", (name,))

@@ -30,6 +30,9 @@ class RequestContext:
     trust_actions: frozenset[str] = frozenset()
     step_up_done: bool = False
     load: float = 0.0
+    # An administrator on the admin API: still subject to ACL, intrusion and
+    # rate limits, but not stopped by an emergency shutdown (they must recover).
+    operator: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class PolicyEngine:
         def deny(stage: str, reason: str, retry: float = 0.0) -> Decision:
             return Decision(False, stage, reason, retry, version)
 
+        if self.state.mode("shutdown") == "on" and not request.operator:
+            return deny("emergency", "emergency shutdown: all traffic is stopped")
         refused = check_acl(self.policy.acl, self.state, request.source, moment)
         if refused:
             return deny("acl", refused)

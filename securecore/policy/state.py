@@ -70,6 +70,12 @@ class PolicyState:
                 (kind, subject, until, reason),
             )
 
+    def unblock(self, kind: str, subject: str) -> int:
+        with self.lock:
+            return self.db.execute(
+                "DELETE FROM blocks WHERE kind = ? AND subject = ?", (kind, subject)
+            ).rowcount
+
     def active_blocks(self, now: float) -> list[dict]:
         rows = self.db.execute(
             "SELECT kind, subject, until, reason FROM blocks WHERE until > ? ORDER BY until", (now,)

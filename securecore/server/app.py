@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from securecore.monitoring.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from securecore.policy.engine import PolicyEngine
+from securecore.server.admin_routes import AdminActions, admin_routes
 from securecore.server.errors import error_response, http_exception, unhandled
 from securecore.server.identity import IdentityError, principal_from_scope
 from securecore.server.session_routes import session_routes
@@ -63,6 +64,7 @@ def create_app(
     sessions: SessionManager | None = None,
     policy: PolicyEngine | None = None,
     metrics: ServiceMetrics | None = None,
+    admin: AdminActions | None = None,
     on_shutdown: Callable[[], None] | None = None,
 ) -> Starlette:
     checks = readiness or {}
@@ -91,6 +93,7 @@ def create_app(
             Route("/v1/whoami", whoami),
             *(session_routes(sessions) if sessions is not None else []),
             *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
+            *(admin_routes(admin) if admin is not None else []),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unhandled},
         lifespan=_lifespan(on_shutdown),

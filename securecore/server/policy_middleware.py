@@ -13,7 +13,7 @@ from securecore.policy.engine import PolicyEngine, RequestContext
 from securecore.server.app import OPEN_PATHS
 from securecore.server.errors import error_response
 
-STATUS = {"acl": 403, "intrusion": 403, "trust": 403, "rate_limit": 429}
+STATUS = {"acl": 403, "intrusion": 403, "trust": 403, "rate_limit": 429, "emergency": 503}
 
 
 class PolicyMiddleware:
@@ -31,6 +31,8 @@ class PolicyMiddleware:
             source=client[0],
             principal=principal.id if principal else "unknown",
             load=self.in_flight / self.capacity,
+            operator=bool(principal and principal.kind == "admin")
+            and scope["path"].startswith("/v1/admin/"),
         )
         decision = await anyio.to_thread.run_sync(self.engine.decide, context)
         if not decision.allowed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 import tomllib
 from pathlib import Path
 
@@ -11,10 +12,14 @@ import uvicorn
 from securecore import config as configuration
 from securecore.audit.factory import open_audit_log, open_store
 from securecore.config import ConfigError
+from securecore.emergency import write_emergency_snapshot
 from securecore.keys.factory import open_key_ring
 from securecore.monitoring.metrics import ServiceMetrics
+from securecore.plugins.probe import mtls_probe
+from securecore.plugins.registry import PluginRegistry
 from securecore.policy.engine import Policy, PolicyEngine
 from securecore.policy.state import PolicyState
+from securecore.server.admin_routes import AdminActions
 from securecore.server.app import create_app
 from securecore.server.live_metrics import live_state
 from securecore.server.logs import log_config
@@ -62,8 +67,33 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
         metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
         return audit.append(actor, action, target, outcome, details)
 
-    engine = PolicyEngine(
-        load_policy(config), PolicyState(data_dir / "policy.db"), audit=audit_decision
+    policy_state = PolicyState(data_dir / "policy.db")
+    engine = PolicyEngine(load_policy(config), policy_state, audit=audit_decision)
+    registry = PluginRegistry(
+        data_dir / "plugins.db",
+        vendors=config.get("plugins", "vendors") or {},
+        minimum_security_level=config.get("plugins", "minimum_security_level"),
+        probe=mtls_probe(policy),
+        audit=audit.append,
+    )
+
+    def status() -> dict:
+        return {
+            "modes": {"shutdown": policy_state.mode("shutdown", "off"),
+                      "emergency": policy_state.mode("emergency", "off")},
+            "audit": {"records": audit.size, "uncheckpointed": audit.uncheckpointed},
+            "plugins": registry.summary(),
+            "active_blocks": len(policy_state.active_blocks(time.time())),
+            "sessions": len(sessions.list_live()),
+        }  # fmt: skip
+
+    admin = AdminActions(
+        audit=audit.append,
+        sessions=sessions,
+        policy_state=policy_state,
+        registry=registry,
+        snapshot=lambda **why: write_emergency_snapshot(config, ring, audit, **why),
+        status=status,
     )
     metrics.add_collector(live_state(data_dir, audit, policy))
     app = create_app(
@@ -72,6 +102,7 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
         sessions=sessions,
         policy=engine,
         metrics=metrics,
+        admin=admin,
         on_shutdown=audit.close,  # writes what is queued and a final signed checkpoint
     )
     settings = uvicorn.Config(

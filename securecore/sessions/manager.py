@@ -215,6 +215,30 @@ class SessionManager:
         for token in [t for t, (exp, _) in self._cache.items() if exp < now]:
             del self._cache[token]
 
+    def list_live(self) -> list[dict[str, Any]]:
+        """Sessions neither revoked nor idle, newest first."""
+        columns = ("id", "principal", "created", "last_seen")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, principal, created, last_seen FROM sessions "
+                "WHERE revoked_at IS NULL AND last_seen >= ? ORDER BY last_seen DESC",
+                (self.clock() - self.idle_timeout,),
+            ).fetchall()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def revoke_where(
+        self, *, session_id: str | None = None, principal: str | None = None, reason: str
+    ) -> int:
+        """Revoke one session, every session of a principal, or (neither given) all."""
+        query = "UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE revoked_at IS NULL"
+        arguments: list[Any] = [self.clock(), reason]
+        if session_id:
+            query, arguments = query + " AND id = ?", [*arguments, session_id]
+        elif principal:
+            query, arguments = query + " AND principal = ?", [*arguments, principal]
+        with self._lock:
+            return self._db.execute(query, arguments).rowcount
+
     def revoke(self, session_id: str, reason: str) -> None:
         with self._lock:
             self._revoke(session_id, reason, self.clock())

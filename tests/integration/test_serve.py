@@ -89,10 +89,11 @@ def test_tls_12_is_refused(server) -> None:
         get(server, "/healthz", maximum=ssl.TLSVersion.TLSv1_2)
 
 
-def call(server, method: str, path: str, *, token=None, body=None, client="admin"):
+def call(server, method: str, path: str, *, token=None, body=None, client="admin", source=None):
     connection = http.client.HTTPSConnection(
-        "127.0.0.1", server["port"], context=context(server["tls"], client=client), timeout=10
-    )
+        "127.0.0.1", server["port"], context=context(server["tls"], client=client), timeout=10,
+        source_address=(source, 0) if source else None,
+    )  # fmt: skip
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     payload = json.dumps(body).encode() if body is not None else None
     if payload is not None:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from securecore.server.admin_routes import AdminActions
 from securecore.server.app import create_app
 from securecore.server.identity import IdentityError, principal_from_scope
 
@@ -47,8 +48,8 @@ def scope(path: str, pem: str | None, headers=()) -> dict:
     return value
 
 
-def call(request_scope: dict) -> tuple[int, bytes]:
-    app = create_app(trust_domain="securecore")
+def call(request_scope: dict, **options) -> tuple[int, bytes]:
+    app = create_app(trust_domain="securecore", **options)
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -86,3 +87,16 @@ def test_headers_never_make_an_identity() -> None:
 def test_a_good_certificate_names_its_principal(tmp_path: Path) -> None:
     status, body = call(scope("/v1/whoami", certificate("spiffe://securecore/plugin/plugin-01")))
     assert status == 200 and b'"kind":"plugin"' in body and b'"name":"plugin-01"' in body
+
+
+def test_only_administrators_reach_the_admin_api() -> None:
+    untouched = AdminActions(
+        audit=None, sessions=None, policy_state=None, registry=None, snapshot=None,
+        status=lambda: {"called": True},
+    )  # fmt: skip
+    plugin = certificate("spiffe://securecore/plugin/plugin-01")
+    status, body = call(scope("/v1/admin/status", plugin), admin=untouched)
+    assert status == 403 and b"administrators only" in body
+    operator = certificate("spiffe://securecore/admin/alice")
+    status, body = call(scope("/v1/admin/status", operator), admin=untouched)
+    assert status == 200 and body == b'{"called":true}'

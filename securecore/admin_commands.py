@@ -1,0 +1,163 @@
+"""Operator commands: a client of the service's /v1/admin API over mutual TLS.
+
+securecore plugins list | approve NAME | suspend NAME | revoke NAME [--reason TEXT]
+securecore sessions list | revoke (SESSION_ID | --principal P) [--reason TEXT]
+securecore acl list | block ADDRESS [--minutes N] | unblock ADDRESS
+securecore emergency-shutdown --reason TEXT     securecore recover --note TEXT
+securecore status
+The service makes every change itself: its audit log records it with the
+administrator's certificate as the actor, and all its workers see it at once.
+The client certificate comes from the TLS policy ([tls] policy of the
+configuration, or --tls-policy); it must name an administrator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import ssl
+from urllib.parse import quote, urlsplit
+
+from securecore import config as configuration
+from securecore.tls import TLSPolicy
+
+
+class AdminError(Exception):
+    """The service refused or could not be reached; the message says why."""
+
+
+def _target(args: argparse.Namespace) -> tuple[str, int, ssl.SSLContext]:
+    config = configuration.load(args.config)
+    policy_path = args.tls_policy or config.get("tls", "policy")
+    if not policy_path:
+        raise AdminError("no TLS policy: set [tls] policy or pass --tls-policy")
+    context = TLSPolicy.from_file(policy_path).client_context()
+    if args.url:
+        url = urlsplit(args.url)
+        return url.hostname or "", url.port or 443, context
+    host, _, port = config.get("service", "listen").rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")  # noqa: S104 - mapping, not binding
+    return host, int(port), context
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = None):
+    host, port, context = _target(args)
+    connection = http.client.HTTPSConnection(host, port, context=context, timeout=30)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        data = json.loads(response.read() or b"null")
+    except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+        raise AdminError(f"https://{host}:{port}: {type(error).__name__}: {error}") from error
+    finally:
+        connection.close()
+    if response.status >= 400:
+        problem = (data or {}).get("error", {})
+        raise AdminError(f"{response.status} {problem.get('code')}: {problem.get('message')}")
+    return data
+
+
+def _show(value) -> int:
+    print(json.dumps(value, indent=2))
+    return 0
+
+
+def _need(value, what: str):
+    if not value:
+        raise AdminError(f"{what} is required")
+    return value
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _show(_call(args, "GET", "/v1/admin/plugins"))
+    name = quote(_need(args.name, "NAME"), safe="")
+    return _show(
+        _call(args, "POST", f"/v1/admin/plugins/{name}/{args.action}", {"reason": args.reason})
+    )
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _show(_call(args, "GET", "/v1/admin/sessions"))
+    body = {"reason": args.reason}
+    if args.session_id:
+        body["session_id"] = args.session_id
+    if args.principal:
+        body["principal"] = args.principal
+    return _show(_call(args, "POST", "/v1/admin/sessions/revoke", body))
+
+
+def _acl(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _show(_call(args, "GET", "/v1/admin/acl"))
+    address = _need(args.address, "ADDRESS")
+    if args.action == "block":
+        body = {"address": address, "minutes": args.minutes, "reason": args.reason}
+        return _show(_call(args, "POST", "/v1/admin/acl/block", body))
+    return _show(_call(args, "POST", "/v1/admin/acl/unblock", {"address": address}))
+
+
+def _emergency_shutdown(args: argparse.Namespace) -> int:
+    body = {"reason": _need(args.reason.strip(), "--reason")}
+    return _show(_call(args, "POST", "/v1/admin/emergency-shutdown", body))
+
+
+def _recover(args: argparse.Namespace) -> int:
+    return _show(_call(args, "POST", "/v1/admin/recover", {"note": args.note}))
+
+
+def _status(args: argparse.Namespace) -> int:
+    return _show(_call(args, "GET", "/v1/admin/status"))
+
+
+def add_parsers(commands) -> None:
+    def connection(parser) -> None:
+        parser.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
+        parser.add_argument(
+            "--url", help="the service, https://HOST:PORT (default: [service] listen)"
+        )
+        parser.add_argument("--tls-policy", help="TLS policy with the administrator's certificate")
+
+    plugins = commands.add_parser("plugins", help="list, approve, suspend or revoke plugins")
+    plugins.add_argument("action", choices=["list", "approve", "suspend", "revoke"])
+    plugins.add_argument("name", nargs="?")
+    plugins.add_argument("--reason", default="")
+    connection(plugins)
+    plugins.set_defaults(handler=_plugins)
+
+    sessions = commands.add_parser("sessions", help="list or revoke sessions")
+    sessions.add_argument("action", choices=["list", "revoke"])
+    sessions.add_argument("session_id", nargs="?")
+    sessions.add_argument("--principal")
+    sessions.add_argument("--reason", default="")
+    connection(sessions)
+    sessions.set_defaults(handler=_sessions)
+
+    acl = commands.add_parser("acl", help="list, block or unblock source addresses")
+    acl.add_argument("action", choices=["list", "block", "unblock"])
+    acl.add_argument("address", nargs="?")
+    acl.add_argument("--minutes", type=int, default=60)
+    acl.add_argument("--reason", default="")
+    connection(acl)
+    acl.set_defaults(handler=_acl)
+
+    shutdown = commands.add_parser(
+        "emergency-shutdown",
+        help="stop all traffic at once, revoke sessions, audit the reason, save the snapshot",
+    )
+    shutdown.add_argument("--reason", required=True)
+    connection(shutdown)
+    shutdown.set_defaults(handler=_emergency_shutdown)
+
+    recover = commands.add_parser("recover", help="end an emergency shutdown")
+    recover.add_argument("--note", required=True, help="what was checked before recovering")
+    connection(recover)
+    recover.set_defaults(handler=_recover)
+
+    status = commands.add_parser("status", help="modes, plugins, sessions and the audit log")
+    connection(status)
+    status.set_defaults(handler=_status)

@@ -1,0 +1,173 @@
+"""/v1/admin: operator actions inside the service, for principals of kind `admin` only.
+
+Changes go through the service itself - never beside it - so that the one
+audit log writer records them (the actor is the administrator's certificate)
+and every worker sees them at once through the shared state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from securecore.server.errors import error_response
+
+MAX_BODY = 4096
+
+
+class AdminActions:
+    """What the routes act on; built by serve.py from the service's parts."""
+
+    def __init__(self, *, audit, sessions, policy_state, registry, snapshot: Callable[..., Any],
+                 status: Callable[[], dict]) -> None:  # fmt: skip
+        self.audit, self.sessions, self.policy_state = audit, sessions, policy_state
+        self.registry, self.snapshot, self.status = registry, snapshot, status
+
+
+async def _body(request: Request, required: tuple[str, ...], optional: tuple[str, ...] = ()):
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        return None, error_response(413, f"the body is larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        return None, error_response(400, "the body is not JSON")
+    if not isinstance(data, dict):
+        return None, error_response(422, "the body must be a JSON object")
+    unknown = sorted(set(data) - set(required) - set(optional))
+    missing = [key for key in required if not data.get(key)]
+    if unknown or missing:
+        return None, error_response(422, f"unknown: {unknown}, missing: {missing}")
+    return data, None
+
+
+def admin_routes(actions: AdminActions) -> list[Route]:
+    def admin_only(handler):
+        async def guarded(request: Request) -> Response:
+            principal = request.state.principal
+            if principal is None or principal.kind != "admin":
+                return error_response(403, "administrators only", "forbidden")
+            return await handler(request, principal.id)
+
+        return guarded
+
+    async def audited(actor: str, action: str, target: str, details: dict) -> None:
+        await anyio.to_thread.run_sync(
+            lambda: actions.audit(actor, action, target, "success", details)
+        )
+
+    async def status(request: Request, actor: str) -> Response:
+        return JSONResponse(await anyio.to_thread.run_sync(actions.status))
+
+    async def sessions_list(request: Request, actor: str) -> Response:
+        rows = actions.sessions.list_live()
+        return JSONResponse(rows)
+
+    async def sessions_revoke(request: Request, actor: str) -> Response:
+        data, refused = await _body(request, (), ("session_id", "principal", "reason"))
+        if refused:
+            return refused
+        if bool(data.get("session_id")) == bool(data.get("principal")):
+            return error_response(422, "give exactly one of session_id and principal")
+        count = actions.sessions.revoke_where(
+            session_id=data.get("session_id"), principal=data.get("principal"),
+            reason=data.get("reason") or f"revoked by {actor}",
+        )  # fmt: skip
+        await audited(actor, "session.revoke", data.get("session_id") or data["principal"],
+                      {"sessions": count, "reason": data.get("reason", "")})  # fmt: skip
+        return JSONResponse({"revoked": count})
+
+    async def acl_list(request: Request, actor: str) -> Response:
+        return JSONResponse(actions.policy_state.active_blocks(time.time()))
+
+    async def acl_block(request: Request, actor: str) -> Response:
+        data, refused = await _body(request, ("address",), ("minutes", "reason"))
+        if refused:
+            return refused
+        try:
+            address = str(ipaddress.ip_address(data["address"]))
+        except ValueError:
+            return error_response(422, f"address {data['address']!r} is not an IP address")
+        minutes = data.get("minutes", 60)
+        if not isinstance(minutes, int) or not 1 <= minutes <= 525600:
+            return error_response(422, "minutes: an integer from 1 to 525600")
+        actions.policy_state.block("ip", address, time.time() + minutes * 60,
+                                   data.get("reason") or f"blocked by {actor}")  # fmt: skip
+        await audited(
+            actor, "acl.block", address, {"minutes": minutes, "reason": data.get("reason")}
+        )
+        return JSONResponse({"blocked": address, "minutes": minutes})
+
+    async def acl_unblock(request: Request, actor: str) -> Response:
+        data, refused = await _body(request, ("address",))
+        if refused:
+            return refused
+        removed = actions.policy_state.unblock("ip", data["address"])
+        await audited(actor, "acl.unblock", data["address"], {"removed": removed})
+        return JSONResponse({"unblocked": data["address"], "removed": removed})
+
+    async def plugins_list(request: Request, actor: str) -> Response:
+        return JSONResponse(actions.registry.summary())
+
+    async def plugin_state(request: Request, actor: str) -> Response:
+        data, refused = await _body(request, (), ("reason",))
+        if refused:
+            return refused
+        name, verb = request.path_params["name"], request.path_params["verb"]
+        state = {"approve": "active", "suspend": "suspended", "revoke": "revoked"}.get(verb)
+        if state is None:
+            return error_response(404, f"no action {verb}")
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: actions.registry.set_state(name, state, data.get("reason") or verb, actor)
+            )
+        except KeyError:
+            return error_response(404, f"no plugin named {name}")
+        except ValueError as error:
+            return error_response(409, str(error), "conflict")
+        return JSONResponse({"plugin": name, "state": state})
+
+    async def emergency_shutdown(request: Request, actor: str) -> Response:
+        data, refused = await _body(request, ("reason",))
+        if refused:
+            return refused
+        # Traffic stops first; then sessions end; then the record and the snapshot.
+        actions.policy_state.set_mode("shutdown", "on")
+        revoked = actions.sessions.revoke_where(reason=f"emergency shutdown: {data['reason']}")
+        path = await anyio.to_thread.run_sync(
+            lambda: actions.snapshot(
+                reason=f"{data['reason']} (sessions revoked: {revoked})", actor=actor
+            )
+        )
+        return JSONResponse({"shutdown": True, "sessions_revoked": revoked, "snapshot": str(path)})
+
+    async def recover(request: Request, actor: str) -> Response:
+        data, refused = await _body(request, ("note",))
+        if refused:
+            return refused
+        if actions.policy_state.mode("shutdown") != "on":
+            return error_response(409, "the service is not in emergency shutdown", "conflict")
+        actions.policy_state.set_mode("shutdown", "off")
+        await audited(actor, "emergency.recover", "securecore", {"note": data["note"]})
+        return JSONResponse({"shutdown": False})
+
+    return [
+        Route("/v1/admin/status", admin_only(status)),
+        Route("/v1/admin/sessions", admin_only(sessions_list)),
+        Route("/v1/admin/sessions/revoke", admin_only(sessions_revoke), methods=["POST"]),
+        Route("/v1/admin/acl", admin_only(acl_list)),
+        Route("/v1/admin/acl/block", admin_only(acl_block), methods=["POST"]),
+        Route("/v1/admin/acl/unblock", admin_only(acl_unblock), methods=["POST"]),
+        Route("/v1/admin/plugins", admin_only(plugins_list)),
+        Route("/v1/admin/plugins/{name}/{verb}", admin_only(plugin_state), methods=["POST"]),
+        Route("/v1/admin/emergency-shutdown", admin_only(emergency_shutdown), methods=["POST"]),
+        Route("/v1/admin/recover", admin_only(recover), methods=["POST"]),
+    ]
