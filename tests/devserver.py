@@ -23,7 +23,7 @@ def free_port() -> int:
 
 @contextmanager
 def dev_server(directory: Path, policy: str | None = None) -> Iterator[dict]:
-    """Yield {"port", "tls", "config", "process"} of a running server; kill it afterwards.
+    """Yield {"port", "tls", "config", "process", "log"} of a running server; kill it afterwards.
 
     `policy`: the text of a policy file ([acl], [client_limit], ...) to serve with.
     """
@@ -35,9 +35,12 @@ def dev_server(directory: Path, policy: str | None = None) -> Iterator[dict]:
         (directory / "policy.toml").write_text(policy)
         text += '\n[policy]\nfile = "policy.toml"\n'
     config.write_text(text)
+    # Logs go to a file: a pipe that nobody reads would fill and stall the server.
+    log_path = directory / "server.log"
+    log = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=log, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -48,10 +51,12 @@ def dev_server(directory: Path, policy: str | None = None) -> Iterator[dict]:
             time.sleep(0.1)
     else:
         process.kill()
-        pytest.fail(f"the server did not start: {process.communicate()[1]}")
+        pytest.fail(f"the server did not start: {log_path.read_text()}")
     try:
-        yield {"port": port, "tls": directory / "tls", "config": config, "process": process}
+        yield {"port": port, "tls": directory / "tls", "config": config, "process": process,
+               "log": log_path}  # fmt: skip
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        log.close()

@@ -50,7 +50,7 @@ def test_the_rate_limit_answers_429_with_retry_after_and_everything_is_audited(s
     assert whoami(server, "/healthz").status == 200
     process = server["process"]
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=20)
+    process.wait(timeout=20)
     verified = securecore("audit", "verify", "-c", str(server["config"]))
     assert "audit log OK: 4 records" in verified.stdout, verified.stdout
     exported = securecore("audit", "export", "-c", str(server["config"])).stdout.splitlines()

@@ -1,0 +1,375 @@
+"""Benchmark: the running service over mutual TLS, driven from separate client processes.
+
+Measures, in one run:
+  * authentication: POST /v1/sessions latency (p50/p95/p99) - seed 001 9.1 wants p95 < 100 ms;
+  * the whole pipeline: GET /v1/sessions/current with a bearer token (mTLS identity, session
+    check, policy engine, durable audit record, handler) with `--sessions` live sessions
+    (default 1,000) used concurrently: requests/s and p50/p95/p99 latency;
+  * the reference: a bare ASGI hello-world on uvicorn with the same TLS setup and the same
+    client, to report the pipeline's cost as a ratio.
+Targets (seed 001 9.1): auth p95 < 100 ms, 1,000 concurrent sessions, 10,000 requests/s.
+
+    .venv/bin/python bench/service.py [--seconds 15] [--clients 2] [--sessions 1000]
+
+Writes bench/results/service.json (and prints it). The service runs as in production
+(one uvicorn process, software keys unless --hsm); every request writes an audit record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import ipaddress
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
+
+SESSIONS_PER_PRINCIPAL = 5  # the service's default limit of live sessions per principal
+HELLO = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"17")]})
+    await send({"type": "http.response.body", "body": b'{"hello":"world"}'})
+"""
+
+
+# --- certificates for many principals -----------------------------------------------
+
+
+def _write_key(path: Path, key) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def make_pki(directory: Path, principals: int) -> None:
+    """A CA, a server certificate for 127.0.0.1 and one client certificate per principal."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def leaf(name: str, usage, sans) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([usage]), False)
+            .add_extension(x509.SubjectAlternativeName(sans), False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )  # fmt: skip
+        (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(directory / f"{name}.key", key)
+
+    leaf("server", ExtendedKeyUsageOID.SERVER_AUTH,
+         [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])  # fmt: skip
+    for index in range(principals):
+        name = f"bench-{index:04d}"
+        leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH,
+             [x509.UniformResourceIdentifier(f"spiffe://securecore/admin/{name}")])  # fmt: skip
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(
+                f"the server exited: {process.stderr.read() if process.stderr else ''}"
+            )
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("the server did not start")
+
+
+def start_service(base: Path, hsm: bool) -> tuple[subprocess.Popen, int]:
+    subprocess.run(
+        [sys.executable, "-m", "securecore", "init", str(base / "dev"),
+         *([] if hsm else ["--software-keys"])],
+        check=True, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    tls = base / "pki"
+    port = free_port()
+    policy = {
+        "ca_file": str(tls / "ca.pem"), "crl_check": "none",
+        "server_certificate": str(tls / "server.pem"), "server_key": str(tls / "server.key"),
+        # The core's own client certificate (it calls plugins with it).
+        "client_certificate": str(tls / "bench-0000.pem"),
+        "client_key": str(tls / "bench-0000.key"),
+    }  # fmt: skip
+    (base / "dev" / "tls" / "policy.json").write_text(json.dumps(policy))
+    (base / "dev" / "policy.toml").write_text("[client_limit]\nrate = 1000000\nburst = 1000000\n")
+    config = base / "dev" / "config.toml"
+    config.write_text(
+        config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}")
+        + '\n[policy]\nfile = "policy.toml"\n'
+    )
+    # The JSON log goes to a file, as under systemd's journal: a pipe nobody
+    # reads would fill up and stall the server.
+    log = (base / "service.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True,
+    )  # fmt: skip
+    wait_for(port, process)
+    return process, port
+
+
+def start_hello(base: Path) -> tuple[subprocess.Popen, int]:
+    """The reference: the same uvicorn, TLS policy and protocol class, an empty application."""
+    tls = base / "pki"
+    port = free_port()
+    (base / "hello.py").write_text(HELLO)
+    runner = f"""
+import sys, uvicorn
+sys.path.insert(0, {str(base)!r})
+from securecore.server.tls_scope import TLSScopeH11Protocol
+from securecore.tls import TLSPolicy
+policy = TLSPolicy.from_mapping({{"ca_file": {str(tls / "ca.pem")!r}, "crl_check": "none",
+    "server_certificate": {str(tls / "server.pem")!r}, "server_key": {str(tls / "server.key")!r}}})
+uvicorn.run("hello:app", host="127.0.0.1", port={port}, http=TLSScopeH11Protocol,
+            ssl_context_factory=lambda c, d: policy.server_context(), log_level="warning")
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", runner], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=(base / "hello.log").open("w"), text=True,
+    )  # fmt: skip
+    wait_for(port, process)
+    return process, port
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+
+def client_context(tls: Path, name: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_cert_chain(str(tls / f"{name}.pem"), str(tls / f"{name}.key"))
+    return context
+
+
+async def request(reader, writer, method: str, path: str, token: str | None = None):
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 0"]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+async def drive(port: int, tls: Path, names: list[str], seconds: float, mode: str) -> dict:
+    """One connection per principal; each rotates over its sessions for `seconds`."""
+    auth_latencies: list[float] = []
+    latencies: list[float] = []
+    errors = 0
+    deadline = 0.0
+
+    async def principal(name: str) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context(tls, name)
+        )
+        tokens = []
+        if mode == "service":
+            for _ in range(SESSIONS_PER_PRINCIPAL):
+                started = time.perf_counter()
+                status, body = await request(reader, writer, "POST", "/v1/sessions")
+                auth_latencies.append(time.perf_counter() - started)
+                if status != 201:
+                    errors += 1
+                    continue
+                tokens.append(json.loads(body)["access_token"])
+        await ready.wait()
+        index = 0
+        path = "/v1/sessions/current" if mode == "service" else "/"
+        while time.monotonic() < deadline:
+            token = tokens[index % len(tokens)] if tokens else None
+            index += 1
+            started = time.perf_counter()
+            status, _ = await request(reader, writer, "GET", path, token)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                errors += 1
+        writer.close()
+
+    ready = asyncio.Event()
+    tasks = [asyncio.create_task(principal(name)) for name in names]
+    await asyncio.sleep(0)
+    # Sessions first (measured as authentication), then the timed pipeline run.
+    while len(auth_latencies) < len(names) * SESSIONS_PER_PRINCIPAL * (mode == "service"):
+        await asyncio.sleep(0.05)
+    deadline = time.monotonic() + seconds
+    ready.set()
+    await asyncio.gather(*tasks)
+    return {"latencies": latencies, "auth": auth_latencies, "errors": errors}
+
+
+def client_process(port, tls, names, seconds, mode, results) -> None:
+    results.put(asyncio.run(drive(port, Path(tls), names, seconds, mode)))
+
+
+def run_clients(port: int, tls: Path, names: list[str], seconds: float, mode: str, clients: int):
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    shares = [names[i::clients] for i in range(clients)]
+    workers = [
+        multiprocessing.Process(target=client_process,
+                                args=(port, str(tls), share, seconds, mode, queue))
+        for share in shares
+    ]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    parts = [queue.get(timeout=seconds + 300) for _ in workers]
+    for worker in workers:
+        worker.join()
+    latencies = sorted(v for part in parts for v in part["latencies"])
+    auth = sorted(v for part in parts for v in part["auth"])
+
+    def quantiles(values: list[float]) -> dict:
+        if not values:
+            return {}
+        return {
+            "p50": round(statistics.median(values) * 1000, 2),
+            "p95": round(values[int(len(values) * 0.95) - 1] * 1000, 2),
+            "p99": round(values[int(len(values) * 0.99) - 1] * 1000, 2),
+        }
+
+    return {
+        "requests": len(latencies),
+        "requests_per_second": round(len(latencies) / seconds),
+        "latency_ms": quantiles(latencies),
+        "auth_latency_ms": quantiles(auth),
+        "sessions": len(auth),
+        "errors": sum(part["errors"] for part in parts),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument("--sessions", type=int, default=1000, help="concurrent live sessions")
+    parser.add_argument("--hsm", action="store_true", help="SoftHSM keys instead of key files")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "service.json"))
+    args = parser.parse_args()
+    principals = max(1, args.sessions // SESSIONS_PER_PRINCIPAL)
+    (ROOT / "output").mkdir(exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="bench-service-", dir=ROOT / "output"))
+    try:
+        (base / "pki").mkdir()
+        make_pki(base / "pki", principals)
+        names = [f"bench-{i:04d}" for i in range(principals)]
+        hello, hello_port = start_hello(base)
+        try:
+            reference = run_clients(
+                hello_port, base / "pki", names, args.seconds, "hello", args.clients
+            )
+        finally:
+            hello.terminate()
+            hello.wait()
+        service, port = start_service(base, args.hsm)
+        try:
+            pipeline = run_clients(port, base / "pki", names, args.seconds, "service", args.clients)
+        finally:
+            service.terminate()
+            service.wait()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    results = {
+        "benchmark": "service",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "setup": {
+            "seconds": args.seconds,
+            "client_processes": args.clients,
+            "principals": principals,
+            "keys": "softhsm" if args.hsm else "files",
+            "server": "securecore serve, one uvicorn process",
+        },
+        "pipeline": pipeline,
+        "hello_world_reference": reference,
+        "pipeline_to_hello_world_ratio": round(
+            pipeline["requests_per_second"] / max(1, reference["requests_per_second"]), 3
+        ),
+        "targets_met": {
+            "auth_p95_under_100ms": pipeline["auth_latency_ms"].get("p95", 1e9) < 100,
+            "concurrent_sessions_1000": pipeline["sessions"] >= 1000 and pipeline["errors"] == 0,
+            "requests_10000_per_second": pipeline["requests_per_second"] >= 10_000,
+        },
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
