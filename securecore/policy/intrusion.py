@@ -72,7 +72,8 @@ class IntrusionDetector:
             return [Response("stop_transfer", client, reason)]
         return []
 
-    def privilege_escalation(self, session_id: str, detail: str, now: float) -> list[Response]:
+    def privilege_escalation(self, subject: str, detail: str, now: float) -> list[Response]:
+        """End the session(s) of SUBJECT (a session id, or a principal whose sessions all end)."""
         reason = f"privilege escalation attempt: {detail}"
-        self.state.block("session", session_id, now + self.block_seconds, reason)
-        return [Response("end_session", session_id, reason)]
+        self.state.block("session", subject, now + self.block_seconds, reason)
+        return [Response("end_session", subject, reason)]

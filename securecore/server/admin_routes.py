@@ -49,11 +49,18 @@ async def _body(request: Request, required: tuple[str, ...], optional: tuple[str
     return data, None
 
 
-def admin_routes(actions: AdminActions) -> list[Route]:
+def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
     def admin_only(handler):
         async def guarded(request: Request) -> Response:
             principal = request.state.principal
             if principal is None or principal.kind != "admin":
+                if principal is not None and intrusion is not None:
+                    # A non-administrator on the admin API: a privilege-escalation
+                    # attempt, which ends its sessions (seed 004 3.2).
+                    detail = f"{request.method} {request.url.path}"
+                    await anyio.to_thread.run_sync(
+                        intrusion.privilege_escalation, principal.id, detail
+                    )
                 return error_response(403, "administrators only", "forbidden")
             return await handler(request, principal.id)
 

@@ -22,6 +22,7 @@ from securecore.policy.engine import PolicyEngine
 from securecore.server.admin_routes import AdminActions, admin_routes
 from securecore.server.errors import error_response, http_exception, unhandled
 from securecore.server.identity import IdentityError, principal_from_scope
+from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.session_routes import session_routes
 from securecore.sessions.manager import SessionManager
 
@@ -65,6 +66,7 @@ def create_app(
     policy: PolicyEngine | None = None,
     metrics: ServiceMetrics | None = None,
     admin: AdminActions | None = None,
+    intrusion: IntrusionResponder | None = None,
     on_shutdown: Callable[[], None] | None = None,
 ) -> Starlette:
     checks = readiness or {}
@@ -91,9 +93,9 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/v1/whoami", whoami),
-            *(session_routes(sessions) if sessions is not None else []),
+            *(session_routes(sessions, intrusion) if sessions is not None else []),
             *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
-            *(admin_routes(admin) if admin is not None else []),
+            *(admin_routes(admin, intrusion) if admin is not None else []),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unhandled},
         lifespan=_lifespan(on_shutdown),
@@ -102,7 +104,7 @@ def create_app(
     if policy is not None:
         from securecore.server.policy_middleware import PolicyMiddleware
 
-        app.add_middleware(PolicyMiddleware, engine=policy)
+        app.add_middleware(PolicyMiddleware, engine=policy, intrusion=intrusion)
     app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer

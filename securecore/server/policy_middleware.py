@@ -12,13 +12,14 @@ import anyio.to_thread
 from securecore.policy.engine import PolicyEngine, RequestContext
 from securecore.server.app import OPEN_PATHS
 from securecore.server.errors import error_response
+from securecore.server.intrusion_hooks import IntrusionResponder
 
 STATUS = {"acl": 403, "intrusion": 403, "trust": 403, "rate_limit": 429, "emergency": 503}
 
 
 class PolicyMiddleware:
-    def __init__(self, app, engine: PolicyEngine) -> None:
-        self.app, self.engine = app, engine
+    def __init__(self, app, engine: PolicyEngine, intrusion: IntrusionResponder | None = None):
+        self.app, self.engine, self.intrusion = app, engine, intrusion
         self.in_flight, self.capacity = 0, 1000
 
     async def __call__(self, scope, receive, send) -> None:
@@ -41,8 +42,22 @@ class PolicyMiddleware:
                 response.headers["Retry-After"] = str(max(1, round(decision.retry_after)))
             await response(scope, receive, send)
             return
+        moved = [0]
+
+        async def counting_receive():
+            message = await receive()
+            moved[0] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message) -> None:
+            moved[0] += len(message.get("body", b""))
+            await send(message)
+
         self.in_flight += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, counting_receive, counting_send)
         finally:
             self.in_flight -= 1
+            if self.intrusion is not None and principal is not None:
+                # More than 100 MB a minute stops the client (seed 004 3.2).
+                await anyio.to_thread.run_sync(self.intrusion.transferred, principal.id, moved[0])

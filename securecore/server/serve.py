@@ -18,9 +18,11 @@ from securecore.monitoring.metrics import ServiceMetrics
 from securecore.plugins.probe import mtls_probe
 from securecore.plugins.registry import PluginRegistry
 from securecore.policy.engine import Policy, PolicyEngine
+from securecore.policy.intrusion import IntrusionDetector
 from securecore.policy.state import PolicyState
 from securecore.server.admin_routes import AdminActions
 from securecore.server.app import create_app
+from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.live_metrics import live_state
 from securecore.server.logs import log_config
 from securecore.server.tls_scope import TLSScopeH11Protocol
@@ -69,6 +71,7 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
 
     policy_state = PolicyState(data_dir / "policy.db")
     engine = PolicyEngine(load_policy(config), policy_state, audit=audit_decision)
+    intrusion = IntrusionResponder(IntrusionDetector(policy_state), sessions, audit.append)
     registry = PluginRegistry(
         data_dir / "plugins.db",
         vendors=config.get("plugins", "vendors") or {},
@@ -103,6 +106,7 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
         policy=engine,
         metrics=metrics,
         admin=admin,
+        intrusion=intrusion,
         on_shutdown=audit.close,  # writes what is queued and a final signed checkpoint
     )
     settings = uvicorn.Config(

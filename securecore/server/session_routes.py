@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -42,13 +43,29 @@ def bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def session_routes(sessions: SessionManager) -> list[Route]:
+# Refusals that mean someone presented a credential that is not good: they count
+# as failed logins for intrusion detection. (Limits and expiry do not.)
+FAILED_AUTHENTICATION = frozenset({
+    "malformed", "alg_not_allowed", "unknown_kid", "bad_signature", "wrong_issuer",
+    "wrong_audience", "invalid_refresh", "refresh_reuse", "binding_mismatch",
+})  # fmt: skip
+
+
+def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
+    async def refused(request: Request, error: TokenError) -> JSONResponse:
+        if intrusion is not None and error.code in FAILED_AUTHENTICATION:
+            source = request.client.host if request.client else ""
+            await anyio.to_thread.run_sync(
+                intrusion.authentication_failed, request.state.principal.id, source, error.code
+            )
+        return _refused(error)
+
     async def create(request: Request) -> Response:
         principal = request.state.principal
         try:
             pair = sessions.create(principal.id, principal.thumbprint)
         except TokenError as error:
-            return _refused(error)
+            return await refused(request, error)
         return JSONResponse(_pair(pair), status_code=201)
 
     async def refresh(request: Request) -> Response:
@@ -65,7 +82,7 @@ def session_routes(sessions: SessionManager) -> list[Route]:
         try:
             pair = sessions.refresh(token, request.state.principal.thumbprint)
         except TokenError as error:
-            return _refused(error)
+            return await refused(request, error)
         return JSONResponse(_pair(pair))
 
     def current_claims(request: Request) -> dict:
@@ -78,7 +95,7 @@ def session_routes(sessions: SessionManager) -> list[Route]:
         try:
             claims = current_claims(request)
         except TokenError as error:
-            return _refused(error)
+            return await refused(request, error)
         return JSONResponse(
             {"session_id": claims["sid"], "sub": claims["sub"], "exp": claims["exp"]}
         )
@@ -87,7 +104,7 @@ def session_routes(sessions: SessionManager) -> list[Route]:
         try:
             claims = current_claims(request)
         except TokenError as error:
-            return _refused(error)
+            return await refused(request, error)
         sessions.revoke(claims["sid"], "ended by its holder")
         return Response(status_code=204)
 

@@ -100,3 +100,31 @@ def test_only_administrators_reach_the_admin_api() -> None:
     operator = certificate("spiffe://securecore/admin/alice")
     status, body = call(scope("/v1/admin/status", operator), admin=untouched)
     assert status == 200 and body == b'{"called":true}'
+
+
+def test_a_non_administrator_on_the_admin_api_loses_its_sessions(tmp_path: Path) -> None:
+    from securecore.policy.intrusion import IntrusionDetector
+    from securecore.policy.state import PolicyState
+    from securecore.server.intrusion_hooks import IntrusionResponder
+    from securecore.sessions.manager import SessionManager
+    from tests.keyrings import software_ring
+
+    sessions = SessionManager(software_ring(tmp_path), tmp_path / "sessions.db")
+    pair = sessions.create("plugin/plugin-01")
+    audited: list = []
+    responder = IntrusionResponder(
+        IntrusionDetector(PolicyState(tmp_path / "policy.db")), sessions,
+        lambda *record: audited.append(record),
+    )  # fmt: skip
+    untouched = AdminActions(
+        audit=None, sessions=None, policy_state=None, registry=None, snapshot=None,
+        status=lambda: {},
+    )  # fmt: skip
+    plugin = certificate("spiffe://securecore/plugin/plugin-01")
+    status, _ = call(
+        scope("/v1/admin/status", plugin), admin=untouched, sessions=sessions, intrusion=responder
+    )
+    assert status == 403
+    assert audited[-1][1] == "intrusion.end_session" and audited[-1][2] == "plugin/plugin-01"
+    with pytest.raises(Exception, match="revoked"):
+        sessions.verify(pair.access_token)

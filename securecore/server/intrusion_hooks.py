@@ -1,0 +1,50 @@
+"""Intrusion detection fed from the request path, and its responses carried out.
+
+Failed authentications (refused tokens), the bytes each principal moves, and
+attempts to use the admin API without being an administrator go to the
+IntrusionDetector. Its responses (lock an account, block sources, stop a
+client, end sessions) are applied here and each one is an audit record, so
+operators see them (`securecore acl list`, the audit log).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from securecore.policy.intrusion import IntrusionDetector, Response
+from securecore.sessions.manager import SessionManager
+
+
+class IntrusionResponder:
+    def __init__(
+        self,
+        detector: IntrusionDetector,
+        sessions: SessionManager | None,
+        audit: Callable[..., Any],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.detector, self.sessions, self.audit, self.clock = detector, sessions, audit, clock
+
+    def authentication_failed(self, principal: str, source: str, code: str) -> None:
+        self.audit(
+            principal, "auth.failure", "securecore", "failure", {"code": code, "source": source}
+        )
+        self._apply(self.detector.login_failed(principal, source, self.clock()))
+
+    def transferred(self, principal: str, size: int) -> None:
+        if size:
+            self._apply(self.detector.transferred(principal, size, self.clock()))
+
+    def privilege_escalation(self, principal: str, detail: str) -> None:
+        responses = self.detector.privilege_escalation(principal, detail, self.clock())
+        self._apply(responses)
+
+    def _apply(self, responses: list[Response]) -> None:
+        for response in responses:
+            if response.action == "end_session" and self.sessions is not None:
+                # The subject is the principal: every session it holds ends.
+                self.sessions.revoke_where(principal=response.subject, reason=response.reason)
+            self.audit("securecore", f"intrusion.{response.action}", response.subject,
+                       "success", {"reason": response.reason})  # fmt: skip
