@@ -8,7 +8,6 @@ and every worker sees them at once through the shared state.
 from __future__ import annotations
 
 import ipaddress
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from securecore.server.api_schema import Endpoint, body, integer, read_body, string
 from securecore.server.errors import error_response
-
-MAX_BODY = 4096
 
 
 class AdminActions:
@@ -32,21 +30,32 @@ class AdminActions:
         self.registry, self.snapshot, self.status = registry, snapshot, status
 
 
-async def _body(request: Request, required: tuple[str, ...], optional: tuple[str, ...] = ()):
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        return None, error_response(413, f"the body is larger than {MAX_BODY} bytes")
-    try:
-        data = json.loads(raw or b"{}")
-    except ValueError:
-        return None, error_response(400, "the body is not JSON")
-    if not isinstance(data, dict):
-        return None, error_response(422, "the body must be a JSON object")
-    unknown = sorted(set(data) - set(required) - set(optional))
-    missing = [key for key in required if not data.get(key)]
-    if unknown or missing:
-        return None, error_response(422, f"unknown: {unknown}, missing: {missing}")
-    return data, None
+REVOKE = body(optional={"session_id": string(64), "principal": string(128),
+                       "reason": string(500, 0)})  # fmt: skip
+BLOCK = body({"address": string(45)},
+             {"minutes": integer(1, 525600), "reason": string(500, 0)})  # fmt: skip
+UNBLOCK = body({"address": string(45)})
+REASON = body(optional={"reason": string(500, 0)})
+SHUTDOWN = body({"reason": string(500)})
+RECOVER = body({"note": string(500)})
+ENDPOINTS = [
+    Endpoint("GET", "/v1/admin/status", "Modes, plugins, sessions, audit log", None, (200,),
+             ("admin",)),
+    Endpoint("GET", "/v1/admin/sessions", "Live sessions", None, (200,), ("admin",)),
+    Endpoint("POST", "/v1/admin/sessions/revoke", "Revoke a session or a principal's", REVOKE,
+             (200,), ("admin",)),
+    Endpoint("GET", "/v1/admin/acl", "Active blocks", None, (200,), ("admin",)),
+    Endpoint("POST", "/v1/admin/acl/block", "Block a source address", BLOCK, (200,), ("admin",)),
+    Endpoint("POST", "/v1/admin/acl/unblock", "Unblock a source address", UNBLOCK, (200,),
+             ("admin",)),
+    Endpoint("GET", "/v1/admin/plugins", "Plugins and their trust", None, (200,), ("admin",)),
+    Endpoint("POST", "/v1/admin/plugins/{name}/{verb}", "approve, suspend or revoke a plugin",
+             REASON, (200,), ("admin",)),
+    Endpoint("POST", "/v1/admin/emergency-shutdown", "Stop all traffic, revoke sessions",
+             SHUTDOWN, (200,), ("admin",)),
+    Endpoint("POST", "/v1/admin/recover", "End an emergency shutdown", RECOVER, (200,),
+             ("admin",)),
+]  # fmt: skip
 
 
 def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
@@ -79,7 +88,7 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         return JSONResponse(rows)
 
     async def sessions_revoke(request: Request, actor: str) -> Response:
-        data, refused = await _body(request, (), ("session_id", "principal", "reason"))
+        data, refused = await read_body(request, REVOKE)
         if refused:
             return refused
         if bool(data.get("session_id")) == bool(data.get("principal")):
@@ -96,7 +105,7 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         return JSONResponse(actions.policy_state.active_blocks(time.time()))
 
     async def acl_block(request: Request, actor: str) -> Response:
-        data, refused = await _body(request, ("address",), ("minutes", "reason"))
+        data, refused = await read_body(request, BLOCK)
         if refused:
             return refused
         try:
@@ -104,8 +113,6 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         except ValueError:
             return error_response(422, f"address {data['address']!r} is not an IP address")
         minutes = data.get("minutes", 60)
-        if not isinstance(minutes, int) or not 1 <= minutes <= 525600:
-            return error_response(422, "minutes: an integer from 1 to 525600")
         actions.policy_state.block("ip", address, time.time() + minutes * 60,
                                    data.get("reason") or f"blocked by {actor}")  # fmt: skip
         await audited(
@@ -114,7 +121,7 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         return JSONResponse({"blocked": address, "minutes": minutes})
 
     async def acl_unblock(request: Request, actor: str) -> Response:
-        data, refused = await _body(request, ("address",))
+        data, refused = await read_body(request, UNBLOCK)
         if refused:
             return refused
         removed = actions.policy_state.unblock("ip", data["address"])
@@ -125,7 +132,7 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         return JSONResponse(actions.registry.summary())
 
     async def plugin_state(request: Request, actor: str) -> Response:
-        data, refused = await _body(request, (), ("reason",))
+        data, refused = await read_body(request, REASON)
         if refused:
             return refused
         name, verb = request.path_params["name"], request.path_params["verb"]
@@ -143,7 +150,7 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         return JSONResponse({"plugin": name, "state": state})
 
     async def emergency_shutdown(request: Request, actor: str) -> Response:
-        data, refused = await _body(request, ("reason",))
+        data, refused = await read_body(request, SHUTDOWN)
         if refused:
             return refused
         # Traffic stops first; then sessions end; then the record and the snapshot.
@@ -157,7 +164,7 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         return JSONResponse({"shutdown": True, "sessions_revoked": revoked, "snapshot": str(path)})
 
     async def recover(request: Request, actor: str) -> Response:
-        data, refused = await _body(request, ("note",))
+        data, refused = await read_body(request, RECOVER)
         if refused:
             return refused
         if actions.policy_state.mode("shutdown") != "on":

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from securecore.monitoring.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from securecore.policy.engine import PolicyEngine
 from securecore.server.admin_routes import AdminActions, admin_routes
+from securecore.server.api_schema import Endpoint, openapi
 from securecore.server.errors import error_response, http_exception, unhandled
 from securecore.server.identity import IdentityError, principal_from_scope
 from securecore.server.intrusion_hooks import IntrusionResponder
@@ -96,6 +97,7 @@ def create_app(
             *(session_routes(sessions, intrusion) if sessions is not None else []),
             *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
             *(admin_routes(admin, intrusion) if admin is not None else []),
+            Route("/openapi.json", openapi_endpoint(sessions is not None, admin is not None)),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unhandled},
         lifespan=_lifespan(on_shutdown),
@@ -109,6 +111,34 @@ def create_app(
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer
     return app
+
+
+BASE_ENDPOINTS = [
+    Endpoint("GET", "/healthz", "Liveness", None, (200,), ("service",)),
+    Endpoint("GET", "/readyz", "Readiness: audit store and signing key", None, (200, 503),
+             ("service",)),
+    Endpoint("GET", "/v1/whoami", "The principal of the client certificate", None, (200,),
+             ("service",)),
+    Endpoint("GET", "/metrics", "Prometheus metrics", None, (200,), ("service",)),
+]  # fmt: skip
+
+
+def openapi_endpoint(with_sessions: bool, with_admin: bool):
+    from securecore import __version__
+    from securecore.server import admin_routes as admin_module
+    from securecore.server import session_routes as session_module
+
+    endpoints = [
+        *BASE_ENDPOINTS,
+        *(session_module.ENDPOINTS if with_sessions else []),
+        *(admin_module.ENDPOINTS if with_admin else []),
+    ]
+    document = openapi(endpoints, __version__)
+
+    async def schema(request: Request) -> Response:
+        return JSONResponse(document)
+
+    return schema
 
 
 def metrics_endpoint(metrics: ServiceMetrics):

@@ -8,18 +8,27 @@ GET    /v1/sessions/current  the presented access token's session (a check for c
 
 from __future__ import annotations
 
-import json
-
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from securecore.server.api_schema import Endpoint, body, read_body, string
 from securecore.server.errors import error_response
 from securecore.sessions.manager import SessionManager, TokenPair
 from securecore.sessions.tokens import TokenError
 
-MAX_BODY = 4096
+REFRESH = body({"refresh_token": string(128, description="the refresh token to exchange")})
+ENDPOINTS = [
+    Endpoint("POST", "/v1/sessions", "A session for the certificate's principal", None, (201,),
+             ("sessions",)),
+    Endpoint("POST", "/v1/sessions/refresh", "Exchange a refresh token for a new pair", REFRESH,
+             (200,), ("sessions",)),
+    Endpoint("GET", "/v1/sessions/current", "The presented access token's session", None,
+             (200,), ("sessions",)),
+    Endpoint("DELETE", "/v1/sessions/current", "End the presented access token's session", None,
+             (204,), ("sessions",)),
+]  # fmt: skip
 
 
 def _pair(pair: TokenPair) -> dict:
@@ -69,16 +78,10 @@ def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
         return JSONResponse(_pair(pair), status_code=201)
 
     async def refresh(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return error_response(413, f"the body is larger than {MAX_BODY} bytes")
-        try:
-            data = json.loads(body or b"null")
-        except ValueError:
-            return error_response(400, "the body is not JSON")
-        token = data.get("refresh_token") if isinstance(data, dict) else None
-        if not isinstance(token, str) or not token or set(data) != {"refresh_token"}:
-            return error_response(422, 'the body must be {"refresh_token": "..."} only')
+        data, invalid = await read_body(request, REFRESH)
+        if invalid:
+            return invalid
+        token = data["refresh_token"]
         try:
             pair = sessions.refresh(token, request.state.principal.thumbprint)
         except TokenError as error:

@@ -153,6 +153,18 @@ def test_metrics_are_prometheus_text_with_the_alerted_series(server) -> None:
     assert 'securecore_plugins{state="active"} 0.0' in text
 
 
+def test_the_openapi_document_is_served_and_bodies_are_validated(server) -> None:
+    status, document = get(server, "/openapi.json")
+    assert status == 200 and document["openapi"] == "3.1.0"
+    refresh = document["paths"]["/v1/sessions/refresh"]["post"]
+    schema = refresh["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["refresh_token"] and schema["additionalProperties"] is False
+    assert "422" in refresh["responses"]
+    status, error = call(server, "POST", "/v1/sessions/refresh", body={"refresh_token": 5, "x": 1})
+    assert status == 422
+    assert error["error"]["message"] == "x: unknown property; refresh_token: must be a string"
+
+
 # Last: it stops the module's server.
 def test_logs_are_json_and_shutdown_is_graceful(server) -> None:
     get(server, "/healthz")
