@@ -1,6 +1,7 @@
 """The append-only audit log: group commit, external witness, signed checkpoints, verify.
 
-Append path (one writer thread; callers block until their record is durable):
+Append path (one writer thread; callers wait until their record is durable,
+blocking in `append` or awaiting `append_async` on an event loop):
   1. the batch's leaf hashes are appended to the witness file and fsynced;
   2. the records are committed to the store in one transaction (fsynced);
   3. callers are answered with their sequence numbers.
@@ -13,6 +14,8 @@ record exactly.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import os
 import threading
@@ -43,14 +46,33 @@ class AuditError(Exception):
 
 
 class _Batch:
-    """Records that commit together, and the event their appenders wait on."""
+    """Records that commit together, and what their appenders wait on."""
 
-    __slots__ = ("done", "error", "records")
+    __slots__ = ("done", "error", "futures", "records")
 
     def __init__(self) -> None:
         self.records: list[tuple[int, str, str, str, str, dict[str, Any]]] = []
         self.done = threading.Event()
         self.error: BaseException | None = None
+        # Appenders on event loops: one wake-up per loop and batch, not per record.
+        self.futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+
+    def settle(self) -> None:
+        self.done.set()
+        for loop, futures in self.futures.items():
+            # A closed loop raises RuntimeError: nobody there is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, futures, self.error)
+
+
+def _settle(futures: list[asyncio.Future], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():  # the awaiting task was cancelled
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(AuditError(f"audit write failed: {error}"))
 
 
 class AuditLog:
@@ -122,19 +144,41 @@ class AuditLog:
         timeout: float = 30.0,
     ) -> int:
         """Append a record; returns its sequence number once it is durable."""
-        with self._lock:
-            self._raise_if_stopped()
-            seq = self._next_seq
-            self._next_seq += 1
-            batch = self._open
-            batch.records.append((seq, actor, action, target, outcome, details or {}))
-            if len(batch.records) == 1:
-                self._work.notify()
+        seq, batch = self._enqueue((actor, action, target, outcome, details or {}))
         if not batch.done.wait(timeout):
             raise AuditError(f"record {seq}: not durable within {timeout} s")
         if batch.error is not None:
             raise AuditError(f"audit write failed: {batch.error}")
         return seq
+
+    async def append_async(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        """`append` for an event loop: the loop goes on while the record becomes durable."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        seq, _ = self._enqueue((actor, action, target, outcome, details or {}), loop, future)
+        await future
+        return seq
+
+    def _enqueue(self, record: tuple, loop=None, future=None) -> tuple[int, _Batch]:
+        """Number RECORD and add it to the open batch (and FUTURE to its waiters)."""
+        with self._lock:
+            self._raise_if_stopped()
+            seq = self._next_seq
+            self._next_seq += 1
+            batch = self._open
+            batch.records.append((seq, *record))
+            if future is not None:
+                batch.futures.setdefault(loop, []).append(future)
+            if len(batch.records) == 1:
+                self._work.notify()
+        return seq, batch
 
     @property
     def size(self) -> int:
@@ -196,10 +240,10 @@ class AuditLog:
                     self._failed = error
                     for failed in (batch, self._open):
                         failed.error = error
-                        failed.done.set()
+                        failed.settle()
                     self._durable.notify_all()
                 return
-            batch.done.set()
+            batch.settle()
             with self._lock:
                 self._checkpointed = self._last_checkpoint_size
                 self._durable.notify_all()

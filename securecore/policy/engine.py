@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,15 +83,33 @@ class PolicyEngine:
         state: PolicyState,
         *,
         audit: Callable[..., Any] | None = None,
+        audit_async: Callable[..., Awaitable[Any]] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.policy, self.state = policy, state
         self.audit = audit or (lambda *args: None)
+        self.audit_async = audit_async
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC).timestamp())
 
     def decide(self, request: RequestContext) -> Decision:
         decision = self._evaluate(request)
-        self.audit(
+        self.audit(*self._record(request, decision))
+        return decision
+
+    async def decide_async(self, request: RequestContext) -> Decision:
+        """`decide` on an event loop: the evaluation takes microseconds (shared
+        counters, cached blocks), so it runs on the loop; the audit record is
+        awaited without holding a thread."""
+        decision = self._evaluate(request)
+        if self.audit_async is not None:
+            await self.audit_async(*self._record(request, decision))
+        else:
+            self.audit(*self._record(request, decision))
+        return decision
+
+    @staticmethod
+    def _record(request: RequestContext, decision: Decision) -> tuple:
+        return (
             request.principal,
             f"policy.{decision.stage}",
             request.plugin or "core",
@@ -99,7 +117,6 @@ class PolicyEngine:
             {"reason": decision.reason, "policy_version": decision.policy_version,
              "source": request.source},
         )  # fmt: skip
-        return decision
 
     def _evaluate(self, request: RequestContext) -> Decision:
         now = self.clock()

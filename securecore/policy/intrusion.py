@@ -58,16 +58,10 @@ class IntrusionDetector:
         return responses
 
     def transferred(self, client: str, size: int, now: float) -> list[Response]:
-        db = self.state.db
-        with self.state.lock:
-            db.execute("INSERT INTO transfers VALUES (?, ?, ?)", (client, now, size))
-            db.execute("DELETE FROM transfers WHERE time < ?", (now - TRANSFER_WINDOW,))
-            total = db.execute(
-                "SELECT COALESCE(SUM(bytes), 0) FROM transfers WHERE client = ? AND time > ?",
-                (client, now - TRANSFER_WINDOW),
-            ).fetchone()[0]
+        # A sliding window in the shared counters: every worker adds to the same total.
+        total = self.state.counters.add(f"transfer:{client}", size, now, TRANSFER_WINDOW)
         if total > TRANSFER_LIMIT:
-            reason = f"{total // (1024 * 1024)} MB within a minute (limit 100 MB)"
+            reason = f"{int(total) // (1024 * 1024)} MB within a minute (limit 100 MB)"
             self.state.block("client", client, now + self.block_seconds, reason)
             return [Response("stop_transfer", client, reason)]
         return []

@@ -1,7 +1,7 @@
 """Token-bucket rate limits shared by every worker (seed 000 5.2).
 
-A bucket per client and per plugin lives in the policy database; taking a
-token is one IMMEDIATE transaction, so the limit holds across processes.
+A bucket per client and per plugin lives in the shared counters of the
+policy state (counters.py), so the limit holds across worker processes.
 Adaptive: under load (0..1, the share of capacity in use) the rates fall
 linearly to half between 70% and 100%. Emergency mode divides every limit by
 ten; a plugin whose trust asks for it gets half its rate.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from securecore.policy.counters import Verdict
 from securecore.policy.state import PolicyState
-from securecore.transactions import immediate_transaction
 
 EMERGENCY_DIVISOR = 10
 
@@ -21,12 +21,6 @@ EMERGENCY_DIVISOR = 10
 class Limit:
     rate: float  # tokens per second
     burst: float  # bucket size
-
-
-@dataclass(frozen=True)
-class Verdict:
-    allowed: bool
-    retry_after: float = 0.0
 
 
 def scaled(limit: Limit, *, load: float = 0.0, emergency: bool = False, strict: bool = False):
@@ -39,19 +33,4 @@ def scaled(limit: Limit, *, load: float = 0.0, emergency: bool = False, strict: 
 
 
 def take(state: PolicyState, key: str, limit: Limit, now: float, cost: float = 1.0) -> Verdict:
-    with state.lock, immediate_transaction(state.db):
-        row = state.db.execute(
-            "SELECT tokens, updated FROM buckets WHERE key = ?", (key,)
-        ).fetchone()
-        tokens = (
-            limit.burst if row is None else min(limit.burst, row[0] + (now - row[1]) * limit.rate)
-        )
-        allowed = tokens >= cost
-        if allowed:
-            tokens -= cost
-        state.db.execute(
-            "INSERT INTO buckets VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE "
-            "SET tokens = excluded.tokens, updated = excluded.updated",
-            (key, tokens, now),
-        )
-    return Verdict(True) if allowed else Verdict(False, (cost - tokens) / limit.rate)
+    return state.counters.take(key, limit.rate, limit.burst, now, cost)

@@ -1,8 +1,16 @@
-"""Policy state shared by every worker process: one SQLite database (WAL).
+"""Policy state shared by every worker process.
 
-Dynamic blocks, account locks, failure windows and token buckets live here,
-so a limit or a block holds across all workers of the service, not per
-process.
+Dynamic blocks, account locks, login failures and modes (emergency,
+shutdown) live in one SQLite database (WAL); token buckets and transfer
+windows in shared counters next to it (`policy.counters`, see counters.py).
+Either way a limit or a block holds across all workers of the service, not
+per process.
+
+Blocks and modes are read on every request but change rarely, so each
+process keeps them in memory and reloads them when the database changed:
+`PRAGMA data_version` moves whenever another connection (another worker, or
+the operator's tool) commits, and this connection's own writes mark the copy
+stale. A block therefore takes effect on the very next request everywhere.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+
+from securecore.policy.counters import SharedCounters
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -25,17 +35,6 @@ CREATE TABLE IF NOT EXISTS failures (
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS failures_time ON failures (time);
-CREATE TABLE IF NOT EXISTS transfers (
-    client TEXT NOT NULL,
-    time REAL NOT NULL,
-    bytes INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transfers_client ON transfers (client, time);
-CREATE TABLE IF NOT EXISTS buckets (
-    key TEXT PRIMARY KEY,
-    tokens REAL NOT NULL,
-    updated REAL NOT NULL
-);
 CREATE TABLE IF NOT EXISTS modes (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -54,13 +53,34 @@ class PolicyState:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self.lock = threading.Lock()
+        self.counters = SharedCounters(self.path.with_suffix(".counters"))
+        self._seen_version = -1
+        self._blocks: dict[tuple[str, str], tuple[float, str]] = {}
+        self._modes: dict[str, str] = {}
+
+    def _current(self) -> None:
+        """Reload blocks and modes if anyone committed a change since the last look."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._seen_version:
+            return
+        with self.lock:
+            self._seen_version = version
+            self._blocks = {
+                (kind, subject): (until, reason)
+                for kind, subject, until, reason in self.db.execute(
+                    "SELECT kind, subject, until, reason FROM blocks"
+                )
+            }
+            self._modes = dict(self.db.execute("SELECT name, value FROM modes"))
+
+    def _changed(self) -> None:
+        # data_version does not move for this connection's own commits.
+        self._seen_version = -1
 
     def blocked(self, kind: str, subject: str, now: float) -> str | None:
-        row = self.db.execute(
-            "SELECT reason FROM blocks WHERE kind = ? AND subject = ? AND until > ?",
-            (kind, subject, now),
-        ).fetchone()
-        return row[0] if row else None
+        self._current()
+        found = self._blocks.get((kind, subject))
+        return found[1] if found and found[0] > now else None
 
     def block(self, kind: str, subject: str, until: float, reason: str) -> None:
         with self.lock:
@@ -69,12 +89,15 @@ class PolicyState:
                 "SET until = max(until, excluded.until), reason = excluded.reason",
                 (kind, subject, until, reason),
             )
+            self._changed()
 
     def unblock(self, kind: str, subject: str) -> int:
         with self.lock:
-            return self.db.execute(
+            removed = self.db.execute(
                 "DELETE FROM blocks WHERE kind = ? AND subject = ?", (kind, subject)
             ).rowcount
+            self._changed()
+            return removed
 
     def active_blocks(self, now: float) -> list[dict]:
         rows = self.db.execute(
@@ -83,8 +106,8 @@ class PolicyState:
         return [dict(zip(("kind", "subject", "until", "reason"), r, strict=True)) for r in rows]
 
     def mode(self, name: str, default: str = "") -> str:
-        row = self.db.execute("SELECT value FROM modes WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else default
+        self._current()
+        return self._modes.get(name, default)
 
     def set_mode(self, name: str, value: str) -> None:
         with self.lock:
@@ -92,6 +115,8 @@ class PolicyState:
                 "INSERT INTO modes VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = ?",
                 (name, value, value),
             )
+            self._changed()
 
     def close(self) -> None:
+        self.counters.close()
         self.db.close()

@@ -8,6 +8,7 @@ dmz/HOST. Nothing else (headers, subject CN alone) names a principal.
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -53,7 +54,15 @@ def principal_from_scope(scope: dict, trust_domain: str) -> Principal:
     tls = scope.get("extensions", {}).get("tls")
     if not tls or not tls.get("client_cert_chain"):
         raise IdentityError("no verified client certificate on this connection")
-    cert = x509.load_pem_x509_certificate(tls["client_cert_chain"][0].encode())
+    return principal_from_certificate(tls["client_cert_chain"][0], trust_domain)
+
+
+# Parsing a certificate costs more than the rest of a request's identity
+# check; the principal depends on the certificate's bytes only (the chain and
+# its revocation were checked in the handshake), so it is kept per certificate.
+@functools.lru_cache(maxsize=4096)
+def principal_from_certificate(pem: str, trust_domain: str) -> Principal:
+    cert = x509.load_pem_x509_certificate(pem.encode())
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as error:

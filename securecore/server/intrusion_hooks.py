@@ -31,17 +31,20 @@ class IntrusionResponder:
         self.audit(
             principal, "auth.failure", "securecore", "failure", {"code": code, "source": source}
         )
-        self._apply(self.detector.login_failed(principal, source, self.clock()))
+        self.apply(self.detector.login_failed(principal, source, self.clock()))
 
     def transferred(self, principal: str, size: int) -> None:
-        if size:
-            self._apply(self.detector.transferred(principal, size, self.clock()))
+        self.apply(self.count_transfer(principal, size))
+
+    def count_transfer(self, principal: str, size: int) -> list[Response]:
+        """Count the bytes (microseconds, safe on the event loop); the responses due."""
+        return self.detector.transferred(principal, size, self.clock()) if size else []
 
     def privilege_escalation(self, principal: str, detail: str) -> None:
         responses = self.detector.privilege_escalation(principal, detail, self.clock())
-        self._apply(responses)
+        self.apply(responses)
 
-    def _apply(self, responses: list[Response]) -> None:
+    def apply(self, responses: list[Response]) -> None:
         for response in responses:
             if response.action == "end_session" and self.sessions is not None:
                 # The subject is the principal: every session it holds ends.

@@ -25,7 +25,7 @@ from securecore.server.app import create_app
 from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.live_metrics import live_state
 from securecore.server.logs import log_config
-from securecore.server.tls_scope import TLSScopeH11Protocol
+from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.sessions.manager import SessionManager
 from securecore.tls import TLSPolicy
 
@@ -69,8 +69,14 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
         metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
         return audit.append(actor, action, target, outcome, details)
 
+    async def audit_decision_async(actor, action, target, outcome, details):
+        metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
+        return await audit.append_async(actor, action, target, outcome, details)
+
     policy_state = PolicyState(data_dir / "policy.db")
-    engine = PolicyEngine(load_policy(config), policy_state, audit=audit_decision)
+    engine = PolicyEngine(
+        load_policy(config), policy_state, audit=audit_decision, audit_async=audit_decision_async
+    )
     intrusion = IntrusionResponder(IntrusionDetector(policy_state), sessions, audit.append)
     registry = PluginRegistry(
         data_dir / "plugins.db",
@@ -113,7 +119,8 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
         app,
         host=host.strip("[]"),
         port=int(port),
-        http=TLSScopeH11Protocol,
+        http=TLSScopeHttpToolsProtocol,
+        loop="uvloop",
         ssl_context_factory=lambda _config, _default: policy.server_context(),
         log_config=log_config(),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

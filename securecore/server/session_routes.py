@@ -72,7 +72,10 @@ def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
     async def create(request: Request) -> Response:
         principal = request.state.principal
         try:
-            pair = sessions.create(principal.id, principal.thumbprint)
+            # Issuing commits durably (an fsync): off the event loop.
+            pair = await anyio.to_thread.run_sync(
+                sessions.create, principal.id, principal.thumbprint
+            )
         except TokenError as error:
             return await refused(request, error)
         return JSONResponse(_pair(pair), status_code=201)
@@ -83,7 +86,9 @@ def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
             return invalid
         token = data["refresh_token"]
         try:
-            pair = sessions.refresh(token, request.state.principal.thumbprint)
+            pair = await anyio.to_thread.run_sync(
+                sessions.refresh, token, request.state.principal.thumbprint
+            )
         except TokenError as error:
             return await refused(request, error)
         return JSONResponse(_pair(pair))
@@ -108,7 +113,7 @@ def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
             claims = current_claims(request)
         except TokenError as error:
             return await refused(request, error)
-        sessions.revoke(claims["sid"], "ended by its holder")
+        await anyio.to_thread.run_sync(sessions.revoke, claims["sid"], "ended by its holder")
         return Response(status_code=204)
 
     return [

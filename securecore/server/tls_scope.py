@@ -14,6 +14,7 @@ import ssl
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # IANA TLS versions and TLS 1.3 cipher suites, as the extension wants numbers.
 TLS_VERSIONS = {"TLSv1.3": 0x0304, "TLSv1.2": 0x0303}
@@ -53,11 +54,21 @@ class _WithTLS:
         await self.app(scope, receive, send)
 
 
-class TLSScopeH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, one instance per connection, with the TLS extension."""
+class _TLSScope:
+    """Mixed into a uvicorn HTTP protocol (one instance per connection)."""
+
+    app: Any
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
         tls = tls_extension(transport)
         if tls is not None:
             self.app = _WithTLS(self.app, tls)
+
+
+class TLSScopeH11Protocol(_TLSScope, H11Protocol):
+    """uvicorn's pure-Python h11 protocol with the TLS extension."""
+
+
+class TLSScopeHttpToolsProtocol(_TLSScope, HttpToolsProtocol):
+    """uvicorn's httptools (llhttp) protocol with the TLS extension: the one served."""

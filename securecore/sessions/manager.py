@@ -8,7 +8,10 @@
 - A session unused for `idle_timeout` seconds expires; a principal may hold
   at most `max_sessions` live sessions.
 State lives in SQLite (the service's database), so every worker sees the
-same revocations.
+same revocations. Issuing, refreshing and revoking commit durably before
+they answer; the "last seen" time that idleness is measured by is noted in
+memory on use and written by a background thread every FLUSH_EVERY seconds,
+so checking a token never waits on a disk.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from securecore.keys.base import KeyRing
 from securecore.sessions import tokens
 from securecore.sessions.tokens import TokenError
 from securecore.transactions import immediate_transaction
+
+TOUCH_EVERY = 10.0  # seconds: a session's last_seen is renewed at most this often
+FLUSH_EVERY = 2.0  # seconds between writes of the renewed last_seen times
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -83,6 +89,13 @@ class SessionManager:
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._touches: dict[str, float] = {}
+        self._touch_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_touches_until_closed, name="session-last-seen", daemon=True
+        )
+        self._flusher.start()
 
     # --- issuing -------------------------------------------------------------------
 
@@ -205,11 +218,27 @@ class SessionManager:
         ).fetchone()
         if row is None or row[0] is not None:
             raise TokenError("revoked", "the session is revoked")
-        if now - row[1] > self.idle_timeout:
+        last_seen = max(row[1], self._touches.get(claims["sid"], 0.0))
+        if now - last_seen > self.idle_timeout:
             raise TokenError("expired", "the session has been idle too long")
-        if now - row[1] > 10:  # write last_seen at most every 10 s per session
-            self._db.execute("UPDATE sessions SET last_seen = ? WHERE id = ?", (now, claims["sid"]))
+        if now - last_seen > TOUCH_EVERY:
+            with self._touch_lock:
+                self._touches[claims["sid"]] = now
         return claims
+
+    def _flush_touches_until_closed(self) -> None:
+        while not self._stopping.wait(FLUSH_EVERY):
+            self._flush_touches()
+
+    def _flush_touches(self) -> None:
+        with self._touch_lock:
+            touches, self._touches = self._touches, {}
+        if touches:
+            with self._lock, immediate_transaction(self._db):
+                self._db.executemany(
+                    "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE id = ?",
+                    [(seen, session_id) for session_id, seen in touches.items()],
+                )
 
     def _expire_cache(self, now: float) -> None:
         for token in [t for t, (exp, _) in self._cache.items() if exp < now]:
@@ -251,4 +280,7 @@ class SessionManager:
         )
 
     def close(self) -> None:
+        self._stopping.set()
+        self._flusher.join(timeout=10)
+        self._flush_touches()
         self._db.close()

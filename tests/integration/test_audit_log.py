@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from securecore.audit.log import AuditLog, verify_log
+from securecore.audit.log import AuditError, AuditLog, verify_log
 from securecore.audit.store import SQLiteAuditStore
 from securecore.keys.base import KeyRing
 from securecore.keys.software import SoftwareKeys
@@ -61,6 +62,39 @@ def written(tmp_path: Path, keys: SoftwareKeys) -> Path:
     log.close()
     assert sorted(seqs) == list(range(1, 201))
     return tmp_path
+
+
+def test_appends_from_an_event_loop_and_threads_share_one_durable_order(
+    tmp_path: Path, keys
+) -> None:
+    log = open_log(tmp_path, keys, checkpoint_every=64)
+
+    async def from_the_loop() -> list[int]:
+        return await asyncio.gather(*(
+            log.append_async("admin/alice", "policy.acl", "core", "allowed", {"n": n})
+            for n in range(300)
+        ))  # fmt: skip
+
+    loop_seqs = asyncio.run(from_the_loop())
+    thread_seqs = append_from_threads(log)
+    durable = log.size  # every awaited record was committed before its await returned
+    log.close()
+    assert durable == 500
+    assert sorted(loop_seqs + thread_seqs) == list(range(1, 501))
+    assert verify(tmp_path, keys).ok
+
+
+def test_an_append_awaited_after_the_log_failed_raises(tmp_path: Path, keys) -> None:
+    log = open_log(tmp_path, keys)
+    log.store.close()  # the next commit fails
+
+    async def append() -> int:
+        return await log.append_async("admin/alice", "policy.acl", "core", "allowed")
+
+    with pytest.raises(AuditError, match="audit write failed"):
+        asyncio.run(append())
+    with pytest.raises(AuditError, match="stopped after an error"):
+        asyncio.run(append())
 
 
 def sql(tmp_path: Path, statement: str) -> None:

@@ -154,6 +154,21 @@ def test_idle_sessions_expire_and_the_session_limit_holds(sessions: SessionManag
     sessions.create("admin/alice")
 
 
+def test_use_keeps_a_session_alive_and_reaches_the_database(
+    ring: KeyRing, clock, tmp_path: Path
+) -> None:
+    sessions = SessionManager(ring, tmp_path / "sessions.db", clock=clock, access_ttl=3600)
+    pair = sessions.create("admin/alice")
+    clock.now += 600
+    sessions.verify(pair.access_token)  # use is noted in memory, written later
+    clock.now += 600  # 1,200 s after creation (idle limit 900), 600 s after the last use
+    assert sessions.verify(pair.access_token)["sid"] == pair.session_id
+    sessions.close()  # writes what is noted
+    other = SessionManager(ring, tmp_path / "sessions.db", clock=clock)
+    assert [s["last_seen"] for s in other.list_live()] == [clock.now]
+    other.close()
+
+
 def test_explicit_revocation_ends_cached_tokens_at_once(sessions: SessionManager) -> None:
     pair = sessions.create("admin/alice")
     sessions.verify(pair.access_token)
