@@ -146,7 +146,7 @@ def wait_for(port: int, process: subprocess.Popen) -> None:
     raise SystemExit("the server did not start")
 
 
-def start_service(base: Path, hsm: bool) -> tuple[subprocess.Popen, int]:
+def start_service(base: Path, hsm: bool, workers: int) -> tuple[subprocess.Popen, int]:
     subprocess.run(
         [sys.executable, "-m", "securecore", "init", str(base / "dev"),
          *([] if hsm else ["--software-keys"])],
@@ -172,7 +172,8 @@ def start_service(base: Path, hsm: bool) -> tuple[subprocess.Popen, int]:
     # reads would fill up and stall the server.
     log = (base / "service.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
+        [sys.executable, "-m", "securecore", "serve", "-c", str(config),
+         "--workers", str(workers)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True,
     )  # fmt: skip
     wait_for(port, process)
@@ -403,6 +404,7 @@ def main() -> int:
         help="offered load of the latency phase, share of the throughput",
     )
     parser.add_argument("--logins", type=float, default=20, help="new sessions/s, latency phase")
+    parser.add_argument("--workers", type=int, default=1, help="service worker processes")
     parser.add_argument("--hsm", action="store_true", help="SoftHSM keys instead of key files")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "service.json"))
     args = parser.parse_args()
@@ -421,7 +423,7 @@ def main() -> int:
         finally:
             hello.terminate()
             hello.wait()
-        service, port = start_service(base, args.hsm)
+        service, port = start_service(base, args.hsm, args.workers)
         try:
             pipeline = run_clients(port, base / "pki", names, args.seconds, "service", args.clients)
             # Latency is measured at half the throughput just measured: the load
@@ -452,7 +454,7 @@ def main() -> int:
             "client_processes": args.clients,
             "principals": principals,
             "keys": "softhsm" if args.hsm else "files",
-            "server": "securecore serve, one uvicorn process",
+            "server": f"securecore serve --workers {args.workers}",
         },
         "throughput": {
             "what": "closed loop: each connection sends its next request as soon as the last "

@@ -37,6 +37,9 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "name": Option(str, "securecore"),
         "listen": Option(str, "0.0.0.0:8443"),
         "data_dir": Option(str, required=True, is_path=True),
+        # Worker processes; with more than one, the supervisor keeps the one
+        # audit log writer and the workers reach it over a Unix socket.
+        "workers": Option(int, 1, minimum=1),
     },
     "tls": {
         "policy": Option(str, is_path=True, must_exist=True),

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from securecore.audit.log import AuditLog
+from securecore.audit.writer_service import RemoteAuditLog
 from securecore.config import Config
 from securecore.keys.base import KeyRing
 
@@ -27,22 +28,21 @@ class EmergencyError(Exception):
 
 
 def write_emergency_snapshot(
-    config: Config, ring: KeyRing, log: AuditLog, *, reason: str, actor: str
+    config: Config, ring: KeyRing, log: AuditLog | RemoteAuditLog, *, reason: str, actor: str
 ) -> Path:
     if not reason.strip():
         raise EmergencyError("an emergency shutdown needs a reason (--reason)")
     seq = log.append(actor, "emergency.shutdown", "securecore", "initiated", {"reason": reason})
     # The shutdown record itself is covered by a signed checkpoint before we go.
-    log.checkpoint_now()
-    checkpoints = log.store.checkpoints()
+    size = log.checkpoint_now()
     snapshot = {
         "format": "securecore-emergency-snapshot/1",
         "time": datetime.datetime.now(datetime.UTC).isoformat(),
         "reason": reason,
         "actor": actor,
         "audit_record": seq,
-        "audit_size": log.store.size(),
-        "latest_checkpoint": checkpoints[-1][1] if checkpoints else None,
+        "audit_size": size,
+        "latest_checkpoint": log.latest_checkpoint(),
         "keys_in_use": {
             "signing": ring.current(ring.signing_key),
             "kek": ring.current(ring.kek),

@@ -22,10 +22,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def dev_server(directory: Path, policy: str | None = None) -> Iterator[dict]:
-    """Yield {"port", "tls", "config", "process", "log"} of a running server; kill it afterwards.
+def dev_server(directory: Path, policy: str | None = None, workers: int = 1) -> Iterator[dict]:
+    """Yield {"port", "tls", "config", "process", "log"} of a running server; stop it afterwards.
 
     `policy`: the text of a policy file ([acl], [client_limit], ...) to serve with.
+    `workers`: worker processes (more than one: a supervisor and its workers).
     """
     securecore("init", str(directory), "--software-keys")
     port = free_port()
@@ -39,7 +40,8 @@ def dev_server(directory: Path, policy: str | None = None) -> Iterator[dict]:
     log_path = directory / "server.log"
     log = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
+        [sys.executable, "-m", "securecore", "serve", "-c", str(config),
+         "--workers", str(workers)],
         stdout=subprocess.DEVNULL, stderr=log, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 20
@@ -57,6 +59,10 @@ def dev_server(directory: Path, policy: str | None = None) -> Iterator[dict]:
                "log": log_path}  # fmt: skip
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.terminate()  # a supervisor stops its workers before it ends
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         log.close()

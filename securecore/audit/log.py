@@ -190,6 +190,11 @@ class AuditLog:
         """Committed records that no signed checkpoint covers yet (the audit lag)."""
         return self._tree.size - self._last_checkpoint_size
 
+    def latest_checkpoint(self) -> str | None:
+        """The newest signed checkpoint (C2SP signed note), if any."""
+        checkpoints = self.store.checkpoints()
+        return checkpoints[-1][1] if checkpoints else None
+
     def checkpoint_now(self, timeout: float = 30.0) -> int:
         """Sign a checkpoint of everything appended so far; returns its tree size."""
         with self._lock:

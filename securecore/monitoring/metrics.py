@@ -1,18 +1,28 @@
-"""Prometheus metrics of one service process, in its own registry.
+"""Prometheus metrics of the service, in its own registry.
 
 Request rates and latencies come from the middleware; policy decisions from
 the engine's audit hook; trust scores, plugin calls, sessions and the audit
 log's lag are read when /metrics is scraped, so they are never stale.
+
+With several worker processes, the supervisor sets PROMETHEUS_MULTIPROC_DIR
+before it starts them: each worker's counters and histograms then live in
+files there, and a scrape answered by any worker adds up all of them
+(prometheus_client's multiprocess mode), so /metrics is the service's, not
+one worker's.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,8 +42,12 @@ class ServiceMetrics:
             "securecore_policy_decisions_total", "Policy decisions", ["stage", "outcome"],
             registry=self.registry,
         )  # fmt: skip
-        self.up = Gauge("securecore_up", "1 while the service runs", registry=self.registry)
+        self.up = Gauge(
+            "securecore_up", "1 while the service runs", registry=self.registry,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
         self.up.set(1)
+        self._collectors: list[Collector] = []
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -41,9 +55,18 @@ class ServiceMetrics:
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
+        self._collectors.append(collector)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get(MULTIPROCESS_DIR)
+        if not directory:
+            return generate_latest(self.registry)
+        # Every worker's files, plus the gauges read from the shared state.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        for collector in self._collectors:
+            registry.register(collector)
+        return generate_latest(registry)
 
 
 class LiveState(Collector):

@@ -60,10 +60,12 @@ class PolicyState:
 
     def _current(self) -> None:
         """Reload blocks and modes if anyone committed a change since the last look."""
-        version = self.db.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._seen_version:
-            return
+        # Under the lock: a read must not overlap a write on this shared
+        # connection (the write would fail at once if another worker committed).
         with self.lock:
+            version = self.db.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._seen_version:
+                return
             self._seen_version = version
             self._blocks = {
                 (kind, subject): (until, reason)
@@ -100,9 +102,11 @@ class PolicyState:
             return removed
 
     def active_blocks(self, now: float) -> list[dict]:
-        rows = self.db.execute(
-            "SELECT kind, subject, until, reason FROM blocks WHERE until > ? ORDER BY until", (now,)
-        )
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT kind, subject, until, reason FROM blocks WHERE until > ? ORDER BY until",
+                (now,),
+            ).fetchall()
         return [dict(zip(("kind", "subject", "until", "reason"), r, strict=True)) for r in rows]
 
     def mode(self, name: str, default: str = "") -> str:

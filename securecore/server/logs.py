@@ -41,6 +41,7 @@ class JSONFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which worker, when there are several
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in record.__dict__.items() if k not in STANDARD})

@@ -1,20 +1,39 @@
-"""`securecore serve -c CONFIG`: the service on uvicorn, mutual TLS 1.3 only."""
+"""`securecore serve -c CONFIG`: the service on uvicorn, mutual TLS 1.3 only.
+
+One worker (the default) runs everything in one process. With
+`[service] workers = N` (or `--workers N`), a supervisor process opens the
+audit log - it has exactly one writer - and serves it on a Unix socket
+(securecore.audit.writer_service), binds the listening socket, and starts N
+worker processes that share that socket; limits, blocks, sessions and the
+registry are shared through the data directory. A worker that dies is
+started again; SIGTERM stops the workers gracefully, then writes the last
+audit records and a final signed checkpoint.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import logging.config
+import multiprocessing
+import os
+import signal
+import socket
+import threading
 import time
 import tomllib
 from pathlib import Path
 
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
 
 from securecore import config as configuration
 from securecore.audit.factory import open_audit_log, open_store
+from securecore.audit.writer_service import AuditWriterServer, RemoteAuditLog
 from securecore.config import ConfigError
 from securecore.emergency import write_emergency_snapshot
 from securecore.keys.factory import open_key_ring
-from securecore.monitoring.metrics import ServiceMetrics
+from securecore.monitoring.metrics import MULTIPROCESS_DIR, ServiceMetrics
 from securecore.plugins.probe import mtls_probe
 from securecore.plugins.registry import PluginRegistry
 from securecore.policy.engine import Policy, PolicyEngine
@@ -42,16 +61,26 @@ def load_policy(config: configuration.Config) -> Policy:
         raise ConfigError(f"{path} ([policy] file of {config.path}): {error}") from error
 
 
-def build_server(config: configuration.Config) -> uvicorn.Server:
+def tls_and_address(config: configuration.Config) -> tuple[TLSPolicy, str, int]:
+    """The TLS policy (certificate, key, CA and CRL loaded now, or nothing starts)
+    and the address to listen on."""
     policy_path = config.get("tls", "policy")
     if not policy_path:
         raise ConfigError(f"{config.path}: [tls] policy is required to serve")
     policy = TLSPolicy.from_file(policy_path)
-    policy.server_context()  # certificate, key, CA and CRL load now, or nothing starts
-    ring = open_key_ring(config)
+    policy.server_context()
     host, _, port = config.get("service", "listen").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"{config.path}: [service] listen must be HOST:PORT")
+    return policy, host.strip("[]"), int(port)
+
+
+def build_server(
+    config: configuration.Config, audit: RemoteAuditLog | None = None
+) -> uvicorn.Server:
+    """The service; AUDIT is the supervisor's writer when this is one of several workers."""
+    policy, host, port = tls_and_address(config)
+    ring = open_key_ring(config)
 
     def audit_store() -> None:
         open_store(config).close()
@@ -61,7 +90,8 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
 
     data_dir = Path(config.get("service", "data_dir"))
     sessions = SessionManager(ring, data_dir / "sessions.db")
-    audit = open_audit_log(config, ring)
+    if audit is None:
+        audit = open_audit_log(config, ring)
     metrics = ServiceMetrics()
 
     def audit_decision(actor, action, target, outcome, details):
@@ -113,12 +143,14 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
         metrics=metrics,
         admin=admin,
         intrusion=intrusion,
-        on_shutdown=audit.close,  # writes what is queued and a final signed checkpoint
+        # An own log writes what is queued and a final signed checkpoint; a
+        # worker's connection to the supervisor's writer just ends.
+        on_shutdown=audit.close,
     )
     settings = uvicorn.Config(
         app,
-        host=host.strip("[]"),
-        port=int(port),
+        host=host,
+        port=port,
         http=TLSScopeHttpToolsProtocol,
         loop="uvloop",
         ssl_context_factory=lambda _config, _default: policy.server_context(),
@@ -131,8 +163,94 @@ def build_server(config: configuration.Config) -> uvicorn.Server:
 
 
 def serve(args: argparse.Namespace) -> int:
-    server = build_server(configuration.load(args.config))
-    server.run()
+    config = configuration.load(args.config)
+    workers = args.workers if args.workers is not None else config.get("service", "workers")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: at least one worker is needed")
+    if workers == 1:
+        build_server(config).run()
+        return 0
+    return supervise(config, workers)
+
+
+# --- several workers -------------------------------------------------------------------
+
+WORKER_RESTART_PAUSE = 1.0
+log = logging.getLogger("securecore.serve")
+
+
+def _end_with_the_supervisor() -> None:
+    """A worker whose supervisor died (even by SIGKILL) stops gracefully itself."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def _worker(config_path: str, listening: socket.socket, audit_socket: str) -> None:
+    _end_with_the_supervisor()
+    config = configuration.load(config_path)
+    server = build_server(config, audit=RemoteAuditLog(audit_socket))
+    server.run(sockets=[listening])
+
+
+def _fresh_metrics_dir(directory: Path) -> Path:
+    """The workers' metric files start empty: counters count from this start."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    return directory
+
+
+def supervise(config: configuration.Config, workers: int) -> int:
+    logging.config.dictConfig(log_config())
+    _, host, port = tls_and_address(config)  # a bad policy stops us before any worker
+    audit = open_audit_log(config, open_key_ring(config))
+    writer = AuditWriterServer(audit, Path(config.get("service", "data_dir")) / "audit.sock")
+    writer.start()
+    listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()
+    metrics_dir = _fresh_metrics_dir(Path(config.get("service", "data_dir")) / "metrics")
+    os.environ[MULTIPROCESS_DIR] = str(metrics_dir)  # read by the workers' prometheus_client
+    spawn = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    def start() -> multiprocessing.Process:
+        process = spawn.Process(
+            target=_worker, args=(str(config.path), listening, str(writer.path)),
+            name="securecore-worker",
+        )  # fmt: skip
+        process.start()
+        return process
+
+    def stop(signum, frame) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    processes = [start() for _ in range(workers)]
+    log.info("supervisor started %d workers", workers, extra={"workers": workers})
+    try:
+        while not stopping.wait(WORKER_RESTART_PAUSE):
+            for index, process in enumerate(processes):
+                if not process.is_alive():
+                    log.error("worker %s ended with %s; starting another",
+                              process.pid, process.exitcode)  # fmt: skip
+                    mark_process_dead(process.pid, str(metrics_dir))
+                    processes[index] = start()
+    finally:
+        for process in processes:
+            process.terminate()  # SIGTERM: uvicorn's graceful shutdown
+        for process in processes:
+            process.join(GRACEFUL_SHUTDOWN_SECONDS + 5)
+            if process.is_alive():
+                process.kill()
+        writer.stop()
+        audit.close()  # the last records and a final signed checkpoint
+        listening.close()
     return 0
 
 
@@ -141,4 +259,7 @@ def add_parser(commands) -> None:
         "serve", help="run the core service (mutual TLS 1.3)", description=__doc__
     )
     command.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
+    command.add_argument(
+        "--workers", type=int, help="worker processes (default: [service] workers, 1)"
+    )
     command.set_defaults(handler=serve)

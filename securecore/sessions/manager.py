@@ -87,6 +87,7 @@ class SessionManager:
         self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        self._reader = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._touches: dict[str, float] = {}
@@ -212,8 +213,11 @@ class SessionManager:
         bound = claims.get("cnf", {}).get("x5t#S256")
         if bound and bound != certificate_thumbprint:
             raise TokenError("binding_mismatch", "the token is bound to another certificate")
-        # Revocation and idleness are checked on every use, cached or not.
-        row = self._db.execute(
+        # Revocation and idleness are checked on every use, cached or not, on a
+        # connection that only reads: a read overlapping a write on a shared
+        # connection would make that write fail at once ("database is
+        # locked") whenever another worker committed in between.
+        row = self._reader.execute(
             "SELECT revoked_at, last_seen FROM sessions WHERE id = ?", (claims["sid"],)
         ).fetchone()
         if row is None or row[0] is not None:
@@ -283,4 +287,5 @@ class SessionManager:
         self._stopping.set()
         self._flusher.join(timeout=10)
         self._flush_touches()
+        self._reader.close()
         self._db.close()

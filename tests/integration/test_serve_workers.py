@@ -1,0 +1,108 @@
+"""Several worker processes: one service to the clients, one audit log, shared limits."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.devserver import dev_server
+from tests.integration.test_audit_cli import securecore
+from tests.integration.test_serve import call, context
+from tests.integration.test_serve_policy import whoami
+
+POLICY = """
+[client_limit]
+rate = 0.001
+burst = 12
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("workers") / "dev"
+    with dev_server(directory, policy=POLICY, workers=2) as running:
+        yield running
+
+
+def worker_pids(server) -> set[int]:
+    """The processes that answered requests, from the JSON access log."""
+    entries = [json.loads(line) for line in server["log"].read_text().splitlines() if line]
+    return {e["pid"] for e in entries if e["logger"] == "uvicorn.access"}
+
+
+def test_a_block_made_through_one_worker_holds_in_every_worker(server) -> None:
+    # The operator works from 127.0.0.1, the blocked client comes from 127.0.0.2.
+    # The ACL comes before the rate limit: refused requests take no tokens.
+    securecore("acl", "block", "127.0.0.2", "--minutes", "5", "--reason", "drill",
+               "-c", str(server["config"]))  # fmt: skip
+    refused = [call(server, "GET", "/v1/whoami", source="127.0.0.2") for _ in range(8)]
+    assert {status for status, _ in refused} == {403}
+    assert {error["error"]["code"] for _, error in refused} == {"acl"}
+    securecore("acl", "unblock", "127.0.0.2", "-c", str(server["config"]))
+    assert call(server, "GET", "/v1/whoami", source="127.0.0.2")[0] == 200
+
+
+def test_metrics_add_up_every_worker(server) -> None:
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server["port"], context=context(server["tls"]), timeout=10
+    )
+    connection.request("GET", "/metrics")
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    assert response.status == 200
+    counted = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith("securecore_requests_total{")
+    }  # fmt: skip
+    # Every request so far, whichever worker answered it: the block and the
+    # unblock, 8 refused by the ACL (before routing), 1 allowed.
+    assert sum(counted.values()) == 11
+    assert sum(n for labels, n in counted.items() if 'status="403"' in labels) == 8
+    assert "securecore_up 1.0" in text
+
+
+def test_requests_spread_over_both_workers_share_one_rate_limit(server) -> None:
+    # 12 tokens, 4 taken before (block, unblock, the request after it, the
+    # scrape; refusals by the ACL take none); a new connection for each request.
+    statuses = [whoami(server).status for _ in range(20)]
+    assert statuses == [200] * 8 + [429] * 12  # one bucket, whichever worker answers
+    assert len(worker_pids(server)) == 2
+
+
+def test_a_killed_worker_is_replaced(server) -> None:
+    victim = sorted(worker_pids(server))[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        whoami(server, "/healthz")
+        if len(worker_pids(server) - {victim}) == 2:
+            break
+        time.sleep(0.5)
+    assert len(worker_pids(server) - {victim}) == 2, "no new worker answered"
+    assert "starting another" in server["log"].read_text()
+
+
+def test_stopping_ends_every_process_and_the_audit_log_verifies(server) -> None:
+    process = server["process"]
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    assert process.returncode == 0
+    for pid in worker_pids(server):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    verified = securecore("audit", "verify", "-c", str(server["config"]))
+    assert "audit log OK" in verified.stdout, verified.stdout
+    exported = securecore("audit", "export", "-c", str(server["config"])).stdout.splitlines()
+    records = [json.loads(line)["record"] for line in exported if '"type":"record"' in line]
+    decisions = [r for r in records if r["action"].startswith("policy.")]
+    assert sum(r["action"] == "policy.acl" and r["outcome"] == "denied"
+               for r in decisions) == 8  # fmt: skip
+    assert sum(r["action"] == "policy.rate_limit" and r["outcome"] == "denied"
+               for r in decisions) >= 12  # fmt: skip
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
