@@ -70,6 +70,12 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "checkpoint_every": Option(int, 1000, minimum=1),
         "checkpoint_interval_seconds": Option((int, float), 10.0, minimum=0),
     },
+    "state": {
+        # Sessions, plugins and policy state: SQLite files in the data directory,
+        # or one PostgreSQL database (dsn) shared by the active and standby hosts.
+        "backend": Option(str, "sqlite", choices=("sqlite", "postgresql")),
+        "dsn": Option(str),
+    },
     "policy": {
         # A TOML file with [acl] (allow, deny, regions, allowed_regions, windows),
         # [client_limit] and [plugin_limit] (rate, burst); see securecore.policy.

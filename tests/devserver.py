@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,11 +22,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def dev_server(directory: Path, policy: str | None = None, workers: int = 1) -> Iterator[dict]:
+def dev_server(
+    directory: Path,
+    policy: str | None = None,
+    workers: int = 1,
+    edit_config: Callable[[str], str] = lambda text: text,
+) -> Iterator[dict]:
     """Yield {"port", "tls", "config", "process", "log"} of a running server; stop it afterwards.
 
     `policy`: the text of a policy file ([acl], [client_limit], ...) to serve with.
     `workers`: worker processes (more than one: a supervisor and its workers).
+    `edit_config`: changes the generated config's text (e.g. to PostgreSQL).
     """
     securecore("init", str(directory), "--software-keys")
     port = free_port()
@@ -35,7 +41,7 @@ def dev_server(directory: Path, policy: str | None = None, workers: int = 1) -> 
     if policy is not None:
         (directory / "policy.toml").write_text(policy)
         text += '\n[policy]\nfile = "policy.toml"\n'
-    config.write_text(text)
+    config.write_text(edit_config(text))
     # Logs go to a file: a pipe that nobody reads would fill and stall the server.
     log_path = directory / "server.log"
     log = log_path.open("w")

@@ -56,3 +56,12 @@ def postgres_server() -> Iterator[str]:
         if binaries is not None:
             _as_postgres(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_database(dsn: str, name: str) -> str:
+    """A new empty database on the server of DSN; its DSN."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return dsn.replace("dbname=securecore", f"dbname={name}")

@@ -18,7 +18,6 @@ trust score; the score's thresholds suspend it.
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 
 from securecore.plugins.trust import TrustAssessment, TrustFactors, assess
 from securecore.server.identity import Principal
-from securecore.transactions import immediate_transaction
+from securecore.state_db import StateDatabase
 
 STATES = ("pending", "active", "suspended", "revoked")
 NAME = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
@@ -52,6 +51,7 @@ CREATE TABLE IF NOT EXISTS plugins (
     score INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS trust_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order of the history
     plugin TEXT NOT NULL,
     time REAL NOT NULL,
     score INTEGER NOT NULL,
@@ -100,7 +100,7 @@ AuditHook = Callable[[str, str, str, str, dict[str, Any]], Any]
 class PluginRegistry:
     def __init__(
         self,
-        database: str | Path,
+        database: str | Path | StateDatabase,
         *,
         vendors: dict[str, int],
         minimum_security_level: int,
@@ -111,9 +111,10 @@ class PluginRegistry:
         self.vendors, self.minimum_security_level = vendors, minimum_security_level
         self.probe, self.clock = probe, clock
         self.audit = audit or (lambda *args: None)
-        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._db = (
+            database if isinstance(database, StateDatabase) else StateDatabase.sqlite(database)
+        )
+        self._db.create(SCHEMA)
         self._lock = threading.Lock()
 
     # --- registration ----------------------------------------------------------------
@@ -226,7 +227,7 @@ class PluginRegistry:
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome {outcome!r}: one of {', '.join(OUTCOMES)}")
         now = self.clock()
-        with self._lock, immediate_transaction(self._db):
+        with self._lock, self._db.write_transaction():
             row = self._db.execute(
                 "SELECT vendor, registered_at, calls, successes, violations, auth_failures, "
                 "state, score FROM plugins WHERE name = ?",
@@ -269,7 +270,8 @@ class PluginRegistry:
 
     def _history(self, name: str, score: int, reason: str) -> None:
         self._db.execute(
-            "INSERT INTO trust_history VALUES (?, ?, ?, ?)", (name, self.clock(), score, reason)
+            "INSERT INTO trust_history (plugin, time, score, reason) VALUES (?, ?, ?, ?)",
+            (name, self.clock(), score, reason),
         )
 
     def set_state(self, name: str, state: str, reason: str, actor: str) -> None:
@@ -289,8 +291,8 @@ class PluginRegistry:
         self.audit(actor, f"plugin.{state}", name, "success", {"reason": reason})
 
     def summary(self) -> list[dict[str, Any]]:
-        """Every plugin: name, vendor, state, score, calls, reason."""
-        columns = ("name", "vendor", "state", "score", "calls", "reason")
+        """Every plugin: name, vendor, state, score, calls, successes, reason."""
+        columns = ("name", "vendor", "state", "score", "calls", "successes", "reason")
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {', '.join(columns)} FROM plugins ORDER BY name"  # noqa: S608 - constant
@@ -307,7 +309,7 @@ class PluginRegistry:
             plugin["trust_history"] = [
                 {"time": t, "score": s, "reason": r}
                 for t, s, r in self._db.execute(
-                    "SELECT time, score, reason FROM trust_history WHERE plugin = ? ORDER BY rowid",
+                    "SELECT time, score, reason FROM trust_history WHERE plugin = ? ORDER BY id",
                     (name,),
                 )
             ]

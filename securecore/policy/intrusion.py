@@ -33,7 +33,7 @@ class IntrusionDetector:
 
     def login_failed(self, account: str, source: str, now: float) -> list[Response]:
         db, responses = self.state.db, []
-        with self.state.lock:
+        with self.state.lock, db.write_transaction():
             db.execute("INSERT INTO failures VALUES (?, ?, ?)", (account, source, now))
             db.execute("DELETE FROM failures WHERE time < ?", (now - LOCK_WINDOW,))
             for_account = db.execute(

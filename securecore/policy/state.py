@@ -1,25 +1,25 @@
 """Policy state shared by every worker process.
 
 Dynamic blocks, account locks, login failures and modes (emergency,
-shutdown) live in one SQLite database (WAL); token buckets and transfer
-windows in shared counters next to it (`policy.counters`, see counters.py).
-Either way a limit or a block holds across all workers of the service, not
-per process.
+shutdown) live in the state database (state_db: SQLite `policy.db`, or
+PostgreSQL); token buckets and transfer windows in shared counters on the
+host (`policy.counters`, see counters.py). Either way a limit or a block
+holds across all workers of the service, not per process.
 
 Blocks and modes are read on every request but change rarely, so each
 process keeps them in memory and reloads them when the database changed:
-`PRAGMA data_version` moves whenever another connection (another worker, or
-the operator's tool) commits, and this connection's own writes mark the copy
-stale. A block therefore takes effect on the very next request everywhere.
+every change of blocks or modes bumps the one-row `policy_version` table in
+the same transaction, and each request reads only that number. A block
+therefore takes effect on the very next request everywhere.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
 from securecore.policy.counters import SharedCounters
+from securecore.state_db import StateDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -39,21 +39,31 @@ CREATE TABLE IF NOT EXISTS modes (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS policy_version (
+    id INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+INSERT INTO policy_version VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 """
+BUMP = "UPDATE policy_version SET version = version + 1 WHERE id = 1"
 
 
 class PolicyState:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        # busy_timeout: workers wait for each other's short write transactions.
-        self.db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=5
-        )
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+    def __init__(
+        self, database: str | Path | StateDatabase, counters: str | Path | None = None
+    ) -> None:
+        """DATABASE: a state database, or the path of a SQLite file; COUNTERS: the
+        shared counter file (next to a SQLite file if not given)."""
+        if not isinstance(database, StateDatabase):
+            database = StateDatabase.sqlite(database, synchronous="NORMAL")
+        if counters is None:
+            if database.dialect != "sqlite":
+                raise ValueError("the shared counter file must be named with PostgreSQL")
+            counters = database.path.with_suffix(".counters")
+        self.db = database
+        self.db.create(SCHEMA)
         self.lock = threading.Lock()
-        self.counters = SharedCounters(self.path.with_suffix(".counters"))
+        self.counters = SharedCounters(counters)
         self._seen_version = -1
         self._blocks: dict[tuple[str, str], tuple[float, str]] = {}
         self._modes: dict[str, str] = {}
@@ -63,7 +73,7 @@ class PolicyState:
         # Under the lock: a read must not overlap a write on this shared
         # connection (the write would fail at once if another worker committed).
         with self.lock:
-            version = self.db.execute("PRAGMA data_version").fetchone()[0]
+            version = self.db.execute("SELECT version FROM policy_version").fetchone()[0]
             if version == self._seen_version:
                 return
             self._seen_version = version
@@ -75,30 +85,27 @@ class PolicyState:
             }
             self._modes = dict(self.db.execute("SELECT name, value FROM modes"))
 
-    def _changed(self) -> None:
-        # data_version does not move for this connection's own commits.
-        self._seen_version = -1
-
     def blocked(self, kind: str, subject: str, now: float) -> str | None:
         self._current()
         found = self._blocks.get((kind, subject))
         return found[1] if found and found[0] > now else None
 
     def block(self, kind: str, subject: str, until: float, reason: str) -> None:
-        with self.lock:
+        with self.lock, self.db.write_transaction():
             self.db.execute(
                 "INSERT INTO blocks VALUES (?, ?, ?, ?) ON CONFLICT (kind, subject) DO UPDATE "
-                "SET until = max(until, excluded.until), reason = excluded.reason",
+                "SET until = CASE WHEN blocks.until > excluded.until THEN blocks.until "
+                "ELSE excluded.until END, reason = excluded.reason",
                 (kind, subject, until, reason),
             )
-            self._changed()
+            self.db.execute(BUMP)
 
     def unblock(self, kind: str, subject: str) -> int:
-        with self.lock:
+        with self.lock, self.db.write_transaction():
             removed = self.db.execute(
                 "DELETE FROM blocks WHERE kind = ? AND subject = ?", (kind, subject)
             ).rowcount
-            self._changed()
+            self.db.execute(BUMP)
             return removed
 
     def active_blocks(self, now: float) -> list[dict]:
@@ -114,12 +121,12 @@ class PolicyState:
         return self._modes.get(name, default)
 
     def set_mode(self, name: str, value: str) -> None:
-        with self.lock:
+        with self.lock, self.db.write_transaction():
             self.db.execute(
                 "INSERT INTO modes VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = ?",
                 (name, value, value),
             )
-            self._changed()
+            self.db.execute(BUMP)
 
     def close(self) -> None:
         self.counters.close()

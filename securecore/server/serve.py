@@ -46,6 +46,7 @@ from securecore.server.live_metrics import live_state
 from securecore.server.logs import log_config
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.sessions.manager import SessionManager
+from securecore.state_db import open_state
 from securecore.tls import TLSPolicy
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -89,7 +90,7 @@ def build_server(
         ring.current(ring.signing_key)
 
     data_dir = Path(config.get("service", "data_dir"))
-    sessions = SessionManager(ring, data_dir / "sessions.db")
+    sessions = SessionManager(ring, open_state(config, "sessions"))
     if audit is None:
         audit = open_audit_log(config, ring)
     metrics = ServiceMetrics()
@@ -103,13 +104,13 @@ def build_server(
         metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
         return await audit.append_async(actor, action, target, outcome, details)
 
-    policy_state = PolicyState(data_dir / "policy.db")
+    policy_state = PolicyState(open_state(config, "policy"), data_dir / "policy.counters")
     engine = PolicyEngine(
         load_policy(config), policy_state, audit=audit_decision, audit_async=audit_decision_async
     )
     intrusion = IntrusionResponder(IntrusionDetector(policy_state), sessions, audit.append)
     registry = PluginRegistry(
-        data_dir / "plugins.db",
+        open_state(config, "plugins"),
         vendors=config.get("plugins", "vendors") or {},
         minimum_security_level=config.get("plugins", "minimum_security_level"),
         probe=mtls_probe(policy),
@@ -134,7 +135,7 @@ def build_server(
         snapshot=lambda **why: write_emergency_snapshot(config, ring, audit, **why),
         status=status,
     )
-    metrics.add_collector(live_state(data_dir, audit, policy))
+    metrics.add_collector(live_state(registry, sessions, audit, policy))
     app = create_app(
         trust_domain="securecore",
         readiness={"audit_store": audit_store, "signing_key": signing_key},

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from typing import Any
 from securecore.keys.base import KeyRing
 from securecore.sessions import tokens
 from securecore.sessions.tokens import TokenError
-from securecore.transactions import immediate_transaction
+from securecore.state_db import StateDatabase
 
 TOUCH_EVERY = 10.0  # seconds: a session's last_seen is renewed at most this often
 FLUSH_EVERY = 2.0  # seconds between writes of the renewed last_seen times
@@ -70,7 +69,7 @@ class SessionManager:
     def __init__(
         self,
         ring: KeyRing,
-        database: str | Path,
+        database: str | Path | StateDatabase,
         *,
         issuer: str = "securecore",
         audience: str = "securecore-api",
@@ -84,10 +83,11 @@ class SessionManager:
         self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
         self.idle_timeout, self.max_sessions = idle_timeout, max_sessions
         self.clock = clock
-        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._reader = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+        self._db = (
+            database if isinstance(database, StateDatabase) else StateDatabase.sqlite(database)
+        )
+        self._db.create(SCHEMA)
+        self._reader = self._db.another()
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._touches: dict[str, float] = {}
@@ -102,7 +102,7 @@ class SessionManager:
 
     def create(self, principal: str, certificate_thumbprint: str | None = None) -> TokenPair:
         now = self.clock()
-        with self._lock, immediate_transaction(self._db):
+        with self._lock, self._db.write_transaction():
             live = self._db.execute(
                 "SELECT COUNT(*) FROM sessions WHERE principal = ? AND revoked_at IS NULL "
                 "AND last_seen >= ?",
@@ -156,7 +156,7 @@ class SessionManager:
     def refresh(self, refresh_token: str, certificate_thumbprint: str | None = None) -> TokenPair:
         now = self.clock()
         reused = False
-        with self._lock, immediate_transaction(self._db):
+        with self._lock, self._db.write_transaction():
             row = self._db.execute(
                 "SELECT r.session_id, r.expires, r.used_at, s.principal, s.revoked_at, "
                 "s.last_seen, s.binding FROM refresh_tokens r "
@@ -238,10 +238,11 @@ class SessionManager:
         with self._touch_lock:
             touches, self._touches = self._touches, {}
         if touches:
-            with self._lock, immediate_transaction(self._db):
+            with self._lock, self._db.write_transaction():
                 self._db.executemany(
-                    "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE id = ?",
-                    [(seen, session_id) for session_id, seen in touches.items()],
+                    "UPDATE sessions SET last_seen = "
+                    "CASE WHEN last_seen < ? THEN ? ELSE last_seen END WHERE id = ?",
+                    [(seen, seen, session_id) for session_id, seen in touches.items()],
                 )
 
     def _expire_cache(self, now: float) -> None:

@@ -7,6 +7,7 @@ certificate, as it will reach the reference plugin on the lab.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ import pytest
 from securecore.plugins.probe import mtls_probe
 from securecore.plugins.registry import PluginRegistry, RegistrationRequest
 from securecore.server.identity import Principal
+from securecore.state_db import StateDatabase
 from securecore.tls import TLSPolicy
 from tests.devserver import dev_server, free_port
+from tests.postgres import fresh_database, postgres_server
 
 
 def principal(kind: str, name: str) -> Principal:
@@ -28,13 +31,28 @@ def endpoint(tmp_path_factory):
         yield running
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path: Path):
+    """The registry's state database: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return StateDatabase.sqlite(tmp_path / "plugins.db")
+    dsn = request.getfixturevalue("postgres")
+    return StateDatabase.postgresql(fresh_database(dsn, f"t{uuid.uuid4().hex}"), "plugins")
+
+
 @pytest.fixture
-def registry(endpoint, tmp_path: Path):
+def registry(endpoint, database):
     tls = endpoint["tls"]
     policy = TLSPolicy.from_file(tls / "policy.json")
     records: list[tuple] = []
     registry = PluginRegistry(
-        tmp_path / "plugins.db",
+        database,
         vendors={"acme": 80, "shady": 10},
         minimum_security_level=3,
         probe=mtls_probe(policy, timeout=3),
