@@ -25,6 +25,8 @@ from securecore.keys.base import KeyStoreError
 from securecore.lab import LabError
 from securecore.lab.manager import Lab
 from securecore.lab.spec import load_spec
+from securecore.plugin import ticket_store
+from securecore.plugin.server import PluginError
 from securecore.server import serve as serve_command
 from securecore.tls import TLSPolicyError
 
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     state_commands.add_parsers(commands)
     serve_command.add_parser(commands)
     admin_commands.add_parsers(commands)
+    plugin = commands.add_parser("plugin", help="run a plugin built on securecore.plugin")
+    plugins = plugin.add_subparsers(dest="plugin", required=True, metavar="PLUGIN")
+    ticket_store.add_parser(plugins)
     return parser
 
 
@@ -121,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         EmergencyError,
         TLSPolicyError,
         AdminError,
+        PluginError,
     ) as exc:
         print(f"securecore {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -85,6 +85,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
         # Vendor allowlist with each vendor's reputation (0-100), e.g. {acme = 80}.
         "vendors": Option(dict, {}),
         "minimum_security_level": Option(int, 3, minimum=1),
+        # The certificate the service presents to plugins (spiffe://.../core/HOST);
+        # by default the TLS policy's client certificate.
+        "client_certificate": Option(str, is_path=True, must_exist=True),
+        "client_key": Option(str, is_path=True, must_exist=True),
     },
     "backup": {
         "directory": Option(str, is_path=True),

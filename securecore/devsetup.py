@@ -4,7 +4,8 @@ DIR/config.toml        the same format roles/securecore renders in production
 DIR/secrets/           random PINs and the audit HMAC key (0600)
 DIR/softhsm/ or keys/  a SoftHSM token with the service's keys, or key files
                        where SoftHSM is not installed (said clearly)
-DIR/tls/               a development CA, a server and an admin client certificate,
+DIR/tls/               a development CA, a server, an admin, a core (the service calling
+                       plugins) and a plugin ("example") certificate,
                        and the TLS policy (TLS 1.3, mutual)
 DIR/data/              the empty audit database and its witness directory
 """
@@ -80,6 +81,12 @@ def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
         'hmac_key_file = "secrets/audit_hmac_key"\n'
         "checkpoint_every = 1000\n"
         "checkpoint_interval_seconds = 10\n\n"
+        "[plugins]\n"
+        "# The service calls plugins as spiffe://securecore/core/localhost; the\n"
+        "# development plugin tls/plugin-policy.json is vendor example.\n"
+        'client_certificate = "tls/core.pem"\n'
+        'client_key = "tls/core.key"\n'
+        "vendors = { example = 80 }\n\n"
         "[backup]\n"
         'directory = "backups"\n',
         encoding="utf-8",
@@ -87,6 +94,7 @@ def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
     config_path.chmod(0o600)
     log(f"config: {config_path}")
     log(f"admin client certificate: {base / 'tls' / 'admin.pem'} (key admin.key)")
+    log(f"development plugin TLS policy: {base / 'tls' / 'plugin-policy.json'}")
     log(f"check it: securecore audit verify -c {config_path}")
     return config_path
 
@@ -161,19 +169,28 @@ def _development_pki(tls: Path) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     (tls / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    localhost = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     leaves = {
-        "server": (
-            "localhost",
-            ExtendedKeyUsageOID.SERVER_AUTH,
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-        ),
+        "server": ("localhost", [ExtendedKeyUsageOID.SERVER_AUTH], localhost),
         "admin": (
             "admin",
-            ExtendedKeyUsageOID.CLIENT_AUTH,
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
             [x509.UniformResourceIdentifier("spiffe://securecore/admin/admin")],
         ),
+        # The service's own identity when it calls plugins.
+        "core": (
+            "core",
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            [x509.UniformResourceIdentifier("spiffe://securecore/core/localhost")],
+        ),
+        # A development plugin ("example"): it serves TLS and registers as a client.
+        "plugin": (
+            "example",
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            [*localhost, x509.UniformResourceIdentifier("spiffe://securecore/plugin/example")],
+        ),
     }
-    for name, (common_name, usage, sans) in leaves.items():
+    for name, (common_name, usages, sans) in leaves.items():
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
@@ -184,7 +201,7 @@ def _development_pki(tls: Path) -> None:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=180))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             # OpenSSL's strict verification (the TLS policy sets it) wants both.
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
@@ -212,3 +229,9 @@ def _development_pki(tls: Path) -> None:
         "client_key": str(tls / "admin.key"),
     }
     (tls / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
+    plugin_policy = {
+        **policy,
+        "server_certificate": str(tls / "plugin.pem"), "server_key": str(tls / "plugin.key"),
+        "client_certificate": str(tls / "plugin.pem"), "client_key": str(tls / "plugin.key"),
+    }  # fmt: skip
+    (tls / "plugin-policy.json").write_text(json.dumps(plugin_policy, indent=2) + "\n")

@@ -21,6 +21,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_port(port: int, seconds: float = 20) -> bool:
+    """Whether something accepts connections on 127.0.0.1:PORT within SECONDS."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 @contextmanager
 def dev_server(
     directory: Path,
@@ -50,14 +62,7 @@ def dev_server(
          "--workers", str(workers)],
         stdout=subprocess.DEVNULL, stderr=log, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
+    if not wait_for_port(port):
         process.kill()
         pytest.fail(f"the server did not start: {log_path.read_text()}")
     try:

@@ -48,7 +48,10 @@ CREATE TABLE IF NOT EXISTS plugins (
     successes INTEGER NOT NULL DEFAULT 0,
     violations INTEGER NOT NULL DEFAULT 0,
     auth_failures INTEGER NOT NULL DEFAULT 0,
-    score INTEGER NOT NULL DEFAULT 0
+    score INTEGER NOT NULL DEFAULT 0,
+    channel_kid TEXT,
+    channel_key TEXT,            -- wrapped by the HSM key-encryption key
+    endpoint_certificate TEXT    -- pinned at registration (PEM)
 );
 CREATE TABLE IF NOT EXISTS trust_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order of the history
@@ -93,7 +96,8 @@ class Registration:
 
 
 ProbeResult = dict[str, Any]
-Probe = Callable[[str], ProbeResult]
+Probe = Callable[[str, str], ProbeResult]  # (plugin name, endpoint) -> result
+CHANNEL_COLUMNS = ("channel_kid", "channel_key", "endpoint_certificate")
 AuditHook = Callable[[str, str, str, str, dict[str, Any]], Any]
 
 
@@ -115,7 +119,15 @@ class PluginRegistry:
             database if isinstance(database, StateDatabase) else StateDatabase.sqlite(database)
         )
         self._db.create(SCHEMA)
+        self._add_missing_columns()
         self._lock = threading.Lock()
+
+    def _add_missing_columns(self) -> None:
+        """A database made before the plugin channel existed gains its columns."""
+        present = {c[0] for c in self._db.execute("SELECT * FROM plugins LIMIT 0").description}
+        for column in CHANNEL_COLUMNS:
+            if column not in present:
+                self._db.execute(f"ALTER TABLE plugins ADD COLUMN {column} TEXT")
 
     # --- registration ----------------------------------------------------------------
 
@@ -132,10 +144,11 @@ class PluginRegistry:
             passed("request", f"{request.endpoint}, level {request.security_level}")
             self._check_security(request, principal)
             passed("security", f"credentials {principal.spiffe_id}, vendor {request.vendor}")
-            probe = self.probe(request.endpoint)
+            probe = self.probe(request.name, request.endpoint)
             if not probe.get("ok"):
                 raise RegistrationError("communication", probe.get("error", "no answer"))
-            passed("communication", f"{probe.get('tls_version')} in {probe.get('ms')} ms")
+            what = probe.get("detail") or probe.get("tls_version")
+            passed("communication", f"{what} in {probe.get('ms')} ms")
         except RegistrationError as error:
             steps.append({"step": error.step, "outcome": "failed", "detail": str(error)})
             self.audit(principal.id, f"plugin.register.{error.step}", request.name, "failure",
@@ -150,17 +163,25 @@ class PluginRegistry:
         assessment = assess(request.name, factors, new=True)
         passed("trust", f"initial score {assessment.score} (earlier violations: {history})")
         state = "suspended" if "suspend" in assessment.actions else "active"
+        channel = probe.get("channel")
+        channel_values = (
+            (channel.kid, channel.wrapped_key, channel.certificate) if channel else (None,) * 3
+        )
         with self._lock:
             self._db.execute(
                 "INSERT INTO plugins (name, vendor, endpoint, security_level, state, reason, "
-                "registered_at, certificate_fingerprint, violations, score) "
-                "VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "registered_at, certificate_fingerprint, violations, score, channel_kid, "
+                "channel_key, endpoint_certificate) "
+                "VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "vendor = excluded.vendor, endpoint = excluded.endpoint, "
                 "security_level = excluded.security_level, state = excluded.state, reason = '', "
                 "certificate_fingerprint = excluded.certificate_fingerprint, "
-                "violations = excluded.violations, score = excluded.score",
+                "violations = excluded.violations, score = excluded.score, "
+                "channel_kid = excluded.channel_kid, channel_key = excluded.channel_key, "
+                "endpoint_certificate = excluded.endpoint_certificate",
                 (request.name, request.vendor, request.endpoint, request.security_level, state,
-                 self.clock(), principal.fingerprint, history, assessment.score),
+                 self.clock(), principal.fingerprint, history, assessment.score,
+                 *channel_values),
             )  # fmt: skip
             self._history(request.name, assessment.score, "registered")
         passed("completion", f"state {state}")
@@ -240,12 +261,9 @@ class PluginRegistry:
             successes += outcome == "success"
             violations += outcome == "violation"
             auth_failures += outcome == "auth_failure"
-            factors = TrustFactors(
-                calls=calls, successes=successes, security_violations=violations,
-                uptime_days=int((now - registered) // 86400), auth_failures=auth_failures,
-                vendor_reputation=self.vendors.get(vendor, 0),
-            )  # fmt: skip
-            assessment = assess(name, factors)
+            assessment = assess(name, self._factors(
+                vendor, registered, calls, successes, violations, auth_failures, now
+            ))  # fmt: skip
             suspended_now = "suspend" in assessment.actions and state == "active"
             if suspended_now:
                 state = "suspended"
@@ -267,6 +285,27 @@ class PluginRegistry:
             self.audit("securecore", "plugin.suspend", name, "success",
                        {"score": assessment.score})  # fmt: skip
         return assessment
+
+    def _factors(
+        self, vendor, registered, calls, successes, violations, auth_failures, now
+    ) -> TrustFactors:
+        return TrustFactors(
+            calls=calls, successes=successes, security_violations=violations,
+            uptime_days=int((now - registered) // 86400), auth_failures=auth_failures,
+            vendor_reputation=self.vendors.get(vendor, 0),
+        )  # fmt: skip
+
+    def policy_view(self, name: str) -> tuple[str, frozenset[str]] | None:
+        """(state, trust actions) of a plugin for the policy engine's trust stage."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT vendor, registered_at, calls, successes, violations, auth_failures, "
+                "state FROM plugins WHERE name = ?", (name,),
+            ).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        assessment = assess(name, self._factors(*row[:6], self.clock()))
+        return row[6], assessment.actions
 
     def _history(self, name: str, score: int, reason: str) -> None:
         self._db.execute(
@@ -298,6 +337,20 @@ class PluginRegistry:
                 f"SELECT {', '.join(columns)} FROM plugins ORDER BY name"  # noqa: S608 - constant
             ).fetchall()
         return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def channel(self, name: str) -> tuple[str, str, str | None, Any]:
+        """(state, endpoint, channel kid, Channel) of a registered plugin; KeyError if none."""
+        from securecore.plugins.channel_client import Channel
+
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state, endpoint, channel_kid, channel_key, endpoint_certificate "
+                "FROM plugins WHERE name = ?", (name,),
+            ).fetchone()  # fmt: skip
+        if row is None:
+            raise KeyError(name)
+        state, endpoint, kid, wrapped, certificate = row
+        return state, endpoint, kid, Channel(kid, wrapped, certificate) if kid else None
 
     def get(self, name: str) -> dict[str, Any] | None:
         with self._lock:

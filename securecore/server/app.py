@@ -68,6 +68,8 @@ def create_app(
     metrics: ServiceMetrics | None = None,
     admin: AdminActions | None = None,
     intrusion: IntrusionResponder | None = None,
+    plugins: list[Route] | None = None,
+    plugin_view: Callable[[str], tuple[str, frozenset[str]] | None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
 ) -> Starlette:
     checks = readiness or {}
@@ -97,7 +99,11 @@ def create_app(
             *(session_routes(sessions, intrusion) if sessions is not None else []),
             *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
             *(admin_routes(admin, intrusion) if admin is not None else []),
-            Route("/openapi.json", openapi_endpoint(sessions is not None, admin is not None)),
+            *(plugins or []),
+            Route(
+                "/openapi.json",
+                openapi_endpoint(sessions is not None, admin is not None, plugins is not None),
+            ),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unhandled},
         lifespan=_lifespan(on_shutdown),
@@ -106,7 +112,9 @@ def create_app(
     if policy is not None:
         from securecore.server.policy_middleware import PolicyMiddleware
 
-        app.add_middleware(PolicyMiddleware, engine=policy, intrusion=intrusion)
+        app.add_middleware(
+            PolicyMiddleware, engine=policy, intrusion=intrusion, plugin_view=plugin_view
+        )
     app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer
@@ -123,15 +131,17 @@ BASE_ENDPOINTS = [
 ]  # fmt: skip
 
 
-def openapi_endpoint(with_sessions: bool, with_admin: bool):
+def openapi_endpoint(with_sessions: bool, with_admin: bool, with_plugins: bool = False):
     from securecore import __version__
     from securecore.server import admin_routes as admin_module
+    from securecore.server import plugin_routes as plugin_module
     from securecore.server import session_routes as session_module
 
     endpoints = [
         *BASE_ENDPOINTS,
         *(session_module.ENDPOINTS if with_sessions else []),
         *(admin_module.ENDPOINTS if with_admin else []),
+        *(plugin_module.ENDPOINTS if with_plugins else []),
     ]
     document = openapi(endpoints, __version__)
 

@@ -9,19 +9,30 @@ applying it writes to the databases.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio.to_thread
 
 from securecore.policy.engine import PolicyEngine, RequestContext
 from securecore.server.app import OPEN_PATHS
 from securecore.server.errors import error_response
 from securecore.server.intrusion_hooks import IntrusionResponder
+from securecore.server.plugin_routes import call_path_plugin
 
 STATUS = {"acl": 403, "intrusion": 403, "trust": 403, "rate_limit": 429, "emergency": 503}
 
 
 class PolicyMiddleware:
-    def __init__(self, app, engine: PolicyEngine, intrusion: IntrusionResponder | None = None):
+    def __init__(
+        self,
+        app,
+        engine: PolicyEngine,
+        intrusion: IntrusionResponder | None = None,
+        plugin_view: Callable[[str], tuple[str, frozenset[str]] | None] | None = None,
+    ):
         self.app, self.engine, self.intrusion = app, engine, intrusion
+        # A call to a plugin brings the plugin's rate limit and trust stage in.
+        self.plugin_view = plugin_view
         self.in_flight, self.capacity = 0, 1000
 
     async def __call__(self, scope, receive, send) -> None:
@@ -30,9 +41,14 @@ class PolicyMiddleware:
             return
         principal = scope.get("state", {}).get("principal")
         client = scope.get("client") or ("", 0)
+        plugin = call_path_plugin(scope["path"]) if self.plugin_view else None
+        view = self.plugin_view(plugin) if plugin else None
         context = RequestContext(
             source=client[0],
             principal=principal.id if principal else "unknown",
+            plugin=plugin if view else None,
+            plugin_state=view[0] if view else None,
+            trust_actions=view[1] if view else frozenset(),
             load=self.in_flight / self.capacity,
             operator=bool(principal and principal.kind == "admin")
             and scope["path"].startswith("/v1/admin/"),

@@ -13,6 +13,7 @@ audit records and a final signed checkpoint.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import logging.config
 import multiprocessing
@@ -34,7 +35,7 @@ from securecore.config import ConfigError
 from securecore.emergency import write_emergency_snapshot
 from securecore.keys.factory import open_key_ring
 from securecore.monitoring.metrics import MULTIPROCESS_DIR, ServiceMetrics
-from securecore.plugins.probe import mtls_probe
+from securecore.plugins.channel_client import PluginCaller, registration_probe
 from securecore.plugins.registry import PluginRegistry
 from securecore.policy.engine import Policy, PolicyEngine
 from securecore.policy.intrusion import IntrusionDetector
@@ -44,6 +45,7 @@ from securecore.server.app import create_app
 from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.live_metrics import live_state
 from securecore.server.logs import log_config
+from securecore.server.plugin_routes import plugin_routes
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.sessions.manager import SessionManager
 from securecore.state_db import open_state
@@ -74,6 +76,18 @@ def tls_and_address(config: configuration.Config) -> tuple[TLSPolicy, str, int]:
     if not host or not port.isdigit():
         raise ConfigError(f"{config.path}: [service] listen must be HOST:PORT")
     return policy, host.strip("[]"), int(port)
+
+
+def plugin_client_policy(config: configuration.Config, policy: TLSPolicy) -> TLSPolicy:
+    """The TLS policy the service calls plugins with: its [plugins] client certificate,
+    if one is set, in place of the policy's."""
+    certificate = config.get("plugins", "client_certificate")
+    key = config.get("plugins", "client_key")
+    if bool(certificate) != bool(key):
+        raise ConfigError(f"{config.path}: [plugins] client_certificate and client_key go together")
+    if not certificate:
+        return policy
+    return dataclasses.replace(policy, client_certificate=Path(certificate), client_key=Path(key))
 
 
 def build_server(
@@ -109,11 +123,12 @@ def build_server(
         load_policy(config), policy_state, audit=audit_decision, audit_async=audit_decision_async
     )
     intrusion = IntrusionResponder(IntrusionDetector(policy_state), sessions, audit.append)
+    caller = PluginCaller(plugin_client_policy(config, policy), ring)
     registry = PluginRegistry(
         open_state(config, "plugins"),
         vendors=config.get("plugins", "vendors") or {},
         minimum_security_level=config.get("plugins", "minimum_security_level"),
-        probe=mtls_probe(policy),
+        probe=registration_probe(caller),
         audit=audit.append,
     )
 
@@ -144,6 +159,8 @@ def build_server(
         metrics=metrics,
         admin=admin,
         intrusion=intrusion,
+        plugins=plugin_routes(registry, caller, sessions, audit.append),
+        plugin_view=registry.policy_view,
         # An own log writes what is queued and a final signed checkpoint; a
         # worker's connection to the supervisor's writer just ends.
         on_shutdown=audit.close,

@@ -31,7 +31,7 @@ ENDPOINTS = [
 ]  # fmt: skip
 
 
-def _pair(pair: TokenPair) -> dict:
+def token_pair_json(pair: TokenPair) -> dict:
     return {
         "access_token": pair.access_token,
         "refresh_token": pair.refresh_token,
@@ -78,7 +78,7 @@ def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
             )
         except TokenError as error:
             return await refused(request, error)
-        return JSONResponse(_pair(pair), status_code=201)
+        return JSONResponse(token_pair_json(pair), status_code=201)
 
     async def refresh(request: Request) -> Response:
         data, invalid = await read_body(request, REFRESH)
@@ -91,7 +91,7 @@ def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
             )
         except TokenError as error:
             return await refused(request, error)
-        return JSONResponse(_pair(pair))
+        return JSONResponse(token_pair_json(pair))
 
     def current_claims(request: Request) -> dict:
         token = bearer(request)

@@ -1,23 +1,29 @@
-"""Plugin registration (five steps) and trust, with a real mutual-TLS probe.
+"""Plugin registration (five steps) and trust, with the real secure-channel test.
 
-A development `securecore serve` stands in for the plugin's endpoint: the
-registry's probe must reach it over mutual TLS 1.3 with the core's client
-certificate, as it will reach the reference plugin on the lab.
+The reference plugin (the SDK's ticket store) runs as its own process; step 3
+hands it a channel key over mutual TLS 1.3 with the core's client
+certificate and makes a sealed round trip, as on the lab.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from securecore.plugins.probe import mtls_probe
+from securecore import config as configuration
+from securecore.keys.factory import open_key_ring
+from securecore.plugins.channel_client import PluginCaller, registration_probe
 from securecore.plugins.registry import PluginRegistry, RegistrationRequest
 from securecore.server.identity import Principal
 from securecore.state_db import StateDatabase
 from securecore.tls import TLSPolicy
-from tests.devserver import dev_server, free_port
+from tests.devserver import free_port, wait_for_port
+from tests.integration.test_audit_cli import securecore
 from tests.postgres import fresh_database, postgres_server
 
 
@@ -27,8 +33,21 @@ def principal(kind: str, name: str) -> Principal:
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
-    with dev_server(tmp_path_factory.mktemp("plugin") / "dev") as running:
-        yield running
+    """A development setup's certificates, and the ticket store serving on a free port."""
+    base = tmp_path_factory.mktemp("plugin") / "dev"
+    securecore("init", str(base), "--software-keys")
+    port = free_port()
+    process = subprocess.Popen([
+        sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "ticket-store",
+        "--tls-policy", str(base / "tls" / "plugin-policy.json"),
+        "--state-dir", str(base / "tickets"), "--listen", f"127.0.0.1:{port}",
+    ], stdout=subprocess.DEVNULL, stderr=(base / "plugin.log").open("w"))  # fmt: skip
+    try:
+        wait_for_port(port)
+        yield {"port": port, "tls": base / "tls", "config": base / "config.toml"}
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +68,18 @@ def database(request, tmp_path: Path):
 @pytest.fixture
 def registry(endpoint, database):
     tls = endpoint["tls"]
-    policy = TLSPolicy.from_file(tls / "policy.json")
+    policy = dataclasses.replace(
+        TLSPolicy.from_file(tls / "policy.json"),
+        client_certificate=tls / "core.pem",
+        client_key=tls / "core.key",
+    )  # the core's own certificate: plugins answer no one else
+    ring = open_key_ring(configuration.load(endpoint["config"]))
     records: list[tuple] = []
     registry = PluginRegistry(
         database,
         vendors={"acme": 80, "shady": 10},
         minimum_security_level=3,
-        probe=mtls_probe(policy, timeout=3),
+        probe=registration_probe(PluginCaller(policy, ring, timeout=3)),
         audit=lambda *record: records.append(record),
     )
     registry.records = records

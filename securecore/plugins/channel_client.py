@@ -1,0 +1,221 @@
+"""The core's side of the plugin channel: set it up at registration, then make sealed calls.
+
+Setup (registration step 3, "secure-communication test"): over mutual TLS
+1.3 with the core's client certificate, the core sends the plugin a fresh
+256-bit channel key and its public signing keys, pins the certificate the
+plugin's endpoint presented, and makes one sealed round trip
+(`securecore.ping` with a random challenge) that the plugin must answer
+decrypted, re-encrypted and signed by that certificate's key, within the
+timeout. The channel key is kept only wrapped by the HSM key-encryption key.
+
+Calls (seed 000 6.2 steps 6-8): the request is sealed (AES-256-GCM, signed
+with the HSM signing key), sent over mutual TLS, and the answer is accepted
+only if it is signed by the pinned certificate, fresh, not replayed, an
+answer to this very request, and decrypts.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import secrets
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from securecore.crypto.channel import (
+    MessageError,
+    ReplayGuard,
+    certificate_verifier,
+    new_channel_key,
+    open_message,
+    seal_message,
+)
+from securecore.crypto.envelope import Envelope, open_envelope, seal
+from securecore.keys.base import KeyRing, key_id
+from securecore.tls import TLSPolicy
+
+CORE_ADDRESS = "core"
+
+
+class PluginCallError(Exception):
+    """A call did not come back good; `code` is what the trust score counts."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What the registry keeps for a plugin's channel (no key in the clear)."""
+
+    kid: str
+    wrapped_key: str  # an envelope (securecore.crypto.envelope), base64
+    certificate: str  # the endpoint's certificate (PEM), pinned at registration
+
+
+def _context(name: str, kid: str) -> bytes:
+    return f"securecore/plugin-channel/{name}/{kid}".encode()
+
+
+class PluginCaller:
+    def __init__(self, policy: TLSPolicy, ring: KeyRing, timeout: float = 5.0) -> None:
+        self.ring, self.timeout = ring, timeout
+        self.context = policy.client_context()
+        self.guard = ReplayGuard()
+        self._keys: dict[str, bytes] = {}  # unwrapped channel keys, by kid
+        self._lock = threading.Lock()
+
+    # --- transport --------------------------------------------------------------------
+
+    def _exchange(
+        self, endpoint: str, method: str, path: str, body: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, Any]]:
+        url = urlsplit(endpoint)
+        connection = http.client.HTTPSConnection(
+            url.hostname, url.port or 443, context=self.context, timeout=self.timeout
+        )
+        try:
+            connection.request(method, path, body=json.dumps(body),
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+            response = connection.getresponse()
+            raw = response.read()
+            sock = connection.sock if isinstance(connection.sock, ssl.SSLSocket) else None
+            peer = {
+                "certificate": sock.getpeercert(binary_form=True) if sock else None,
+                "tls_version": sock.version() if sock else None,
+                "cipher": sock.cipher()[0] if sock and sock.cipher() else None,
+            }
+        except TimeoutError as error:
+            message = f"{endpoint}: no answer in {self.timeout} s"
+            raise PluginCallError("timeout", message) from error
+        except (OSError, ssl.SSLError, http.client.HTTPException) as error:
+            raise PluginCallError(
+                "unreachable", f"{endpoint}: {type(error).__name__}: {error}"
+            ) from error
+        finally:
+            connection.close()
+        try:
+            answer = json.loads(raw) if raw else None
+        except ValueError:
+            answer = raw  # garbage: the caller decides
+        return response.status, answer, peer  # type: ignore[return-value]
+
+    # --- setup (registration step 3) --------------------------------------------------
+
+    def core_public_keys(self) -> dict[str, str]:
+        name = self.ring.signing_key
+        keys = {}
+        for version in self.ring.backend.versions(name):
+            kid = key_id(name, version)
+            if self.ring.accepts(kid):
+                public = self.ring.backend.public_key(kid)
+                keys[kid] = public.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                ).decode()
+        return keys
+
+    def establish(self, name: str, endpoint: str) -> dict[str, Any]:
+        """Hand over a new channel key and test it; the probe result registration records."""
+        started = time.perf_counter()
+        kid = f"{name}-{uuid.uuid4().hex[:12]}"
+        key = new_channel_key()
+        status, answer, peer = self._exchange(endpoint, "PUT", "/securecore/v1/channel", {
+            "kid": kid, "key": base64.b64encode(key).decode(),
+            "core_keys": self.core_public_keys(),
+        })  # fmt: skip
+        if status != 204:
+            raise PluginCallError("channel_refused", f"{endpoint} refused the channel: {answer}")
+        if peer["certificate"] is None or peer["tls_version"] != "TLSv1.3":
+            raise PluginCallError("weak_tls", f"{endpoint}: not mutual TLS 1.3 ({peer})")
+        der = peer["certificate"]
+        certificate = (
+            x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
+        )
+        wrapped = seal(self.ring, key, _context(name, kid)).to_bytes()
+        channel = Channel(kid, base64.b64encode(wrapped).decode(), certificate)
+        with self._lock:
+            self._keys[kid] = key
+        challenge = secrets.token_hex(16)
+        echoed = self.call(name, endpoint, channel, "securecore.ping", {"challenge": challenge})
+        if echoed.get("challenge") != challenge:
+            raise PluginCallError("bad_answer", f"{endpoint} did not return the challenge")
+        return {
+            "ok": True,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+            "channel": channel,
+            "tls_version": peer["tls_version"],
+            "cipher": peer["cipher"],
+            "detail": f"{peer['tls_version']} {peer['cipher']}: channel key delivered, "
+            "sealed round trip verified",
+        }
+
+    # --- calls --------------------------------------------------------------------------
+
+    def _key(self, name: str, channel: Channel) -> bytes:
+        with self._lock:
+            key = self._keys.get(channel.kid)
+        if key is None:
+            envelope = Envelope.from_bytes(base64.b64decode(channel.wrapped_key))
+            key = open_envelope(self.ring, envelope, _context(name, channel.kid))
+            with self._lock:
+                self._keys[channel.kid] = key
+        return key
+
+    def call(
+        self,
+        name: str,
+        endpoint: str,
+        channel: Channel,
+        op: str,
+        args: dict[str, Any],
+        caller: str = CORE_ADDRESS,
+    ) -> Any:
+        """The plugin's result, or PluginCallError (timeout, refused, bad_signature, ...)."""
+        key = self._key(name, channel)
+        request = seal_message(
+            key, channel.kid, sender=CORE_ADDRESS, recipient=f"plugin/{name}",
+            payload={"op": op, "args": args, "caller": caller}, sign=self.ring.sign,
+        )  # fmt: skip
+        status, answer, _ = self._exchange(endpoint, "POST", "/securecore/v1/call", request)
+        if status != 200:
+            code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
+            raise PluginCallError("refused", f"{endpoint} refused the call ({status} {code})")
+        try:
+            opened = open_message(
+                answer, keys=lambda kid: key if kid == channel.kid else None,
+                verify=certificate_verifier(channel.certificate), recipient=CORE_ADDRESS,
+                guard=self.guard, reply_to=request["id"],
+            )  # fmt: skip
+        except MessageError as error:
+            raise PluginCallError(error.code, f"{endpoint}: {error}") from error
+        payload = opened.payload
+        if not isinstance(payload, dict) or ("result" not in payload and "error" not in payload):
+            raise PluginCallError("malformed", f"{endpoint}: an answer is {{result}} or {{error}}")
+        if "error" in payload:
+            error = payload["error"] or {}
+            raise PluginCallError(
+                "plugin_error", f"{name}: {error.get('code')}: {error.get('message')}"
+            )
+        return payload["result"]
+
+
+def registration_probe(caller: PluginCaller):
+    """Registration step 3 as the registry wants it: a result, never an exception."""
+
+    def probe(name: str, endpoint: str) -> dict[str, Any]:
+        try:
+            return caller.establish(name, endpoint)
+        except PluginCallError as error:
+            return {"ok": False, "error": f"{error.code}: {error}"}
+
+    return probe

@@ -1,0 +1,143 @@
+"""/v1/plugins: registration by plugins, and calls to plugins (seed 000 6.1 and 6.2).
+
+POST /v1/plugins/register     a plugin's client certificate asks to be registered; the
+                              five steps run (the core calls the plugin back for step 3);
+                              on completion the plugin gets a session and tokens
+POST /v1/plugins/{name}/call  {"op", "args"} with a bearer token: the secure communication
+                              flow. Steps 1-5 (session, security, intrusion, rate limit,
+                              trust) are the identity and policy middleware and the
+                              session check here; 6-8 the sealed call (PluginCaller);
+                              9-10 the communication record and the trust update.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from securecore.plugins.channel_client import PluginCaller, PluginCallError
+from securecore.plugins.registry import PluginRegistry, RegistrationRequest
+from securecore.server.api_schema import Endpoint, body, integer, read_body, string
+from securecore.server.errors import error_response
+from securecore.server.session_routes import bearer, token_pair_json
+from securecore.sessions.manager import SessionManager
+from securecore.sessions.tokens import TokenError
+
+REGISTER = body({
+    "name": string(63, description="the plugin's name, as in its certificate"),
+    "vendor": string(64), "endpoint": string(256, description="https://HOST:PORT"),
+    "security_level": integer(1, 5),
+})  # fmt: skip
+CALL = body({"op": string(128)}, {"args": {"type": "object"}})
+ENDPOINTS = [
+    Endpoint("POST", "/v1/plugins/register", "Register the calling plugin (five steps)",
+             REGISTER, (201, 422), ("plugins",)),
+    Endpoint("POST", "/v1/plugins/{name}/call", "Call a plugin through the secure flow", CALL,
+             (200, 409, 502), ("plugins",)),
+]  # fmt: skip
+
+# What a bad answer means for the plugin's trust: a broken seal is a security
+# violation; no answer (or a refusal) a failure; an application-level error
+# in a good seal is a successful communication.
+VIOLATIONS = frozenset({
+    "bad_signature", "replayed", "stale", "unexpected_reply", "misdirected", "undecryptable",
+    "unknown_key", "malformed",
+})  # fmt: skip
+
+
+def call_path_plugin(path: str) -> str | None:
+    """The plugin named by /v1/plugins/NAME/call (for the policy engine's trust stage)."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 4 and parts[:2] == ["v1", "plugins"] and parts[3] == "call":
+        return parts[2]
+    return None
+
+
+def plugin_routes(
+    registry: PluginRegistry,
+    caller: PluginCaller,
+    sessions: SessionManager,
+    audit: Callable[..., Any],
+) -> list[Route]:
+    async def register(request: Request) -> Response:
+        data, invalid = await read_body(request, REGISTER)
+        if invalid:
+            return invalid
+        principal = request.state.principal
+        wanted = RegistrationRequest(
+            data["name"], data["vendor"], data["endpoint"], data["security_level"]
+        )
+        done = await anyio.to_thread.run_sync(registry.register, wanted, principal)
+        answer: dict[str, Any] = {
+            "name": done.name, "state": done.state, "score": done.score,
+            "steps": done.steps, "alerts": done.alerts,
+        }  # fmt: skip
+        if done.state == "pending":
+            failed = done.steps[-1]
+            message = f"{failed['step']}: {failed['detail']}"
+            error = {"code": "registration_failed", "message": message}
+            return JSONResponse({**answer, "error": error}, status_code=422)
+        # Step 5: the plugin's own session, for its calls to the core.
+        pair = await anyio.to_thread.run_sync(sessions.create, principal.id, principal.thumbprint)
+        answer["session"] = token_pair_json(pair)
+        return JSONResponse(answer, status_code=201)
+
+    async def call(request: Request) -> Response:
+        name = request.path_params["name"]
+        principal = request.state.principal
+        token = bearer(request)
+        try:
+            if token is None:
+                raise TokenError("unauthenticated", "an Authorization: Bearer token is required")
+            sessions.verify(token, principal.thumbprint)  # step 1
+        except TokenError as error:
+            return error_response(401, str(error), error.code)
+        data, invalid = await read_body(request, CALL)
+        if invalid:
+            return invalid
+        try:
+            _, endpoint, _, channel = registry.channel(name)
+        except KeyError:
+            return error_response(404, f"no plugin {name!r} is registered", "unknown_plugin")
+        if channel is None:
+            return error_response(409, f"{name} has no secure channel", "no_channel")
+        started = time.perf_counter()
+        try:
+            result = await anyio.to_thread.run_sync(
+                caller.call, name, endpoint, channel, data["op"], data.get("args") or {},
+                principal.id,
+            )  # fmt: skip
+            outcome, code, detail = "success", None, ""
+        except PluginCallError as error:
+            result = None
+            code, detail = error.code, str(error)
+            outcome = (
+                "success" if code == "plugin_error"
+                else "violation" if code in VIOLATIONS else "failure"
+            )  # fmt: skip
+        latency = round((time.perf_counter() - started) * 1000, 1)
+        assessment = await anyio.to_thread.run_sync(
+            registry.record_call, name, outcome, latency, code or ""
+        )  # steps 9 and 10
+        await anyio.to_thread.run_sync(
+            audit, principal.id, "plugin.call", name,
+            "success" if code is None else "failure",
+            {"op": data["op"], "outcome": outcome, "code": code, "ms": latency,
+             "trust": assessment.score},
+        )  # fmt: skip
+        if code == "plugin_error":
+            return error_response(422, detail, "plugin_error")
+        if code is not None:
+            return error_response(502, detail, code)
+        return JSONResponse({"plugin": name, "op": data["op"], "result": result})
+
+    return [
+        Route("/v1/plugins/register", register, methods=["POST"]),
+        Route("/v1/plugins/{name}/call", call, methods=["POST"]),
+    ]

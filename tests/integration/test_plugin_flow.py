@@ -1,0 +1,161 @@
+"""Registration of a real plugin (the SDK's ticket store) and the secure call flow.
+
+The core (`securecore serve`) and the plugins run as separate processes and
+talk mutual TLS 1.3 on loopback; calls are sealed (AES-256-GCM + ECDSA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from securecore.plugin import register_with_core
+from tests.devserver import dev_server, free_port, wait_for_port
+from tests.integration.test_admin_commands import admin
+from tests.integration.test_serve import call, context
+
+
+@contextlib.contextmanager
+def plugin_process(server, command: list[str], port: int):
+    log = (server["config"].parent / f"plugin-{port}.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for_port(port), f"the plugin did not start: {command}"
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=20)
+        log.close()
+
+
+def ticket_store(server, port: int):
+    tls, base = server["tls"], server["config"].parent
+    return plugin_process(server, [
+        sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",
+        "--tls-policy", str(tls / "plugin-policy.json"), "--state-dir", str(base / "tickets"),
+        "--listen", f"127.0.0.1:{port}",
+    ], port)  # fmt: skip
+
+
+def register(server, port: int) -> dict:
+    return register_with_core(
+        f"https://127.0.0.1:{server['port']}", tls_policy=server["tls"] / "plugin-policy.json",
+        name="example", vendor="example", endpoint=f"https://localhost:{port}", security_level=4,
+    )  # fmt: skip
+
+
+def plugin_call(server, token: str, op: str, args: dict) -> tuple[int, dict]:
+    return call(server, "POST", "/v1/plugins/example/call", token=token,
+                body={"op": op, "args": args})  # fmt: skip
+
+
+def registered_plugin(server) -> dict:
+    return json.loads(admin(server, "plugins", "list").stdout)[0]
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    with dev_server(tmp_path / "dev") as running:
+        status, pair = call(running, "POST", "/v1/sessions")
+        assert status == 201
+        running["token"] = pair["access_token"]
+        yield running
+
+
+def test_the_ticket_store_registers_and_answers_through_the_secure_flow(server) -> None:
+    port = free_port()
+    with ticket_store(server, port):
+        answer = register(server, port)
+        assert answer["state"] == "active" and answer["score"] > 30
+        assert [s["step"] for s in answer["steps"]] == [
+            "request", "security", "communication", "trust", "completion",
+        ]  # fmt: skip
+        assert "sealed round trip verified" in answer["steps"][2]["detail"]
+        assert answer["session"]["access_token"]  # step 5: the plugin's own session
+
+        wanted = {"title": "disk full on core-02", "priority": "high"}
+        status, created = plugin_call(server, server["token"], "tickets.create", wanted)
+        assert status == 200, created
+        ticket = created["result"]
+        assert ticket["status"] == "open" and ticket["created_by"] == "admin/admin"
+        status, updated = plugin_call(server, server["token"], "tickets.update",
+                                      {"id": ticket["id"], "status": "resolved",
+                                       "comment": "logs rotated"})  # fmt: skip
+        assert status == 200 and updated["result"]["status"] == "resolved"
+        status, missing = plugin_call(server, server["token"], "tickets.get", {"id": 999})
+        assert status == 422 and "no ticket 999" in missing["error"]["message"]
+
+    plugin = registered_plugin(server)
+    assert plugin["calls"] == 3 and plugin["successes"] == 3  # a refusal is still an answer
+    # The channel key is on the plugin (0600) and never in the core's database.
+    channel_file = server["config"].parent / "tickets" / "channel.json"
+    assert channel_file.stat().st_mode & 0o777 == 0o600
+    key = next(iter(json.loads(channel_file.read_text())["keys"].values()))
+    assert key.encode() not in (server["config"].parent / "data" / "plugins.db").read_bytes()
+    exported = admin(server, "audit", "export").stdout
+    assert exported.count('"action":"plugin.call"') == 3
+    assert '"action":"plugin.register.completion"' in exported
+
+
+def test_without_a_session_or_as_anyone_but_the_core_nothing_reaches_the_plugin(server) -> None:
+    port = free_port()
+    with ticket_store(server, port):
+        register(server, port)
+        status, refused = call(server, "POST", "/v1/plugins/example/call",
+                               body={"op": "tickets.list"})  # fmt: skip
+        assert status == 401 and refused["error"]["code"] == "unauthenticated"
+        # The plugin itself answers only the core's certificate.
+        direct = http.client.HTTPSConnection(
+            "localhost", port, context=context(server["tls"]), timeout=10
+        )
+        direct.request("POST", "/securecore/v1/call", body="{}")
+        response = direct.getresponse()
+        assert response.status == 403
+        assert json.loads(response.read())["error"]["code"] == "not_the_core"
+        direct.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "code"),
+    [("bad_signature", "bad_signature"), ("replay", "unexpected_reply"), ("garbage", "malformed")],
+)
+def test_a_plugin_answering_badly_loses_trust_until_it_is_suspended(server, mode, code) -> None:
+    port = free_port()
+    tls, base = server["tls"], server["config"].parent
+    command = [sys.executable, "-m", "tests.misbehaving_plugin", mode,
+               str(tls / "plugin-policy.json"), str(base / f"state-{mode}"), str(port)]  # fmt: skip
+    with plugin_process(server, command, port):
+        assert register(server, port)["state"] == "active"  # its first answer was good
+        before = registered_plugin(server)["score"]
+        codes = []
+        for _ in range(40):
+            status, answer = plugin_call(server, server["token"], "echo", {"n": 1})
+            if status == 403:  # the trust stage stops calls to a suspended plugin
+                assert answer["error"]["code"] == "trust"
+                break
+            assert status == 502
+            codes.append(answer["error"]["code"])
+        plugin = registered_plugin(server)
+    assert set(codes) == {code}
+    assert plugin["state"] == "suspended" and plugin["score"] <= 30 < before
+    assert "trust score at or below 30" in plugin["reason"]
+
+
+def test_a_stopped_plugin_drops_its_success_rate_and_trust(server) -> None:
+    port = free_port()
+    with ticket_store(server, port):
+        register(server, port)
+        assert plugin_call(server, server["token"], "tickets.list", {})[0] == 200
+        healthy = registered_plugin(server)
+    status, answer = plugin_call(server, server["token"], "tickets.list", {})
+    assert status == 502 and answer["error"]["code"] == "unreachable"
+    stopped = registered_plugin(server)
+    assert (stopped["calls"], stopped["successes"]) == (2, 1)
+    assert stopped["score"] < healthy["score"]

@@ -1,0 +1,46 @@
+"""A plugin that answers badly on purpose, for the trust tests: python -m tests.misbehaving_plugin
+MODE TLS_POLICY STATE_DIR PORT, MODE one of good, bad_signature, replay, garbage.
+
+It is the SDK's PluginServer with only the sealing of answers changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from typing import Any
+
+from securecore.crypto.channel import Opened
+from securecore.plugin.server import PluginServer
+
+
+class Misbehaving(PluginServer):
+    def __init__(self, mode: str, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mode, self.first_answer = mode, None
+
+    def seal_answer(self, request: Opened, answer: dict[str, Any]) -> Any:
+        sealed = super().seal_answer(request, answer)
+        if self.first_answer is None:  # the registration's test passes; then it turns
+            self.first_answer = sealed
+            return sealed
+        if self.mode == "bad_signature":
+            signature = bytearray(base64.b64decode(sealed["sig"]))
+            signature[-1] ^= 1
+            sealed["sig"] = base64.b64encode(bytes(signature)).decode()
+        elif self.mode == "replay":
+            sealed = self.first_answer  # every later answer is the first one again
+        elif self.mode == "garbage":
+            return {"lorem": "ipsum"}
+        return sealed
+
+
+def main() -> None:
+    mode, policy, state, port = sys.argv[1:5]
+    plugin = Misbehaving(mode, "example", {"echo": lambda args, caller: args},
+                         tls_policy=policy, state_dir=state)  # fmt: skip
+    plugin.run("127.0.0.1", int(port))
+
+
+if __name__ == "__main__":
+    main()
