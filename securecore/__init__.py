@@ -1,3 +1,8 @@
 """SecureCore: the hardened, HSM-backed core service and its operator tooling."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the installed distribution's version (a release built from pyproject.toml)
+    __version__ = version("securecore")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"

@@ -8,14 +8,17 @@ securecore status
 The service makes every change itself: its audit log records it with the
 administrator's certificate as the actor, and all its workers see it at once.
 The client certificate comes from the TLS policy ([tls] policy of the
-configuration, or --tls-policy); it must name an administrator.
+configuration, or --tls-policy); it must name an administrator, or be the service's own
+(a local operator on the core host, named with --by, as the playbooks do).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import http.client
 import json
+import os
 import ssl
 from urllib.parse import quote, urlsplit
 
@@ -47,6 +50,9 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = 
     try:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
+        # Who is acting, when the command runs with the service's own certificate
+        # (a local operator on the core host, e.g. from a playbook).
+        headers["X-Operator"] = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
         connection.request(method, path, body=payload, headers=headers)
         response = connection.getresponse()
         data = json.loads(response.read() or b"null")
@@ -119,6 +125,9 @@ def add_parsers(commands) -> None:
         parser.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
         parser.add_argument(
             "--url", help="the service, https://HOST:PORT (default: [service] listen)"
+        )
+        parser.add_argument(
+            "--by", help="your name, recorded with what a local operator does (default: $USER)"
         )
         parser.add_argument("--tls-policy", help="TLS policy with the administrator's certificate")
 

@@ -25,6 +25,7 @@ from securecore.keys.base import KeyStoreError
 from securecore.lab import LabError
 from securecore.lab.manager import Lab
 from securecore.lab.spec import load_spec
+from securecore.plugin import commands as plugin_commands
 from securecore.plugin import ticket_store
 from securecore.plugin.server import PluginError
 from securecore.server import serve as serve_command
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugin = commands.add_parser("plugin", help="run a plugin built on securecore.plugin")
     plugins = plugin.add_subparsers(dest="plugin", required=True, metavar="PLUGIN")
     ticket_store.add_parser(plugins)
+    plugin_commands.add_parser(plugins)
     return parser
 
 

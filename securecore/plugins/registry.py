@@ -174,7 +174,12 @@ class PluginRegistry:
                 "channel_key, endpoint_certificate) "
                 "VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "vendor = excluded.vendor, endpoint = excluded.endpoint, "
-                "security_level = excluded.security_level, state = excluded.state, reason = '', "
+                "security_level = excluded.security_level, "
+                # A suspended plugin stays suspended when it registers again (with a
+                # new channel): only an operator's approval reactivates it.
+                "state = CASE WHEN plugins.state = 'suspended' THEN 'suspended' "
+                "ELSE excluded.state END, "
+                "reason = CASE WHEN plugins.state = 'suspended' THEN plugins.reason ELSE '' END, "
                 "certificate_fingerprint = excluded.certificate_fingerprint, "
                 "violations = excluded.violations, score = excluded.score, "
                 "channel_kid = excluded.channel_kid, channel_key = excluded.channel_key, "
@@ -184,6 +189,7 @@ class PluginRegistry:
                  *channel_values),
             )  # fmt: skip
             self._history(request.name, assessment.score, "registered")
+        state = self.get(request.name)["state"]
         passed("completion", f"state {state}")
         return Registration(
             request.name, state, assessment.score, steps,

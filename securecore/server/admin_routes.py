@@ -8,6 +8,7 @@ and every worker sees them at once through the shared state.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,10 +25,31 @@ from securecore.server.errors import error_response
 class AdminActions:
     """What the routes act on; built by serve.py from the service's parts."""
 
-    def __init__(self, *, audit, sessions, policy_state, registry, snapshot: Callable[..., Any],
-                 status: Callable[[], dict]) -> None:  # fmt: skip
+    def __init__(
+        self, *, audit, sessions, policy_state, registry, snapshot: Callable[..., Any],
+        status: Callable[[], dict], operators: frozenset[str] = frozenset(),
+    ) -> None:  # fmt: skip
         self.audit, self.sessions, self.policy_state = audit, sessions, policy_state
         self.registry, self.snapshot, self.status = registry, snapshot, status
+        # SHA-256 fingerprints of certificates that act as a local operator: the
+        # service's own client certificate, whose key only root and the service
+        # user on this host hold (playbooks run the admin commands with it).
+        self.operators = operators
+
+
+OPERATOR_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+def actor_of(principal, request: Request, operators: frozenset[str]) -> str | None:
+    """Who acts on the admin API: an administrator, or a named local operator; None if neither."""
+    if principal is None:
+        return None
+    if principal.kind == "admin":
+        return principal.id
+    if principal.fingerprint in operators:
+        name = request.headers.get("x-operator", "")
+        return f"operator:{name if OPERATOR_NAME.fullmatch(name) else 'unnamed'}@{principal.id}"
+    return None
 
 
 REVOKE = body(optional={"session_id": string(64), "principal": string(128),
@@ -62,7 +84,8 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
     def admin_only(handler):
         async def guarded(request: Request) -> Response:
             principal = request.state.principal
-            if principal is None or principal.kind != "admin":
+            actor = actor_of(principal, request, actions.operators)
+            if actor is None:
                 if principal is not None and intrusion is not None:
                     # A non-administrator on the admin API: a privilege-escalation
                     # attempt, which ends its sessions (seed 004 3.2).
@@ -71,7 +94,7 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
                         intrusion.privilege_escalation, principal.id, detail
                     )
                 return error_response(403, "administrators only", "forbidden")
-            return await handler(request, principal.id)
+            return await handler(request, actor)
 
         return guarded
 

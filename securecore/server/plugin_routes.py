@@ -83,6 +83,8 @@ def plugin_routes(
             message = f"{failed['step']}: {failed['detail']}"
             error = {"code": "registration_failed", "message": message}
             return JSONResponse({**answer, "error": error}, status_code=422)
+        if done.state != "active":  # registered again while suspended: no session
+            return JSONResponse(answer, status_code=201)
         # Step 5: the plugin's own session, for its calls to the core.
         pair = await anyio.to_thread.run_sync(sessions.create, principal.id, principal.thumbprint)
         answer["session"] = token_pair_json(pair)

@@ -26,6 +26,8 @@ import tomllib
 from pathlib import Path
 
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from prometheus_client.multiprocess import mark_process_dead
 
 from securecore import config as configuration
@@ -76,6 +78,14 @@ def tls_and_address(config: configuration.Config) -> tuple[TLSPolicy, str, int]:
     if not host or not port.isdigit():
         raise ConfigError(f"{config.path}: [service] listen must be HOST:PORT")
     return policy, host.strip("[]"), int(port)
+
+
+def own_certificate_fingerprint(policy: TLSPolicy) -> str:
+    """SHA-256 of the service's own client certificate (empty if it has none)."""
+    if not policy.client_certificate:
+        return ""
+    pem = Path(policy.client_certificate).read_bytes()
+    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
 
 
 def plugin_client_policy(config: configuration.Config, policy: TLSPolicy) -> TLSPolicy:
@@ -143,6 +153,7 @@ def build_server(
         }  # fmt: skip
 
     admin = AdminActions(
+        operators=frozenset({own_certificate_fingerprint(plugin_client_policy(config, policy))}),
         audit=audit.append,
         sessions=sessions,
         policy_state=policy_state,

@@ -74,11 +74,34 @@ def test_plugin_commands_need_a_known_plugin(server) -> None:
     assert missing.returncode == 2 and "404 not_found: no plugin named ghost" in missing.stderr
 
 
+def with_certificate(server, name: str) -> str:
+    """A TLS policy file like the server's, presenting tls/NAME.pem as the client."""
+    tls = server["tls"]
+    policy = json.loads((tls / "policy.json").read_text())
+    policy.update(client_certificate=str(tls / f"{name}.pem"), client_key=str(tls / f"{name}.key"))
+    path = server["config"].parent / f"policy-{name}.json"
+    path.write_text(json.dumps(policy))
+    return str(path)
+
+
+def test_the_services_own_certificate_acts_as_a_named_local_operator(server) -> None:
+    admin(server, "acl", "block", "127.0.0.7", "--reason", "drill", "--by", "alice",
+          "--tls-policy", with_certificate(server, "core"))  # fmt: skip
+    refused = admin(server, "acl", "unblock", "127.0.0.7",
+                    "--tls-policy", with_certificate(server, "plugin"), check=False)  # fmt: skip
+    assert refused.returncode == 2 and "403 forbidden" in refused.stderr
+    exported = admin(server, "audit", "export").stdout
+    assert '"actor":"operator:alice@core/localhost"' in exported
+    assert '"action":"acl.block"' in exported
+
+
 def test_every_operator_action_is_in_the_audit_log(server) -> None:
     exported = admin(server, "audit", "export").stdout.splitlines()
     records = [json.loads(line)["record"] for line in exported if '"type":"record"' in line]
     actions = [record["action"] for record in records]
-    assert {r["actor"] for r in records if r["action"] == "acl.block"} == {"admin/admin"}
+    assert {r["actor"] for r in records if r["action"] == "acl.block"} == {
+        "admin/admin", "operator:alice@core/localhost",
+    }  # fmt: skip
     for action in ("session.revoke", "acl.block", "acl.unblock", "emergency.shutdown",
                    "emergency.recover"):  # fmt: skip
         assert action in actions, action

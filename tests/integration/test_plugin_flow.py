@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from securecore.plugin import register_with_core
+from securecore.plugin import PluginError, register_with_core
 from tests.devserver import dev_server, free_port, wait_for_port
 from tests.integration.test_admin_commands import admin
 from tests.integration.test_serve import call, context
@@ -143,6 +143,10 @@ def test_a_plugin_answering_badly_loses_trust_until_it_is_suspended(server, mode
             assert status == 502
             codes.append(answer["error"]["code"])
         plugin = registered_plugin(server)
+        # Registering again does not undo the suspension.
+        with contextlib.suppress(PluginError):
+            assert register(server, port)["state"] != "active"
+        assert registered_plugin(server)["state"] == "suspended"
     assert set(codes) == {code}
     assert plugin["state"] == "suspended" and plugin["score"] <= 30 < before
     assert "trust score at or below 30" in plugin["reason"]

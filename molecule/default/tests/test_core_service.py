@@ -1,0 +1,244 @@
+"""The packaged core service and the reference plugin on the lab, after site.yml: running,
+sandboxed, reachable only over mutual TLS, calling the plugin for an administrator,
+upgraded one host at a time, and rolled back when a release is broken."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import ROOT, run
+from tests.labhosts import connect, lab_spec, ssh_from_controller
+
+SPEC = lab_spec()
+CORE = [h for h in SPEC.hosts if h.segment == "core"]
+TLS = "/etc/securecore/tls"
+SECURECORE = "/opt/securecore/current/venv/bin/securecore"
+AS_SERVICE = "runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm2.conf"
+CONFIG = "/etc/securecore/securecore.toml"
+OWN_CERTIFICATE = f"--cert {TLS}/client.pem --key {TLS}/client.key"
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    return {h.name: connect(SPEC, h) for h in SPEC.hosts}
+
+
+def readyz(host, address: str, credentials: str = OWN_CERTIFICATE):
+    return host.run(
+        f"curl -sS --max-time 10 --cacert {TLS}/ca.pem {credentials} https://{address}:8443/readyz"
+    )
+
+
+def current_release(host) -> str:
+    return Path(host.check_output("readlink /opt/securecore/current")).name
+
+
+def audit_records(host) -> int:
+    out = host.check_output(f"{AS_SERVICE} {SECURECORE} audit verify -c {CONFIG}")
+    assert "audit log OK" in out, out
+    return int(re.search(r"(\d+) records", out)[1])
+
+
+@pytest.mark.parametrize("name", [h.name for h in CORE])
+def test_the_service_runs_sandboxed_as_its_own_user(hosts, name) -> None:
+    host = hosts[name]
+    service = host.service("securecore")
+    assert service.is_running and service.is_enabled
+    pid = host.check_output("systemctl show -p MainPID --value securecore")
+    assert host.check_output(f"stat -c %U /proc/{pid}") == "securecore"
+    exposure = host.check_output("systemd-analyze security securecore.service --no-pager")
+    level = float(re.search(r"Overall exposure level for [\w.]+: ([\d.]+)", exposure)[1])
+    assert level <= 2.0, exposure
+
+
+@pytest.mark.parametrize("name", [h.name for h in CORE])
+def test_configuration_and_secrets_are_readable_by_the_service_only(hosts, name) -> None:
+    host = hosts[name]
+    for path in (CONFIG, "/etc/securecore/secrets/hsm_user_pin",
+                 "/etc/securecore/secrets/audit_hmac_key"):  # fmt: skip
+        found = host.file(path)
+        assert (found.user, found.group, found.mode) == ("root", "securecore", 0o640), path
+    pin = (SPEC.state_dir / "secrets" / "hsm_user_pin").read_text().strip()
+    assert pin not in host.file(CONFIG).content_string
+    assert pin not in host.check_output("journalctl -u securecore --no-pager -o cat")
+
+
+@pytest.mark.parametrize("name", [h.name for h in CORE])
+def test_installed_offline_from_the_wheelhouse(hosts, name) -> None:
+    host = hosts[name]
+    assert host.file("/opt/securecore/current").is_symlink
+    version = host.check_output(f"{SECURECORE} --version").split()[-1]
+    assert current_release(host).startswith(f"{version}-")
+    assert host.file("/opt/securecore/wheelhouse").is_directory
+
+
+def test_only_mutual_tls_clients_of_the_site_reach_it(hosts) -> None:
+    dmz, address = hosts["dmz-01"], str(CORE[0].address)
+    assert '"status":"ready"' in readyz(dmz, address).stdout
+    assert readyz(dmz, address, credentials="").rc != 0  # no client certificate: no handshake
+    whoami = dmz.run(
+        f"curl -sS --max-time 10 --cacert {TLS}/ca.pem {OWN_CERTIFICATE} "
+        f"https://{address}:8443/v1/whoami"
+    )
+    assert '"spiffe_id":"spiffe://securecore/dmz/dmz-01"' in whoami.stdout, whoami.stdout
+
+
+@pytest.mark.parametrize("name", [h.name for h in CORE])
+def test_the_audit_log_on_the_host_verifies_with_the_hsm_key(hosts, name) -> None:
+    assert audit_records(hosts[name]) >= 1
+
+
+# --- the core calls the plugin ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def admin_client(hosts):
+    """curl on dmz-01 with the lab administrator's certificate (copied for the test only)."""
+    dmz, dmz_spec = hosts["dmz-01"], next(h for h in SPEC.hosts if h.name == "dmz-01")
+    admin = SPEC.state_dir / "admins" / "lab-admin"
+    dmz.check_output("install -d -m 0700 /tmp/lab-admin")
+    for name in ("client.pem", "client.key"):
+        # On stdin, never on a command line.
+        copied = ssh_from_controller(
+            SPEC, dmz_spec, "-i", str(SPEC.ssh_key),
+            command=f"sudo sh -c 'umask 077; cat > /tmp/lab-admin/{name}'",
+            stdin=(admin / name).read_text(),
+        )  # fmt: skip
+        assert copied.returncode == 0, copied.stderr
+    core = f"https://{CORE[0].address}:8443"
+
+    def request(method: str, path: str, token: str | None = None, body: dict | None = None):
+        headers = f"-H 'Authorization: Bearer {token}'" if token else ""
+        data = f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'" if body else ""
+        out = dmz.check_output(
+            f"curl -sS --max-time 20 -X {method} --cacert {TLS}/ca.pem "
+            f"--cert /tmp/lab-admin/client.pem --key /tmp/lab-admin/client.key "
+            f"{headers} {data} -w '\\n%{{http_code}}' {core}{path}"
+        )
+        payload, _, status = out.rpartition("\n")
+        return int(status), json.loads(payload) if payload else None
+
+    yield request
+    dmz.run("rm -rf /tmp/lab-admin")
+
+
+def plugin_record(admin_client) -> dict:
+    status, plugins = admin_client("GET", "/v1/admin/plugins")
+    assert status == 200, plugins
+    return next(p for p in plugins if p["name"] == "plugin-01")
+
+
+def test_the_plugin_is_registered_and_answers_through_the_core(admin_client) -> None:
+    plugin = plugin_record(admin_client)
+    assert plugin["state"] == "active" and plugin["vendor"] == "securecore"
+    status, session = admin_client("POST", "/v1/sessions")
+    assert status == 201, session
+    token = session["access_token"]
+    ticket = {"op": "tickets.create", "args": {"title": "lab drill"}}
+    status, created = admin_client("POST", "/v1/plugins/plugin-01/call", token, ticket)
+    assert status == 200, created
+    assert created["result"]["created_by"] == "admin/lab-admin"
+    listing = {"op": "tickets.list", "args": {}}
+    status, listed = admin_client("POST", "/v1/plugins/plugin-01/call", token, listing)
+    assert status == 200 and any(t["title"] == "lab drill" for t in listed["result"])
+
+
+def test_a_stopped_plugin_loses_success_rate_and_trust(hosts, admin_client) -> None:
+    token = admin_client("POST", "/v1/sessions")[1]["access_token"]
+    before = plugin_record(admin_client)
+    plugin_host = hosts["plugin-01"]
+    plugin_host.check_output("systemctl stop securecore-plugin")
+    try:
+        listing = {"op": "tickets.list", "args": {}}
+        status, answer = admin_client("POST", "/v1/plugins/plugin-01/call", token, listing)
+    finally:
+        plugin_host.check_output("systemctl start securecore-plugin")
+    assert status == 502 and answer["error"]["code"] == "unreachable", answer
+    after = plugin_record(admin_client)
+    assert after["calls"] == before["calls"] + 1 and after["successes"] == before["successes"]
+    assert after["score"] < before["score"]
+
+
+# --- operations playbooks -----------------------------------------------------------------
+
+
+def test_emergency_shutdown_and_recovery_by_playbook(hosts, admin_client) -> None:
+    missing = run("ansible-playbook", "playbooks/emergency-shutdown.yml", check=False)
+    assert missing.returncode != 0 and "give the reason" in missing.stdout
+    run("ansible-playbook", "playbooks/emergency-shutdown.yml", "-e", "reason=lab drill")
+    status, refused = admin_client("POST", "/v1/sessions")
+    assert status == 503 and refused["error"]["code"] == "emergency", refused
+    snapshot = json.loads(hosts["core-01"].file(
+        "/var/lib/securecore/data/emergency/snapshot.json").content_string)  # fmt: skip
+    assert snapshot["reason"].startswith("lab drill") and snapshot["latest_checkpoint"]
+    assert snapshot["actor"].startswith("operator:")
+    assert not hosts["core-02"].file("/var/lib/securecore/data/emergency").exists  # standby
+    run("ansible-playbook", "playbooks/recover.yml", "-e", "note=drill over")
+    assert admin_client("POST", "/v1/sessions")[0] == 201
+
+
+# --- releases -------------------------------------------------------------------------------
+
+
+def build_release(tmp_path: Path, version: str, broken: bool = False) -> Path:
+    """A wheelhouse with securecore VERSION (and, if BROKEN, a service that cannot start)."""
+    source = tmp_path / f"src-{version}"
+    for package in ("securecore", "compliance"):
+        shutil.copytree(ROOT / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    pyproject = source / "pyproject.toml"
+    pyproject.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"',
+                                pyproject.read_text()))  # fmt: skip
+    if broken:
+        serve = source / "securecore" / "server" / "serve.py"
+        serve.write_text(serve.read_text().replace(
+            "    policy, host, port = tls_and_address(config)\n",
+            '    raise RuntimeError("a deliberately broken release")\n', 1,
+        ))  # fmt: skip
+    wheelhouse = tmp_path / f"wheels-{version}"
+    shutil.copytree(ROOT / "output" / "wheelhouse" / "securecore", wheelhouse)
+    for old in wheelhouse.glob("securecore-*.whl"):
+        old.unlink()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+                    str(wheelhouse), str(source)], check=True, capture_output=True)  # fmt: skip
+    return wheelhouse
+
+
+def deploy(wheelhouse: Path, version: str, check: bool = True):
+    return run("ansible-playbook", "playbooks/core.yml", "-e",
+               f"securecore_artifacts_dir={wheelhouse}", "-e", f"securecore_version={version}",
+               check=check, timeout=900)  # fmt: skip
+
+
+def test_a_broken_release_is_rolled_back_on_the_first_host_and_goes_no_further(
+    hosts, tmp_path
+) -> None:
+    before = {h.name: current_release(hosts[h.name]) for h in CORE}
+    proc = deploy(build_release(tmp_path, "0.0.1.post1", broken=True), "0.0.1.post1",
+                  check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert "failed its health check on core-01" in proc.stdout, proc.stdout
+    assert f"rolled back to {before['core-01']}" in proc.stdout
+    assert {h.name: current_release(hosts[h.name]) for h in CORE} == before
+    assert '"status":"ready"' in readyz(hosts["core-01"], str(CORE[0].address)).stdout
+    assert "core-02" not in proc.stdout.split("PLAY RECAP", 1)[1]  # never touched
+
+
+def test_an_upgrade_rolls_through_both_hosts_and_keeps_the_data(hosts, tmp_path) -> None:
+    records = {h.name: audit_records(hosts[h.name]) for h in CORE}
+    deploy(build_release(tmp_path, "9.9.9"), "9.9.9")
+    for h in CORE:
+        host = hosts[h.name]
+        assert current_release(host).startswith("9.9.9-")
+        assert host.check_output(f"{SECURECORE} --version").endswith("9.9.9")
+        assert audit_records(host) >= records[h.name]
+        assert '"status":"ready"' in readyz(host, str(h.address)).stdout
