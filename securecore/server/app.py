@@ -70,6 +70,7 @@ def create_app(
     intrusion: IntrusionResponder | None = None,
     plugins: list[Route] | None = None,
     plugin_view: Callable[[str], tuple[str, frozenset[str]] | None] | None = None,
+    operators: frozenset[str] = frozenset(),
     on_shutdown: Callable[[], None] | None = None,
 ) -> Starlette:
     checks = readiness or {}
@@ -113,8 +114,9 @@ def create_app(
         from securecore.server.policy_middleware import PolicyMiddleware
 
         app.add_middleware(
-            PolicyMiddleware, engine=policy, intrusion=intrusion, plugin_view=plugin_view
-        )
+            PolicyMiddleware, engine=policy, intrusion=intrusion, plugin_view=plugin_view,
+            operators=operators,
+        )  # fmt: skip
     app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer

@@ -29,8 +29,12 @@ class PolicyMiddleware:
         engine: PolicyEngine,
         intrusion: IntrusionResponder | None = None,
         plugin_view: Callable[[str], tuple[str, frozenset[str]] | None] | None = None,
+        operators: frozenset[str] = frozenset(),
     ):
         self.app, self.engine, self.intrusion = app, engine, intrusion
+        # Certificates of local operators (admin_routes.actor_of): like
+        # administrators, they keep the admin API during an emergency shutdown.
+        self.operators = operators
         # A call to a plugin brings the plugin's rate limit and trust stage in.
         self.plugin_view = plugin_view
         self.in_flight, self.capacity = 0, 1000
@@ -50,7 +54,9 @@ class PolicyMiddleware:
             plugin_state=view[0] if view else None,
             trust_actions=view[1] if view else frozenset(),
             load=self.in_flight / self.capacity,
-            operator=bool(principal and principal.kind == "admin")
+            operator=bool(
+                principal and (principal.kind == "admin" or principal.fingerprint in self.operators)
+            )
             and scope["path"].startswith("/v1/admin/"),
         )
         decision = await self.engine.decide_async(context)

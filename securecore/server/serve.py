@@ -152,8 +152,9 @@ def build_server(
             "sessions": len(sessions.list_live()),
         }  # fmt: skip
 
+    operators = frozenset({own_certificate_fingerprint(plugin_client_policy(config, policy))})
     admin = AdminActions(
-        operators=frozenset({own_certificate_fingerprint(plugin_client_policy(config, policy))}),
+        operators=operators,
         audit=audit.append,
         sessions=sessions,
         policy_state=policy_state,
@@ -172,6 +173,7 @@ def build_server(
         intrusion=intrusion,
         plugins=plugin_routes(registry, caller, sessions, audit.append),
         plugin_view=registry.policy_view,
+        operators=operators,
         # An own log writes what is queued and a final signed checkpoint; a
         # worker's connection to the supervisor's writer just ends.
         on_shutdown=audit.close,

@@ -93,6 +93,10 @@ def test_the_services_own_certificate_acts_as_a_named_local_operator(server) -> 
     exported = admin(server, "audit", "export").stdout
     assert '"actor":"operator:alice@core/localhost"' in exported
     assert '"action":"acl.block"' in exported
+    # Like an administrator, the local operator keeps the admin API in an emergency.
+    operator = with_certificate(server, "core")
+    admin(server, "emergency-shutdown", "--reason", "operator drill", "--tls-policy", operator)
+    admin(server, "recover", "--note", "operator drill over", "--tls-policy", operator)
 
 
 def test_every_operator_action_is_in_the_audit_log(server) -> None:
