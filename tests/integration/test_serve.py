@@ -136,8 +136,8 @@ def test_a_session_can_be_ended_by_its_holder(server) -> None:
     assert status == 401 and error["error"]["code"] == "revoked"
 
 
-def test_metrics_are_prometheus_text_with_the_alerted_series(server) -> None:
-    get(server, "/v1/whoami")
+def scrape(server) -> tuple[http.client.HTTPResponse, str]:
+    """GET /metrics with the admin certificate: the response and its text."""
     connection = http.client.HTTPSConnection(
         "127.0.0.1", server["port"], context=context(server["tls"]), timeout=10
     )
@@ -145,6 +145,12 @@ def test_metrics_are_prometheus_text_with_the_alerted_series(server) -> None:
     response = connection.getresponse()
     text = response.read().decode()
     connection.close()
+    return response, text
+
+
+def test_metrics_are_prometheus_text_with_the_alerted_series(server) -> None:
+    get(server, "/v1/whoami")
+    response, text = scrape(server)
     assert response.status == 200 and response.getheader("Content-Type").startswith("text/plain")
     assert 'securecore_requests_total{method="GET",route="/v1/whoami",status="200"}' in text
     assert 'securecore_policy_decisions_total{outcome="allowed",stage="rate_limit"}' in text

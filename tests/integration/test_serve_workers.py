@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ import pytest
 
 from tests.devserver import dev_server
 from tests.integration.test_audit_cli import securecore
-from tests.integration.test_serve import call, context
+from tests.integration.test_serve import call, scrape
 from tests.integration.test_serve_policy import whoami
 
 POLICY = """
@@ -48,13 +47,7 @@ def test_a_block_made_through_one_worker_holds_in_every_worker(server) -> None:
 
 
 def test_metrics_add_up_every_worker(server) -> None:
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", server["port"], context=context(server["tls"]), timeout=10
-    )
-    connection.request("GET", "/metrics")
-    response = connection.getresponse()
-    text = response.read().decode()
-    connection.close()
+    response, text = scrape(server)
     assert response.status == 200
     counted = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
