@@ -6,14 +6,19 @@ A backup is two files in the backup directory:
   securecore-backup-TIME.manifest.json  what is inside (SHA-256 and size of every file,
                                         audit log size), the archive's SHA-256, signed
                                         with the HSM signing key
-The archive holds a consistent copy of the audit database made with SQLite's
-online backup API while the service runs, the audit witness (leaf hashes and
-checkpoints) and the configuration file.
+The archive holds consistent copies, made with SQLite's online backup API
+while the service runs, of the audit database and of the state databases
+(sessions, plugin registry with its wrapped channel keys, policy state), the
+audit witness (leaf hashes and checkpoints) and the configuration file.
+(With the PostgreSQL backends those are backed up with PostgreSQL's tools.)
 
-Restore checks everything first - the manifest's signature, the archive's
-hash, the envelope, every file's hash, and the audit log of the restored copy
-- and replaces nothing unless all of it holds. The state it replaces is kept
-next to it (`*.pre-restore-TIME`).
+Every backup is checked as a restore would check it before `securecore
+backup` reports it written (`verify_backup`): the manifest's signature, the
+archive's hash, the envelope, every file's hash, and the audit log of the
+unpacked copy. Restore checks all of it again and replaces nothing unless
+all of it holds. The state it replaces is kept in the data directory
+(`pre-restore-TIME/`). `prune_backups` keeps the retention (seed 001 8.2:
+full backups 30 days), never removing the newest backup.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from securecore.audit.store import SQLiteAuditStore
 from securecore.config import Config
 from securecore.crypto.envelope import Envelope, EnvelopeError, open_envelope, seal
 from securecore.keys.base import KeyRing
+from securecore.state_db import STATE_ROLES, sqlite_path
 
 FORMAT = "securecore-backup/1"
 
@@ -74,6 +80,12 @@ def create_backup(config: Config, ring: KeyRing, directory: str | Path | None = 
             source.backup(destination)
         audit_size = SQLiteAuditStore(copy).size()
         members = {"audit.db": copy.read_bytes(), "config.toml": config.path.read_bytes()}
+        for name, path in _state_databases(config).items():
+            if path.exists():
+                state_copy = Path(scratch) / name
+                with sqlite3.connect(path) as source, sqlite3.connect(state_copy) as destination:
+                    source.backup(destination)
+                members[f"state/{name}"] = state_copy.read_bytes()
         for path in sorted(witness.rglob("*")):
             if path.is_file() and not path.name.endswith(".tmp"):
                 members[f"witness/{path.relative_to(witness)}"] = path.read_bytes()
@@ -104,6 +116,32 @@ def create_backup(config: Config, ring: KeyRing, directory: str | Path | None = 
     manifest_path = target / f"securecore-backup-{backup_id}.manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest_path
+
+
+def _state_databases(config: Config) -> dict[str, Path]:
+    """The SQLite state databases (sessions, plugins, policy) by file name; none on PostgreSQL."""
+    if config.get("state", "backend") != "sqlite":
+        return {}
+    return {f"{role}.db": sqlite_path(config, role) for role in STATE_ROLES}
+
+
+def _set_aside(path: Path, kept: Path) -> None:
+    """The database PATH, with its WAL and shared-memory files (SQLite pairs them by
+    name, so the kept copy stays openable), moved into the directory KEPT."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        if path.with_name(name).exists():
+            shutil.move(path.with_name(name), kept / name)
+
+
+def _replace_contents(directory: Path, restored: Path, kept: Path) -> None:
+    """DIRECTORY's files moved into KEPT and RESTORED's moved in: the directory itself
+    stays (its parent need not be writable by the service, nor on the same disk)."""
+    kept.mkdir(mode=0o700)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    for child in sorted(directory.iterdir()):
+        shutil.move(child, kept / child.name)
+    for child in sorted(restored.iterdir()):
+        shutil.move(child, directory / child.name)
 
 
 def _checked_members(manifest_path: Path, ring: KeyRing) -> tuple[dict, dict[str, bytes]]:
@@ -153,36 +191,74 @@ def _checked_members(manifest_path: Path, ring: KeyRing) -> tuple[dict, dict[str
     return manifest, members
 
 
+def _unpacked(manifest_path: Path, ring: KeyRing, directory: Path) -> dict:
+    """Every check of the backup, its files written into DIRECTORY, and the unpacked
+    audit log verified with the signing keys; the manifest, or BackupError."""
+    manifest, members = _checked_members(manifest_path, ring)
+    for name, data in members.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o600)
+    store = SQLiteAuditStore(directory / "audit.db")
+    try:
+        result = verify_log(store, directory / "witness", signing_public_keys(ring))
+    finally:
+        store.close()
+    if not result.ok:
+        raise BackupError(f"{manifest_path}: the backed-up audit log fails: {result.problem}")
+    return manifest
+
+
+def verify_backup(ring: KeyRing, manifest_path: str | Path) -> dict:
+    """All the checks a restore makes, replacing nothing: {"id", "audit_records", "files"}."""
+    with tempfile.TemporaryDirectory(prefix="securecore-verify-") as scratch:
+        manifest = _unpacked(Path(manifest_path), ring, Path(scratch))
+    return {"id": manifest["id"], "audit_records": manifest["audit_records"],
+            "files": sorted(manifest["files"])}  # fmt: skip
+
+
 def restore_backup(config: Config, ring: KeyRing, manifest_path: str | Path) -> dict:
-    manifest, members = _checked_members(Path(manifest_path), ring)
     database = Path(config.get("audit", "database"))
     witness = Path(config.get("audit", "witness_dir"))
     staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=database.parent))
     try:
-        for name, data in members.items():
-            path = staging / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            path.chmod(0o600)
-        store = SQLiteAuditStore(staging / "audit.db")
-        try:
-            result = verify_log(store, staging / "witness", signing_public_keys(ring))
-        finally:
-            store.close()
-        if not result.ok:
-            raise BackupError(f"{manifest_path}: the backed-up audit log fails: {result.problem}")
+        manifest = _unpacked(Path(manifest_path), ring, staging)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        kept = f"{database.name}.pre-restore-{stamp}"
-        # The old WAL and shared-memory files go with the old database, under
-        # names SQLite pairs with it, so the kept copy stays openable.
-        for suffix in ("-wal", "-shm"):
-            sidecar = database.with_name(database.name + suffix)
-            if sidecar.exists():
-                sidecar.rename(database.with_name(kept + suffix))
-        for current, restored in ((database, staging / "audit.db"), (witness, staging / "witness")):
-            if current.exists():
-                current.rename(current.with_name(f"{current.name}.pre-restore-{stamp}"))
+        kept = database.parent / f"pre-restore-{stamp}"
+        kept.mkdir(mode=0o700)
+        databases = [(database, staging / "audit.db")]
+        # A backup made before the state databases were in it leaves them as they are.
+        for name, current in _state_databases(config).items():
+            if (staging / "state" / name).exists():
+                databases.append((current, staging / "state" / name))
+        for current, restored in databases:
+            _set_aside(current, kept)
             restored.rename(current)
+        _replace_contents(witness, staging / "witness", kept / "witness")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"id": manifest["id"], "audit_records": manifest["audit_records"]}
+    return {"id": manifest["id"], "audit_records": manifest["audit_records"],
+            "state": sorted(n for n in manifest["files"] if n.startswith("state/"))}  # fmt: skip
+
+
+def prune_backups(directory: str | Path, keep_days: int) -> list[str]:
+    """Remove backups created more than KEEP_DAYS ago (never the newest); their ids."""
+    directory = Path(directory)
+    manifests = []
+    for path in directory.glob("securecore-backup-*.manifest.json"):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            created = datetime.datetime.fromisoformat(manifest["created"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours to judge: left alone
+        manifests.append((created, path, manifest))
+    manifests.sort(key=lambda item: item[0])
+    cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=keep_days)
+    removed = []
+    for created, path, manifest in manifests[:-1]:
+        if created < cutoff:
+            (directory / Path(str(manifest.get("archive", ""))).name).unlink(missing_ok=True)
+            path.unlink()
+            removed.append(manifest.get("id", path.name))
+    return removed

@@ -148,11 +148,11 @@ def _softhsm_token(base: Path) -> str:
     )
 
 
-def _development_pki(tls: Path) -> None:
-    """A one-level development CA: a server certificate for localhost and an admin client."""
+def development_ca(name: str = "SecureCore Development CA"):
+    """A one-level development CA: (certificate, private key)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SecureCore Development CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -168,9 +168,13 @@ def _development_pki(tls: Path) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
-    (tls / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return ca, ca_key
+
+
+def development_leaves() -> dict[str, tuple[str, list, list]]:
+    """name -> (common name, extended key usages, subject alternative names)."""
     localhost = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    leaves = {
+    return {
         "server": ("localhost", [ExtendedKeyUsageOID.SERVER_AUTH], localhost),
         "admin": (
             "admin",
@@ -190,35 +194,50 @@ def _development_pki(tls: Path) -> None:
             [*localhost, x509.UniformResourceIdentifier("spiffe://securecore/plugin/example")],
         ),
     }
-    for name, (common_name, usages, sans) in leaves.items():
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=180))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            # OpenSSL's strict verification (the TLS policy sets it) wants both.
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-            )
-            .sign(ca_key, hashes.SHA256())
+
+
+def issue_development_leaf(tls: Path, name: str, ca, ca_key) -> None:
+    """TLS/NAME.pem and NAME.key (0600), issued by CA, as development_leaves() describes."""
+    common_name, usages, sans = development_leaves()[name]
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=180))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        # OpenSSL's strict verification (the TLS policy sets it) wants both.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )
-        (tls / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_private(
-            tls / f"{name}.key",
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    # Written beside, then renamed: a re-issue replaces the key in one step.
+    _write_private(
+        tls / f"{name}.key.new",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    (tls / f"{name}.key.new").replace(tls / f"{name}.key")
+    (tls / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _development_pki(tls: Path) -> None:
+    """A development CA, a server certificate for localhost, admin, core and plugin clients."""
+    ca, ca_key = development_ca()
+    (tls / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for name in development_leaves():
+        issue_development_leaf(tls, name, ca, ca_key)
     # The development CA keeps no CRL, so the policy does not check one.
     policy = {
         "ca_file": str(tls / "ca.pem"),

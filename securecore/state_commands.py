@@ -6,22 +6,42 @@ import argparse
 
 from securecore import config as configuration
 from securecore.audit.factory import open_audit_log
-from securecore.backup import create_backup, restore_backup
+from securecore.backup import create_backup, prune_backups, restore_backup, verify_backup
 from securecore.emergency import write_emergency_snapshot
 from securecore.keys.factory import open_key_ring
 
 
+def _days(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a whole number of days, at least 1")
+    return int(value)
+
+
 def _backup(args: argparse.Namespace) -> int:
     config = configuration.load(args.config)
-    manifest = create_backup(config, open_key_ring(config), args.output)
+    ring = open_key_ring(config)
+    manifest = create_backup(config, ring, args.output)
+    checked = verify_backup(ring, manifest)  # as a restore would check it
     print(f"backup written: {manifest}")
+    print(f"backup verified: {checked['audit_records']} audit records, "
+          f"{len(checked['files'])} files")  # fmt: skip
+    if args.keep_days is not None:
+        for removed in prune_backups(manifest.parent, args.keep_days):
+            print(f"backup removed (older than {args.keep_days} days): {removed}")
     return 0
 
 
 def _restore(args: argparse.Namespace) -> int:
     config = configuration.load(args.config)
-    restored = restore_backup(config, open_key_ring(config), args.manifest)
-    print(f"restored backup {restored['id']}: {restored['audit_records']} audit records")
+    ring = open_key_ring(config)
+    if args.verify_only:
+        checked = verify_backup(ring, args.manifest)
+        print(f"backup {checked['id']} verified: {checked['audit_records']} audit records, "
+              f"{len(checked['files'])} files; nothing was replaced")  # fmt: skip
+        return 0
+    restored = restore_backup(config, ring, args.manifest)
+    state = ", ".join(restored["state"]) or "no state databases"
+    print(f"restored backup {restored['id']}: {restored['audit_records']} audit records, {state}")
     return 0
 
 
@@ -41,6 +61,10 @@ def add_parsers(commands) -> None:
     backup = commands.add_parser("backup", help="encrypted, signed online backup of the state")
     backup.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
     backup.add_argument("-o", "--output", help="directory (default: [backup] directory)")
+    backup.add_argument(
+        "--keep-days", type=_days, metavar="DAYS",
+        help="then remove backups older than DAYS from the directory (never the newest)",
+    )  # fmt: skip
     backup.set_defaults(handler=_backup)
 
     restore = commands.add_parser(
@@ -48,6 +72,10 @@ def add_parsers(commands) -> None:
     )
     restore.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
     restore.add_argument("manifest", help="the backup's .manifest.json")
+    restore.add_argument(
+        "--verify-only", action="store_true",
+        help="make every check a restore makes and replace nothing (the service may run)",
+    )  # fmt: skip
     restore.set_defaults(handler=_restore)
 
     emergency = commands.add_parser(

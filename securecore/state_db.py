@@ -161,5 +161,12 @@ def open_state(config, role: str) -> StateDatabase:
     # crash of the process, not of the machine) because blocks and modes are
     # also in the audit log; sessions and plugins are fsynced on every commit.
     synchronous = "NORMAL" if role == "policy" else "FULL"
-    data_dir = Path(config.get("service", "data_dir"))
-    return StateDatabase.sqlite(data_dir / f"{role}.db", synchronous=synchronous)
+    return StateDatabase.sqlite(sqlite_path(config, role), synchronous=synchronous)
+
+
+STATE_ROLES = ("sessions", "plugins", "policy")
+
+
+def sqlite_path(config, role: str) -> Path:
+    """Where the SQLite backend keeps ROLE's state (the service's data directory)."""
+    return Path(config.get("service", "data_dir")) / f"{role}.db"

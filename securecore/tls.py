@@ -169,3 +169,35 @@ class TLSPolicy:
                 f"{self.source}: {cert_key} = {cert} with {key_key} = {key}: cannot load them "
                 f"({error})"
             ) from error
+
+
+class ReloadableServerContext:
+    """A server context whose certificate, key, CA and CRL can be read again while serving.
+
+    Every handshake starts on `context`; its SNI callback - which OpenSSL calls
+    for every ClientHello, with a server name or without - moves the
+    connection to the newest context. So a reload (after a key rotation, a
+    renewal or a new CRL) applies to the next handshake and never touches an
+    established connection, and nothing stops listening. A reload that fails
+    (a half-written file, a key that does not match) leaves the current
+    context serving and raises TLSPolicyError.
+
+    The protocol versions and the verification flags come from the entry
+    context: changing those in the policy needs a restart.
+    """
+
+    def __init__(self, policy_file: str | Path) -> None:
+        self.policy_file = Path(policy_file)
+        self.policy = TLSPolicy.from_file(self.policy_file)
+        self.current = self.policy.server_context()
+        self.context = self.policy.server_context()
+        self.context.sni_callback = self._newest
+
+    def _newest(self, ssl_object: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        ssl_object.context = self.current
+
+    def reload(self) -> TLSPolicy:
+        policy = TLSPolicy.from_file(self.policy_file)
+        self.current = policy.server_context()
+        self.policy = policy
+        return policy

@@ -104,8 +104,12 @@ class KeyRing:
             raise KeyStoreError(f"no version of key {name} exists")
         return key_id(name, versions[-1])
 
-    def sign(self, data: bytes) -> tuple[str, bytes]:
-        kid = self.current(self.signing_key)
+    def sign(self, data: bytes, kid: str | None = None) -> tuple[str, bytes]:
+        """Signed with the newest signing key, or with KID while the ring accepts it."""
+        if kid is None:
+            kid = self.current(self.signing_key)
+        elif parse_key_id(kid)[0] != self.signing_key or not self.accepts(kid):
+            raise KeyStoreError(f"{kid} is not a signing key this ring accepts")
         digest = hashes.Hash(hashes.SHA256())
         digest.update(data)
         return kid, self.backend.sign_digest(kid, digest.finalize())

@@ -8,6 +8,10 @@ Routes (only the core's certificate, spiffe://securecore/core/..., may call):
   GET  /healthz                liveness, for the core's probe and monitoring
 A request that does not verify (signature, freshness, replay, key) is
 refused with 400 and a JSON error naming why; it is never handled.
+
+SIGHUP reads the TLS certificate, key, CA and CRL again while serving (after
+a rotation); channels set up before it keep answering with the key the core
+pinned for them until the plugin registers again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import ssl
 import threading
 from collections.abc import Callable
@@ -36,6 +41,8 @@ from securecore.crypto.channel import (
     MessageError,
     Opened,
     ReplayGuard,
+    Signer,
+    certificate_kid,
     certificate_signer,
     open_message,
     public_keys_verifier,
@@ -44,7 +51,7 @@ from securecore.crypto.channel import (
 from securecore.server.identity import IdentityError, principal_from_scope
 from securecore.server.logs import log_config
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
-from securecore.tls import TLSPolicy
+from securecore.tls import ReloadableServerContext, TLSPolicy, TLSPolicyError
 
 CORE = "core"
 PING = "securecore.ping"
@@ -85,13 +92,20 @@ class ChannelKeys:
     def core_keys(self) -> dict[str, str]:
         return dict(self._data["core_keys"])
 
-    def store(self, kid: str, key: bytes, core_keys: dict[str, str]) -> None:
+    def signer_kid(self, kid: str) -> str | None:
+        """Which of the plugin's certificates answers on channel KID (the one the
+        core pinned when it set the channel up)."""
+        return self._data.get("signers", {}).get(kid)
+
+    def store(self, kid: str, key: bytes, core_keys: dict[str, str], signer_kid: str) -> None:
         with self._lock:
             data = json.loads(json.dumps(self._data))
             data["keys"][kid] = base64.b64encode(key).decode()
+            data.setdefault("signers", {})[kid] = signer_kid
             data["order"] = [k for k in data["order"] if k != kid] + [kid]
             for old in data["order"][:-KEPT_CHANNEL_KEYS]:
                 del data["keys"][old]
+                data["signers"].pop(old, None)
             data["order"] = data["order"][-KEPT_CHANNEL_KEYS:]
             data["core_keys"] = core_keys
             temporary = self.path.with_suffix(".tmp")
@@ -119,14 +133,34 @@ class PluginServer:
         trust_domain: str = "securecore",
     ) -> None:
         self.name, self.handlers, self.trust_domain = name, dict(handlers), trust_domain
-        self.policy = TLSPolicy.from_file(tls_policy)
-        if not (self.policy.server_certificate and self.policy.server_key):
-            raise ValueError(f"{tls_policy}: a plugin needs server_certificate and server_key")
-        certificate = Path(self.policy.server_certificate).read_text(encoding="utf-8")
-        self.sign = certificate_signer(Path(self.policy.server_key).read_bytes(), certificate)
+        self.tls = ReloadableServerContext(tls_policy)
+        # Answers are signed with the key of the certificate the core pinned for
+        # the channel; after a reload the earlier key stays in memory for the
+        # channels set up with it, until the plugin registers again.
+        self.signers: dict[str, Signer] = {}
+        self._use_certificate(self.tls.policy)
         self.channel = ChannelKeys(state_dir)
         self.guard = ReplayGuard()
         self.address = f"plugin/{name}"
+
+    def _use_certificate(self, policy: TLSPolicy) -> None:
+        if not (policy.server_certificate and policy.server_key):
+            raise TLSPolicyError(
+                f"{policy.source}: a plugin needs server_certificate and server_key"
+            )
+        certificate = Path(policy.server_certificate).read_text(encoding="utf-8")
+        self.sign = certificate_signer(Path(policy.server_key).read_bytes(), certificate)
+        self.signer_kid = certificate_kid(certificate)
+        self.signers[self.signer_kid] = self.sign
+
+    def reload(self) -> None:
+        """SIGHUP: the certificate, key, CA and CRL read again; connections stay."""
+        try:
+            self._use_certificate(self.tls.reload())
+        except (TLSPolicyError, OSError, ValueError) as error:
+            log.error("TLS reload failed, the current certificate stays: %s", error)
+            return
+        log.info("TLS reloaded: answering new channels as %s", self.signer_kid)
 
     # --- the ASGI application ---------------------------------------------------------
 
@@ -147,7 +181,7 @@ class PluginServer:
                 public_keys_verifier(core_keys)  # every key must load
             except (ValueError, KeyError, TypeError, AttributeError) as error:
                 return _refuse(400, "bad_channel", f"channel setup refused: {error}")
-            await anyio.to_thread.run_sync(self.channel.store, kid, key, core_keys)
+            await anyio.to_thread.run_sync(self.channel.store, kid, key, core_keys, self.signer_kid)
             log.info("channel key %s received from the core", kid)
             return Response(status_code=204)
 
@@ -179,9 +213,10 @@ class PluginServer:
         """The sealed answer to REQUEST: encrypted with its channel key, signed, bound
         to its id. (A test double overrides this to misbehave.)"""
         kid = request.header["kid"]
+        sign = self.signers.get(self.channel.signer_kid(kid) or "", self.sign)
         return seal_message(
             self.channel.key(kid) or b"", kid, sender=self.address,
-            recipient=request.header["from"], payload=answer, sign=self.sign,
+            recipient=request.header["from"], payload=answer, sign=sign,
             reply_to=request.header["id"],
         )  # fmt: skip
 
@@ -218,13 +253,14 @@ class PluginServer:
     def server(self, host: str, port: int) -> uvicorn.Server:
         settings = uvicorn.Config(
             self.app(), host=host, port=port, http=TLSScopeHttpToolsProtocol, loop="uvloop",
-            ssl_context_factory=lambda _config, _default: self.policy.server_context(),
+            ssl_context_factory=lambda _config, _default: self.tls.context,
             log_config=log_config(), server_header=False, proxy_headers=False,
             timeout_graceful_shutdown=10,
         )  # fmt: skip
         return uvicorn.Server(settings)
 
     def run(self, host: str, port: int) -> None:
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload())
         self.server(host, port).run()
 
 

@@ -40,7 +40,7 @@ from securecore.crypto.channel import (
     seal_message,
 )
 from securecore.crypto.envelope import Envelope, open_envelope, seal
-from securecore.keys.base import KeyRing, key_id
+from securecore.keys.base import KeyRing, key_id, parse_key_id
 from securecore.tls import TLSPolicy
 
 CORE_ADDRESS = "core"
@@ -61,6 +61,9 @@ class Channel:
     kid: str
     wrapped_key: str  # an envelope (securecore.crypto.envelope), base64
     certificate: str  # the endpoint's certificate (PEM), pinned at registration
+    # The core's signing key version the plugin was given: calls stay signed with
+    # it through its grace period after a rotation, until the plugin registers again.
+    core_kid: str | None = None
 
 
 def _context(name: str, kid: str) -> bytes:
@@ -70,10 +73,14 @@ def _context(name: str, kid: str) -> bytes:
 class PluginCaller:
     def __init__(self, policy: TLSPolicy, ring: KeyRing, timeout: float = 5.0) -> None:
         self.ring, self.timeout = ring, timeout
-        self.context = policy.client_context()
+        self.use(policy)
         self.guard = ReplayGuard()
         self._keys: dict[str, bytes] = {}  # unwrapped channel keys, by kid
         self._lock = threading.Lock()
+
+    def use(self, policy: TLSPolicy) -> None:
+        """Call plugins with POLICY's client certificate from now on (after a reload)."""
+        self.context = policy.client_context()
 
     # --- transport --------------------------------------------------------------------
 
@@ -129,9 +136,9 @@ class PluginCaller:
         started = time.perf_counter()
         kid = f"{name}-{uuid.uuid4().hex[:12]}"
         key = new_channel_key()
+        core_keys = self.core_public_keys()
         status, answer, peer = self._exchange(endpoint, "PUT", "/securecore/v1/channel", {
-            "kid": kid, "key": base64.b64encode(key).decode(),
-            "core_keys": self.core_public_keys(),
+            "kid": kid, "key": base64.b64encode(key).decode(), "core_keys": core_keys,
         })  # fmt: skip
         if status != 204:
             raise PluginCallError("channel_refused", f"{endpoint} refused the channel: {answer}")
@@ -142,7 +149,8 @@ class PluginCaller:
             x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
         )
         wrapped = seal(self.ring, key, _context(name, kid)).to_bytes()
-        channel = Channel(kid, base64.b64encode(wrapped).decode(), certificate)
+        newest = max(core_keys, key=lambda k: parse_key_id(k)[1])
+        channel = Channel(kid, base64.b64encode(wrapped).decode(), certificate, newest)
         with self._lock:
             self._keys[kid] = key
         challenge = secrets.token_hex(16)
@@ -171,6 +179,12 @@ class PluginCaller:
                 self._keys[channel.kid] = key
         return key
 
+    def _signer(self, channel: Channel):
+        kid = channel.core_kid
+        if kid and self.ring.accepts(kid):
+            return lambda data: self.ring.sign(data, kid=kid)
+        return self.ring.sign
+
     def call(
         self,
         name: str,
@@ -184,7 +198,7 @@ class PluginCaller:
         key = self._key(name, channel)
         request = seal_message(
             key, channel.kid, sender=CORE_ADDRESS, recipient=f"plugin/{name}",
-            payload={"op": op, "args": args, "caller": caller}, sign=self.ring.sign,
+            payload={"op": op, "args": args, "caller": caller}, sign=self._signer(channel),
         )  # fmt: skip
         status, answer, _ = self._exchange(endpoint, "POST", "/securecore/v1/call", request)
         if status != 200:

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS plugins (
     score INTEGER NOT NULL DEFAULT 0,
     channel_kid TEXT,
     channel_key TEXT,            -- wrapped by the HSM key-encryption key
-    endpoint_certificate TEXT    -- pinned at registration (PEM)
+    endpoint_certificate TEXT,   -- pinned at registration (PEM)
+    channel_core_kid TEXT        -- the core signing key version the plugin was given
 );
 CREATE TABLE IF NOT EXISTS trust_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order of the history
@@ -97,7 +98,7 @@ class Registration:
 
 ProbeResult = dict[str, Any]
 Probe = Callable[[str, str], ProbeResult]  # (plugin name, endpoint) -> result
-CHANNEL_COLUMNS = ("channel_kid", "channel_key", "endpoint_certificate")
+CHANNEL_COLUMNS = ("channel_kid", "channel_key", "endpoint_certificate", "channel_core_kid")
 AuditHook = Callable[[str, str, str, str, dict[str, Any]], Any]
 
 
@@ -165,14 +166,17 @@ class PluginRegistry:
         state = "suspended" if "suspend" in assessment.actions else "active"
         channel = probe.get("channel")
         channel_values = (
-            (channel.kid, channel.wrapped_key, channel.certificate) if channel else (None,) * 3
+            (channel.kid, channel.wrapped_key, channel.certificate, channel.core_kid)
+            if channel
+            else (None,) * 4
         )
         with self._lock:
             self._db.execute(
                 "INSERT INTO plugins (name, vendor, endpoint, security_level, state, reason, "
                 "registered_at, certificate_fingerprint, violations, score, channel_kid, "
-                "channel_key, endpoint_certificate) "
-                "VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "channel_key, endpoint_certificate, channel_core_kid) "
+                "VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET "
                 "vendor = excluded.vendor, endpoint = excluded.endpoint, "
                 "security_level = excluded.security_level, "
                 # A suspended plugin stays suspended when it registers again (with a
@@ -183,7 +187,8 @@ class PluginRegistry:
                 "certificate_fingerprint = excluded.certificate_fingerprint, "
                 "violations = excluded.violations, score = excluded.score, "
                 "channel_kid = excluded.channel_kid, channel_key = excluded.channel_key, "
-                "endpoint_certificate = excluded.endpoint_certificate",
+                "endpoint_certificate = excluded.endpoint_certificate, "
+                "channel_core_kid = excluded.channel_core_kid",
                 (request.name, request.vendor, request.endpoint, request.security_level, state,
                  self.clock(), principal.fingerprint, history, assessment.score,
                  *channel_values),
@@ -350,13 +355,14 @@ class PluginRegistry:
 
         with self._lock:
             row = self._db.execute(
-                "SELECT state, endpoint, channel_kid, channel_key, endpoint_certificate "
-                "FROM plugins WHERE name = ?", (name,),
+                "SELECT state, endpoint, channel_kid, channel_key, endpoint_certificate, "
+                "channel_core_kid FROM plugins WHERE name = ?", (name,),
             ).fetchone()  # fmt: skip
         if row is None:
             raise KeyError(name)
-        state, endpoint, kid, wrapped, certificate = row
-        return state, endpoint, kid, Channel(kid, wrapped, certificate) if kid else None
+        state, endpoint, kid, wrapped, certificate, core_kid = row
+        channel = Channel(kid, wrapped, certificate, core_kid) if kid else None
+        return state, endpoint, kid, channel
 
     def get(self, name: str) -> dict[str, Any] | None:
         with self._lock:

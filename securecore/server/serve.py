@@ -8,6 +8,12 @@ worker processes that share that socket; limits, blocks, sessions and the
 registry are shared through the data directory. A worker that dies is
 started again; SIGTERM stops the workers gracefully, then writes the last
 audit records and a final signed checkpoint.
+
+SIGHUP (`systemctl reload securecore`) reads the TLS policy's certificates,
+keys, CA and CRL again without closing the listening socket or any
+connection (securecore.tls.ReloadableServerContext); a supervisor passes it
+on to its workers. HSM key versions need no reload: the key ring asks the
+token for the newest version on every use.
 """
 
 from __future__ import annotations
@@ -51,9 +57,10 @@ from securecore.server.plugin_routes import plugin_routes
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.sessions.manager import SessionManager
 from securecore.state_db import open_state
-from securecore.tls import TLSPolicy
+from securecore.tls import ReloadableServerContext, TLSPolicy, TLSPolicyError
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+log = logging.getLogger("securecore.serve")
 
 
 def load_policy(config: configuration.Config) -> Policy:
@@ -105,6 +112,7 @@ def build_server(
 ) -> uvicorn.Server:
     """The service; AUDIT is the supervisor's writer when this is one of several workers."""
     policy, host, port = tls_and_address(config)
+    tls = ReloadableServerContext(config.get("tls", "policy"))
     ring = open_key_ring(config)
 
     def audit_store() -> None:
@@ -152,7 +160,8 @@ def build_server(
             "sessions": len(sessions.list_live()),
         }  # fmt: skip
 
-    operators = frozenset({own_certificate_fingerprint(plugin_client_policy(config, policy))})
+    # A set changed in place on reload: the admin routes and the policy hold it.
+    operators = {own_certificate_fingerprint(plugin_client_policy(config, policy))}
     admin = AdminActions(
         operators=operators,
         audit=audit.append,
@@ -184,13 +193,43 @@ def build_server(
         port=port,
         http=TLSScopeHttpToolsProtocol,
         loop="uvloop",
-        ssl_context_factory=lambda _config, _default: policy.server_context(),
+        ssl_context_factory=lambda _config, _default: tls.context,
         log_config=log_config(),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
         proxy_headers=False,  # no header may change who the client is
     )
-    return uvicorn.Server(settings)
+    server = uvicorn.Server(settings)
+
+    def reload_tls() -> None:
+        """SIGHUP: certificates, keys, CA and CRL read again; connections stay."""
+        try:
+            fresh = tls.reload()
+            client_policy = plugin_client_policy(config, fresh)
+            caller.use(client_policy)
+            own = {own_certificate_fingerprint(client_policy)}
+        except (TLSPolicyError, ConfigError, OSError, ValueError) as error:
+            log.error("TLS reload failed, the current certificates stay: %s", error)
+            audit.append("securecore", "service.tls_reload", str(tls.policy_file), "failure",
+                         {"error": str(error)})  # fmt: skip
+            return
+        operators.intersection_update(own)
+        operators.update(own)
+        served = certificate_summary(fresh.server_certificate)
+        log.info("TLS reloaded: serving certificate %s", served["serial"], extra=served)
+        audit.append("securecore", "service.tls_reload", str(tls.policy_file), "success", served)
+
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_tls())
+    return server
+
+
+def certificate_summary(path: str | Path | None) -> dict[str, str]:
+    certificate = x509.load_pem_x509_certificate(Path(str(path)).read_bytes())
+    return {
+        "serial": format(certificate.serial_number, "x"),
+        "not_after": certificate.not_valid_after_utc.isoformat(),
+        "sha256": certificate.fingerprint(hashes.SHA256()).hex(),
+    }
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -199,7 +238,10 @@ def serve(args: argparse.Namespace) -> int:
     if workers < 1:
         raise ConfigError(f"--workers {workers}: at least one worker is needed")
     if workers == 1:
-        build_server(config).run()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # held until handled
+        server = build_server(config)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        server.run()
         return 0
     return supervise(config, workers)
 
@@ -207,7 +249,6 @@ def serve(args: argparse.Namespace) -> int:
 # --- several workers -------------------------------------------------------------------
 
 WORKER_RESTART_PAUSE = 1.0
-log = logging.getLogger("securecore.serve")
 
 
 def _end_with_the_supervisor() -> None:
@@ -226,6 +267,9 @@ def _worker(config_path: str, listening: socket.socket, audit_socket: str) -> No
     _end_with_the_supervisor()
     config = configuration.load(config_path)
     server = build_server(config, audit=RemoteAuditLog(audit_socket))
+    # Started with SIGHUP blocked (see start()): one sent meanwhile is held,
+    # and arrives now that build_server handles it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     server.run(sockets=[listening])
 
 
@@ -254,15 +298,28 @@ def supervise(config: configuration.Config, workers: int) -> int:
             target=_worker, args=(str(config.path), listening, str(writer.path)),
             name="securecore-worker",
         )  # fmt: skip
-        process.start()
+        # A reload must not kill a worker that is still starting (SIGHUP's default
+        # action): the worker inherits the blocked signal and unblocks it when ready.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         return process
 
     def stop(signum, frame) -> None:
         stopping.set()
 
+    def forward_reload(signum, frame) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    processes = [start() for _ in range(workers)]
+    processes: list[multiprocessing.Process] = []
+    signal.signal(signal.SIGHUP, forward_reload)
+    processes.extend(start() for _ in range(workers))
     log.info("supervisor started %d workers", workers, extra={"workers": workers})
     try:
         while not stopping.wait(WORKER_RESTART_PAUSE):

@@ -14,16 +14,26 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from securecore.config import load as load_config
+from securecore.keys.factory import open_key_ring
 from securecore.plugin import PluginError, register_with_core
+from securecore.plugins.registry import PluginRegistry
+from securecore.state_db import open_state
 from tests.devserver import dev_server, free_port, wait_for_port
 from tests.integration.test_admin_commands import admin
 from tests.integration.test_serve import call, context
+from tests.integration.test_tls_reload import file_serial, reload_and_wait, roll_over
+
+
+def plugin_log(server, port: int) -> Path:
+    return server["config"].parent / f"plugin-{port}.log"
 
 
 @contextlib.contextmanager
 def plugin_process(server, command: list[str], port: int):
-    log = (server["config"].parent / f"plugin-{port}.log").open("w")
+    log = plugin_log(server, port).open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_for_port(port), f"the plugin did not start: {command}"
@@ -163,3 +173,49 @@ def test_a_stopped_plugin_drops_its_success_rate_and_trust(server) -> None:
     stopped = registered_plugin(server)
     assert (stopped["calls"], stopped["successes"]) == (2, 1)
     assert stopped["score"] < healthy["score"]
+
+
+def stored_channel(server):
+    """(state, endpoint, kid, Channel) as the core's registry keeps them."""
+    config = load_config(server["config"])
+    registry = PluginRegistry(open_state(config, "plugins"), vendors={},
+                              minimum_security_level=0, probe=lambda *_: {})  # fmt: skip
+    return registry.channel("example")
+
+
+def test_keys_and_certificates_rotate_under_a_registered_plugin_without_a_failed_call(
+    server,
+) -> None:
+    """The core's signing key and every TLS certificate rotate while calls go on;
+    registering again moves the channel to the new keys."""
+    port = free_port()
+    tls = server["tls"]
+    with ticket_store(server, port) as plugin:
+        register(server, port)
+        assert plugin_call(server, server["token"], "tickets.create", {"title": "a"})[0] == 200
+        ring = open_key_ring(load_config(server["config"]))
+        first_core_key = ring.current("securecore-signing")
+        ring.backend.create_version("securecore-signing", "ec_p256")
+        roll_over(tls, "server", "core", "plugin")
+        reload_and_wait(server, "TLS reloaded")
+        reload_and_wait({"process": plugin, "log": plugin_log(server, port)}, "TLS reloaded")
+        channel_file = server["config"].parent / "tickets" / "channel.json"
+
+        # Old channel: the core signs with the key the plugin was given, the plugin
+        # answers with the key the core pinned - both kept through the rotation.
+        status, answer = plugin_call(server, server["token"], "tickets.create", {"title": "b"})
+        assert status == 200, answer
+        assert registered_plugin(server)["state"] == "active"
+
+        register(server, port)  # the deploy-time step rotate-keys.yml repeats
+        state, _, _, channel = stored_channel(server)
+        assert state == "active" and channel.core_kid == ring.current("securecore-signing")
+        assert channel.core_kid != first_core_key
+        pinned = x509.load_pem_x509_certificate(channel.certificate.encode())
+        assert pinned.serial_number == file_serial(tls / "plugin.pem")
+        signers = json.loads(channel_file.read_text())["signers"]
+        assert len(set(signers.values())) == 2  # answers on the new channel use the new key
+        status, answer = plugin_call(server, server["token"], "tickets.list", {})
+        assert status == 200 and len(answer["result"]) == 2
+    plugin_row = registered_plugin(server)
+    assert plugin_row["calls"] == plugin_row["successes"] == 3

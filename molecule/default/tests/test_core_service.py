@@ -4,12 +4,14 @@ upgraded one host at a time, and rolled back when a release is broken."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -213,6 +215,133 @@ def test_emergency_shutdown_and_recovery_by_playbook(hosts, admin_client) -> Non
     assert not hosts["core-02"].file("/var/lib/securecore/data/emergency").exists  # standby
     run("ansible-playbook", "playbooks/recover.yml", "-e", '{"note": "drill over"}')
     assert admin_client("POST", "/v1/sessions")[0] == 201
+
+
+# Requests every 0.2 s from dmz-01 while a playbook runs: readiness, and a call through the
+# core to the plugin with a session made before; each answer's status and the fingerprint of
+# the certificate the core presented. Bounded by SECONDS and ended early by the STOP file.
+TRAFFIC = """
+import hashlib, http.client, json, os, ssl, sys, time
+a = json.loads(sys.argv[1])
+ctx = ssl.create_default_context(cafile=a["ca"])
+ctx.load_cert_chain(a["cert"], a["key"])
+seen = {"requests": 0, "failures": [], "certificates": []}
+call = json.dumps({"op": "tickets.list", "args": {}})
+deadline = time.monotonic() + a["seconds"]
+while time.monotonic() < deadline and not os.path.exists(a["stop"]):
+    for method, path, body in (("GET", "/readyz", None),
+                               ("POST", "/v1/plugins/plugin-01/call", call)):
+        try:
+            c = http.client.HTTPSConnection(a["host"], 8443, context=ctx, timeout=10)
+            c.request(method, path, body=body, headers={
+                "Authorization": "Bearer " + a["token"], "Content-Type": "application/json"})
+            r = c.getresponse()
+            answer = r.read().decode()
+            served = hashlib.sha256(c.sock.getpeercert(binary_form=True)).hexdigest()
+            if served not in seen["certificates"]:
+                seen["certificates"].append(served)
+            if r.status != 200:
+                seen["failures"].append(f"{path}: {r.status} {answer[:200]}")
+            c.close()
+        except Exception as e:
+            seen["failures"].append(f"{path}: {type(e).__name__}: {e}")
+        seen["requests"] += 1
+    time.sleep(0.2)
+with open(a["out"] + ".tmp", "w") as f:
+    json.dump(seen, f)
+os.rename(a["out"] + ".tmp", a["out"])
+"""
+
+
+def token_kid(token: str) -> str:
+    header = token.split(".", 1)[0]
+    return json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
+
+
+def test_keys_and_certificates_rotate_without_downtime(hosts, admin_client) -> None:
+    dmz = hosts["dmz-01"]
+    status, session = admin_client("POST", "/v1/sessions")
+    assert status == 201, session
+    token = session["access_token"]
+    before = plugin_record(admin_client)
+    out, stop = "/tmp/rotation-traffic.json", "/tmp/rotation-traffic.stop"
+    dmz.run(f"rm -f {out} {stop}")
+    traffic = {"host": str(CORE[0].address), "ca": f"{TLS}/ca.pem", "token": token,
+               "cert": "/tmp/lab-admin/client.pem", "key": "/tmp/lab-admin/client.key",
+               "seconds": 900, "stop": stop, "out": out}  # fmt: skip
+    dmz.check_output(f"setsid -f python3 -c {shlex.quote(TRAFFIC)} "
+                     f"{shlex.quote(json.dumps(traffic))} </dev/null >/dev/null 2>&1")  # fmt: skip
+    try:
+        rotated = run("ansible-playbook", "playbooks/rotate-keys.yml", check=False, timeout=900)
+    finally:
+        dmz.run(f"touch {stop}")
+        for _ in range(60):
+            if dmz.file(out).exists:
+                break
+            time.sleep(0.5)
+    assert rotated.returncode == 0, rotated.stdout[-3000:]
+    seen = json.loads(dmz.file(out).content_string)
+    assert seen["requests"] >= 20 and seen["failures"] == [], seen
+    assert len(seen["certificates"]) == 2, seen  # the old certificate, then the new one
+    # HSM: new sessions are signed with the new key version, the earlier one still verifies.
+    status, fresh = admin_client("POST", "/v1/sessions")
+    assert status == 201 and token_kid(fresh["access_token"]) != token_kid(token)
+    assert admin_client("GET", "/v1/sessions/current", token)[0] == 200
+    # The plugin registered again (new channel) and lost nothing meanwhile.
+    after = plugin_record(admin_client)
+    assert after["state"] == "active"
+    assert after["calls"] - before["calls"] == after["successes"] - before["successes"] > 0
+    assert "plugin.register.completion" in hosts["core-01"].check_output(
+        f"{AS_SERVICE} {SECURECORE} audit export -c {CONFIG} | tail -n 200"
+    )
+    for h in CORE:
+        assert audit_records(hosts[h.name]) > 0
+        assert readyz(hosts[h.name], str(h.address))[0] == 200
+
+
+def test_backup_and_restore_by_playbook(hosts, admin_client) -> None:
+    core = hosts["core-01"]
+    token = admin_client("POST", "/v1/sessions")[1]["access_token"]
+    run("ansible-playbook", "playbooks/backup.yml", timeout=900)
+    copies = ROOT / "output" / "backups"
+    for h in CORE:
+        assert sorted((copies / h.name).glob("securecore-backup-*.manifest.json")), h.name
+    manifest_path = sorted((copies / "core-01").glob("securecore-backup-*.manifest.json"))[-1]
+    manifest = json.loads(manifest_path.read_text())
+    assert {"audit.db", "state/sessions.db", "state/plugins.db"} <= set(manifest["files"])
+    assert b"SQLite format" not in (manifest_path.parent / manifest["archive"]).read_bytes()
+
+    # The state moves on: the session ends.
+    assert admin_client("DELETE", "/v1/sessions/current", token)[0] == 204
+    assert admin_client("GET", "/v1/sessions/current", token)[0] == 401
+
+    # A damaged backup is refused while the service runs, and nothing changes.
+    forged_id = "20000101T000000.000000Z"
+    forged = manifest_path.with_name(f"securecore-backup-{forged_id}.manifest.json")
+    forged.write_text(json.dumps({**manifest, "id": forged_id, "audit_records": 1}))
+    try:
+        refused = run("ansible-playbook", "playbooks/restore.yml", "-e",
+                      json.dumps({"restore_host": "core-01", "restore_backup": forged_id}),
+                      check=False, timeout=900)  # fmt: skip
+    finally:
+        forged.unlink()
+        core.run(f"rm -f /var/backups/securecore/securecore-backup-{forged_id}.manifest.json")
+    assert refused.returncode != 0 and "signature does not verify" in refused.stdout
+    assert core.service("securecore").is_running
+    assert admin_client("GET", "/v1/sessions/current", token)[0] == 401
+    unnamed = run("ansible-playbook", "playbooks/restore.yml", check=False)
+    assert unnamed.returncode != 0 and "name the core host to restore" in unnamed.stdout
+
+    # The newest backup brings the session back; the service is healthy on it.
+    restored = run("ansible-playbook", "playbooks/restore.yml", "-e",
+                   '{"restore_host": "core-01"}', timeout=900)  # fmt: skip
+    assert f"restored backup {manifest['id']}" in restored.stdout
+    assert admin_client("GET", "/v1/sessions/current", token)[0] == 200
+    assert audit_records(core) >= manifest["audit_records"]
+    assert core.check_output("ls -d /var/lib/securecore/data/pre-restore-*")
+    call = {"op": "tickets.list", "args": {}}
+    assert admin_client("POST", "/v1/plugins/plugin-01/call", token, call)[0] == 200
+    assert "core-02" not in restored.stdout.split("PLAY RECAP", 1)[1]
 
 
 # --- releases -------------------------------------------------------------------------------
