@@ -42,6 +42,19 @@ class ServiceMetrics:
             "securecore_policy_decisions_total", "Policy decisions", ["stage", "outcome"],
             registry=self.registry,
         )  # fmt: skip
+        # Seed 000 6.2, per step of a call through the core to a plugin: "session"
+        # (step 1; 2-5 are the policy decisions above), "seal" (6), "mtls_call" (7),
+        # "open" (8), "record" (9 and 10: the communication record and the trust
+        # update, one transaction). Outcome "success" or the code that ended it.
+        self.plugin_steps = Histogram(
+            "securecore_plugin_flow_step_seconds", "Time a step of the plugin call flow took",
+            ["step"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )  # fmt: skip
+        self.plugin_step_outcomes = Counter(
+            "securecore_plugin_flow_steps_total", "Steps of the plugin call flow, by outcome",
+            ["step", "outcome"], registry=self.registry,
+        )  # fmt: skip
         self.up = Gauge(
             "securecore_up", "1 while the service runs", registry=self.registry,
             multiprocess_mode="livemax",
@@ -52,6 +65,10 @@ class ServiceMetrics:
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+    def observe_plugin_step(self, step: str, outcome: str, seconds: float) -> None:
+        self.plugin_steps.labels(step).observe(seconds)
+        self.plugin_step_outcomes.labels(step, outcome).inc()
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -17,6 +17,7 @@ answer to this very request, and decrypts.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import secrets
@@ -24,6 +25,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -193,34 +195,74 @@ class PluginCaller:
         op: str,
         args: dict[str, Any],
         caller: str = CORE_ADDRESS,
+        observe: StepObserver | None = None,
     ) -> Any:
-        """The plugin's result, or PluginCallError (timeout, refused, bad_signature, ...)."""
-        key = self._key(name, channel)
-        request = seal_message(
-            key, channel.kid, sender=CORE_ADDRESS, recipient=f"plugin/{name}",
-            payload={"op": op, "args": args, "caller": caller}, sign=self._signer(channel),
-        )  # fmt: skip
-        status, answer, _ = self._exchange(endpoint, "POST", "/securecore/v1/call", request)
-        if status != 200:
-            code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
-            raise PluginCallError("refused", f"{endpoint} refused the call ({status} {code})")
-        try:
-            opened = open_message(
-                answer, keys=lambda kid: key if kid == channel.kid else None,
-                verify=certificate_verifier(channel.certificate), recipient=CORE_ADDRESS,
-                guard=self.guard, reply_to=request["id"],
+        """The plugin's result, or PluginCallError (timeout, refused, bad_signature, ...).
+
+        OBSERVE(step, outcome, seconds) hears each step of the flow that happens
+        here: "seal" (AES-256-GCM and ECDSA, step 6), "mtls_call" (7) and "open"
+        (decryption and verification of the answer, 8).
+        """
+        step = _Steps(observe)
+        with step("seal"):
+            key = self._key(name, channel)
+            request = seal_message(
+                key, channel.kid, sender=CORE_ADDRESS, recipient=f"plugin/{name}",
+                payload={"op": op, "args": args, "caller": caller}, sign=self._signer(channel),
             )  # fmt: skip
-        except MessageError as error:
-            raise PluginCallError(error.code, f"{endpoint}: {error}") from error
-        payload = opened.payload
-        if not isinstance(payload, dict) or ("result" not in payload and "error" not in payload):
-            raise PluginCallError("malformed", f"{endpoint}: an answer is {{result}} or {{error}}")
+        with step("mtls_call"):
+            status, answer, _ = self._exchange(endpoint, "POST", "/securecore/v1/call", request)
+            if status != 200:
+                code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
+                raise PluginCallError("refused", f"{endpoint} refused the call ({status} {code})")
+        with step("open"):
+            try:
+                opened = open_message(
+                    answer, keys=lambda kid: key if kid == channel.kid else None,
+                    verify=certificate_verifier(channel.certificate), recipient=CORE_ADDRESS,
+                    guard=self.guard, reply_to=request["id"],
+                )  # fmt: skip
+            except MessageError as error:
+                raise PluginCallError(error.code, f"{endpoint}: {error}") from error
+            payload = opened.payload
+            answered = isinstance(payload, dict) and ("result" in payload or "error" in payload)
+            if not answered:
+                raise PluginCallError(
+                    "malformed", f"{endpoint}: an answer is {{result}} or {{error}}"
+                )
         if "error" in payload:
             error = payload["error"] or {}
             raise PluginCallError(
                 "plugin_error", f"{name}: {error.get('code')}: {error.get('message')}"
             )
         return payload["result"]
+
+
+StepObserver = Callable[[str, str, float], None]  # (step, outcome, seconds)
+
+
+class _Steps:
+    """`with steps("name"):` times a step and tells the observer how it ended:
+    "success", or the code of the PluginCallError (or the exception) that ended it."""
+
+    def __init__(self, observe: StepObserver | None) -> None:
+        self.observe = observe
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        outcome = "success"
+        try:
+            yield
+        except PluginCallError as error:
+            outcome = error.code
+            raise
+        except Exception as error:
+            outcome = type(error).__name__
+            raise
+        finally:
+            if self.observe is not None:
+                self.observe(name, outcome, time.perf_counter() - started)
 
 
 def registration_probe(caller: PluginCaller):

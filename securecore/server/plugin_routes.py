@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from securecore.plugins.channel_client import PluginCaller, PluginCallError
+from securecore.plugins.channel_client import PluginCaller, PluginCallError, StepObserver
 from securecore.plugins.registry import PluginRegistry, RegistrationRequest
 from securecore.server.api_schema import Endpoint, body, integer, read_body, string
 from securecore.server.errors import error_response
@@ -64,7 +64,10 @@ def plugin_routes(
     caller: PluginCaller,
     sessions: SessionManager,
     audit: Callable[..., Any],
+    observe: StepObserver = lambda step, outcome, seconds: None,
 ) -> list[Route]:
+    """OBSERVE(step, outcome, seconds) hears every step of a call (ServiceMetrics)."""
+
     async def register(request: Request) -> Response:
         data, invalid = await read_body(request, REGISTER)
         if invalid:
@@ -94,12 +97,15 @@ def plugin_routes(
         name = request.path_params["name"]
         principal = request.state.principal
         token = bearer(request)
+        checked = time.perf_counter()
         try:
             if token is None:
                 raise TokenError("unauthenticated", "an Authorization: Bearer token is required")
             sessions.verify(token, principal.thumbprint)  # step 1
         except TokenError as error:
+            observe("session", error.code, time.perf_counter() - checked)
             return error_response(401, str(error), error.code)
+        observe("session", "success", time.perf_counter() - checked)
         data, invalid = await read_body(request, CALL)
         if invalid:
             return invalid
@@ -113,7 +119,7 @@ def plugin_routes(
         try:
             result = await anyio.to_thread.run_sync(
                 caller.call, name, endpoint, channel, data["op"], data.get("args") or {},
-                principal.id,
+                principal.id, observe,
             )  # fmt: skip
             outcome, code, detail = "success", None, ""
         except PluginCallError as error:
@@ -124,9 +130,12 @@ def plugin_routes(
                 else "violation" if code in VIOLATIONS else "failure"
             )  # fmt: skip
         latency = round((time.perf_counter() - started) * 1000, 1)
+        recorded = time.perf_counter()
         assessment = await anyio.to_thread.run_sync(
             registry.record_call, name, outcome, latency, code or ""
         )  # steps 9 and 10
+        suspended = "suspend" in assessment.actions
+        observe("record", "suspended" if suspended else "success", time.perf_counter() - recorded)
         await anyio.to_thread.run_sync(
             audit, principal.id, "plugin.call", name,
             "success" if code is None else "failure",

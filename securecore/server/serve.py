@@ -180,7 +180,9 @@ def build_server(
         metrics=metrics,
         admin=admin,
         intrusion=intrusion,
-        plugins=plugin_routes(registry, caller, sessions, audit.append),
+        plugins=plugin_routes(
+            registry, caller, sessions, audit.append, observe=metrics.observe_plugin_step
+        ),
         plugin_view=registry.policy_view,
         operators=operators,
         # An own log writes what is queued and a final signed checkpoint; a

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from securecore.plugins.registry import PluginRegistry
 from securecore.state_db import open_state
 from tests.devserver import dev_server, free_port, wait_for_port
 from tests.integration.test_admin_commands import admin
-from tests.integration.test_serve import call, context
+from tests.integration.test_serve import call, context, scrape
 from tests.integration.test_tls_reload import file_serial, reload_and_wait, roll_over
 
 
@@ -112,6 +113,24 @@ def test_the_ticket_store_registers_and_answers_through_the_secure_flow(server) 
     exported = admin(server, "audit", "export").stdout
     assert exported.count('"action":"plugin.call"') == 3
     assert '"action":"plugin.register.completion"' in exported
+    # Each step of the flow is counted and timed in /metrics.
+    steps = flow_steps(server)
+    for step in ("session", "seal", "mtls_call", "open", "record"):
+        assert steps[(step, "success")] == 3, (step, steps)
+    text = scrape(server)[1]
+    assert 'securecore_plugin_flow_step_seconds_count{step="mtls_call"} 3.0' in text
+
+
+def flow_steps(server) -> dict[tuple[str, str], float]:
+    """securecore_plugin_flow_steps_total from /metrics: (step, outcome) -> count."""
+    found = {}
+    for line in scrape(server)[1].splitlines():
+        match = re.match(
+            r'securecore_plugin_flow_steps_total\{outcome="([^"]+)",step="([^"]+)"\} (\S+)', line
+        )
+        if match:
+            found[(match[2], match[1])] = float(match[3])
+    return found
 
 
 def test_without_a_session_or_as_anyone_but_the_core_nothing_reaches_the_plugin(server) -> None:
@@ -158,6 +177,7 @@ def test_a_plugin_answering_badly_loses_trust_until_it_is_suspended(server, mode
             assert register(server, port)["state"] != "active"
         assert registered_plugin(server)["state"] == "suspended"
     assert set(codes) == {code}
+    assert flow_steps(server)[("open", code)] == len(codes)  # where the flow stopped
     assert plugin["state"] == "suspended" and plugin["score"] <= 30 < before
     assert "trust score at or below 30" in plugin["reason"]
 
@@ -170,6 +190,7 @@ def test_a_stopped_plugin_drops_its_success_rate_and_trust(server) -> None:
         healthy = registered_plugin(server)
     status, answer = plugin_call(server, server["token"], "tickets.list", {})
     assert status == 502 and answer["error"]["code"] == "unreachable"
+    assert flow_steps(server)[("mtls_call", "unreachable")] == 1
     stopped = registered_plugin(server)
     assert (stopped["calls"], stopped["successes"]) == (2, 1)
     assert stopped["score"] < healthy["score"]
