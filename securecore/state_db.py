@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -71,6 +72,9 @@ class StateDatabase:
         raise NotImplementedError
 
 
+WAL_SWITCH_SECONDS = 5.0
+
+
 class SQLiteState(StateDatabase):
     dialect = "sqlite"
 
@@ -80,10 +84,23 @@ class SQLiteState(StateDatabase):
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=5
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
         except sqlite3.Error as error:
             raise StateDatabaseError(f"{path}: {error}") from error
+
+    def _wal(self) -> None:
+        # Switching a new database to WAL takes an exclusive lock without waiting
+        # on the busy timeout: workers starting together each try, so retry.
+        deadline = time.monotonic() + WAL_SWITCH_SECONDS
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, parameters)
