@@ -16,6 +16,7 @@ from securecore import __version__, admin_commands, state_commands
 from securecore.admin_commands import AdminError
 from securecore.audit import commands as audit_commands
 from securecore.audit.checkpoint import CheckpointError
+from securecore.audit.replica import ReplicaError
 from securecore.backup import BackupError
 from securecore.config import ConfigError
 from securecore.devsetup import SetupError
@@ -129,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         TLSPolicyError,
         AdminError,
         PluginError,
+        ReplicaError,
     ) as exc:
         print(f"securecore {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`securecore audit verify|prove|export`: the audit log from the configuration."""
+"""`securecore audit verify|prove|export|replicate`: the audit log from the configuration."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from securecore.audit.checkpoint import verify_checkpoint
 from securecore.audit.export import export_lines
 from securecore.audit.factory import open_store
 from securecore.audit.log import verify_log
+from securecore.audit.replica import AuditReplica
 from securecore.keys.factory import open_key_ring
+from securecore.tls import TLSPolicy
 
 
 def signing_public_keys(ring) -> dict:
@@ -98,6 +100,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replicate(args: argparse.Namespace) -> int:
+    config = configuration.load(args.config)
+    policy_path = config.get("tls", "policy")
+    if not policy_path:
+        raise configuration.ConfigError(f"{config.path}: [tls] policy is required to replicate")
+    directory = args.directory or Path(config.get("service", "data_dir")) / "replica"
+    replica = AuditReplica(directory, args.source, TLSPolicy.from_file(policy_path))
+    try:
+        status = replica.pull()
+    finally:
+        replica.close()
+    print(f"replica of {status.origin} ({args.source}): {status.size} records "
+          f"({status.added} new), checked against its signed checkpoints through "
+          f"{status.verified}; the origin holds {status.origin_size}")  # fmt: skip
+    return 0
+
+
 def add_parser(commands) -> None:
     audit = commands.add_parser(
         "audit",
@@ -117,3 +136,12 @@ def add_parser(commands) -> None:
         if name == "export":
             action.add_argument("-o", "--output", help="file to write (default: stdout)")
         action.set_defaults(handler=handler)
+    text = "copy another core host's audit log, checked against its signed checkpoints"
+    replicate = actions.add_parser("replicate", help=text, description=text)
+    replicate.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
+    replicate.add_argument("--from", dest="source", required=True, metavar="URL",
+                           help="the origin's service URL (https://HOST:PORT)")  # fmt: skip
+    replicate.add_argument(
+        "--directory", type=Path, help="where the copy lives (default: [service] data_dir/replica)"
+    )
+    replicate.set_defaults(handler=_replicate)

@@ -66,6 +66,11 @@ class CompactRange:
         self._stack.append(value)
         self.size += 1
 
+    def copy(self) -> CompactRange:
+        other = CompactRange()
+        other.size, other._stack = self.size, list(self._stack)
+        return other
+
     def root(self) -> bytes:
         if not self._stack:
             return EMPTY_ROOT

@@ -45,14 +45,16 @@ class PostgresAuditStore(AuditStore):
             for row in rows:
                 copy.write_row(row)
 
-    def entries(self) -> Iterator[tuple[int, bytes]]:
+    def entries(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
         # A separate connection and a server-side cursor: millions of rows
         # stream without holding the writer's connection.
         with (
             psycopg.connect(self._connection.info.dsn) as reader,
             reader.cursor(name="audit_entries") as cursor,
         ):
-            cursor.execute("SELECT seq, entry FROM audit_records ORDER BY seq")
+            cursor.execute(
+                "SELECT seq, entry FROM audit_records WHERE seq > %s ORDER BY seq", (after,)
+            )
             while rows := cursor.fetchmany(4096):
                 for seq, entry in rows:
                     yield seq, bytes(entry)

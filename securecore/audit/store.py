@@ -37,8 +37,8 @@ class AuditStore(ABC):
         """Insert (seq, entry) rows in one transaction and return once it is durable."""
 
     @abstractmethod
-    def entries(self) -> Iterator[tuple[int, bytes]]:
-        """Every (seq, entry), in order of sequence numbers."""
+    def entries(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Every (seq, entry) with seq > AFTER, in order of sequence numbers."""
 
     def records(self) -> Iterator[Record]:
         for _, entry in self.entries():
@@ -71,8 +71,10 @@ class SQLiteAuditStore(AuditStore):
         with immediate_transaction(self._db):
             self._db.executemany("INSERT INTO audit_records VALUES (?, ?)", rows)
 
-    def entries(self) -> Iterator[tuple[int, bytes]]:
-        cursor = self._db.execute("SELECT seq, entry FROM audit_records ORDER BY seq")
+    def entries(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
+        cursor = self._db.execute(
+            "SELECT seq, entry FROM audit_records WHERE seq > ? ORDER BY seq", (after,)
+        )
         while rows := cursor.fetchmany(4096):
             yield from rows
 

@@ -69,6 +69,7 @@ def create_app(
     admin: AdminActions | None = None,
     intrusion: IntrusionResponder | None = None,
     plugins: list[Route] | None = None,
+    replication: list[Route] | None = None,
     plugin_view: Callable[[str], tuple[str, frozenset[str]] | None] | None = None,
     operators: frozenset[str] = frozenset(),
     on_shutdown: Callable[[], None] | None = None,
@@ -101,9 +102,15 @@ def create_app(
             *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
             *(admin_routes(admin, intrusion) if admin is not None else []),
             *(plugins or []),
+            *(replication or []),
             Route(
                 "/openapi.json",
-                openapi_endpoint(sessions is not None, admin is not None, plugins is not None),
+                openapi_endpoint(
+                    sessions is not None,
+                    admin is not None,
+                    plugins is not None,
+                    replication is not None,
+                ),
             ),
         ],
         exception_handlers={HTTPException: http_exception, Exception: unhandled},
@@ -133,10 +140,14 @@ BASE_ENDPOINTS = [
 ]  # fmt: skip
 
 
-def openapi_endpoint(with_sessions: bool, with_admin: bool, with_plugins: bool = False):
+def openapi_endpoint(
+    with_sessions: bool, with_admin: bool, with_plugins: bool = False,
+    with_replication: bool = False,
+):  # fmt: skip
     from securecore import __version__
     from securecore.server import admin_routes as admin_module
     from securecore.server import plugin_routes as plugin_module
+    from securecore.server import replication_routes as replication_module
     from securecore.server import session_routes as session_module
 
     endpoints = [
@@ -144,6 +155,7 @@ def openapi_endpoint(with_sessions: bool, with_admin: bool, with_plugins: bool =
         *(session_module.ENDPOINTS if with_sessions else []),
         *(admin_module.ENDPOINTS if with_admin else []),
         *(plugin_module.ENDPOINTS if with_plugins else []),
+        *(replication_module.ENDPOINTS if with_replication else []),
     ]
     document = openapi(endpoints, __version__)
 

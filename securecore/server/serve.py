@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from prometheus_client.multiprocess import mark_process_dead
 
 from securecore import config as configuration
+from securecore.audit.commands import signing_public_keys
 from securecore.audit.factory import open_audit_log, open_store
 from securecore.audit.writer_service import AuditWriterServer, RemoteAuditLog
 from securecore.config import ConfigError
@@ -54,6 +55,7 @@ from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.live_metrics import live_state
 from securecore.server.logs import log_config
 from securecore.server.plugin_routes import plugin_routes
+from securecore.server.replication_routes import replication_routes
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.sessions.manager import SessionManager
 from securecore.state_db import open_state
@@ -182,6 +184,11 @@ def build_server(
         intrusion=intrusion,
         plugins=plugin_routes(
             registry, caller, sessions, audit.append, observe=metrics.observe_plugin_step
+        ),
+        replication=replication_routes(
+            lambda: open_store(config),
+            lambda: signing_public_keys(ring),
+            origin=config.get("audit", "origin"),
         ),
         plugin_view=registry.policy_view,
         operators=operators,
