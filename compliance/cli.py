@@ -1,12 +1,108 @@
-"""The ``compliance`` command line (checks, checklists and evidence come with issue 8)."""
+"""The ``compliance`` command line.
+
+  compliance coverage [--framework F] [--gaps] [--format text|json]
+      every control of ISO/IEC 27001:2022 Annex A and the SOC 2 TSC: covered by
+      automated checks, by checklist attestations, or not applicable (why)
+  compliance checks [--format text|json]      the check definitions
+  compliance checklists [NAME]                the daily, weekly and monthly items
+
+Exit codes: 0 all well, 1 a finding (a coverage gap), 2 an error (bad input,
+a broken catalog, check or checklist file - named with what is wrong).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 
 from compliance import __version__
+from compliance.catalog import CatalogError, load_catalogs
+from compliance.checklists import NAMES, load_checklists
+from compliance.checks import load_checks
+from compliance.coverage import coverage, load_applicability
+
+
+def _loaded():
+    catalogs = load_catalogs()
+    checks = load_checks(catalogs)
+    checklists = load_checklists(catalogs, checks)
+    return catalogs, checks, checklists
+
+
+def _coverage(args: argparse.Namespace) -> int:
+    catalogs, checks, checklists = _loaded()
+    if args.framework and args.framework not in catalogs:
+        raise CatalogError(f"--framework {args.framework}: one of {', '.join(catalogs)}")
+    table = coverage(catalogs, checks, checklists, load_applicability(catalogs))
+    frameworks = [args.framework] if args.framework else list(table)
+    gaps = 0
+    if args.format == "json":
+        document = {
+            framework: [
+                {"id": e.id, "title": e.title, "theme": e.theme, "status": e.status,
+                 "checks": e.checks, "attestations": e.attestations,
+                 "not_applicable": e.not_applicable}
+                for e in table[framework] if not args.gaps or e.status == "gap"
+            ]
+            for framework in frameworks
+        }  # fmt: skip
+        json.dump(document, sys.stdout, indent=2)
+        print()
+        gaps = sum(e.status == "gap" for f in frameworks for e in table[f])
+        return 1 if gaps else 0
+    for framework in frameworks:
+        entries = table[framework]
+        counts = Counter(e.status for e in entries)
+        statuses = ("automated", "attested", "not applicable", "gap")
+        summary = ", ".join(f"{counts[s]} {s}" for s in statuses if counts[s])
+        print(f"{catalogs[framework].title}: {len(entries)} controls - {summary}")
+        for e in entries:
+            if args.gaps and e.status != "gap":
+                continue
+            how = {
+                "automated": ", ".join(e.checks)
+                + (f" + attested: {', '.join(e.attestations)}" if e.attestations else ""),
+                "attested": ", ".join(e.attestations),
+                "not applicable": e.not_applicable or "",
+                "gap": "NOT COVERED",
+            }[e.status]
+            print(f"  {e.id:<8} {e.status:<15} {e.title} -- {how}")
+        gaps += counts["gap"]
+    return 1 if gaps else 0
+
+
+def _checks(args: argparse.Namespace) -> int:
+    _, checks, _ = _loaded()
+    if args.format == "json":
+        json.dump([{"id": c.id, "title": c.title, "scope": c.scope, "severity": c.severity,
+                    "facts": list(c.facts), "controls": {f: list(i) for f, i in c.controls.items()},
+                    "rule": c.rule, "remediation": c.remediation} for c in checks],
+                  sys.stdout, indent=2)  # fmt: skip
+        print()
+        return 0
+    for c in checks:
+        controls = "; ".join(f"{f}: {', '.join(i)}" for f, i in c.controls.items())
+        print(f"{c.id:<32} {c.scope:<8} {c.severity:<9} {c.title} [{controls}]")
+    return 0
+
+
+def _checklists(args: argparse.Namespace) -> int:
+    _, _, checklists = _loaded()
+    for name in [args.name] if args.name else NAMES:
+        checklist = checklists[name]
+        print(f"{checklist.title} ({name}, {checklist.schedule}): "
+              f"report sections: {', '.join(checklist.report_sections)}")  # fmt: skip
+        for item in checklist.items:
+            how = []
+            if item.checks:
+                how.append(f"checks: {', '.join(item.checks)}")
+            if item.attested_controls is not None:
+                how.append("attestation")
+            print(f"  {item.id:<32} {item.title} [{'; '.join(how)}] ({item.source})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,13 +111,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check ISO 27001:2022 and SOC 2 controls and produce signed evidence.",
     )
     parser.add_argument("--version", action="version", version=f"compliance {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cover = commands.add_parser("coverage", help="how every control is covered (exit 1: a gap)")
+    cover.add_argument("--framework", help="one framework (iso27001-2022, soc2-tsc)")
+    cover.add_argument("--gaps", action="store_true", help="list only controls not covered")
+    cover.add_argument("--format", choices=("text", "json"), default="text")
+    cover.set_defaults(handler=_coverage)
+    checks = commands.add_parser("checks", help="the check definitions")
+    checks.add_argument("--format", choices=("text", "json"), default="text")
+    checks.set_defaults(handler=_checks)
+    lists = commands.add_parser("checklists", help="the daily, weekly and monthly items")
+    lists.add_argument("name", nargs="?", choices=NAMES)
+    lists.set_defaults(handler=_checklists)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("compliance: no command given; see 'compliance --help'", file=sys.stderr)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_usage(sys.stderr)
+        print("compliance: a command is required (see 'compliance --help')", file=sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args))
+    except CatalogError as error:
+        print(f"compliance {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

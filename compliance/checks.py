@@ -1,0 +1,77 @@
+"""Check definitions: YAML data in `compliance/checks/`, validated when loaded.
+
+A check has an id, a title, a rationale, a scope (`host`: facts gathered
+read-only from each host; `service`: facts the core service reports), a
+severity, a rule over the facts (compliance.rules), the controls it supports
+in each framework (many to many), and a remediation hint. Loading refuses a
+check whose rule is malformed or that names a control its framework does not
+have, naming the file and the check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compliance.catalog import Catalog, CatalogError, load_yaml, mapped_controls
+from compliance.rules import RuleError, validate
+
+CHECK_DIR = Path(__file__).parent / "checks"
+SCOPES = ("host", "service")
+SEVERITIES = ("critical", "high", "medium", "low")
+REQUIRED = ("id", "title", "rationale", "scope", "severity", "rule", "controls", "remediation")
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    title: str
+    rationale: str
+    scope: str
+    severity: str
+    rule: dict[str, Any]
+    controls: dict[str, tuple[str, ...]]
+    remediation: str
+    facts: tuple[str, ...] = field(default=())
+    groups: tuple[str, ...] = ("all",)  # inventory groups whose hosts it applies to
+    source: str = ""
+
+
+def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
+    if not isinstance(item, dict):
+        raise CatalogError(f"{where}: a check is a mapping")
+    missing = [key for key in REQUIRED if key not in item]
+    if missing:
+        raise CatalogError(f"{where}: {', '.join(missing)}: required")
+    where = f"{where} ({item['id']})"
+    if item["scope"] not in SCOPES:
+        raise CatalogError(f"{where}: scope {item['scope']!r}: one of {', '.join(SCOPES)}")
+    if item["severity"] not in SEVERITIES:
+        choices = ", ".join(SEVERITIES)
+        raise CatalogError(f"{where}: severity {item['severity']!r}: one of {choices}")
+    try:
+        facts = validate(item["rule"], f"{where}: rule")
+    except RuleError as error:
+        raise CatalogError(str(error)) from error
+    mapped = mapped_controls(item["controls"], where, catalogs)
+    groups = item.get("groups", ["all"])
+    return Check(
+        item["id"], item["title"], item["rationale"], item["scope"], item["severity"],
+        item["rule"], mapped, item["remediation"], tuple(dict.fromkeys(facts)),
+        tuple(groups), str(where.split(" (")[0]),
+    )  # fmt: skip
+
+
+def load_checks(catalogs: dict[str, Catalog], directory: Path = CHECK_DIR) -> list[Check]:
+    checks: dict[str, Check] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        data = load_yaml(path, "checks")
+        if not isinstance(data, list):
+            raise CatalogError(f"{path}: a list of checks")
+        for index, item in enumerate(data):
+            check = _check(item, f"{path}: [{index}]", catalogs)
+            if check.id in checks:
+                raise CatalogError(f"{path}: [{index}]: check {check.id} is defined twice")
+            checks[check.id] = check
+    return list(checks.values())
