@@ -3,11 +3,14 @@
   compliance coverage [--framework F] [--gaps] [--format text|json]
       every control of ISO/IEC 27001:2022 Annex A and the SOC 2 TSC: covered by
       automated checks, by checklist attestations, or not applicable (why)
+  compliance check -i INVENTORY [--limit L] [--waivers FILE]
+      one read-only gathering pass per host (ansible-runner), then the host checks
   compliance checks [--format text|json]      the check definitions
   compliance checklists [NAME]                the daily, weekly and monthly items
 
-Exit codes: 0 all well, 1 a finding (a coverage gap), 2 an error (bad input,
-a broken catalog, check or checklist file - named with what is wrong).
+Exit codes: 0 all well, 1 a finding (a coverage gap, a failed check), 2 an error
+(an unreachable host, bad input, a broken catalog, check or checklist file -
+named with what is wrong).
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 from compliance import __version__
 from compliance.catalog import CatalogError, load_catalogs
 from compliance.checklists import NAMES, load_checklists
 from compliance.checks import load_checks
 from compliance.coverage import coverage, load_applicability
+from compliance.engine import load_waivers, run_checks
+from compliance.gather.runner import GatherError, gather
 
 
 def _loaded():
@@ -105,6 +111,44 @@ def _checklists(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    catalogs = load_catalogs()
+    checks = [c for c in load_checks(catalogs) if c.scope == "host"]
+    if args.check:
+        unknown = sorted(set(args.check) - {c.id for c in checks})
+        if unknown:
+            raise CatalogError(f"--check {', '.join(unknown)}: no such host check")
+        checks = [c for c in checks if c.id in args.check]
+    waivers = load_waivers(args.waivers, {c.id for c in checks})
+    print(f"gathering facts from {args.inventory} ...", file=sys.stderr)
+    hosts = gather(args.inventory, args.limit, forks=args.forks)
+    results = run_checks(checks, hosts, waivers)
+    document = {
+        "hosts": [{"host": h.host, "groups": h.groups, "error": h.error, "seconds": h.seconds}
+                  for h in hosts],
+        "results": [r.as_dict() for r in results],
+    }  # fmt: skip
+    if args.facts:
+        args.facts.write_text(json.dumps({h.host: h.facts for h in hosts}, indent=2) + "\n")
+    if args.format == "json":
+        json.dump(document, sys.stdout, indent=2)
+        print()
+    else:
+        for host in hosts:
+            mine = [r for r in results if r.host == host.host]
+            counts = Counter(r.status for r in mine)
+            summary = ", ".join(f"{counts[s]} {s}" for s in ("pass", "fail", "waived", "error")
+                                if counts[s])  # fmt: skip
+            print(f"{host.host} ({host.seconds} s): {summary}")
+            for r in mine:
+                if r.status != "pass":
+                    waiver = f" [waived by {r.waiver['approver']}]" if r.status == "waived" else ""
+                    print(f"  {r.status.upper():<6} {r.check} ({r.severity}){waiver}: {r.detail}")
+    if any(r.status == "error" for r in results):
+        return 2
+    return 1 if any(r.status == "fail" for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compliance",
@@ -120,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     checks = commands.add_parser("checks", help="the check definitions")
     checks.add_argument("--format", choices=("text", "json"), default="text")
     checks.set_defaults(handler=_checks)
+    check = commands.add_parser(
+        "check", help="gather facts from the hosts (read-only) and run the host checks"
+    )
+    check.add_argument("-i", "--inventory", required=True, help="the playbooks' inventory")
+    check.add_argument("--limit", help="hosts or groups, comma-separated")
+    check.add_argument("--check", action="append", help="only this check (repeatable)")
+    check.add_argument("--waivers", type=Path, help="waivers (YAML)")
+    check.add_argument("--facts", type=Path, help="also write the gathered facts (JSON) here")
+    check.add_argument("--forks", type=int, default=8, help="hosts gathered at once")
+    check.add_argument("--format", choices=("text", "json"), default="text")
+    check.set_defaults(handler=_check)
     lists = commands.add_parser("checklists", help="the daily, weekly and monthly items")
     lists.add_argument("name", nargs="?", choices=NAMES)
     lists.set_defaults(handler=_checklists)
@@ -135,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except CatalogError as error:
+    except (CatalogError, GatherError) as error:
         print(f"compliance {args.command}: error: {error}", file=sys.stderr)
         return 2
 

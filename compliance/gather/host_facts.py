@@ -1,0 +1,305 @@
+#!/usr/bin/python3
+"""Read-only facts of one host, for the compliance checks; runs ON the host.
+
+Standard library only (Debian 12's python3): Ansible copies this file to the
+host and runs it once per gathering pass (`ansible.builtin.script`), as root
+so that it can read what the checks need. It changes nothing: it reads
+files and runs commands that only report (`sshd -T`, `nft -j list ruleset`,
+`timedatectl show`, `auditctl -l`, `apt-get -s upgrade`, `openssl x509`).
+
+It prints one JSON object. A group of facts that cannot be read (a tool not
+installed, a file missing) is left out and named under "_errors": a check
+over a missing fact fails, so a host never passes for lack of evidence.
+
+An optional JSON argument overrides where it looks (tests point it at files
+of their own): {"tls_dir": ..., "hardening_report": ..., "securecore_dir": ...}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+DEFAULTS = {
+    "tls_dir": "/etc/securecore/tls",
+    "hardening_report": "/var/lib/securecore/hardening.json",
+    "sshd_config": "/etc/ssh/sshd_config",
+    "login_defs": "/etc/login.defs",
+    "faillock_conf": "/etc/security/faillock.conf",
+    "pam_dir": "/etc/pam.d",
+    "journald_dirs": ["/etc/systemd/journald.conf", "/etc/systemd/journald.conf.d/*.conf"],
+    "logrotate_conf": "/etc/logrotate.conf",
+    "audit_rules": "/etc/audit/rules.d/*.rules",
+    "aide_db": "/var/lib/aide/aide.db",
+    # Not /usr: dpkg owns it (and walking it costs seconds); /usr/local is the admins'.
+    "writable_roots": ["/etc", "/usr/local", "/opt", "/var/lib"],
+}
+
+
+def run(*command: str, timeout: float = 30) -> str:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, check=True,
+        env={**os.environ, "LC_ALL": "C"},
+    ).stdout  # fmt: skip
+
+
+def read(path: str | Path) -> str:
+    return Path(path).read_text(encoding="utf-8", errors="replace")
+
+
+def matching(pattern: str) -> list[Path]:
+    """The files an absolute glob PATTERN matches, sorted."""
+    return sorted(Path("/").glob(pattern.lstrip("/")))
+
+
+def key_values(text: str, separator: str = r"\s+") -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            parts = re.split(separator, line, maxsplit=1)
+            if len(parts) == 2:
+                found[parts[0].strip().lower()] = parts[1].strip()
+    return found
+
+
+def number(value: str | None) -> int | None:
+    return int(value) if value is not None and re.fullmatch(r"-?\d+", value) else None
+
+
+# --- the fact groups --------------------------------------------------------------------
+
+
+def sshd(paths: dict) -> dict:
+    # The effective configuration, includes and defaults resolved by sshd itself.
+    effective = key_values(run("sshd", "-T", "-f", paths["sshd_config"]))
+    return {
+        "permitrootlogin": effective.get("permitrootlogin"),
+        "passwordauthentication": effective.get("passwordauthentication"),
+        "kbdinteractiveauthentication": effective.get("kbdinteractiveauthentication"),
+        "ciphers": (effective.get("ciphers") or "").split(","),
+        "macs": (effective.get("macs") or "").split(","),
+        "clientaliveinterval": number(effective.get("clientaliveinterval")),
+        "maxauthtries": number(effective.get("maxauthtries")),
+        "banner": effective.get("banner"),
+    }
+
+
+def pam(paths: dict) -> dict:
+    faillock = key_values(read(paths["faillock_conf"]), r"\s*=\s*")
+    common = " ".join(read(p) for p in sorted(Path(paths["pam_dir"]).glob("common-*")))
+    history = re.search(r"pam_pwhistory\.so[^\n]*\bremember=(\d+)", common)
+    su = read(Path(paths["pam_dir"]) / "su")
+    return {
+        "faillock": {
+            "deny": number(faillock.get("deny")),
+            "fail_interval": number(faillock.get("fail_interval")),
+            "unlock_time": number(faillock.get("unlock_time")),
+            "in_stack": "pam_faillock.so" in common,
+        },
+        "pwhistory": {"remember": int(history[1]) if history else None},
+        "su_group_only": bool(
+            re.search(r"(?m)^\s*auth\s+required\s+pam_wheel\.so\b.*\bgroup=\S+", su)
+        ),
+    }
+
+
+def login_defs(paths: dict) -> dict:
+    values = key_values(read(paths["login_defs"]))
+    return {key: number(values.get(key)) for key in
+            ("pass_max_days", "pass_min_days", "pass_warn_age")}  # fmt: skip
+
+
+def nftables(paths: dict) -> dict:
+    ruleset = json.loads(run("nft", "-j", "list", "ruleset"))["nftables"]
+    policies: dict[str, list[str]] = {}
+    for item in ruleset:
+        chain = item.get("chain")
+        if chain and chain.get("hook") in ("input", "forward", "output") and "policy" in chain:
+            policies.setdefault(chain["hook"], []).append(chain["policy"])
+
+    def policy(hook: str) -> str | None:
+        # The strictest wins for the host: any accepting base chain lets packets on.
+        found = policies.get(hook)
+        if not found:
+            return None
+        return "accept" if "accept" in found else found[0]
+
+    return {"input_policy": policy("input"), "forward_policy": policy("forward"),
+            "output_policy": policy("output")}  # fmt: skip
+
+
+def network(paths: dict) -> dict:
+    addresses = []
+    for interface in json.loads(run("ip", "-j", "addr")):
+        for address in interface.get("addr_info", []):
+            if address.get("family") == "inet":
+                addresses.append(address["local"])
+    return {"addresses": addresses}
+
+
+def time_sync(paths: dict) -> dict:
+    shown = key_values(run("timedatectl", "show"), "=")
+    return {"synchronized": shown.get("ntpsynchronized") == "yes", "ntp": shown.get("ntp")}
+
+
+def journald(paths: dict) -> dict:
+    settings: dict[str, str] = {}
+    for pattern in paths["journald_dirs"]:
+        for path in matching(pattern):
+            settings.update(key_values(read(path), r"\s*=\s*"))
+    return {"storage": settings.get("storage", "auto"),
+            "max_retention": settings.get("maxretentionsec")}  # fmt: skip
+
+
+def retention_days(value: str | None) -> int | None:
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+)\s*(year|years|y|month|months|week|weeks|w|day|days|d)?", value)
+    if not match:
+        return None
+    unit = (match[2] or "s")[0]
+    return int(match[1]) * {"y": 365, "m": 30, "w": 7, "d": 1, "s": 0}[unit] or None
+
+
+def logs(paths: dict, journal: dict | None) -> dict:
+    text = read(paths["logrotate_conf"])
+    rotate = key_values(text)
+    periods = ("daily", "weekly", "monthly", "yearly")
+    period = next((p for p in periods if re.search(rf"(?m)^{p}$", text)), "weekly")
+    kept = (number(rotate.get("rotate")) or 0) * {"daily": 1, "weekly": 7, "monthly": 30,
+                                                  "yearly": 365}[period]  # fmt: skip
+    journal_days = retention_days((journal or {}).get("max_retention"))
+    days = [d for d in (kept, journal_days) if d]
+    return {"logrotate_days": kept, "journal_days": journal_days,
+            "retention_days": min(days) if days else None}  # fmt: skip
+
+
+def auditd(paths: dict) -> dict:
+    try:
+        rules = run("auditctl", "-l")  # the loaded rules, where the kernel allows
+        source = "kernel"
+    except (OSError, subprocess.SubprocessError):
+        rules = "\n".join(read(p) for p in matching(paths["audit_rules"]))
+        source = "files"  # in a container: the rules as written
+    keys = sorted(set(re.findall(r"(?:-k\s+|key=)([\w-]+)", rules)))
+    return {"rule_keys": keys, "source": source}
+
+
+def aide(paths: dict) -> dict:
+    asked = ["systemctl", "is-enabled", "dailyaidecheck.timer"]
+    enabled = subprocess.run(asked, capture_output=True, text=True, check=False).stdout.strip()
+    return {"database": Path(paths["aide_db"]).exists() or None,
+            "daily_check": enabled == "enabled"}  # fmt: skip
+
+
+def apt(paths: dict) -> dict:
+    simulated = run("apt-get", "-s", "-o", "Debug::NoLocking=1", "upgrade", timeout=120)
+    pending = [line.split()[1] for line in simulated.splitlines() if line.startswith("Inst ")]
+    security = [line.split()[1] for line in simulated.splitlines()
+                if line.startswith("Inst ") and "-security" in line]  # fmt: skip
+    periodic = key_values(run("apt-config", "dump"), r"\s+")
+    unattended = periodic.get("apt::periodic::unattended-upgrade", "").strip('";') == "1"
+    return {"pending_updates": len(pending), "pending_security_updates": len(security),
+            "security_packages": security, "unattended_upgrades": unattended}  # fmt: skip
+
+
+def tls(paths: dict) -> tuple[dict, dict]:
+    policy = json.loads(read(Path(paths["tls_dir"]) / "policy.json"))
+    summary = {
+        "minimum_version": policy.get("minimum_version", "TLSv1.3"),
+        "maximum_version": policy.get("maximum_version", "TLSv1.3"),
+        "client_certificate_required": True,  # the policy always requires one (securecore.tls)
+        "ciphersuites": policy.get("ciphersuites") or [
+            "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"],
+        "crl_check": policy.get("crl_check", "leaf"),
+    }  # fmt: skip
+    now = datetime.datetime.now(datetime.UTC)
+    left = {}
+    for path in sorted(Path(paths["tls_dir"]).glob("*.pem")):
+        text = run("openssl", "x509", "-noout", "-enddate", "-in", str(path))
+        ends = datetime.datetime.strptime(text.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
+        left[path.name] = (ends.replace(tzinfo=datetime.UTC) - now).days
+    certificates = {"days_left": left, "fewest_days_left": min(left.values()) if left else None}
+    return summary, certificates
+
+
+def hardening(paths: dict) -> dict:
+    report = json.loads(read(paths["hardening_report"]))
+    controls = report.get("controls", {})
+    statuses = {name: c.get("status") for name, c in controls.items()}
+    return {
+        "controls": len(statuses),
+        "unapplied": sorted(
+            n for n, s in statuses.items() if s not in ("applied", "exempt", "container")
+        ),
+        "exempt": sorted(n for n, s in statuses.items() if s == "exempt"),
+        "limited_in_container": sorted(n for n, s in statuses.items() if s == "container"),
+    }
+
+
+def world_writable(paths: dict) -> dict:
+    found = []
+    for root in paths["writable_roots"]:
+        for directory, _, names in os.walk(root):
+            for name in names:
+                path = Path(directory) / name
+                try:
+                    mode = path.lstat().st_mode
+                except OSError:
+                    continue
+                if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
+                    found.append(str(path))
+            if len(found) > 100:
+                break
+    return {"world_writable": found[:100]}
+
+
+def gather(paths: dict) -> dict:
+    facts: dict = {"_errors": {}}
+
+    def collect(name: str, function, *args) -> None:
+        try:
+            facts[name] = function(*args)
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as error:
+            facts["_errors"][name] = f"{type(error).__name__}: {error}"[:300]
+
+    # apt's simulated upgrade takes the longest: it runs while the rest is read.
+    slow = threading.Thread(target=collect, args=("apt", apt, paths))
+    slow.start()
+    for name, function in (
+        ("sshd", sshd),
+        ("pam", pam),
+        ("login_defs", login_defs),
+        ("nftables", nftables),
+        ("network", network),
+        ("time", time_sync),
+        ("journald", journald),
+        ("auditd", auditd),
+        ("aide", aide),
+        ("hardening", hardening),
+        ("files", world_writable),
+    ):
+        collect(name, function, paths)  # fmt: skip
+    slow.join()
+    collect("logs", logs, paths, facts.get("journald"))
+    try:
+        facts["tls_policy"], facts["certificates"] = tls(paths)
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError) as error:
+        facts["_errors"]["tls_policy"] = f"{type(error).__name__}: {error}"[:300]
+    facts["_tools"] = {tool: bool(shutil.which(tool)) for tool in
+                       ("sshd", "nft", "auditctl", "aide", "openssl", "timedatectl")}  # fmt: skip
+    return facts
+
+
+if __name__ == "__main__":
+    overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    print(json.dumps(gather({**DEFAULTS, **overrides}), sort_keys=True))

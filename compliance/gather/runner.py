@@ -1,0 +1,156 @@
+"""One read-only gathering pass per host, with ansible-runner over the playbooks' inventory.
+
+The host fact script (compliance/gather/host_facts.py) is run on every host
+at once (`ansible.builtin.script`, become, `forks` in parallel): one SSH
+round trip per host, nothing installed, nothing changed. Facts that depend
+on the inventory (is the host's address inside its zone's segment?) are
+added here from the inventory's variables. A host that cannot be reached or
+whose gathering fails is an error for that host, never a pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+HOST_FACTS_SCRIPT = Path(__file__).with_name("host_facts.py")
+
+
+class GatherError(Exception):
+    """The inventory cannot be read; nothing was gathered."""
+
+
+@dataclass
+class HostFacts:
+    host: str
+    groups: list[str]
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # unreachable, or the gathering failed
+    seconds: float = 0.0
+
+
+def _own_ansible_on_path() -> None:
+    # The ansible executables installed with this package (the same virtualenv)
+    # come first, even when `compliance` is run by its full path.
+    own = str(Path(sys.executable).parent)
+    paths = os.environ.get("PATH", "").split(os.pathsep)
+    if own not in paths:
+        os.environ["PATH"] = os.pathsep.join([own, *paths])
+
+
+def _environment(inventory: Path) -> dict[str, str]:
+    _own_ansible_on_path()
+    env = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+    # Run from a project, its ansible.cfg (connection settings, known hosts) applies.
+    config = os.environ.get("ANSIBLE_CONFIG") or next(
+        (str(p / "ansible.cfg") for p in (Path.cwd(), *Path.cwd().parents)
+         if (p / "ansible.cfg").is_file()), None)  # fmt: skip
+    if config:
+        env["ANSIBLE_CONFIG"] = config
+        roles = Path(config).parent / "roles"
+        if roles.is_dir():
+            env["ANSIBLE_ROLES_PATH"] = str(roles)
+    return env
+
+
+def read_inventory(inventory: Path, limit: str | None) -> dict[str, dict[str, Any]]:
+    """hostname -> {"vars": hostvars, "groups": [...]} of the hosts LIMIT selects."""
+    if not inventory.exists():
+        raise GatherError(f"{inventory}: no such inventory")
+    out, err = ansible_runner.interface.get_inventory(
+        action="list", inventories=[str(inventory)], response_format="json", quiet=True,
+        envvars=_environment(inventory),
+    )  # fmt: skip
+    if not isinstance(out, dict) or "_meta" not in out:
+        raise GatherError(f"{inventory}: ansible-inventory could not read it: {err or out}")
+    hostvars = out["_meta"].get("hostvars", {})
+    groups: dict[str, list[str]] = {}
+
+    def walk(group: str, trail: list[str]) -> None:
+        entry = out.get(group, {})
+        for host in entry.get("hosts", []):
+            groups.setdefault(host, []).extend(g for g in [*trail, group] if g not in ("all",))
+        for child in entry.get("children", []):
+            walk(child, [*trail, group])
+
+    walk("all", [])
+    hosts = {name: {"vars": hostvars.get(name, {}), "groups": sorted(set(groups.get(name, [])))}
+             for name in sorted(set(hostvars) | set(groups))}  # fmt: skip
+    if limit:
+        wanted = {part.strip() for part in limit.split(",") if part.strip()}
+        hosts = {h: v for h, v in hosts.items() if h in wanted or wanted & set(v["groups"])}
+        if not hosts:
+            raise GatherError(f"--limit {limit}: no host of {inventory} matches")
+    return hosts
+
+
+def segment_facts(name: str, host: dict[str, Any], addresses: list[str]) -> dict[str, Any]:
+    """Whether the host's inventory address is in its segment and on the host."""
+    segments = host["vars"].get("site_segments") or {}
+    segment = next((g for g in host["groups"] if g in segments), None)
+    address = host["vars"].get("segment_ip")
+    facts: dict[str, Any] = {"segment": segment, "segment_ip": address}
+    if segment and address:
+        cidr = ipaddress.ip_network(str(segments[segment]["cidr"]), strict=False)
+        inside = ipaddress.ip_address(str(address)) in cidr
+        facts["address_in_segment"] = inside and str(address) in addresses
+    return facts
+
+
+def gather(inventory: str | Path, limit: str | None = None, forks: int = 8,
+           timeout: int = 300) -> list[HostFacts]:  # fmt: skip
+    inventory = Path(inventory).resolve()
+    hosts = read_inventory(inventory, limit)
+    results = {name: HostFacts(name, info["groups"]) for name, info in hosts.items()}
+    started: dict[str, float] = {}
+
+    def on_event(event: dict[str, Any]) -> bool:
+        data = event.get("event_data", {})
+        host = data.get("host")
+        if host not in results:
+            return True
+        kind = event.get("event")
+        if kind == "runner_on_start":
+            started[host] = time.monotonic()
+        elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
+            result = results[host]
+            result.seconds = round(time.monotonic() - started.get(host, time.monotonic()), 2)
+            answer = data.get("res", {})
+            if kind == "runner_on_unreachable":
+                result.error = f"unreachable: {answer.get('msg', '')}".strip()
+            elif kind == "runner_on_failed":
+                result.error = f"gathering failed: {answer.get('msg') or answer.get('stderr')}"
+            else:
+                try:
+                    result.facts = json.loads(answer.get("stdout", ""))
+                except ValueError:
+                    result.error = "gathering printed no facts (see the host's python3)"
+        return True
+
+    with tempfile.TemporaryDirectory(prefix="compliance-gather-") as private:
+        script = f"{HOST_FACTS_SCRIPT} executable=/usr/bin/python3"
+        ansible_runner.run(
+            private_data_dir=private, inventory=str(inventory), host_pattern=",".join(hosts),
+            module="ansible.builtin.script", module_args=script, forks=forks, quiet=True,
+            cmdline="--become", envvars=_environment(inventory), event_handler=on_event,
+            timeout=timeout, json_mode=False,
+        )  # fmt: skip
+    for name, result in results.items():
+        if result.error is None and not result.facts:
+            result.error = "no answer from the gathering pass"
+        if result.error is None:
+            addresses = (result.facts.get("network") or {}).get("addresses", [])
+            result.facts["network"] = {
+                **(result.facts.get("network") or {}),
+                **segment_facts(name, hosts[name], addresses),
+            }
+    return list(results.values())

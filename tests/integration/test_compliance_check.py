@@ -1,0 +1,120 @@
+"""`compliance check` for real: ansible-runner gathers from this machine (a local
+connection) and from a host that cannot be reached; waivers; the fact script
+reading files given to it."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from securecore.devsetup import development_ca, issue_development_leaf
+from tests.integration.helpers import ROOT
+
+SCRIPT = ROOT / "compliance" / "gather" / "host_facts.py"
+
+
+def compliance(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "compliance.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts.yml"
+    path.write_text(json.dumps({"all": {"hosts": {
+        "here": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+    }}}))  # fmt: skip
+    return path
+
+
+def test_this_machine_is_gathered_and_checked(inventory: Path, tmp_path: Path) -> None:
+    facts_file = tmp_path / "facts.json"
+    proc = compliance("check", "-i", str(inventory), "--format", "json",
+                      "--facts", str(facts_file))  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr
+    document = json.loads(proc.stdout)
+    [host] = document["hosts"]
+    assert host["host"] == "here" and host["error"] is None
+    results = {r["check"]: r for r in document["results"]}
+    assert len(results) == 18 and {r["status"] for r in results.values()} <= {"pass", "fail"}
+    # Not in any segment of an inventory: the segregation check cannot pass.
+    assert results["network.in_its_segment"]["status"] == "fail"
+    facts = json.loads(facts_file.read_text())["here"]
+    assert facts["network"]["addresses"]  # gathered for real
+    # A fact that could not be read fails its check and says why.
+    if "hardening" in facts["_errors"]:
+        assert results["hardening.controls"]["status"] == "fail"
+        assert "not found" in results["hardening.controls"]["detail"]
+
+
+def test_an_unreachable_host_is_an_error_not_a_pass(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.yml"
+    path.write_text(json.dumps({"all": {"hosts": {"gone": {
+        "ansible_host": "127.0.0.1", "ansible_port": 1, "ansible_user": "nobody",
+        "ansible_ssh_common_args": "-o ConnectTimeout=3 -o StrictHostKeyChecking=no",
+    }}}}))  # fmt: skip
+    proc = compliance("check", "-i", str(path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "gone" in proc.stdout and "ERROR" in proc.stdout and "unreachable" in proc.stdout
+    assert "PASS" not in proc.stdout
+
+
+def test_waivers_cover_failures_until_they_expire(inventory: Path, tmp_path: Path) -> None:
+    today = datetime.date.today()
+    waivers = tmp_path / "waivers.yml"
+    waivers.write_text(json.dumps([
+        {"check": "network.in_its_segment", "hosts": ["here"], "reason": "not a site host",
+         "approver": "ciso", "expires": (today + datetime.timedelta(days=30)).isoformat()},
+        {"check": "tls.policy", "hosts": "all", "reason": "no service here",
+         "approver": "ciso", "expires": (today - datetime.timedelta(days=1)).isoformat()},
+    ]))  # fmt: skip
+    proc = compliance("check", "-i", str(inventory), "--waivers", str(waivers),
+                      "--check", "network.in_its_segment", "--check", "tls.policy",
+                      "--format", "json")  # fmt: skip
+    results = {r["check"]: r for r in json.loads(proc.stdout)["results"]}
+    assert results["network.in_its_segment"]["status"] == "waived"
+    assert results["network.in_its_segment"]["waiver"]["approver"] == "ciso"
+    assert results["tls.policy"]["status"] == "fail"  # the expired waiver no longer applies
+    assert "waiver expired" in results["tls.policy"]["detail"]
+    assert proc.returncode == 1
+    waivers.write_text(json.dumps([{"check": "no.such.check", "hosts": "all", "reason": "x",
+                                    "approver": "y", "expires": "2030-01-01"}]))  # fmt: skip
+    bad = compliance("check", "-i", str(inventory), "--waivers", str(waivers))
+    assert bad.returncode == 2 and "waivers.yml: [0]: no check 'no.such.check'" in bad.stderr
+
+
+def test_bad_input_is_named() -> None:
+    missing = compliance("check", "-i", "/nonexistent/inventory")
+    assert missing.returncode == 2 and "/nonexistent/inventory: no such inventory" in missing.stderr
+    unknown = compliance("check", "-i", str(ROOT / "inventories" / "lab"), "--check", "nope")
+    assert unknown.returncode == 2 and "--check nope: no such host check" in unknown.stderr
+
+
+def test_the_fact_script_reads_the_tls_policy_certificates_and_hardening_report(
+    tmp_path: Path,
+) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    ca, key = development_ca()
+    issue_development_leaf(tls, "server", ca, key)
+    (tls / "policy.json").write_text(json.dumps({"crl_check": "leaf", "ciphersuites": [
+        "TLS_AES_256_GCM_SHA384"]}))  # fmt: skip
+    report = tmp_path / "hardening.json"
+    report.write_text(json.dumps({"controls": {
+        "sshd": {"status": "applied"}, "aide": {"status": "exempt"},
+        "auditd": {"status": "container"}, "sysctl": {"status": "missing"},
+    }}))  # fmt: skip
+    overrides = {"tls_dir": str(tls), "hardening_report": str(report)}
+    command = [sys.executable, str(SCRIPT), json.dumps(overrides)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    facts = json.loads(out)
+    assert facts["tls_policy"]["crl_check"] == "leaf"
+    assert facts["tls_policy"]["ciphersuites"] == ["TLS_AES_256_GCM_SHA384"]
+    assert 170 <= facts["certificates"]["days_left"]["server.pem"] <= 180
+    assert facts["hardening"]["unapplied"] == ["sysctl"]
+    assert facts["hardening"]["exempt"] == ["aide"]
