@@ -55,7 +55,8 @@ def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
     except RuleError as error:
         raise CatalogError(str(error)) from error
     mapped = mapped_controls(item["controls"], where, catalogs)
-    groups = item.get("groups", ["all"])
+    # Service facts come from the core hosts only.
+    groups = item.get("groups", ["all"] if item["scope"] == "host" else ["core"])
     return Check(
         item["id"], item["title"], item["rationale"], item["scope"], item["severity"],
         item["rule"], mapped, item["remediation"], tuple(dict.fromkeys(facts)),

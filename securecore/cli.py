@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from securecore import __version__, admin_commands, state_commands
+from securecore import __version__, admin_commands, service_facts, state_commands
 from securecore.admin_commands import AdminError
 from securecore.audit import commands as audit_commands
 from securecore.audit.checkpoint import CheckpointError
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands.add_parser(commands)
     state_commands.add_parsers(commands)
     serve_command.add_parser(commands)
+    service_facts.add_parser(commands)
     admin_commands.add_parsers(commands)
     plugin = commands.add_parser("plugin", help="run a plugin built on securecore.plugin")
     plugins = plugin.add_subparsers(dest="plugin", required=True, metavar="PLUGIN")

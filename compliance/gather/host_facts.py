@@ -26,6 +26,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 DEFAULTS = {
@@ -40,6 +41,13 @@ DEFAULTS = {
     "audit_rules": "/etc/audit/rules.d/*.rules",
     "aide_db": "/var/lib/aide/aide.db",
     # Not /usr: dpkg owns it (and walking it costs seconds); /usr/local is the admins'.
+    # The core service (roles/securecore): its own report, as its user.
+    "securecore_config": "/etc/securecore/securecore.toml",
+    "securecore_bin": "/opt/securecore/current/venv/bin/securecore",
+    "securecore_user": "securecore",
+    "softhsm_conf": "/etc/securecore/softhsm2.conf",
+    "replica_timer": "/etc/systemd/system/securecore-replica.timer",
+    "replica_store": "/var/lib/securecore/data/replica/audit.db",
     "writable_roots": ["/etc", "/usr/local", "/opt", "/var/lib"],
 }
 
@@ -263,6 +271,25 @@ def world_writable(paths: dict) -> dict:
     return {"world_writable": found[:100]}
 
 
+def securecore(paths: dict) -> dict:
+    """`securecore facts` as the service user (it opens the HSM token), and the copy of
+    the active's audit log this host keeps if it is not the active one."""
+    facts = json.loads(run(
+        "runuser", "-u", paths["securecore_user"], "--", "env",
+        f"SOFTHSM2_CONF={paths['softhsm_conf']}", paths["securecore_bin"], "facts",
+        "-c", paths["securecore_config"], timeout=120,
+    ))  # fmt: skip
+    if Path(paths["replica_timer"]).exists():
+        store = Path(paths["replica_store"])
+        newest = max((p.stat().st_mtime for p in store.parent.glob(store.name + "*")),
+                     default=None)  # fmt: skip
+        age = (time.time() - newest) / 60 if newest else None
+        facts["replica"] = {"role": "copy", "age_minutes": round(age, 1) if age else age}
+    else:
+        facts["replica"] = {"role": "active"}
+    return facts
+
+
 def gather(paths: dict) -> dict:
     facts: dict = {"_errors": {}}
 
@@ -289,6 +316,11 @@ def gather(paths: dict) -> dict:
         ("files", world_writable),
     ):
         collect(name, function, paths)  # fmt: skip
+    if Path(paths["securecore_config"]).exists():
+        try:
+            facts.update(securecore(paths))
+        except (OSError, ValueError, subprocess.SubprocessError) as error:
+            facts["_errors"]["securecore"] = f"{type(error).__name__}: {error}"[:300]
     slow.join()
     collect("logs", logs, paths, facts.get("journald"))
     try:

@@ -92,7 +92,7 @@ def test_bad_input_is_named() -> None:
     missing = compliance("check", "-i", "/nonexistent/inventory")
     assert missing.returncode == 2 and "/nonexistent/inventory: no such inventory" in missing.stderr
     unknown = compliance("check", "-i", str(ROOT / "inventories" / "lab"), "--check", "nope")
-    assert unknown.returncode == 2 and "--check nope: no such host check" in unknown.stderr
+    assert unknown.returncode == 2 and "--check nope: no such check" in unknown.stderr
 
 
 def test_the_fact_script_reads_the_tls_policy_certificates_and_hardening_report(

@@ -1,0 +1,129 @@
+"""`securecore facts -c CONFIG`: the service's state as JSON, for the compliance checks.
+
+Read-only, run on the core host as the service user (it opens the key ring):
+  ready      /readyz answered over mutual TLS with the host's certificate
+  audit      the audit log verified (tree, witness, signed checkpoints), its size,
+             records not yet under a signed checkpoint
+  keys       the age in days of the newest signing key and key-encryption key
+  backup     the newest backup in [backup] directory and its age in hours
+  plugins    every registered plugin's state and score, the lowest active score,
+             the suspended ones
+Nothing secret is printed: no key material, no PIN, no token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+from securecore import config as configuration
+from securecore.audit.commands import signing_public_keys
+from securecore.audit.factory import open_store
+from securecore.audit.log import verify_log
+from securecore.keys.factory import open_key_ring
+from securecore.plugins.registry import PluginRegistry
+from securecore.state_db import open_state
+from securecore.tls import TLSPolicy
+
+
+def _ready(config: configuration.Config) -> bool:
+    policy = TLSPolicy.from_file(config.get("tls", "policy"))
+    host, _, port = config.get("service", "listen").rpartition(":")
+    wildcard = host in ("0.0.0.0", "", "[::]")  # noqa: S104 - not a bind: reached on loopback
+    host = "127.0.0.1" if wildcard else host.strip("[]")
+    context = policy.client_context()
+    context.check_hostname = False  # the chain is checked; the service names its own address
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status == 200
+    except (OSError, ssl.SSLError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def _audit(config: configuration.Config, ring) -> dict[str, Any]:
+    store = open_store(config)
+    try:
+        result = verify_log(store, config.get("audit", "witness_dir"), signing_public_keys(ring))
+        checkpoints = store.checkpoints()
+        size = store.size()
+    finally:
+        store.close()
+    last = checkpoints[-1][0] if checkpoints else 0
+    return {"verified": result.ok, "problem": result.problem, "records": size,
+            "checkpoints": len(checkpoints), "uncheckpointed": size - last}  # fmt: skip
+
+
+def _keys(ring) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.UTC)
+    ages = {}
+    for label, name in (("signing", ring.signing_key), ("kek", ring.kek)):
+        kid = ring.current(name)
+        made = ring.backend.created(kid)
+        ages[f"{label}_kid"] = kid
+        ages[f"{label}_age_days"] = (now - made).days if made else None
+    return ages
+
+
+def _backup(config: configuration.Config) -> dict[str, Any]:
+    directory = Path(config.get("backup", "directory") or "")
+    newest = None
+    for path in directory.glob("securecore-backup-*.manifest.json") if str(directory) else []:
+        try:
+            created = datetime.datetime.fromisoformat(json.loads(path.read_text())["created"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if newest is None or created > newest[0]:
+            newest = (created, path.name)
+    if newest is None:
+        return {"newest": None, "newest_age_hours": None}
+    age = datetime.datetime.now(datetime.UTC) - newest[0]
+    return {"newest": newest[1], "newest_age_hours": round(age.total_seconds() / 3600, 1)}
+
+
+def _plugins(config: configuration.Config) -> dict[str, Any]:
+    registry = PluginRegistry(open_state(config, "plugins"), vendors={},
+                              minimum_security_level=0, probe=lambda *_: {})  # fmt: skip
+    plugins = registry.summary()
+    active = [p["score"] for p in plugins if p["state"] == "active"]
+    return {
+        "registered": {p["name"]: {"state": p["state"], "score": p["score"]} for p in plugins},
+        "active_count": len(active),
+        "lowest_active_score": min(active) if active else None,
+        "suspended": sorted(p["name"] for p in plugins if p["state"] == "suspended"),
+    }
+
+
+def service_facts(config: configuration.Config) -> dict[str, Any]:
+    ring = open_key_ring(config)
+    try:
+        return {
+            "service": {"ready": _ready(config)},
+            "audit": _audit(config, ring),
+            "keys": _keys(ring),
+            "backup": _backup(config),
+            "plugins": _plugins(config),
+        }
+    finally:
+        ring.backend.close()
+
+
+def _facts(args: argparse.Namespace) -> int:
+    print(json.dumps(service_facts(configuration.load(args.config)), sort_keys=True))
+    return 0
+
+
+def add_parser(commands) -> None:
+    command = commands.add_parser(
+        "facts", help="the service's state as JSON (compliance checks; read-only)",
+        description=__doc__,
+    )  # fmt: skip
+    command.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
+    command.set_defaults(handler=_facts)
