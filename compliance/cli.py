@@ -5,6 +5,9 @@
       automated checks, by checklist attestations, or not applicable (why)
   compliance check -i INVENTORY [--limit L] [--waivers FILE]
       one read-only gathering pass per host (ansible-runner), then the checks
+      [--evidence DIR --signing-key KEY]   ... and write a signed evidence bundle
+  compliance verify BUNDLE_OR_DIR [--public-key PEM]   hashes, signature, chain
+  compliance keygen --key FILE                 an evidence signing key
   compliance checks [--format text|json]      the check definitions
   compliance checklists [NAME]                the daily, weekly and monthly items
 
@@ -16,6 +19,7 @@ named with what is wrong).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from collections import Counter
@@ -25,9 +29,18 @@ from pathlib import Path
 from compliance import __version__
 from compliance.catalog import CatalogError, load_catalogs
 from compliance.checklists import NAMES, load_checklists
-from compliance.checks import load_checks
+from compliance.checks import CHECK_DIR, load_checks
 from compliance.coverage import coverage, load_applicability
 from compliance.engine import load_waivers, run_checks
+from compliance.evidence import (
+    EvidenceError,
+    generate_key,
+    hash_files,
+    load_signing_key,
+    masked,
+    verify_bundles,
+    write_bundle,
+)
 from compliance.gather.runner import GatherError, gather
 
 
@@ -120,6 +133,10 @@ def _check(args: argparse.Namespace) -> int:
             raise CatalogError(f"--check {', '.join(unknown)}: no such check")
         checks = [c for c in checks if c.id in args.check]
     waivers = load_waivers(args.waivers, {c.id for c in checks})
+    if bool(args.evidence) != bool(args.signing_key):
+        raise EvidenceError("--evidence and --signing-key go together (a bundle is signed)")
+    signing_key = load_signing_key(args.signing_key) if args.signing_key else None
+    started = datetime.datetime.now(datetime.UTC).isoformat()
     print(f"gathering facts from {args.inventory} ...", file=sys.stderr)
     hosts = gather(args.inventory, args.limit, forks=args.forks)
     results = run_checks(checks, hosts, waivers)
@@ -129,7 +146,15 @@ def _check(args: argparse.Namespace) -> int:
         "results": [r.as_dict() for r in results],
     }  # fmt: skip
     if args.facts:
-        args.facts.write_text(json.dumps({h.host: h.facts for h in hosts}, indent=2) + "\n")
+        facts = {h.host: masked(h.facts) for h in hosts}
+        args.facts.write_text(json.dumps(facts, indent=2) + "\n")
+    if args.evidence:
+        run = {"started": started, "inventory": str(args.inventory), "limit": args.limit,
+               "checks_sha256": hash_files(list(CHECK_DIR.glob("*.yaml"))),
+               "waivers_sha256": hash_files([args.waivers]) if args.waivers else None}  # fmt: skip
+        bundle = write_bundle(args.evidence, "check", document["results"], document["hosts"],
+                              {h.host: h.facts for h in hosts}, run, signing_key)  # fmt: skip
+        print(f"evidence: {bundle}", file=sys.stderr)
     if args.format == "json":
         json.dump(document, sys.stdout, indent=2)
         print()
@@ -147,6 +172,29 @@ def _check(args: argparse.Namespace) -> int:
     if any(r.status == "error" for r in results):
         return 2
     return 1 if any(r.status == "fail" for r in results) else 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    kid = generate_key(args.key)
+    print(f"signing key written: {args.key} (0600), public key {args.key}.pub, key id {kid}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    checks, chain = verify_bundles(args.target, args.public_key)
+    bad = 0
+    for check in checks:
+        if check.problems:
+            bad += 1
+            print(f"FAILED {check.bundle}:")
+            for problem in check.problems:
+                print(f"  {problem}")
+        else:
+            print(f"OK     {check.bundle} (signed by key {check.key_id})")
+    for problem in chain:
+        print(f"CHAIN  {problem}")
+    print(f"{len(checks)} bundles, {bad} with problems, {len(chain)} breaks in the chain")
+    return 1 if bad or chain else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--facts", type=Path, help="also write the gathered facts (JSON) here")
     check.add_argument("--forks", type=int, default=8, help="hosts gathered at once")
     check.add_argument("--format", choices=("text", "json"), default="text")
+    check.add_argument("--evidence", type=Path, help="write a signed evidence bundle here")
+    check.add_argument("--signing-key", type=Path, help="ECDSA P-256 key (compliance keygen)")
     check.set_defaults(handler=_check)
+    keygen = commands.add_parser("keygen", help="make an evidence signing key (file, 0600)")
+    keygen.add_argument("--key", type=Path, required=True, help="where to write it")
+    keygen.set_defaults(handler=_keygen)
+    verify = commands.add_parser(
+        "verify", help="check evidence bundles offline: hashes, signature, the chain"
+    )
+    verify.add_argument("target", type=Path, help="a bundle, or a directory of bundles")
+    verify.add_argument("--public-key", type=Path, help="the signing key to trust (PEM)")
+    verify.set_defaults(handler=_verify)
     lists = commands.add_parser("checklists", help="the daily, weekly and monthly items")
     lists.add_argument("name", nargs="?", choices=NAMES)
     lists.set_defaults(handler=_checklists)
@@ -190,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except (CatalogError, GatherError) as error:
+    except (CatalogError, GatherError, EvidenceError) as error:
         print(f"compliance {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,110 @@
+"""Evidence bundles: written by a real `compliance check`, verified offline; a changed
+file, a removed or inserted bundle and a wrong signature are each found and named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compliance.evidence import generate_key, load_signing_key, masked, write_bundle
+from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
+
+
+def bundle(directory: Path, key, day: int) -> Path:
+    results = [{"check": "ssh.keys_only", "host": "core-01", "status": "pass", "detail": "ok",
+                "severity": "high", "controls": {}, "waiver": None}]  # fmt: skip
+    facts = {"core-01": {"sshd": {"passwordauthentication": "no"},
+                         "vault": {"token": "s.hunter2", "pin_file": "/x"}}}  # fmt: skip
+    return write_bundle(directory, "daily", results, [{"host": "core-01", "error": None}],
+                        facts, {"day": day}, key)  # fmt: skip
+
+
+@pytest.fixture
+def key(tmp_path: Path):
+    path = tmp_path / "evidence.key"
+    generate_key(path)
+    return load_signing_key(path)
+
+
+def verify(target: Path, *args: str):
+    return compliance("verify", str(target), *args)
+
+
+def test_a_check_run_writes_a_bundle_that_verifies(inventory, tmp_path: Path) -> None:  # noqa: F811
+    key = tmp_path / "evidence.key"
+    made = compliance("keygen", "--key", str(key))
+    assert made.returncode == 0 and key.stat().st_mode & 0o777 == 0o600
+    again = compliance("keygen", "--key", str(key))
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+    evidence = tmp_path / "evidence"
+    run = compliance("check", "-i", str(inventory), "--check", "tls.policy",
+                     "--evidence", str(evidence), "--signing-key", str(key))  # fmt: skip
+    assert run.returncode == 1, run.stderr  # tls.policy fails on this machine
+    [made_bundle] = list(evidence.iterdir())
+    names = sorted(str(p.relative_to(made_bundle)) for p in made_bundle.rglob("*") if p.is_file())
+    assert names == ["facts/here.json", "junit.xml", "manifest.json", "results.json", "run.json",
+                     "signature.json"]  # fmt: skip
+    run_json = json.loads((made_bundle / "run.json").read_text())
+    assert run_json["previous"] is None and len(run_json["checks_sha256"]) == 64
+    assert "<failure" in (made_bundle / "junit.xml").read_text()
+    checked = verify(evidence, "--public-key", f"{key}.pub")
+    assert checked.returncode == 0, checked.stdout
+    assert "1 bundles, 0 with problems, 0 breaks in the chain" in checked.stdout
+    private = key.read_text().splitlines()[1]
+    assert all(private not in p.read_text() for p in made_bundle.rglob("*") if p.is_file())
+    lonely = compliance("check", "-i", str(inventory), "--evidence", str(evidence))
+    assert lonely.returncode == 2 and "go together" in lonely.stderr
+
+
+def test_secrets_never_reach_a_bundle(tmp_path: Path, key) -> None:
+    made = bundle(tmp_path / "evidence", key, 1)
+    text = "".join(p.read_text() for p in made.rglob("*") if p.is_file())
+    assert "hunter2" not in text and '"token": "***"' in text
+    assert masked({"a": {"user_pin": "1234", "keys": ["x"]}}) == {"a": {"user_pin": "***",
+                                                                        "keys": ["x"]}}  # fmt: skip
+
+
+def test_a_changed_file_is_named(tmp_path: Path, key) -> None:
+    made = bundle(tmp_path / "evidence", key, 1)
+    results = made / "results.json"
+    results.write_text(results.read_text().replace('"pass"', '"fail"'))
+    (made / "notes.txt").write_text("added later")
+    checked = verify(made)
+    assert checked.returncode == 1
+    assert "results.json: changed" in checked.stdout
+    assert "notes.txt: not in the manifest (added)" in checked.stdout
+
+
+def test_a_removed_or_inserted_day_breaks_the_chain(tmp_path: Path, key) -> None:
+    evidence = tmp_path / "evidence"
+    days = [bundle(evidence, key, day) for day in (1, 2, 3)]
+    assert verify(evidence).returncode == 0
+    kept = tmp_path / "day2"
+    shutil.move(days[1], kept)
+    checked = verify(evidence)
+    assert checked.returncode == 1
+    assert f"{days[2].name}: follows {days[1].name}, but the bundle before it is " \
+           f"{days[0].name}" in checked.stdout  # fmt: skip
+    shutil.move(kept, days[1])
+    # A day replaced by another, validly signed, bundle of the same name.
+    other = bundle(tmp_path / "elsewhere", key, 2)
+    shutil.rmtree(days[1])
+    shutil.move(other, days[1])
+    replaced = verify(evidence)
+    assert replaced.returncode == 1 and "was replaced" in replaced.stdout
+
+
+def test_a_wrong_signature_is_found(tmp_path: Path, key) -> None:
+    made = bundle(tmp_path / "evidence", key, 1)
+    other_key = tmp_path / "other.key"
+    generate_key(other_key)
+    pinned = verify(made, "--public-key", f"{other_key}.pub")
+    assert pinned.returncode == 1 and "not by the trusted key" in pinned.stdout
+    signature = json.loads((made / "signature.json").read_text())
+    signature["signature"] = signature["signature"][:-8] + "AAAAAAA="
+    (made / "signature.json").write_text(json.dumps(signature))
+    broken = verify(made)
+    assert broken.returncode == 1 and "signature" in broken.stdout
