@@ -7,6 +7,9 @@
       one read-only gathering pass per host (ansible-runner), then the checks
       [--evidence DIR --signing-key KEY]   ... and write a signed evidence bundle
   compliance verify BUNDLE_OR_DIR [--public-key PEM]   hashes, signature, chain
+  compliance checklist run daily|weekly|monthly -i INVENTORY [--store DIR] [...]
+      the checklist's checks and attestations, a Markdown report in the bundle
+  compliance attest ITEM --by NAME --note TEXT [--file PATH]   a person's item
   compliance keygen --key FILE                 an evidence signing key
   compliance checks [--format text|json]      the check definitions
   compliance checklists [NAME]                the daily, weekly and monthly items
@@ -27,8 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from compliance import __version__
+from compliance.attestations import AttestationError, record
 from compliance.catalog import CatalogError, load_catalogs
-from compliance.checklists import NAMES, load_checklists
+from compliance.checklist_run import markdown, run_items
+from compliance.checklists import NAMES, load_checklist, load_checklists
 from compliance.checks import CHECK_DIR, load_checks
 from compliance.coverage import coverage, load_applicability
 from compliance.engine import load_waivers, run_checks
@@ -124,19 +129,25 @@ def _checklists(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
-    catalogs = load_catalogs()
-    checks = load_checks(catalogs)  # host checks on every host, service checks on core hosts
-    if args.check:
-        unknown = sorted(set(args.check) - {c.id for c in checks})
+def _selected_checks(args: argparse.Namespace, wanted: set[str] | None = None):
+    checks = load_checks(load_catalogs())  # host checks on every host, service on core hosts
+    chosen = set(args.check or []) or wanted
+    if chosen:
+        unknown = sorted(chosen - {c.id for c in checks})
         if unknown:
             raise CatalogError(f"--check {', '.join(unknown)}: no such check")
-        checks = [c for c in checks if c.id in args.check]
+        checks = [c for c in checks if c.id in chosen]
+    return checks
+
+
+def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
+    """Gather, evaluate, optionally write the facts and a signed bundle: (document, hosts).
+    EXTRA(document, hosts) adds files to the bundle (a checklist's report)."""
     waivers = load_waivers(args.waivers, {c.id for c in checks})
     if bool(args.evidence) != bool(args.signing_key):
         raise EvidenceError("--evidence and --signing-key go together (a bundle is signed)")
     signing_key = load_signing_key(args.signing_key) if args.signing_key else None
-    started = datetime.datetime.now(datetime.UTC).isoformat()
+    started = datetime.datetime.now(datetime.UTC)
     print(f"gathering facts from {args.inventory} ...", file=sys.stderr)
     hosts = gather(args.inventory, args.limit, forks=args.forks)
     results = run_checks(checks, hosts, waivers)
@@ -144,27 +155,35 @@ def _check(args: argparse.Namespace) -> int:
         "hosts": [{"host": h.host, "groups": h.groups, "error": h.error, "seconds": h.seconds}
                   for h in hosts],
         "results": [r.as_dict() for r in results],
+        "started": started,
     }  # fmt: skip
     if args.facts:
         facts = {h.host: masked(h.facts) for h in hosts}
         args.facts.write_text(json.dumps(facts, indent=2) + "\n")
+    added = extra(document, results) if extra else {}
     if args.evidence:
-        run = {"started": started, "inventory": str(args.inventory), "limit": args.limit,
-               "checks_sha256": hash_files(list(CHECK_DIR.glob("*.yaml"))),
+        run = {"started": started.isoformat(), "inventory": str(args.inventory),
+               "limit": args.limit, "checks_sha256": hash_files(list(CHECK_DIR.glob("*.yaml"))),
                "waivers_sha256": hash_files([args.waivers]) if args.waivers else None}  # fmt: skip
-        bundle = write_bundle(args.evidence, "check", document["results"], document["hosts"],
-                              {h.host: h.facts for h in hosts}, run, signing_key)  # fmt: skip
+        bundle = write_bundle(args.evidence, kind, document["results"], document["hosts"],
+                              {h.host: h.facts for h in hosts}, run, signing_key,
+                              extra=added)  # fmt: skip
         print(f"evidence: {bundle}", file=sys.stderr)
+    return document, results
+
+
+def _check(args: argparse.Namespace) -> int:
+    document, results = _gather_and_check(args, _selected_checks(args), "check")
     if args.format == "json":
-        json.dump(document, sys.stdout, indent=2)
+        json.dump({k: v for k, v in document.items() if k != "started"}, sys.stdout, indent=2)
         print()
     else:
-        for host in hosts:
-            mine = [r for r in results if r.host == host.host]
+        for host in document["hosts"]:
+            mine = [r for r in results if r.host == host["host"]]
             counts = Counter(r.status for r in mine)
             summary = ", ".join(f"{counts[s]} {s}" for s in ("pass", "fail", "waived", "error")
                                 if counts[s])  # fmt: skip
-            print(f"{host.host} ({host.seconds} s): {summary}")
+            print(f"{host['host']} ({host['seconds']} s): {summary}")
             for r in mine:
                 if r.status != "pass":
                     waiver = f" [waived by {r.waiver['approver']}]" if r.status == "waived" else ""
@@ -172,6 +191,38 @@ def _check(args: argparse.Namespace) -> int:
     if any(r.status == "error" for r in results):
         return 2
     return 1 if any(r.status == "fail" for r in results) else 0
+
+
+def _checklist_run(args: argparse.Namespace) -> int:
+    catalogs = load_catalogs()
+    checklist = load_checklist(args.name, catalogs, load_checks(catalogs))
+    wanted = {c for item in checklist.items for c in item.checks}
+    outcome: dict = {}
+
+    def report(document, results) -> dict[str, bytes]:
+        outcome["items"] = run_items(checklist, results, args.store)
+        text = markdown(checklist, outcome["items"], document["hosts"], document["started"])
+        outcome["markdown"] = text
+        items = json.dumps([i.as_dict() for i in outcome["items"]], indent=2) + "\n"
+        return {"report.md": text.encode(), "checklist.json": items.encode()}
+
+    _gather_and_check(args, _selected_checks(args, wanted), args.name, extra=report)
+    if args.format == "json":
+        print(json.dumps([i.as_dict() for i in outcome["items"]], indent=2))
+    else:
+        print(outcome["markdown"])
+    statuses = {i.status for i in outcome["items"]}
+    if "error" in statuses:
+        return 2
+    return 1 if statuses & {"fail", "pending"} else 0
+
+
+def _attest(args: argparse.Namespace) -> int:
+    catalogs = load_catalogs()
+    checklists = load_checklists(catalogs, load_checks(catalogs))
+    path = record(args.store, checklists, args.item, args.by, args.note, args.file or [])
+    print(f"attestation recorded: {path}")
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -197,6 +248,18 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad or chain else 0
 
 
+def _host_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-i", "--inventory", required=True, help="the playbooks' inventory")
+    command.add_argument("--limit", help="hosts or groups, comma-separated")
+    command.add_argument("--check", action="append", help="only this check (repeatable)")
+    command.add_argument("--waivers", type=Path, help="waivers (YAML)")
+    command.add_argument("--facts", type=Path, help="also write the gathered facts (JSON) here")
+    command.add_argument("--forks", type=int, default=8, help="hosts gathered at once")
+    command.add_argument("--format", choices=("text", "json"), default="text")
+    command.add_argument("--evidence", type=Path, help="write a signed evidence bundle here")
+    command.add_argument("--signing-key", type=Path, help="ECDSA P-256 key (compliance keygen)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compliance",
@@ -215,16 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="gather facts from the hosts (read-only) and run the checks"
     )
-    check.add_argument("-i", "--inventory", required=True, help="the playbooks' inventory")
-    check.add_argument("--limit", help="hosts or groups, comma-separated")
-    check.add_argument("--check", action="append", help="only this check (repeatable)")
-    check.add_argument("--waivers", type=Path, help="waivers (YAML)")
-    check.add_argument("--facts", type=Path, help="also write the gathered facts (JSON) here")
-    check.add_argument("--forks", type=int, default=8, help="hosts gathered at once")
-    check.add_argument("--format", choices=("text", "json"), default="text")
-    check.add_argument("--evidence", type=Path, help="write a signed evidence bundle here")
-    check.add_argument("--signing-key", type=Path, help="ECDSA P-256 key (compliance keygen)")
+    _host_options(check)
     check.set_defaults(handler=_check)
+    checklist = commands.add_parser("checklist", help="run a checklist")
+    checklist_actions = checklist.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = checklist_actions.add_parser(
+        "run", help="its checks on the hosts and its attestations; a report and evidence"
+    )
+    run.add_argument("name", choices=NAMES)
+    _host_options(run)
+    run.add_argument("--store", type=Path, default=Path("evidence/attestations"),
+                     help="the attestation store (default: evidence/attestations)")  # fmt: skip
+    run.set_defaults(handler=_checklist_run)
+    attest = commands.add_parser("attest", help="record a person's checklist item")
+    attest.add_argument("item", help="the checklist item, e.g. daily.security_alerts")
+    attest.add_argument("--by", required=True, help="who did it")
+    attest.add_argument("--note", required=True, help="what was done and found")
+    attest.add_argument("--file", type=Path, action="append", help="a file shown (hashed)")
+    attest.add_argument("--store", type=Path, default=Path("evidence/attestations"),
+                        help="the attestation store (default: evidence/attestations)")  # fmt: skip
+    attest.set_defaults(handler=_attest)
     keygen = commands.add_parser("keygen", help="make an evidence signing key (file, 0600)")
     keygen.add_argument("--key", type=Path, required=True, help="where to write it")
     keygen.set_defaults(handler=_keygen)
@@ -249,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except (CatalogError, GatherError, EvidenceError) as error:
+    except (CatalogError, GatherError, EvidenceError, AttestationError) as error:
         print(f"compliance {args.command}: error: {error}", file=sys.stderr)
         return 2
 

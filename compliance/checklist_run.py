@@ -1,0 +1,104 @@
+"""A checklist run: every item's status from its checks' results and its attestation.
+
+An item's checks pass when every applicable host passes them (a waived
+failure counts as waived, not failed); its attestation is `attested` when a
+person recorded one in the checklist's current period, else `pending`. The
+item's status is the worst of its parts: error, fail, pending, waived, pass.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compliance.attestations import current, period_of
+from compliance.checklists import Checklist
+from compliance.engine import Result
+
+ORDER = ("error", "fail", "pending", "waived", "pass")
+
+
+@dataclass
+class ItemResult:
+    id: str
+    title: str
+    source: str
+    status: str
+    checks: dict[str, dict[str, int]] = field(default_factory=dict)  # check -> status counts
+    failing: list[str] = field(default_factory=list)  # "check on host: detail"
+    attestation: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_items(
+    checklist: Checklist, results: list[Result], store: Path,
+    now: datetime.datetime | None = None,
+) -> list[ItemResult]:  # fmt: skip
+    by_check: dict[str, list[Result]] = {}
+    for result in results:
+        by_check.setdefault(result.check, []).append(result)
+    items = []
+    for item in checklist.items:
+        statuses = []
+        outcome = ItemResult(item.id, item.title, item.source, "pass")
+        for check in item.checks:
+            found = by_check.get(check, [])
+            outcome.checks[check] = dict(Counter(r.status for r in found))
+            statuses += [r.status for r in found] or ["error"]
+            if not found:
+                outcome.failing.append(f"{check}: no host it applies to was checked")
+            outcome.failing += [f"{check} on {r.host}: {r.detail}" for r in found
+                                if r.status in ("fail", "error")]  # fmt: skip
+        if item.attested_controls is not None:
+            attestation = current(store, checklist.name, item.id, now)
+            if attestation is None:
+                statuses.append("pending")
+            else:
+                outcome.attestation = attestation.as_dict()
+        outcome.status = next(s for s in ORDER if s in statuses) if statuses else "pass"
+        items.append(outcome)
+    return items
+
+
+def markdown(checklist: Checklist, items: list[ItemResult], hosts: list[dict[str, Any]],
+             when: datetime.datetime) -> str:  # fmt: skip
+    counts = Counter(i.status for i in items)
+    lines = [
+        f"# {checklist.title} - {period_of(checklist.name, when)}",
+        "",
+        f"Run {when.isoformat()} over {len(hosts)} hosts ({', '.join(h['host'] for h in hosts)}).",
+        "",
+        "Summary: " + ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]),
+        "",
+        f"Report sections (seed 004 6.1): {', '.join(checklist.report_sections)}.",
+        "",
+        "| item | status | how | source |",
+        "| --- | --- | --- | --- |",
+    ]
+    for item in items:
+        how = []
+        if item.checks:
+            how.append("checks: " + ", ".join(
+                f"{c} ({', '.join(f'{n} {s}' for s, n in sorted(k.items()))})"
+                for c, k in item.checks.items()))  # fmt: skip
+        if item.attestation:
+            how.append(f"attested by {item.attestation['by']} at {item.attestation['at']}: "
+                       f"{item.attestation['note']}")  # fmt: skip
+        elif item.status == "pending" or (item.attestation is None and not item.checks):
+            how.append("attestation pending")
+        cell = "; ".join(how).replace("|", "\\|")
+        lines.append(f"| {item.id} {item.title} | **{item.status}** | {cell} | {item.source} |")
+    problems = [(i.id, f) for i in items for f in i.failing]
+    if problems:
+        lines += ["", "## What failed", ""]
+        lines += [f"- {item}: {failure}" for item, failure in problems]
+    errors = [h for h in hosts if h.get("error")]
+    if errors:
+        lines += ["", "## Hosts not checked", ""]
+        lines += [f"- {h['host']}: {h['error']}" for h in errors]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,82 @@
+"""Checklist runs and attestations: a person's item is pending until attested in its
+period, attested items carry who, when and the hashes of what was shown, and the run's
+report goes into the signed bundle."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+
+from compliance.attestations import current, record
+from compliance.catalog import load_catalogs
+from compliance.checklists import load_checklists
+from compliance.checks import load_checks
+from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
+
+
+def test_attestations_record_who_when_and_what(tmp_path: Path) -> None:
+    store = tmp_path / "attestations"
+    shown = tmp_path / "alert-review.txt"
+    shown.write_text("2 alerts, both false positives\n")
+    made = compliance("attest", "daily.security_alerts", "--by", "alice", "--note",
+                      "reviewed", "--file", str(shown), "--store", str(store))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    [path] = store.iterdir()
+    data = json.loads(path.read_text())
+    assert (data["item"], data["by"], data["note"]) == ("daily.security_alerts", "alice",
+                                                        "reviewed")  # fmt: skip
+    digest = hashlib.sha256(shown.read_bytes()).hexdigest()
+    size = shown.stat().st_size
+    assert data["files"] == [{"name": "alert-review.txt", "size": size, "sha256": digest}]
+    someone = ("--by", "a", "--note", "b", "--store", str(store))
+    machine = compliance("attest", "daily.backup", *someone)
+    assert machine.returncode == 2 and "checked by the machine only" in machine.stderr
+    unknown = compliance("attest", "daily.coffee", *someone)
+    assert unknown.returncode == 2 and "no checklist item 'daily.coffee'" in unknown.stderr
+    assert "daily.security_alerts" in unknown.stderr  # the attestable items are listed
+    empty = compliance("attest", "daily.security_alerts", "--by", " ", "--note", "x",
+                       "--store", str(store))  # fmt: skip
+    assert empty.returncode == 2 and "--by and --note" in empty.stderr
+
+
+def test_an_attestation_counts_for_its_period_only(tmp_path: Path) -> None:
+    catalogs = load_catalogs()
+    checklists = load_checklists(catalogs, load_checks(catalogs))
+    store = tmp_path / "attestations"
+    now = datetime.datetime(2026, 11, 26, 12, tzinfo=datetime.UTC)
+    record(store, checklists, "daily.security_alerts", "bob", "yesterday's review", [],
+           now=now - datetime.timedelta(days=1))  # fmt: skip
+    assert current(store, "daily", "daily.security_alerts", now) is None
+    record(store, checklists, "weekly.incident_report", "bob", "week 48", [],
+           now=now - datetime.timedelta(days=2))  # Tuesday of the same ISO week  # fmt: skip
+    assert current(store, "weekly", "weekly.incident_report", now).by == "bob"
+
+
+def test_a_checklist_run_reports_attested_and_pending_items(inventory, tmp_path: Path) -> None:  # noqa: F811
+    store = tmp_path / "attestations"
+    compliance("attest", "daily.security_alerts", "--by", "alice", "--note", "quiet night",
+               "--store", str(store))  # fmt: skip
+    key = tmp_path / "evidence.key"
+    compliance("keygen", "--key", str(key))
+    evidence = tmp_path / "evidence"
+    run = compliance("checklist", "run", "daily", "-i", str(inventory), "--store", str(store),
+                     "--format", "json", "--evidence", str(evidence),
+                     "--signing-key", str(key))  # fmt: skip
+    # No core host in this inventory: the service items cannot be checked - an error.
+    assert run.returncode == 2, run.stderr
+    items = {i["id"]: i for i in json.loads(run.stdout)}
+    assert len(items) == 9
+    assert items["daily.security_alerts"]["status"] == "pass"
+    assert items["daily.security_alerts"]["attestation"]["by"] == "alice"
+    assert items["daily.performance_metrics"]["status"] == "pending"
+    assert items["daily.plugins"]["status"] == "error"
+    assert "no host it applies to was checked" in items["daily.plugins"]["failing"][0]
+    [made] = evidence.iterdir()
+    report = (made / "report.md").read_text()
+    assert "# Daily operations check - " in report and "attested by alice" in report
+    assert "| daily.performance_metrics Performance metrics within their targets | **pending**" \
+        in report  # fmt: skip
+    assert json.loads((made / "checklist.json").read_text())[0]["id"] == "daily.system_status"
+    assert compliance("verify", str(evidence)).returncode == 0
