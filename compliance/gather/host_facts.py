@@ -155,8 +155,15 @@ def network(paths: dict) -> dict:
 
 
 def time_sync(paths: dict) -> dict:
-    shown = key_values(run("timedatectl", "show"), "=")
-    return {"synchronized": shown.get("ntpsynchronized") == "yes", "ntp": shown.get("ntp")}
+    try:
+        shown = key_values(run("timedatectl", "show"), "=")
+        return {"synchronized": shown.get("ntpsynchronized") == "yes", "source": "timedatectl"}
+    except (OSError, subprocess.SubprocessError):
+        # No system bus (a container): ask chrony itself.
+        tracking = key_values(run("chronyc", "-n", "tracking"), r"\s*:\s*")
+        status = tracking.get("leap status", "")
+        return {"synchronized": status.lower() == "normal", "source": "chronyc",
+                "leap_status": status}  # fmt: skip
 
 
 def journald(paths: dict) -> dict:
@@ -183,8 +190,10 @@ def logs(paths: dict, journal: dict | None) -> dict:
     rotate = key_values(text)
     periods = ("daily", "weekly", "monthly", "yearly")
     period = next((p for p in periods if re.search(rf"(?m)^{p}$", text)), "weekly")
-    kept = (number(rotate.get("rotate")) or 0) * {"daily": 1, "weekly": 7, "monthly": 30,
-                                                  "yearly": 365}[period]  # fmt: skip
+    # `rotate N` keeps N rotated files besides the current one: N + 1 periods of logs.
+    rotations = number(rotate.get("rotate")) or 0
+    days = {"daily": 1, "weekly": 7, "monthly": 30, "yearly": 365}[period]
+    kept = (rotations + 1) * days if rotations else 0
     journal_days = retention_days((journal or {}).get("max_retention"))
     days = [d for d in (kept, journal_days) if d]
     return {"logrotate_days": kept, "journal_days": journal_days,
@@ -233,6 +242,8 @@ def tls(paths: dict) -> tuple[dict, dict]:
     now = datetime.datetime.now(datetime.UTC)
     left = {}
     for path in sorted(Path(paths["tls_dir"]).glob("*.pem")):
+        if "BEGIN CERTIFICATE" not in read(path):
+            continue  # the CRL
         text = run("openssl", "x509", "-noout", "-enddate", "-in", str(path))
         ends = datetime.datetime.strptime(text.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z")
         left[path.name] = (ends.replace(tzinfo=datetime.UTC) - now).days
