@@ -39,6 +39,7 @@ from compliance.coverage import coverage, load_applicability
 from compliance.engine import load_waivers, run_checks
 from compliance.evidence import (
     EvidenceError,
+    archive,
     generate_key,
     hash_files,
     load_signing_key,
@@ -47,6 +48,7 @@ from compliance.evidence import (
     write_bundle,
 )
 from compliance.gather.runner import GatherError, gather
+from compliance.html_report import render
 
 
 def _loaded():
@@ -140,16 +142,21 @@ def _selected_checks(args: argparse.Namespace, wanted: set[str] | None = None):
     return checks
 
 
+def _progress(host, done: int, total: int) -> None:
+    state = f"error: {host.error}" if host.error else "gathered"
+    print(f"  [{done}/{total}] {host.host} {state} ({host.seconds} s)", file=sys.stderr)
+
+
 def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
-    """Gather, evaluate, optionally write the facts and a signed bundle: (document, hosts).
-    EXTRA(document, hosts) adds files to the bundle (a checklist's report)."""
+    """Gather, evaluate, optionally write the facts and a signed bundle: (document, results).
+    EXTRA(document, results, run) adds files to the bundle (a checklist's reports)."""
     waivers = load_waivers(args.waivers, {c.id for c in checks})
     if bool(args.evidence) != bool(args.signing_key):
         raise EvidenceError("--evidence and --signing-key go together (a bundle is signed)")
     signing_key = load_signing_key(args.signing_key) if args.signing_key else None
     started = datetime.datetime.now(datetime.UTC)
     print(f"gathering facts from {args.inventory} ...", file=sys.stderr)
-    hosts = gather(args.inventory, args.limit, forks=args.forks)
+    hosts = gather(args.inventory, args.limit, forks=args.forks, progress=_progress)
     results = run_checks(checks, hosts, waivers)
     document = {
         "hosts": [{"host": h.host, "groups": h.groups, "error": h.error, "seconds": h.seconds}
@@ -160,15 +167,20 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
     if args.facts:
         facts = {h.host: masked(h.facts) for h in hosts}
         args.facts.write_text(json.dumps(facts, indent=2) + "\n")
-    added = extra(document, results) if extra else {}
+    run = {"started": started.isoformat(), "inventory": str(args.inventory),
+           "limit": args.limit, "checks_sha256": hash_files(list(CHECK_DIR.glob("*.yaml"))),
+           "waivers_sha256": hash_files([args.waivers]) if args.waivers else None}  # fmt: skip
+    added = extra(document, results, run) if extra else {}
+    if "report.html" not in added:
+        page = render("compliance check", run, document["hosts"], document["results"])
+        added["report.html"] = page.encode()
     if args.evidence:
-        run = {"started": started.isoformat(), "inventory": str(args.inventory),
-               "limit": args.limit, "checks_sha256": hash_files(list(CHECK_DIR.glob("*.yaml"))),
-               "waivers_sha256": hash_files([args.waivers]) if args.waivers else None}  # fmt: skip
         bundle = write_bundle(args.evidence, kind, document["results"], document["hosts"],
                               {h.host: h.facts for h in hosts}, run, signing_key,
                               extra=added)  # fmt: skip
         print(f"evidence: {bundle}", file=sys.stderr)
+        if args.archive:
+            print(f"evidence archive: {archive(bundle)}", file=sys.stderr)
     return document, results
 
 
@@ -199,12 +211,14 @@ def _checklist_run(args: argparse.Namespace) -> int:
     wanted = {c for item in checklist.items for c in item.checks}
     outcome: dict = {}
 
-    def report(document, results) -> dict[str, bytes]:
+    def report(document, results, run) -> dict[str, bytes]:
         outcome["items"] = run_items(checklist, results, args.store)
         text = markdown(checklist, outcome["items"], document["hosts"], document["started"])
         outcome["markdown"] = text
-        items = json.dumps([i.as_dict() for i in outcome["items"]], indent=2) + "\n"
-        return {"report.md": text.encode(), "checklist.json": items.encode()}
+        items = [i.as_dict() for i in outcome["items"]]
+        page = render(checklist.title, run, document["hosts"], document["results"], items)
+        return {"report.md": text.encode(), "report.html": page.encode(),
+                "checklist.json": (json.dumps(items, indent=2) + "\n").encode()}  # fmt: skip
 
     _gather_and_check(args, _selected_checks(args, wanted), args.name, extra=report)
     if args.format == "json":
@@ -258,6 +272,7 @@ def _host_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--format", choices=("text", "json"), default="text")
     command.add_argument("--evidence", type=Path, help="write a signed evidence bundle here")
     command.add_argument("--signing-key", type=Path, help="ECDSA P-256 key (compliance keygen)")
+    command.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify", help="check evidence bundles offline: hashes, signature, the chain"
     )
-    verify.add_argument("target", type=Path, help="a bundle, or a directory of bundles")
+    verify.add_argument("target", type=Path,
+                        help="a bundle, its .tar.gz, or a directory of bundles")  # fmt: skip
     verify.add_argument("--public-key", type=Path, help="the signing key to trust (PEM)")
     verify.set_defaults(handler=_verify)
     lists = commands.add_parser("checklists", help="the daily, weekly and monthly items")

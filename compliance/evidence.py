@@ -13,10 +13,11 @@ and kind, so bundles sort in the order they were made):
   signature.json  an ECDSA P-256 / SHA-256 signature of manifest.json, the key
                   id (SHA-256 of the public key) and the public key itself
 
-`verify_bundles` checks, offline, every file's hash, the signature (with a
-public key the auditor pins, or the bundle's own key whose id it reports),
-and the chain: each bundle names its predecessor's manifest hash, so an
-altered, removed or inserted bundle in the series is found and named.
+`archive` also writes BUNDLE.tar.gz (reproducible). `verify_bundles` checks,
+offline, every file's hash, the signature (with a public key the auditor
+pins, or the bundle's own key whose id it reports), and the chain: each
+bundle names its predecessor's manifest hash, so an altered, removed or
+inserted bundle in the series is found and named.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from __future__ import annotations
 import base64
 import datetime
 import getpass
+import gzip
 import hashlib
+import io
 import json
 import os
 import re
 import socket
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +186,38 @@ def write_bundle(
     return target
 
 
+def archive(bundle: Path) -> Path:
+    """BUNDLE.tar.gz beside the bundle: the same files, in a fixed order and form, so
+    the same bundle always makes the same archive."""
+    target = bundle.with_name(bundle.name + ".tar.gz")
+    with gzip.GzipFile(target, "wb", mtime=0) as compressed, \
+            tarfile.open(fileobj=compressed, mode="w") as tar:  # fmt: skip
+        for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+            info = tarfile.TarInfo(f"{bundle.name}/{path.relative_to(bundle)}")
+            data = path.read_bytes()
+            info.size, info.mtime, info.mode = len(data), 0, 0o640
+            tar.addfile(info, io.BytesIO(data))
+    return target
+
+
+def _unpacked(archive_path: Path, into: Path) -> Path:
+    with tarfile.open(archive_path, "r:gz") as tar:
+        members = tar.getmembers()
+        for member in members:
+            name = member.name
+            if not member.isfile() or name.startswith("/") or ".." in Path(name).parts:
+                raise EvidenceError(f"{archive_path}: unexpected member {name!r}")
+        for member in members:  # only regular files, written by us: no links, no modes
+            source = tar.extractfile(member)
+            path = into / member.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(source.read() if source else b"")
+    roots = {Path(m.name).parts[0] for m in members}
+    if len(roots) != 1:
+        raise EvidenceError(f"{archive_path}: an archive holds one bundle directory")
+    return into / roots.pop()
+
+
 # --- verifying -------------------------------------------------------------------------
 
 
@@ -238,6 +275,10 @@ def verify_bundles(
             trusted = serialization.load_pem_public_key(trusted_key.read_bytes())
         except (OSError, ValueError) as error:
             raise EvidenceError(f"{trusted_key}: not a PEM public key ({error})") from error
+    if target.is_file() and target.name.endswith(".tar.gz"):
+        with tempfile.TemporaryDirectory(prefix="compliance-verify-") as scratch:
+            unpacked = _unpacked(target, Path(scratch))
+            return [_verify_one(unpacked, trusted)], []
     if (target / "manifest.json").is_file():
         bundles = [target]
     elif target.is_dir():

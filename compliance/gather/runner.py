@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,12 +107,16 @@ def segment_facts(name: str, host: dict[str, Any], addresses: list[str]) -> dict
     return facts
 
 
-def gather(inventory: str | Path, limit: str | None = None, forks: int = 8,
-           timeout: int = 300) -> list[HostFacts]:  # fmt: skip
+def gather(
+    inventory: str | Path, limit: str | None = None, forks: int = 8, timeout: int = 300,
+    progress: Callable[[HostFacts, int, int], None] | None = None,
+) -> list[HostFacts]:  # fmt: skip
+    """Facts of every host LIMIT selects; PROGRESS(host, done, total) hears each one end."""
     inventory = Path(inventory).resolve()
     hosts = read_inventory(inventory, limit)
     results = {name: HostFacts(name, info["groups"]) for name, info in hosts.items()}
     started: dict[str, float] = {}
+    finished: list[str] = []
 
     def on_event(event: dict[str, Any]) -> bool:
         data = event.get("event_data", {})
@@ -134,6 +139,9 @@ def gather(inventory: str | Path, limit: str | None = None, forks: int = 8,
                     result.facts = json.loads(answer.get("stdout", ""))
                 except ValueError:
                     result.error = "gathering printed no facts (see the host's python3)"
+            finished.append(host)
+            if progress is not None:
+                progress(result, len(finished), len(results))
         return True
 
     with tempfile.TemporaryDirectory(prefix="compliance-gather-") as private:

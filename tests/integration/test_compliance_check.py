@@ -38,6 +38,7 @@ def test_this_machine_is_gathered_and_checked(inventory: Path, tmp_path: Path) -
                       "--facts", str(facts_file))  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr
     document = json.loads(proc.stdout)
+    assert "[1/1] here gathered" in proc.stderr  # progress, on stderr
     [host] = document["hosts"]
     assert host["host"] == "here" and host["error"] is None
     results = {r["check"]: r for r in document["results"]}
@@ -62,6 +63,7 @@ def test_an_unreachable_host_is_an_error_not_a_pass(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "gone" in proc.stdout and "ERROR" in proc.stdout and "unreachable" in proc.stdout
     assert "PASS" not in proc.stdout
+    assert "[1/1] gone error: unreachable" in proc.stderr
 
 
 def test_waivers_cover_failures_until_they_expire(inventory: Path, tmp_path: Path) -> None:

@@ -79,4 +79,6 @@ def test_a_checklist_run_reports_attested_and_pending_items(inventory, tmp_path:
     assert "| daily.performance_metrics Performance metrics within their targets | **pending**" \
         in report  # fmt: skip
     assert json.loads((made / "checklist.json").read_text())[0]["id"] == "daily.system_status"
+    page = (made / "report.html").read_text()
+    assert "Daily operations check" in page and "quiet night" in page
     assert compliance("verify", str(evidence)).returncode == 0

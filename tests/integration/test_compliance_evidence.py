@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from compliance.evidence import generate_key, load_signing_key, masked, write_bundle
+from compliance.evidence import archive, generate_key, load_signing_key, masked, write_bundle
 from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
 
 
@@ -45,8 +45,9 @@ def test_a_check_run_writes_a_bundle_that_verifies(inventory, tmp_path: Path) ->
     assert run.returncode == 1, run.stderr  # tls.policy fails on this machine
     [made_bundle] = list(evidence.iterdir())
     names = sorted(str(p.relative_to(made_bundle)) for p in made_bundle.rglob("*") if p.is_file())
-    assert names == ["facts/here.json", "junit.xml", "manifest.json", "results.json", "run.json",
-                     "signature.json"]  # fmt: skip
+    assert names == ["facts/here.json", "junit.xml", "manifest.json", "report.html",
+                     "results.json", "run.json", "signature.json"]  # fmt: skip
+    assert "tls.policy" in (made_bundle / "report.html").read_text()
     run_json = json.loads((made_bundle / "run.json").read_text())
     assert run_json["previous"] is None and len(run_json["checks_sha256"]) == 64
     assert "<failure" in (made_bundle / "junit.xml").read_text()
@@ -108,3 +109,18 @@ def test_a_wrong_signature_is_found(tmp_path: Path, key) -> None:
     (made / "signature.json").write_text(json.dumps(signature))
     broken = verify(made)
     assert broken.returncode == 1 and "signature" in broken.stdout
+
+
+def test_an_archive_is_reproducible_and_verifies(tmp_path: Path, key) -> None:
+    made = bundle(tmp_path / "evidence", key, 1)
+    first = archive(made).read_bytes()
+    assert archive(made).read_bytes() == first  # the same bundle, the same archive
+    packed = made.with_name(made.name + ".tar.gz")
+    assert verify(packed).returncode == 0
+    # A changed file inside the archive is found.
+    shutil.rmtree(tmp_path / "evidence" / made.name / "facts")
+    (made / "facts").mkdir()
+    (made / "facts" / "core-01.json").write_text("{}")
+    archive(made)
+    changed = verify(packed)
+    assert changed.returncode == 1 and "facts/core-01.json: changed" in changed.stdout

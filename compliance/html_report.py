@@ -1,0 +1,96 @@
+"""report.html: one self-contained page an auditor opens without any tool.
+
+No script, no external style sheet or font, nothing fetched: the page is
+the evidence itself. Everything that came from a host or a person is
+escaped, so a fact or a note can never become markup.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from html import escape
+from typing import Any
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border: 1px solid #ccc; padding: .35em .5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+.status { font-weight: bold; white-space: nowrap; }
+.pass { color: #17662b; } .fail, .error { color: #a30d0d; }
+.pending, .waived { color: #8a5a00; }
+code { font-size: .92em; }
+"""
+ORDER = ("error", "fail", "pending", "waived", "pass")
+
+
+def _status(status: str) -> str:
+    return f'<span class="status {escape(status)}">{escape(status)}</span>'
+
+
+def render(
+    title: str,
+    run: dict[str, Any],
+    hosts: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    items: list[dict[str, Any]] | None = None,
+) -> str:
+    """The page for a check run (RESULTS) or a checklist run (ITEMS and their RESULTS)."""
+    counted = Counter(i["status"] for i in items) if items else Counter(
+        r["status"] for r in results)  # fmt: skip
+    summary = ", ".join(f"{counted[s]} {s}" for s in ORDER if counted[s]) or "nothing ran"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<p>Summary: <strong>{escape(summary)}</strong>.</p>",
+        "<table><tbody>",
+        *(f"<tr><th>{escape(k)}</th><td><code>{escape(str(v))}</code></td></tr>"
+          for k, v in run.items() if not isinstance(v, dict | list)),
+        "</tbody></table>",
+    ]  # fmt: skip
+    if items:
+        header = "".join(f"<th>{h}</th>" for h in ("item", "status", "checks", "attestation",
+                                                    "source"))  # fmt: skip
+        parts += ["<h2>Checklist items</h2>", f"<table><thead><tr>{header}</tr></thead><tbody>"]
+        for item in items:
+            checks = "<br>".join(
+                f"{escape(c)}: {escape(', '.join(f'{n} {s}' for s, n in sorted(k.items())))}"
+                for c, k in item["checks"].items())  # fmt: skip
+            attestation = item.get("attestation")
+            attested = (f"{escape(attestation['by'])}, {escape(attestation['at'])}: "
+                        f"{escape(attestation['note'])}" if attestation else "")  # fmt: skip
+            parts.append(
+                f"<tr><td>{escape(item['id'])}<br>{escape(item['title'])}</td>"
+                f"<td>{_status(item['status'])}</td><td>{checks}</td><td>{attested}</td>"
+                f"<td>{escape(item['source'])}</td></tr>"
+            )
+        parts.append("</tbody></table>")
+    parts += ["<h2>Hosts</h2>", "<table><thead><tr><th>host</th><th>groups</th><th>gathered</th>"
+              "</tr></thead><tbody>"]  # fmt: skip
+    for host in hosts:
+        gathered = escape(host["error"]) if host.get("error") else f"{host.get('seconds')} s"
+        parts.append(f"<tr><td>{escape(host['host'])}</td>"
+                     f"<td>{escape(', '.join(host.get('groups', [])))}</td>"
+                     f"<td>{gathered}</td></tr>")  # fmt: skip
+    parts += ["</tbody></table>", "<h2>Check results</h2>",
+              "<table><thead><tr><th>host</th><th>check</th><th>status</th><th>severity</th>"
+              "<th>controls</th><th>what was found</th></tr></thead><tbody>"]  # fmt: skip
+    ranked = sorted(results, key=lambda r: (ORDER.index(r["status"]), r["host"], r["check"]))
+    for r in ranked:
+        controls = "; ".join(f"{f}: {', '.join(ids)}" for f, ids in r["controls"].items())
+        waiver = ""
+        if r.get("waiver"):
+            w = r["waiver"]
+            expired = ", expired" if w.get("expired") else ""
+            waiver = (f"<br>waiver: {escape(w['reason'])} ({escape(w['approver'])}, until "
+                      f"{escape(w['expires'])}{expired})")  # fmt: skip
+        parts.append(
+            f"<tr><td>{escape(r['host'])}</td><td>{escape(r['check'])}</td>"
+            f"<td>{_status(r['status'])}</td><td>{escape(r['severity'])}</td>"
+            f"<td>{escape(controls)}</td><td>{escape(r['detail'])}{waiver}</td></tr>"
+        )
+    parts += ["</tbody></table>", "</body></html>"]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,62 @@
+"""report.html: self-contained, everything from hosts and people escaped."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+from compliance.html_report import render
+
+
+class Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.tags.append(tag)
+        self.links += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+RESULTS = [
+    {"check": "ssh.keys_only", "host": "core-01", "status": "fail", "severity": "high",
+     "controls": {"iso27001-2022": ["A.8.5"]},
+     "detail": 'sshd.banner = "<script>alert(1)</script>"', "waiver": None},
+    {"check": "tls.policy", "host": "core-01", "status": "waived", "severity": "critical",
+     "controls": {"soc2-tsc": ["CC6.7"]}, "detail": "x",
+     "waiver": {"reason": "migration <b>", "approver": "ciso", "expires": "2027-01-01"}},
+    {"check": "time.synchronized", "host": "dmz-01", "status": "pass", "severity": "medium",
+     "controls": {}, "detail": "ok", "waiver": None},
+]  # fmt: skip
+HOSTS = [
+    {"host": "core-01", "groups": ["core"], "error": None, "seconds": 1.4},
+    {"host": "gone", "groups": [], "error": "unreachable: <timeout>", "seconds": 0},
+]
+
+
+def test_a_check_report_escapes_what_hosts_said_and_fetches_nothing() -> None:
+    page = render("compliance check", {"inventory": "inventories/lab", "x": {"nested": 1}},
+                  HOSTS, RESULTS)  # fmt: skip
+    parser = Tags()
+    parser.feed(page)
+    assert "script" not in parser.tags and "b" not in parser.tags
+    assert parser.links == []  # nothing external
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "unreachable: &lt;timeout&gt;" in page
+    assert "Summary: <strong>1 fail, 1 waived, 1 pass</strong>" in page
+    # Failures first.
+    assert page.index("ssh.keys_only") < page.index("tls.policy") < page.index("time.synchronized")
+    assert "waiver: migration &lt;b&gt; (ciso, until 2027-01-01)" in page
+
+
+def test_a_checklist_report_shows_items_and_attestations() -> None:
+    items = [{"id": "daily.security_alerts", "title": "Security alerts", "source": "001 10.1",
+              "status": "pass", "checks": {}, "failing": [],
+              "attestation": {"by": "alice <a@x>", "at": "2026-11-26T09:00:00+00:00",
+                              "note": "quiet", "files": []}},
+             {"id": "daily.performance_metrics", "title": "Performance", "source": "001 10.1",
+              "status": "pending", "checks": {}, "failing": [], "attestation": None}]  # fmt: skip
+    page = render("Daily operations check", {}, HOSTS[:1], RESULTS, items)
+    assert "Summary: <strong>1 pending, 1 pass</strong>" in page
+    assert "alice &lt;a@x&gt;, 2026-11-26T09:00:00+00:00: quiet" in page
+    assert '<span class="status pending">pending</span>' in page
