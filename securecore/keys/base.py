@@ -105,11 +105,9 @@ class KeyRing:
         return key_id(name, versions[-1])
 
     def sign(self, data: bytes, kid: str | None = None) -> tuple[str, bytes]:
-        """Signed with the newest signing key, or with KID while the ring accepts it."""
-        if kid is None:
+        """Signed with KID while the ring accepts it as a signing key, else with the newest."""
+        if kid is None or parse_key_id(kid)[0] != self.signing_key or not self.accepts(kid):
             kid = self.current(self.signing_key)
-        elif parse_key_id(kid)[0] != self.signing_key or not self.accepts(kid):
-            raise KeyStoreError(f"{kid} is not a signing key this ring accepts")
         digest = hashes.Hash(hashes.SHA256())
         digest.update(data)
         return kid, self.backend.sign_digest(kid, digest.finalize())

@@ -93,8 +93,7 @@ def own_certificate_fingerprint(policy: TLSPolicy) -> str:
     """SHA-256 of the service's own client certificate (empty if it has none)."""
     if not policy.client_certificate:
         return ""
-    pem = Path(policy.client_certificate).read_bytes()
-    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+    return certificate_summary(policy.client_certificate)["sha256"]
 
 
 def plugin_client_policy(config: configuration.Config, policy: TLSPolicy) -> TLSPolicy:
