@@ -49,6 +49,7 @@ from compliance.evidence import (
 )
 from compliance.gather.runner import GatherError, gather
 from compliance.html_report import render
+from compliance.oscal import assessment_results
 
 
 def _loaded():
@@ -142,6 +143,10 @@ def _selected_checks(args: argparse.Namespace, wanted: set[str] | None = None):
     return checks
 
 
+def _oscal_json(document: dict) -> bytes:
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+
+
 def _progress(host, done: int, total: int) -> None:
     state = f"error: {host.error}" if host.error else "gathered"
     print(f"  [{done}/{total}] {host.host} {state} ({host.seconds} s)", file=sys.stderr)
@@ -174,6 +179,10 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
     if "report.html" not in added:
         page = render("compliance check", run, document["hosts"], document["results"])
         added["report.html"] = page.encode()
+    if "assessment-results.json" not in added:
+        oscal = assessment_results("compliance check", run, document["hosts"],
+                                   document["results"])  # fmt: skip
+        added["assessment-results.json"] = _oscal_json(oscal)
     if args.evidence:
         bundle = write_bundle(args.evidence, kind, document["results"], document["hosts"],
                               {h.host: h.facts for h in hosts}, run, signing_key,
@@ -217,7 +226,12 @@ def _checklist_run(args: argparse.Namespace) -> int:
         outcome["markdown"] = text
         items = [i.as_dict() for i in outcome["items"]]
         page = render(checklist.title, run, document["hosts"], document["results"], items)
+        attested = {i.id: i.attested_controls for i in checklist.items
+                    if i.attested_controls is not None}  # fmt: skip
+        oscal = assessment_results(checklist.title, run, document["hosts"],
+                                   document["results"], items, attested)  # fmt: skip
         return {"report.md": text.encode(), "report.html": page.encode(),
+                "assessment-results.json": _oscal_json(oscal),
                 "checklist.json": (json.dumps(items, indent=2) + "\n").encode()}  # fmt: skip
 
     _gather_and_check(args, _selected_checks(args, wanted), args.name, extra=report)

@@ -9,6 +9,8 @@ and kind, so bundles sort in the order they were made):
   results.json    one result per check and host, and each host's gathering
   facts/HOST.json the raw facts gathered from each host (masked: no secrets)
   junit.xml       the results for CI systems
+  report.html     the results for a person (html_report.py)
+  assessment-results.json   the run as OSCAL 1.1 assessment results (oscal.py)
   manifest.json   the SHA-256 and size of every file above
   signature.json  an ECDSA P-256 / SHA-256 signature of manifest.json, the key
                   id (SHA-256 of the public key) and the public key itself

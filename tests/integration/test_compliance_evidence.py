@@ -45,8 +45,9 @@ def test_a_check_run_writes_a_bundle_that_verifies(inventory, tmp_path: Path) ->
     assert run.returncode == 1, run.stderr  # tls.policy fails on this machine
     [made_bundle] = list(evidence.iterdir())
     names = sorted(str(p.relative_to(made_bundle)) for p in made_bundle.rglob("*") if p.is_file())
-    assert names == ["facts/here.json", "junit.xml", "manifest.json", "report.html",
-                     "results.json", "run.json", "signature.json"]  # fmt: skip
+    assert names == ["assessment-results.json", "facts/here.json", "junit.xml",
+                     "manifest.json", "report.html", "results.json", "run.json",
+                     "signature.json"]  # fmt: skip
     assert "tls.policy" in (made_bundle / "report.html").read_text()
     run_json = json.loads((made_bundle / "run.json").read_text())
     assert run_json["previous"] is None and len(run_json["checks_sha256"]) == 64
