@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import socket
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ from compliance.evidence import (
 from compliance.gather.runner import GatherError, gather
 from compliance.html_report import render
 from compliance.oscal import assessment_results
+from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 
 
 def _loaded():
@@ -276,6 +278,85 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if bad or chain else 0
 
 
+def _alert(args: argparse.Namespace, event: str, checklist: str, message: str,
+           **details: object) -> None:  # fmt: skip
+    log_alert(message)
+    if args.webhook:
+        payload = {"event": event, "checklist": checklist, "message": message,
+                   "host": socket.gethostname(), **details,
+                   "at": datetime.datetime.now(datetime.UTC).isoformat()}  # fmt: skip
+        problem = post_webhook(args.webhook, payload)
+        if problem:
+            log_alert(problem)
+
+
+def _schedule_run(args: argparse.Namespace) -> int:
+    """One scheduled checklist run: the run and its bundle, retention, metrics, alerts."""
+    if not args.signing_key:
+        raise EvidenceError("--signing-key is required: every scheduled run is signed")
+    args.evidence = args.evidence_root / args.name
+    try:
+        code = _checklist_run(args)
+    except (CatalogError, GatherError, EvidenceError, AttestationError) as error:
+        print(f"compliance schedule run: error: {error}", file=sys.stderr)
+        code = 2
+    newest = max(args.evidence.glob("*/checklist.json"), default=None)
+    items = json.loads(newest.read_text()) if newest else []
+    counts = Counter(i["status"] for i in items)
+    bundle = newest.parent.name if newest else None
+    removed = prune(args.evidence, args.keep_days, load_signing_key(args.signing_key))
+    if removed:
+        print(f"retention: removed {len(removed)} bundles older than {args.keep_days} days",
+              file=sys.stderr)  # fmt: skip
+    # Pending attestations are the normal state of a morning run, not an alert.
+    status = 2 if code == 2 else int(bool(counts["fail"] or counts["error"]))
+    if args.metrics:
+        write_metrics(args.metrics, {
+            f'securecore_compliance_last_run_timestamp_seconds{{checklist="{args.name}"}}':
+                datetime.datetime.now(datetime.UTC).timestamp(),
+            f'securecore_compliance_last_run_status{{checklist="{args.name}"}}': status,
+            f'securecore_compliance_run_missed{{checklist="{args.name}"}}': 0,
+        })  # fmt: skip
+    if status:
+        what = "could not be completed" if status == 2 else "found failures"
+        _alert(args, "checklist_failed" if status == 1 else "checklist_error", args.name,
+               f"the {args.name} checklist {what} ({counts['fail']} failed, "
+               f"{counts['error']} errors, {counts['pending']} pending; bundle {bundle})",
+               status=status, bundle=bundle, items=dict(counts))  # fmt: skip
+    return status
+
+
+def _schedule_status(args: argparse.Namespace) -> int:
+    """Missed runs: each checklist's newest bundle against its period."""
+    marker = args.evidence_root / ".installed"
+    installed = datetime.datetime.fromtimestamp(marker.stat().st_mtime, datetime.UTC) \
+        if marker.is_file() else datetime.datetime.now(datetime.UTC)  # fmt: skip
+    missed = 0
+    for name in args.checklist or NAMES:
+        state = schedule_state(args.evidence_root, name, installed)
+        print(f"{name:<8} {'MISSED' if state.missed else 'ok':<7} {state.detail}")
+        if args.metrics:
+            write_metrics(args.metrics,
+                          {f'securecore_compliance_run_missed{{checklist="{name}"}}':
+                           int(state.missed)})  # fmt: skip
+        if state.missed:
+            missed += 1
+            _alert(args, "checklist_missed", name, f"missed run: {state.detail}",
+                   newest=state.newest)  # fmt: skip
+    return 1 if missed else 0
+
+
+def _alert_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--evidence-root", type=Path, required=True,
+                         help="one evidence directory per checklist under it")  # fmt: skip
+    command.add_argument(
+        "--metrics",
+        type=Path,
+        help="Prometheus textfile to update (node_exporter textfile collector)",
+    )
+    command.add_argument("--webhook", help="POST alerts here as JSON (http or https)")
+
+
 def _host_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("-i", "--inventory", required=True, help="the playbooks' inventory")
     command.add_argument("--limit", help="hosts or groups, comma-separated")
@@ -337,6 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a bundle, its .tar.gz, or a directory of bundles")  # fmt: skip
     verify.add_argument("--public-key", type=Path, help="the signing key to trust (PEM)")
     verify.set_defaults(handler=_verify)
+    schedule = commands.add_parser("schedule", help="what the scheduler's timers run")
+    schedule_actions = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
+    scheduled = schedule_actions.add_parser(
+        "run", help="a checklist run into EVIDENCE_ROOT/NAME, with retention, metrics, alerts"
+    )
+    scheduled.add_argument("name", choices=NAMES)
+    _host_options(scheduled)
+    scheduled.add_argument("--store", type=Path, default=Path("evidence/attestations"),
+                           help="the attestation store")  # fmt: skip
+    scheduled.add_argument("--keep-days", type=int, default=365,
+                           help="remove bundles older than this (default 365)")  # fmt: skip
+    _alert_options(scheduled)
+    scheduled.set_defaults(handler=_schedule_run)
+    status = schedule_actions.add_parser("status", help="find missed runs (exit 1: one missed)")
+    status.add_argument("--checklist", action="append", choices=NAMES)
+    _alert_options(status)
+    status.set_defaults(handler=_schedule_status)
     lists = commands.add_parser("checklists", help="the daily, weekly and monthly items")
     lists.add_argument("name", nargs="?", choices=NAMES)
     lists.set_defaults(handler=_checklists)

@@ -220,6 +220,47 @@ def _unpacked(archive_path: Path, into: Path) -> Path:
     return into / roots.pop()
 
 
+# --- pruned bundles --------------------------------------------------------------------
+
+PRUNED = "PRUNED.json"
+
+
+def signed_record(record: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> bytes:
+    """RECORD as JSON with an ECDSA signature over its canonical form."""
+    body = json.dumps(record, sort_keys=True).encode()
+    signature = key.sign(body, ec.ECDSA(hashes.SHA256()))
+    public = key.public_key()
+    return (json.dumps({
+        "record": record, "key_id": key_id(public),
+        "public_key": public.public_bytes(serialization.Encoding.PEM,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo
+                                          ).decode(),
+        "signature": base64.b64encode(signature).decode(),
+    }, indent=2, sort_keys=True) + "\n").encode()  # fmt: skip
+
+
+def pruned_record(directory: Path, trusted: ec.EllipticCurvePublicKey | None = None,
+                  ) -> dict[str, Any] | None:  # fmt: skip
+    """The verified record of pruned bundles in DIRECTORY, or None if there is none.
+    Raises EvidenceError if it is there but does not verify."""
+    path = directory / PRUNED
+    if not path.is_file():
+        return None
+    try:
+        signed = json.loads(path.read_text())
+        public = serialization.load_pem_public_key(signed["public_key"].encode())
+        if trusted is not None and key_id(trusted) != key_id(public):
+            raise EvidenceError(f"{path}: signed by key {key_id(public)[:16]}..., "
+                                "not by the trusted key")  # fmt: skip
+        body = json.dumps(signed["record"], sort_keys=True).encode()
+        public.verify(base64.b64decode(signed["signature"]), body, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as error:
+        raise EvidenceError(f"{path}: the signature does not verify (changed)") from error
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise EvidenceError(f"{path}: unreadable ({error})") from error
+    return signed["record"]
+
+
 # --- verifying -------------------------------------------------------------------------
 
 
@@ -267,6 +308,21 @@ def _verify_one(path: Path, trusted: ec.EllipticCurvePublicKey | None) -> Bundle
     return check
 
 
+def _chain_start(directory: Path, first: str, named: dict[str, str],
+                 trusted: ec.EllipticCurvePublicKey | None) -> list[str]:  # fmt: skip
+    """Problems with the first bundle naming a predecessor that is not here: none when a
+    signed record says the retention removed exactly the bundles up to that one."""
+    try:
+        record = pruned_record(directory, trusted)
+    except EvidenceError as error:
+        return [str(error)]
+    if record is not None and record["pruned_through"]["id"] == named["id"] and \
+            record["pruned_through"]["manifest_sha256"] == named["manifest_sha256"]:  # fmt: skip
+        return []
+    return [f"{first}: follows {named['id']}, which is not here "
+            "(the series starts later, or earlier bundles were removed)"]  # fmt: skip
+
+
 def verify_bundles(
     target: Path, trusted_key: Path | None = None
 ) -> tuple[list[BundleCheck], list[str]]:
@@ -301,10 +357,7 @@ def verify_bundles(
                 continue
             if previous is None:
                 if named is not None:
-                    chain.append(
-                        f"{path.name}: follows {named['id']}, which is not here "
-                        "(the series starts later, or earlier bundles were removed)"
-                    )
+                    chain += _chain_start(target, path.name, named, trusted)
             elif named is None:
                 chain.append(f"{path.name}: names no predecessor, but {previous.name} is before it")
             else:

@@ -1,0 +1,170 @@
+"""What the scheduler's timers run: retention that keeps the chain verifiable, missed
+runs, and alerts (log, Prometheus textfile, a webhook - a real HTTP server here)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from compliance.evidence import PRUNED, generate_key, load_signing_key, verify_bundles, write_bundle
+from compliance.schedule import prune, schedule_state
+from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
+
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+def make_bundles(directory: Path, key, count: int) -> list[Path]:
+    made = []
+    for day in range(count):
+        results = [{"check": "ssh.keys_only", "host": "core-01", "status": "pass",
+                    "detail": "ok", "severity": "high", "controls": {},
+                    "waiver": None}]  # fmt: skip
+        made.append(write_bundle(directory, "daily", results, [{"host": "core-01"}],
+                                 {"core-01": {}}, {"day": day}, key))  # fmt: skip
+    return made
+
+
+@pytest.fixture
+def key_path(tmp_path: Path) -> Path:
+    path = tmp_path / "evidence.key"
+    generate_key(path)
+    return path
+
+
+def test_retention_removes_old_bundles_and_the_chain_still_verifies(
+    tmp_path: Path, key_path: Path
+) -> None:
+    key = load_signing_key(key_path)
+    evidence = tmp_path / "daily"
+    bundles = make_bundles(evidence, key, 4)
+    assert prune(evidence, 365, key) == []  # nothing is a year old
+    removed = prune(evidence, 365, key, now=NOW + datetime.timedelta(days=400))
+    # Everything is older than a year then, but the newest is always kept.
+    assert removed == [b.name for b in bundles[:3]]
+    assert [p.name for p in evidence.iterdir() if p.is_dir()] == [bundles[3].name]
+    checks, chain = verify_bundles(evidence, Path(f"{key_path}.pub"))
+    assert chain == [] and all(not c.problems for c in checks)
+    # More bundles, pruned again: the record moves on and counts every removal.
+    more = make_bundles(evidence, key, 2)
+    prune(evidence, 365, key, now=NOW + datetime.timedelta(days=800))
+    record = json.loads((evidence / PRUNED).read_text())["record"]
+    assert record["count"] == 5 and record["pruned_through"]["id"] == more[0].name
+    assert verify_bundles(evidence, Path(f"{key_path}.pub"))[1] == []
+    with pytest.raises(Exception, match="keep at least one day"):
+        prune(evidence, 0, key)
+
+
+def test_a_bundle_removed_outside_retention_is_still_found(tmp_path: Path, key_path: Path) -> None:
+    key = load_signing_key(key_path)
+    evidence = tmp_path / "daily"
+    bundles = make_bundles(evidence, key, 4)
+    prune(evidence, 365, key, now=NOW + datetime.timedelta(days=400))
+    make_bundles(evidence, key, 2)
+    shutil.rmtree(bundles[3])  # the oldest one kept: not what the record says was pruned
+    chain = verify_bundles(evidence)[1]
+    assert len(chain) == 1 and f"follows {bundles[3].name}, which is not here" in chain[0]
+    # A record edited to cover the removal no longer verifies.
+    signed = json.loads((evidence / PRUNED).read_text())
+    signed["record"]["pruned_through"]["id"] = bundles[3].name
+    (evidence / PRUNED).write_text(json.dumps(signed))
+    chain = verify_bundles(evidence)[1]
+    assert chain == [f"{evidence / PRUNED}: the signature does not verify (changed)"]
+
+
+def test_a_missed_run_is_found_per_checklist(tmp_path: Path, key_path: Path) -> None:
+    key = load_signing_key(key_path)
+    [bundle] = make_bundles(tmp_path / "weekly", key, 1)
+    installed = NOW - datetime.timedelta(days=60)
+    assert not schedule_state(tmp_path, "weekly", installed).missed
+    late = schedule_state(tmp_path, "weekly", installed, now=NOW + datetime.timedelta(days=8))
+    assert late.missed and bundle.name in late.detail and "every 7 d" in late.detail
+    # No run yet: missed only once the schedule has been installed longer than a period.
+    assert schedule_state(tmp_path, "daily", installed).missed
+    assert not schedule_state(tmp_path, "daily", NOW - datetime.timedelta(hours=3)).missed
+
+
+class Webhook(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Webhook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook():
+    Webhook.received = []
+    server = HTTPServer(("127.0.0.1", 0), Webhook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", Webhook.received
+    server.shutdown()
+
+
+def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
+    inventory,  # noqa: F811
+    tmp_path: Path,
+    key_path: Path,
+    webhook,
+) -> None:
+    url, received = webhook
+    root, metrics = tmp_path / "evidence", tmp_path / "textfile" / "compliance.prom"
+    run = compliance("schedule", "run", "daily", "-i", str(inventory), "--signing-key",
+                     str(key_path), "--evidence-root", str(root), "--metrics", str(metrics),
+                     "--webhook", url, "--store", str(tmp_path / "attestations"))  # fmt: skip
+    # No core host in this inventory: the service items are errors - an alert.
+    assert run.returncode == 2, run.stderr
+    assert "<3>compliance alert: the daily checklist could not be completed" in run.stderr
+    [bundle] = [p for p in (root / "daily").iterdir() if p.is_dir()]
+    [alert] = received
+    assert alert["event"] == "checklist_error" and alert["bundle"] == bundle.name
+    assert alert["checklist"] == "daily" and alert["items"]["error"] >= 1
+    assert set(alert) == {
+        "event",
+        "checklist",
+        "message",
+        "host",
+        "status",
+        "bundle",
+        "items",
+        "at",
+    }  # only what happened: no facts, details or secrets
+    text = metrics.read_text()
+    assert 'securecore_compliance_last_run_status{checklist="daily"} 2' in text
+    assert 'securecore_compliance_run_missed{checklist="daily"} 0' in text
+    assert compliance("verify", str(root / "daily"), "--public-key",
+                      f"{key_path}.pub").returncode == 0  # fmt: skip
+    # Missed runs: weekly and monthly never ran since an install 40 days ago.
+    (root / ".installed").touch()
+    old = time.time() - 40 * 86400
+    os.utime(root / ".installed", (old, old))
+    status = compliance("schedule", "status", "--evidence-root", str(root), "--metrics",
+                        str(metrics), "--webhook", url)  # fmt: skip
+    assert status.returncode == 1
+    lines = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()}
+    assert lines == {"daily": "ok", "weekly": "MISSED", "monthly": "MISSED"}
+    assert [a["event"] for a in received[1:]] == ["checklist_missed", "checklist_missed"]
+    text = metrics.read_text()
+    assert 'securecore_compliance_run_missed{checklist="weekly"} 1' in text
+    assert 'securecore_compliance_last_run_status{checklist="daily"} 2' in text  # kept
+    # A webhook that cannot be reached is logged, and the run itself goes on.
+    down = compliance("schedule", "status", "--evidence-root", str(root), "--checklist",
+                      "daily", "--webhook", "http://127.0.0.1:9/x")  # fmt: skip
+    assert down.returncode == 0
+    lonely = compliance("schedule", "run", "daily", "-i", str(inventory), "--evidence-root",
+                        str(root))  # fmt: skip
+    assert lonely.returncode == 2 and "--signing-key is required" in lonely.stderr
