@@ -15,8 +15,9 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc openssh-client git
   # HSM (SoftHSM2 is the lab's PKCS#11 token) and firewall tooling
   softhsm2 opensc nftables openssl
-  # independent checks used by the tests (SSH configuration audit)
-  ssh-audit
+  # independent checks used by the tests (SSH configuration audit; the evidence
+  # report rendered in a real headless browser)
+  ssh-audit chromium
   # the second audit store (the tests start their own server from its binaries)
   postgresql
 )

@@ -1,0 +1,71 @@
+"""report.html in a real headless Chromium (Debian's chromium package): the page an
+auditor opens renders its summary, hosts and results, runs no script, asks for
+nothing over the network, and shows what hosts said as text."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+from compliance.html_report import render
+from tests.unit.test_html_report import HOSTS, RESULTS
+
+CHROMIUM = shutil.which("chromium") or "chromium (installed by scripts/bootstrap.sh)"
+ITEMS = [{"id": "daily.security_alerts", "title": "Security alerts reviewed", "source": "001",
+          "status": "pending", "checks": {}, "failing": [], "attestation": None}]  # fmt: skip
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # --no-sandbox: the tests run as root; the network flags keep Chromium from
+    # calling home on a machine with a closed network.
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def png_rows(path: Path) -> tuple[int, int, list[bytes]]:
+    """Width, height and the unfiltered-enough scanlines of an 8-bit RGB(A) PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    position, idat, width, height = 8, b"", 0, 0
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            width, height = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        position += 12 + length
+    raw = zlib.decompress(idat)
+    stride = len(raw) // height
+    return width, height, [raw[i * stride : (i + 1) * stride] for i in range(height)]
+
+
+def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(render("Daily operations check", {"inventory": "inventories/lab"},
+                           HOSTS, RESULTS, ITEMS))  # fmt: skip
+    dumped = chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    dom = dumped.stdout
+    # The DOM Chromium built: the summary, every result and host, the pending item.
+    assert "Daily operations check" in dom
+    assert "Summary: <strong>1 pending</strong>" in dom  # a checklist counts its items
+    for result in RESULTS:
+        assert result["check"] in dom
+    assert "unreachable: &lt;timeout&gt;" in dom and "daily.security_alerts" in dom
+    # What a host said stayed text: no script element was made from it.
+    assert "<script" not in dom and "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+    shot = tmp_path / "report.png"
+    taken = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri())
+    assert taken.returncode == 0 and shot.is_file(), taken.stderr[-2000:]
+    width, height, rows = png_rows(shot)
+    assert (width, height) == (1200, 900)
+    # Something was drawn: the rows differ (a blank or failed page is one colour).
+    assert len(set(rows)) > 50
