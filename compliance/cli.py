@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import socket
 import sys
 from collections import Counter
@@ -354,7 +355,11 @@ def _alert_options(command: argparse.ArgumentParser) -> None:
         type=Path,
         help="Prometheus textfile to update (node_exporter textfile collector)",
     )
-    command.add_argument("--webhook", help="POST alerts here as JSON (http or https)")
+    command.add_argument(
+        "--webhook",
+        default=os.environ.get("COMPLIANCE_WEBHOOK_URL") or None,
+        help="POST alerts here as JSON (default: $COMPLIANCE_WEBHOOK_URL)",
+    )
 
 
 def _host_options(command: argparse.ArgumentParser) -> None:

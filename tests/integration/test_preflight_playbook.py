@@ -15,6 +15,7 @@ SEED_001_SEGMENTS = {
     "core": {"vlan": 200, "cidr": "10.1.200.0/24"},
     "plugin": {"vlan": 300, "cidr": "10.1.300.0/24"},
     "dr_core": {"vlan": 210, "cidr": "10.2.200.0/24"},
+    "management": {"vlan": 250, "cidr": "10.1.250.0/24"},
 }
 
 
@@ -60,7 +61,7 @@ def test_production_example_with_secrets_passes(production_copy: Path) -> None:
     vault = production_copy / "group_vars" / "all" / "vault.yml"
     vault.write_text("pki_ca_passphrase: example-ca-passphrase\n")
     proc = run("ansible-playbook", "-i", str(production_copy), "playbooks/preflight.yml")
-    assert "Inventory OK: 10 hosts in 4 segments" in proc.stdout
+    assert "Inventory OK: 11 hosts in 5 segments" in proc.stdout
 
 
 def test_seed_001_plugin_network_is_rejected_without_touching_a_host(

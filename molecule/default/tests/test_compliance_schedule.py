@@ -1,0 +1,87 @@
+"""The compliance scheduler on the lab's management host (mgmt-01): the checklists on
+timers at seed 004 6.1's report times, a scheduled run that reaches every host over
+SSH through the firewall zones and writes signed evidence, and a missed run found."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.helpers import ROOT
+from tests.labhosts import connect, lab_spec
+
+SPEC = lab_spec()
+SCHEDULES = {"daily": "*-*-* 09:00:00", "weekly": "Mon *-*-* 10:00:00",
+             "monthly": "*-*-01 14:00:00"}  # fmt: skip
+HOME = "/var/lib/securecore-compliance"
+TOOL = "/opt/securecore-compliance/current/venv/bin/compliance"
+METRICS = "/var/lib/prometheus/node-exporter/securecore_compliance.prom"
+
+
+@pytest.fixture(scope="module")
+def mgmt():
+    [host] = [h for h in SPEC.hosts if h.name == "mgmt-01"]
+    return connect(SPEC, host)
+
+
+def test_the_checklists_are_on_timers_at_their_report_times(mgmt) -> None:
+    for name, calendar in SCHEDULES.items():
+        timer = f"securecore-compliance-{name}.timer"
+        assert mgmt.service(timer).is_enabled and mgmt.service(timer).is_running
+        shown = mgmt.check_output(f"systemctl show -p TimersCalendar --value {timer}")
+        assert f"OnCalendar={calendar} ;" in shown, shown
+        assert mgmt.check_output(f"systemctl show -p Persistent --value {timer}") == "yes"
+    assert mgmt.service("securecore-compliance-status.timer").is_running
+
+
+def test_a_scheduled_run_reaches_every_host_and_writes_signed_evidence(mgmt) -> None:
+    mgmt.run("systemctl reset-failed securecore-compliance@daily.service")
+    started = mgmt.run("systemctl start securecore-compliance@daily.service")
+    result = mgmt.check_output("systemctl show -p Result --value securecore-compliance@daily")
+    assert started.rc == 0 and result == "success", started.stderr
+    newest = mgmt.check_output(f"ls -1d {HOME}/evidence/daily/*/ | tail -1").rstrip("/")
+    document = json.loads(mgmt.file(f"{newest}/results.json").content_string)
+    gathered = {h["host"]: h["error"] for h in document["hosts"]}
+    # Every host of the site, mgmt-01 included, reached over SSH at its segment address.
+    assert gathered == {h.name: None for h in SPEC.hosts}
+    checks = {(r["check"], r["host"]): r["status"] for r in document["results"]}
+    assert checks["ssh.keys_only", "core-01"] == "pass"
+    assert checks["service.audit_log_verifies", "core-01"] == "pass"
+    verified = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily "
+                        "--public-key /etc/securecore-compliance/evidence.key.pub")  # fmt: skip
+    assert verified.rc == 0, verified.stdout
+    assert mgmt.file(f"{newest}.tar.gz").exists
+    key = mgmt.file("/etc/securecore-compliance/evidence.key")
+    assert key.user == "compliance" and key.mode == 0o600
+    # The controller has the public key auditors verify with.
+    controller_copy = ROOT / "output" / "compliance" / "evidence-mgmt-01.key.pub"
+    assert controller_copy.read_text() == \
+        mgmt.file("/etc/securecore-compliance/evidence.key.pub").content_string  # fmt: skip
+    assert 'securecore_compliance_last_run_timestamp_seconds{checklist="daily"}' in \
+        mgmt.file(METRICS).content_string  # fmt: skip
+    # The scheduler's key only works from the management host's address.
+    authorized = connect(SPEC, SPEC.hosts[0]).file("/home/ansible/.ssh/authorized_keys")
+    assert 'from="10.210.10.10"' in authorized.content_string
+
+
+def test_a_missed_run_is_found_and_alerted(mgmt) -> None:
+    marker = f"{HOME}/evidence/.installed"
+    before = mgmt.check_output(f"stat -c %Y {marker}")
+    try:
+        mgmt.check_output(f"touch -m -d '40 days ago' {marker}")
+        since = mgmt.check_output("date '+%Y-%m-%d %H:%M:%S'")
+        status = mgmt.run("systemctl start securecore-compliance-status.service")
+        assert status.rc != 0  # the unit fails: a run was missed
+        journal = mgmt.check_output(
+            f"journalctl -u securecore-compliance-status --since '{since}' -o cat -p err"
+        )
+        assert "missed run: no weekly run since" in journal
+        assert "missed run: no monthly run since" in journal
+        assert "daily" not in journal  # it ran in the test before
+        metrics = mgmt.file(METRICS).content_string
+        assert 'securecore_compliance_run_missed{checklist="weekly"} 1' in metrics
+        assert 'securecore_compliance_run_missed{checklist="daily"} 0' in metrics
+    finally:
+        mgmt.check_output(f"touch -m -d @{before} {marker}")
+        mgmt.run("systemctl reset-failed securecore-compliance-status.service")
