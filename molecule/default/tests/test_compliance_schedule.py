@@ -46,8 +46,8 @@ def test_a_scheduled_run_reaches_every_host_and_writes_signed_evidence(mgmt) -> 
     # Every host of the site, mgmt-01 included, reached over SSH at its segment address.
     assert gathered == {h.name: None for h in SPEC.hosts}
     checks = {(r["check"], r["host"]): r["status"] for r in document["results"]}
-    assert checks["ssh.keys_only", "core-01"] == "pass"
-    assert checks["service.audit_log_verifies", "core-01"] == "pass"
+    assert checks["firewall.default_drop", "plugin-01"] == "pass"
+    assert checks["service.ready", "core-01"] == "pass"
     verified = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily "
                         "--public-key /etc/securecore-compliance/evidence.key.pub")  # fmt: skip
     assert verified.rc == 0, verified.stdout
