@@ -17,6 +17,7 @@ from typing import Any
 from compliance.attestations import current, period_of
 from compliance.checklists import Checklist
 from compliance.engine import Result
+from compliance.report_sections import Section, markdown_sections
 
 ORDER = ("error", "fail", "pending", "waived", "pass")
 
@@ -66,7 +67,7 @@ def run_items(
 
 
 def markdown(checklist: Checklist, items: list[ItemResult], hosts: list[dict[str, Any]],
-             when: datetime.datetime) -> str:  # fmt: skip
+             when: datetime.datetime, sections: list[Section] | None = None) -> str:  # fmt: skip
     counts = Counter(i.status for i in items)
     lines = [
         f"# {checklist.title} - {period_of(checklist.name, when)}",
@@ -76,6 +77,9 @@ def markdown(checklist: Checklist, items: list[ItemResult], hosts: list[dict[str
         "Summary: " + ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]),
         "",
         f"Report sections (seed 004 6.1): {', '.join(checklist.report_sections)}.",
+        *markdown_sections(sections or []),
+        "",
+        "## Checklist items",
         "",
         "| item | status | how | source |",
         "| --- | --- | --- | --- |",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from compliance.catalog import Catalog, CatalogError, load_yaml, mapped_controls
 from compliance.checks import Check
+from compliance.report_sections import BUILDERS as SECTION_BUILDERS
 
 CHECKLIST_DIR = Path(__file__).parent / "checklists"
 NAMES = ("daily", "weekly", "monthly")
@@ -70,8 +71,13 @@ def load_checklist(
             else None
         )
         items.append(Item(raw["id"], raw["title"], raw["source"], tuple(listed), attested))
+    sections = tuple(data.get("report_sections", ()))
+    unknown = [s for s in sections if s not in SECTION_BUILDERS]
+    if unknown:
+        raise CatalogError(f"{path}: report_sections: no section {', '.join(map(repr, unknown))} "
+                           f"(known: {', '.join(SECTION_BUILDERS)})")  # fmt: skip
     return Checklist(name, str(data.get("title", name)), str(data.get("schedule", "")),
-                     tuple(data.get("report_sections", ())), tuple(items))  # fmt: skip
+                     sections, tuple(items))  # fmt: skip
 
 
 def load_checklists(catalogs: dict[str, Catalog], checks: list[Check],

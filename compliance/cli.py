@@ -52,6 +52,7 @@ from compliance.evidence import (
 from compliance.gather.runner import GatherError, gather
 from compliance.html_report import render
 from compliance.oscal import assessment_results
+from compliance.report_sections import RunData, build_sections
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 
 
@@ -178,7 +179,8 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
     run = {"started": started.isoformat(), "inventory": str(args.inventory),
            "limit": args.limit, "checks_sha256": hash_files(list(CHECK_DIR.glob("*.yaml"))),
            "waivers_sha256": hash_files([args.waivers]) if args.waivers else None}  # fmt: skip
-    added = extra(document, results, run) if extra else {}
+    facts = {h.host: h.facts for h in hosts}
+    added = extra(document, results, run, facts) if extra else {}
     if "report.html" not in added:
         page = render("compliance check", run, document["hosts"], document["results"])
         added["report.html"] = page.encode()
@@ -188,7 +190,7 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
         added["assessment-results.json"] = _oscal_json(oscal)
     if args.evidence:
         bundle = write_bundle(args.evidence, kind, document["results"], document["hosts"],
-                              {h.host: h.facts for h in hosts}, run, signing_key,
+                              facts, run, signing_key,
                               extra=added)  # fmt: skip
         print(f"evidence: {bundle}", file=sys.stderr)
         if args.archive:
@@ -219,16 +221,22 @@ def _check(args: argparse.Namespace) -> int:
 
 def _checklist_run(args: argparse.Namespace) -> int:
     catalogs = load_catalogs()
-    checklist = load_checklist(args.name, catalogs, load_checks(catalogs))
+    checks = load_checks(catalogs)
+    checklist = load_checklist(args.name, catalogs, checks)
     wanted = {c for item in checklist.items for c in item.checks}
     outcome: dict = {}
 
-    def report(document, results, run) -> dict[str, bytes]:
+    def report(document, results, run, facts) -> dict[str, bytes]:
         outcome["items"] = run_items(checklist, results, args.store)
-        text = markdown(checklist, outcome["items"], document["hosts"], document["started"])
-        outcome["markdown"] = text
         items = [i.as_dict() for i in outcome["items"]]
-        page = render(checklist.title, run, document["hosts"], document["results"], items)
+        data = RunData(document["hosts"], facts, document["results"], items,
+                       {c.id: c for c in checks}, document["started"])  # fmt: skip
+        sections = build_sections(checklist.report_sections, data)
+        text = markdown(checklist, outcome["items"], document["hosts"], document["started"],
+                        sections)  # fmt: skip
+        outcome["markdown"] = text
+        page = render(checklist.title, run, document["hosts"], document["results"], items,
+                      sections)  # fmt: skip
         attested = {i.id: i.attested_controls for i in checklist.items
                     if i.attested_controls is not None}  # fmt: skip
         oscal = assessment_results(checklist.title, run, document["hosts"],

@@ -11,6 +11,8 @@ from collections import Counter
 from html import escape
 from typing import Any
 
+from compliance.report_sections import Section
+
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; }
@@ -35,6 +37,7 @@ def render(
     hosts: list[dict[str, Any]],
     results: list[dict[str, Any]],
     items: list[dict[str, Any]] | None = None,
+    sections: list[Section] | None = None,
 ) -> str:
     """The page for a check run (RESULTS) or a checklist run (ITEMS and their RESULTS)."""
     counted = Counter(i["status"] for i in items) if items else Counter(
@@ -51,6 +54,18 @@ def render(
           for k, v in run.items() if not isinstance(v, dict | list)),
         "</tbody></table>",
     ]  # fmt: skip
+    for section in sections or []:
+        parts.append(f"<h2>{escape(section.title)}</h2>")
+        if section.rows:
+            header = "".join(f"<th>{escape(c)}</th>" for c in section.columns)
+            parts.append(f"<table><thead><tr>{header}</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
+                      for row in section.rows]  # fmt: skip
+            parts.append("</tbody></table>")
+        else:
+            parts.append(f"<p><em>{escape(section.empty)}</em></p>")
+        if section.note:
+            parts.append(f"<p>{escape(section.note)}</p>")
     if items:
         header = "".join(f"<th>{h}</th>" for h in ("item", "status", "checks", "attestation",
                                                     "source"))  # fmt: skip

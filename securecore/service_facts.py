@@ -8,6 +8,10 @@ Read-only, run on the core host as the service user (it opens the key ring):
   backup     the newest backup in [backup] directory and its age in hours
   plugins    every registered plugin's state and score, the lowest active score,
              the suspended ones
+  events     security events from the audit log (seed 004 6.1's report sections):
+             counts per action and outcome over the last 1, 7 and 31 days, and the
+             incidents and responses of the last 31 days (time, action, target,
+             outcome - never a record's details)
 Nothing secret is printed: no key material, no PIN, no token.
 """
 
@@ -18,6 +22,7 @@ import datetime
 import http.client
 import json
 import ssl
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from securecore import config as configuration
 from securecore.audit.commands import signing_public_keys
 from securecore.audit.factory import open_store
 from securecore.audit.log import verify_log
+from securecore.audit.record import Record
 from securecore.keys.factory import open_key_ring
 from securecore.plugins.registry import PluginRegistry
 from securecore.state_db import open_state
@@ -48,17 +54,61 @@ def _ready(config: configuration.Config) -> bool:
         connection.close()
 
 
-def _audit(config: configuration.Config, ring) -> dict[str, Any]:
+def _audit(config: configuration.Config, ring) -> tuple[dict[str, Any], dict[str, Any]]:
     store = open_store(config)
     try:
         result = verify_log(store, config.get("audit", "witness_dir"), signing_public_keys(ring))
         checkpoints = store.checkpoints()
         size = store.size()
+        events = _events(store, size)
     finally:
         store.close()
     last = checkpoints[-1][0] if checkpoints else 0
     return {"verified": result.ok, "problem": result.problem, "records": size,
-            "checkpoints": len(checkpoints), "uncheckpointed": size - last}  # fmt: skip
+            "checkpoints": len(checkpoints), "uncheckpointed": size - last}, events  # fmt: skip
+
+
+# What the reports count: security-relevant actions, and among them incidents (something
+# happened to the service) and responses (what people or the service did about it).
+INCIDENTS = ("intrusion.", "emergency.shutdown", "plugin.suspended", "plugin.revoked")
+RESPONSES = ("intrusion.", "emergency.recover", "acl.block", "acl.unblock", "session.revoke")
+WINDOWS = {"1d": 1, "7d": 7, "31d": 31}
+# The newest records looked at: the reports cover a month, and a month of a busy
+# service is well under this; it bounds the time a facts run can take.
+EVENT_SCAN_LIMIT = 500_000
+LISTED_EVENTS = 200
+
+
+def _security_event(record: Record) -> bool:
+    if record.action.startswith("policy."):
+        return record.outcome == "denied"
+    return record.action == "auth.failure" or record.action.startswith(INCIDENTS + RESPONSES)
+
+
+def _events(store, size: int) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.UTC)
+    since = {name: now - datetime.timedelta(days=days) for name, days in WINDOWS.items()}
+    counts: dict[str, Counter] = {name: Counter() for name in WINDOWS}
+    incidents, responses = [], []
+    for _, entry in store.entries(after=max(0, size - EVENT_SCAN_LIMIT)):
+        record = Record.from_entry(entry)
+        when = datetime.datetime.fromisoformat(record.timestamp)
+        if when < since["31d"] or not _security_event(record):
+            continue
+        for name, start in since.items():
+            if when >= start:
+                counts[name][f"{record.action} {record.outcome}"] += 1
+        brief = {"at": record.timestamp, "action": record.action, "target": record.target,
+                 "outcome": record.outcome}  # fmt: skip
+        if record.action.startswith(INCIDENTS):
+            incidents.append(brief)
+        if record.action.startswith(RESPONSES):
+            responses.append(brief)
+    return {
+        "counts": {name: dict(sorted(found.items())) for name, found in counts.items()},
+        "incidents": incidents[-LISTED_EVENTS:],
+        "responses": responses[-LISTED_EVENTS:],
+    }
 
 
 def _keys(ring) -> dict[str, Any]:
@@ -104,9 +154,11 @@ def _plugins(config: configuration.Config) -> dict[str, Any]:
 def service_facts(config: configuration.Config) -> dict[str, Any]:
     ring = open_key_ring(config)
     try:
+        audit, events = _audit(config, ring)
         return {
             "service": {"ready": _ready(config)},
-            "audit": _audit(config, ring),
+            "audit": audit,
+            "events": events,
             "keys": _keys(ring),
             "backup": _backup(config),
             "plugins": _plugins(config),

@@ -16,6 +16,9 @@ def test_facts_of_a_running_service_and_nothing_secret(tmp_path: Path) -> None:
         call(server, "GET", "/v1/whoami")
         before = json.loads(admin(server, "facts").stdout)
         admin(server, "backup")
+        # Security events for the reports: a bad token, an administrator's block.
+        assert call(server, "GET", "/v1/sessions/current", token="not-a-token")[0] == 401
+        admin(server, "acl", "block", "127.0.0.9", "--reason", "drill", "--by", "alice")
         after = json.loads(admin(server, "facts").stdout)
     assert before["service"] == {"ready": True}
     assert before["audit"]["verified"] is True and before["audit"]["records"] >= 1
@@ -26,6 +29,14 @@ def test_facts_of_a_running_service_and_nothing_secret(tmp_path: Path) -> None:
     assert after["backup"]["newest_age_hours"] < 0.1
     assert before["plugins"] == {"active_count": 0, "lowest_active_score": None,
                                  "registered": {}, "suspended": []}  # fmt: skip
+    assert before["events"]["incidents"] == [] and before["events"]["responses"] == []
+    events = after["events"]
+    for window in ("1d", "7d", "31d"):
+        assert events["counts"][window]["acl.block success"] == 1
+        assert events["counts"][window]["auth.failure failure"] >= 1
+    [block] = events["responses"]
+    assert block["action"] == "acl.block" and block["target"] == "127.0.0.9"
+    assert set(block) == {"at", "action", "target", "outcome"}  # never the details
     text = json.dumps(after)
     dev = tmp_path / "dev"
     for path in [*(dev / "keys").iterdir(), *(dev / "secrets").iterdir(),

@@ -1,0 +1,249 @@
+"""The sections of seed 004 6.1's reports, filled from what a checklist run found.
+
+Daily: incidents, alert statistics, system state, response status. Weekly:
+incidents of the week, vulnerabilities, performance analysis, improvements.
+Monthly: security posture of the month, risk assessment, compliance status,
+improvement plan. Each checklist names its sections (`report_sections` in
+its YAML); each name has a builder here.
+
+Sources: the core hosts' `events` facts (security events from the audit log:
+counts over 1, 7 and 31 days, incidents and responses with time, action,
+target and outcome - never a record's details), their `plugins` facts, the
+check results and the checklist items with their attestations. A section
+with nothing to show says so ("none recorded"), never leaves itself out.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from compliance.checks import Check
+
+SEVERITIES = ("critical", "high", "medium", "low")
+
+
+@dataclass
+class Section:
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    empty: str = "none recorded"
+    note: str = ""
+
+
+@dataclass
+class RunData:
+    hosts: list[dict[str, Any]]
+    facts: dict[str, dict[str, Any]]
+    results: list[dict[str, Any]]
+    items: list[dict[str, Any]]
+    checks: dict[str, Check]
+    now: datetime.datetime
+
+    def core_events(self) -> dict[str, dict[str, Any]]:
+        """Host -> its `events` facts, for the hosts that have them (the core hosts)."""
+        return {h: f["events"] for h, f in sorted(self.facts.items())
+                if isinstance(f.get("events"), dict)}  # fmt: skip
+
+
+def _listed(run: RunData, kind: str, days: int, title: str) -> Section:
+    section = Section(title, ["host", "time", "action", "target", "outcome"])
+    since = run.now - datetime.timedelta(days=days)
+    for host, events in run.core_events().items():
+        for event in events.get(kind, []):
+            if datetime.datetime.fromisoformat(event["at"]) >= since:
+                section.rows.append([host, event["at"], event["action"], event["target"],
+                                     event["outcome"]])  # fmt: skip
+    if not run.core_events():
+        section.empty = "no core host was gathered: the audit log could not be read"
+    return section
+
+
+def _counts(run: RunData, window: str, title: str) -> Section:
+    section = Section(title, ["host", "event", "outcome", f"count ({window})"])
+    for host, events in run.core_events().items():
+        for key, count in events.get("counts", {}).get(window, {}).items():
+            action, _, outcome = key.rpartition(" ")
+            section.rows.append([host, action, outcome, str(count)])
+    failed = Counter(r["severity"] for r in run.results if r["status"] == "fail")
+    section.note = "Failed checks by severity: " + (
+        ", ".join(f"{failed[s]} {s}" for s in SEVERITIES if failed[s]) or "none"
+    )
+    return section
+
+
+def incidents_today(run: RunData) -> Section:
+    return _listed(run, "incidents", 1, "Incidents (last 24 hours)")
+
+
+def incidents_of_the_week(run: RunData) -> Section:
+    return _listed(run, "incidents", 7, "Incidents of the week")
+
+
+def alert_statistics(run: RunData) -> Section:
+    return _counts(run, "1d", "Alert statistics (last 24 hours)")
+
+
+def security_posture(run: RunData) -> Section:
+    section = _counts(run, "31d", "Security posture of the month")
+    passed = sum(r["status"] == "pass" for r in run.results)
+    section.note += f". Checks passed: {passed} of {len(run.results)}."
+    return section
+
+
+def system_state(run: RunData) -> Section:
+    section = Section("System state", ["host", "gathered", "service", "checks"])
+    for host in run.hosts:
+        name = host["host"]
+        mine = Counter(r["status"] for r in run.results if r["host"] == name)
+        service = (run.facts.get(name) or {}).get("service")
+        ready = "-" if not isinstance(service, dict) else \
+            ("ready" if service.get("ready") else "NOT READY")  # fmt: skip
+        gathered = f"error: {host['error']}" if host.get("error") else "yes"
+        section.rows.append([name, gathered, ready,
+                             ", ".join(f"{n} {s}" for s, n in sorted(mine.items()))])  # fmt: skip
+    return section
+
+
+def response_status(run: RunData) -> Section:
+    section = _listed(run, "responses", 1, "Response status (last 24 hours)")
+    attested = [i for i in run.items if i.get("attestation")]
+    pending = [i["id"] for i in run.items if i["status"] == "pending"]
+    section.note = (
+        "Attested: " + (", ".join(f"{i['id']} by {i['attestation']['by']}" for i in attested)
+                        or "nothing yet")
+        + ". Pending: " + (", ".join(pending) or "nothing") + "."
+    )  # fmt: skip
+    return section
+
+
+def vulnerabilities(run: RunData) -> Section:
+    section = Section("Vulnerabilities", ["host", "check", "status", "what was found"])
+    for r in run.results:
+        if r["check"] in (
+            "patches.security_updates",
+            "integrity.aide",
+            "tls.policy",
+            "certificates.validity",
+        ):
+            section.rows.append([r["host"], r["check"], r["status"], r["detail"]])
+    return section
+
+
+def performance_analysis(run: RunData) -> Section:
+    section = Section("Performance analysis",
+                      ["host", "plugin", "state", "trust score"])  # fmt: skip
+    for host, facts in sorted(run.facts.items()):
+        for name, plugin in sorted(((facts.get("plugins") or {}).get("registered") or {}).items()):
+            section.rows.append([host, name, plugin["state"], str(plugin["score"])])
+    seconds = [f"{h['host']} {h.get('seconds')} s" for h in run.hosts if not h.get("error")]
+    section.note = "Gathering time per host: " + (", ".join(seconds) or "none") + "."
+    return section
+
+
+def _plan(run: RunData, title: str) -> Section:
+    section = Section(title, ["severity", "check", "hosts", "remediation"],
+                      empty="nothing failed: no improvement is due from the checks")  # fmt: skip
+    failing: dict[str, list[str]] = {}
+    for r in run.results:
+        if r["status"] == "fail":
+            failing.setdefault(r["check"], []).append(r["host"])
+    ranked = sorted(failing, key=lambda c: (SEVERITIES.index(run.checks[c].severity)
+                                            if c in run.checks else 9, c))  # fmt: skip
+    for check in ranked:
+        known = run.checks.get(check)
+        section.rows.append([known.severity if known else "?", check,
+                             ", ".join(sorted(failing[check])),
+                             known.remediation.strip() if known else ""])  # fmt: skip
+    return section
+
+
+def improvements(run: RunData) -> Section:
+    return _plan(run, "Improvements")
+
+
+def improvement_plan(run: RunData) -> Section:
+    return _plan(run, "Improvement plan")
+
+
+def risk_assessment(run: RunData) -> Section:
+    section = Section("Risk assessment", ["status", "severity", "count", "waivers"],
+                      empty="no failed or waived check")  # fmt: skip
+    grouped: Counter = Counter()
+    waivers: dict[tuple[str, str], set[str]] = {}
+    for r in run.results:
+        if r["status"] in ("fail", "waived", "error"):
+            key = (r["status"], r["severity"])
+            grouped[key] += 1
+            if r.get("waiver"):
+                w = r["waiver"]
+                waivers.setdefault(key, set()).add(
+                    f"{r['check']} ({w['approver']}, until {w['expires']})"
+                )
+    for (status, severity), count in sorted(grouped.items()):
+        section.rows.append([status, severity, str(count),
+                             "; ".join(sorted(waivers.get((status, severity), ())))])  # fmt: skip
+    return section
+
+
+def compliance_status(run: RunData) -> Section:
+    section = Section("Compliance status", ["framework", "controls reviewed", "satisfied",
+                                            "not satisfied"])  # fmt: skip
+    by_control: dict[tuple[str, str], set[str]] = {}
+    for r in run.results:
+        for framework, ids in r["controls"].items():
+            for control in ids:
+                by_control.setdefault((framework, control), set()).add(r["status"])
+    for framework in sorted({f for f, _ in by_control}):
+        mine = {c: s for (f, c), s in by_control.items() if f == framework}
+        satisfied = sum(statuses <= {"pass"} for statuses in mine.values())
+        section.rows.append([framework, str(len(mine)), str(satisfied),
+                             str(len(mine) - satisfied)])  # fmt: skip
+    counted = Counter(i["status"] for i in run.items)
+    listed = ", ".join(f"{n} {s}" for s, n in sorted(counted.items()))
+    section.note = f"Checklist items: {listed or 'none'}."
+    return section
+
+
+BUILDERS: dict[str, Callable[[RunData], Section]] = {
+    "incidents": incidents_today,
+    "alert statistics": alert_statistics,
+    "system state": system_state,
+    "response status": response_status,
+    "incidents of the week": incidents_of_the_week,
+    "vulnerabilities": vulnerabilities,
+    "performance analysis": performance_analysis,
+    "improvements": improvements,
+    "security posture of the month": security_posture,
+    "risk assessment": risk_assessment,
+    "compliance status": compliance_status,
+    "improvement plan": improvement_plan,
+}
+
+
+def build_sections(names: tuple[str, ...], run: RunData) -> list[Section]:
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        raise ValueError(f"report sections without a builder: {', '.join(unknown)}")
+    return [BUILDERS[name](run) for name in names]
+
+
+def markdown_sections(sections: list[Section]) -> list[str]:
+    lines: list[str] = []
+    for section in sections:
+        lines += ["", f"## {section.title}", ""]
+        if section.rows:
+            lines.append("| " + " | ".join(section.columns) + " |")
+            lines.append("|" + " --- |" * len(section.columns))
+            for row in section.rows:
+                cells = [str(c).replace("|", "\\|").replace("\n", " ") for c in row]
+                lines.append("| " + " | ".join(cells) + " |")
+        else:
+            lines.append(f"_{section.empty}_")
+        if section.note:
+            lines += ["", section.note]
+    return lines
