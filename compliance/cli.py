@@ -31,6 +31,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from compliance import __version__
 from compliance.attestations import AttestationError, record
 from compliance.catalog import CatalogError, load_catalogs
@@ -44,7 +46,7 @@ from compliance.evidence import (
     archive,
     generate_key,
     hash_files,
-    load_signing_key,
+    key_id,
     masked,
     verify_bundles,
     write_bundle,
@@ -54,6 +56,7 @@ from compliance.html_report import render
 from compliance.oscal import assessment_results
 from compliance.report_sections import RunData, build_sections
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
+from compliance.signing import generate_token_key, is_pkcs11, load_key
 
 
 def _loaded():
@@ -162,7 +165,7 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
     waivers = load_waivers(args.waivers, {c.id for c in checks})
     if bool(args.evidence) != bool(args.signing_key):
         raise EvidenceError("--evidence and --signing-key go together (a bundle is signed)")
-    signing_key = load_signing_key(args.signing_key) if args.signing_key else None
+    signing_key = load_key(args.signing_key) if args.signing_key else None
     started = datetime.datetime.now(datetime.UTC)
     print(f"gathering facts from {args.inventory} ...", file=sys.stderr)
     hosts = gather(args.inventory, args.limit, forks=args.forks, progress=_progress)
@@ -265,7 +268,17 @@ def _attest(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    kid = generate_key(args.key)
+    if is_pkcs11(args.key):
+        if args.public_key is None:
+            raise EvidenceError("a token key needs --public-key PATH (auditors verify with it)")
+        uri, public = generate_token_key(args.key)
+        pem = public.public_bytes(serialization.Encoding.PEM,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+        args.public_key.write_bytes(pem)
+        print(f"signing key made on the token (not extractable): {uri}\n"
+              f"public key {args.public_key}, key id {key_id(public)}")  # fmt: skip
+        return 0
+    kid = generate_key(Path(args.key))
     print(f"signing key written: {args.key} (0600), public key {args.key}.pub, key id {kid}")
     return 0
 
@@ -313,7 +326,7 @@ def _schedule_run(args: argparse.Namespace) -> int:
     items = json.loads(newest.read_text()) if newest else []
     counts = Counter(i["status"] for i in items)
     bundle = newest.parent.name if newest else None
-    removed = prune(args.evidence, args.keep_days, load_signing_key(args.signing_key))
+    removed = prune(args.evidence, args.keep_days, load_key(args.signing_key))
     if removed:
         print(f"retention: removed {len(removed)} bundles older than {args.keep_days} days",
               file=sys.stderr)  # fmt: skip
@@ -379,7 +392,9 @@ def _host_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--forks", type=int, default=8, help="hosts gathered at once")
     command.add_argument("--format", choices=("text", "json"), default="text")
     command.add_argument("--evidence", type=Path, help="write a signed evidence bundle here")
-    command.add_argument("--signing-key", type=Path, help="ECDSA P-256 key (compliance keygen)")
+    command.add_argument(
+        "--signing-key", help="ECDSA P-256 key: a file, or pkcs11:token=...;object=... (a token)"
+    )
     command.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
 
 
@@ -422,7 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the attestation store (default: evidence/attestations)")  # fmt: skip
     attest.set_defaults(handler=_attest)
     keygen = commands.add_parser("keygen", help="make an evidence signing key (file, 0600)")
-    keygen.add_argument("--key", type=Path, required=True, help="where to write it")
+    keygen.add_argument(
+        "--key",
+        required=True,
+        help="a file to write, or pkcs11:token=... to make the key on a token",
+    )
+    keygen.add_argument(
+        "--public-key", type=Path, help="where to write the public key (PEM) of a token key"
+    )
     keygen.set_defaults(handler=_keygen)
     verify = commands.add_parser(
         "verify", help="check evidence bundles offline: hashes, signature, the chain"

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from compliance.evidence import key_id
 from tests.integration.helpers import ROOT
 from tests.labhosts import connect, lab_spec
 
@@ -17,6 +19,7 @@ SCHEDULES = {"daily": "*-*-* 09:00:00", "weekly": "Mon *-*-* 10:00:00",
 HOME = "/var/lib/securecore-compliance"
 TOOL = "/opt/securecore-compliance/current/venv/bin/compliance"
 METRICS = "/var/lib/prometheus/node-exporter/securecore_compliance.prom"
+PUBLIC = f"{HOME}/evidence.key.pub"
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +51,22 @@ def test_a_scheduled_run_reaches_every_host_and_writes_signed_evidence(mgmt) -> 
     checks = {(r["check"], r["host"]): r["status"] for r in document["results"]}
     assert checks["firewall.default_drop", "plugin-01"] == "pass"
     assert checks["service.ready", "core-01"] == "pass"
-    verified = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily "
-                        "--public-key /etc/securecore-compliance/evidence.key.pub")  # fmt: skip
+    verified = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily --public-key {PUBLIC}")
     assert verified.rc == 0, verified.stdout
     assert mgmt.file(f"{newest}.tar.gz").exists
-    key = mgmt.file("/etc/securecore-compliance/evidence.key")
-    assert key.user == "compliance" and key.mode == 0o600
-    # The controller has the public key auditors verify with.
+    # The lab signs with a key on a SoftHSM2 token: no key file, the PIN readable by
+    # the scheduler's group only, the key itself not extractable.
+    assert not mgmt.file("/etc/securecore-compliance/evidence.key").exists
+    pin = mgmt.file("/etc/securecore-compliance/evidence.pin")
+    assert (pin.user, pin.group, pin.mode) == ("root", "compliance", 0o640)
+    unit = mgmt.file("/etc/systemd/system/securecore-compliance@.service").content_string
+    assert '--signing-key "pkcs11:token=compliance-evidence;object=compliance-evidence-v1?' in unit
+    signature = json.loads(mgmt.file(f"{newest}/signature.json").content_string)
+    # The controller has the public key auditors verify with, and it signed the bundle.
     controller_copy = ROOT / "output" / "compliance" / "evidence-mgmt-01.key.pub"
-    assert controller_copy.read_text() == \
-        mgmt.file("/etc/securecore-compliance/evidence.key.pub").content_string  # fmt: skip
+    assert controller_copy.read_text() == mgmt.file(PUBLIC).content_string
+    public = serialization.load_pem_public_key(controller_copy.read_bytes())
+    assert signature["key_id"] == key_id(public)
     assert 'securecore_compliance_last_run_timestamp_seconds{checklist="daily"}' in \
         mgmt.file(METRICS).content_string  # fmt: skip
     # The scheduler's key only works from the management host's address.

@@ -1,0 +1,1 @@
+../../hsm/library/pkcs11_token.py
