@@ -126,6 +126,7 @@ def vulnerabilities(run: RunData) -> Section:
     for r in run.results:
         if r["check"] in (
             "patches.security_updates",
+            "software.signed_sources",
             "integrity.aide",
             "tls.policy",
             "certificates.validity",

@@ -49,6 +49,8 @@ DEFAULTS = {
     "replica_timer": "/etc/systemd/system/securecore-replica.timer",
     "replica_store": "/var/lib/securecore/data/replica/audit.db",
     "writable_roots": ["/etc", "/usr/local", "/opt", "/var/lib"],
+    "apt_sources": ["/etc/apt/sources.list", "/etc/apt/sources.list.d/*.list",
+                    "/etc/apt/sources.list.d/*.sources"],
 }
 
 
@@ -225,8 +227,26 @@ def apt(paths: dict) -> dict:
                 if line.startswith("Inst ") and "-security" in line]  # fmt: skip
     periodic = key_values(run("apt-config", "dump"), r"\s+")
     unattended = periodic.get("apt::periodic::unattended-upgrade", "").strip('";') == "1"
+    insecure = [name for name in ("apt::get::allowunauthenticated",
+                                  "acquire::allowinsecurerepositories",
+                                  "acquire::allowdowngradetoinsecurerepositories")
+                if periodic.get(name, "").strip('";').lower() in ("1", "true", "yes")]  # fmt: skip
     return {"pending_updates": len(pending), "pending_security_updates": len(security),
-            "security_packages": security, "unattended_upgrades": unattended}  # fmt: skip
+            "security_packages": security, "unattended_upgrades": unattended,
+            "unsigned_sources": unsigned_sources(paths), "insecure_options": insecure}  # fmt: skip
+
+
+def unsigned_sources(paths: dict) -> list[str]:
+    """Package sources whose signatures apt is told not to check: "FILE: line"."""
+    found = []
+    for pattern in paths["apt_sources"]:
+        for path in matching(pattern):
+            for line in read(path).splitlines():
+                text = line.split("#", 1)[0].strip().lower().replace(" ", "")
+                if "trusted=yes" in text or "allow-insecure=yes" in text or \
+                        text in ("trusted:yes", "allow-insecure:yes"):  # fmt: skip
+                    found.append(f"{path}: {line.strip()}")
+    return found
 
 
 def tls(paths: dict) -> tuple[dict, dict]:

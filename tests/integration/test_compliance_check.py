@@ -42,7 +42,7 @@ def test_this_machine_is_gathered_and_checked(inventory: Path, tmp_path: Path) -
     [host] = document["hosts"]
     assert host["host"] == "here" and host["error"] is None
     results = {r["check"]: r for r in document["results"]}
-    assert len(results) == 18 and {r["status"] for r in results.values()} <= {"pass", "fail"}
+    assert len(results) == 19 and {r["status"] for r in results.values()} <= {"pass", "fail"}
     # Not in any segment of an inventory: the segregation check cannot pass.
     assert results["network.in_its_segment"]["status"] == "fail"
     facts = json.loads(facts_file.read_text())["here"]
@@ -111,7 +111,12 @@ def test_the_fact_script_reads_the_tls_policy_certificates_and_hardening_report(
         "sshd": {"status": "applied"}, "aide": {"status": "exempt"},
         "auditd": {"status": "container"}, "sysctl": {"status": "missing"},
     }}))  # fmt: skip
-    overrides = {"tls_dir": str(tls), "hardening_report": str(report)}
+    sources = tmp_path / "sources.list"
+    sources.write_text("deb http://deb.debian.org/debian bookworm main\n"
+                       "deb [trusted=yes] http://mirror.internal/debian bookworm main\n"
+                       "# deb [trusted=yes] http://old.lan/debian bookworm main\n")  # fmt: skip
+    overrides = {"tls_dir": str(tls), "hardening_report": str(report),
+                 "apt_sources": [str(sources)]}  # fmt: skip
     command = [sys.executable, str(SCRIPT), json.dumps(overrides)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
     facts = json.loads(out)
@@ -120,3 +125,6 @@ def test_the_fact_script_reads_the_tls_policy_certificates_and_hardening_report(
     assert 170 <= facts["certificates"]["days_left"]["server.pem"] <= 180
     assert facts["hardening"]["unapplied"] == ["sysctl"]
     assert facts["hardening"]["exempt"] == ["aide"]
+    # Only the active line that turns signature checks off is named.
+    assert facts["apt"]["unsigned_sources"] == [
+        f"{sources}: deb [trusted=yes] http://mirror.internal/debian bookworm main"]

@@ -20,6 +20,7 @@ ESTABLISHED = [
     "pam.lockout", "password.aging_and_history", "su.restricted", "firewall.default_drop",
     "network.in_its_segment", "logging.persistent_one_year", "auditd.rules", "integrity.aide",
     "tls.policy", "certificates.validity", "hardening.controls", "files.no_world_writable",
+    "software.signed_sources",
 ]  # fmt: skip
 SERVICE = [
     "service.ready", "service.audit_log_verifies", "service.checkpoint_fresh",
