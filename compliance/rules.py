@@ -15,9 +15,10 @@ it must be:
   {fact: sshd.banner, matches: "^/etc/issue"}
   {all: [rule, ...]}  {any: [rule, ...]}  {not: rule}
 
-A fact that is absent fails every test but `exists: false` (absence is never
-a pass). `validate` checks a rule's shape when checks are loaded, so a typo
-in a check file is an error naming the check, not a silent pass.
+A fact that is absent or null (the gatherer could not find or read it) fails
+every test but `exists: false` (absence is never a pass). `validate` checks a
+rule's shape when checks are loaded, so a typo in a check file is an error
+naming the check, not a silent pass.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def _listed(value: Any) -> list:
 
 
 def fact(facts: dict[str, Any], path: str) -> Any:
+    """The value at PATH, or MISSING: also when it is null, which is how the gatherer
+    says it could not find or read it (a database that is not there, a failed read)."""
     value: Any = facts
     for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if not isinstance(value, dict) or value.get(part) is None:
             return MISSING
         value = value[part]
     return value

@@ -49,8 +49,11 @@ DEFAULTS = {
     "replica_timer": "/etc/systemd/system/securecore-replica.timer",
     "replica_store": "/var/lib/securecore/data/replica/audit.db",
     "writable_roots": ["/etc", "/usr/local", "/opt", "/var/lib"],
-    "apt_sources": ["/etc/apt/sources.list", "/etc/apt/sources.list.d/*.list",
-                    "/etc/apt/sources.list.d/*.sources"],
+    "apt_sources": [
+        "/etc/apt/sources.list",
+        "/etc/apt/sources.list.d/*.list",
+        "/etc/apt/sources.list.d/*.sources",
+    ],
 }
 
 

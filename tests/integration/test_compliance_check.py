@@ -127,4 +127,5 @@ def test_the_fact_script_reads_the_tls_policy_certificates_and_hardening_report(
     assert facts["hardening"]["exempt"] == ["aide"]
     # Only the active line that turns signature checks off is named.
     assert facts["apt"]["unsigned_sources"] == [
-        f"{sources}: deb [trusted=yes] http://mirror.internal/debian bookworm main"]
+        f"{sources}: deb [trusted=yes] http://mirror.internal/debian bookworm main"
+    ]

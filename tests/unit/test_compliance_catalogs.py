@@ -66,6 +66,7 @@ FACTS = {
              "ciphers": "aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"},
     "auditd": {"rule_keys": ["identity", "logins", "time-change"]},
     "hardening": {"failed": []},
+    "aide": {"database": None},
     "flag": True,
 }  # fmt: skip
 
@@ -89,6 +90,9 @@ FACTS = {
         ({"fact": "sshd.permitrootlogin", "in": ["no", "prohibit-password"]}, True),
         ({"fact": "sshd.permitrootlogin", "matches": "^n"}, True),
         ({"fact": "sshd.banner", "exists": False}, True),
+        ({"fact": "aide.database", "exists": True}, False),  # null: not found by the gatherer
+        ({"fact": "aide.database", "exists": False}, True),
+        ({"fact": "aide.database", "empty": True}, False),
         ({"fact": "sshd.banner", "equals": None}, False),  # absent is never a pass
         ({"fact": "flag", "at_most": 1}, False),  # a boolean is not a number
         ({"all": [{"fact": "flag", "equals": True}, {"fact": "sshd.banner", "exists": True}]},

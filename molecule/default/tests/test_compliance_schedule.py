@@ -94,3 +94,30 @@ def test_a_missed_run_is_found_and_alerted(mgmt) -> None:
     finally:
         mgmt.check_output(f"touch -m -d @{before} {marker}")
         mgmt.run("systemctl reset-failed securecore-compliance-status.service")
+
+
+def test_tampering_with_the_series_on_the_host_is_found(mgmt) -> None:
+    for _ in range(2):  # the test before made one bundle: three in the series now
+        assert mgmt.run("systemctl start securecore-compliance@daily.service").rc == 0
+    scratch = mgmt.check_output("mktemp -d")
+    try:
+        mgmt.check_output(f"cp -a {HOME}/evidence/daily {scratch}/")
+        series = f"{scratch}/daily"
+        bundles = mgmt.check_output(f"ls -1d {series}/*/").split()
+        assert len(bundles) >= 3
+        clean = mgmt.run(f"{TOOL} verify {series} --public-key {PUBLIC}")
+        assert clean.rc == 0, clean.stdout
+        # A changed result in the newest, a removed bundle in the middle.
+        mgmt.check_output(f'sed -i \'s/"pass"/"fail"/\' {bundles[-1]}results.json')
+        mgmt.check_output(f"rm -r {bundles[-2]}")
+        found = mgmt.run(f"{TOOL} verify {series} --public-key {PUBLIC}")
+        assert found.rc == 1
+        assert "results.json: changed" in found.stdout
+        removed = bundles[-2].rstrip("/").rsplit("/", 1)[1]
+        assert f"follows {removed}" in found.stdout and "CHAIN" in found.stdout
+        # Another key than the scheduler's: every bundle is named.
+        mgmt.check_output(f"{TOOL} keygen --key {scratch}/other.key")
+        other = mgmt.run(f"{TOOL} verify {series} --public-key {scratch}/other.key.pub")
+        assert other.rc == 1 and other.stdout.count("not by the trusted key") == len(bundles) - 1
+    finally:
+        mgmt.run(f"rm -rf {scratch}")
