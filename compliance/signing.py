@@ -142,8 +142,17 @@ def generate_token_key(uri: str) -> tuple[str, ec.EllipticCurvePublicKey]:
         backend.close()
 
 
+# One session per token key and process: PKCS#11 logs an application in once, and a
+# second login (a run that signs its bundle, then its pruning record) is refused.
+_OPEN_TOKEN_KEYS: dict[str, TokenSigningKey] = {}
+
+
 def load_key(value: str | Path):
     """The signing key VALUE names: a PKCS#11 URI (a token key) or a key file."""
     from compliance.evidence import load_signing_key
 
-    return TokenSigningKey(str(value)) if is_pkcs11(value) else load_signing_key(Path(value))
+    if not is_pkcs11(value):
+        return load_signing_key(Path(value))
+    if str(value) not in _OPEN_TOKEN_KEYS:
+        _OPEN_TOKEN_KEYS[str(value)] = TokenSigningKey(str(value))
+    return _OPEN_TOKEN_KEYS[str(value)]

@@ -42,6 +42,14 @@ def test_bundles_signed_by_a_key_on_the_token(token: str, inventory, tmp_path: P
     checked = compliance("verify", str(evidence), "--public-key", str(public))
     assert checked.returncode == 0, checked.stdout
     assert "2 bundles, 0 with problems, 0 breaks in the chain" in checked.stdout
+    # A scheduled run signs its bundle and its retention record in one session.
+    root = tmp_path / "scheduled"
+    scheduled = compliance("schedule", "run", "weekly", "-i", str(inventory), "--signing-key",
+                           uri, "--evidence-root", str(root), "--keep-days", "1",
+                           "--store", str(tmp_path / "attestations"))  # fmt: skip
+    assert scheduled.returncode in (1, 2) and "error:" not in scheduled.stderr, scheduled.stderr
+    assert compliance("verify", str(root / "weekly"), "--public-key",
+                      str(public)).returncode == 0  # fmt: skip
     # The private key never left the token.
     library = pkcs11.lib(str(SOFTHSM))
     with library.get_token(token_label="evidence").open(user_pin=USER_PIN) as session:
