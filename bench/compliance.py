@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     # The target is about the four service hosts; the management host
     # (which runs the scheduled checks) can be added with --limit all.
-    parser.add_argument("--limit", default="dmz:core:plugin")
+    parser.add_argument("--limit", default="dmz,core,plugin")
     args = parser.parse_args()
     checks = load_checks(load_catalogs())
     names = sorted(read_inventory(args.inventory, args.limit))
