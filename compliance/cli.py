@@ -398,6 +398,14 @@ def _host_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
 
 
+def _checklist_run_options(command: argparse.ArgumentParser) -> None:
+    """What `checklist run` and `schedule run` (a checklist run on a timer) both take."""
+    command.add_argument("name", choices=NAMES)
+    _host_options(command)
+    command.add_argument("--store", type=Path, default=Path("evidence/attestations"),
+                         help="the attestation store (default: evidence/attestations)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compliance",
@@ -423,10 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = checklist_actions.add_parser(
         "run", help="its checks on the hosts and its attestations; a report and evidence"
     )
-    run.add_argument("name", choices=NAMES)
-    _host_options(run)
-    run.add_argument("--store", type=Path, default=Path("evidence/attestations"),
-                     help="the attestation store (default: evidence/attestations)")  # fmt: skip
+    _checklist_run_options(run)
     run.set_defaults(handler=_checklist_run)
     attest = commands.add_parser("attest", help="record a person's checklist item")
     attest.add_argument("item", help="the checklist item, e.g. daily.security_alerts")
@@ -458,10 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     scheduled = schedule_actions.add_parser(
         "run", help="a checklist run into EVIDENCE_ROOT/NAME, with retention, metrics, alerts"
     )
-    scheduled.add_argument("name", choices=NAMES)
-    _host_options(scheduled)
-    scheduled.add_argument("--store", type=Path, default=Path("evidence/attestations"),
-                           help="the attestation store")  # fmt: skip
+    _checklist_run_options(scheduled)
     scheduled.add_argument("--keep-days", type=int, default=365,
                            help="remove bundles older than this (default 365)")  # fmt: skip
     _alert_options(scheduled)
