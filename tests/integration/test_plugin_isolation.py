@@ -31,6 +31,7 @@ from securecore.devsetup import development_ca, issue_development_leaf
 from securecore.plugin import PluginError, register_with_core
 from tests.devserver import dev_server, free_port
 from tests.integration.test_admin_commands import admin
+from tests.integration.test_audit_cli import securecore
 from tests.integration.test_plugin_flow import plugin_call, plugin_process, ticket_store
 from tests.integration.test_serve import call, context
 
@@ -234,3 +235,24 @@ def test_a_suspended_or_revoked_plugin_principal_gets_no_session(server, verb) -
     # Other principals are not affected.
     assert call(server, "POST", "/v1/sessions")[0] == 201
     assert call(server, "POST", "/v1/sessions", client="other")[0] == 201
+
+
+@pytest.mark.parametrize(
+    ("addition", "named"),
+    [
+        ('[[plugins.access]]\nprincipals = ["admin/*"]\nplugins = ["*"]\n',
+         "[[plugins.access]][1].operations: a non-empty list"),
+        ("", "[plugins] allowed_networks: '10.0.0.0/33'"),
+    ],
+)  # fmt: skip
+def test_a_malformed_access_rule_or_network_stops_the_start(tmp_path: Path, addition, named):
+    securecore("init", str(tmp_path / "dev"), "--software-keys")
+    config = tmp_path / "dev" / "config.toml"
+    text = config.read_text()
+    if not addition:
+        text = text.replace(
+            'allowed_networks = ["127.0.0.1/32"', 'allowed_networks = ["10.0.0.0/33"'
+        )
+    config.write_text(text.replace("[backup]", addition + "\n[backup]"))
+    started = securecore("serve", "-c", str(config), check=False)
+    assert started.returncode != 0 and named in started.stderr, started.stderr
