@@ -89,6 +89,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
         # by default the TLS policy's client certificate.
         "client_certificate": Option(str, is_path=True, must_exist=True),
         "client_key": Option(str, is_path=True, must_exist=True),
+        # Where a plugin's endpoint may be (the plugin segment): CIDRs, and the
+        # ports if limited. Empty: no endpoint is allowed (securecore.plugins.access).
+        "allowed_networks": Option(list, []),
+        "allowed_ports": Option(list, []),
+        # Who may call which plugin and operation: [[plugins.access]] tables of
+        # principals, plugins, operations (patterns). None: every call is denied.
+        "access": Option(list, []),
     },
     "backup": {
         "directory": Option(str, is_path=True),

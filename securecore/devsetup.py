@@ -86,7 +86,14 @@ def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
         "# development plugin tls/plugin-policy.json is vendor example.\n"
         'client_certificate = "tls/core.pem"\n'
         'client_key = "tls/core.key"\n'
-        "vendors = { example = 80 }\n\n"
+        "vendors = { example = 80 }\n"
+        "# Plugins serve on loopback only; the administrator may call every operation\n"
+        "# of every plugin, nobody else any (default deny).\n"
+        'allowed_networks = ["127.0.0.1/32", "::1/128"]\n\n'
+        "[[plugins.access]]\n"
+        'principals = ["admin/*"]\n'
+        'plugins = ["*"]\n'
+        'operations = ["*"]\n\n'
         "[backup]\n"
         'directory = "backups"\n',
         encoding="utf-8",
@@ -196,9 +203,12 @@ def development_leaves() -> dict[str, tuple[str, list, list]]:
     }
 
 
-def issue_development_leaf(tls: Path, name: str, ca, ca_key) -> None:
-    """TLS/NAME.pem and NAME.key (0600), issued by CA, as development_leaves() describes."""
-    common_name, usages, sans = development_leaves()[name]
+def issue_development_leaf(
+    tls: Path, name: str, ca, ca_key, spec: tuple[str, list, list] | None = None
+) -> None:
+    """TLS/NAME.pem and NAME.key (0600), issued by CA, as development_leaves() describes
+    (or SPEC: common name, extended key usages, subject alternative names)."""
+    common_name, usages, sans = spec or development_leaves()[name]
     now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (

@@ -1,5 +1,6 @@
 """A plugin that answers badly on purpose, for the trust tests: python -m tests.misbehaving_plugin
-MODE TLS_POLICY STATE_DIR PORT, MODE one of good, bad_signature, replay, garbage.
+MODE TLS_POLICY STATE_DIR PORT [NAME [CORE_PRINCIPALS]], MODE one of good, bad_signature, replay,
+garbage; NAME "example" and CORE_PRINCIPALS (comma-separated) "core/localhost" by default.
 
 It is the SDK's PluginServer with only the sealing of answers changed.
 """
@@ -37,8 +38,10 @@ class Misbehaving(PluginServer):
 
 def main() -> None:
     mode, policy, state, port = sys.argv[1:5]
-    plugin = Misbehaving(mode, "example", {"echo": lambda args, caller: args},
-                         tls_policy=policy, state_dir=state)  # fmt: skip
+    name = sys.argv[5] if len(sys.argv) > 5 else "example"
+    cores = (sys.argv[6] if len(sys.argv) > 6 else "core/localhost").split(",")
+    plugin = Misbehaving(mode, name, {"echo": lambda args, caller: args},
+                         tls_policy=policy, state_dir=state, core_principals=cores)  # fmt: skip
     plugin.run("127.0.0.1", int(port))
 
 

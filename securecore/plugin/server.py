@@ -1,6 +1,9 @@
 """A plugin server: mutual TLS, sealed calls from the core, sealed answers.
 
-Routes (only the core's certificate, spiffe://securecore/core/..., may call):
+Routes (only the core principals the plugin is configured with - e.g.
+spiffe://securecore/core/core-01 as core/core-01 - may call; any other
+certificate, another core host's included, is refused with 403, so nobody
+else can hand the plugin a channel key):
   PUT  /securecore/v1/channel  the channel key and the core's public signing
                                keys, sent by the core during registration (step 3)
   POST /securecore/v1/call     a sealed request {"op", "args", "caller"} -> a
@@ -25,7 +28,7 @@ import os
 import signal
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -130,9 +133,17 @@ class PluginServer:
         *,
         tls_policy: str | Path,
         state_dir: str | Path,
+        core_principals: Iterable[str],
         trust_domain: str = "securecore",
     ) -> None:
         self.name, self.handlers, self.trust_domain = name, dict(handlers), trust_domain
+        # Who may hand over channel keys and make calls: named, never "any core".
+        self.core_principals = frozenset(core_principals)
+        malformed = sorted(p for p in self.core_principals if not p.startswith(f"{CORE}/"))
+        if not self.core_principals or malformed:
+            raise ValueError(
+                f"core_principals: one or more core/HOST principals, not {malformed or 'none'}"
+            )
         self.tls = ReloadableServerContext(tls_policy)
         # Answers are signed with the key of the certificate the core pinned for
         # the channel; after a reload the earlier key stays in memory for the
@@ -227,6 +238,11 @@ class PluginServer:
             return _refuse(403, "identity_unknown", str(error))
         if principal.kind != CORE:
             return _refuse(403, "not_the_core", f"{principal.id} may not call a plugin")
+        if principal.id not in self.core_principals:
+            log.warning("refused %s %s: not a configured core", principal.id, request.url.path)
+            return _refuse(
+                403, "core_not_allowed", f"{principal.id} is not a core this plugin serves"
+            )
         return None
 
     async def _dispatch(self, payload: Any) -> dict[str, Any]:

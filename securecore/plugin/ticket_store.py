@@ -10,6 +10,7 @@ closed (closed is final). Every change is kept in the ticket's history with
 the calling principal the core vouches for.
 
     securecore plugin ticket-store --tls-policy P --state-dir D --listen HOST:PORT \\
+        --core-principal core/HOST [--core-principal core/HOST2 ...] \\
         [--register CORE_URL --endpoint URL --vendor V --security-level N]
 """
 
@@ -179,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = TicketStore(state_dir / "tickets.db")
     plugin = PluginServer(args.name, store.handlers(), tls_policy=args.tls_policy,
-                          state_dir=state_dir)  # fmt: skip
+                          state_dir=state_dir, core_principals=args.core_principal)  # fmt: skip
     host, _, port = args.listen.rpartition(":")
     if args.register:
         threading.Thread(target=_register_when_up, args=(args,), daemon=True).start()
@@ -193,6 +194,10 @@ def add_parser(commands) -> None:
     command.add_argument("--tls-policy", required=True, help="the plugin's TLS policy (JSON)")
     command.add_argument("--state-dir", required=True, help="tickets and channel keys (0700)")
     command.add_argument("--listen", default="0.0.0.0:9443", help="HOST:PORT")
+    command.add_argument(
+        "--core-principal", action="append", required=True, metavar="core/HOST",
+        help="a core that may hand over channel keys and call (repeat for each core host)",
+    )  # fmt: skip
     command.add_argument("--register", metavar="CORE_URL", help="register with this core")
     command.add_argument("--endpoint", help="this plugin's URL as the core reaches it")
     command.add_argument("--vendor", default="securecore")

@@ -21,6 +21,7 @@ import contextlib
 import http.client
 import json
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -43,6 +44,7 @@ from securecore.crypto.channel import (
 )
 from securecore.crypto.envelope import Envelope, open_envelope, seal
 from securecore.keys.base import KeyRing, key_id, parse_key_id
+from securecore.plugins.access import EndpointNotAllowedError, EndpointPolicy
 from securecore.tls import TLSPolicy
 
 CORE_ADDRESS = "core"
@@ -72,9 +74,64 @@ def _context(name: str, kid: str) -> bytes:
     return f"securecore/plugin-channel/{name}/{kid}".encode()
 
 
+def endpoint_identity_problem(der: bytes, name: str, trust_domain: str) -> str | None:
+    """None when the certificate an endpoint presented belongs to plugin NAME, else why not.
+
+    It belongs when it carries spiffe://TRUST_DOMAIN/plugin/NAME; a certificate
+    with no identity of the trust domain (the site's server certificates name
+    their host, roles/pki) belongs when a DNS name is NAME, the plugin's host
+    name. Any other identity of the trust domain (another plugin, a core
+    host) does not belong, whatever its DNS names.
+    """
+    certificate = x509.load_der_x509_certificate(der)
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "its certificate has no subject alternative names"
+    prefix = f"spiffe://{trust_domain}/"
+    wanted = f"{prefix}plugin/{name}"
+    ids = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)
+           if u.startswith(prefix)]  # fmt: skip
+    if ids:
+        return None if ids == [wanted] else f"its certificate names {', '.join(ids)}, not {wanted}"
+    if name in sans.get_values_for_type(x509.DNSName):
+        return None
+    return f"its certificate names neither {wanted} nor the host {name}"
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to ADDRESS (checked against the plugin networks), with the name of the
+    endpoint for SNI and the certificate's host name check; CHECK(der) runs after the
+    handshake and before a byte of the request is sent."""
+
+    def __init__(self, host, port, address, check, **kwargs) -> None:
+        super().__init__(host, port, **kwargs)
+        self.address, self.check = address, check
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.address, self.port), self.timeout)
+        try:
+            self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        self.check(self.sock.getpeercert(binary_form=True))
+
+
 class PluginCaller:
-    def __init__(self, policy: TLSPolicy, ring: KeyRing, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        policy: TLSPolicy,
+        ring: KeyRing,
+        timeout: float = 5.0,
+        *,
+        endpoints: EndpointPolicy | None = None,
+        trust_domain: str = "securecore",
+    ) -> None:
         self.ring, self.timeout = ring, timeout
+        # Where plugins may be: nowhere unless configured (default deny).
+        self.endpoints = endpoints or EndpointPolicy()
+        self.trust_domain = trust_domain
         self.use(policy)
         self.guard = ReplayGuard()
         self._keys: dict[str, bytes] = {}  # unwrapped channel keys, by kid
@@ -87,12 +144,28 @@ class PluginCaller:
     # --- transport --------------------------------------------------------------------
 
     def _exchange(
-        self, endpoint: str, method: str, path: str, body: dict[str, Any]
+        self, name: str, endpoint: str, method: str, path: str, body: dict[str, Any]
     ) -> tuple[int, Any, dict[str, Any]]:
-        url = urlsplit(endpoint)
-        connection = http.client.HTTPSConnection(
-            url.hostname, url.port or 443, context=self.context, timeout=self.timeout
-        )
+        """One request to plugin NAME at ENDPOINT: only inside the plugin networks, and
+        only once the endpoint's certificate proved to be NAME's (nothing sent before)."""
+        try:
+            address, port = self.endpoints.resolve(endpoint)
+        except EndpointNotAllowedError as error:
+            raise PluginCallError("endpoint_not_allowed", str(error)) from error
+
+        def check(der: bytes | None) -> None:
+            problem = (
+                endpoint_identity_problem(der, name, self.trust_domain) if der else "no certificate"
+            )
+            if problem:
+                raise PluginCallError(
+                    "wrong_identity", f"{endpoint} is not plugin {name}: {problem}"
+                )
+
+        connection = _PinnedHTTPSConnection(
+            urlsplit(endpoint).hostname, port, address, check, context=self.context,
+            timeout=self.timeout,
+        )  # fmt: skip
         try:
             connection.request(method, path, body=json.dumps(body),
                                headers={"Content-Type": "application/json"})  # fmt: skip
@@ -139,7 +212,7 @@ class PluginCaller:
         kid = f"{name}-{uuid.uuid4().hex[:12]}"
         key = new_channel_key()
         core_keys = self.core_public_keys()
-        status, answer, peer = self._exchange(endpoint, "PUT", "/securecore/v1/channel", {
+        status, answer, peer = self._exchange(name, endpoint, "PUT", "/securecore/v1/channel", {
             "kid": kid, "key": base64.b64encode(key).decode(), "core_keys": core_keys,
         })  # fmt: skip
         if status != 204:
@@ -210,7 +283,9 @@ class PluginCaller:
                 payload={"op": op, "args": args, "caller": caller}, sign=self._signer(channel),
             )  # fmt: skip
         with step("mtls_call"):
-            status, answer, _ = self._exchange(endpoint, "POST", "/securecore/v1/call", request)
+            status, answer, _ = self._exchange(
+                name, endpoint, "POST", "/securecore/v1/call", request
+            )
             if status != 200:
                 code = answer.get("error", {}).get("code") if isinstance(answer, dict) else None
                 raise PluginCallError("refused", f"{endpoint} refused the call ({status} {code})")

@@ -1,12 +1,16 @@
 """The plugin registry and its registration flow (seed 000 4.2 and 6.1).
 
 Registration, five steps, each recorded:
-  1. request         the plugin's name, vendor, endpoint and security level are well-formed
+  1. request         the plugin's name, vendor, endpoint and security level are well-formed;
+                     the endpoint is inside the plugin networks (no connection is made
+                     to anywhere else, so a registration cannot aim the core at a service)
   2. security        level at least the configured minimum; the credentials - the client
                      certificate the request came with, verified by mutual TLS - name this
                      very plugin (spiffe://.../plugin/NAME); the vendor is on the allowlist
-  3. communication   the core connects to the plugin's endpoint over mutual TLS 1.3 and gets
-                     an answer within the timeout
+  3. communication   the core connects to the plugin's endpoint over mutual TLS 1.3, checks
+                     that the certificate it presents is this plugin's (before anything is
+                     sent: no other plugin's endpoint gets a new key), and gets an answer
+                     within the timeout
   4. trust           initial score from vendor reputation, the new-plugin bonus and the
                      history of earlier registrations under this name
   5. completion      state active, a session for the plugin, an audit record
@@ -26,11 +30,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from securecore.plugins.access import EndpointNotAllowedError, EndpointPolicy
 from securecore.plugins.trust import TrustAssessment, TrustFactors, assess
 from securecore.server.identity import Principal
 from securecore.state_db import StateDatabase
 
 STATES = ("pending", "active", "suspended", "revoked")
+BLOCKED = ("suspended", "revoked")  # a plugin principal in these states gets no session
 NAME = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 OUTCOMES = ("success", "failure", "violation", "auth_failure")
 
@@ -112,8 +118,14 @@ class PluginRegistry:
         probe: Probe,
         audit: AuditHook | None = None,
         clock: Callable[[], float] = time.time,
+        endpoints: EndpointPolicy | None = None,
+        on_blocked: Callable[[str], Any] | None = None,
     ) -> None:
         self.vendors, self.minimum_security_level = vendors, minimum_security_level
+        # No endpoint is allowed unless the plugin networks are configured.
+        self.endpoints = endpoints or EndpointPolicy()
+        # Told the name of a plugin that became suspended or revoked (its sessions end).
+        self.on_blocked = on_blocked or (lambda name: None)
         self.probe, self.clock = probe, clock
         self.audit = audit or (lambda *args: None)
         self._db = (
@@ -207,6 +219,10 @@ class PluginRegistry:
         url = urlsplit(request.endpoint)
         if url.scheme != "https" or not url.hostname or url.path not in ("", "/"):
             raise RegistrationError("request", f"endpoint {request.endpoint!r}: https://HOST:PORT")
+        try:
+            self.endpoints.resolve(request.endpoint)
+        except EndpointNotAllowedError as error:
+            raise RegistrationError("request", f"endpoint not allowed: {error}") from error
         if not isinstance(request.security_level, int) or not 1 <= request.security_level <= 5:
             raise RegistrationError("request", "security_level: an integer 1-5")
         with self._lock:
@@ -295,6 +311,7 @@ class PluginRegistry:
         if suspended_now:
             self.audit("securecore", "plugin.suspend", name, "success",
                        {"score": assessment.score})  # fmt: skip
+            self.on_blocked(name)
         return assessment
 
     def _factors(
@@ -339,6 +356,21 @@ class PluginRegistry:
                 "UPDATE plugins SET state = ?, reason = ? WHERE name = ?", (state, reason, name)
             )
         self.audit(actor, f"plugin.{state}", name, "success", {"reason": reason})
+        if state in BLOCKED:
+            self.on_blocked(name)
+
+    def session_refusal(self, principal: str) -> str | None:
+        """Why PRINCIPAL may not hold a session (a suspended or revoked plugin), or None."""
+        kind, _, name = principal.partition("/")
+        if kind != "plugin":
+            return None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state, reason FROM plugins WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None or row[0] not in BLOCKED:
+            return None
+        return f"{principal} is {row[0]}" + (f" ({row[1]})" if row[1] else "")
 
     def summary(self) -> list[dict[str, Any]]:
         """Every plugin: name, vendor, state, score, calls, successes, reason."""

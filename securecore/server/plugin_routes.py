@@ -6,8 +6,11 @@ POST /v1/plugins/register     a plugin's client certificate asks to be registere
 POST /v1/plugins/{name}/call  {"op", "args"} with a bearer token: the secure communication
                               flow. Steps 1-5 (session, security, intrusion, rate limit,
                               trust) are the identity and policy middleware and the
-                              session check here; 6-8 the sealed call (PluginCaller);
-                              9-10 the communication record and the trust update.
+                              session check here; then the authorization policy
+                              ([[plugins.access]], default deny: 403 and an audit record
+                              for a principal it does not allow to call this operation of
+                              this plugin); 6-8 the sealed call (PluginCaller); 9-10 the
+                              communication record and the trust update.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from securecore.plugins.access import AccessPolicy
 from securecore.plugins.channel_client import PluginCaller, PluginCallError, StepObserver
 from securecore.plugins.registry import PluginRegistry, RegistrationRequest
 from securecore.server.api_schema import Endpoint, body, integer, read_body, string
@@ -39,7 +43,7 @@ ENDPOINTS = [
     Endpoint("POST", "/v1/plugins/register", "Register the calling plugin (five steps)",
              REGISTER, (201, 422), ("plugins",)),
     Endpoint("POST", "/v1/plugins/{name}/call", "Call a plugin through the secure flow", CALL,
-             (200, 409, 502), ("plugins",)),
+             (200, 403, 409, 502), ("plugins",)),
 ]  # fmt: skip
 
 # What a bad answer means for the plugin's trust: a broken seal is a security
@@ -65,8 +69,11 @@ def plugin_routes(
     sessions: SessionManager,
     audit: Callable[..., Any],
     observe: StepObserver = lambda step, outcome, seconds: None,
+    access: AccessPolicy | None = None,
 ) -> list[Route]:
-    """OBSERVE(step, outcome, seconds) hears every step of a call (ServiceMetrics)."""
+    """OBSERVE(step, outcome, seconds) hears every step of a call (ServiceMetrics);
+    ACCESS says who may call what (None: nobody)."""
+    access = access or AccessPolicy()
 
     async def register(request: Request) -> Response:
         data, invalid = await read_body(request, REGISTER)
@@ -109,6 +116,16 @@ def plugin_routes(
         data, invalid = await read_body(request, CALL)
         if invalid:
             return invalid
+        # Before the registry is asked: a caller not allowed learns nothing about the plugin.
+        rule = access.decide(principal.id, name, data["op"])
+        if rule is None:
+            await anyio.to_thread.run_sync(
+                audit, principal.id, "plugin.authorize", name, "denied",
+                {"op": data["op"], "reason": "no access rule allows it"},
+            )  # fmt: skip
+            return error_response(
+                403, f"{principal.id} may not call {data['op']} of plugin {name}", "forbidden"
+            )
         try:
             _, endpoint, _, channel = registry.channel(name)
         except KeyError:
@@ -140,7 +157,7 @@ def plugin_routes(
             audit, principal.id, "plugin.call", name,
             "success" if code is None else "failure",
             {"op": data["op"], "outcome": outcome, "code": code, "ms": latency,
-             "trust": assessment.score},
+             "trust": assessment.score, "access_rule": rule},
         )  # fmt: skip
         if code == "plugin_error":
             return error_response(422, detail, "plugin_error")

@@ -44,6 +44,7 @@ from securecore.config import ConfigError
 from securecore.emergency import write_emergency_snapshot
 from securecore.keys.factory import open_key_ring
 from securecore.monitoring.metrics import MULTIPROCESS_DIR, ServiceMetrics
+from securecore.plugins.access import AccessConfigError, AccessPolicy, EndpointPolicy
 from securecore.plugins.channel_client import PluginCaller, registration_probe
 from securecore.plugins.registry import PluginRegistry
 from securecore.policy.engine import Policy, PolicyEngine
@@ -108,6 +109,19 @@ def plugin_client_policy(config: configuration.Config, policy: TLSPolicy) -> TLS
     return dataclasses.replace(policy, client_certificate=Path(certificate), client_key=Path(key))
 
 
+def plugin_access(config: configuration.Config) -> tuple[AccessPolicy, EndpointPolicy]:
+    """Who may call which plugin, and where plugins may be ([plugins] of the configuration)."""
+    try:
+        return (
+            AccessPolicy.from_rules(config.get("plugins", "access")),
+            EndpointPolicy.from_config(
+                config.get("plugins", "allowed_networks"), config.get("plugins", "allowed_ports")
+            ),
+        )
+    except AccessConfigError as error:
+        raise ConfigError(f"{config.path}: {error}") from error
+
+
 def build_server(
     config: configuration.Config, audit: RemoteAuditLog | None = None
 ) -> uvicorn.Server:
@@ -142,14 +156,21 @@ def build_server(
         load_policy(config), policy_state, audit=audit_decision, audit_async=audit_decision_async
     )
     intrusion = IntrusionResponder(IntrusionDetector(policy_state), sessions, audit.append)
-    caller = PluginCaller(plugin_client_policy(config, policy), ring)
+    access, endpoints = plugin_access(config)
+    caller = PluginCaller(plugin_client_policy(config, policy), ring, endpoints=endpoints)
     registry = PluginRegistry(
         open_state(config, "plugins"),
         vendors=config.get("plugins", "vendors") or {},
         minimum_security_level=config.get("plugins", "minimum_security_level"),
         probe=registration_probe(caller),
         audit=audit.append,
+        endpoints=endpoints,
+        # A plugin suspended or revoked loses its sessions, and gets no new one.
+        on_blocked=lambda name: sessions.revoke_where(
+            principal=f"plugin/{name}", reason="plugin suspended or revoked"
+        ),
     )
+    sessions.refusal = registry.session_refusal
 
     def status() -> dict:
         return {
@@ -182,7 +203,12 @@ def build_server(
         admin=admin,
         intrusion=intrusion,
         plugins=plugin_routes(
-            registry, caller, sessions, audit.append, observe=metrics.observe_plugin_step
+            registry,
+            caller,
+            sessions,
+            audit.append,
+            observe=metrics.observe_plugin_step,
+            access=access,
         ),
         replication=replication_routes(
             lambda: open_store(config),
@@ -245,6 +271,7 @@ def serve(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else config.get("service", "workers")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: at least one worker is needed")
+    plugin_access(config)  # a malformed access rule stops the start, not a worker
     if workers == 1:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # held until handled
         server = build_server(config)

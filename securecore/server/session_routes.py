@@ -42,7 +42,7 @@ def token_pair_json(pair: TokenPair) -> dict:
 
 
 def _refused(error: TokenError) -> JSONResponse:
-    status = 429 if error.code == "too_many_sessions" else 401
+    status = {"too_many_sessions": 429, "principal_blocked": 403}.get(error.code, 401)
     return error_response(status, str(error), error.code)
 
 

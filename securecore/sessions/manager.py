@@ -7,6 +7,8 @@
   reuse (a stolen token): the whole session is revoked (RFC 6819 5.2.2.3).
 - A session unused for `idle_timeout` seconds expires; a principal may hold
   at most `max_sessions` live sessions.
+- A principal that is suspended or revoked (`refusal` says why, e.g. a plugin
+  the registry suspended) gets no session and cannot refresh one.
 State lives in SQLite (the service's database), so every worker sees the
 same revocations. Issuing, refreshing and revoking commit durably before
 they answer; the "last seen" time that idleness is measured by is noted in
@@ -21,6 +23,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +81,10 @@ class SessionManager:
         idle_timeout: int = 900,
         max_sessions: int = 5,
         clock=time.time,
+        refusal: Callable[[str], str | None] | None = None,
     ) -> None:
+        # PRINCIPAL -> why it may hold no session (suspended, revoked), or None.
+        self.refusal = refusal or (lambda principal: None)
         self.ring, self.issuer, self.audience = ring, issuer, audience
         self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
         self.idle_timeout, self.max_sessions = idle_timeout, max_sessions
@@ -100,7 +106,13 @@ class SessionManager:
 
     # --- issuing -------------------------------------------------------------------
 
+    def _check_standing(self, principal: str) -> None:
+        refused = self.refusal(principal)
+        if refused:
+            raise TokenError("principal_blocked", f"no session: {refused}")
+
     def create(self, principal: str, certificate_thumbprint: str | None = None) -> TokenPair:
+        self._check_standing(principal)
         now = self.clock()
         with self._lock, self._db.write_transaction():
             live = self._db.execute(
@@ -169,6 +181,7 @@ class SessionManager:
             if binding and binding != certificate_thumbprint:
                 # A refresh token is usable only with the certificate it was issued to.
                 raise TokenError("binding_mismatch", "refresh token of another certificate")
+            self._check_standing(principal)
             if used_at is not None:
                 # Someone holds a copy of a token that was already exchanged: the
                 # revocation is committed, then the caller is refused.

@@ -51,7 +51,7 @@ def ticket_store(server, port: int):
     return plugin_process(server, [
         sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",
         "--tls-policy", str(tls / "plugin-policy.json"), "--state-dir", str(base / "tickets"),
-        "--listen", f"127.0.0.1:{port}",
+        "--listen", f"127.0.0.1:{port}", "--core-principal", "core/localhost",
     ], port)  # fmt: skip
 
 

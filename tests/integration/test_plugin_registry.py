@@ -17,6 +17,7 @@ import pytest
 
 from securecore import config as configuration
 from securecore.keys.factory import open_key_ring
+from securecore.plugins.access import EndpointPolicy
 from securecore.plugins.channel_client import PluginCaller, registration_probe
 from securecore.plugins.registry import PluginRegistry, RegistrationRequest
 from securecore.server.identity import Principal
@@ -33,14 +34,16 @@ def principal(kind: str, name: str) -> Principal:
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
-    """A development setup's certificates, and the ticket store serving on a free port."""
+    """A development setup's certificates, and the ticket store serving on a free port as
+    "example", the plugin its certificate names."""
     base = tmp_path_factory.mktemp("plugin") / "dev"
     securecore("init", str(base), "--software-keys")
     port = free_port()
     process = subprocess.Popen([
-        sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "ticket-store",
+        sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",
         "--tls-policy", str(base / "tls" / "plugin-policy.json"),
         "--state-dir", str(base / "tickets"), "--listen", f"127.0.0.1:{port}",
+        "--core-principal", "core/localhost",
     ], stdout=subprocess.DEVNULL, stderr=(base / "plugin.log").open("w"))  # fmt: skip
     try:
         wait_for_port(port)
@@ -75,12 +78,14 @@ def registry(endpoint, database):
     )  # the core's own certificate: plugins answer no one else
     ring = open_key_ring(configuration.load(endpoint["config"]))
     records: list[tuple] = []
+    loopback = EndpointPolicy.from_config(["127.0.0.1/32"])
     registry = PluginRegistry(
         database,
         vendors={"acme": 80, "shady": 10},
         minimum_security_level=3,
-        probe=registration_probe(PluginCaller(policy, ring, timeout=3)),
+        probe=registration_probe(PluginCaller(policy, ring, timeout=3, endpoints=loopback)),
         audit=lambda *record: records.append(record),
+        endpoints=loopback,
     )
     registry.records = records
     yield registry
@@ -88,13 +93,13 @@ def registry(endpoint, database):
 
 
 def request(server, **changes) -> RegistrationRequest:
-    values = {"name": "ticket-store", "vendor": "acme", "security_level": 4,
+    values = {"name": "example", "vendor": "acme", "security_level": 4,
               "endpoint": f"https://localhost:{server['port']}"}  # fmt: skip
     return RegistrationRequest(**{**values, **changes})
 
 
 def test_a_plugin_registers_in_five_steps(registry, endpoint) -> None:
-    done = registry.register(request(endpoint), principal("plugin", "ticket-store"))
+    done = registry.register(request(endpoint), principal("plugin", "example"))
     assert done.state == "active" and done.score == 74
     assert [s["step"] for s in done.steps] == [
         "request", "security", "communication", "trust", "completion",
@@ -104,7 +109,7 @@ def test_a_plugin_registers_in_five_steps(registry, endpoint) -> None:
     assert [a["code"] for a in done.alerts] == ["plugin_new"]
     actions = [record[1] for record in registry.records]
     assert actions[-1] == "plugin.register.completion" and len(actions) == 5
-    stored = registry.get("ticket-store")
+    stored = registry.get("example")
     assert stored["trust_history"][0]["reason"] == "registered"
 
 
@@ -114,7 +119,7 @@ def test_a_plugin_registers_in_five_steps(registry, endpoint) -> None:
         ({"name": "Bad Name"}, ("plugin", "Bad Name"), "request", "name 'Bad Name'"),
         ({"endpoint": "http://localhost:1"}, None, "request", "https://HOST:PORT"),
         ({"security_level": 2}, None, "security", "security level 2 is below 3"),
-        ({}, ("admin", "alice"), "security", "names admin/alice, not plugin/ticket-store"),
+        ({}, ("admin", "alice"), "security", "names admin/alice, not plugin/example"),
         ({"vendor": "unknown-co"}, None, "security", "vendor 'unknown-co' is not allowed"),
     ],
 )
@@ -129,24 +134,24 @@ def test_a_failing_step_leaves_the_plugin_pending(
 
 
 def test_an_unreachable_endpoint_fails_the_communication_test(registry) -> None:
-    unreachable = RegistrationRequest("ticket-store", "acme", f"https://localhost:{free_port()}", 4)
-    done = registry.register(unreachable, principal("plugin", "ticket-store"))
+    unreachable = RegistrationRequest("example", "acme", f"https://localhost:{free_port()}", 4)
+    done = registry.register(unreachable, principal("plugin", "example"))
     assert done.state == "pending" and done.steps[-1]["step"] == "communication"
-    assert registry.get("ticket-store")["reason"].startswith("communication: ")
+    assert registry.get("example")["reason"].startswith("communication: ")
 
 
 def test_failures_lower_trust_until_the_plugin_is_suspended(registry, endpoint) -> None:
-    registry.register(request(endpoint), principal("plugin", "ticket-store"))
+    registry.register(request(endpoint), principal("plugin", "example"))
     for _ in range(18):
-        registry.record_call("ticket-store", "success", 12.5)
+        registry.record_call("example", "success", 12.5)
     assessment = None
     for _ in range(4):
-        assessment = registry.record_call("ticket-store", "failure", 5000)
+        assessment = registry.record_call("example", "failure", 5000)
     assert any(a.code == "success_rate_low" for a in assessment.alerts)  # 18/22 = 82%
-    assert registry.get("ticket-store")["state"] == "active"
+    assert registry.get("example")["state"] == "active"
     for _ in range(3):
-        assessment = registry.record_call("ticket-store", "violation", detail="bad signature")
-    plugin = registry.get("ticket-store")
+        assessment = registry.record_call("example", "violation", detail="bad signature")
+    plugin = registry.get("example")
     assert plugin["state"] == "suspended" and plugin["score"] <= 30
     assert "trust score" in plugin["reason"]
     scores = [entry["score"] for entry in plugin["trust_history"]]
@@ -155,9 +160,9 @@ def test_failures_lower_trust_until_the_plugin_is_suspended(registry, endpoint) 
 
 
 def test_revocation_is_final(registry, endpoint) -> None:
-    registry.register(request(endpoint), principal("plugin", "ticket-store"))
-    registry.set_state("ticket-store", "revoked", "vendor contract ended", "admin/alice")
+    registry.register(request(endpoint), principal("plugin", "example"))
+    registry.set_state("example", "revoked", "vendor contract ended", "admin/alice")
     with pytest.raises(ValueError, match="revocation is final"):
-        registry.set_state("ticket-store", "active", "oops", "admin/alice")
-    again = registry.register(request(endpoint), principal("plugin", "ticket-store"))
+        registry.set_state("example", "active", "oops", "admin/alice")
+    again = registry.register(request(endpoint), principal("plugin", "example"))
     assert again.state == "pending" and "is revoked" in again.steps[-1]["detail"]

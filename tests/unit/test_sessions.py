@@ -198,3 +198,21 @@ def test_a_bound_token_needs_its_certificate(sessions: SessionManager) -> None:
     assert refreshed.value.code == "binding_mismatch"
     # The refresh token was not spent by the refused attempt.
     assert sessions.refresh(pair.refresh_token, "thumb-of-alice").session_id == pair.session_id
+
+
+def test_a_suspended_or_revoked_principal_gets_no_session_and_no_refresh(
+    sessions: SessionManager,
+) -> None:
+    blocked: dict[str, str] = {}
+    sessions.refusal = blocked.get
+    held = sessions.create("plugin/example", "thumb")
+    blocked["plugin/example"] = "plugin/example is suspended"
+    with pytest.raises(TokenError, match="is suspended") as refused:
+        sessions.create("plugin/example", "thumb")
+    assert refused.value.code == "principal_blocked"
+    with pytest.raises(TokenError) as refused:
+        sessions.refresh(held.refresh_token, "thumb")
+    assert refused.value.code == "principal_blocked"
+    assert sessions.create("admin/alice").session_id  # others are not affected
+    del blocked["plugin/example"]  # an operator's approval: sessions again
+    assert sessions.refresh(held.refresh_token, "thumb").session_id == held.session_id

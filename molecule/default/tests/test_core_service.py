@@ -183,6 +183,43 @@ def test_the_plugin_is_registered_and_answers_through_the_core(admin_client) -> 
     assert status == 200 and any(t["title"] == "lab drill" for t in listed["result"])
 
 
+def test_plugin_calls_are_authorised_per_principal_and_operation(hosts) -> None:
+    """The lab's policy (roles/securecore defaults): the DMZ host may create, read and list
+    tickets, not change them; a refusal is 403 and an audit record on the core."""
+    dmz, address = hosts["dmz-01"], str(CORE[0].address)
+    status, session = https(dmz, address, "POST", "/v1/sessions")
+    assert status == 201, session
+    token = session["access_token"]
+    listing = {"op": "tickets.list", "args": {}}
+    assert https(dmz, address, "POST", "/v1/plugins/plugin-01/call", token=token,
+                 body=listing)[0] == 200  # fmt: skip
+    closing = {"op": "tickets.update", "args": {"id": 1, "status": "closed"}}
+    status, refused = https(dmz, address, "POST", "/v1/plugins/plugin-01/call", token=token,
+                            body=closing)  # fmt: skip
+    assert status == 403 and refused["error"]["code"] == "forbidden", refused
+    exported = hosts[CORE[0].name].check_output(
+        f"{AS_SERVICE} {SECURECORE} audit export -c {CONFIG}"
+    )
+    denied = [line for line in exported.splitlines() if '"action":"plugin.authorize"' in line]
+    assert any('"actor":"dmz/dmz-01"' in line and "tickets.update" in line for line in denied)
+
+
+def test_plugins_are_isolated_by_endpoint_and_core_identity(hosts) -> None:
+    """A registration naming an endpoint outside the plugin segment is refused before any
+    connection; the plugin serves only the core hosts' principals."""
+    plugin = hosts["plugin-01"]
+    unit = plugin.check_output("systemctl show -p ExecStart --value securecore-plugin")
+    for core in CORE:
+        assert f"--core-principal core/{core.name}" in unit
+    core_url = f"https://{CORE[0].address}:8443"
+    refused = plugin.run(
+        f"runuser -u securecore -- {SECURECORE} plugin register --core {core_url} "
+        f"--tls-policy {TLS}/policy.json --name plugin-01 --vendor securecore "
+        f"--endpoint {core_url} --security-level 4"
+    )  # the core's own service port, in the core segment
+    assert refused.rc != 0 and "endpoint not allowed" in refused.stdout + refused.stderr
+
+
 def test_a_stopped_plugin_loses_success_rate_and_trust(hosts, admin_client) -> None:
     token = admin_client("POST", "/v1/sessions")[1]["access_token"]
     before = plugin_record(admin_client)
