@@ -48,6 +48,16 @@ def test_no_pin_flag_in_the_roles_scripts_package_or_tests() -> None:
     assert found == [], "\n".join(found)
 
 
+def test_both_roles_run_the_package_s_token_initialisation() -> None:
+    """roles/hsm and roles/compliance_scheduler make tokens with the code tested here."""
+    source = (ROOT / "securecore" / "keys" / "token_init.py").resolve()
+    for role in ("hsm", "compliance_scheduler"):
+        role_dir = ROOT / "roles" / role
+        assert (role_dir / "module_utils" / "pkcs11_token_init.py").resolve() == source
+        module = (role_dir / "library" / "pkcs11_token.py").read_text()
+        assert "from ansible.module_utils.pkcs11_token_init import" in module
+
+
 class CommandLines:
     """Every command line seen while it runs: the shims' records and, polled, /proc."""
 
