@@ -17,8 +17,15 @@ backup` reports it written (`verify_backup`): the manifest's signature, the
 archive's hash, the envelope, every file's hash, and the audit log of the
 unpacked copy. Restore checks all of it again and replaces nothing unless
 all of it holds. The state it replaces is kept in the data directory
-(`pre-restore-TIME/`). `prune_backups` keeps the retention (seed 001 8.2:
-full backups 30 days), never removing the newest backup.
+(`pre-restore-TIME/`). `prune_backups` keeps the retention (full backups
+30 days), never removing the newest backup.
+
+Only authentic backups count (`signed_backups`): a manifest whose name
+matches its signed id, whose signature verifies with a version of the
+service's signing key still on the token, and whose archive has the signed
+SHA-256. Anyone who can write the backup directory can drop files there; a
+manifest that fails is reported and left alone - it never becomes "the
+newest backup" (in `securecore facts`) and never decides what is pruned.
 """
 
 from __future__ import annotations
@@ -34,12 +41,16 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from securecore.audit.commands import signing_public_keys
 from securecore.audit.log import verify_log
 from securecore.audit.store import SQLiteAuditStore
 from securecore.config import Config
 from securecore.crypto.envelope import Envelope, EnvelopeError, open_envelope, seal
-from securecore.keys.base import KeyRing
+from securecore.keys.base import KeyRing, KeyStoreError, parse_key_id
 from securecore.state_db import STATE_ROLES, sqlite_path
 
 FORMAT = "securecore-backup/1"
@@ -242,23 +253,88 @@ def restore_backup(config: Config, ring: KeyRing, manifest_path: str | Path) -> 
             "state": sorted(n for n in manifest["files"] if n.startswith("state/"))}  # fmt: skip
 
 
-def prune_backups(directory: str | Path, keep_days: int) -> list[str]:
-    """Remove backups created more than KEEP_DAYS ago (never the newest); their ids."""
-    directory = Path(directory)
-    manifests = []
-    for path in directory.glob("securecore-backup-*.manifest.json"):
+def _authentic(ring: KeyRing, manifest: dict) -> bool:
+    """The manifest is signed by a version of the signing key that is still on the token.
+
+    Not `ring.verify`: that refuses versions past their grace period, and a backup
+    older than a rotation is still ours (to keep or prune), only no longer restorable.
+    """
+    signature = manifest.get("signature")
+    try:
+        name, _ = parse_key_id(signature["kid"])
+        if name != ring.signing_key:
+            return False
+        public = ring.backend.public_key(signature["kid"])
+        public.verify(base64.b64decode(signature["value"], validate=True),
+                      _manifest_bytes(manifest), ec.ECDSA(hashes.SHA256()))  # fmt: skip
+    except (KeyError, TypeError, ValueError, KeyStoreError, InvalidSignature):
+        return False
+    return True
+
+
+def _signed_manifest(ring: KeyRing, path: Path) -> tuple[datetime.datetime, dict]:
+    """PATH's signed creation time and manifest, or BackupError naming what fails.
+
+    The archive is hashed (streamed), not opened: enough to know the pair is
+    the one the service wrote, cheap enough for every backup in the directory.
+    """
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BackupError(f"{path.name}: not a readable manifest") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupError(f"{path.name}: not a {FORMAT} manifest")
+    if not _authentic(ring, manifest):
+        raise BackupError(f"{path.name}: the manifest's signature does not verify")
+    backup_id = manifest.get("id")
+    # A signed manifest copied under another name (or pointing at another
+    # archive) would let one backup's pruning delete another's archive.
+    if (path.name != f"securecore-backup-{backup_id}.manifest.json"
+            or manifest.get("archive") != f"securecore-backup-{backup_id}.scb"):  # fmt: skip
+        raise BackupError(f"{path.name}: the file names differ from the signed id {backup_id!r}")
+    try:
+        with (path.parent / manifest["archive"]).open("rb") as archive:
+            digest = hashlib.file_digest(archive, "sha256").hexdigest()
+        created = datetime.datetime.fromisoformat(manifest["created"])
+    except OSError as error:
+        raise BackupError(f"{path.name}: cannot read its archive ({error.strerror})") from error
+    except (KeyError, TypeError, ValueError) as error:
+        raise BackupError(f"{path.name}: no valid creation time") from error
+    if digest != manifest.get("archive_sha256"):
+        raise BackupError(f"{path.name}: the archive's SHA-256 differs from the manifest's")
+    if created.tzinfo is None:
+        raise BackupError(f"{path.name}: the creation time has no time zone")
+    return created, manifest
+
+
+def signed_backups(
+    ring: KeyRing, directory: str | Path
+) -> tuple[list[tuple[datetime.datetime, Path, dict]], list[str]]:
+    """The authentic backups in DIRECTORY, oldest first, and "NAME: problem" for the others."""
+    found, refused = [], []
+    for path in sorted(Path(directory).glob("securecore-backup-*.manifest.json")):
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-            created = datetime.datetime.fromisoformat(manifest["created"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not ours to judge: left alone
-        manifests.append((created, path, manifest))
-    manifests.sort(key=lambda item: item[0])
+            created, manifest = _signed_manifest(ring, path)
+        except BackupError as error:
+            refused.append(str(error))
+            continue
+        found.append((created, path, manifest))
+    found.sort(key=lambda item: item[0])
+    return found, refused
+
+
+def prune_backups(
+    ring: KeyRing, directory: str | Path, keep_days: int
+) -> tuple[list[str], list[str]]:
+    """Remove authentic backups created (signed time) more than KEEP_DAYS ago, never the
+    newest authentic one: (ids removed, "NAME: problem" of manifests left alone)."""
+    directory = Path(directory)
+    backups, refused = signed_backups(ring, directory)
     cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=keep_days)
     removed = []
-    for created, path, manifest in manifests[:-1]:
+    for created, path, manifest in backups[:-1]:
         if created < cutoff:
-            (directory / Path(str(manifest.get("archive", ""))).name).unlink(missing_ok=True)
+            (directory / manifest["archive"]).unlink(missing_ok=True)
             path.unlink()
-            removed.append(manifest.get("id", path.name))
-    return removed
+            removed.append(manifest["id"])
+    return removed, refused

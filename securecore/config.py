@@ -21,6 +21,11 @@ class ConfigError(Exception):
     """The configuration is missing or wrong; the message lists every problem with its key."""
 
 
+class BackendError(ConfigError):
+    """A backend the configuration names (key store, audit store, state database) cannot
+    be opened; the message names the file, the key and the cause, never a secret."""
+
+
 @dataclass(frozen=True)
 class Option:
     kind: type | tuple[type, ...]
@@ -121,6 +126,12 @@ class Config:
         return section in self._values
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message on one line (a driver's hint on the next lines is dropped)."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
 def locate(path: str | os.PathLike | None) -> Path:
     if path:
         return Path(path)
@@ -209,4 +220,16 @@ def _validate(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str,
                     problems.append(f"{where} = {value}: no such file or directory")
                     continue
             values[name][key] = value
+    _check_backends(sections, values, problems)
     return values
+
+
+def _check_backends(
+    sections: dict[str, dict[str, Any]], values: dict[str, dict[str, Any]], problems: list[str]
+) -> None:
+    """What one key requires of another: a PostgreSQL backend needs its dsn (a dsn of
+    the wrong type is already reported)."""
+    for name in ("audit", "state"):
+        given = sections.get(name, {})
+        if values.get(name, {}).get("backend") == "postgresql" and not given.get("dsn"):
+            problems.append(f"[{name}] dsn: required because [{name}] backend = 'postgresql'")

@@ -17,8 +17,6 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
-import subprocess
 from pathlib import Path
 
 from cryptography import x509
@@ -55,7 +53,7 @@ def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
         (base / name).mkdir(mode=0o700)
     _write_private(base / "secrets" / "audit_hmac_key", secrets.token_hex(32).encode())
 
-    use_hsm = prefer_hsm and SOFTHSM_MODULE.exists() and shutil.which("softhsm2-util")
+    use_hsm = prefer_hsm and SOFTHSM_MODULE.exists()
     if use_hsm:
         keys_section = _softhsm_token(base)
         log(f"keys: SoftHSM2 token 'securecore' in {base / 'softhsm'}")
@@ -128,17 +126,15 @@ def _softhsm_token(base: Path) -> str:
     so_pin, user_pin = secrets.token_hex(8), secrets.token_hex(8)
     _write_private(base / "secrets" / "hsm_so_pin", so_pin.encode())
     _write_private(base / "secrets" / "hsm_user_pin", user_pin.encode())
-    environment = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    # softhsm2-util takes PINs as arguments only; these are fresh random
-    # development PINs, visible for a moment to this machine's root.
-    made = subprocess.run(
-        ["softhsm2-util", "--init-token", "--free", "--label", "securecore",
-         "--so-pin", so_pin, "--pin", user_pin],
-        env=environment, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        raise SetupError(f"softhsm2-util could not make the token: {made.stderr.strip()}")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
+    # Through the PKCS#11 API in this process, so the PINs are on no command
+    # line (softhsm2-util takes them only as arguments, or from a terminal).
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # read once, when the library is loaded
+    from securecore.keys.token_init import TokenInitError, initialise_token
+
+    try:
+        initialise_token(str(SOFTHSM_MODULE), "securecore", so_pin, user_pin)
+    except TokenInitError as error:
+        raise SetupError(f"the SoftHSM2 token could not be made: {error}") from error
     from securecore.keys.pkcs11 import Pkcs11Keys
 
     backend = Pkcs11Keys(str(SOFTHSM_MODULE), "securecore", user_pin)

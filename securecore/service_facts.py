@@ -5,7 +5,9 @@ Read-only, run on the core host as the service user (it opens the key ring):
   audit      the audit log verified (tree, witness, signed checkpoints), its size,
              records not yet under a signed checkpoint
   keys       the age in days of the newest signing key and key-encryption key
-  backup     the newest backup in [backup] directory and its age in hours
+  backup     the newest verified backup in [backup] directory (signed manifest,
+             archive hash) and its signed age in hours; manifests that fail are
+             listed under unverified, never counted
   plugins    every registered plugin's state and score, the lowest active score,
              the suspended ones
   events     security events from the audit log (seed 004 6.1's report sections):
@@ -23,7 +25,6 @@ import http.client
 import json
 import ssl
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from securecore import config as configuration
@@ -31,6 +32,7 @@ from securecore.audit.commands import signing_public_keys
 from securecore.audit.factory import open_store
 from securecore.audit.log import verify_log
 from securecore.audit.record import Record
+from securecore.backup import signed_backups
 from securecore.keys.factory import open_key_ring
 from securecore.plugins.registry import PluginRegistry
 from securecore.state_db import open_state
@@ -122,20 +124,17 @@ def _keys(ring) -> dict[str, Any]:
     return ages
 
 
-def _backup(config: configuration.Config) -> dict[str, Any]:
-    directory = Path(config.get("backup", "directory") or "")
-    newest = None
-    for path in directory.glob("securecore-backup-*.manifest.json") if str(directory) else []:
-        try:
-            created = datetime.datetime.fromisoformat(json.loads(path.read_text())["created"])
-        except (OSError, ValueError, KeyError):
-            continue
-        if newest is None or created > newest[0]:
-            newest = (created, path.name)
-    if newest is None:
-        return {"newest": None, "newest_age_hours": None}
-    age = datetime.datetime.now(datetime.UTC) - newest[0]
-    return {"newest": newest[1], "newest_age_hours": round(age.total_seconds() / 3600, 1)}
+def _backup(config: configuration.Config, ring) -> dict[str, Any]:
+    """The newest backup whose signed manifest and archive verify; the others are
+    listed, never counted (anyone able to write the directory can drop a manifest)."""
+    directory = config.get("backup", "directory")
+    backups, refused = signed_backups(ring, directory) if directory else ([], [])
+    if not backups:
+        return {"newest": None, "newest_age_hours": None, "unverified": refused}
+    created, path, _ = backups[-1]
+    age = datetime.datetime.now(datetime.UTC) - created
+    return {"newest": path.name, "newest_age_hours": round(age.total_seconds() / 3600, 1),
+            "unverified": refused}  # fmt: skip
 
 
 def _plugins(config: configuration.Config) -> dict[str, Any]:
@@ -160,7 +159,7 @@ def service_facts(config: configuration.Config) -> dict[str, Any]:
             "audit": audit,
             "events": events,
             "keys": _keys(ring),
-            "backup": _backup(config),
+            "backup": _backup(config, ring),
             "plugins": _plugins(config),
         }
     finally:

@@ -26,8 +26,11 @@ def _backup(args: argparse.Namespace) -> int:
     print(f"backup verified: {checked['audit_records']} audit records, "
           f"{len(checked['files'])} files")  # fmt: skip
     if args.keep_days is not None:
-        for removed in prune_backups(manifest.parent, args.keep_days):
-            print(f"backup removed (older than {args.keep_days} days): {removed}")
+        removed, refused = prune_backups(ring, manifest.parent, args.keep_days)
+        for backup_id in removed:
+            print(f"backup removed (older than {args.keep_days} days): {backup_id}")
+        for problem in refused:
+            print(f"backup left alone (not verified, not counted): {problem}")
     return 0
 
 

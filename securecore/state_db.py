@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from securecore.config import BackendError, first_line
 from securecore.transactions import immediate_transaction
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -87,7 +88,7 @@ class SQLiteState(StateDatabase):
             self._wal()
             self._db.execute(f"PRAGMA synchronous={synchronous}")
         except sqlite3.Error as error:
-            raise StateDatabaseError(f"{path}: {error}") from error
+            raise StateDatabaseError(f"{path} ({first_line(error)})") from error
 
     def _wal(self) -> None:
         # Switching a new database to WAL takes an exclusive lock without waiting
@@ -133,7 +134,9 @@ class PostgresState(StateDatabase):
         try:
             self._connection = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as error:
-            raise StateDatabaseError(f"[state] dsn: cannot connect: {error}") from error
+            raise StateDatabaseError(
+                f"[state] dsn: cannot connect ({first_line(error)})"
+            ) from error
         # Each role's writers queue on their own lock, like one SQLite file each.
         self._lock_key = zlib.crc32(f"securecore-state/{role}".encode())
 
@@ -168,17 +171,31 @@ class PostgresState(StateDatabase):
 
 
 def open_state(config, role: str) -> StateDatabase:
-    """The state database of ROLE (sessions, plugins, policy) as the config says."""
+    """The state database of ROLE (sessions, plugins, policy) as the config says, or
+    BackendError naming the file and key (never the dsn: it may hold a password)."""
     if config.get("state", "backend") == "postgresql":
         dsn = config.get("state", "dsn")
         if not dsn:
-            raise StateDatabaseError(f"{config.path}: [state] backend postgresql needs a dsn")
-        return StateDatabase.postgresql(dsn, role)
+            raise BackendError(f"{config.path}: [state] dsn is required with backend = postgresql")
+        try:
+            return StateDatabase.postgresql(dsn, role)
+        except ImportError as error:
+            raise BackendError(
+                f"{config.path}: [state] backend = 'postgresql': psycopg is not installed"
+            ) from error
+        except StateDatabaseError as error:
+            raise BackendError(f"{config.path}: {error}") from error
     # Policy commits skip the fsync (WAL, synchronous=NORMAL: safe against a
     # crash of the process, not of the machine) because blocks and modes are
     # also in the audit log; sessions and plugins are fsynced on every commit.
     synchronous = "NORMAL" if role == "policy" else "FULL"
-    return StateDatabase.sqlite(sqlite_path(config, role), synchronous=synchronous)
+    path = sqlite_path(config, role)
+    try:
+        return StateDatabase.sqlite(path, synchronous=synchronous)
+    except StateDatabaseError as error:
+        raise BackendError(
+            f"{config.path}: [service] data_dir: cannot open the {role} database {error}"
+        ) from error
 
 
 STATE_ROLES = ("sessions", "plugins", "policy")

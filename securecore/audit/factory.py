@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from securecore.audit.log import AuditLog
 from securecore.audit.store import AuditStore, SQLiteAuditStore
-from securecore.config import Config, ConfigError
+from securecore.config import BackendError, Config, ConfigError, first_line
 from securecore.keys.base import KeyRing
 from securecore.keys.factory import read_secret_file
 
 
 def open_store(config: Config) -> AuditStore:
+    """The audit store, or BackendError naming the file and key (never the dsn: it may
+    hold a password)."""
     if config.get("audit", "backend") == "postgresql":
         dsn = config.get("audit", "dsn")
         if not dsn:
             raise ConfigError(f"{config.path}: [audit] dsn is required with backend = postgresql")
-        from securecore.audit.postgres import PostgresAuditStore
+        try:
+            import psycopg
 
-        return PostgresAuditStore(dsn)
-    return SQLiteAuditStore(config.get("audit", "database"))
+            from securecore.audit.postgres import PostgresAuditStore
+        except ImportError as error:
+            raise BackendError(
+                f"{config.path}: [audit] backend = 'postgresql': psycopg is not installed"
+            ) from error
+        try:
+            return PostgresAuditStore(dsn)
+        except psycopg.Error as error:
+            raise BackendError(
+                f"{config.path}: [audit] dsn: cannot use the PostgreSQL audit store "
+                f"({first_line(error)})"
+            ) from error
+    database = config.get("audit", "database")
+    try:
+        return SQLiteAuditStore(database)
+    except (sqlite3.Error, OSError) as error:
+        raise BackendError(
+            f"{config.path}: [audit] database = {database}: cannot open it ({first_line(error)})"
+        ) from error
 
 
 def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:

@@ -7,8 +7,8 @@ import os
 import stat
 from pathlib import Path
 
-from securecore.config import Config, ConfigError
-from securecore.keys.base import KeyBackend, KeyRing
+from securecore.config import BackendError, Config, ConfigError
+from securecore.keys.base import KeyBackend, KeyRing, KeyStoreError
 
 
 def read_secret_file(config: Config, section: str, key: str) -> bytes:
@@ -28,18 +28,33 @@ def open_backend(config: Config) -> KeyBackend:
     if backend == "software":
         from securecore.keys.software import SoftwareKeys
 
-        return SoftwareKeys(config.get("keys.software", "directory"))
+        try:
+            return SoftwareKeys(config.get("keys.software", "directory"))
+        except KeyStoreError as error:
+            raise BackendError(f"{config.path}: [keys.software] directory: {error}") from error
     softhsm_conf = config.get("keys.pkcs11", "softhsm_conf")
     if softhsm_conf:
         # SoftHSM reads this once, when the library is first loaded.
         os.environ["SOFTHSM2_CONF"] = softhsm_conf
     from securecore.keys.pkcs11 import Pkcs11Keys
 
-    return Pkcs11Keys(
-        config.get("keys.pkcs11", "module"),
-        config.get("keys.pkcs11", "token_label"),
-        read_secret_file(config, "keys.pkcs11", "user_pin_file").decode(),
-    )
+    module, label = config.get("keys.pkcs11", "module"), config.get("keys.pkcs11", "token_label")
+    try:
+        return Pkcs11Keys(
+            module, label, read_secret_file(config, "keys.pkcs11", "user_pin_file").decode()
+        )
+    except KeyStoreError as error:
+        # Which key is wrong, from what the PKCS#11 library answered.
+        cause = type(error.__cause__).__name__
+        if cause == "NoSuchToken":
+            where = f"token_label = {label!r}: no such token"
+        elif cause.startswith("Pin"):
+            where = f"user_pin_file: the PIN does not open token {label!r} ({cause})"
+        elif isinstance(error.__cause__, (RuntimeError, OSError)):
+            where = f"module = {module}: not a loadable PKCS#11 library"
+        else:
+            where = f"module = {module}, token_label = {label!r}: {error}"
+        raise BackendError(f"{config.path}: [keys.pkcs11] {where}") from error
 
 
 def open_key_ring(config: Config) -> KeyRing:

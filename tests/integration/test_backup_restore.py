@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import sqlite3
@@ -11,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from securecore.backup import prune_backups
+from securecore.backup import _manifest_bytes, prune_backups
 from securecore.config import load as load_config
 from securecore.keys.factory import open_key_ring
 from securecore.policy.state import PolicyState
@@ -188,19 +191,108 @@ def test_verify_only_checks_everything_and_replaces_nothing(config: Path) -> Non
     assert proc.returncode == 2 and "SHA-256 differs" in proc.stderr
 
 
+def resign(ring, path: Path, **changes) -> dict:
+    """The manifest at PATH changed and signed again with the service's key (an
+    authentic backup made at another time); the new manifest."""
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    kid, signature = ring.sign(_manifest_bytes(manifest))
+    manifest["signature"] = {"kid": kid, "value": base64.b64encode(signature).decode()}
+    path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def days_ago(days: int) -> str:
+    return (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days)).isoformat()
+
+
 def test_backups_older_than_the_retention_are_removed_but_never_the_newest(
-    config: Path,
+    software_config: Path,
 ) -> None:
+    config = software_config
+    ring = open_key_ring(load_config(config))
     old = backup(config)
-    manifest = json.loads(old.read_text())
-    # Aged 31 days (pruning goes by the manifest's date).
-    manifest["created"] = (datetime.datetime.now(datetime.UTC)
-                           - datetime.timedelta(days=31)).isoformat()  # fmt: skip
-    old.write_text(json.dumps(manifest))
-    assert prune_backups(old.parent, 30) == []  # the only backup is the newest: kept
+    # Aged 31 days (pruning goes by the manifest's signed date).
+    manifest = resign(ring, old, created=days_ago(31))
+    assert prune_backups(ring, old.parent, 30) == ([], [])  # the only backup is the newest
     out = securecore("backup", "-c", str(config), "--keep-days", "30").stdout
     assert f"backup removed (older than 30 days): {manifest['id']}" in out
     assert not old.exists() and not (old.parent / manifest["archive"]).exists()
     assert len(list(old.parent.glob("*.manifest.json"))) == 1
     bad = securecore("backup", "-c", str(config), "--keep-days", "0", check=False)
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+def forge(ring, real: Path, how: str) -> Path:
+    """A manifest beside the real backup REAL that claims to be a newer backup (or, for
+    "old-unsigned", an old one holding REAL's archive), forged as HOW says."""
+    genuine = json.loads(real.read_text())
+    forged_id = "29991231T235959.000000Z" if how != "old-unsigned" else "20200101T000000.000000Z"
+    path = real.with_name(f"securecore-backup-{forged_id}.manifest.json")
+    manifest = {**genuine, "id": forged_id, "created": days_ago(0),
+                "archive": f"securecore-backup-{forged_id}.scb"}  # fmt: skip
+    archive = real.parent / genuine["archive"]
+    if how in ("unsigned", "other-key", "tampered"):
+        (real.parent / manifest["archive"]).write_bytes(archive.read_bytes())
+    if how == "unsigned":
+        del manifest["signature"]
+    if how == "other-key":
+        # The right key id, another key: what someone without the HSM can make.
+        other = ec.generate_private_key(ec.SECP256R1())
+        value = other.sign(_manifest_bytes(manifest), ec.ECDSA(hashes.SHA256()))
+        manifest["signature"] = {"kid": genuine["signature"]["kid"],
+                                 "value": base64.b64encode(value).decode()}  # fmt: skip
+    if how == "tampered":
+        # The genuine signature kept, the contents (id, time, archive) changed.
+        manifest["signature"] = genuine["signature"]
+    if how == "renamed-copy":
+        # A genuine manifest, signature intact, under a newer name.
+        manifest = genuine
+    if how == "old-unsigned":
+        # Dated long ago and naming the real backup's archive: an old pruner removed it.
+        manifest = {**manifest, "created": days_ago(400), "archive": genuine["archive"]}
+        del manifest["signature"]
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize("how", ["unsigned", "other-key", "tampered", "renamed-copy",
+                                 "old-unsigned"])  # fmt: skip
+def test_a_forged_manifest_is_never_the_newest_backup_nor_decides_pruning(
+    software_config: Path, how: str
+) -> None:
+    config = software_config
+    ring = open_key_ring(load_config(config))
+    real = backup(config)
+    genuine = resign(ring, real, created=days_ago(40))  # the newest real backup, 40 days old
+    forged = forge(ring, real, how)
+
+    facts = json.loads(securecore("facts", "-c", str(config)).stdout)["backup"]
+    assert facts["newest"] == real.name, facts
+    assert 40 * 24 - 1 < facts["newest_age_hours"] < 40 * 24 + 1
+    [problem] = facts["unverified"]
+    assert problem.startswith(forged.name + ": "), problem
+
+    removed, refused = prune_backups(ring, real.parent, 30)
+    assert removed == [] and refused == [problem]
+    assert real.exists() and (real.parent / genuine["archive"]).exists()
+    assert forged.exists()  # not ours to judge: reported, left alone
+    restored = securecore("restore", "--verify-only", "-c", str(config), str(real))
+    assert "nothing was replaced" in restored.stdout
+    out = securecore("backup", "-c", str(config), "--keep-days", "30").stdout
+    assert f"backup left alone (not verified, not counted): {problem}" in out
+    # With a newer real backup, the old real one goes; the forgery stays.
+    assert f"backup removed (older than 30 days): {genuine['id']}" in out
+    assert not real.exists() and forged.exists()
+
+
+def test_a_backup_whose_archive_was_replaced_does_not_count(software_config: Path) -> None:
+    config = software_config
+    ring = open_key_ring(load_config(config))
+    real = backup(config)
+    manifest = json.loads(real.read_text())
+    (real.parent / manifest["archive"]).write_bytes(b"not the archive")
+    facts = json.loads(securecore("facts", "-c", str(config)).stdout)["backup"]
+    assert facts == {"newest": None, "newest_age_hours": None, "unverified": [
+        f"{real.name}: the archive's SHA-256 differs from the manifest's"]}  # fmt: skip
+    assert prune_backups(ring, real.parent, 1)[0] == []

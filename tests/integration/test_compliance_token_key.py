@@ -4,14 +4,13 @@ offline with the public key alone; a wrong PIN or a missing key is a clear error
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pkcs11
 import pytest
 from pkcs11 import Attribute, ObjectClass
 
-from tests.integration.conftest import SOFTHSM
+from tests.integration.conftest import SOFTHSM, make_token
 from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
 
 SO_PIN, USER_PIN = "so-pin-5531-0042", "evidence-pin-7731"
@@ -19,9 +18,7 @@ SO_PIN, USER_PIN = "so-pin-5531-0042", "evidence-pin-7731"
 
 @pytest.fixture
 def token(softhsm: Path, tmp_path: Path) -> str:
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "evidence",
-                    "--so-pin", SO_PIN, "--pin", USER_PIN],
-                   check=True, capture_output=True)  # fmt: skip
+    make_token("evidence", SO_PIN, USER_PIN)
     pin = tmp_path / "evidence.pin"
     pin.write_text(USER_PIN + "\n")
     pin.chmod(0o600)

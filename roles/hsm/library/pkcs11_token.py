@@ -10,8 +10,8 @@ short_description: Ensure a PKCS#11 token with a label exists and has a user PIN
 description:
   - Looks for a token with the given label through the PKCS#11 module (python-pkcs11).
   - If none exists, initialises the first free slot's token with the label and SO PIN and
-    sets the user PIN (C_InitToken and C_InitPIN, through pkcs11-tool, which works with any
-    PKCS#11 module).
+    sets the user PIN (C_InitToken and C_InitPIN), through the PKCS#11 API in this process:
+    no PIN is ever on a command line, where any local user could read it in /proc.
   - An existing token is never re-initialised; the module only checks that the user PIN
     opens it.
 options:
@@ -33,7 +33,7 @@ options:
     type: str
     required: true
     no_log: true
-requirements: [python-pkcs11, pkcs11-tool (opensc)]
+requirements: [python-pkcs11]
 notes:
   - Supports check mode.
 author: SecureCore developers
@@ -61,13 +61,13 @@ serial:
   type: str
 """
 
-import shutil
-import subprocess
-
 from ansible.module_utils.basic import AnsibleModule
 
 try:
     import pkcs11
+
+    # C_InitToken and C_InitPIN through the PKCS#11 API (securecore/keys/token_init.py).
+    from ansible.module_utils.pkcs11_token_init import TokenInitError, initialise_token
     from pkcs11.exceptions import NoSuchToken, PinIncorrect
 
     HAS_PKCS11 = True
@@ -80,30 +80,6 @@ def find_token(lib, label):
         return lib.get_token(token_label=label)
     except NoSuchToken:
         return None
-
-
-def free_slot(lib):
-    """The first slot whose token is not initialised."""
-    for slot in lib.get_slots(token_present=True):
-        token = slot.get_token()
-        if not token.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:
-            return slot
-    return None
-
-
-def run_tool(module, args):
-    tool = shutil.which("pkcs11-tool")
-    if tool is None:
-        module.fail_json(msg="pkcs11-tool is not installed (Debian package opensc)")
-    proc = subprocess.run(
-        [tool, "--module", module.params["module"], *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        # The PINs are passed as arguments, never echoed back in the message.
-        module.fail_json(msg=f"pkcs11-tool {args[0]} failed: {proc.stderr.strip()}")
 
 
 def main():
@@ -142,37 +118,13 @@ def main():
 
     if module.check_mode:
         module.exit_json(changed=True, label=params["label"], serial="")
-    slot = free_slot(lib)
-    if slot is None:
-        module.fail_json(msg=f"no token labelled {params['label']!r} and no free slot to create it")
-    run_tool(
-        module,
-        [
-            "--init-token",
-            "--slot",
-            str(slot.slot_id),
-            "--label",
-            params["label"],
-            "--so-pin",
-            params["so_pin"],
-        ],
-    )
-    # The PKCS#11 library of this process keeps the slot list it read at
-    # start, so the new token is addressed by label through the tool.
-    run_tool(
-        module,
-        [
-            "--init-pin",
-            "--token-label",
-            params["label"],
-            "--login",
-            "--so-pin",
-            params["so_pin"],
-            "--new-pin",
-            params["user_pin"],
-        ],
-    )
-    module.exit_json(changed=True, label=params["label"], serial="")
+    try:
+        serial = initialise_token(
+            params["module"], params["label"], params["so_pin"], params["user_pin"]
+        )
+    except TokenInitError as exc:
+        module.fail_json(msg=f"cannot create token {params['label']!r}: {exc}")
+    module.exit_json(changed=True, label=params["label"], serial=serial)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+../../../securecore/keys/token_init.py
