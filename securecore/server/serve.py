@@ -123,6 +123,10 @@ def build_server(
     """The service; AUDIT is the supervisor's writer and LOCAL_ADMIN its admin
     socket when this is one of several workers (else this process binds it)."""
     policy, host, port = tls_and_address(config)
+    if local_admin is None:
+        # First: a second service on this data directory stops here, before it
+        # opens the audit log, and leaves the running one's socket alone.
+        local_admin = bind_local_admin(local_admin_path(config.get("service", "data_dir")))
     tls = ReloadableServerContext(config.get("tls", "policy"))
     ring = open_key_ring(config)
 
@@ -217,8 +221,6 @@ def build_server(
         server_header=False,
         proxy_headers=False,  # no header may change who the client is
     )
-    if local_admin is None:
-        local_admin = bind_local_admin(local_admin_path(data_dir))
     server = ServerWithLocalAdmin(settings, admin, local_admin)
 
     def reload_tls() -> None:
@@ -309,12 +311,13 @@ def _fresh_metrics_dir(directory: Path) -> Path:
 def supervise(config: configuration.Config, workers: int) -> int:
     logging.config.dictConfig(log_config())
     _, host, port = tls_and_address(config)  # a bad policy stops us before any worker
+    # Bound before anything runs: a second service on this data directory stops here.
+    admin_path = local_admin_path(config.get("service", "data_dir"))
+    local_admin = bind_local_admin(admin_path)
     audit = open_audit_log(config, open_key_ring(config))
     writer = AuditWriterServer(audit, Path(config.get("service", "data_dir")) / "audit.sock")
     writer.start()
     listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()
-    admin_path = local_admin_path(config.get("service", "data_dir"))
-    local_admin = bind_local_admin(admin_path)
     metrics_dir = _fresh_metrics_dir(Path(config.get("service", "data_dir")) / "metrics")
     os.environ[MULTIPROCESS_DIR] = str(metrics_dir)  # read by the workers' prometheus_client
     spawn = multiprocessing.get_context("spawn")

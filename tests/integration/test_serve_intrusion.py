@@ -200,6 +200,15 @@ def test_only_root_and_the_service_user_may_use_the_local_path(server) -> None:
     assert other.stdout.startswith("HTTP/1.1 403") and "local operators only" in other.stdout
 
 
+def test_a_second_service_cannot_take_the_local_path_over(server) -> None:
+    second = securecore("serve", "-c", str(server["config"]), check=False)
+    assert second.returncode == 2 and "another service is serving this admin socket" in (
+        second.stderr
+    )
+    # The running service's socket still answers (dmz/web-2's lock is still in force).
+    assert [b["subject"] for b in blocks(server, "--local")] == ["dmz/web-2"]
+
+
 def test_each_automatic_response_is_audited_who_what_why_until_when(server) -> None:
     server["process"].terminate()
     server["process"].wait(timeout=20)
