@@ -190,7 +190,10 @@ def test_only_root_and_the_service_user_may_use_the_local_path(server) -> None:
                 "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
                 "s.sendall(b'GET /v1/admin/acl HTTP/1.1\\r\\nHost: x\\r\\n"
                 "Connection: close\\r\\n\\r\\n')\n"
-                "print(s.recv(65536).decode())\n"
+                "answer = b''\n"
+                "while chunk := s.recv(65536):\n"  # until the server closes: head and body
+                "    answer += chunk\n"
+                "print(answer.decode())\n"
             )
             other = subprocess.run([sys.executable, "-c", script, str(link)],
                                    capture_output=True, text=True, timeout=30)  # fmt: skip
