@@ -2,7 +2,7 @@
 
 securecore plugins list | approve NAME | suspend NAME | revoke NAME [--reason TEXT]
 securecore sessions list | revoke (SESSION_ID | --principal P) [--reason TEXT]
-securecore acl list | block ADDRESS [--minutes N] | unblock ADDRESS
+securecore acl list | block ADDRESS [--minutes N] | unblock (ADDRESS | --principal P)
 securecore emergency-shutdown --reason TEXT     securecore recover --note TEXT
 securecore status
 The service makes every change itself: its audit log records it with the
@@ -10,6 +10,12 @@ administrator's certificate as the actor, and all its workers see it at once.
 The client certificate comes from the TLS policy ([tls] policy of the
 configuration, or --tls-policy); it must name an administrator, or be the service's own
 (a local operator on the core host, named with --by, as the playbooks do).
+
+With --local the command talks to the service's local admin socket instead
+(DATA_DIR/admin.sock, as root or the service user on the service's host): no
+certificate, no address, and no block or automatic response applies there,
+so operators can always list and clear blocks and recover. The audit log
+records the kernel-verified local user and the --by name.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import getpass
 import http.client
 import json
 import os
+import socket
 import ssl
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from securecore import config as configuration
+from securecore.server.local_admin import socket_path
 from securecore.tls import TLSPolicy
 
 
@@ -44,9 +53,32 @@ def _target(args: argparse.Namespace) -> tuple[str, int, ssl.SSLContext]:
     return host, int(port), context
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = None):
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over the service's local admin socket."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.path))
+
+
+def _connection(args: argparse.Namespace) -> tuple[http.client.HTTPConnection, str]:
+    """The connection to the service and how to name it in errors."""
+    if args.local or args.socket:
+        path = Path(args.socket or socket_path(configuration.load(args.config).get(
+            "service", "data_dir")))  # fmt: skip
+        return _UnixConnection(path, timeout=30), f"local admin socket {path}"
     host, port, context = _target(args)
     connection = http.client.HTTPSConnection(host, port, context=context, timeout=30)
+    return connection, f"https://{host}:{port}"
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = None):
+    connection, where = _connection(args)
     try:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
@@ -57,7 +89,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = 
         response = connection.getresponse()
         data = json.loads(response.read() or b"null")
     except (OSError, ssl.SSLError, http.client.HTTPException) as error:
-        raise AdminError(f"https://{host}:{port}: {type(error).__name__}: {error}") from error
+        raise AdminError(f"{where}: {type(error).__name__}: {error}") from error
     finally:
         connection.close()
     if response.status >= 400:
@@ -100,7 +132,11 @@ def _sessions(args: argparse.Namespace) -> int:
 def _acl(args: argparse.Namespace) -> int:
     if args.action == "list":
         return _show(_call(args, "GET", "/v1/admin/acl"))
-    address = _need(args.address, "ADDRESS")
+    if args.action == "unblock" and args.principal:
+        if args.address:
+            raise AdminError("give ADDRESS or --principal, not both")
+        return _show(_call(args, "POST", "/v1/admin/acl/unblock", {"principal": args.principal}))
+    address = _need(args.address, "ADDRESS" if args.action == "block" else "ADDRESS or --principal")
     if args.action == "block":
         body = {"address": address, "minutes": args.minutes, "reason": args.reason}
         return _show(_call(args, "POST", "/v1/admin/acl/block", body))
@@ -130,6 +166,11 @@ def add_parsers(commands) -> None:
             "--by", help="your name, recorded with what a local operator does (default: $USER)"
         )
         parser.add_argument("--tls-policy", help="TLS policy with the administrator's certificate")
+        parser.add_argument(
+            "--local", action="store_true",
+            help="use the service's local admin socket (root or the service user, on its host)",
+        )  # fmt: skip
+        parser.add_argument("--socket", help="the local admin socket (default DATA_DIR/admin.sock)")
 
     plugins = commands.add_parser("plugins", help="list, approve, suspend or revoke plugins")
     plugins.add_argument("action", choices=["list", "approve", "suspend", "revoke"])
@@ -146,9 +187,12 @@ def add_parsers(commands) -> None:
     connection(sessions)
     sessions.set_defaults(handler=_sessions)
 
-    acl = commands.add_parser("acl", help="list, block or unblock source addresses")
+    acl = commands.add_parser(
+        "acl", help="list blocks, block an address, unblock an address or a principal"
+    )
     acl.add_argument("action", choices=["list", "block", "unblock"])
     acl.add_argument("address", nargs="?")
+    acl.add_argument("--principal", help="unblock this principal (KIND/NAME): locks and stops")
     acl.add_argument("--minutes", type=int, default=60)
     acl.add_argument("--reason", default="")
     connection(acl)

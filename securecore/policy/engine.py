@@ -131,8 +131,10 @@ class PolicyEngine:
         refused = check_acl(self.policy.acl, self.state, request.source, moment)
         if refused:
             return deny("acl", refused)
+        # Locks and stops are per principal (intrusion.py): another principal's
+        # behaviour never blocks this one.
         for kind, subject in (
-            ("account", request.principal),
+            ("principal", request.principal),
             ("client", request.principal),
             ("session", request.session_id),
         ):

@@ -1,73 +1,94 @@
-"""Intrusion detection and its automatic responses (seed 004 3.2, seed 001 6.2).
+"""Intrusion detection and its automatic responses.
 
-- 5 failed logins for one account within 5 minutes lock the account.
-- 10 failed logins within a minute coming from several sources (distributed
-  brute force) block every source involved; 10 from one source block it too.
-- More than 100 MB transferred by one client within a minute stops it.
-- A privilege-escalation attempt ends the session.
-Each response is returned to the caller, which audits it and makes it visible
-(`PolicyState.active_blocks`).
+Every response targets what the evidence is about, so that nobody can turn
+a response against someone else:
+
+- Failed authentications (refused tokens) carry the verified certificate
+  identity of whoever presented them. They count against that principal
+  only: 5 within 5 minutes lock the principal for the block time.
+- No automatic response blocks an address. With mutual TLS every request
+  that reaches the service carries a certificate the site's CA issued and
+  the handshake verified, so the evidence is always about a principal.
+  Behind one address (a NAT, a bastion, the management segment) sit other
+  principals, administrators among them: ten principals failing from one
+  address are ten principals locked, and the address stays open. Evidence
+  about an address alone (no certificate, an unknown CA, a revoked
+  certificate) never gets past the TLS handshake; such abuse is for the
+  host firewall. A certificate that passes the handshake but names no
+  principal is refused on every request anyway (identity_unknown), and
+  sites issue such certificates to their own hosts (zones that are not
+  principal kinds, e.g. the management host), so it is no ground to block
+  the address either. Addresses are blocked by operators (`securecore acl
+  block`) and by the static ACL of the policy file.
+- More than 100 MB transferred by one principal within a minute stops that
+  principal for the block time.
+- A privilege-escalation attempt (a non-administrator on the admin API)
+  ends the principal's sessions and locks the principal until an operator
+  clears the lock: it gets no new session meanwhile.
+
+Each response is returned to the caller, which applies and audits it (who,
+what, why, until when); `PolicyState.active_blocks` lists what is in force.
+Operators clear blocks with `securecore acl unblock`, also over the local
+admin socket, which no automatic response can block.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from securecore.policy.state import PolicyState
 
 LOCK_FAILURES, LOCK_WINDOW = 5, 300
-BRUTE_FORCE_FAILURES, BRUTE_FORCE_WINDOW = 10, 60
 TRANSFER_LIMIT, TRANSFER_WINDOW = 100 * 1024 * 1024, 60
+# A block that lasts until an operator clears it.
+UNTIL_CLEARED = math.inf
 
 
 @dataclass(frozen=True)
 class Response:
-    action: str  # lock_account | block_source | stop_transfer | end_session
+    action: str  # lock_principal | stop_transfer | end_session
+    kind: str  # the kind of block applied: principal | client
     subject: str
     reason: str
+    until: float
 
 
 class IntrusionDetector:
     def __init__(self, state: PolicyState, *, block_seconds: int = 900) -> None:
         self.state, self.block_seconds = state, block_seconds
 
-    def login_failed(self, account: str, source: str, now: float) -> list[Response]:
-        db, responses = self.state.db, []
+    def login_failed(self, principal: str, source: str, now: float) -> list[Response]:
+        """A credential presented by PRINCIPAL (a verified certificate identity) was refused."""
+        db = self.state.db
         with self.state.lock, db.write_transaction():
-            db.execute("INSERT INTO failures VALUES (?, ?, ?)", (account, source, now))
+            db.execute("INSERT INTO failures VALUES (?, ?, ?)", (principal, source, now))
             db.execute("DELETE FROM failures WHERE time < ?", (now - LOCK_WINDOW,))
-            for_account = db.execute(
+            failures = db.execute(
                 "SELECT COUNT(*) FROM failures WHERE account = ? AND time > ?",
-                (account, now - LOCK_WINDOW),
+                (principal, now - LOCK_WINDOW),
             ).fetchone()[0]
-            recent = db.execute(
-                "SELECT source, COUNT(*) FROM failures WHERE time > ? GROUP BY source",
-                (now - BRUTE_FORCE_WINDOW,),
-            ).fetchall()
-        until = now + self.block_seconds
-        if for_account >= LOCK_FAILURES:
-            reason = f"{for_account} failed logins within {LOCK_WINDOW // 60} minutes"
-            self.state.block("account", account, until, reason)
-            responses.append(Response("lock_account", account, reason))
-        total = sum(count for _, count in recent)
-        if total >= BRUTE_FORCE_FAILURES:
-            reason = f"{total} failed logins within a minute from {len(recent)} source(s)"
-            for offender, _ in recent:
-                self.state.block("ip", offender, until, reason)
-                responses.append(Response("block_source", offender, reason))
-        return responses
+        if failures < LOCK_FAILURES:
+            return []
+        reason = f"{failures} failed logins within {LOCK_WINDOW // 60} minutes"
+        return [self._apply("lock_principal", "principal", principal, reason,
+                            now + self.block_seconds)]  # fmt: skip
 
-    def transferred(self, client: str, size: int, now: float) -> list[Response]:
+    def transferred(self, principal: str, size: int, now: float) -> list[Response]:
         # A sliding window in the shared counters: every worker adds to the same total.
-        total = self.state.counters.add(f"transfer:{client}", size, now, TRANSFER_WINDOW)
+        total = self.state.counters.add(f"transfer:{principal}", size, now, TRANSFER_WINDOW)
         if total > TRANSFER_LIMIT:
             reason = f"{int(total) // (1024 * 1024)} MB within a minute (limit 100 MB)"
-            self.state.block("client", client, now + self.block_seconds, reason)
-            return [Response("stop_transfer", client, reason)]
+            return [self._apply("stop_transfer", "client", principal, reason,
+                                now + self.block_seconds)]  # fmt: skip
         return []
 
-    def privilege_escalation(self, subject: str, detail: str, now: float) -> list[Response]:
-        """End the session(s) of SUBJECT (a session id, or a principal whose sessions all end)."""
+    def privilege_escalation(self, principal: str, detail: str, now: float) -> list[Response]:
+        """PRINCIPAL's sessions end (the caller revokes them) and PRINCIPAL is locked
+        until an operator clears it: a new session would otherwise follow at once."""
         reason = f"privilege escalation attempt: {detail}"
-        self.state.block("session", subject, now + self.block_seconds, reason)
-        return [Response("end_session", subject, reason)]
+        return [self._apply("end_session", "principal", principal, reason, UNTIL_CLEARED)]
+
+    def _apply(self, action: str, kind: str, subject: str, reason: str, until: float) -> Response:
+        self.state.block(kind, subject, until, reason)
+        return Response(action, kind, subject, reason, until)

@@ -15,6 +15,7 @@ therefore takes effect on the very next request everywhere.
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -23,14 +24,14 @@ from securecore.state_db import StateDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
-    kind TEXT NOT NULL,          -- ip | account | session
+    kind TEXT NOT NULL,          -- ip | principal | client
     subject TEXT NOT NULL,
-    until REAL NOT NULL,
+    until REAL NOT NULL,         -- Infinity: until an operator clears it
     reason TEXT NOT NULL,
     PRIMARY KEY (kind, subject)
 );
 CREATE TABLE IF NOT EXISTS failures (
-    account TEXT NOT NULL,
+    account TEXT NOT NULL,       -- the principal that presented the refused credential
     source TEXT NOT NULL,
     time REAL NOT NULL
 );
@@ -91,30 +92,43 @@ class PolicyState:
         return found[1] if found and found[0] > now else None
 
     def block(self, kind: str, subject: str, until: float, reason: str) -> None:
+        """Block SUBJECT until UNTIL (math.inf: until cleared); a longer block in force
+        stays, with its reason."""
         with self.lock, self.db.write_transaction():
             self.db.execute(
                 "INSERT INTO blocks VALUES (?, ?, ?, ?) ON CONFLICT (kind, subject) DO UPDATE "
-                "SET until = CASE WHEN blocks.until > excluded.until THEN blocks.until "
-                "ELSE excluded.until END, reason = excluded.reason",
+                "SET reason = CASE WHEN blocks.until > excluded.until THEN blocks.reason "
+                "ELSE excluded.reason END, "
+                "until = CASE WHEN blocks.until > excluded.until THEN blocks.until "
+                "ELSE excluded.until END",
                 (kind, subject, until, reason),
             )
             self.db.execute(BUMP)
 
-    def unblock(self, kind: str, subject: str) -> int:
+    def unblock(self, kinds: str | tuple[str, ...], subject: str) -> int:
+        """Remove the blocks of SUBJECT of the given kind(s); how many there were."""
+        kinds = (kinds,) if isinstance(kinds, str) else kinds
+        removed = 0
         with self.lock, self.db.write_transaction():
-            removed = self.db.execute(
-                "DELETE FROM blocks WHERE kind = ? AND subject = ?", (kind, subject)
-            ).rowcount
+            for kind in kinds:
+                removed += self.db.execute(
+                    "DELETE FROM blocks WHERE kind = ? AND subject = ?", (kind, subject)
+                ).rowcount
             self.db.execute(BUMP)
-            return removed
+        return removed
 
     def active_blocks(self, now: float) -> list[dict]:
+        """The blocks in force; `until` is None for those that last until cleared."""
         with self.lock:
             rows = self.db.execute(
                 "SELECT kind, subject, until, reason FROM blocks WHERE until > ? ORDER BY until",
                 (now,),
             ).fetchall()
-        return [dict(zip(("kind", "subject", "until", "reason"), r, strict=True)) for r in rows]
+        return [
+            {"kind": kind, "subject": subject, "until": until if until != math.inf else None,
+             "reason": reason}
+            for kind, subject, until, reason in rows
+        ]  # fmt: skip
 
     def mode(self, name: str, default: str = "") -> str:
         self._current()

@@ -2,7 +2,9 @@
 
 Changes go through the service itself - never beside it - so that the one
 audit log writer records them (the actor is the administrator's certificate)
-and every worker sees them at once through the shared state.
+and every worker sees them at once through the shared state. The same routes
+are served on the local admin socket (local_admin.py), where the actor is
+the local user the kernel names, and no policy or automatic response applies.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ REVOKE = body(optional={"session_id": string(64), "principal": string(128),
                        "reason": string(500, 0)})  # fmt: skip
 BLOCK = body({"address": string(45)},
              {"minutes": integer(1, 525600), "reason": string(500, 0)})  # fmt: skip
-UNBLOCK = body({"address": string(45)})
+UNBLOCK = body(optional={"address": string(45), "principal": string(128)})
 REASON = body(optional={"reason": string(500, 0)})
 SHUTDOWN = body({"reason": string(500)})
 RECOVER = body({"note": string(500)})
@@ -68,8 +70,8 @@ ENDPOINTS = [
              (200,), ("admin",)),
     Endpoint("GET", "/v1/admin/acl", "Active blocks", None, (200,), ("admin",)),
     Endpoint("POST", "/v1/admin/acl/block", "Block a source address", BLOCK, (200,), ("admin",)),
-    Endpoint("POST", "/v1/admin/acl/unblock", "Unblock a source address", UNBLOCK, (200,),
-             ("admin",)),
+    Endpoint("POST", "/v1/admin/acl/unblock", "Unblock a source address or a principal",
+             UNBLOCK, (200,), ("admin",)),
     Endpoint("GET", "/v1/admin/plugins", "Plugins and their trust", None, (200,), ("admin",)),
     Endpoint("POST", "/v1/admin/plugins/{name}/{verb}", "approve, suspend or revoke a plugin",
              REASON, (200,), ("admin",)),
@@ -80,18 +82,29 @@ ENDPOINTS = [
 ]  # fmt: skip
 
 
-def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
+def admin_routes(
+    actions: AdminActions, intrusion=None, identify: Callable[[Request], str | None] | None = None
+) -> list[Route]:
+    """IDENTIFY names the actor of a request (None: refused); by default the
+    administrator or local operator of the client certificate."""
+
     def admin_only(handler):
         async def guarded(request: Request) -> Response:
+            if identify is not None:
+                actor = identify(request)
+                if actor is None:
+                    return error_response(403, "local operators only", "forbidden")
+                return await handler(request, actor)
             principal = request.state.principal
             actor = actor_of(principal, request, actions.operators)
             if actor is None:
                 if principal is not None and intrusion is not None:
                     # A non-administrator on the admin API: a privilege-escalation
-                    # attempt, which ends its sessions (seed 004 3.2).
+                    # attempt, which ends its sessions and locks the principal.
                     detail = f"{request.method} {request.url.path}"
+                    source = request.client.host if request.client else ""
                     await anyio.to_thread.run_sync(
-                        intrusion.privilege_escalation, principal.id, detail
+                        intrusion.privilege_escalation, principal.id, detail, source
                     )
                 return error_response(403, "administrators only", "forbidden")
             return await handler(request, actor)
@@ -125,6 +138,7 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         return JSONResponse({"revoked": count})
 
     async def acl_list(request: Request, actor: str) -> Response:
+        # None for `until`: the block lasts until an operator clears it.
         return JSONResponse(actions.policy_state.active_blocks(time.time()))
 
     async def acl_block(request: Request, actor: str) -> Response:
@@ -147,9 +161,17 @@ def admin_routes(actions: AdminActions, intrusion=None) -> list[Route]:
         data, refused = await read_body(request, UNBLOCK)
         if refused:
             return refused
-        removed = actions.policy_state.unblock("ip", data["address"])
-        await audited(actor, "acl.unblock", data["address"], {"removed": removed})
-        return JSONResponse({"unblocked": data["address"], "removed": removed})
+        if bool(data.get("address")) == bool(data.get("principal")):
+            return error_response(422, "give exactly one of address and principal")
+        if data.get("address"):
+            subject, kinds = data["address"], ("ip",)
+        else:
+            # A principal's lock (failed logins, privilege escalation) and its stop
+            # (transfer limit) both end.
+            subject, kinds = data["principal"], ("principal", "client")
+        removed = await anyio.to_thread.run_sync(actions.policy_state.unblock, kinds, subject)
+        await audited(actor, "acl.unblock", subject, {"kinds": list(kinds), "removed": removed})
+        return JSONResponse({"unblocked": subject, "removed": removed})
 
     async def plugins_list(request: Request, actor: str) -> Response:
         return JSONResponse(actions.registry.summary())

@@ -1,20 +1,30 @@
 """Intrusion detection fed from the request path, and its responses carried out.
 
-Failed authentications (refused tokens), the bytes each principal moves, and
-attempts to use the admin API without being an administrator go to the
-IntrusionDetector. Its responses (lock an account, block sources, stop a
-client, end sessions) are applied here and each one is an audit record, so
-operators see them (`securecore acl list`, the audit log).
+Failed authentications (refused tokens, counted against the principal that
+presented them), the bytes each principal moves, and attempts to use the
+admin API without being an administrator go to the IntrusionDetector. Its
+responses (lock a principal, stop a client, end its sessions) are applied here and each one is an
+audit record saying who, what, why and until when, so operators see them
+(`securecore acl list`, the audit log) and can clear them
+(`securecore acl unblock`, also over the local admin socket).
 """
 
 from __future__ import annotations
 
+import datetime
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 from securecore.policy.intrusion import IntrusionDetector, Response
 from securecore.sessions.manager import SessionManager
+
+
+def until_text(until: float) -> str:
+    if until == math.inf:
+        return "until cleared by an operator"
+    return datetime.datetime.fromtimestamp(until, datetime.UTC).isoformat()
 
 
 class IntrusionResponder:
@@ -31,7 +41,8 @@ class IntrusionResponder:
         self.audit(
             principal, "auth.failure", "securecore", "failure", {"code": code, "source": source}
         )
-        self.apply(self.detector.login_failed(principal, source, self.clock()))
+        evidence = {"principal": principal, "source": source, "code": code}
+        self.apply(self.detector.login_failed(principal, source, self.clock()), evidence)
 
     def transferred(self, principal: str, size: int) -> None:
         self.apply(self.count_transfer(principal, size))
@@ -40,14 +51,22 @@ class IntrusionResponder:
         """Count the bytes (microseconds, safe on the event loop); the responses due."""
         return self.detector.transferred(principal, size, self.clock()) if size else []
 
-    def privilege_escalation(self, principal: str, detail: str) -> None:
+    def privilege_escalation(self, principal: str, detail: str, source: str = "") -> None:
         responses = self.detector.privilege_escalation(principal, detail, self.clock())
-        self.apply(responses)
+        self.apply(responses, {"principal": principal, "request": detail, "source": source})
 
-    def apply(self, responses: list[Response]) -> None:
+    def apply(self, responses: list[Response], evidence: dict | None = None) -> None:
         for response in responses:
+            details = {
+                "kind": response.kind,
+                "reason": response.reason,
+                "until": until_text(response.until),
+                **({"evidence": evidence} if evidence else {}),
+            }
             if response.action == "end_session" and self.sessions is not None:
                 # The subject is the principal: every session it holds ends.
-                self.sessions.revoke_where(principal=response.subject, reason=response.reason)
+                details["sessions_revoked"] = self.sessions.revoke_where(
+                    principal=response.subject, reason=response.reason
+                )
             self.audit("securecore", f"intrusion.{response.action}", response.subject,
-                       "success", {"reason": response.reason})  # fmt: skip
+                       "success", details)  # fmt: skip

@@ -9,6 +9,10 @@ registry are shared through the data directory. A worker that dies is
 started again; SIGTERM stops the workers gracefully, then writes the last
 audit records and a final signed checkpoint.
 
+The admin routes are also served on the local admin socket DATA_DIR/admin.sock
+(securecore.server.local_admin): the operators' path on the host that no
+block or automatic response can close.
+
 SIGHUP (`systemctl reload securecore`) reads the TLS policy's certificates,
 keys, CA and CRL again without closing the listening socket or any
 connection (securecore.tls.ReloadableServerContext); a supervisor passes it
@@ -54,6 +58,9 @@ from securecore.server.admin_routes import AdminActions
 from securecore.server.app import create_app
 from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.live_metrics import live_state
+from securecore.server.local_admin import ServerWithLocalAdmin
+from securecore.server.local_admin import bind as bind_local_admin
+from securecore.server.local_admin import socket_path as local_admin_path
 from securecore.server.logs import log_config
 from securecore.server.plugin_routes import plugin_routes
 from securecore.server.replication_routes import replication_routes
@@ -123,10 +130,17 @@ def plugin_access(config: configuration.Config) -> tuple[AccessPolicy, EndpointP
 
 
 def build_server(
-    config: configuration.Config, audit: RemoteAuditLog | None = None
+    config: configuration.Config,
+    audit: RemoteAuditLog | None = None,
+    local_admin: socket.socket | None = None,
 ) -> uvicorn.Server:
-    """The service; AUDIT is the supervisor's writer when this is one of several workers."""
+    """The service; AUDIT is the supervisor's writer and LOCAL_ADMIN its admin
+    socket when this is one of several workers (else this process binds it)."""
     policy, host, port = tls_and_address(config)
+    if local_admin is None:
+        # First: a second service on this data directory stops here, before it
+        # opens the audit log, and leaves the running one's socket alone.
+        local_admin = bind_local_admin(local_admin_path(config.get("service", "data_dir")))
     tls = ReloadableServerContext(config.get("tls", "policy"))
     ring = open_key_ring(config)
 
@@ -233,7 +247,7 @@ def build_server(
         server_header=False,
         proxy_headers=False,  # no header may change who the client is
     )
-    server = uvicorn.Server(settings)
+    server = ServerWithLocalAdmin(settings, admin, local_admin)
 
     def reload_tls() -> None:
         """SIGHUP: certificates, keys, CA and CRL read again; connections stay."""
@@ -276,7 +290,10 @@ def serve(args: argparse.Namespace) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # held until handled
         server = build_server(config)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-        server.run()
+        try:
+            server.run()
+        finally:
+            local_admin_path(config.get("service", "data_dir")).unlink(missing_ok=True)
         return 0
     return supervise(config, workers)
 
@@ -298,10 +315,12 @@ def _end_with_the_supervisor() -> None:
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
-def _worker(config_path: str, listening: socket.socket, audit_socket: str) -> None:
+def _worker(
+    config_path: str, listening: socket.socket, audit_socket: str, local_admin: socket.socket
+) -> None:
     _end_with_the_supervisor()
     config = configuration.load(config_path)
-    server = build_server(config, audit=RemoteAuditLog(audit_socket))
+    server = build_server(config, audit=RemoteAuditLog(audit_socket), local_admin=local_admin)
     # Started with SIGHUP blocked (see start()): one sent meanwhile is held,
     # and arrives now that build_server handles it.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
@@ -319,6 +338,9 @@ def _fresh_metrics_dir(directory: Path) -> Path:
 def supervise(config: configuration.Config, workers: int) -> int:
     logging.config.dictConfig(log_config())
     _, host, port = tls_and_address(config)  # a bad policy stops us before any worker
+    # Bound before anything runs: a second service on this data directory stops here.
+    admin_path = local_admin_path(config.get("service", "data_dir"))
+    local_admin = bind_local_admin(admin_path)
     audit = open_audit_log(config, open_key_ring(config))
     writer = AuditWriterServer(audit, Path(config.get("service", "data_dir")) / "audit.sock")
     writer.start()
@@ -330,7 +352,7 @@ def supervise(config: configuration.Config, workers: int) -> int:
 
     def start() -> multiprocessing.Process:
         process = spawn.Process(
-            target=_worker, args=(str(config.path), listening, str(writer.path)),
+            target=_worker, args=(str(config.path), listening, str(writer.path), local_admin),
             name="securecore-worker",
         )  # fmt: skip
         # A reload must not kill a worker that is still starting (SIGHUP's default
@@ -374,6 +396,8 @@ def supervise(config: configuration.Config, workers: int) -> int:
         writer.stop()
         audit.close()  # the last records and a final signed checkpoint
         listening.close()
+        local_admin.close()
+        admin_path.unlink(missing_ok=True)
     return 0
 
 

@@ -109,3 +109,17 @@ def test_every_operator_action_is_in_the_audit_log(server) -> None:
     for action in ("session.revoke", "acl.block", "acl.unblock", "emergency.shutdown",
                    "emergency.recover"):  # fmt: skip
         assert action in actions, action
+
+
+def test_unblocking_names_exactly_one_subject_and_the_local_socket_is_named(server) -> None:
+    neither = admin(server, "acl", "unblock", "--local", check=False)
+    assert neither.returncode == 2 and "ADDRESS or --principal is required" in neither.stderr
+    both = admin(server, "acl", "unblock", "127.0.0.9", "--principal", "dmz/x", "--local",
+                 check=False)  # fmt: skip
+    assert both.returncode == 2 and "give ADDRESS or --principal, not both" in both.stderr
+    gone = admin(server, "acl", "list", "--socket", str(server["config"].parent / "nope.sock"),
+                 check=False)  # fmt: skip
+    assert gone.returncode == 2 and "local admin socket" in gone.stderr
+    assert "nope.sock: FileNotFoundError" in gone.stderr
+    cleared = json.loads(admin(server, "acl", "unblock", "--principal", "dmz/x", "--local").stdout)
+    assert cleared == {"unblocked": "dmz/x", "removed": 0}

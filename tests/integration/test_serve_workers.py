@@ -81,11 +81,22 @@ def test_a_killed_worker_is_replaced(server) -> None:
     assert "starting another" in server["log"].read_text()
 
 
+def test_the_local_admin_socket_is_served_by_the_workers_past_every_limit(server) -> None:
+    # The administrator is over its rate limit by now; the local path is not limited.
+    assert whoami(server).status == 429
+    for _ in range(4):  # new connections: whichever worker accepts answers
+        listed = securecore("acl", "list", "--local", "-c", str(server["config"]))
+        assert json.loads(listed.stdout) == []
+    path = server["config"].parent / "data" / "admin.sock"
+    assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
+
+
 def test_stopping_ends_every_process_and_the_audit_log_verifies(server) -> None:
     process = server["process"]
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
     assert process.returncode == 0
+    assert not (server["config"].parent / "data" / "admin.sock").exists()
     for pid in worker_pids(server):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 from pathlib import Path
 
 import pytest
@@ -95,32 +96,41 @@ def test_every_decision_is_audited_with_the_policy_version(state) -> None:
     assert other.policy.version != policy_engine.policy.version
 
 
-def test_five_failed_logins_in_five_minutes_lock_the_account(state) -> None:
+def test_five_failed_logins_in_five_minutes_lock_the_principal(state) -> None:
     clock = Clock()
     detector = IntrusionDetector(state)
     for minute in range(4):
         assert detector.login_failed("admin/bob", f"10.0.0.{minute}", clock.now + minute * 60) == []
     responses = detector.login_failed("admin/bob", "10.0.0.9", clock.now + 250)
-    assert [r.action for r in responses] == ["lock_account"]
+    assert [(r.action, r.kind, r.until) for r in responses] == [
+        ("lock_principal", "principal", clock.now + 250 + 900)
+    ]
     clock.now += 260
     decision = engine(state, clock).decide(ctx(principal="admin/bob"))
     assert not decision.allowed and decision.stage == "intrusion"
-    assert any(b["kind"] == "account" for b in state.active_blocks(clock.now))
+    assert [b["kind"] for b in state.active_blocks(clock.now)] == ["principal"]
     # Failures spread over more than five minutes lock nothing.
     for minute in range(5):
         assert detector.login_failed("admin/carol", "10.0.1.1", clock.now + minute * 90) == []
 
 
-def test_ten_failures_a_minute_from_many_sources_block_them_all(state) -> None:
+def test_failing_principals_never_block_their_address_or_anyone_else(state) -> None:
+    """Ten principals fail from one address (a NAT, a bastion) within a minute:
+    each is locked, the address is not, and an administrator there works on."""
     clock = Clock()
     detector = IntrusionDetector(state)
     responses = []
     for i in range(10):
-        responses = detector.login_failed(f"user-{i}", f"10.9.0.{i}", clock.now + i)
-    blocked = sorted(r.subject for r in responses if r.action == "block_source")
-    assert blocked == sorted(f"10.9.0.{i}" for i in range(10))
-    decision = engine(state, clock).decide(ctx(source="10.9.0.3"))
-    assert not decision.allowed and decision.stage == "acl" and "is blocked" in decision.reason
+        for attempt in range(5):
+            responses += detector.login_failed(f"dmz/web-{i}", "10.9.0.1", clock.now + attempt)
+    assert {(r.action, r.subject) for r in responses} == {
+        ("lock_principal", f"dmz/web-{i}") for i in range(10)
+    }
+    assert not [b for b in state.active_blocks(clock.now) if b["kind"] == "ip"]
+    policy_engine = engine(state, clock)
+    assert policy_engine.decide(ctx(source="10.9.0.1", principal="admin/alice")).allowed
+    refused = policy_engine.decide(ctx(source="10.9.0.1", principal="dmz/web-3"))
+    assert not refused.allowed and refused.stage == "intrusion"
 
 
 def test_more_than_100_mb_a_minute_stops_the_transfer(state) -> None:
@@ -139,13 +149,23 @@ def test_more_than_100_mb_a_minute_stops_the_transfer(state) -> None:
     assert detector.transferred("plugin/r", 90 * mb, MONDAY_10 + 65) == []
 
 
-def test_privilege_escalation_ends_the_session(state) -> None:
+def test_privilege_escalation_locks_the_principal_until_an_operator_clears_it(state) -> None:
     responses = IntrusionDetector(state).privilege_escalation(
-        "sid-1", "role admin asked", MONDAY_10
+        "plugin/p", "GET /v1/admin/acl", MONDAY_10
     )
-    assert [r.action for r in responses] == ["end_session"]
-    decision = engine(state, Clock()).decide(ctx(session_id="sid-1"))
-    assert not decision.allowed and "session sid-1 is blocked" in decision.reason
+    assert [(r.action, r.kind, r.until) for r in responses] == [
+        ("end_session", "principal", math.inf)
+    ]
+    a_year_later = Clock(MONDAY_10 + 365 * 86400)
+    decision = engine(state, a_year_later).decide(ctx(principal="plugin/p"))
+    assert not decision.allowed and "principal plugin/p is blocked: privilege" in decision.reason
+    [listed] = state.active_blocks(a_year_later.now)
+    assert listed["until"] is None and listed["subject"] == "plugin/p"
+    # A shorter lock later (failed logins) neither shortens it nor replaces its reason.
+    state.block("principal", "plugin/p", MONDAY_10 + 900, "5 failed logins")
+    assert state.blocked("principal", "plugin/p", a_year_later.now).startswith("privilege")
+    assert state.unblock(("principal", "client"), "plugin/p") == 1
+    assert engine(state, a_year_later).decide(ctx(principal="plugin/p")).allowed
 
 
 def test_rate_limits_refill_and_emergency_mode_cuts_them(state) -> None:

@@ -262,6 +262,33 @@ def test_emergency_shutdown_and_recovery_by_playbook(hosts, admin_client) -> Non
     assert admin_client("POST", "/v1/sessions")[0] == 201
 
 
+def test_a_privilege_escalation_locks_only_its_principal_and_the_local_path_clears_it(
+    hosts, admin_client
+) -> None:
+    # dmz-01's own principal tries the admin API from the address the
+    # administrator's requests come from too (admin_client runs on dmz-01).
+    dmz, core, address = hosts["dmz-01"], hosts["core-01"], str(CORE[0].address)
+    try:
+        assert https(dmz, address, "GET", "/v1/admin/acl")[0] == 403
+        status, refused = https(dmz, address, "POST", "/v1/sessions")
+        assert status == 403 and refused["error"]["code"] == "intrusion", refused
+        status, blocks = admin_client("GET", "/v1/admin/acl")  # the administrator works on
+        assert status == 200 and not [b for b in blocks if b["kind"] == "ip"], blocks
+        assert {(b["kind"], b["until"]) for b in blocks if b["subject"] == "dmz/dmz-01"} == {
+            ("principal", None)
+        }
+        # The local admin socket, through the unit's sandbox (PrivateUsers): root
+        # lists, the service user clears.
+        listed = json.loads(core.check_output(f"{SECURECORE} acl list --local -c {CONFIG}"))
+        assert "dmz/dmz-01" in [b["subject"] for b in listed]
+    finally:
+        core.check_output(f"{AS_SERVICE} {SECURECORE} acl unblock --principal dmz/dmz-01 "
+                          f"--local --by lab -c {CONFIG}")  # fmt: skip
+    assert https(dmz, address, "POST", "/v1/sessions")[0] == 201
+    assert not [b for b in admin_client("GET", "/v1/admin/acl")[1]
+                if b["subject"] == "dmz/dmz-01"]  # fmt: skip
+
+
 # Requests every 0.2 s from dmz-01 while a playbook runs: readiness, and a call through the
 # core to the plugin with a session made before; each answer's status and the fingerprint of
 # the certificate the core presented. Bounded by SECONDS and ended early by the STOP file.
