@@ -180,7 +180,8 @@ class TLSPolicy:
         context.verify_flags |= ssl.VERIFY_X509_STRICT | CRL_CHECKS[self.crl_check]
         self._load("ca_file", context.load_verify_locations)
         if self.crl_file is not None and self.crl_check != "none":
-            self.revocation_list()  # a CRL OpenSSL would trip on is refused here, named
+            # A CRL OpenSSL would trip on is refused here, named.
+            self.revocation_list(require_issuer=protocol == ssl.PROTOCOL_TLS_SERVER)
             self._load("crl_file", context.load_verify_locations)
         # Python cannot choose TLS 1.3 suites; make sure OpenSSL's enabled set
         # is within the policy rather than assume it.
@@ -194,13 +195,21 @@ class TLSPolicy:
 
     # --- the CRL ------------------------------------------------------------------
 
-    def revocation_list(self) -> x509.CertificateRevocationList | None:
+    def revocation_list(
+        self, *, require_issuer: bool = True
+    ) -> x509.CertificateRevocationList | None:
         """The CRL in crl_file, checked: it parses, it is signed by a CA this host trusts
         (ca_file, or a CA certificate in the chains of its own certificates that
         ca_file issued - the site's intermediate) and it has not expired.
         None if the policy checks no CRL. OpenSSL would otherwise load a CRL of
         another issuer or a forged one without a word and then refuse every
-        client, or (an expired one) refuse every client."""
+        client, or (an expired one) refuse every client.
+
+        A server has the site's intermediate in its own chain: its issuer is
+        REQUIRED. A client whose own chain lacks it (a certificate of another
+        CA) leaves the signature to OpenSSL, which checks it against the
+        peer's chain in every handshake and fails closed; a trusted issuer it
+        does know must have signed the CRL."""
         if self.crl_file is None or self.crl_check == "none":
             return None
         where = f"{self.source}: crl_file = {self.crl_file}"
@@ -210,7 +219,10 @@ class TLSPolicy:
             raise TLSPolicyError(f"{where}: cannot read it ({error.strerror})") from error
         except ValueError as error:
             raise TLSPolicyError(f"{where}: not a PEM CRL ({error})") from error
-        if not any(crl.is_signature_valid(ca.public_key()) for ca in self._crl_issuers(crl)):
+        issuers = self._crl_issuers(crl)
+        if (issuers or require_issuer) and not any(
+            crl.is_signature_valid(ca.public_key()) for ca in issuers
+        ):
             raise TLSPolicyError(
                 f"{where}: not signed by a CA this host trusts (issuer "
                 f"{crl.issuer.rfc4514_string()}): refused"

@@ -75,8 +75,8 @@ def with_crl(directory: Path, site: dict) -> None:
     alice = directory / "alice"
     alice.mkdir()
     issue_development_leaf(alice, "admin", ca, ca_key)
-    site.update(ca=ca, ca_key=ca_key, alice=alice, tls=tls,
-                first_crl=write_crl(tls, ca, ca_key, issued=NOW - datetime.timedelta(hours=1)))  # fmt: skip
+    first_crl = write_crl(tls, ca, ca_key, issued=NOW - datetime.timedelta(hours=1))
+    site.update(ca=ca, ca_key=ca_key, alice=alice, tls=tls, first_crl=first_crl)
     for name in ("policy.json", "plugin-policy.json"):
         policy = json.loads((tls / name).read_text())
         policy.update(crl_check="leaf", crl_file=str(tls / "crl.pem"), watch_seconds=WATCH)
@@ -198,9 +198,7 @@ def test_a_certificate_revoked_on_disk_is_cut_off_with_its_sessions(tmp_path: Pa
         assert_cut_off(port, alice, session)
 
         # Her token from another (valid) certificate of the same principal: refused.
-        other = http.client.HTTPSConnection(
-            "127.0.0.1", port, context=client(tls, tls), timeout=10
-        )
+        other = http.client.HTTPSConnection("127.0.0.1", port, context=client(tls, tls), timeout=10)
         other.request("GET", "/v1/sessions/current", headers={"Authorization": f"Bearer {token}"})
         assert other.getresponse().status == 401
         other.close()
@@ -210,7 +208,9 @@ def test_a_certificate_revoked_on_disk_is_cut_off_with_its_sessions(tmp_path: Pa
         ended = [json.loads(line)["record"] for line in exported if "revoked_by_crl" in line]
         assert ended, "no audit record of the sessions ended by the CRL"
         assert ended[0]["details"]["sessions"][0]["id"] == pair["session_id"]
-        assert ended[0]["details"]["serials"] == [format(serial_of(site["alice"] / "admin.pem"), "x")]
+        assert ended[0]["details"]["serials"] == [
+            format(serial_of(site["alice"] / "admin.pem"), "x")
+        ]
         assert "changed on disk" in server["log"].read_text()
 
 
@@ -226,9 +226,13 @@ def test_a_bad_crl_on_disk_keeps_the_one_in_force(tmp_path: Path) -> None:
         bad = {
             "corrupt": lambda: replace(tls / "crl.pem", b"-----BEGIN X509 CRL-----\nbroken\n"),
             "forged": lambda: write_crl(tls, forger, forger_key),
-            "expired": lambda: write_crl(tls, site["ca"], site["ca_key"],
-                                         issued=NOW - datetime.timedelta(days=9),
-                                         expires=NOW - datetime.timedelta(days=1)),  # fmt: skip
+            "expired": lambda: write_crl(
+                tls,
+                site["ca"],
+                site["ca_key"],
+                issued=NOW - datetime.timedelta(days=9),
+                expires=NOW - datetime.timedelta(days=1),
+            ),
             "older": lambda: replace(tls / "crl.pem", site["first_crl"]),  # a rollback
             "empty": lambda: replace(tls / "crl.pem", b""),
         }
