@@ -15,6 +15,7 @@ the one in force is refused: the previous one stays in force.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import json
@@ -296,6 +297,48 @@ def _is_ca(certificate: x509.Certificate) -> bool:
         return False
 
 
+class LiveConnections:
+    """The TLS connections this process serves, with their client certificates.
+
+    TLS checks a certificate once, in the handshake: a connection opened
+    before a CRL revoked its certificate would go on (HTTP keep-alive) with
+    whatever needs no session - the admin API is certificate-only. So a newly
+    loaded CRL also ends the connections of the certificates it revokes.
+    securecore.server.tls_scope adds and removes every connection.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, tuple[Any, asyncio.AbstractEventLoop, bytes]] = {}
+
+    def add(self, transport: Any, certificate_der: bytes | None) -> None:
+        """On the event loop, when the connection is made."""
+        if certificate_der:
+            with self._lock:
+                self._live[id(transport)] = (transport, asyncio.get_running_loop(), certificate_der)
+
+    def discard(self, transport: Any) -> None:
+        with self._lock:
+            self._live.pop(id(transport), None)
+
+    def end_revoked(self, crl: x509.CertificateRevocationList) -> int:
+        """Abort (from any thread) the connections whose certificate CRL revokes."""
+        with self._lock:
+            live = list(self._live.values())
+        ended = 0
+        for transport, loop, der in live:
+            certificate = x509.load_der_x509_certificate(der)
+            if certificate.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(
+                certificate.serial_number
+            ):
+                loop.call_soon_threadsafe(transport.abort)
+                ended += 1
+        return ended
+
+
+LIVE_CONNECTIONS = LiveConnections()
+
+
 class ReloadableServerContext:
     """A server context whose certificate, key, CA and CRL can be read again while serving.
 
@@ -347,6 +390,9 @@ class ReloadableServerContext:
         # or the new one, never a half-loaded one.
         current = policy.server_context()
         self.current, self.policy, self.crl = current, policy, crl
+        ended = LIVE_CONNECTIONS.end_revoked(crl) if crl is not None else 0
+        if ended:
+            log.warning("%d open connection(s) ended: their certificates are now revoked", ended)
         return policy
 
     def watched_files(self) -> list[Path]:
