@@ -88,14 +88,14 @@ def revoke(site: dict, *certificates: Path) -> None:
 
 
 @contextmanager
-def crl_server(tmp_path: Path):
+def crl_server(tmp_path: Path, workers: int = 1):
     site: dict = {}
 
     def prepare(text: str) -> str:
         with_crl(tmp_path / "dev", site)
         return text
 
-    with dev_server(tmp_path / "dev", edit_config=prepare) as server:
+    with dev_server(tmp_path / "dev", workers=workers, edit_config=prepare) as server:
         yield server, site
 
 
@@ -210,6 +210,21 @@ def test_a_certificate_revoked_on_disk_is_cut_off_with_its_sessions(tmp_path: Pa
         assert ended[0]["details"]["serials"] == [serial]
         log = server["log"].read_text()
         assert "changed on disk" in log and "open connection(s) ended" in log
+
+
+def test_every_worker_cuts_off_a_revoked_certificate(tmp_path: Path) -> None:
+    with crl_server(tmp_path, workers=2) as (server, site):
+        port, tls = server["port"], site["tls"]
+        alice = client(tls, site["alice"])
+        session = assert_no_ticket(port, alice)
+        revoke(site, site["alice"] / "admin.pem")
+        assert_cut_off(port, alice, session)
+        # New connections land on either worker: within the bound, every one refuses
+        # her (each worker watches the files itself) and serves the others.
+        deadline = time.monotonic() + BOUND
+        while not all("refused" in fetch(port, alice) for _ in range(12)):
+            assert time.monotonic() < deadline, "a worker still accepts the revoked certificate"
+        assert all(fetch(port, client(tls, tls)).get("status") == "200" for _ in range(6))
 
 
 def test_a_bad_crl_on_disk_keeps_the_one_in_force(tmp_path: Path) -> None:
