@@ -345,8 +345,9 @@ class ReloadableServerContext:
     Every handshake starts on `context`; its SNI callback - which OpenSSL calls
     for every ClientHello, with a server name or without - moves the
     connection to the newest context. So a reload (after a key rotation, a
-    renewal or a new CRL) applies to the next handshake and never touches an
-    established connection, and nothing stops listening. A reload that fails
+    renewal or a new CRL) applies to the next handshake, nothing stops
+    listening, and established connections carry on - except those of a
+    certificate the new CRL revokes, which end (LiveConnections). A reload that fails
     (a half-written file, a key that does not match, a CRL that is forged,
     expired or older than the one in force) leaves the current context
     serving and raises TLSPolicyError.

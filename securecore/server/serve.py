@@ -14,8 +14,8 @@ keys, CA and CRL again without closing the listening socket or any
 connection (securecore.tls.ReloadableServerContext); a supervisor passes it
 on to its workers. Each worker also watches those files and reloads them by
 itself within the policy's `watch_seconds` of a change (a new CRL applies
-with no signal at all), and ends the sessions bound to certificates the CRL
-revokes. HSM key versions need no reload: the key ring asks the token for
+with no signal at all), and ends the open connections and the sessions of
+the certificates the CRL revokes. HSM key versions need no reload: the key ring asks the token for
 the newest version on every use.
 """
 
