@@ -3,15 +3,32 @@
 roles/pki writes the policy to /etc/securecore/tls/policy.json on every host;
 every service of the site (the core, plugins, probes) builds its SSL contexts
 here, so that no service can drift from the policy on its own.
+
+Revocation is bounded in time: servers issue no session tickets, so every
+connection is a full handshake that checks the chain against the CRL in
+force; and a serving process watches the policy and the files it names
+(TLSFileWatcher), loading a changed CRL, CA, certificate or key within
+`watch_seconds` (at most 60) without a reload signal. A CRL that does not
+parse, is not signed by a CA this host trusts, has expired or is older than
+the one in force is refused: the previous one stays in force.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import hashlib
 import json
+import logging
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 # TLS 1.3 suites are all AEAD; these are the ones OpenSSL enables. The CCM
 # suites (TLS_AES_128_CCM*) are left out, as OpenSSL does by default.
@@ -22,6 +39,11 @@ CRL_CHECKS = {
     "leaf": ssl.VERIFY_CRL_CHECK_LEAF,
     "chain": ssl.VERIFY_CRL_CHECK_CHAIN,
 }
+# How often a serving process looks at its TLS files; the time from a CRL
+# written on disk to its revocations refusing handshakes is at most this.
+DEFAULT_WATCH_SECONDS = 5.0
+MAX_WATCH_SECONDS = 60.0
+log = logging.getLogger("securecore.tls")
 _PATH_KEYS = (
     "ca_file",
     "crl_file",
@@ -49,6 +71,7 @@ class TLSPolicy:
     ciphersuites: tuple[str, ...] = AEAD_SUITES
     verify_client: str = "required"
     crl_check: str = "leaf"
+    watch_seconds: float = DEFAULT_WATCH_SECONDS
     source: str = "<policy>"
 
     @classmethod
@@ -113,12 +136,32 @@ class TLSPolicy:
             )
         if self.crl_check != "none" and self.crl_file is None:
             raise TLSPolicyError(f"{where}: crl_check = {self.crl_check!r} needs crl_file")
+        seconds = self.watch_seconds
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds <= MAX_WATCH_SECONDS
+        ):
+            raise TLSPolicyError(
+                f"{where}: watch_seconds = {seconds!r}: a number of seconds, more than 0 and "
+                f"at most {MAX_WATCH_SECONDS:g} (the bound on how late a revocation applies)"
+            )
 
     # --- contexts ---------------------------------------------------------------
 
     def server_context(self) -> ssl.SSLContext:
-        """A server that accepts only TLS 1.3 clients presenting a valid, unrevoked certificate."""
+        """A server that accepts only TLS 1.3 clients presenting a valid, unrevoked certificate.
+
+        It issues no session tickets: a resumed TLS 1.3 session carries the
+        client's certificate from its first handshake and is never checked
+        against a newer CRL (and ticket keys outlive a reload), so every
+        connection is a full handshake instead. OP_NO_TICKET alone would
+        make OpenSSL issue stateful TLS 1.3 tickets; num_tickets = 0 issues
+        none.
+        """
         context = self._context(ssl.PROTOCOL_TLS_SERVER)
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
         self._load_chain(context, "server_certificate", "server_key")
         return context
 
@@ -138,6 +181,8 @@ class TLSPolicy:
         context.verify_flags |= ssl.VERIFY_X509_STRICT | CRL_CHECKS[self.crl_check]
         self._load("ca_file", context.load_verify_locations)
         if self.crl_file is not None and self.crl_check != "none":
+            # A CRL OpenSSL would trip on is refused here, named.
+            self.revocation_list(require_issuer=protocol == ssl.PROTOCOL_TLS_SERVER)
             self._load("crl_file", context.load_verify_locations)
         # Python cannot choose TLS 1.3 suites; make sure OpenSSL's enabled set
         # is within the policy rather than assume it.
@@ -148,6 +193,69 @@ class TLSPolicy:
                 f"{self.source}: OpenSSL enables TLS 1.3 suites outside the policy: {outside}"
             )
         return context
+
+    # --- the CRL ------------------------------------------------------------------
+
+    def revocation_list(
+        self, *, require_issuer: bool = True
+    ) -> x509.CertificateRevocationList | None:
+        """The CRL in crl_file, checked: it parses, it is signed by a CA this host trusts
+        (ca_file, or a CA certificate in the chains of its own certificates that
+        ca_file issued - the site's intermediate) and it has not expired.
+        None if the policy checks no CRL. OpenSSL would otherwise load a CRL of
+        another issuer or a forged one without a word and then refuse every
+        client, or (an expired one) refuse every client.
+
+        A server has the site's intermediate in its own chain: its issuer is
+        REQUIRED. A client whose own chain lacks it (a certificate of another
+        CA) leaves the signature to OpenSSL, which checks it against the
+        peer's chain in every handshake and fails closed; a trusted issuer it
+        does know must have signed the CRL."""
+        if self.crl_file is None or self.crl_check == "none":
+            return None
+        where = f"{self.source}: crl_file = {self.crl_file}"
+        try:
+            crl = x509.load_pem_x509_crl(Path(self.crl_file).read_bytes())
+        except OSError as error:
+            raise TLSPolicyError(f"{where}: cannot read it ({error.strerror})") from error
+        except ValueError as error:
+            raise TLSPolicyError(f"{where}: not a PEM CRL ({error})") from error
+        issuers = self._crl_issuers(crl)
+        if (issuers or require_issuer) and not any(
+            crl.is_signature_valid(ca.public_key()) for ca in issuers
+        ):
+            raise TLSPolicyError(
+                f"{where}: not signed by a CA this host trusts (issuer "
+                f"{crl.issuer.rfc4514_string()}): refused"
+            )
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update < datetime.datetime.now(datetime.UTC):
+            raise TLSPolicyError(f"{where}: expired at {next_update.isoformat()}: refused")
+        return crl
+
+    def _crl_issuers(self, crl: x509.CertificateRevocationList) -> list[x509.Certificate]:
+        anchors = _certificates(self.ca_file)
+        chains = [
+            certificate
+            for key in ("server_certificate", "client_certificate")
+            for certificate in _certificates(getattr(self, key))
+        ]
+        issuers = [ca for ca in anchors if ca.subject == crl.issuer]
+        for candidate in chains:
+            if candidate.subject != crl.issuer or not _is_ca(candidate):
+                continue
+            for anchor in anchors:
+                try:
+                    candidate.verify_directly_issued_by(anchor)
+                except (ValueError, TypeError, InvalidSignature):
+                    continue
+                issuers.append(candidate)
+                break
+        return issuers
+
+    def watched_files(self) -> list[Path]:
+        """The files a serving process reads its TLS from (watched for changes)."""
+        return [getattr(self, key) for key in _PATH_KEYS if getattr(self, key) is not None]
 
     def _load(self, key: str, loader) -> None:
         path = getattr(self, key)
@@ -171,16 +279,78 @@ class TLSPolicy:
             ) from error
 
 
+def _certificates(path: Path | None) -> list[x509.Certificate]:
+    """The certificates in a PEM file; none if it is missing or unreadable (the
+    context load that follows names that error)."""
+    if path is None:
+        return []
+    try:
+        return x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return []
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+class LiveConnections:
+    """The TLS connections this process serves, with their client certificates.
+
+    TLS checks a certificate once, in the handshake: a connection opened
+    before a CRL revoked its certificate would go on (HTTP keep-alive) with
+    whatever needs no session - the admin API is certificate-only. So a newly
+    loaded CRL also ends the connections of the certificates it revokes.
+    securecore.server.tls_scope adds and removes every connection.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, tuple[Any, asyncio.AbstractEventLoop, bytes]] = {}
+
+    def add(self, transport: Any, certificate_der: bytes | None) -> None:
+        """On the event loop, when the connection is made."""
+        if certificate_der:
+            with self._lock:
+                self._live[id(transport)] = (transport, asyncio.get_running_loop(), certificate_der)
+
+    def discard(self, transport: Any) -> None:
+        with self._lock:
+            self._live.pop(id(transport), None)
+
+    def end_revoked(self, crl: x509.CertificateRevocationList) -> int:
+        """Abort (from any thread) the connections whose certificate CRL revokes."""
+        with self._lock:
+            live = list(self._live.values())
+        ended = 0
+        for transport, loop, der in live:
+            certificate = x509.load_der_x509_certificate(der)
+            if certificate.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(
+                certificate.serial_number
+            ):
+                loop.call_soon_threadsafe(transport.abort)
+                ended += 1
+        return ended
+
+
+LIVE_CONNECTIONS = LiveConnections()
+
+
 class ReloadableServerContext:
     """A server context whose certificate, key, CA and CRL can be read again while serving.
 
     Every handshake starts on `context`; its SNI callback - which OpenSSL calls
     for every ClientHello, with a server name or without - moves the
     connection to the newest context. So a reload (after a key rotation, a
-    renewal or a new CRL) applies to the next handshake and never touches an
-    established connection, and nothing stops listening. A reload that fails
-    (a half-written file, a key that does not match) leaves the current
-    context serving and raises TLSPolicyError.
+    renewal or a new CRL) applies to the next handshake, nothing stops
+    listening, and established connections carry on - except those of a
+    certificate the new CRL revokes, which end (LiveConnections). A reload that fails
+    (a half-written file, a key that does not match, a CRL that is forged,
+    expired or older than the one in force) leaves the current context
+    serving and raises TLSPolicyError.
 
     The protocol versions and the verification flags come from the entry
     context: changing those in the policy needs a restart.
@@ -189,6 +359,7 @@ class ReloadableServerContext:
     def __init__(self, policy_file: str | Path) -> None:
         self.policy_file = Path(policy_file)
         self.policy = TLSPolicy.from_file(self.policy_file)
+        self.crl = self.policy.revocation_list()
         self.current = self.policy.server_context()
         self.context = self.policy.server_context()
         self.context.sni_callback = self._newest
@@ -196,8 +367,108 @@ class ReloadableServerContext:
     def _newest(self, ssl_object: Any, server_name: str | None, context: ssl.SSLContext) -> None:
         ssl_object.context = self.current
 
+    @property
+    def revoked_serials(self) -> frozenset[int]:
+        """The serial numbers the CRL in force revokes."""
+        return frozenset(entry.serial_number for entry in self.crl or ())
+
     def reload(self) -> TLSPolicy:
         policy = TLSPolicy.from_file(self.policy_file)
-        self.current = policy.server_context()
-        self.policy = policy
+        crl = policy.revocation_list()
+        # An older CRL of the same CA put back (it lacks the newest revocations)
+        # is a rollback.
+        in_force = self.crl
+        if (
+            crl is not None and in_force is not None and crl.issuer == in_force.issuer
+            and crl.last_update_utc < in_force.last_update_utc
+        ):  # fmt: skip
+            raise TLSPolicyError(
+                f"{policy.source}: crl_file = {policy.crl_file}: issued "
+                f"{crl.last_update_utc.isoformat()}, older than the CRL in force "
+                f"({in_force.last_update_utc.isoformat()}): refused"
+            )
+        # Built whole before it is swapped in: a handshake sees the old context
+        # or the new one, never a half-loaded one.
+        current = policy.server_context()
+        self.current, self.policy, self.crl = current, policy, crl
+        ended = LIVE_CONNECTIONS.end_revoked(crl) if crl is not None else 0
+        if ended:
+            log.warning("%d open connection(s) ended: their certificates are now revoked", ended)
         return policy
+
+    def watched_files(self) -> list[Path]:
+        return [self.policy_file, *self.policy.watched_files()]
+
+
+class TLSFileWatcher:
+    """Calls ON_CHANGE (in its own thread) when one of FILES() changes, at most
+    INTERVAL seconds after, or at once when asked (`reload_now`, for SIGHUP).
+
+    A change is a different content (SHA-256) or a file appearing or going away:
+    comparing contents rather than times catches an edit within the same
+    second and a file put back with its old time. Files are read every
+    INTERVAL; TLS material is a few kilobytes. A failing ON_CHANGE is logged
+    and tried again on the next change (a certificate and its key written one
+    after the other load once both are there).
+    """
+
+    def __init__(
+        self,
+        files: Callable[[], list[Path]],
+        on_change: Callable[[str], None],
+        interval: float,
+        name: str = "tls-watch",
+    ) -> None:
+        self.files, self.on_change = files, on_change
+        self.interval = min(max(float(interval), 0.05), MAX_WATCH_SECONDS)
+        self._seen = self._fingerprint()
+        self._wake = threading.Event()
+        self._forced = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> TLSFileWatcher:
+        self._thread.start()
+        return self
+
+    def reload_now(self) -> None:
+        """Safe in a signal handler: only sets a flag and wakes the thread."""
+        self._forced = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _fingerprint(self) -> dict[str, str | None]:
+        seen: dict[str, str | None] = {}
+        for path in self.files():
+            try:
+                seen[str(path)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError:
+                seen[str(path)] = None
+        return seen
+
+    def check(self) -> None:
+        """One look at the files (the thread does this every interval)."""
+        forced, self._forced = self._forced, False
+        now = self._fingerprint()
+        changed = sorted(path for path in set(now) | set(self._seen)
+                         if now.get(path) != self._seen.get(path))  # fmt: skip
+        if not (forced or changed):
+            return
+        self._seen = now
+        trigger = "reload signal" if forced else "changed on disk: " + ", ".join(changed)
+        try:
+            self.on_change(trigger)
+        except Exception:  # the watcher must outlive any failure, and say it
+            log.exception("reloading the TLS files (%s) failed", trigger)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if not self._stopping:
+                self.check()

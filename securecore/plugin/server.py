@@ -14,7 +14,10 @@ refused with 400 and a JSON error naming why; it is never handled.
 
 SIGHUP reads the TLS certificate, key, CA and CRL again while serving (after
 a rotation); channels set up before it keep answering with the key the core
-pinned for them until the plugin registers again.
+pinned for them until the plugin registers again. The plugin also watches
+those files and reloads them by itself within the TLS policy's
+`watch_seconds` of a change: a core certificate revoked in the CRL on disk is
+refused without any signal (and no session ticket lets it resume).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from securecore.crypto.channel import (
 from securecore.server.identity import IdentityError, principal_from_scope
 from securecore.server.logs import log_config
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
-from securecore.tls import ReloadableServerContext, TLSPolicy, TLSPolicyError
+from securecore.tls import ReloadableServerContext, TLSFileWatcher, TLSPolicy, TLSPolicyError
 
 CORE = "core"
 PING = "securecore.ping"
@@ -164,14 +167,15 @@ class PluginServer:
         self.signer_kid = certificate_kid(certificate)
         self.signers[self.signer_kid] = self.sign
 
-    def reload(self) -> None:
-        """SIGHUP: the certificate, key, CA and CRL read again; connections stay."""
+    def reload(self, trigger: str = "reload signal") -> None:
+        """SIGHUP or a TLS file changed: the certificate, key, CA and CRL read again;
+        connections stay."""
         try:
             self._use_certificate(self.tls.reload())
         except (TLSPolicyError, OSError, ValueError) as error:
             log.error("TLS reload failed, the current certificate stays: %s", error)
             return
-        log.info("TLS reloaded: answering new channels as %s", self.signer_kid)
+        log.info("TLS reloaded (%s): answering new channels as %s", trigger, self.signer_kid)
 
     # --- the ASGI application ---------------------------------------------------------
 
@@ -275,8 +279,15 @@ class PluginServer:
         )  # fmt: skip
         return uvicorn.Server(settings)
 
+    def watch(self) -> TLSFileWatcher:
+        """Reload whenever a TLS file changes (and at once on reload_now())."""
+        return TLSFileWatcher(
+            self.tls.watched_files, self.reload, self.tls.policy.watch_seconds
+        ).start()
+
     def run(self, host: str, port: int) -> None:
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.reload())
+        watcher = self.watch()
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.reload_now())
         self.server(host, port).run()
 
 

@@ -96,6 +96,9 @@ def plugin_routes(
         if done.state != "active":  # registered again while suspended: no session
             return JSONResponse(answer, status_code=201)
         # Step 5: the plugin's own session, for its calls to the core.
+        await anyio.to_thread.run_sync(
+            sessions.note_certificate, principal.thumbprint, principal.serial
+        )  # a CRL naming this certificate finds the session
         pair = await anyio.to_thread.run_sync(sessions.create, principal.id, principal.thumbprint)
         answer["session"] = token_pair_json(pair)
         return JSONResponse(answer, status_code=201)

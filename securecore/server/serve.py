@@ -16,8 +16,11 @@ block or automatic response can close.
 SIGHUP (`systemctl reload securecore`) reads the TLS policy's certificates,
 keys, CA and CRL again without closing the listening socket or any
 connection (securecore.tls.ReloadableServerContext); a supervisor passes it
-on to its workers. HSM key versions need no reload: the key ring asks the
-token for the newest version on every use.
+on to its workers. Each worker also watches those files and reloads them by
+itself within the policy's `watch_seconds` of a change (a new CRL applies
+with no signal at all), and ends the open connections and the sessions of
+the certificates the CRL revokes. HSM key versions need no reload: the key ring asks the token for
+the newest version on every use.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ from securecore.server.replication_routes import replication_routes
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.sessions.manager import SessionManager
 from securecore.state_db import open_state
-from securecore.tls import ReloadableServerContext, TLSPolicy, TLSPolicyError
+from securecore.tls import ReloadableServerContext, TLSFileWatcher, TLSPolicy, TLSPolicyError
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
 log = logging.getLogger("securecore.serve")
@@ -249,8 +252,9 @@ def build_server(
     )
     server = ServerWithLocalAdmin(settings, admin, local_admin)
 
-    def reload_tls() -> None:
-        """SIGHUP: certificates, keys, CA and CRL read again; connections stay."""
+    def reload_tls(trigger: str) -> None:
+        """SIGHUP or a TLS file changed: certificates, keys, CA and CRL read again;
+        connections stay. Runs in the watcher's thread, one reload at a time."""
         try:
             fresh = tls.reload()
             client_policy = plugin_client_policy(config, fresh)
@@ -259,16 +263,38 @@ def build_server(
         except (TLSPolicyError, ConfigError, OSError, ValueError) as error:
             log.error("TLS reload failed, the current certificates stay: %s", error)
             audit.append("securecore", "service.tls_reload", str(tls.policy_file), "failure",
-                         {"error": str(error)})  # fmt: skip
+                         {"error": str(error), "trigger": trigger})  # fmt: skip
             return
+        watcher.interval = fresh.watch_seconds
         operators.intersection_update(own)
         operators.update(own)
         served = certificate_summary(fresh.server_certificate)
-        log.info("TLS reloaded: serving certificate %s", served["serial"], extra=served)
-        audit.append("securecore", "service.tls_reload", str(tls.policy_file), "success", served)
+        log.info("TLS reloaded (%s): serving certificate %s", trigger, served["serial"],
+                 extra=served)  # fmt: skip
+        audit.append("securecore", "service.tls_reload", str(tls.policy_file), "success",
+                     {**served, "trigger": trigger})  # fmt: skip
+        end_revoked_sessions(tls, sessions, audit.append)
 
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_tls())
+    end_revoked_sessions(tls, sessions, audit.append)  # revoked while the service was down
+    watcher = TLSFileWatcher(tls.watched_files, reload_tls, tls.policy.watch_seconds).start()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.reload_now())
     return server
+
+
+def end_revoked_sessions(tls: ReloadableServerContext, sessions: SessionManager, audit) -> None:
+    """Revoke the sessions bound to a certificate the CRL in force revokes, and audit it:
+    a token must not outlive the certificate it was bound to (and is refused
+    whatever certificate presents it)."""
+    serials = [format(serial, "x") for serial in tls.revoked_serials]
+    if not serials:
+        return
+    ended = sessions.revoke_by_certificate(serials, reason="certificate revoked (CRL)")
+    if not ended:
+        return
+    log.warning("%d session(s) ended: their certificates are revoked", len(ended))
+    audit("securecore", "session.revoked_by_crl", str(tls.policy.crl_file), "success", {
+        "sessions": ended, "serials": sorted({session["serial"] for session in ended}),
+    })  # fmt: skip
 
 
 def certificate_summary(path: str | Path | None) -> dict[str, str]:

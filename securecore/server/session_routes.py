@@ -71,11 +71,15 @@ def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
 
     async def create(request: Request) -> Response:
         principal = request.state.principal
+
+        def issue() -> TokenPair:
+            # Noted first: a CRL naming this certificate finds the session.
+            sessions.note_certificate(principal.thumbprint, principal.serial)
+            return sessions.create(principal.id, principal.thumbprint)
+
         try:
             # Issuing commits durably (an fsync): off the event loop.
-            pair = await anyio.to_thread.run_sync(
-                sessions.create, principal.id, principal.thumbprint
-            )
+            pair = await anyio.to_thread.run_sync(issue)
         except TokenError as error:
             return await refused(request, error)
         return JSONResponse(token_pair_json(pair), status_code=201)

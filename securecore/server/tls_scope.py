@@ -16,6 +16,8 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from securecore.tls import LIVE_CONNECTIONS
+
 # IANA TLS versions and TLS 1.3 cipher suites, as the extension wants numbers.
 TLS_VERSIONS = {"TLSv1.3": 0x0304, "TLSv1.2": 0x0303}
 CIPHER_SUITES = {
@@ -55,15 +57,24 @@ class _WithTLS:
 
 
 class _TLSScope:
-    """Mixed into a uvicorn HTTP protocol (one instance per connection)."""
+    """Mixed into a uvicorn HTTP protocol (one instance per connection). Each
+    connection is known to LIVE_CONNECTIONS while open, so that a CRL that
+    revokes its certificate later ends it."""
 
     app: Any
+    transport: Any
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # type: ignore[misc]
         tls = tls_extension(transport)
         if tls is not None:
             self.app = _WithTLS(self.app, tls)
+            ssl_object = transport.get_extra_info("ssl_object")
+            LIVE_CONNECTIONS.add(transport, ssl_object.getpeercert(binary_form=True))
+
+    def connection_lost(self, exc) -> None:  # type: ignore[override]
+        LIVE_CONNECTIONS.discard(self.transport)
+        super().connection_lost(exc)  # type: ignore[misc]
 
 
 class TLSScopeH11Protocol(_TLSScope, H11Protocol):

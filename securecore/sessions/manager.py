@@ -9,6 +9,9 @@
   at most `max_sessions` live sessions.
 - A principal that is suspended or revoked (`refusal` says why, e.g. a plugin
   the registry suspended) gets no session and cannot refresh one.
+- A session ends when the certificate it is bound to is revoked: the serial
+  of each certificate that sessions are issued to is noted, and a CRL that
+  names it revokes them (`revoke_by_certificate`).
 State lives in SQLite (the service's database), so every worker sees the
 same revocations. Issuing, refreshing and revoking commit durably before
 they answer; the "last seen" time that idleness is measured by is noted in
@@ -23,7 +26,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,16 @@ CREATE TABLE IF NOT EXISTS sessions (
     binding TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_principal ON sessions (principal);
+CREATE TABLE IF NOT EXISTS session_certificates (
+    binding TEXT PRIMARY KEY,
+    serial TEXT NOT NULL,
+    noted REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS session_certificates_serial ON session_certificates (serial);
+CREATE TABLE IF NOT EXISTS revoked_certificates (
+    serial TEXT PRIMARY KEY,
+    noted REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS refresh_tokens (
     digest TEXT PRIMARY KEY,
     session_id TEXT NOT NULL REFERENCES sessions (id),
@@ -62,6 +75,12 @@ class TokenPair:
     refresh_token: str
     expires_in: int
     session_id: str
+
+
+_BY_SERIAL = (
+    "SELECT s.id, s.principal, c.serial FROM sessions s JOIN session_certificates c "
+    "ON c.binding = s.binding WHERE s.revoked_at IS NULL AND c.serial IN "
+)
 
 
 def _digest(token: str) -> str:
@@ -285,6 +304,54 @@ class SessionManager:
             query, arguments = query + " AND principal = ?", [*arguments, principal]
         with self._lock:
             return self._db.execute(query, arguments).rowcount
+
+    # --- certificates and their revocation -----------------------------------------
+
+    def note_certificate(self, certificate_thumbprint: str, serial: str) -> None:
+        """Remember that the certificate with this x5t#S256 thumbprint has SERIAL (hex),
+        before a session is bound to it, so that its revocation can find the session.
+        A certificate a loaded CRL revoked gets no session: TokenError (a connection
+        made before the CRL changed is still open)."""
+        serial = serial.lower()
+        if self._reader.execute(
+            "SELECT 1 FROM revoked_certificates WHERE serial = ?", (serial,)
+        ).fetchone():
+            raise TokenError("certificate_revoked", f"certificate {serial} is revoked")
+        known = self._reader.execute(
+            "SELECT 1 FROM session_certificates WHERE binding = ?", (certificate_thumbprint,)
+        ).fetchone()
+        if known:
+            return
+        with self._lock, self._db.write_transaction():
+            self._db.execute(
+                "INSERT INTO session_certificates (binding, serial, noted) VALUES (?, ?, ?) "
+                "ON CONFLICT (binding) DO NOTHING",
+                (certificate_thumbprint, serial, self.clock()),
+            )
+
+    def revoke_by_certificate(self, serials: Iterable[str], reason: str) -> list[dict[str, str]]:
+        """Revoke every live session bound to a certificate with one of SERIALS (hex, as
+        a CRL names them); returns those sessions ({id, principal, serial}). A
+        session's tokens then fail wherever they are presented, whatever the
+        certificate."""
+        wanted = sorted({serial.lower() for serial in serials})
+        ended: list[dict[str, str]] = []
+        now = self.clock()
+        for start in range(0, len(wanted), 500):  # bounded statements for any CRL size
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" * len(chunk))  # placeholders only: the serials are bound
+            query = _BY_SERIAL + f"({marks})"
+            with self._lock, self._db.write_transaction():
+                self._db.executemany(
+                    "INSERT INTO revoked_certificates (serial, noted) VALUES (?, ?) "
+                    "ON CONFLICT (serial) DO NOTHING",
+                    [(serial, now) for serial in chunk],
+                )
+                rows = self._db.execute(query, chunk).fetchall()
+                for session_id, _, _ in rows:
+                    self._revoke(session_id, reason, now)
+            ended += [{"id": r[0], "principal": r[1], "serial": r[2]} for r in rows]
+        return ended
 
     def revoke(self, session_id: str, reason: str) -> None:
         with self._lock:
