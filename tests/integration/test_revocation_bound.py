@@ -277,7 +277,8 @@ def test_a_plugin_cuts_off_a_revoked_core_certificate(tmp_path: Path) -> None:
         plugin = subprocess.Popen(
             [sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",
              "--tls-policy", str(tls / "plugin-policy.json"),
-             "--state-dir", str(tmp_path / "tickets"), "--listen", f"127.0.0.1:{port}"],
+             "--state-dir", str(tmp_path / "tickets"), "--listen", f"127.0.0.1:{port}",
+                 "--core-principal", "core/localhost"],
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
         try:
