@@ -9,6 +9,13 @@ registry are shared through the data directory. A worker that dies is
 started again; SIGTERM stops the workers gracefully, then writes the last
 audit records and a final signed checkpoint.
 
+The service fails closed on its audit log: no request is answered without
+its durable record. If the audit writer stops after an error (a disk that
+fails, a database that cannot be written), every audited request answers
+503, readiness answers 503 for a short drain, and the process (the
+supervisor with all its workers) exits with status 1, so that systemd
+(Restart=on-failure) starts it again; the log is recovered at start.
+
 SIGHUP (`systemctl reload securecore`) reads the TLS policy's certificates,
 keys, CA and CRL again without closing the listening socket or any
 connection (securecore.tls.ReloadableServerContext); a supervisor passes it
@@ -62,6 +69,11 @@ from securecore.state_db import open_state
 from securecore.tls import ReloadableServerContext, TLSPolicy, TLSPolicyError
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+# After an audit writer failure: how long readiness answers 503 (and every
+# audited request 503) before the listening socket closes, so that a load
+# balancer polling /readyz moves clients away before connections are refused.
+AUDIT_FAILURE_DRAIN_SECONDS = 2.0
+AUDIT_FAILURE_EXIT = 1
 log = logging.getLogger("securecore.serve")
 
 
@@ -108,11 +120,39 @@ def plugin_client_policy(config: configuration.Config, policy: TLSPolicy) -> TLS
     return dataclasses.replace(policy, client_certificate=Path(certificate), client_key=Path(key))
 
 
+def body_limits(config: configuration.Config) -> tuple[int, dict[str, int]]:
+    """[limits]: the default body limit, and the limits of named route templates."""
+    from securecore.server import admin_routes, plugin_routes, replication_routes, session_routes
+    from securecore.server.app import BASE_ENDPOINTS
+
+    known = {
+        endpoint.path
+        for module in (admin_routes, plugin_routes, replication_routes, session_routes)
+        for endpoint in module.ENDPOINTS
+    }
+    known.update(endpoint.path for endpoint in BASE_ENDPOINTS)
+    routes = config.get("limits", "route_body_bytes")
+    for template, limit in routes.items():
+        where = f"{config.path}: [limits] route_body_bytes {template!r}"
+        if template not in known:
+            raise ConfigError(f"{where}: no such route (known: {', '.join(sorted(known))})")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"{where}: a number of bytes (an integer >= 0), not {limit!r}")
+    return config.get("limits", "body_bytes"), dict(routes)
+
+
 def build_server(
-    config: configuration.Config, audit: RemoteAuditLog | None = None
+    config: configuration.Config,
+    audit: RemoteAuditLog | None = None,
+    audit_failed: threading.Event | None = None,
 ) -> uvicorn.Server:
-    """The service; AUDIT is the supervisor's writer when this is one of several workers."""
+    """The service; AUDIT is the supervisor's writer when this is one of several workers.
+
+    With its own audit log, the server stops if the writer fails, and sets
+    AUDIT_FAILED (the process then exits non-zero)."""
+    own_audit_log = audit is None
     policy, host, port = tls_and_address(config)
+    body_bytes, route_body_bytes = body_limits(config)
     tls = ReloadableServerContext(config.get("tls", "policy"))
     ring = open_key_ring(config)
 
@@ -175,7 +215,11 @@ def build_server(
     metrics.add_collector(live_state(registry, sessions, audit, policy))
     app = create_app(
         trust_domain="securecore",
-        readiness={"audit_store": audit_store, "signing_key": signing_key},
+        readiness={
+            "audit_store": audit_store,
+            "audit_writer": audit.check,
+            "signing_key": signing_key,
+        },
         sessions=sessions,
         policy=engine,
         metrics=metrics,
@@ -194,6 +238,8 @@ def build_server(
         # An own log writes what is queued and a final signed checkpoint; a
         # worker's connection to the supervisor's writer just ends.
         on_shutdown=audit.close,
+        body_bytes=body_bytes,
+        route_body_bytes=route_body_bytes,
     )
     settings = uvicorn.Config(
         app,
@@ -208,6 +254,8 @@ def build_server(
         proxy_headers=False,  # no header may change who the client is
     )
     server = uvicorn.Server(settings)
+    if own_audit_log:
+        audit.on_failure(lambda error: _stop_after_audit_failure(server, audit_failed, error))
 
     def reload_tls() -> None:
         """SIGHUP: certificates, keys, CA and CRL read again; connections stay."""
@@ -231,6 +279,21 @@ def build_server(
     return server
 
 
+def _stop_after_audit_failure(
+    server: uvicorn.Server, failed: threading.Event | None, error: BaseException
+) -> None:
+    """From the writer thread: drain (readiness 503), then stop; the exit status says why."""
+    log.critical("the audit log writer stopped (%s): the service stops and exits with %d",
+                 error, AUDIT_FAILURE_EXIT)  # fmt: skip
+    if failed is not None:
+        failed.set()
+
+    def stop() -> None:
+        server.should_exit = True  # uvicorn's main loop looks at it every 0.1 s
+
+    threading.Timer(AUDIT_FAILURE_DRAIN_SECONDS, stop).start()
+
+
 def certificate_summary(path: str | Path | None) -> dict[str, str]:
     certificate = x509.load_pem_x509_certificate(Path(str(path)).read_bytes())
     return {
@@ -246,11 +309,12 @@ def serve(args: argparse.Namespace) -> int:
     if workers < 1:
         raise ConfigError(f"--workers {workers}: at least one worker is needed")
     if workers == 1:
+        audit_failed = threading.Event()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # held until handled
-        server = build_server(config)
+        server = build_server(config, audit_failed=audit_failed)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         server.run()
-        return 0
+        return AUDIT_FAILURE_EXIT if audit_failed.is_set() else 0
     return supervise(config, workers)
 
 
@@ -292,7 +356,10 @@ def _fresh_metrics_dir(directory: Path) -> Path:
 def supervise(config: configuration.Config, workers: int) -> int:
     logging.config.dictConfig(log_config())
     _, host, port = tls_and_address(config)  # a bad policy stops us before any worker
+    body_limits(config)  # and so does a bad limit
     audit = open_audit_log(config, open_key_ring(config))
+    audit_failed = threading.Event()
+    audit.on_failure(lambda error: audit_failed.set())
     writer = AuditWriterServer(audit, Path(config.get("service", "data_dir")) / "audit.sock")
     writer.start()
     listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()
@@ -331,6 +398,15 @@ def supervise(config: configuration.Config, workers: int) -> int:
     log.info("supervisor started %d workers", workers, extra={"workers": workers})
     try:
         while not stopping.wait(WORKER_RESTART_PAUSE):
+            if audit_failed.is_set() or not writer.alive:
+                # The workers' audited requests and readiness already answer 503
+                # (the writer answers them with its error); after the drain,
+                # every process ends and systemd starts the service again.
+                audit_failed.set()
+                log.critical("the audit log writer stopped: the service stops and exits "
+                             "with %d", AUDIT_FAILURE_EXIT)  # fmt: skip
+                stopping.wait(AUDIT_FAILURE_DRAIN_SECONDS)
+                break
             for index, process in enumerate(processes):
                 if not process.is_alive():
                     log.error("worker %s ended with %s; starting another",
@@ -347,7 +423,7 @@ def supervise(config: configuration.Config, workers: int) -> int:
         writer.stop()
         audit.close()  # the last records and a final signed checkpoint
         listening.close()
-    return 0
+    return AUDIT_FAILURE_EXIT if audit_failed.is_set() else 0
 
 
 def add_parser(commands) -> None:
