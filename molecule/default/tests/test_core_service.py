@@ -71,6 +71,16 @@ def readyz(host, address: str, client: str | None = f"{TLS}/client") -> tuple[in
     return https(host, address, "GET", "/readyz", client=client)
 
 
+def test_bodies_over_the_limit_are_refused_before_they_are_read(hosts) -> None:
+    # [limits] rendered from the role's defaults: 4096 bytes for a refresh.
+    dmz, address = hosts["dmz-01"], str(CORE[0].address)
+    status, answer = https(dmz, address, "POST", "/v1/sessions/refresh",
+                           body={"refresh_token": "r" * 5000})  # fmt: skip
+    assert status == 413 and answer["error"]["code"] == "payload_too_large", answer
+    config = hosts[CORE[0].name].file(CONFIG).content_string
+    assert '"/v1/plugins/{name}/call" = 65536' in config
+
+
 def current_release(host) -> str:
     return Path(host.check_output("readlink /opt/securecore/current")).name
 
