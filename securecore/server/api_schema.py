@@ -59,8 +59,8 @@ def _finite(text: str) -> float:
 
 
 def _where(path: str) -> str:
-    """PATH (a.b[0]) for a message; a long one by its end, where the problem is."""
-    return (path if len(path) <= 80 else "..." + path[-77:]) or "the body"
+    """PATH (a.b[0]) for a message; a long one by its start (the property it is in)."""
+    return (path if len(path) <= 80 else path[:77] + "...") or "the body"
 
 
 def _check_strings_and_depth(data: Any) -> None:
