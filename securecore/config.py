@@ -105,6 +105,13 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "backup": {
         "directory": Option(str, is_path=True),
     },
+    "limits": {
+        # Request bodies in bytes, enforced while they are read (413, connection
+        # closed): every route, and per route template, e.g.
+        # route_body_bytes = {"/v1/plugins/{name}/call" = 65536} (the default).
+        "body_bytes": Option(int, 4096, minimum=0),
+        "route_body_bytes": Option(dict, {}),
+    },
 }
 REQUIRED_SECTIONS = ("service", "keys", "audit")
 

@@ -6,7 +6,7 @@ per line.
   {"type": "record", "seq": 1, "record": {...}}         one per record, in order
   {"type": "checkpoint", "size": n, "note": "..."}       every signed checkpoint
 A verifier rebuilds each record's canonical JSON (keys sorted, separators ","
-and ":", UTF-8, no ASCII escaping), hashes it as an RFC 9162 leaf, computes
+and ":", UTF-8, no ASCII escaping but for lone surrogates), hashes it as an RFC 9162 leaf, computes
 the tree head at every checkpoint's size and checks the checkpoint's ECDSA
 signature (C2SP signed note, type 0x02) with the public key it trusts.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from securecore.audit.record import canonical
 from securecore.audit.store import AuditStore
 
 FORMAT = "securecore-audit-export/1"
@@ -23,7 +24,8 @@ FORMAT = "securecore-audit-export/1"
 
 def export_lines(store: AuditStore, origin: str) -> Iterator[str]:
     def line(value: dict) -> str:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # The records' own encoding: a lone surrogate stays an escape (UTF-8 has none).
+        return canonical(value).decode()
 
     yield line({"type": "header", "format": FORMAT, "origin": origin, "size": store.size()})
     for seq, entry in store.entries():

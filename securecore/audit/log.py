@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from securecore.keys.base import KeyRing
 
 LEAVES_FILE = "leaves"
 CHECKPOINT_DIR = "checkpoints"
+log = logging.getLogger("securecore.audit")
 
 
 class AuditError(Exception):
@@ -51,7 +54,7 @@ class _Batch:
     __slots__ = ("done", "error", "futures", "records")
 
     def __init__(self) -> None:
-        self.records: list[tuple[int, str, str, str, str, dict[str, Any]]] = []
+        self.records: list[tuple[int, dict[str, Any]]] = []  # (seq, prepared fields)
         self.done = threading.Event()
         self.error: BaseException | None = None
         # Appenders on event loops: one wake-up per loop and batch, not per record.
@@ -109,6 +112,7 @@ class AuditLog:
         self._checkpointed = self._last_checkpoint_size
         self._closing = False
         self._failed: BaseException | None = None
+        self._failure_callbacks: list[Callable[[BaseException], None]] = []
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()
 
@@ -144,7 +148,7 @@ class AuditLog:
         timeout: float = 30.0,
     ) -> int:
         """Append a record; returns its sequence number once it is durable."""
-        seq, batch = self._enqueue((actor, action, target, outcome, details or {}))
+        seq, batch = self._enqueue(self._prepare(actor, action, target, outcome, details))
         if not batch.done.wait(timeout):
             raise AuditError(f"record {seq}: not durable within {timeout} s")
         if batch.error is not None:
@@ -162,18 +166,41 @@ class AuditLog:
         """`append` for an event loop: the loop goes on while the record becomes durable."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        seq, _ = self._enqueue((actor, action, target, outcome, details or {}), loop, future)
+        fields = self._prepare(actor, action, target, outcome, details)
+        seq, _ = self._enqueue(fields, loop, future)
         await future
         return seq
 
-    def _enqueue(self, record: tuple, loop=None, future=None) -> tuple[int, _Batch]:
-        """Number RECORD and add it to the open batch (and FUTURE to its waiters)."""
+    def _prepare(self, actor, action, target, outcome, details) -> dict[str, Any]:
+        """The record's fields, secrets protected, checked to encode.
+
+        Whatever a request put in them, a record that cannot be encoded fails
+        its own caller here, before it has a sequence number: the writer
+        thread only ever sees records that encode, so no input can stop it.
+        """
+        try:
+            for name, value in (("actor", actor), ("action", action), ("target", target),
+                                ("outcome", outcome)):  # fmt: skip
+                if not isinstance(value, str):
+                    raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+            fields = {
+                "actor": actor, "action": action, "target": target, "outcome": outcome,
+                "details": protect_details(details or {}, self.hmac_key),
+            }  # fmt: skip
+            canonical(fields)
+        except (TypeError, ValueError, RecursionError) as error:
+            message = f"an audit record that cannot be encoded is refused: {error}"
+            raise AuditError(message) from error
+        return fields
+
+    def _enqueue(self, fields: dict, loop=None, future=None) -> tuple[int, _Batch]:
+        """Number FIELDS and add them to the open batch (and FUTURE to its waiters)."""
         with self._lock:
             self._raise_if_stopped()
             seq = self._next_seq
             self._next_seq += 1
             batch = self._open
-            batch.records.append((seq, *record))
+            batch.records.append((seq, fields))
             if future is not None:
                 batch.futures.setdefault(loop, []).append(future)
             if len(batch.records) == 1:
@@ -217,54 +244,79 @@ class AuditLog:
         if self._failed is not None:
             raise AuditError(f"the audit log stopped after an error: {self._failed}")
 
+    def check(self) -> None:
+        """Raise AuditError unless the writer is running and takes records (readiness)."""
+        with self._lock:
+            self._raise_if_stopped()
+        if not self._writer.is_alive():
+            raise AuditError("the audit log writer is not running")
+
+    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
+        """Call CALLBACK(error) from the writer once it has stopped after an error
+        (at once if it already has): the service must then stop answering."""
+        with self._lock:
+            failed = self._failed
+            if failed is None:
+                self._failure_callbacks.append(callback)
+        if failed is not None:
+            callback(failed)
+
     def _has_work(self) -> bool:
         return bool(
             self._open.records or self._closing or self._checkpoint_wanted > self._checkpointed
         )
 
     def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._has_work():
-                    if self._tree.size == self._last_checkpoint_size:
-                        self._work.wait()  # nothing to do until someone appends
-                        continue
-                    since = time.monotonic() - self._last_checkpoint_time
-                    if since >= self.checkpoint_interval:
-                        break  # records wait for their time-based checkpoint
-                    self._work.wait(self.checkpoint_interval - since)
-                batch, self._open = self._open, _Batch()
-                closing = self._closing
-                forced = self._checkpoint_wanted > self._checkpointed
-            try:
+        batch: _Batch | None = None
+        try:
+            while True:
+                with self._lock:
+                    while not self._has_work():
+                        if self._tree.size == self._last_checkpoint_size:
+                            self._work.wait()  # nothing to do until someone appends
+                            continue
+                        since = time.monotonic() - self._last_checkpoint_time
+                        if since >= self.checkpoint_interval:
+                            break  # records wait for their time-based checkpoint
+                        self._work.wait(self.checkpoint_interval - since)
+                    batch, self._open = self._open, _Batch()
+                    closing = self._closing
+                    forced = self._checkpoint_wanted > self._checkpointed
                 if batch.records:
                     self._commit(batch.records)
                 self._maybe_checkpoint(force=closing or forced)
-            except BaseException as error:  # appenders must see every failure
+                batch.settle()
+                batch = None
                 with self._lock:
-                    self._failed = error
-                    for failed in (batch, self._open):
-                        failed.error = error
-                        failed.settle()
+                    self._checkpointed = self._last_checkpoint_size
                     self._durable.notify_all()
-                return
-            batch.settle()
-            with self._lock:
-                self._checkpointed = self._last_checkpoint_size
-                self._durable.notify_all()
-                if closing and not self._open.records:
-                    return
+                    if closing and not self._open.records:
+                        return
+        except BaseException as error:  # appenders, and the service, must see every failure
+            self._stop_after(error, batch)
 
-    def _commit(self, batch: list[tuple[int, str, str, str, str, dict[str, Any]]]) -> None:
+    def _stop_after(self, error: BaseException, batch: _Batch | None) -> None:
+        """The writer stops for good: every waiting and later appender fails (no
+        request is answered without its record), and the service is told."""
+        with self._lock:
+            self._failed = error
+            for failed in (batch, self._open):
+                if failed is not None:
+                    failed.error = error
+                    failed.settle()
+            self._durable.notify_all()
+            callbacks = list(self._failure_callbacks)
+        log.critical("the audit log writer stopped: %s", error, exc_info=error)
+        for callback in callbacks:
+            try:
+                callback(error)
+            except Exception:  # one broken callback must not keep the others from running
+                log.exception("audit failure callback %r failed", callback)
+
+    def _commit(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
-        rows = [
-            (seq, canonical({
-                "seq": seq, "timestamp": now, "actor": actor, "action": action,
-                "target": target, "outcome": outcome,
-                "details": protect_details(details, self.hmac_key),
-            }))
-            for seq, actor, action, target, outcome, details in batch
-        ]  # fmt: skip
+        # The fields were checked to encode (_prepare): only I/O can fail here.
+        rows = [(seq, canonical({"seq": seq, "timestamp": now, **fields})) for seq, fields in batch]
         leaves = [merkle.leaf_hash(entry) for _, entry in rows]
         self._leaves.write(b"".join(leaves))
         self._leaves.flush()

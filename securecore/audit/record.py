@@ -34,8 +34,37 @@ class Record:
         return cls(**json.loads(entry))
 
 
+# UTF-16 surrogate code points: a Python string (a JSON string parsed from
+# "\ud800") may hold one alone, and UTF-8 cannot encode it.
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def canonical(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Sorted keys, no spaces, UTF-8, non-ASCII as is, and no NaN or Infinity.
+
+    Total over every string: a lone surrogate is written as its JSON escape
+    (lowercase, e.g. \\ud800), which parses back to the same string. Pairs are
+    joined into their character first, so an escaped surrogate is never
+    followed by one that would pair with it: a verifier that parses the entry
+    and re-encodes it by this rule gets the same bytes (docs/audit-export.md).
+    (Strings parsed from JSON never hold an unjoined pair, so their keys sort
+    the same on both sides.)
+    Raises TypeError or ValueError for what is not JSON (the caller's record
+    is refused; nothing is written).
+    """
+    text = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return escape_surrogates(text).encode()
+
+
+def escape_surrogates(text: str) -> str:
+    """TEXT (JSON) with surrogate pairs joined and lone surrogates as \\uXXXX escapes."""
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return SURROGATE.sub(lambda match: f"\\u{ord(match[0]):04x}", joined)
 
 
 def protect_details(details: dict[str, Any], hmac_key: bytes) -> dict[str, Any]:
@@ -47,7 +76,9 @@ def protect_details(details: dict[str, Any], hmac_key: bytes) -> dict[str, Any]:
         if isinstance(value, list):
             return [walk(v, key) for v in value]
         if key and SECRET_KEY.search(key) and value is not None:
-            digest = hmac.new(hmac_key, str(value).encode(), hashlib.sha256).hexdigest()
+            # surrogatepass: any string (even one with a lone surrogate) has one HMAC.
+            secret = str(value).encode("utf-8", "surrogatepass")
+            digest = hmac.new(hmac_key, secret, hashlib.sha256).hexdigest()
             return f"hmac-sha256:{digest[:32]}"
         return value
 

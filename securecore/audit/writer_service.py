@@ -8,10 +8,13 @@ record durable, exactly as in-process.
 
 Wire format: frames of a 4-byte big-endian length and a JSON object.
 Requests: {"op": "append", "record": [actor, action, target, outcome, details]},
-{"op": "state"}, {"op": "checkpoint"}; answers come in request order on each
-connection: {"seq": N}, {"size": N, "uncheckpointed": N, "latest_checkpoint": NOTE},
-{"size": N}, or {"error": MESSAGE}. The socket is created 0600 in the
-service's data directory: only the service user reaches the writer.
+{"op": "state"}, {"op": "checkpoint"}, {"op": "check"}; answers come in
+request order on each connection: {"seq": N}, {"size": N, "uncheckpointed": N,
+"latest_checkpoint": NOTE}, {"size": N}, {"ok": true}, or {"error": MESSAGE}.
+A writer that stopped after an error answers every request with an error
+(a worker's readiness asks "check"), and the supervisor ends the service.
+The socket is created 0600 in the service's data directory: only the service
+user reaches the writer.
 """
 
 from __future__ import annotations
@@ -115,7 +118,11 @@ class AuditWriterServer:
         if op == "append":
             actor, action, target, outcome, details = request["record"]
             return {"seq": await self.log.append_async(actor, action, target, outcome, details)}
+        if op == "check":
+            self.log.check()
+            return {"ok": True}
         if op == "state":
+            self.log.check()  # a stopped writer's size is no state to report
             return {
                 "size": self.log.size,
                 "uncheckpointed": self.log.uncheckpointed,
@@ -124,6 +131,11 @@ class AuditWriterServer:
         if op == "checkpoint":
             return {"size": await asyncio.to_thread(self.log.checkpoint_now)}
         raise AuditError(f"unknown audit writer operation {op!r}")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread that serves the workers is still running."""
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop serving (workers first, then this, then the log's own close)."""
@@ -202,6 +214,10 @@ class RemoteAuditLog:
 
     def checkpoint_now(self, timeout: float = 30.0) -> int:
         return self._ask({"op": "checkpoint"})["size"]
+
+    def check(self) -> None:
+        """Raise AuditError unless the supervisor's writer takes records (readiness)."""
+        self._ask({"op": "check"})
 
     @property
     def size(self) -> int:

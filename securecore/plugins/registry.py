@@ -38,6 +38,8 @@ from securecore.state_db import StateDatabase
 STATES = ("pending", "active", "suspended", "revoked")
 BLOCKED = ("suspended", "revoked")  # a plugin principal in these states gets no session
 NAME = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+# A DNS name or an IP address (urlsplit has checked the bracketed IPv6 ones).
+ENDPOINT_HOST = re.compile(r"^([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$|^[0-9a-f:.]+$")
 OUTCOMES = ("success", "failure", "violation", "auth_failure")
 
 SCHEMA = """
@@ -216,8 +218,13 @@ class PluginRegistry:
     def _check_request(self, request: RegistrationRequest) -> None:
         if not NAME.match(request.name):
             raise RegistrationError("request", f"name {request.name!r}: [a-z][a-z0-9-]{{1,62}}")
-        url = urlsplit(request.endpoint)
-        if url.scheme != "https" or not url.hostname or url.path not in ("", "/"):
+        try:  # urlsplit and .port raise ValueError on a bad bracket, host or port
+            url = urlsplit(request.endpoint)
+            usable = bool(url.port and ENDPOINT_HOST.match(url.hostname or ""))
+        except ValueError:
+            usable = False
+        if not usable or url.scheme != "https" or url.path not in ("", "/") or url.username \
+                or url.query or url.fragment:  # fmt: skip
             raise RegistrationError("request", f"endpoint {request.endpoint!r}: https://HOST:PORT")
         try:
             self.endpoints.resolve(request.endpoint)

@@ -2,14 +2,23 @@
 
 Every endpoint that takes a body declares it here (a JSON Schema subset:
 object, string/integer properties, lengths, ranges, required, no other
-keys). `read_body` enforces it - size, JSON, every property - and answers
-422 with every problem listed; `openapi` turns the same declarations into the
-OpenAPI 3.1 document served at /openapi.json.
+keys). `read_body` enforces it - JSON, every property - and answers 422 with
+every problem listed; `openapi` turns the same declarations into the
+OpenAPI 3.1 document served at /openapi.json. (The size of a body is limited
+while it is read, before this: securecore.server.body_limit.)
+
+A body is JSON as RFC 8259 and I-JSON (RFC 7493) have it, or it is refused
+before anything acts on it: UTF-8 without a byte order mark (400), no NaN or
+Infinity and no number beyond a double (400), no duplicate keys, no lone
+UTF-16 surrogate in any string (no character, it cannot be stored or
+recorded), at most MAX_DEPTH levels of nesting (422, naming where).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +27,99 @@ from starlette.responses import JSONResponse
 
 from securecore.server.errors import CODES, error_response
 
-MAX_BODY = 4096
+MAX_DEPTH = 32
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins the pairs
+BOM = b"\xef\xbb\xbf"
 
 
-def string(max_length: int = 256, min_length: int = 1, description: str = "") -> dict:
-    return {"type": "string", "minLength": min_length, "maxLength": max_length,
+class BodyRefused(ValueError):  # noqa: N818 - a refusal, answered 400 or 422
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise BodyRefused(422, f"{twice!r}: a key given twice in one object")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise BodyRefused(400, f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise BodyRefused(400, f"the number {text[:40]} is out of range (not a double)")
+    return number
+
+
+def _where(path: str) -> str:
+    """PATH (a.b[0]) for a message; a long one by its start (the property it is in)."""
+    return (path if len(path) <= 80 else path[:77] + "...") or "the body"
+
+
+def _check_strings_and_depth(data: Any) -> None:
+    """Every key and string a character string, no deeper than MAX_DEPTH (no recursion)."""
+    pending: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while pending:
+        value, path, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise BodyRefused(422, f"{_where(path)}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, str):
+            found = LONE_SURROGATE.search(value)
+            if found:
+                code = f"\\u{ord(found[0]):04x}"
+                raise BodyRefused(
+                    422, f"{_where(path)}: a lone UTF-16 surrogate ({code}) is not a character"
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else key
+                if LONE_SURROGATE.search(key):
+                    shown = where.encode("utf-8", "backslashreplace").decode()
+                    raise BodyRefused(422, f"{_where(shown)}: a key with a lone UTF-16 surrogate")
+                pending.append((item, where, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
+def parse_json(raw: bytes) -> Any:
+    """RAW as strict JSON (see the module's doc); raises BodyRefused naming the problem."""
+    if raw.startswith(BOM):
+        raise BodyRefused(400, "the body starts with a byte order mark: JSON is UTF-8 without one")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise BodyRefused(400, f"the body is not UTF-8 (byte {error.start})") from None
+    try:
+        data = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+            parse_float=_finite,
+        )  # fmt: skip
+    except BodyRefused:
+        raise
+    except RecursionError:
+        raise BodyRefused(422, f"the body is nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as error:
+        raise BodyRefused(400, f"the body is not JSON: {error}") from None
+    except ValueError:  # what int() refuses: more digits than sys.get_int_max_str_digits()
+        raise BodyRefused(400, "the body has an integer of too many digits") from None
+    _check_strings_and_depth(data)
+    return data
+
+
+def string(
+    max_length: int = 256, min_length: int = 1, description: str = "", pattern: str = ""
+) -> dict:
+    """A string property; PATTERN (a regular expression, searched) if given."""
+    rule = {"type": "string", "minLength": min_length, "maxLength": max_length,
             "description": description}  # fmt: skip
+    return {**rule, "pattern": pattern} if pattern else rule
 
 
 def integer(minimum: int, maximum: int, description: str = "") -> dict:
@@ -58,6 +154,8 @@ def problems(schema: dict, data: Any) -> list[str]:
                 found.append(f"{key}: must be a string")
             elif not rule["minLength"] <= len(value) <= rule["maxLength"]:
                 found.append(f"{key}: length {rule['minLength']}-{rule['maxLength']}")
+            elif "pattern" in rule and not re.search(rule["pattern"], value):
+                found.append(f"{key}: must match {rule['pattern']}")
         elif rule["type"] == "integer":
             if isinstance(value, bool) or not isinstance(value, int):
                 found.append(f"{key}: must be an integer")
@@ -67,13 +165,11 @@ def problems(schema: dict, data: Any) -> list[str]:
 
 
 async def read_body(request: Request, schema: dict) -> tuple[dict | None, JSONResponse | None]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        return None, error_response(413, f"the body is larger than {MAX_BODY} bytes")
+    raw = await request.body()  # no longer than the route's limit (BodyLimitMiddleware)
     try:
-        data = json.loads(raw or b"{}")
-    except ValueError:
-        return None, error_response(400, "the body is not JSON")
+        data = parse_json(raw or b"{}")
+    except BodyRefused as refused:
+        return None, error_response(refused.status, str(refused))
     found = problems(schema, data)
     if found:
         return None, error_response(422, "; ".join(found))
@@ -88,6 +184,7 @@ class Endpoint:
     body: dict | None = None
     statuses: tuple[int, ...] = (200,)
     tags: tuple[str, ...] = field(default_factory=tuple)
+    query: dict[str, dict] = field(default_factory=dict)  # optional query parameters
 
 
 ERROR = {
@@ -120,6 +217,17 @@ def openapi(endpoints: list[Endpoint], version: str) -> dict:
                 operation["responses"].setdefault(
                     str(status), {"description": code, "content": error_content}
                 )
+        # Every {name} of the path is a string parameter; the query's are optional.
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"\{([^/{}]+)\}", endpoint.path)
+        ]
+        parameters += [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in endpoint.query.items()
+        ]
+        if parameters:
+            operation["parameters"] = parameters
         if endpoint.body is not None:
             operation["requestBody"] = {
                 "required": True,

@@ -3,14 +3,17 @@
 Every connection is mutual TLS 1.3 (the server refuses anything else); the
 identity middleware turns the verified client certificate into a Principal
 for each request and refuses requests whose certificate names none. Health
-(/healthz) and readiness (/readyz) answer any verified client.
+(/healthz) and readiness (/readyz) answer any verified client; readiness
+answers 503 while a dependency fails, the audit log writer included.
+Request bodies are limited per route while they are read (body_limit).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,6 +24,7 @@ from securecore.monitoring.metrics import CONTENT_TYPE, MetricsMiddleware, Servi
 from securecore.policy.engine import PolicyEngine
 from securecore.server.admin_routes import AdminActions, admin_routes
 from securecore.server.api_schema import Endpoint, openapi
+from securecore.server.body_limit import DEFAULT_BODY_BYTES, BodyLimitMiddleware
 from securecore.server.errors import error_response, http_exception, unhandled
 from securecore.server.identity import IdentityError, principal_from_scope
 from securecore.server.intrusion_hooks import IntrusionResponder
@@ -73,19 +77,26 @@ def create_app(
     plugin_view: Callable[[str], tuple[str, frozenset[str]] | None] | None = None,
     operators: frozenset[str] = frozenset(),
     on_shutdown: Callable[[], None] | None = None,
+    body_bytes: int = DEFAULT_BODY_BYTES,
+    route_body_bytes: Mapping[str, int] | None = None,
 ) -> Starlette:
     checks = readiness or {}
 
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> JSONResponse:
+    def failing_checks() -> dict[str, str]:
         failed = {}
         for name, check in checks.items():
             try:
                 check()
             except Exception as error:  # a failing dependency, reported by name
                 failed[name] = type(error).__name__
+        return failed
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        # In a thread: a check may wait on a disk or on the supervisor's writer.
+        failed = await anyio.to_thread.run_sync(failing_checks)
         if failed:
             return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
         return JSONResponse({"status": "ready", "checks": sorted(checks)})
@@ -125,6 +136,8 @@ def create_app(
             operators=operators,
         )  # fmt: skip
     app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
+    # Before identity and policy: no body is read past its limit, whoever sends it.
+    app.add_middleware(BodyLimitMiddleware, default=body_bytes, routes=route_body_bytes)
     if metrics is not None:
         app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer
     return app

@@ -6,6 +6,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from securecore.audit.log import AuditError
+
 CODES = {
     400: "bad_request",
     401: "unauthenticated",
@@ -33,5 +35,8 @@ async def http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, AuditError):
+        # Fail closed: what cannot be recorded is not done (nor answered as done).
+        return error_response(503, "the audit log cannot record this request", "audit_unavailable")
     # The details stay in the server's log; the client learns nothing internal.
     return error_response(500, "internal error")

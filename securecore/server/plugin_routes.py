@@ -35,7 +35,8 @@ from securecore.sessions.tokens import TokenError
 
 REGISTER = body({
     "name": string(63, description="the plugin's name, as in its certificate"),
-    "vendor": string(64), "endpoint": string(256, description="https://HOST:PORT"),
+    "vendor": string(64),
+    "endpoint": string(256, description="https://HOST:PORT", pattern="^https://[^/?#]+/?$"),
     "security_level": integer(1, 5),
 })  # fmt: skip
 CALL = body({"op": string(128)}, {"args": {"type": "object"}})

@@ -24,15 +24,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from securecore.audit.store import AuditStore
-from securecore.server.api_schema import Endpoint
+from securecore.server.api_schema import Endpoint, integer
 from securecore.server.errors import error_response
 
 MAX_RECORDS = 5000
+MAX_SEQ = 2**63 - 1  # SQLite's and PostgreSQL's largest integer
 READERS = frozenset({"core", "admin"})
 ENDPOINTS = [
     Endpoint("GET", "/v1/replication/audit",
              "Audit records after a sequence number, with their signed checkpoints (standby)",
-             None, (200, 400, 403), ("replication",)),
+             None, (200, 400, 403), ("replication",),
+             {"after": integer(0, MAX_SEQ), "limit": integer(1, MAX_RECORDS)}),
 ]  # fmt: skip
 
 
@@ -57,10 +59,10 @@ def replication_routes(
         try:
             after = int(request.query_params.get("after", "0"))
             limit = int(request.query_params.get("limit", str(MAX_RECORDS)))
-            if after < 0 or not 1 <= limit <= MAX_RECORDS:
+            if not 0 <= after <= MAX_SEQ or not 1 <= limit <= MAX_RECORDS:
                 raise ValueError
         except ValueError:
-            message = f"after: an integer >= 0; limit: 1-{MAX_RECORDS}"
+            message = f"after: an integer 0-{MAX_SEQ}; limit: 1-{MAX_RECORDS}"
             return error_response(400, message, "invalid_request")
 
         def read() -> dict[str, Any]:

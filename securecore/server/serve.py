@@ -13,6 +13,13 @@ The admin routes are also served on the local admin socket DATA_DIR/admin.sock
 (securecore.server.local_admin): the operators' path on the host that no
 block or automatic response can close.
 
+The service fails closed on its audit log: no request is answered without
+its durable record. If the audit writer stops after an error (a disk that
+fails, a database that cannot be written), every audited request answers
+503, readiness answers 503 for a short drain, and the process (the
+supervisor with all its workers) exits with status 1, so that systemd
+(Restart=on-failure) starts it again; the log is recovered at start.
+
 SIGHUP (`systemctl reload securecore`) reads the TLS policy's certificates,
 keys, CA and CRL again without closing the listening socket or any
 connection (securecore.tls.ReloadableServerContext); a supervisor passes it
@@ -73,6 +80,11 @@ from securecore.state_db import open_state
 from securecore.tls import ReloadableServerContext, TLSFileWatcher, TLSPolicy, TLSPolicyError
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
+# After an audit writer failure: how long readiness answers 503 (and every
+# audited request 503) before the listening socket closes, so that a load
+# balancer polling /readyz moves clients away before connections are refused.
+AUDIT_FAILURE_DRAIN_SECONDS = 2.0
+AUDIT_FAILURE_EXIT = 1
 log = logging.getLogger("securecore.serve")
 
 
@@ -132,14 +144,41 @@ def plugin_access(config: configuration.Config) -> tuple[AccessPolicy, EndpointP
         raise ConfigError(f"{config.path}: {error}") from error
 
 
+def body_limits(config: configuration.Config) -> tuple[int, dict[str, int]]:
+    """[limits]: the default body limit, and the limits of named route templates."""
+    from securecore.server import admin_routes, plugin_routes, replication_routes, session_routes
+    from securecore.server.app import BASE_ENDPOINTS
+
+    known = {
+        endpoint.path
+        for module in (admin_routes, plugin_routes, replication_routes, session_routes)
+        for endpoint in module.ENDPOINTS
+    }
+    known.update(endpoint.path for endpoint in BASE_ENDPOINTS)
+    routes = config.get("limits", "route_body_bytes")
+    for template, limit in routes.items():
+        where = f"{config.path}: [limits] route_body_bytes {template!r}"
+        if template not in known:
+            raise ConfigError(f"{where}: no such route (known: {', '.join(sorted(known))})")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"{where}: a number of bytes (an integer >= 0), not {limit!r}")
+    return config.get("limits", "body_bytes"), dict(routes)
+
+
 def build_server(
     config: configuration.Config,
     audit: RemoteAuditLog | None = None,
     local_admin: socket.socket | None = None,
+    audit_failed: threading.Event | None = None,
 ) -> uvicorn.Server:
     """The service; AUDIT is the supervisor's writer and LOCAL_ADMIN its admin
-    socket when this is one of several workers (else this process binds it)."""
+    socket when this is one of several workers (else this process binds it).
+
+    With its own audit log, the server stops if the writer fails, and sets
+    AUDIT_FAILED (the process then exits non-zero)."""
+    own_audit_log = audit is None
     policy, host, port = tls_and_address(config)
+    body_bytes, route_body_bytes = body_limits(config)
     if local_admin is None:
         # First: a second service on this data directory stops here, before it
         # opens the audit log, and leaves the running one's socket alone.
@@ -213,7 +252,11 @@ def build_server(
     metrics.add_collector(live_state(registry, sessions, audit, policy))
     app = create_app(
         trust_domain="securecore",
-        readiness={"audit_store": audit_store, "signing_key": signing_key},
+        readiness={
+            "audit_store": audit_store,
+            "audit_writer": audit.check,
+            "signing_key": signing_key,
+        },
         sessions=sessions,
         policy=engine,
         metrics=metrics,
@@ -237,6 +280,8 @@ def build_server(
         # An own log writes what is queued and a final signed checkpoint; a
         # worker's connection to the supervisor's writer just ends.
         on_shutdown=audit.close,
+        body_bytes=body_bytes,
+        route_body_bytes=route_body_bytes,
     )
     settings = uvicorn.Config(
         app,
@@ -251,6 +296,8 @@ def build_server(
         proxy_headers=False,  # no header may change who the client is
     )
     server = ServerWithLocalAdmin(settings, admin, local_admin)
+    if own_audit_log:
+        audit.on_failure(lambda error: _stop_after_audit_failure(server, audit_failed, error))
 
     def reload_tls(trigger: str) -> None:
         """SIGHUP or a TLS file changed: certificates, keys, CA and CRL read again;
@@ -297,6 +344,21 @@ def end_revoked_sessions(tls: ReloadableServerContext, sessions: SessionManager,
     })  # fmt: skip
 
 
+def _stop_after_audit_failure(
+    server: uvicorn.Server, failed: threading.Event | None, error: BaseException
+) -> None:
+    """From the writer thread: drain (readiness 503), then stop; the exit status says why."""
+    log.critical("the audit log writer stopped (%s): the service stops and exits with %d",
+                 error, AUDIT_FAILURE_EXIT)  # fmt: skip
+    if failed is not None:
+        failed.set()
+
+    def stop() -> None:
+        server.should_exit = True  # uvicorn's main loop looks at it every 0.1 s
+
+    threading.Timer(AUDIT_FAILURE_DRAIN_SECONDS, stop).start()
+
+
 def certificate_summary(path: str | Path | None) -> dict[str, str]:
     certificate = x509.load_pem_x509_certificate(Path(str(path)).read_bytes())
     return {
@@ -313,14 +375,15 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers {workers}: at least one worker is needed")
     plugin_access(config)  # a malformed access rule stops the start, not a worker
     if workers == 1:
+        audit_failed = threading.Event()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # held until handled
-        server = build_server(config)
+        server = build_server(config, audit_failed=audit_failed)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         try:
             server.run()
         finally:
             local_admin_path(config.get("service", "data_dir")).unlink(missing_ok=True)
-        return 0
+        return AUDIT_FAILURE_EXIT if audit_failed.is_set() else 0
     return supervise(config, workers)
 
 
@@ -367,7 +430,10 @@ def supervise(config: configuration.Config, workers: int) -> int:
     # Bound before anything runs: a second service on this data directory stops here.
     admin_path = local_admin_path(config.get("service", "data_dir"))
     local_admin = bind_local_admin(admin_path)
+    body_limits(config)  # and so does a bad limit
     audit = open_audit_log(config, open_key_ring(config))
+    audit_failed = threading.Event()
+    audit.on_failure(lambda error: audit_failed.set())
     writer = AuditWriterServer(audit, Path(config.get("service", "data_dir")) / "audit.sock")
     writer.start()
     listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()
@@ -406,6 +472,15 @@ def supervise(config: configuration.Config, workers: int) -> int:
     log.info("supervisor started %d workers", workers, extra={"workers": workers})
     try:
         while not stopping.wait(WORKER_RESTART_PAUSE):
+            if audit_failed.is_set() or not writer.alive:
+                # The workers' audited requests and readiness already answer 503
+                # (the writer answers them with its error); after the drain,
+                # every process ends and systemd starts the service again.
+                audit_failed.set()
+                log.critical("the audit log writer stopped: the service stops and exits "
+                             "with %d", AUDIT_FAILURE_EXIT)  # fmt: skip
+                stopping.wait(AUDIT_FAILURE_DRAIN_SECONDS)
+                break
             for index, process in enumerate(processes):
                 if not process.is_alive():
                     log.error("worker %s ended with %s; starting another",
@@ -424,7 +499,7 @@ def supervise(config: configuration.Config, workers: int) -> int:
         listening.close()
         local_admin.close()
         admin_path.unlink(missing_ok=True)
-    return 0
+    return AUDIT_FAILURE_EXIT if audit_failed.is_set() else 0
 
 
 def add_parser(commands) -> None:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -122,9 +123,11 @@ def outside_verifier(lines: list[str], public_pem: str) -> int:
         item = json.loads(raw)
         if item["type"] == "record":
             assert item["seq"] == len(leaves) + 1
-            entry = json.dumps(
+            text = json.dumps(
                 item["record"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            ).encode()
+            )
+            # Lone surrogates stay escapes (docs/audit-export.md).
+            entry = re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m[0]):04x}", text).encode()
             leaves.append(hashlib.sha256(b"\x00" + entry).digest())
         else:
             checkpoints.append(item)

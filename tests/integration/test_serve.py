@@ -63,7 +63,7 @@ def test_forged_identity_headers_are_never_trusted(server) -> None:
 def test_health_and_readiness(server) -> None:
     assert get(server, "/healthz") == (200, {"status": "ok"})
     status, body = get(server, "/readyz")
-    assert status == 200 and body["checks"] == ["audit_store", "signing_key"]
+    assert status == 200 and body["checks"] == ["audit_store", "audit_writer", "signing_key"]
 
 
 def test_errors_are_json_with_stable_codes(server) -> None:

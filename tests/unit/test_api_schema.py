@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from starlette.routing import Route
 
 from securecore.server import admin_routes, session_routes
 from securecore.server.admin_routes import BLOCK, AdminActions
-from securecore.server.api_schema import problems
+from securecore.server.api_schema import BodyRefused, parse_json, problems
 from securecore.server.app import BASE_ENDPOINTS, create_app
 from securecore.sessions.manager import SessionManager
 from tests.keyrings import software_ring
@@ -46,3 +47,36 @@ def test_the_openapi_document_matches_the_routes(tmp_path) -> None:
     assert {path for _, path in declared} >= {"/v1/sessions/refresh", "/v1/admin/acl/block"}
     bodies = {(e.method, e.path) for e in admin_routes.ENDPOINTS if e.body is not None}
     assert ("POST", "/v1/admin/acl/block") in bodies
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "message"),
+    [
+        (b'{"name": "\\ud800"}', 422, "name: a lone UTF-16 surrogate (\\ud800) is not a character"),
+        (b'{"a": {"\\udc00": 1}}', 422, "a.\\udc00: a key with a lone UTF-16 surrogate"),
+        (b'{"a": 1, "a": 2}', 422, "'a': a key given twice in one object"),
+        (b'{"a": NaN}', 400, "NaN is not a JSON number"),
+        (b'{"a": -Infinity}', 400, "-Infinity is not a JSON number"),
+        (b'{"a": 1e400}', 400, "the number 1e400 is out of range"),
+        (b'{"a": 1' + b"0" * 5000 + b"}", 400, "an integer of too many digits"),
+        (b"\xef\xbb\xbf{}", 400, "byte order mark"),
+        ('{"a": 1}'.encode("utf-16"), 400, "not UTF-8 (byte 0)"),
+        (b'{"a": "\xed\xa0\x80"}', 400, "not UTF-8 (byte 7)"),
+        (b"[" * 5000, 422, "nested deeper than 32 levels"),
+        (b'{"args": ' + b"[" * 40 + b"]" * 40 + b"}", 422, "args[0][0]"),
+        (b'{"a": ', 400, "the body is not JSON: Expecting value"),
+    ],
+)
+def test_bodies_are_strict_json(raw: bytes, status: int, message: str) -> None:
+    with pytest.raises(BodyRefused) as refused:
+        parse_json(raw)
+    assert refused.value.status == status
+    assert message in str(refused.value)
+
+
+def test_strict_json_keeps_what_json_allows() -> None:
+    assert parse_json(b'{"a": "\\ud83d\\ude00", "b": [1, 2.5, null, true], "c": "\\u00e9"}') == {
+        "a": "😀",
+        "b": [1, 2.5, None, True],
+        "c": "é",
+    }

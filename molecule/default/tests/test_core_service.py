@@ -71,6 +71,16 @@ def readyz(host, address: str, client: str | None = f"{TLS}/client") -> tuple[in
     return https(host, address, "GET", "/readyz", client=client)
 
 
+def test_bodies_over_the_limit_are_refused_before_they_are_read(hosts) -> None:
+    # [limits] rendered from the role's defaults: 4096 bytes for a refresh.
+    dmz, address = hosts["dmz-01"], str(CORE[0].address)
+    status, answer = https(dmz, address, "POST", "/v1/sessions/refresh",
+                           body={"refresh_token": "r" * 5000})  # fmt: skip
+    assert status == 413 and answer["error"]["code"] == "payload_too_large", answer
+    config = hosts[CORE[0].name].file(CONFIG).content_string
+    assert '"/v1/plugins/{name}/call" = 65536' in config
+
+
 def current_release(host) -> str:
     return Path(host.check_output("readlink /opt/securecore/current")).name
 
@@ -117,8 +127,8 @@ def test_installed_offline_from_the_wheelhouse(hosts, name) -> None:
 
 def test_only_mutual_tls_clients_of_the_site_reach_it(hosts) -> None:
     dmz, address = hosts["dmz-01"], str(CORE[0].address)
-    assert readyz(dmz, address) == (200, {"status": "ready",
-                                          "checks": ["audit_store", "signing_key"]})  # fmt: skip
+    checks = ["audit_store", "audit_writer", "signing_key"]
+    assert readyz(dmz, address) == (200, {"status": "ready", "checks": checks})
     # No client certificate: TLS 1.3 ends the connection ("certificate required")
     # before any HTTP answer.
     status, refused = readyz(dmz, address, client=None)
