@@ -1,11 +1,19 @@
 """Attestations: what only a person can do, recorded - who, when, what, which files.
 
-`compliance attest ITEM --by NAME --note TEXT [--file PATH ...]` writes one
-JSON record into the attestation store (a directory; one file per
-attestation, never rewritten). Each attached file is recorded by name, size
-and SHA-256, so what was shown can be proved later. An attestation counts
+`compliance attest ITEM --by NAME --note TEXT --key KEY [--file PATH ...]` writes
+one record into the attestation store (a directory; one file per attestation,
+never rewritten), signed with that person's own ECDSA P-256 key (a key file or
+a PKCS#11 URI, like the evidence key). Each attached file is recorded by name,
+size and SHA-256, so what was shown can be proved later. An attestation counts
 for its checklist's period: the UTC day (daily), ISO week (weekly) or month
 (monthly) in which it was made; until then the item is pending, never passed.
+
+A name is only a claim: a checklist run counts an attestation only when its
+signature verifies with the public key that the attesters file (`--attesters`,
+kept by whoever runs the checklists) pins for that name. An unsigned record, an
+unknown name, or a record signed by another key than the one pinned for the
+name it claims is not counted - the item stays pending - and the report lists it
+with the reason, so a forged attestation is visible rather than silent.
 """
 
 from __future__ import annotations
@@ -16,8 +24,19 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from compliance.checklists import Checklist
+from compliance.evidence import (
+    EvidenceError,
+    TrustAnchor,
+    key_id,
+    load_public_key,
+    signed_record,
+    verified_record,
+)
 
 
 class AttestationError(Exception):
@@ -31,10 +50,43 @@ class Attestation:
     note: str
     at: datetime.datetime
     files: tuple[dict, ...]
+    key_id: str | None = None  # the signer's key, once verified
 
     def as_dict(self) -> dict:
         return {"item": self.item, "by": self.by, "note": self.note,
-                "at": self.at.isoformat(), "files": list(self.files)}  # fmt: skip
+                "at": self.at.isoformat(), "files": list(self.files),
+                **({"signed_by": self.key_id} if self.key_id else {})}  # fmt: skip
+
+
+Attesters = dict[str, ec.EllipticCurvePublicKey]
+
+
+def load_attesters(path: Path) -> Attesters:
+    """The attesters file: `attesters: {NAME: PEM public key file (relative to this file)
+    or the PEM itself}` - whose signature counts for which name."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise AttestationError(f"{path}: cannot read it ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        raise AttestationError(f"{path}: not YAML ({error})") from error
+    entries = document.get("attesters") if isinstance(document, dict) else None
+    if not isinstance(entries, dict):
+        raise AttestationError(f"{path}: an attesters file is `attesters: {{NAME: PUBLIC KEY}}`")
+    attesters = {}
+    for name, value in entries.items():
+        text = str(value or "")
+        try:
+            data = text.encode() if "-----BEGIN" in text else (path.parent / text).read_bytes()
+            attesters[str(name)] = load_public_key(data, f"{path}: attester {name}")
+        except OSError as error:
+            raise AttestationError(f"{path}: attester {name}: {text}: cannot read it "
+                                   f"({error.strerror})") from error  # fmt: skip
+        except EvidenceError as error:
+            raise AttestationError(str(error)) from error
+    return attesters
 
 
 def period_of(checklist: str, moment: datetime.datetime) -> str:
@@ -48,7 +100,7 @@ def period_of(checklist: str, moment: datetime.datetime) -> str:
 
 def record(
     store: Path, checklists: dict[str, Checklist], item: str, by: str, note: str,
-    files: list[Path], now: datetime.datetime | None = None,
+    files: list[Path], key: ec.EllipticCurvePrivateKey, now: datetime.datetime | None = None,
 ) -> Path:  # fmt: skip
     owner = next((c for c in checklists.values() for i in c.items if i.id == item), None)
     if owner is None:
@@ -72,25 +124,59 @@ def record(
     attestation = Attestation(item, by.strip(), note.strip(), moment, tuple(attached))
     store.mkdir(parents=True, exist_ok=True, mode=0o750)
     path = store / f"{moment.strftime('%Y%m%dT%H%M%S.%fZ')}-{item}.json"
+    signed = signed_record(attestation.as_dict(), key)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        json.dump(attestation.as_dict(), handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(signed)
     return path
 
 
-def current(store: Path, checklist: str, item: str,
-            now: datetime.datetime | None = None) -> Attestation | None:  # fmt: skip
-    """The newest attestation of ITEM made in the current period, if any."""
+def _verified(data: Any, path: Path, attesters: Attesters | None) -> dict[str, Any]:
+    """The attestation in DATA if it is signed by the key pinned for the name it
+    claims; AttestationError saying why not otherwise."""
+    if not isinstance(data, dict) or "signature" not in data or "record" not in data:
+        raise AttestationError(f"{path.name}: not signed - a self-declared name counts "
+                               "for nothing")  # fmt: skip
+    claimed = data["record"].get("by") if isinstance(data["record"], dict) else None
+    if attesters is None:
+        raise AttestationError(f"{path.name}: by {claimed}: no attesters file (--attesters) "
+                               "to check its signature against")  # fmt: skip
+    if claimed not in attesters:
+        raise AttestationError(f"{path.name}: by {claimed}, who is not in the attesters file")
+    try:
+        return verified_record(data, TrustAnchor.of(attesters[claimed]), "at", path.name)
+    except EvidenceError as error:
+        raise AttestationError(f"{error} (claims to be by {claimed})") from error
+
+
+def current(store: Path, checklist: str, item: str, now: datetime.datetime | None = None,
+            attesters: Attesters | None = None,
+            ) -> tuple[Attestation | None, list[str]]:  # fmt: skip
+    """The newest verified attestation of ITEM made in the current period, if any, and
+    why each other record of ITEM in the period does not count."""
     moment = now or datetime.datetime.now(datetime.UTC)
     wanted = period_of(checklist, moment)
-    found = None
+    found, rejected = None, []
     for path in sorted(store.glob(f"*-{item}.json")) if store.is_dir() else []:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            at = datetime.datetime.fromisoformat(data["at"])
-        except (OSError, ValueError, KeyError):
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            claimed = raw.get("record", raw) if isinstance(raw, dict) else {}
+            if period_of(checklist, datetime.datetime.fromisoformat(claimed["at"])) != wanted:
+                continue
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            rejected.append(f"{path.name}: unreadable")
             continue
-        if data.get("item") == item and period_of(checklist, at) == wanted:
-            found = Attestation(item, data["by"], data["note"], at, tuple(data.get("files", [])))
-    return found
+        try:
+            data = _verified(raw, path, attesters)
+            at = datetime.datetime.fromisoformat(data["at"])
+            if data.get("item") != item or period_of(checklist, at) != wanted:
+                raise AttestationError(
+                    f"{path.name}: signed for {data.get('item')} at "
+                    f"{data.get('at')}, not for {item} in {wanted}"
+                )
+            found = Attestation(item, data["by"], data["note"], at,
+                                tuple(data.get("files", [])),
+                                key_id(attesters[data["by"]]))  # fmt: skip
+        except (AttestationError, KeyError, TypeError, ValueError) as error:
+            rejected.append(str(error))
+    return found, rejected
