@@ -131,9 +131,11 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
 ) -> None:
     url, received = webhook
     root, metrics = tmp_path / "evidence", tmp_path / "textfile" / "compliance.prom"
+    heads = tmp_path / "state" / "heads"  # outside the evidence root
     run = compliance("schedule", "run", "daily", "-i", str(inventory), "--signing-key",
                      str(key_path), "--evidence-root", str(root), "--metrics", str(metrics),
-                     "--webhook", url, "--store", str(tmp_path / "attestations"))  # fmt: skip
+                     "--webhook", url, "--store", str(tmp_path / "attestations"),
+                     "--head-dir", str(heads))  # fmt: skip
     # No core host in this inventory: the service items are errors - an alert.
     assert run.returncode == 2, run.stderr
     assert "<3>compliance alert: the daily checklist could not be completed" in run.stderr
@@ -154,8 +156,11 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     text = metrics.read_text()
     assert 'securecore_compliance_last_run_status{checklist="daily"} 2' in text
     assert 'securecore_compliance_run_missed{checklist="daily"} 0' in text
-    assert compliance("verify", str(root / "daily"), "--public-key",
-                      f"{key_path}.pub").returncode == 0  # fmt: skip
+    verified = compliance("verify", str(root / "daily"), "--public-key", f"{key_path}.pub",
+                          "--head", str(heads / "daily.json"))  # fmt: skip
+    assert verified.returncode == 0, verified.stdout
+    head = json.loads((heads / "daily.json").read_text())["record"]
+    assert head["newest"]["id"] == bundle.name and head["count"] == 1
     # Missed runs: weekly and monthly never ran since an install 40 days ago.
     (root / ".installed").touch()
     old = time.time() - 40 * 86400
@@ -176,3 +181,17 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     lonely = compliance("schedule", "run", "daily", "-i", str(inventory), "--evidence-root",
                         str(root))  # fmt: skip
     assert lonely.returncode == 2 and "--signing-key is required" in lonely.stderr
+    # The hourly status also verifies each series against the key and its head: the
+    # newest daily run removed is alerted.
+    trusted = ("--trusted-key", f"{key_path}.pub", "--head-dir", str(heads))
+    whole = compliance("schedule", "status", "--evidence-root", str(root), "--checklist",
+                       "daily", *trusted)  # fmt: skip
+    assert whole.returncode == 0 and "daily    verified" in whole.stdout, whole.stdout
+    shutil.rmtree(bundle)
+    (root / "daily" / f"{bundle.name}.tar.gz").unlink(missing_ok=True)
+    gone = compliance("schedule", "status", "--evidence-root", str(root), "--checklist",
+                      "daily", "--metrics", str(metrics), "--webhook", url, *trusted)  # fmt: skip
+    assert gone.returncode == 1 and "daily    BROKEN" in gone.stdout
+    [broken] = [a for a in received if a["event"] == "evidence_broken"]
+    assert f"names {bundle.name} as the newest" in broken["message"]
+    assert 'securecore_compliance_evidence_broken{checklist="daily"} 1' in metrics.read_text()
