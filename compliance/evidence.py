@@ -16,10 +16,14 @@ and kind, so bundles sort in the order they were made):
                   id (SHA-256 of the public key) and the public key itself
 
 `archive` also writes BUNDLE.tar.gz (reproducible). `verify_bundles` checks,
-offline, every file's hash, the signature (with a public key the auditor
-pins, or the bundle's own key whose id it reports), and the chain: each
-bundle names its predecessor's manifest hash, so an altered, removed or
-inserted bundle in the series is found and named.
+offline, every file's hash, the signature against a trust anchor (pinned
+public keys, or a key list with validity periods checked against the signed
+time in the manifest; the bundle's own key only on request, and then every
+result is UNVERIFIED), the chain (each bundle names its predecessor's manifest
+hash, so an altered, removed or inserted bundle is found and named), that the
+series directory holds nothing but bundles, their archives (each exactly its
+bundle) and the signed retention record, and - given the series head kept
+outside the evidence directory - that no newest run is missing.
 """
 
 from __future__ import annotations

@@ -191,6 +191,9 @@ def write_metrics(path: Path, lines: dict[str, float]) -> None:
         "# TYPE securecore_compliance_last_run_status gauge",
         "# HELP securecore_compliance_run_missed 1 when a checklist's scheduled run is missing.",
         "# TYPE securecore_compliance_run_missed gauge",
+        "# HELP securecore_compliance_evidence_broken 1 when a series does not verify "
+        "against its key and head.",
+        "# TYPE securecore_compliance_evidence_broken gauge",
     ]
     body = "\n".join(header + [f"{n} {v}" for n, v in sorted(current.items())]) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
