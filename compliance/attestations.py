@@ -33,7 +33,8 @@ from compliance.evidence import (
     EvidenceError,
     TrustAnchor,
     key_id,
-    load_public_key,
+    load_yaml,
+    public_key_named,
     signed_record,
     verified_record,
 )
@@ -64,28 +65,16 @@ Attesters = dict[str, ec.EllipticCurvePublicKey]
 def load_attesters(path: Path) -> Attesters:
     """The attesters file: `attesters: {NAME: PEM public key file (relative to this file)
     or the PEM itself}` - whose signature counts for which name."""
-    import yaml
-
     try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise AttestationError(f"{path}: cannot read it ({error.strerror})") from error
-    except yaml.YAMLError as error:
-        raise AttestationError(f"{path}: not YAML ({error})") from error
-    entries = document.get("attesters") if isinstance(document, dict) else None
-    if not isinstance(entries, dict):
-        raise AttestationError(f"{path}: an attesters file is `attesters: {{NAME: PUBLIC KEY}}`")
-    attesters = {}
-    for name, value in entries.items():
-        text = str(value or "")
-        try:
-            data = text.encode() if "-----BEGIN" in text else (path.parent / text).read_bytes()
-            attesters[str(name)] = load_public_key(data, f"{path}: attester {name}")
-        except OSError as error:
-            raise AttestationError(f"{path}: attester {name}: {text}: cannot read it "
-                                   f"({error.strerror})") from error  # fmt: skip
-        except EvidenceError as error:
-            raise AttestationError(str(error)) from error
+        document = load_yaml(path, "attesters file")
+        entries = document.get("attesters") if isinstance(document, dict) else None
+        if not isinstance(entries, dict):
+            raise AttestationError(f"{path}: an attesters file is "
+                                   "`attesters: {NAME: PUBLIC KEY}`")  # fmt: skip
+        attesters = {str(name): public_key_named(value, path.parent, f"{path}: attester {name}")
+                     for name, value in entries.items()}  # fmt: skip
+    except EvidenceError as error:
+        raise AttestationError(str(error)) from error
     return attesters
 
 

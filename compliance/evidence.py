@@ -324,17 +324,33 @@ class TrustAnchor:
                 f"period ({periods})")  # fmt: skip
 
 
-def _key_list(path: Path) -> list[TrustedKey]:
-    """A key list: YAML or JSON, `keys: [{key: PEM file (relative to the list) or the PEM
-    itself, not_before: TIME, not_after: TIME (absent: still valid)}]`."""
+def load_yaml(path: Path, what: str) -> Any:
+    """PATH parsed as YAML (JSON is YAML too), or EvidenceError naming it."""
     import yaml  # the check definitions need it already
 
     try:
-        document = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as error:
-        raise EvidenceError(f"{path}: cannot read the key list ({error.strerror})") from error
+        raise EvidenceError(f"{path}: cannot read the {what} ({error.strerror})") from error
     except yaml.YAMLError as error:
-        raise EvidenceError(f"{path}: not YAML/JSON ({error})") from error
+        raise EvidenceError(f"{path}: the {what} is not YAML/JSON ({error})") from error
+
+
+def public_key_named(value: Any, base: Path, where: str) -> ec.EllipticCurvePublicKey:
+    """The public key VALUE is: a PEM itself, or a PEM file relative to BASE."""
+    text = str(value or "")
+    if "-----BEGIN" in text:
+        return load_public_key(text.encode(), where)
+    try:
+        return load_public_key((base / text).read_bytes(), where)
+    except OSError as error:
+        raise EvidenceError(f"{where}: {text}: cannot read it ({error.strerror})") from error
+
+
+def _key_list(path: Path) -> list[TrustedKey]:
+    """A key list: YAML or JSON, `keys: [{key: PEM file (relative to the list) or the PEM
+    itself, not_before: TIME, not_after: TIME (absent: still valid)}]`."""
+    document = load_yaml(path, "key list")
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise EvidenceError(f"{path}: a key list is `keys: [{{key, not_before, not_after}}]`")
@@ -347,21 +363,13 @@ def _key_list(path: Path) -> list[TrustedKey]:
         unknown = set(entry) - {"key", "not_before", "not_after", "comment"}
         if unknown:
             raise EvidenceError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        text = str(entry["key"])
-        if "-----BEGIN" in text:
-            data = text.encode()
-        else:
-            try:
-                data = (path.parent / text).read_bytes()
-            except OSError as error:
-                raise EvidenceError(f"{where}: {text}: cannot read it ({error.strerror})") \
-                    from error  # fmt: skip
         start = _moment(entry["not_before"], f"{where} not_before")
         end = _moment(entry["not_after"], f"{where} not_after") \
             if entry.get("not_after") is not None else None  # fmt: skip
         if end is not None and end <= start:
             raise EvidenceError(f"{where}: not_after is not after not_before")
-        trusted.append(TrustedKey(load_public_key(data, where), where, start, end))
+        trusted.append(TrustedKey(public_key_named(entry["key"], path.parent, where), where,
+                                  start, end))  # fmt: skip
     return trusted
 
 

@@ -56,9 +56,8 @@ def run(directory: Path, key, head: Path, status: str = "fail") -> Path:
 
 @pytest.fixture
 def key_path(tmp_path: Path) -> Path:
-    path = tmp_path / "evidence.key"
-    generate_key(path)
-    return path
+    generate_key(tmp_path / "evidence.key")
+    return tmp_path / "evidence.key"
 
 
 @pytest.fixture
