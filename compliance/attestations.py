@@ -10,7 +10,11 @@ for its checklist's period: the UTC day (daily), ISO week (weekly) or month
 
 A name is only a claim: a checklist run counts an attestation only when its
 signature verifies with the public key that the attesters file (`--attesters`,
-kept by whoever runs the checklists) pins for that name. An unsigned record, an
+kept by whoever runs the checklists) pins for that name - or, for a person
+attesting with a certificate (`compliance attest --certificate`), when that
+certificate was issued by a certificate authority the attesters file pins, was
+valid when the attestation was made, names the person (its subject common name
+is the name claimed) and holds the key that signed. An unsigned record, an
 unknown name, or a record signed by another key than the one pinned for the
 name it claims is not counted - the item stays pending - and the report lists it
 with the reason, so a forged attestation is visible rather than silent.
@@ -26,7 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from compliance.checklists import Checklist
 from compliance.evidence import (
@@ -59,7 +67,44 @@ class Attestation:
                 **({"signed_by": self.key_id} if self.key_id else {})}  # fmt: skip
 
 
-Attesters = dict[str, ec.EllipticCurvePublicKey]
+class Attesters(dict[str, ec.EllipticCurvePublicKey]):
+    """NAME -> the public key pinned for that person; and the certificate authorities
+    whose certificates name attesters (by subject common name)."""
+
+    authorities: tuple[x509.Certificate, ...] = ()
+
+
+def _common_name(certificate: x509.Certificate) -> str | None:
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
+def _certified(pem: str, claimed: str, at: str, authorities: tuple[x509.Certificate, ...],
+               where: str) -> ec.EllipticCurvePublicKey:  # fmt: skip
+    """The key of a person's certificate, if a pinned authority issued it to CLAIMED and
+    it was valid at AT; AttestationError otherwise."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+        moment = datetime.datetime.fromisoformat(at)
+    except (ValueError, TypeError) as error:
+        raise AttestationError(f"{where}: unreadable certificate or time ({error})") from error
+    issuer = next((ca for ca in authorities if ca.subject == certificate.issuer), None)
+    try:
+        if issuer is None:
+            raise ValueError("no pinned certificate authority issued it")
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature) as error:
+        raise AttestationError(f"{where}: the certificate of {claimed} does not verify "
+                               f"({error or 'bad signature'})") from error  # fmt: skip
+    if _common_name(certificate) != claimed:
+        raise AttestationError(f"{where}: the certificate names {_common_name(certificate)!r}, "
+                               f"but the attestation claims to be by {claimed}")  # fmt: skip
+    if not certificate.not_valid_before_utc <= moment < certificate.not_valid_after_utc:
+        raise AttestationError(f"{where}: made at {at}, outside its certificate's validity")
+    public = certificate.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise AttestationError(f"{where}: the certificate's key is not ECDSA P-256")
+    return public
 
 
 def load_attesters(path: Path) -> Attesters:
@@ -71,8 +116,16 @@ def load_attesters(path: Path) -> Attesters:
         if not isinstance(entries, dict):
             raise AttestationError(f"{path}: an attesters file is "
                                    "`attesters: {NAME: PUBLIC KEY}`")  # fmt: skip
-        attesters = {str(name): public_key_named(value, path.parent, f"{path}: attester {name}")
-                     for name, value in entries.items()}  # fmt: skip
+        attesters = Attesters({str(name): public_key_named(value, path.parent,
+                                                           f"{path}: attester {name}")
+                               for name, value in entries.items()})  # fmt: skip
+        authorities = document.get("certificate_authorities") or []
+        if not isinstance(authorities, list):
+            raise AttestationError(f"{path}: certificate_authorities is a list of PEM "
+                                   "certificates (files or the PEM itself)")  # fmt: skip
+        attesters.authorities = tuple(_certificate_named(value, path.parent, f"{path}: "
+                                                         f"certificate authority {number}")
+                                      for number, value in enumerate(authorities, 1))  # fmt: skip
     except EvidenceError as error:
         raise AttestationError(str(error)) from error
     return attesters
@@ -87,9 +140,21 @@ def period_of(checklist: str, moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m")
 
 
+def _certificate_named(value: object, base: Path, where: str) -> x509.Certificate:
+    text = str(value or "")
+    try:
+        data = text.encode() if "-----BEGIN" in text else (base / text).read_bytes()
+        return x509.load_pem_x509_certificate(data)
+    except OSError as error:
+        raise AttestationError(f"{where}: {text}: cannot read it ({error.strerror})") from error
+    except ValueError as error:
+        raise AttestationError(f"{where}: not a PEM certificate") from error
+
+
 def record(
     store: Path, checklists: dict[str, Checklist], item: str, by: str, note: str,
     files: list[Path], key: ec.EllipticCurvePrivateKey, now: datetime.datetime | None = None,
+    certificate: x509.Certificate | None = None,
 ) -> Path:  # fmt: skip
     owner = next((c for c in checklists.values() for i in c.items if i.id == item), None)
     if owner is None:
@@ -113,16 +178,26 @@ def record(
     attestation = Attestation(item, by.strip(), note.strip(), moment, tuple(attached))
     store.mkdir(parents=True, exist_ok=True, mode=0o750)
     path = store / f"{moment.strftime('%Y%m%dT%H%M%S.%fZ')}-{item}.json"
-    signed = signed_record(attestation.as_dict(), key)
+    document = attestation.as_dict()
+    if certificate is not None:
+        # Refused here already, so that a person sees the mistake, not the auditor.
+        if key_id(certificate.public_key()) != key_id(key.public_key()):
+            raise AttestationError("--certificate is not the certificate of --key")
+        if _common_name(certificate) != attestation.by:
+            raise AttestationError(f"--certificate names {_common_name(certificate)!r}, "
+                                   f"not --by {attestation.by!r}")  # fmt: skip
+        document["certificate"] = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    signed = signed_record(document, key)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(signed)
     return path
 
 
-def _verified(data: Any, path: Path, attesters: Attesters | None) -> dict[str, Any]:
-    """The attestation in DATA if it is signed by the key pinned for the name it
-    claims; AttestationError saying why not otherwise."""
+def _verified(data: Any, path: Path, attesters: Attesters | None,
+              ) -> tuple[dict[str, Any], ec.EllipticCurvePublicKey]:  # fmt: skip
+    """The attestation in DATA and its signer's key, if signed by the key pinned for the
+    name it claims (or certified for it); AttestationError saying why not otherwise."""
     if not isinstance(data, dict) or "signature" not in data or "record" not in data:
         raise AttestationError(f"{path.name}: not signed - a self-declared name counts "
                                "for nothing")  # fmt: skip
@@ -130,10 +205,15 @@ def _verified(data: Any, path: Path, attesters: Attesters | None) -> dict[str, A
     if attesters is None:
         raise AttestationError(f"{path.name}: by {claimed}: no attesters file (--attesters) "
                                "to check its signature against")  # fmt: skip
-    if claimed not in attesters:
+    if claimed in attesters:
+        public = attesters[claimed]
+    elif data["record"].get("certificate") and attesters.authorities:
+        public = _certified(data["record"]["certificate"], claimed, data["record"].get("at"),
+                            attesters.authorities, path.name)  # fmt: skip
+    else:
         raise AttestationError(f"{path.name}: by {claimed}, who is not in the attesters file")
     try:
-        return verified_record(data, TrustAnchor.of(attesters[claimed]), "at", path.name)
+        return verified_record(data, TrustAnchor.of(public), "at", path.name), public
     except EvidenceError as error:
         raise AttestationError(f"{error} (claims to be by {claimed})") from error
 
@@ -156,7 +236,7 @@ def current(store: Path, checklist: str, item: str, now: datetime.datetime | Non
             rejected.append(f"{path.name}: unreadable")
             continue
         try:
-            data = _verified(raw, path, attesters)
+            data, public = _verified(raw, path, attesters)
             at = datetime.datetime.fromisoformat(data["at"])
             if data.get("item") != item or period_of(checklist, at) != wanted:
                 raise AttestationError(
@@ -165,7 +245,7 @@ def current(store: Path, checklist: str, item: str, now: datetime.datetime | Non
                 )
             found = Attestation(item, data["by"], data["note"], at,
                                 tuple(data.get("files", [])),
-                                key_id(attesters[data["by"]]))  # fmt: skip
+                                key_id(public))  # fmt: skip
         except (AttestationError, KeyError, TypeError, ValueError) as error:
             rejected.append(str(error))
     return found, rejected

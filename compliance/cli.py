@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from compliance import __version__
@@ -285,7 +286,15 @@ def _attest(args: argparse.Namespace) -> int:
     catalogs = load_catalogs()
     checklists = load_checklists(catalogs, load_checks(catalogs))
     key = load_key(args.key)
-    path = record(args.store, checklists, args.item, args.by, args.note, args.file or [], key)
+    certificate = None
+    if args.certificate:
+        try:
+            certificate = x509.load_pem_x509_certificate(args.certificate.read_bytes())
+        except (OSError, ValueError) as error:
+            raise AttestationError(f"{args.certificate}: not a PEM certificate ({error})") \
+                from error  # fmt: skip
+    path = record(args.store, checklists, args.item, args.by, args.note, args.file or [], key,
+                  certificate=certificate)  # fmt: skip
     print(f"attestation recorded: {path} (signed by {args.by}'s key {key_id(key.public_key())})")
     return 0
 
@@ -532,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="that person's signing key: a file, or pkcs11:token=...;object=...",
     )
+    attest.add_argument("--certificate", type=Path,
+                        help="that person's certificate for --key (PEM; its common name is "
+                             "--by), for attesters pinned by certificate authority")  # fmt: skip
     attest.add_argument("--note", required=True, help="what was done and found")
     attest.add_argument("--file", type=Path, action="append", help="a file shown (hashed)")
     attest.add_argument("--store", type=Path, default=Path("evidence/attestations"),

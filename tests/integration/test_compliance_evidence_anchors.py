@@ -293,3 +293,67 @@ def test_only_attestations_signed_by_their_author_count(tmp_path: Path) -> None:
     newest.write_text(newest.read_text().replace("really", "mostly"))
     found, refused = current(store, "daily", item, attesters=pinned)
     assert found is None and "the signature does not verify" in refused[-1]
+
+
+def _certificate(subject: str, public, issuer_name: str, issuer_key, days: int = 30):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    return (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+            .public_key(public).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(days=1))
+            .not_valid_after(NOW + datetime.timedelta(days=days))
+            .sign(issuer_key, hashes.SHA256()))  # fmt: skip
+
+
+def test_an_attestation_by_certificate_counts_only_for_the_name_it_certifies(
+    tmp_path: Path,
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    catalogs = load_catalogs()
+    checklists = load_checklists(catalogs, load_checks(catalogs))
+    store, item = tmp_path / "attestations", "daily.security_alerts"
+    authority = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("people CA", authority.public_key(), "people CA", authority)
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "attesters.yml").write_text("attesters: {}\ncertificate_authorities: [ca.pem]\n")
+    pinned = load_attesters(tmp_path / "attesters.yml")
+    generate_key(tmp_path / "carol.key")
+    carol = load_signing_key(tmp_path / "carol.key")
+    certificate = _certificate("carol", carol.public_key(), "people CA", authority)
+    path = tmp_path / "carol.pem"
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    # Through the command line, as a person attests.
+    made = compliance("attest", item, "--by", "carol", "--note", "reviewed", "--store",
+                      str(store), "--key", str(tmp_path / "carol.key"),
+                      "--certificate", str(path))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    found, refused = current(store, "daily", item, attesters=pinned)
+    assert found.by == "carol" and refused == []
+    # carol's certificate does not make her dave.
+    wrong = compliance("attest", item, "--by", "dave", "--note", "x", "--store", str(store),
+                       "--key", str(tmp_path / "carol.key"),
+                       "--certificate", str(path))  # fmt: skip
+    assert wrong.returncode == 2 and "names 'carol', not --by 'dave'" in wrong.stderr
+    shutil.rmtree(store)
+    # A record written by hand: carol's certificate, claiming dave.
+    signed = {"item": item, "by": "dave", "note": "x", "at": NOW.isoformat(), "files": [],
+              "certificate": path.read_text()}  # fmt: skip
+    store.mkdir()
+    (store / f"{NOW.strftime('%Y%m%dT%H%M%S.%fZ')}-{item}.json").write_bytes(
+        signed_record(signed, carol)
+    )
+    found, refused = current(store, "daily", item, attesters=pinned)
+    assert found is None and "claims to be by dave" in refused[0]
+    # A certificate for carol that no pinned authority issued (self-made).
+    generate_key(tmp_path / "mallory.key")
+    mallory = load_signing_key(tmp_path / "mallory.key")
+    forged = _certificate("carol", mallory.public_key(), "people CA", mallory)
+    record(store, checklists, item, "carol", "forged", [], mallory, certificate=forged)
+    found, refused = current(store, "daily", item, attesters=pinned)
+    assert found is None and "the certificate of carol does not verify" in refused[-1]
