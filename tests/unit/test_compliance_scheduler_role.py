@@ -26,9 +26,10 @@ def test_the_units_anchor_each_series_and_pin_the_attesters(tmp_path) -> None:
     import json
 
     import jinja2
+    from cryptography.hazmat.primitives import serialization
 
     from compliance.attestations import load_attesters
-    from compliance.evidence import generate_key
+    from compliance.evidence import generate_key, load_signing_key
 
     templates = ROOT / "roles/compliance_scheduler/templates"
     run = (templates / "securecore-compliance@.service.j2").read_text()
@@ -45,5 +46,14 @@ def test_the_units_anchor_each_series_and_pin_the_attesters(tmp_path) -> None:
     for attesters, names in (({}, []), ({"alice": pem, "bob: x": pem}, ["alice", "bob: x"])):
         path = tmp_path / "attesters.yml"
         path.write_text(template.render(ansible_managed="managed",
-                                        compliance_scheduler_attesters=attesters))  # fmt: skip
+                                        compliance_scheduler_attesters=attesters,
+                                        compliance_scheduler_attester_cas=[]))  # fmt: skip
         assert sorted(load_attesters(path)) == names
+    from tests.integration.test_compliance_evidence_anchors import _certificate
+
+    authority = load_signing_key(tmp_path / "alice.key")
+    ca = _certificate("people CA", authority.public_key(), "people CA", authority)
+    pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+    path.write_text(template.render(ansible_managed="managed", compliance_scheduler_attesters={},
+                                    compliance_scheduler_attester_cas=[pem]))  # fmt: skip
+    assert load_attesters(path).authorities == (ca,)
