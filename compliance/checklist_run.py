@@ -4,6 +4,8 @@ An item's checks pass when every applicable host passes them (a waived
 failure counts as waived, not failed); its attestation is `attested` when a
 person recorded one in the checklist's current period, else `pending`. The
 item's status is the worst of its parts: error, fail, pending, waived, pass.
+Only an attestation signed by the key the attesters file pins for its name
+counts; any other record of the period is listed as not counted, with why.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compliance.attestations import current, period_of
+from compliance.attestations import Attesters, current, period_of
 from compliance.checklists import Checklist
 from compliance.engine import Result
 from compliance.report_sections import Section, markdown_sections
@@ -31,6 +33,7 @@ class ItemResult:
     checks: dict[str, dict[str, int]] = field(default_factory=dict)  # check -> status counts
     failing: list[str] = field(default_factory=list)  # "check on host: detail"
     attestation: dict[str, Any] | None = None
+    not_counted: list[str] = field(default_factory=list)  # attestations refused, and why
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,7 +41,7 @@ class ItemResult:
 
 def run_items(
     checklist: Checklist, results: list[Result], store: Path,
-    now: datetime.datetime | None = None,
+    now: datetime.datetime | None = None, attesters: Attesters | None = None,
 ) -> list[ItemResult]:  # fmt: skip
     by_check: dict[str, list[Result]] = {}
     for result in results:
@@ -56,7 +59,8 @@ def run_items(
             outcome.failing += [f"{check} on {r.host}: {r.detail}" for r in found
                                 if r.status in ("fail", "error")]  # fmt: skip
         if item.attested_controls is not None:
-            attestation = current(store, checklist.name, item.id, now)
+            attestation, outcome.not_counted = current(store, checklist.name, item.id, now,
+                                                       attesters)  # fmt: skip
             if attestation is None:
                 statuses.append("pending")
             else:
@@ -91,7 +95,8 @@ def markdown(checklist: Checklist, items: list[ItemResult], hosts: list[dict[str
                 f"{c} ({', '.join(f'{n} {s}' for s, n in sorted(k.items()))})"
                 for c, k in item.checks.items()))  # fmt: skip
         if item.attestation:
-            how.append(f"attested by {item.attestation['by']} at {item.attestation['at']}: "
+            how.append(f"attested by {item.attestation['by']} at {item.attestation['at']} "
+                       f"(signed, key {item.attestation['signed_by'][:16]}...): "
                        f"{item.attestation['note']}")  # fmt: skip
         elif item.status == "pending" or (item.attestation is None and not item.checks):
             how.append("attestation pending")
@@ -101,6 +106,10 @@ def markdown(checklist: Checklist, items: list[ItemResult], hosts: list[dict[str
     if problems:
         lines += ["", "## What failed", ""]
         lines += [f"- {item}: {failure}" for item, failure in problems]
+    refused = [(i.id, why) for i in items for why in i.not_counted]
+    if refused:
+        lines += ["", "## Attestations not counted (unverified)", ""]
+        lines += [f"- {item}: {why}" for item, why in refused]
     errors = [h for h in hosts if h.get("error")]
     if errors:
         lines += ["", "## Hosts not checked", ""]

@@ -5,18 +5,25 @@
       automated checks, by checklist attestations, or not applicable (why)
   compliance check -i INVENTORY [--limit L] [--waivers FILE]
       one read-only gathering pass per host (ansible-runner), then the checks
-      [--evidence DIR --signing-key KEY]   ... and write a signed evidence bundle
-  compliance verify BUNDLE_OR_DIR [--public-key PEM]   hashes, signature, chain
-  compliance checklist run daily|weekly|monthly -i INVENTORY [--store DIR] [...]
-      the checklist's checks and attestations, a Markdown report in the bundle
-  compliance attest ITEM --by NAME --note TEXT [--file PATH]   a person's item
+      [--evidence DIR --signing-key KEY [--head FILE]]   ... and write a signed
+      evidence bundle, and the series head (default: under ~/.local/state)
+  compliance verify BUNDLE_OR_DIR (--trusted-key PEM... | --key-list FILE)
+      [--head FILE]   hashes, signature, chain, archives, the series head
+  compliance verify BUNDLE_OR_DIR --trust-embedded-key   inspection only: UNVERIFIED
+  compliance checklist run daily|weekly|monthly -i INVENTORY [--store DIR]
+      [--attesters FILE] [...]   the checklist's checks and signed attestations,
+      a Markdown report in the bundle
+  compliance attest ITEM --by NAME --note TEXT --key KEY [--file PATH]
+      a person's item, signed with that person's key (file or pkcs11: URI)
   compliance keygen --key FILE                 an evidence signing key
   compliance checks [--format text|json]      the check definitions
   compliance checklists [NAME]                the daily, weekly and monthly items
 
-Exit codes: 0 all well, 1 a finding (a coverage gap, a failed check), 2 an error
-(an unreachable host, bad input, a broken catalog, check or checklist file -
-named with what is wrong).
+Exit codes: 0 all well, 1 a finding (a coverage gap, a failed check, evidence that
+does not verify), 2 an error (an unreachable host, bad input, a broken catalog,
+check or checklist file, no trust anchor, nothing to verify - named with what is
+wrong), 3 `verify --trust-embedded-key` found no problem but proved nothing (the
+output's first line says UNVERIFIED).
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from compliance import __version__
-from compliance.attestations import AttestationError, record
+from compliance.attestations import AttestationError, load_attesters, record
 from compliance.catalog import CatalogError, load_catalogs
 from compliance.checklist_run import markdown, run_items
 from compliance.checklists import NAMES, load_checklist, load_checklists
@@ -43,13 +51,17 @@ from compliance.coverage import coverage, load_applicability
 from compliance.engine import load_waivers, run_checks
 from compliance.evidence import (
     EvidenceError,
+    TrustAnchor,
     archive,
+    default_head,
     generate_key,
     hash_files,
     key_id,
     masked,
+    series_start,
     verify_bundles,
     write_bundle,
+    write_head,
 )
 from compliance.gather.runner import GatherError, gather
 from compliance.html_report import render
@@ -166,6 +178,14 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
     if bool(args.evidence) != bool(args.signing_key):
         raise EvidenceError("--evidence and --signing-key go together (a bundle is signed)")
     signing_key = load_key(args.signing_key) if args.signing_key else None
+    start = None
+    if args.evidence:
+        # Checked before gathering: a series whose head does not verify gets no new bundle.
+        args.head = args.head or default_head(args.evidence)
+        start = series_start(args.evidence, args.head, signing_key, args.new_head)
+        if start.warning:
+            print(f"warning: {start.warning}", file=sys.stderr)
+            args.series_warning = start.warning
     started = datetime.datetime.now(datetime.UTC)
     print(f"gathering facts from {args.inventory} ...", file=sys.stderr)
     hosts = gather(args.inventory, args.limit, forks=args.forks, progress=_progress)
@@ -193,9 +213,10 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
         added["assessment-results.json"] = _oscal_json(oscal)
     if args.evidence:
         bundle = write_bundle(args.evidence, kind, document["results"], document["hosts"],
-                              facts, run, signing_key,
-                              extra=added)  # fmt: skip
-        print(f"evidence: {bundle}", file=sys.stderr)
+                              facts, run, signing_key, extra=added,
+                              previous=start.previous)  # fmt: skip
+        write_head(args.head, signing_key, bundle, start.count + 1)
+        print(f"evidence: {bundle}\nseries head: {args.head}", file=sys.stderr)
         if args.archive:
             print(f"evidence archive: {archive(bundle)}", file=sys.stderr)
     return document, results
@@ -229,8 +250,10 @@ def _checklist_run(args: argparse.Namespace) -> int:
     wanted = {c for item in checklist.items for c in item.checks}
     outcome: dict = {}
 
+    attesters = load_attesters(args.attesters) if args.attesters else None
+
     def report(document, results, run, facts) -> dict[str, bytes]:
-        outcome["items"] = run_items(checklist, results, args.store)
+        outcome["items"] = run_items(checklist, results, args.store, attesters=attesters)
         items = [i.as_dict() for i in outcome["items"]]
         data = RunData(document["hosts"], facts, document["results"], items,
                        {c.id: c for c in checks}, document["started"])  # fmt: skip
@@ -262,8 +285,17 @@ def _checklist_run(args: argparse.Namespace) -> int:
 def _attest(args: argparse.Namespace) -> int:
     catalogs = load_catalogs()
     checklists = load_checklists(catalogs, load_checks(catalogs))
-    path = record(args.store, checklists, args.item, args.by, args.note, args.file or [])
-    print(f"attestation recorded: {path}")
+    key = load_key(args.key)
+    certificate = None
+    if args.certificate:
+        try:
+            certificate = x509.load_pem_x509_certificate(args.certificate.read_bytes())
+        except (OSError, ValueError) as error:
+            raise AttestationError(f"{args.certificate}: not a PEM certificate ({error})") \
+                from error  # fmt: skip
+    path = record(args.store, checklists, args.item, args.by, args.note, args.file or [], key,
+                  certificate=certificate)  # fmt: skip
+    print(f"attestation recorded: {path} (signed by {args.by}'s key {key_id(key.public_key())})")
     return 0
 
 
@@ -284,20 +316,33 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    checks, chain = verify_bundles(args.target, args.public_key)
+    anchor = TrustAnchor.from_options(args.trusted_key, args.key_list, args.trust_embedded_key)
+    outcome = verify_bundles(args.target, anchor, args.head)
+    if outcome.unverified:
+        print("UNVERIFIED: no trust anchor - each bundle's own embedded key was trusted, so "
+              "whoever wrote these files could have signed them (exit 3 at best)")  # fmt: skip
     bad = 0
-    for check in checks:
+    for check in outcome.checks:
         if check.problems:
             bad += 1
             print(f"FAILED {check.bundle}:")
             for problem in check.problems:
                 print(f"  {problem}")
+        elif outcome.unverified:
+            print(f"UNVERIFIED {check.bundle} (carries key {check.key_id})")
         else:
-            print(f"OK     {check.bundle} (signed by key {check.key_id})")
-    for problem in chain:
-        print(f"CHAIN  {problem}")
-    print(f"{len(checks)} bundles, {bad} with problems, {len(chain)} breaks in the chain")
-    return 1 if bad or chain else 0
+            print(f"OK     {check.bundle} (signed by trusted key {check.key_id})")
+    for label, problems in (("CHAIN", outcome.chain), ("SERIES", outcome.series),
+                            ("HEAD", outcome.head)):  # fmt: skip
+        for problem in problems:
+            print(f"{label:<6} {problem}")
+    if args.head is not None and not outcome.head:
+        print(f"HEAD   {args.head}: the series' newest runs are all here")
+    print(f"{len(outcome.checks)} bundles, {bad} with problems, {len(outcome.chain)} breaks "
+          f"in the chain, {len(outcome.series) + len(outcome.head)} series problems")  # fmt: skip
+    if outcome.problems:
+        return 1
+    return 3 if outcome.unverified else 0
 
 
 def _alert(args: argparse.Namespace, event: str, checklist: str, message: str,
@@ -317,6 +362,8 @@ def _schedule_run(args: argparse.Namespace) -> int:
     if not args.signing_key:
         raise EvidenceError("--signing-key is required: every scheduled run is signed")
     args.evidence = args.evidence_root / args.name
+    if args.head is None and args.head_dir is not None:
+        args.head = args.head_dir / f"{args.name}.json"
     try:
         code = _checklist_run(args)
     except (CatalogError, GatherError, EvidenceError, AttestationError) as error:
@@ -326,12 +373,17 @@ def _schedule_run(args: argparse.Namespace) -> int:
     items = json.loads(newest.read_text()) if newest else []
     counts = Counter(i["status"] for i in items)
     bundle = newest.parent.name if newest else None
-    removed = prune(args.evidence, args.keep_days, load_key(args.signing_key))
+    gap = getattr(args, "series_warning", None)
+    if gap:
+        _alert(args, "evidence_gap", args.name, f"the {args.name} evidence series: {gap}")
+        code = max(code, 1)
+    trusted = TrustAnchor.from_options(args.trusted_key) if args.trusted_key else None
+    removed = prune(args.evidence, args.keep_days, load_key(args.signing_key), trusted=trusted)
     if removed:
         print(f"retention: removed {len(removed)} bundles older than {args.keep_days} days",
               file=sys.stderr)  # fmt: skip
     # Pending attestations are the normal state of a morning run, not an alert.
-    status = 2 if code == 2 else int(bool(counts["fail"] or counts["error"]))
+    status = 2 if code == 2 else int(bool(counts["fail"] or counts["error"] or gap))
     if args.metrics:
         write_metrics(args.metrics, {
             f'securecore_compliance_last_run_timestamp_seconds{{checklist="{args.name}"}}':
@@ -353,8 +405,14 @@ def _schedule_status(args: argparse.Namespace) -> int:
     marker = args.evidence_root / ".installed"
     installed = datetime.datetime.fromtimestamp(marker.stat().st_mtime, datetime.UTC) \
         if marker.is_file() else datetime.datetime.now(datetime.UTC)  # fmt: skip
+    anchor = None
+    if args.trusted_key or args.key_list:
+        anchor = TrustAnchor.from_options(args.trusted_key, args.key_list)
     missed = 0
+    broken = 0
     for name in args.checklist or NAMES:
+        if anchor is not None and (args.evidence_root / name).is_dir():
+            broken += _series_verified(args, name, anchor)
         state = schedule_state(args.evidence_root, name, installed)
         print(f"{name:<8} {'MISSED' if state.missed else 'ok':<7} {state.detail}")
         if args.metrics:
@@ -365,12 +423,45 @@ def _schedule_status(args: argparse.Namespace) -> int:
             missed += 1
             _alert(args, "checklist_missed", name, f"missed run: {state.detail}",
                    newest=state.newest)  # fmt: skip
-    return 1 if missed else 0
+    return 1 if missed or broken else 0
+
+
+def _series_verified(args: argparse.Namespace, name: str, anchor: TrustAnchor) -> int:
+    """1 (and an alert) when checklist NAME's series does not verify against the trust
+    anchor and, given --head-dir, its series head."""
+    head = args.head_dir / f"{name}.json" if args.head_dir else None
+    try:
+        problems = verify_bundles(args.evidence_root / name, anchor, head).problems
+    except EvidenceError as error:
+        problems = [str(error)]
+    print(f"{name:<8} {'BROKEN' if problems else 'verified':<8} "
+          f"{problems[0] if problems else 'evidence series and head verify'}")  # fmt: skip
+    if args.metrics:
+        write_metrics(
+            args.metrics,
+            {f'securecore_compliance_evidence_broken{{checklist="{name}"}}': int(bool(problems))},
+        )
+    if problems:
+        _alert(args, "evidence_broken", name, f"the {name} evidence series does not verify "
+               f"({len(problems)} problems; first: {problems[0]})")  # fmt: skip
+    return int(bool(problems))
+
+
+def _trust_options(command: argparse.ArgumentParser, key_list: bool = True) -> None:
+    command.add_argument("--trusted-key", "--public-key", type=Path, action="append",
+                         help="an evidence public key to trust (PEM; repeatable)")  # fmt: skip
+    if key_list:
+        command.add_argument("--key-list", type=Path,
+                             help="trusted keys with validity periods (YAML/JSON: keys: "
+                                  "[{key, not_before, not_after}])")  # fmt: skip
 
 
 def _alert_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--evidence-root", type=Path, required=True,
                          help="one evidence directory per checklist under it")  # fmt: skip
+    command.add_argument(
+        "--head-dir", type=Path, help="the series heads (NAME.json): outside the evidence root"
+    )
     command.add_argument(
         "--metrics",
         type=Path,
@@ -396,6 +487,12 @@ def _host_options(command: argparse.ArgumentParser) -> None:
         "--signing-key", help="ECDSA P-256 key: a file, or pkcs11:token=...;object=... (a token)"
     )
     command.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
+    command.add_argument("--head", type=Path,
+                         help="the signed series head, kept outside the evidence directory "
+                              "(default: $XDG_STATE_HOME or ~/.local/state/"
+                              "securecore-compliance/heads/)")  # fmt: skip
+    command.add_argument("--new-head", action="store_true",
+                         help="start a series head for evidence that has none yet")  # fmt: skip
 
 
 def _checklist_run_options(command: argparse.ArgumentParser) -> None:
@@ -404,6 +501,9 @@ def _checklist_run_options(command: argparse.ArgumentParser) -> None:
     _host_options(command)
     command.add_argument("--store", type=Path, default=Path("evidence/attestations"),
                          help="the attestation store (default: evidence/attestations)")  # fmt: skip
+    command.add_argument("--attesters", type=Path,
+                         help="who may attest: NAME -> public key (YAML); without it no "
+                              "attestation counts")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,6 +536,14 @@ def build_parser() -> argparse.ArgumentParser:
     attest = commands.add_parser("attest", help="record a person's checklist item")
     attest.add_argument("item", help="the checklist item, e.g. daily.security_alerts")
     attest.add_argument("--by", required=True, help="who did it")
+    attest.add_argument(
+        "--key",
+        required=True,
+        help="that person's signing key: a file, or pkcs11:token=...;object=...",
+    )
+    attest.add_argument("--certificate", type=Path,
+                        help="that person's certificate for --key (PEM; its common name is "
+                             "--by), for attesters pinned by certificate authority")  # fmt: skip
     attest.add_argument("--note", required=True, help="what was done and found")
     attest.add_argument("--file", type=Path, action="append", help="a file shown (hashed)")
     attest.add_argument("--store", type=Path, default=Path("evidence/attestations"),
@@ -456,7 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("target", type=Path,
                         help="a bundle, its .tar.gz, or a directory of bundles")  # fmt: skip
-    verify.add_argument("--public-key", type=Path, help="the signing key to trust (PEM)")
+    _trust_options(verify)
+    verify.add_argument("--trust-embedded-key", action="store_true",
+                        help="no anchor: trust each bundle's own key - proves nothing; output "
+                             "marked UNVERIFIED, exit 3")  # fmt: skip
+    verify.add_argument("--head", type=Path,
+                        help="the series head: a missing newest run is found")  # fmt: skip
     verify.set_defaults(handler=_verify)
     schedule = commands.add_parser("schedule", help="what the scheduler's timers run")
     schedule_actions = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -467,10 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     scheduled.add_argument("--keep-days", type=int, default=365,
                            help="remove bundles older than this (default 365)")  # fmt: skip
     _alert_options(scheduled)
+    _trust_options(scheduled, key_list=False)  # a rotated-out key's bundles still age out
     scheduled.set_defaults(handler=_schedule_run)
     status = schedule_actions.add_parser("status", help="find missed runs (exit 1: one missed)")
     status.add_argument("--checklist", action="append", choices=NAMES)
     _alert_options(status)
+    _trust_options(status)
     status.set_defaults(handler=_schedule_status)
     lists = commands.add_parser("checklists", help="the daily, weekly and monthly items")
     lists.add_argument("name", nargs="?", choices=NAMES)

@@ -16,10 +16,14 @@ and kind, so bundles sort in the order they were made):
                   id (SHA-256 of the public key) and the public key itself
 
 `archive` also writes BUNDLE.tar.gz (reproducible). `verify_bundles` checks,
-offline, every file's hash, the signature (with a public key the auditor
-pins, or the bundle's own key whose id it reports), and the chain: each
-bundle names its predecessor's manifest hash, so an altered, removed or
-inserted bundle in the series is found and named.
+offline, every file's hash, the signature against a trust anchor (pinned
+public keys, or a key list with validity periods checked against the signed
+time in the manifest; the bundle's own key only on request, and then every
+result is UNVERIFIED), the chain (each bundle names its predecessor's manifest
+hash, so an altered, removed or inserted bundle is found and named), that the
+series directory holds nothing but bundles, their archives (each exactly its
+bundle) and the signed retention record, and - given the series head kept
+outside the evidence directory - that no newest run is missing.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import re
 import socket
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,9 +153,13 @@ def previous_bundle(directory: Path) -> dict[str, str] | None:
 def write_bundle(
     directory: Path, kind: str, results: list[dict[str, Any]], hosts: list[dict[str, Any]],
     facts: dict[str, Any], run: dict[str, Any], signing_key: ec.EllipticCurvePrivateKey,
-    extra: dict[str, bytes] | None = None,
+    extra: dict[str, bytes] | None = None, previous: dict[str, str] | bool | None = False,
 ) -> Path:  # fmt: skip
+    """A new signed bundle in DIRECTORY. PREVIOUS is the predecessor to name (what the
+    series head says, see `SeriesHead`); False: the newest bundle in DIRECTORY."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if previous is False:
+        previous = previous_bundle(directory)
     now = datetime.datetime.now(datetime.UTC)
     bundle_id = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{kind}"
     files: dict[str, bytes] = {
@@ -158,7 +167,7 @@ def write_bundle(
             "format": FORMAT, "id": bundle_id, "kind": kind, "tool": "compliance",
             "version": __version__, "finished": now.isoformat(),
             "operator": f"{getpass.getuser()}@{socket.gethostname()}",
-            "previous": previous_bundle(directory), **run,
+            "previous": previous, **run,
         }),
         "results.json": _json({"hosts": hosts, "results": results}),
         "junit.xml": junit(results, f"compliance {kind}"),
@@ -171,9 +180,12 @@ def write_bundle(
         path = staging / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    manifest = _json({"format": FORMAT, "id": bundle_id, "files": {
-        name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        for name, data in sorted(files.items())}})  # fmt: skip
+    # The signed time lives in the manifest (signed), not only in run.json: retention and
+    # key validity periods decide from it, and an edited run.json is caught by its hash.
+    manifest = _json({"format": FORMAT, "id": bundle_id, "signed_at": now.isoformat(),
+                      "files": {name: {"sha256": hashlib.sha256(data).hexdigest(),
+                                       "size": len(data)}
+                                for name, data in sorted(files.items())}})  # fmt: skip
     (staging / "manifest.json").write_bytes(manifest)
     signature = signing_key.sign(manifest, ec.ECDSA(hashes.SHA256()))
     public = signing_key.public_key()
@@ -202,25 +214,166 @@ def archive(bundle: Path) -> Path:
     return target
 
 
-def _unpacked(archive_path: Path, into: Path) -> Path:
-    with tarfile.open(archive_path, "r:gz") as tar:
-        members = tar.getmembers()
-        for member in members:
-            name = member.name
-            if not member.isfile() or name.startswith("/") or ".." in Path(name).parts:
-                raise EvidenceError(f"{archive_path}: unexpected member {name!r}")
-        for member in members:  # only regular files, written by us: no links, no modes
-            source = tar.extractfile(member)
-            path = into / member.name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(source.read() if source else b"")
-    roots = {Path(m.name).parts[0] for m in members}
-    if len(roots) != 1:
-        raise EvidenceError(f"{archive_path}: an archive holds one bundle directory")
-    return into / roots.pop()
+# --- trust anchors ---------------------------------------------------------------------
+#
+# A signature proves only who signed; which signer counts is the auditor's choice,
+# made outside the evidence: one or more pinned public keys, or a key list with a
+# validity period per key (a bundle signed outside its key's period does not verify,
+# as a rotated-out key may since have leaked). Trusting the key a bundle carries is
+# possible only on request, and every result is then marked UNVERIFIED.
 
 
-# --- pruned bundles --------------------------------------------------------------------
+def load_public_key(data: bytes, where: str) -> ec.EllipticCurvePublicKey:
+    try:
+        public = serialization.load_pem_public_key(data)
+    except ValueError as error:
+        raise EvidenceError(f"{where}: not a PEM public key") from error
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise EvidenceError(f"{where}: not an ECDSA P-256 public key")
+    return public
+
+
+def _moment(value: Any, where: str) -> datetime.datetime:
+    try:
+        moment = value if isinstance(value, datetime.datetime) else \
+            datetime.datetime.fromisoformat(str(value))  # fmt: skip
+    except ValueError as error:
+        raise EvidenceError(f"{where}: {value!r} is not an ISO 8601 time") from error
+    if moment.tzinfo is None:
+        raise EvidenceError(f"{where}: {value!r} has no time zone (say Z or +00:00)")
+    return moment
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    public: ec.EllipticCurvePublicKey
+    source: str
+    not_before: datetime.datetime | None = None
+    not_after: datetime.datetime | None = None
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.public)
+
+    def covers(self, moment: datetime.datetime) -> bool:
+        return (self.not_before is None or moment >= self.not_before) and \
+            (self.not_after is None or moment < self.not_after)  # fmt: skip
+
+    def period(self) -> str:
+        start = self.not_before.isoformat() if self.not_before else "-"
+        end = self.not_after.isoformat() if self.not_after else "-"
+        return f"{start} .. {end}"
+
+
+@dataclass(frozen=True)
+class TrustAnchor:
+    keys: tuple[TrustedKey, ...] = ()
+    embedded: bool = False  # the signer's own embedded key: proves nothing about who
+
+    @classmethod
+    def of(cls, *publics: ec.EllipticCurvePublicKey) -> TrustAnchor:
+        """The signing process's own key(s): what it accepts of its own earlier output."""
+        return cls(tuple(TrustedKey(p, "the signing key") for p in publics))
+
+    @classmethod
+    def from_options(cls, keys: list[Path] | None = None, key_list: Path | None = None,
+                     embedded: bool = False) -> TrustAnchor:  # fmt: skip
+        if embedded:
+            if keys or key_list:
+                raise EvidenceError("--trust-embedded-key trusts whatever key a bundle carries; "
+                                    "give it without --trusted-key/--key-list")  # fmt: skip
+            return cls(embedded=True)
+        if not keys and key_list is None:
+            raise EvidenceError(
+                "no trust anchor: give the evidence public key (--trusted-key PEM, repeatable) "
+                "or a key list with validity periods (--key-list FILE); "
+                "--trust-embedded-key only inspects, and marks every result UNVERIFIED"
+            )
+        trusted = []
+        for path in keys or []:
+            try:
+                trusted.append(TrustedKey(load_public_key(path.read_bytes(), str(path)),
+                                          str(path)))  # fmt: skip
+            except OSError as error:
+                raise EvidenceError(f"{path}: cannot read it ({error.strerror})") from error
+        if key_list is not None:
+            trusted += _key_list(key_list)
+        return cls(tuple(trusted))
+
+    def problem(self, public: ec.EllipticCurvePublicKey, signed_at: Any) -> str | None:
+        """Why a signature by PUBLIC made at SIGNED_AT does not count; None if it does."""
+        if self.embedded:
+            return None
+        kid = key_id(public)
+        matches = [k for k in self.keys if k.key_id == kid]
+        if not matches:
+            pinned = ", ".join(sorted({k.key_id[:16] + "..." for k in self.keys}))
+            return f"signed by key {kid[:16]}..., not by a trusted key ({pinned})"
+        if any(k.not_before is None and k.not_after is None for k in matches):
+            return None
+        if signed_at is None:
+            return f"no signed time, and key {kid[:16]}... is trusted only within its period"
+        try:
+            moment = _moment(signed_at, "the signed time")
+        except EvidenceError as error:
+            return str(error)
+        if any(k.covers(moment) for k in matches):
+            return None
+        periods = "; ".join(k.period() for k in matches)
+        return (f"signed at {moment.isoformat()} by key {kid[:16]}..., outside its validity "
+                f"period ({periods})")  # fmt: skip
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """PATH parsed as YAML (JSON is YAML too), or EvidenceError naming it."""
+    import yaml  # the check definitions need it already
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise EvidenceError(f"{path}: cannot read the {what} ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        raise EvidenceError(f"{path}: the {what} is not YAML/JSON ({error})") from error
+
+
+def public_key_named(value: Any, base: Path, where: str) -> ec.EllipticCurvePublicKey:
+    """The public key VALUE is: a PEM itself, or a PEM file relative to BASE."""
+    text = str(value or "")
+    if "-----BEGIN" in text:
+        return load_public_key(text.encode(), where)
+    try:
+        return load_public_key((base / text).read_bytes(), where)
+    except OSError as error:
+        raise EvidenceError(f"{where}: {text}: cannot read it ({error.strerror})") from error
+
+
+def _key_list(path: Path) -> list[TrustedKey]:
+    """A key list: YAML or JSON, `keys: [{key: PEM file (relative to the list) or the PEM
+    itself, not_before: TIME, not_after: TIME (absent: still valid)}]`."""
+    document = load_yaml(path, "key list")
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise EvidenceError(f"{path}: a key list is `keys: [{{key, not_before, not_after}}]`")
+    trusted = []
+    for number, entry in enumerate(entries, 1):
+        where = f"{path}: key {number}"
+        if not isinstance(entry, dict) or not entry.get("key") or "not_before" not in entry:
+            raise EvidenceError(f"{where}: needs `key` and `not_before` (and `not_after` "
+                                "once the key is retired)")  # fmt: skip
+        unknown = set(entry) - {"key", "not_before", "not_after", "comment"}
+        if unknown:
+            raise EvidenceError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        start = _moment(entry["not_before"], f"{where} not_before")
+        end = _moment(entry["not_after"], f"{where} not_after") \
+            if entry.get("not_after") is not None else None  # fmt: skip
+        if end is not None and end <= start:
+            raise EvidenceError(f"{where}: not_after is not after not_before")
+        trusted.append(TrustedKey(public_key_named(entry["key"], path.parent, where), where,
+                                  start, end))  # fmt: skip
+    return trusted
+
+
+# --- signed records (retention, series heads) ---------------------------------------------
 
 PRUNED = "PRUNED.json"
 
@@ -239,26 +392,158 @@ def signed_record(record: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> by
     }, indent=2, sort_keys=True) + "\n").encode()  # fmt: skip
 
 
-def pruned_record(directory: Path, trusted: ec.EllipticCurvePublicKey | None = None,
-                  ) -> dict[str, Any] | None:  # fmt: skip
+def verified_record(signed: Any, anchor: TrustAnchor, time_field: str, where: str,
+                    ) -> dict[str, Any]:  # fmt: skip
+    """The record of a signed_record() document, if its signature verifies and ANCHOR
+    trusts its signer at the record's own (signed) TIME_FIELD."""
+    try:
+        public = load_public_key(signed["public_key"].encode(), where)
+        body = json.dumps(signed["record"], sort_keys=True).encode()
+        public.verify(base64.b64decode(signed["signature"]), body, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as error:
+        raise EvidenceError(f"{where}: the signature does not verify (changed)") from error
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise EvidenceError(f"{where}: unreadable ({error})") from error
+    if not isinstance(signed["record"], dict):
+        raise EvidenceError(f"{where}: unreadable (the record is not an object)")
+    problem = anchor.problem(public, signed["record"].get(time_field))
+    if problem:
+        raise EvidenceError(f"{where}: {problem}")
+    return signed["record"]
+
+
+def read_signed(path: Path, anchor: TrustAnchor, time_field: str) -> dict[str, Any]:
+    try:
+        signed = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise EvidenceError(f"{path}: unreadable ({error})") from error
+    return verified_record(signed, anchor, time_field, str(path))
+
+
+def pruned_record(directory: Path, anchor: TrustAnchor) -> dict[str, Any] | None:
     """The verified record of pruned bundles in DIRECTORY, or None if there is none.
     Raises EvidenceError if it is there but does not verify."""
     path = directory / PRUNED
     if not path.is_file():
         return None
+    return read_signed(path, anchor, "at")
+
+
+def bundle_dirs(directory: Path) -> list[Path]:
+    """The bundles of a series directory, oldest first (ids sort in time order); a
+    dot-name is a run's staging directory, never a bundle."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if not p.name.startswith(".") and p.is_dir()
+                  and ((p / "manifest.json").is_file() or (p / "run.json").is_file()))  # fmt: skip
+
+
+def manifest_digest(bundle: Path) -> str | None:
+    path = bundle / "manifest.json"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def signed_time(bundle: Path, anchor: TrustAnchor) -> datetime.datetime | None:
+    """When BUNDLE was signed, from its signed manifest - None unless the signature
+    verifies and ANCHOR trusts its key (run.json's `finished` is never used: editing
+    it changes no signature)."""
+    check = _verify_signature(bundle, anchor)
+    if check.problems or check.signed_at is None:
+        return None
+    return check.signed_at
+
+
+# --- series heads ----------------------------------------------------------------------
+#
+# A series' chain proves the order of what is there, not that nothing came after: the
+# newest bundles could be removed without a trace. The series head - like Certificate
+# Transparency's signed tree head - is kept outside the evidence directory by whoever
+# writes the series (the scheduler in its state directory, a controller run under
+# ~/.local/state) and replaced atomically after each bundle: the series, its newest
+# bundle's id and manifest hash, how many bundles it has had, the signed time, signed
+# with the evidence key. `compliance verify --head FILE` finds any newest run missing.
+
+HEAD_FORMAT = "securecore-evidence-head/1"
+
+
+def default_head(directory: Path) -> Path:
+    """Where a controller run keeps DIRECTORY's series head: the user's state directory,
+    one file per evidence directory."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    resolved = directory.resolve()
+    tag = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return Path(state) / "securecore-compliance" / "heads" / f"{resolved.name}-{tag}.json"
+
+
+def read_head(path: Path, anchor: TrustAnchor) -> dict[str, Any]:
+    head = read_signed(path, anchor, "signed_at")
+    if head.get("format") != HEAD_FORMAT or not isinstance(head.get("newest"), dict) or \
+            not isinstance(head.get("count"), int):  # fmt: skip
+        raise EvidenceError(f"{path}: not a series head ({HEAD_FORMAT})")
+    return head
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    staging = path.with_name(f".{path.name}.partial")
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    staging.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
     try:
-        signed = json.loads(path.read_text())
-        public = serialization.load_pem_public_key(signed["public_key"].encode())
-        if trusted is not None and key_id(trusted) != key_id(public):
-            raise EvidenceError(f"{path}: signed by key {key_id(public)[:16]}..., "
-                                "not by the trusted key")  # fmt: skip
-        body = json.dumps(signed["record"], sort_keys=True).encode()
-        public.verify(base64.b64decode(signed["signature"]), body, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature as error:
-        raise EvidenceError(f"{path}: the signature does not verify (changed)") from error
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise EvidenceError(f"{path}: unreadable ({error})") from error
-    return signed["record"]
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+@dataclass
+class SeriesStart:
+    """What a new bundle of a series follows, per its head."""
+
+    previous: dict[str, str] | None
+    count: int  # bundles the series has had before the new one
+    warning: str | None = None
+
+
+def series_start(directory: Path, head: Path, key: ec.EllipticCurvePrivateKey,
+                 new_head: bool = False) -> SeriesStart:  # fmt: skip
+    """Where the next bundle of DIRECTORY chains on: the newest bundle the head names
+    (or one made after it). If that bundle is gone, the new one still names it, so the
+    gap stays in the signed chain and every later verification finds it."""
+    own = TrustAnchor.of(key.public_key())
+    present = bundle_dirs(directory)
+    pruned = pruned_record(directory, own)
+    if not head.is_file():
+        if present and not new_head:
+            raise EvidenceError(
+                f"{head}: no series head, but {directory} holds {len(present)} bundles; "
+                "verify the series, then start a head from its newest bundle with --new-head"
+            )
+        return SeriesStart(previous_bundle(directory), len(present) + (pruned or {}).get(
+            "count", 0))  # fmt: skip
+    record = read_head(head, own)
+    named = record["newest"]
+    ids = [p.name for p in present]
+    if named.get("id") in ids and manifest_digest(directory / named["id"]) == \
+            named.get("manifest_sha256"):  # fmt: skip
+        after = len(ids) - ids.index(named["id"]) - 1  # made after the head was last written
+        return SeriesStart(previous_bundle(directory), record["count"] + after)
+    return SeriesStart(
+        {"id": named["id"], "manifest_sha256": named["manifest_sha256"]}, record["count"],
+        f"the series head {head} names {named['id']} as the newest bundle, but it is not in "
+        f"{directory} (removed or replaced); the new bundle follows it, so the gap stays "
+        "in the chain")  # fmt: skip
+
+
+def write_head(head: Path, key: ec.EllipticCurvePrivateKey, bundle: Path, count: int) -> None:
+    record = {"format": HEAD_FORMAT, "series": bundle.parent.name,
+              "newest": {"id": bundle.name, "manifest_sha256": manifest_digest(bundle)},
+              "count": count,
+              "signed_at": datetime.datetime.now(datetime.UTC).isoformat()}  # fmt: skip
+    _write_atomically(head, signed_record(record, key))
 
 
 # --- verifying -------------------------------------------------------------------------
@@ -269,53 +554,64 @@ class BundleCheck:
     bundle: str
     problems: list[str] = field(default_factory=list)
     key_id: str | None = None
+    signed_at: datetime.datetime | None = None
 
 
-def _verify_one(path: Path, trusted: ec.EllipticCurvePublicKey | None) -> BundleCheck:
+def _verify_signature(path: Path, anchor: TrustAnchor) -> BundleCheck:
     check = BundleCheck(path.name)
     try:
         manifest_bytes = (path / "manifest.json").read_bytes()
         manifest = json.loads(manifest_bytes)
         signature = json.loads((path / "signature.json").read_bytes())
-    except (OSError, ValueError) as error:
-        check.problems.append(f"manifest or signature unreadable ({error})")
-        return check
-    for name, expected in sorted(manifest.get("files", {}).items()):
-        member = path / name
-        if not member.is_file():
-            check.problems.append(f"{name}: missing")
-        elif hashlib.sha256(member.read_bytes()).hexdigest() != expected["sha256"]:
-            check.problems.append(f"{name}: changed (its SHA-256 differs from the manifest's)")
-    listed = set(manifest.get("files", {})) | {"manifest.json", "signature.json"}
-    for member in sorted(p for p in path.rglob("*") if p.is_file()):
-        if str(member.relative_to(path)) not in listed:
-            check.problems.append(f"{member.relative_to(path)}: not in the manifest (added)")
-    try:
-        public = serialization.load_pem_public_key(signature["public_key"].encode())
+        public = load_public_key(signature["public_key"].encode(), "signature.json")
         check.key_id = key_id(public)
-        if trusted is not None and key_id(trusted) != check.key_id:
-            check.problems.append(
-                f"signed by key {check.key_id[:16]}..., not by the trusted key "
-                f"{key_id(trusted)[:16]}..."
-            )
         public.verify(base64.b64decode(signature["signature"]), manifest_bytes,
                       ec.ECDSA(hashes.SHA256()))  # fmt: skip
     except InvalidSignature:
         check.problems.append("the signature does not verify: manifest.json was changed "
                               "or signed by another key")  # fmt: skip
-    except (KeyError, ValueError, TypeError) as error:
-        check.problems.append(f"signature.json unusable ({error})")
+        return check
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EvidenceError) as error:
+        check.problems.append(f"manifest or signature unreadable ({error})")
+        return check
+    if not isinstance(manifest, dict) or manifest.get("id") != path.name:
+        check.problems.append(f"the manifest is of bundle {manifest.get('id')!r}, "
+                              f"not of {path.name} (renamed)")  # fmt: skip
+    problem = anchor.problem(public, manifest.get("signed_at"))
+    if problem:
+        check.problems.append(problem)
+    elif manifest.get("signed_at") is not None:
+        try:
+            check.signed_at = _moment(manifest["signed_at"], "signed_at")
+        except EvidenceError as error:
+            check.problems.append(str(error))
+    return check
+
+
+def _verify_one(path: Path, anchor: TrustAnchor) -> BundleCheck:
+    check = _verify_signature(path, anchor)
+    try:
+        manifest = json.loads((path / "manifest.json").read_bytes())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return check  # said already
+    for name, expected in sorted(files.items()):
+        member = path / name
+        if not member.is_file():
+            check.problems.append(f"{name}: missing")
+        elif hashlib.sha256(member.read_bytes()).hexdigest() != expected["sha256"]:
+            check.problems.append(f"{name}: changed (its SHA-256 differs from the manifest's)")
+    listed = set(files) | {"manifest.json", "signature.json"}
+    for member in sorted(p for p in path.rglob("*") if p.is_file()):
+        if str(member.relative_to(path)) not in listed:
+            check.problems.append(f"{member.relative_to(path)}: not in the manifest (added)")
     return check
 
 
 def _chain_start(directory: Path, first: str, named: dict[str, str],
-                 trusted: ec.EllipticCurvePublicKey | None) -> list[str]:  # fmt: skip
+                 record: dict[str, Any] | None) -> list[str]:  # fmt: skip
     """Problems with the first bundle naming a predecessor that is not here: none when a
     signed record says the retention removed exactly the bundles up to that one."""
-    try:
-        record = pruned_record(directory, trusted)
-    except EvidenceError as error:
-        return [str(error)]
     if record is not None and record["pruned_through"]["id"] == named["id"] and \
             record["pruned_through"]["manifest_sha256"] == named["manifest_sha256"]:  # fmt: skip
         return []
@@ -323,56 +619,159 @@ def _chain_start(directory: Path, first: str, named: dict[str, str],
             "(the series starts later, or earlier bundles were removed)"]  # fmt: skip
 
 
-def verify_bundles(
-    target: Path, trusted_key: Path | None = None
-) -> tuple[list[BundleCheck], list[str]]:
-    """Every bundle under TARGET (a bundle or a directory of them) checked, and the chain."""
-    trusted = None
-    if trusted_key is not None:
+def _chain(bundles: list[Path], record: dict[str, Any] | None, directory: Path) -> list[str]:
+    chain: list[str] = []
+    previous: Path | None = None
+    for path in bundles:
         try:
-            trusted = serialization.load_pem_public_key(trusted_key.read_bytes())
-        except (OSError, ValueError) as error:
-            raise EvidenceError(f"{trusted_key}: not a PEM public key ({error})") from error
+            named = json.loads((path / "run.json").read_text()).get("previous")
+        except (OSError, ValueError, AttributeError):
+            chain.append(f"{path.name}: run.json unreadable, its place in the chain unknown")
+            previous = path
+            continue
+        if previous is None:
+            if named is not None:
+                chain += _chain_start(directory, path.name, named, record)
+        elif named is None:
+            chain.append(f"{path.name}: names no predecessor, but {previous.name} is before it")
+        elif named["id"] != previous.name:
+            chain.append(f"{path.name}: follows {named['id']}, but the bundle before it "
+                         f"is {previous.name} (a bundle was removed or inserted)")  # fmt: skip
+        elif named["manifest_sha256"] != manifest_digest(previous):
+            chain.append(f"{path.name}: {previous.name}'s manifest is not the one it "
+                         "followed (that bundle was replaced)")  # fmt: skip
+        previous = path
+    return chain
+
+
+def _unpacked(archive_path: Path, into: Path) -> Path:
+    try:
+        with tarfile.open(archive_path, "r:gz") as tar:
+            members = tar.getmembers()
+            for member in members:
+                name = member.name
+                if not member.isfile() or name.startswith("/") or ".." in Path(name).parts:
+                    raise EvidenceError(f"{archive_path}: unexpected member {name!r}")
+            for member in members:  # only regular files, written by us: no links, no modes
+                source = tar.extractfile(member)
+                path = into / member.name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(source.read() if source else b"")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise EvidenceError(f"{archive_path}: not a readable bundle archive ({error})") \
+            from error  # fmt: skip
+    roots = {Path(m.name).parts[0] for m in members}
+    if len(roots) != 1:
+        raise EvidenceError(f"{archive_path}: an archive holds one bundle directory")
+    return into / roots.pop()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _check_archive(path: Path, bundle: Path) -> list[str]:
+    """An archive beside its bundle holds exactly the bundle's files (which are verified
+    themselves): anything else in it is a problem."""
+    with tempfile.TemporaryDirectory(prefix="compliance-verify-") as scratch:
+        try:
+            unpacked = _unpacked(path, Path(scratch))
+        except EvidenceError as error:
+            return [str(error).replace(str(path), path.name)]
+        if unpacked.name != bundle.name:
+            return [f"{path.name}: holds bundle {unpacked.name}, not {bundle.name}"]
+        packed, here = _files(unpacked), _files(bundle)
+    differ = sorted(n for n in packed.keys() | here.keys() if packed.get(n) != here.get(n))
+    return [f"{path.name}: differs from its bundle in {', '.join(differ)}"] if differ else []
+
+
+@dataclass
+class Verification:
+    checks: list[BundleCheck]
+    chain: list[str] = field(default_factory=list)  # breaks in the chain
+    series: list[str] = field(default_factory=list)  # archives, stray files, retention record
+    head: list[str] = field(default_factory=list)  # against the series head
+    unverified: bool = False  # the embedded keys were trusted: proves nothing
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for c in self.checks for p in c.problems] + self.chain + self.series + self.head
+
+
+def _check_head(path: Path, anchor: TrustAnchor, bundles: list[Path],
+                record: dict[str, Any] | None) -> list[str]:  # fmt: skip
+    try:
+        head = read_head(path, anchor)
+    except EvidenceError as error:
+        return [str(error)]
+    named, count = head["newest"], head["count"]
+    ids = [b.name for b in bundles]
+    if named.get("id") not in ids:
+        newest = ids[-1] if ids else "none"
+        return [f"the series head (signed {head.get('signed_at')}) names {named.get('id')} as "
+                f"the newest of {count} bundles, but {named.get('id')} is not here (the newest "
+                f"here is {newest}): the newest runs were removed"]  # fmt: skip
+    if manifest_digest(bundles[ids.index(named["id"])]) != named.get("manifest_sha256"):
+        return [f"{named['id']}: not the bundle the series head names (its manifest differs: "
+                "replaced)"]  # fmt: skip
+    pruned = (record or {}).get("count", 0)
+    here = ids.index(named["id"]) + 1
+    if here + pruned != count:
+        return [f"the series head counts {count} bundles through {named['id']}; here are "
+                f"{here} (+{pruned} removed by retention)"]  # fmt: skip
+    return []
+
+
+def verify_bundles(target: Path, anchor: TrustAnchor, head: Path | None = None) -> Verification:
+    """Every bundle under TARGET (a bundle, its archive or a series directory) checked
+    against ANCHOR; for a series also the chain, its archives, anything else in it and,
+    given HEAD, the series head: a newest run removed is found."""
     if target.is_file() and target.name.endswith(".tar.gz"):
+        if head is not None:
+            raise EvidenceError("--head checks a series directory, not one archive")
         with tempfile.TemporaryDirectory(prefix="compliance-verify-") as scratch:
             unpacked = _unpacked(target, Path(scratch))
-            return [_verify_one(unpacked, trusted)], []
-    if (target / "manifest.json").is_file():
-        bundles = [target]
-    elif target.is_dir():
-        bundles = sorted(p for p in target.iterdir() if (p / "manifest.json").is_file()
-                         or (p / "run.json").is_file())  # fmt: skip
-    else:
+            return Verification([_verify_one(unpacked, anchor)], unverified=anchor.embedded)
+    if not target.is_dir():
         raise EvidenceError(f"{target}: neither a bundle nor a directory of bundles")
-    checks = [_verify_one(path, trusted) for path in bundles]
-    chain: list[str] = []
-    if len(bundles) > 1 or not (target / "manifest.json").is_file():
-        previous: Path | None = None
-        for path in bundles:
-            try:
-                named = json.loads((path / "run.json").read_text()).get("previous")
-            except (OSError, ValueError):
-                chain.append(f"{path.name}: run.json unreadable, its place in the chain unknown")
-                previous = path
-                continue
-            if previous is None:
-                if named is not None:
-                    chain += _chain_start(target, path.name, named, trusted)
-            elif named is None:
-                chain.append(f"{path.name}: names no predecessor, but {previous.name} is before it")
-            else:
-                actual = hashlib.sha256((previous / "manifest.json").read_bytes()).hexdigest() \
-                    if (previous / "manifest.json").is_file() else None  # fmt: skip
-                if named["id"] != previous.name:
-                    chain.append(
-                        f"{path.name}: follows {named['id']}, but the bundle before it "
-                        f"is {previous.name} (a bundle was removed or inserted)"
-                    )
-                elif named["manifest_sha256"] != actual:
-                    chain.append(f"{path.name}: {previous.name}'s manifest is not the one it "
-                                 "followed (that bundle was replaced)")  # fmt: skip
-            previous = path
-    return checks, chain
+    if (target / "manifest.json").is_file():
+        if head is not None:
+            raise EvidenceError("--head checks a series directory, not one bundle")
+        return Verification([_verify_one(target, anchor)], unverified=anchor.embedded)
+    bundles = bundle_dirs(target)
+    if not bundles and head is not None and target.is_dir():
+        # Everything removed: the head still names the newest run (never an empty pass).
+        return Verification([], head=_check_head(head, anchor, [], None),
+                            unverified=anchor.embedded)  # fmt: skip
+    if not bundles:
+        raise EvidenceError(f"{target}: no evidence bundles in it - nothing to verify "
+                            "(an empty series proves nothing)")  # fmt: skip
+    outcome = Verification([_verify_one(path, anchor) for path in bundles],
+                           unverified=anchor.embedded)  # fmt: skip
+    record = None
+    try:
+        record = pruned_record(target, anchor)
+    except EvidenceError as error:
+        outcome.series.append(str(error))
+    outcome.chain = _chain(bundles, record, target)
+    names = {b.name for b in bundles}
+    for entry in sorted(target.iterdir()):
+        if entry.name in names or entry.name == PRUNED:
+            continue
+        stem = entry.name.removesuffix(".tar.gz")
+        if entry.is_file() and entry.name.endswith(".tar.gz") and stem in names:
+            outcome.series += _check_archive(entry, target / stem)
+        elif entry.name.endswith(".tar.gz"):
+            outcome.series.append(f"{entry.name}: an archive, but there is no bundle {stem} "
+                                  "here (not an archive of this series)")  # fmt: skip
+        else:
+            outcome.series.append(
+                f"{entry.name}: not part of an evidence series (unknown "
+                "file; an interrupted run's leftovers are removed by hand)"
+            )
+    if head is not None:
+        outcome.head = _check_head(head, anchor, bundles, record)
+    return outcome
 
 
 def hash_files(paths: list[Path]) -> str:

@@ -75,8 +75,12 @@ def render(
                 f"{escape(c)}: {escape(', '.join(f'{n} {s}' for s, n in sorted(k.items())))}"
                 for c, k in item["checks"].items())  # fmt: skip
             attestation = item.get("attestation")
-            attested = (f"{escape(attestation['by'])}, {escape(attestation['at'])}: "
-                        f"{escape(attestation['note'])}" if attestation else "")  # fmt: skip
+            attested = (f"{escape(attestation['by'])} (signed, key "
+                        f"{escape(str(attestation.get('signed_by'))[:16])}...), "
+                        f"{escape(attestation['at'])}: {escape(attestation['note'])}"
+                        if attestation else "")  # fmt: skip
+            attested += "".join(f"<br>not counted: {escape(why)}"
+                                for why in item.get("not_counted", []))  # fmt: skip
             parts.append(
                 f"<tr><td>{escape(item['id'])}<br>{escape(item['title'])}</td>"
                 f"<td>{_status(item['status'])}</td><td>{checks}</td><td>{attested}</td>"

@@ -80,7 +80,8 @@ def _item_observation(item: dict[str, Any], tool: str, collected: str) -> dict:
     attestation = item.get("attestation")
     if attestation:
         description = (f"Checklist item {item['id']} attested by {attestation['by']} at "
-                       f"{attestation['at']}: {attestation['note']}")  # fmt: skip
+                       f"{attestation['at']} (signed, key {attestation.get('signed_by')}): "
+                       f"{attestation['note']}")  # fmt: skip
     else:
         description = f"Checklist item {item['id']}: no attestation in this period (pending)."
     return {

@@ -3,11 +3,12 @@
 The scheduler (roles/compliance_scheduler) keeps one evidence directory per
 checklist: EVIDENCE_ROOT/daily, /weekly, /monthly - each its own chain.
 
-- Retention: bundles older than the retention period are removed, never the
-  newest. So that the chain still verifies, the removal is recorded in a
-  signed PRUNED.json: the id and manifest hash of the last bundle removed,
-  which the oldest remaining bundle names as its predecessor. A bundle
-  removed any other way is still found by `compliance verify`.
+- Retention: bundles signed longer ago than the retention period are removed,
+  never the newest; the time is the one in the signed manifest. So that the
+  chain still verifies, the removal is recorded in a signed PRUNED.json: the
+  id and manifest hash of the last bundle removed, which the oldest remaining
+  bundle names as its predecessor. A bundle removed any other way is still
+  found by `compliance verify`, a newest one with `--head`.
 - Missed runs: a checklist whose newest bundle is older than its period plus
   a grace time (or that has none, once the schedule has been installed that
   long) has missed a run.
@@ -21,7 +22,6 @@ checklist: EVIDENCE_ROOT/daily, /weekly, /monthly - each its own chain.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -34,7 +34,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from compliance.evidence import PRUNED, EvidenceError, pruned_record, signed_record
+from compliance.evidence import (
+    PRUNED,
+    EvidenceError,
+    TrustAnchor,
+    bundle_dirs,
+    manifest_digest,
+    pruned_record,
+    signed_record,
+    signed_time,
+)
 
 # How long after its period a checklist's newest bundle may be before a run counts
 # as missed: a run may start late (Persistent= catch-up after a reboot) and take a while.
@@ -44,38 +53,43 @@ GRACE = datetime.timedelta(hours=6)
 WEBHOOK_TIMEOUT_SECONDS = 10
 
 
-def _bundles(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if (p / "manifest.json").is_file())
-
-
-def _finished(bundle: Path) -> datetime.datetime:
-    run = json.loads((bundle / "run.json").read_text())
-    return datetime.datetime.fromisoformat(run["finished"])
+def _own_anchor(key, trusted: TrustAnchor | None) -> TrustAnchor:
+    """The signing key, and the keys an operator trusts besides (a rotated-out key whose
+    old bundles must still age out)."""
+    own = TrustAnchor.of(key.public_key())
+    return TrustAnchor(own.keys + (trusted.keys if trusted else ()))
 
 
 # --- retention -------------------------------------------------------------------------
 
 
 def prune(directory: Path, keep_days: int, key: ec.EllipticCurvePrivateKey,
-          now: datetime.datetime | None = None) -> list[str]:  # fmt: skip
-    """Remove bundles finished more than KEEP_DAYS ago (never the newest); their ids."""
+          now: datetime.datetime | None = None,
+          trusted: TrustAnchor | None = None) -> list[str]:  # fmt: skip
+    """Remove the oldest bundles signed more than KEEP_DAYS ago (never the newest); their
+    ids. Only the time inside a bundle's signed manifest counts (run.json's `finished`
+    is not signed), and only while the bundles are the series' oldest in a row: a bundle
+    whose signature or time cannot be verified stops the pruning, so the chain always
+    runs from the signed PRUNED.json record to the newest bundle."""
     if keep_days < 1:
         raise EvidenceError(f"--keep-days {keep_days}: keep at least one day of evidence")
     now = now or datetime.datetime.now(datetime.UTC)
     cutoff = now - datetime.timedelta(days=keep_days)
-    bundles = _bundles(directory)
-    old = [b for b in bundles[:-1] if _finished(b) < cutoff]
+    anchor = _own_anchor(key, trusted)
+    old: list[tuple[Path, datetime.datetime]] = []
+    for bundle in bundle_dirs(directory)[:-1]:
+        signed = signed_time(bundle, anchor)
+        if signed is None or signed >= cutoff:
+            break
+        old.append((bundle, signed))
     if not old:
         return []
-    last = old[-1]
-    previous = pruned_record(directory)
+    last, last_signed = old[-1]
+    previous = pruned_record(directory, anchor)
     record = {
         "format": "securecore-evidence-pruned/1",
-        "pruned_through": {"id": last.name, "finished": _finished(last).isoformat(),
-                           "manifest_sha256": hashlib.sha256(
-                               (last / "manifest.json").read_bytes()).hexdigest()},
+        "pruned_through": {"id": last.name, "signed_at": last_signed.isoformat(),
+                           "manifest_sha256": manifest_digest(last)},
         "count": len(old) + (previous or {}).get("count", 0),
         "keep_days": keep_days,
         "at": now.isoformat(),
@@ -86,14 +100,23 @@ def prune(directory: Path, keep_days: int, key: ec.EllipticCurvePrivateKey,
     staging = directory / f".{PRUNED}.partial"
     staging.write_bytes(signed_record(record, key))
     staging.replace(target)
-    for bundle in old:
+    for bundle, _ in old:
         shutil.rmtree(bundle)
         archive = bundle.with_name(bundle.name + ".tar.gz")
         archive.unlink(missing_ok=True)
-    return [b.name for b in old]
+    return [b.name for b, _ in old]
 
 
 # --- missed runs -----------------------------------------------------------------------
+
+
+def _manifest_time(bundle: Path) -> datetime.datetime:
+    try:
+        return datetime.datetime.fromisoformat(
+            json.loads((bundle / "manifest.json").read_text())["signed_at"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return datetime.datetime.min.replace(tzinfo=datetime.UTC)
 
 
 @dataclass
@@ -109,14 +132,16 @@ def schedule_state(evidence_root: Path, checklist: str, installed: datetime.date
                    now: datetime.datetime | None = None) -> ScheduleState:  # fmt: skip
     now = now or datetime.datetime.now(datetime.UTC)
     due = PERIODS[checklist] + GRACE
-    bundles = _bundles(evidence_root / checklist)
+    bundles = bundle_dirs(evidence_root / checklist)
     if not bundles:
         missed = now - installed > due
         detail = (f"no {checklist} run since the schedule was installed "
                   f"({installed.isoformat(timespec='seconds')})")  # fmt: skip
         return ScheduleState(checklist, None, None, missed, detail)
     newest = bundles[-1]
-    finished = _finished(newest)
+    # The signed time, read from the manifest without judging the key (the status check
+    # verifies the series against its anchor separately); unsigned: as old as can be.
+    finished = _manifest_time(newest)
     age = now - finished
     missed = age > due
     hours = round(age.total_seconds() / 3600, 1)
@@ -166,6 +191,9 @@ def write_metrics(path: Path, lines: dict[str, float]) -> None:
         "# TYPE securecore_compliance_last_run_status gauge",
         "# HELP securecore_compliance_run_missed 1 when a checklist's scheduled run is missing.",
         "# TYPE securecore_compliance_run_missed gauge",
+        "# HELP securecore_compliance_evidence_broken 1 when a series does not verify "
+        "against its key and head.",
+        "# TYPE securecore_compliance_evidence_broken gauge",
     ]
     body = "\n".join(header + [f"{n} {v}" for n, v in sorted(current.items())]) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,16 @@ from tests.integration.helpers import ROOT
 SCRIPT = ROOT / "compliance" / "gather" / "host_facts.py"
 
 
+# Series heads of controller runs go under $XDG_STATE_HOME: a scratch one for the tests,
+# never the user's own.
+STATE = Path(tempfile.mkdtemp(prefix="compliance-state-"))
+
+
 def compliance(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "XDG_STATE_HOME": os.environ.get("XDG_STATE_HOME", str(STATE))}
     return subprocess.run([sys.executable, "-m", "compliance.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=environment)  # fmt: skip
 
 
 @pytest.fixture

@@ -29,6 +29,11 @@ def key(tmp_path: Path):
     return load_signing_key(path)
 
 
+@pytest.fixture
+def pub(tmp_path: Path, key) -> str:
+    return str(tmp_path / "evidence.key.pub")
+
+
 def verify(target: Path, *args: str):
     return compliance("verify", str(target), *args)
 
@@ -69,24 +74,24 @@ def test_secrets_never_reach_a_bundle(tmp_path: Path, key) -> None:
                                                                         "keys": ["x"]}}  # fmt: skip
 
 
-def test_a_changed_file_is_named(tmp_path: Path, key) -> None:
+def test_a_changed_file_is_named(tmp_path: Path, key, pub) -> None:
     made = bundle(tmp_path / "evidence", key, 1)
     results = made / "results.json"
     results.write_text(results.read_text().replace('"pass"', '"fail"'))
     (made / "notes.txt").write_text("added later")
-    checked = verify(made)
+    checked = verify(made, "--trusted-key", pub)
     assert checked.returncode == 1
     assert "results.json: changed" in checked.stdout
     assert "notes.txt: not in the manifest (added)" in checked.stdout
 
 
-def test_a_removed_or_inserted_day_breaks_the_chain(tmp_path: Path, key) -> None:
+def test_a_removed_or_inserted_day_breaks_the_chain(tmp_path: Path, key, pub) -> None:
     evidence = tmp_path / "evidence"
     days = [bundle(evidence, key, day) for day in (1, 2, 3)]
-    assert verify(evidence).returncode == 0
+    assert verify(evidence, "--trusted-key", pub).returncode == 0
     kept = tmp_path / "day2"
     shutil.move(days[1], kept)
-    checked = verify(evidence)
+    checked = verify(evidence, "--trusted-key", pub)
     assert checked.returncode == 1
     assert f"{days[2].name}: follows {days[1].name}, but the bundle before it is " \
            f"{days[0].name}" in checked.stdout  # fmt: skip
@@ -95,33 +100,33 @@ def test_a_removed_or_inserted_day_breaks_the_chain(tmp_path: Path, key) -> None
     other = bundle(tmp_path / "elsewhere", key, 2)
     shutil.rmtree(days[1])
     shutil.move(other, days[1])
-    replaced = verify(evidence)
+    replaced = verify(evidence, "--trusted-key", pub)
     assert replaced.returncode == 1 and "was replaced" in replaced.stdout
 
 
-def test_a_wrong_signature_is_found(tmp_path: Path, key) -> None:
+def test_a_wrong_signature_is_found(tmp_path: Path, key, pub) -> None:
     made = bundle(tmp_path / "evidence", key, 1)
     other_key = tmp_path / "other.key"
     generate_key(other_key)
     pinned = verify(made, "--public-key", f"{other_key}.pub")
-    assert pinned.returncode == 1 and "not by the trusted key" in pinned.stdout
+    assert pinned.returncode == 1 and "not by a trusted key" in pinned.stdout
     signature = json.loads((made / "signature.json").read_text())
     signature["signature"] = signature["signature"][:-8] + "AAAAAAA="
     (made / "signature.json").write_text(json.dumps(signature))
-    broken = verify(made)
+    broken = verify(made, "--trusted-key", pub)
     assert broken.returncode == 1 and "signature" in broken.stdout
 
 
-def test_an_archive_is_reproducible_and_verifies(tmp_path: Path, key) -> None:
+def test_an_archive_is_reproducible_and_verifies(tmp_path: Path, key, pub) -> None:
     made = bundle(tmp_path / "evidence", key, 1)
     first = archive(made).read_bytes()
     assert archive(made).read_bytes() == first  # the same bundle, the same archive
     packed = made.with_name(made.name + ".tar.gz")
-    assert verify(packed).returncode == 0
+    assert verify(packed, "--trusted-key", pub).returncode == 0
     # A changed file inside the archive is found.
     shutil.rmtree(tmp_path / "evidence" / made.name / "facts")
     (made / "facts").mkdir()
     (made / "facts" / "core-01.json").write_text("{}")
     archive(made)
-    changed = verify(packed)
+    changed = verify(packed, "--trusted-key", pub)
     assert changed.returncode == 1 and "facts/core-01.json: changed" in changed.stdout

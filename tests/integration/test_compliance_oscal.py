@@ -18,6 +18,7 @@ from trestle.oscal import OSCAL_VERSION
 from trestle.oscal.assessment_results import Model
 
 from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
+from tests.integration.test_compliance_checklists import attesters
 
 
 def validated(document: dict) -> Model:
@@ -27,13 +28,15 @@ def validated(document: dict) -> Model:
 @pytest.fixture
 def checklist_bundle(inventory, tmp_path: Path) -> Path:  # noqa: F811
     store = tmp_path / "attestations"
+    pinned = attesters(tmp_path, "alice")
     compliance("attest", "daily.security_alerts", "--by", "alice", "--note", "quiet night",
-               "--store", str(store))  # fmt: skip
+               "--store", str(store), "--key", str(tmp_path / "alice.key"))  # fmt: skip
     key = tmp_path / "evidence.key"
     compliance("keygen", "--key", str(key))
     evidence = tmp_path / "evidence"
     run = compliance("checklist", "run", "daily", "-i", str(inventory), "--store", str(store),
-                     "--evidence", str(evidence), "--signing-key", str(key))  # fmt: skip
+                     "--evidence", str(evidence), "--signing-key", str(key),
+                     "--attesters", str(pinned))  # fmt: skip
     assert run.returncode == 2, run.stderr  # no core host here: the service items are errors
     [bundle] = evidence.iterdir()
     return bundle
@@ -87,7 +90,9 @@ def test_a_checklist_run_shows_attestations_and_never_passes_a_pending_one(
     # daily.performance_metrics (pending) supports A.8.6: not satisfied, reason other.
     assert findings["A.8.6_obj"]["target"]["status"] == {"state": "not-satisfied",
                                                          "reason": "other"}  # fmt: skip
-    assert compliance("verify", str(checklist_bundle.parent)).returncode == 0
+    public = checklist_bundle.parent.parent / "evidence.key.pub"
+    assert compliance("verify", str(checklist_bundle.parent), "--trusted-key",
+                      str(public)).returncode == 0  # fmt: skip
 
 
 def test_the_validator_refuses_what_the_schema_forbids(checklist_bundle: Path) -> None:

@@ -15,7 +15,14 @@ from typing import ClassVar
 
 import pytest
 
-from compliance.evidence import PRUNED, generate_key, load_signing_key, verify_bundles, write_bundle
+from compliance.evidence import (
+    PRUNED,
+    TrustAnchor,
+    generate_key,
+    load_signing_key,
+    verify_bundles,
+    write_bundle,
+)
 from compliance.schedule import prune, schedule_state
 from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
 
@@ -51,14 +58,14 @@ def test_retention_removes_old_bundles_and_the_chain_still_verifies(
     # Everything is older than a year then, but the newest is always kept.
     assert removed == [b.name for b in bundles[:3]]
     assert [p.name for p in evidence.iterdir() if p.is_dir()] == [bundles[3].name]
-    checks, chain = verify_bundles(evidence, Path(f"{key_path}.pub"))
-    assert chain == [] and all(not c.problems for c in checks)
+    anchor = TrustAnchor.from_options([Path(f"{key_path}.pub")])
+    assert verify_bundles(evidence, anchor).problems == []
     # More bundles, pruned again: the record moves on and counts every removal.
     more = make_bundles(evidence, key, 2)
     prune(evidence, 365, key, now=NOW + datetime.timedelta(days=800))
     record = json.loads((evidence / PRUNED).read_text())["record"]
     assert record["count"] == 5 and record["pruned_through"]["id"] == more[0].name
-    assert verify_bundles(evidence, Path(f"{key_path}.pub"))[1] == []
+    assert verify_bundles(evidence, anchor).problems == []
     with pytest.raises(Exception, match="keep at least one day"):
         prune(evidence, 0, key)
 
@@ -70,14 +77,15 @@ def test_a_bundle_removed_outside_retention_is_still_found(tmp_path: Path, key_p
     prune(evidence, 365, key, now=NOW + datetime.timedelta(days=400))
     make_bundles(evidence, key, 2)
     shutil.rmtree(bundles[3])  # the oldest one kept: not what the record says was pruned
-    chain = verify_bundles(evidence)[1]
+    anchor = TrustAnchor.from_options([Path(f"{key_path}.pub")])
+    chain = verify_bundles(evidence, anchor).chain
     assert len(chain) == 1 and f"follows {bundles[3].name}, which is not here" in chain[0]
     # A record edited to cover the removal no longer verifies.
     signed = json.loads((evidence / PRUNED).read_text())
     signed["record"]["pruned_through"]["id"] = bundles[3].name
     (evidence / PRUNED).write_text(json.dumps(signed))
-    chain = verify_bundles(evidence)[1]
-    assert chain == [f"{evidence / PRUNED}: the signature does not verify (changed)"]
+    outcome = verify_bundles(evidence, anchor)
+    assert outcome.series == [f"{evidence / PRUNED}: the signature does not verify (changed)"]
 
 
 def test_a_missed_run_is_found_per_checklist(tmp_path: Path, key_path: Path) -> None:
@@ -123,9 +131,11 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
 ) -> None:
     url, received = webhook
     root, metrics = tmp_path / "evidence", tmp_path / "textfile" / "compliance.prom"
+    heads = tmp_path / "state" / "heads"  # outside the evidence root
     run = compliance("schedule", "run", "daily", "-i", str(inventory), "--signing-key",
                      str(key_path), "--evidence-root", str(root), "--metrics", str(metrics),
-                     "--webhook", url, "--store", str(tmp_path / "attestations"))  # fmt: skip
+                     "--webhook", url, "--store", str(tmp_path / "attestations"),
+                     "--head-dir", str(heads))  # fmt: skip
     # No core host in this inventory: the service items are errors - an alert.
     assert run.returncode == 2, run.stderr
     assert "<3>compliance alert: the daily checklist could not be completed" in run.stderr
@@ -146,8 +156,11 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     text = metrics.read_text()
     assert 'securecore_compliance_last_run_status{checklist="daily"} 2' in text
     assert 'securecore_compliance_run_missed{checklist="daily"} 0' in text
-    assert compliance("verify", str(root / "daily"), "--public-key",
-                      f"{key_path}.pub").returncode == 0  # fmt: skip
+    verified = compliance("verify", str(root / "daily"), "--public-key", f"{key_path}.pub",
+                          "--head", str(heads / "daily.json"))  # fmt: skip
+    assert verified.returncode == 0, verified.stdout
+    head = json.loads((heads / "daily.json").read_text())["record"]
+    assert head["newest"]["id"] == bundle.name and head["count"] == 1
     # Missed runs: weekly and monthly never ran since an install 40 days ago.
     (root / ".installed").touch()
     old = time.time() - 40 * 86400
@@ -168,3 +181,17 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     lonely = compliance("schedule", "run", "daily", "-i", str(inventory), "--evidence-root",
                         str(root))  # fmt: skip
     assert lonely.returncode == 2 and "--signing-key is required" in lonely.stderr
+    # The hourly status also verifies each series against the key and its head: the
+    # newest daily run removed is alerted.
+    trusted = ("--trusted-key", f"{key_path}.pub", "--head-dir", str(heads))
+    whole = compliance("schedule", "status", "--evidence-root", str(root), "--checklist",
+                       "daily", *trusted)  # fmt: skip
+    assert whole.returncode == 0 and "daily    verified" in whole.stdout, whole.stdout
+    shutil.rmtree(bundle)
+    (root / "daily" / f"{bundle.name}.tar.gz").unlink(missing_ok=True)
+    gone = compliance("schedule", "status", "--evidence-root", str(root), "--checklist",
+                      "daily", "--metrics", str(metrics), "--webhook", url, *trusted)  # fmt: skip
+    assert gone.returncode == 1 and "daily    BROKEN" in gone.stdout
+    [broken] = [a for a in received if a["event"] == "evidence_broken"]
+    assert f"names {bundle.name} as the newest" in broken["message"]
+    assert 'securecore_compliance_evidence_broken{checklist="daily"} 1' in metrics.read_text()

@@ -53,10 +53,14 @@ def test_a_checklist_report_shows_items_and_attestations() -> None:
     items = [{"id": "daily.security_alerts", "title": "Security alerts", "source": "001 10.1",
               "status": "pass", "checks": {}, "failing": [],
               "attestation": {"by": "alice <a@x>", "at": "2026-11-26T09:00:00+00:00",
-                              "note": "quiet", "files": []}},
+                              "note": "quiet", "files": [], "signed_by": "ab" * 32}},
              {"id": "daily.performance_metrics", "title": "Performance", "source": "001 10.1",
-              "status": "pending", "checks": {}, "failing": [], "attestation": None}]  # fmt: skip
+              "status": "pending", "checks": {}, "failing": [], "attestation": None,
+              "not_counted": ["x.json: by <mallory>, who is not in the attesters file"]},
+             ]  # fmt: skip
     page = render("Daily operations check", {}, HOSTS[:1], RESULTS, items)
     assert "Summary: <strong>1 pending, 1 pass</strong>" in page
-    assert "alice &lt;a@x&gt;, 2026-11-26T09:00:00+00:00: quiet" in page
+    assert f"alice &lt;a@x&gt; (signed, key {'ab' * 8}...), 2026-11-26T09:00:00+00:00: quiet" \
+        in page  # fmt: skip
+    assert "not counted: x.json: by &lt;mallory&gt;, who is not in the attesters file" in page
     assert '<span class="status pending">pending</span>' in page

@@ -20,6 +20,7 @@ HOME = "/var/lib/securecore-compliance"
 TOOL = "/opt/securecore-compliance/current/venv/bin/compliance"
 METRICS = "/var/lib/prometheus/node-exporter/securecore_compliance.prom"
 PUBLIC = f"{HOME}/evidence.key.pub"
+HEADS = f"{HOME}/heads"
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,18 @@ def test_a_scheduled_run_reaches_every_host_and_writes_signed_evidence(mgmt) -> 
     checks = {(r["check"], r["host"]): r["status"] for r in document["results"]}
     assert checks["firewall.default_drop", "plugin-01"] == "pass"
     assert checks["service.ready", "core-01"] == "pass"
-    verified = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily --public-key {PUBLIC}")
+    verified = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily --trusted-key {PUBLIC} "
+                        f"--head {HEADS}/daily.json")  # fmt: skip
     assert verified.rc == 0, verified.stdout
+    assert "the series' newest runs are all here" in verified.stdout
+    # The series head is outside the evidence directory and names this run.
+    head = json.loads(mgmt.file(f"{HEADS}/daily.json").content_string)["record"]
+    assert head["newest"]["id"] == newest.rsplit("/", 1)[1]
+    # Without a trust anchor there is no verification, only an UNVERIFIED inspection.
+    bare = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily")
+    assert bare.rc == 2 and "no trust anchor" in bare.stderr
+    embedded = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily --trust-embedded-key")
+    assert embedded.rc == 3 and embedded.stdout.startswith("UNVERIFIED")
     assert mgmt.file(f"{newest}.tar.gz").exists
     # The lab signs with a key on a SoftHSM2 token: no key file, the PIN readable by
     # the scheduler's group only, the key itself not extractable.
@@ -105,19 +116,31 @@ def test_tampering_with_the_series_on_the_host_is_found(mgmt) -> None:
         series = f"{scratch}/daily"
         bundles = mgmt.check_output(f"ls -1d {series}/*/").split()
         assert len(bundles) >= 3
-        clean = mgmt.run(f"{TOOL} verify {series} --public-key {PUBLIC}")
+        mgmt.check_output(f"cp {HEADS}/daily.json {scratch}/head.json")
+        clean = mgmt.run(f"{TOOL} verify {series} --trusted-key {PUBLIC} "
+                         f"--head {scratch}/head.json")  # fmt: skip
         assert clean.rc == 0, clean.stdout
+        # The newest run removed (its archive too): the series head names it.
+        newest = bundles[-1].rstrip("/").rsplit("/", 1)[1]
+        mgmt.check_output(f"mv {bundles[-1]} {series}/{newest}.tar.gz {scratch}/")
+        truncated = mgmt.run(f"{TOOL} verify {series} --trusted-key {PUBLIC} "
+                             f"--head {scratch}/head.json")  # fmt: skip
+        assert truncated.rc == 1 and f"names {newest} as the newest" in truncated.stdout
+        mgmt.check_output(f"mv {scratch}/{newest} {scratch}/{newest}.tar.gz {series}/")
+        # The status check verifies the real series against the head: all well.
+        status = mgmt.run("systemctl start securecore-compliance-status.service")
+        assert status.rc == 0, mgmt.run("journalctl -u securecore-compliance-status -n 20").stdout
         # A changed result in the newest, a removed bundle in the middle.
         mgmt.check_output(f'sed -i \'s/"pass"/"fail"/\' {bundles[-1]}results.json')
         mgmt.check_output(f"rm -r {bundles[-2]}")
-        found = mgmt.run(f"{TOOL} verify {series} --public-key {PUBLIC}")
+        found = mgmt.run(f"{TOOL} verify {series} --trusted-key {PUBLIC}")
         assert found.rc == 1
         assert "results.json: changed" in found.stdout
         removed = bundles[-2].rstrip("/").rsplit("/", 1)[1]
         assert f"follows {removed}" in found.stdout and "CHAIN" in found.stdout
         # Another key than the scheduler's: every bundle is named.
         mgmt.check_output(f"{TOOL} keygen --key {scratch}/other.key")
-        other = mgmt.run(f"{TOOL} verify {series} --public-key {scratch}/other.key.pub")
-        assert other.rc == 1 and other.stdout.count("not by the trusted key") == len(bundles) - 1
+        other = mgmt.run(f"{TOOL} verify {series} --trusted-key {scratch}/other.key.pub")
+        assert other.rc == 1 and other.stdout.count("not by a trusted key") == len(bundles) - 1
     finally:
         mgmt.run(f"rm -rf {scratch}")
