@@ -397,3 +397,45 @@ def test_records_without_a_checkpoint_fail_once_the_interval_has_passed(tmp_path
     time.sleep(16)
     late = securecore("audit", "verify", "-c", str(config), check=False)
     assert first_bad(late) == 1 and "no signed checkpoint covers it" in late.stderr
+
+
+# --- a witness that never answers does not hold up requests ----------------------------------
+
+
+def test_a_silent_witness_never_delays_requests(tmp_path: Path) -> None:
+    import socket
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from securecore.audit.witness import vkey
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers a byte
+    port = silent.getsockname()[1]
+
+    def edit(text: str) -> str:
+        dev = tmp_path / "dev"
+        (dev / "witness.vkeys").write_text(
+            vkey("silent.test", ed25519.Ed25519PrivateKey.generate().public_key()) + "\n"
+        )
+        text = text.replace("checkpoint_interval_seconds = 10", "checkpoint_interval_seconds = 0")
+        return text.replace(
+            'origin_keys = "origin-keys.json"\n',
+            'origin_keys = "origin-keys.json"\n'
+            f'witnesses = {{ "silent.test" = "https://127.0.0.1:{port}" }}\n'
+            'witness_keys = "witness.vkeys"\n',
+        )
+
+    try:
+        with dev_server(tmp_path / "dev", edit_config=edit) as server:
+            started = time.monotonic()
+            for _ in range(20):  # each one makes a record, and a checkpoint to push
+                assert call(server, "GET", "/v1/whoami")[0] == 200
+            assert time.monotonic() - started < 10
+            status = json.loads((server["config"].parent / "data/witness/witness-status.json")
+                                .read_text()) if (server["config"].parent /
+                                "data/witness/witness-status.json").exists() else {}  # fmt: skip
+            assert not status or status["silent.test"]["size"] is None
+    finally:
+        silent.close()
