@@ -44,6 +44,7 @@ from securecore.audit.checkpoint import (
 )
 from securecore.audit.record import Record, canonical, protect_details
 from securecore.audit.store import AuditStore
+from securecore.audit.witness import atomic_write
 from securecore.keys.base import KeyRing
 
 LEAVES_FILE = "leaves"
@@ -335,13 +336,7 @@ class AuditLog:
     def _write_checkpoint(self) -> None:
         size = self._tree.size
         note = sign_checkpoint(self.ring, Checkpoint(self.origin, size, self._tree.root()))
-        path = self.witness / CHECKPOINT_DIR / f"{size:012d}"
-        temporary = path.with_suffix(".tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.write(note)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
+        atomic_write(self.witness / CHECKPOINT_DIR / f"{size:012d}", note)
         self.store.add_checkpoint(size, note)
         self._last_checkpoint_size, self._last_checkpoint_time = size, time.monotonic()
         if self.on_checkpoint is not None:

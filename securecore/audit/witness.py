@@ -306,7 +306,8 @@ class Answer:
     content_type: str = "text/plain; charset=utf-8"
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """PATH holds TEXT or what it held before, whatever crashes (file and directory fsynced)."""
     temporary = path.with_suffix(".tmp")
     with temporary.open("w", encoding="utf-8") as handle:
         handle.write(text)
@@ -385,7 +386,7 @@ class Witness:
             line = cosignature_line(self.name, self.private, checkpoint, int(self.clock()))
             stored = note if note.endswith("\n") else note + "\n"
             stored = merge_signatures(_origin_only(stored, keys), [line])
-            _atomic_write(self._path(checkpoint.origin), stored)
+            atomic_write(self._path(checkpoint.origin), stored)
         return Answer(200, line)
 
 
@@ -569,7 +570,7 @@ def save_cosigned(directory: Path, size: int, note: str) -> None:
     if path.exists():
         known = path.read_text(encoding="utf-8")
         note = merge_signatures(known, note.rpartition("\n\n")[2].splitlines())
-    _atomic_write(path, note)
+    atomic_write(path, note)
 
 
 def stored_cosigned(directory: Path) -> list[str]:
@@ -697,7 +698,7 @@ class WitnessPusher:
     def _write_status(self) -> None:
         document = {name: s.as_dict() for name, s in self.status.items()}
         with contextlib.suppress(OSError):
-            _atomic_write(self.status_path, json.dumps(document, sort_keys=True))
+            atomic_write(self.status_path, json.dumps(document, sort_keys=True))
 
     def close(self, timeout: float = 10.0) -> None:
         """Give the newest checkpoint up to TIMEOUT s to reach the witnesses, then stop."""
