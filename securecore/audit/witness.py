@@ -591,11 +591,12 @@ class WitnessPusher:
 
     `submit` only records the newest checkpoint and wakes the thread: the audit
     writer (and so no request) ever waits for a witness. A witness that fails
-    is retried with exponential back-off (at most RETRY_MAX s apart); only the
-    newest checkpoint is pushed, so the queue is bounded at one note.
+    is retried with exponential back-off (at most RETRY_MAX s apart, well within
+    the default witness_grace_seconds of 60); only the newest checkpoint is
+    pushed, so the queue is bounded at one note.
     """
 
-    RETRY_MIN, RETRY_MAX = 1.0, 60.0
+    RETRY_MIN, RETRY_MAX = 1.0, 30.0
 
     def __init__(
         self,
@@ -621,9 +622,10 @@ class WitnessPusher:
 
     def submit(self, size: int, note: str) -> None:
         with self._pending.wake:
+            # A witness in back-off keeps its back-off: a down witness is asked at
+            # most every RETRY_MAX s, whatever the checkpoint rate.
             if size >= self._pending.size:
                 self._pending.size, self._pending.note = size, note
-                self._retry_at = dict.fromkeys(self._retry_at, 0.0)
             self._pending.wake.notify()
 
     def _due(self) -> list[WitnessClient]:

@@ -115,7 +115,7 @@ def test_pinned_witness_keys_are_checked_naming_file_and_line(tmp_path: Path) ->
     path = tmp_path / "keys"
     path.write_text(f"# pinned\n{good}\n")
     assert list(load_witness_keys(path)) == ["w.test"]
-    name, _, blob = good.split("+")
+    name, _, blob = good.split("+", 2)  # base64 may hold "+" too
     path.write_text(f"{name}+00000000+{blob}\n")
     with pytest.raises(WitnessError, match=r"keys:1: .*key hash"):
         load_witness_keys(path)
