@@ -15,8 +15,11 @@ from pathlib import Path
 from securecore import __version__, admin_commands, service_facts, state_commands
 from securecore.admin_commands import AdminError
 from securecore.audit import commands as audit_commands
+from securecore.audit import witness
 from securecore.audit.checkpoint import CheckpointError
+from securecore.audit.log import AuditError
 from securecore.audit.replica import ReplicaError
+from securecore.audit.witness import WitnessError
 from securecore.backup import BackupError
 from securecore.config import ConfigError
 from securecore.devsetup import SetupError
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     audit_commands.add_parser(commands)
+    witness.add_parser(commands)
     state_commands.add_parsers(commands)
     serve_command.add_parser(commands)
     service_facts.add_parser(commands)
@@ -132,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         AdminError,
         PluginError,
         ReplicaError,
+        WitnessError,
+        AuditError,
     ) as exc:
         print(f"securecore {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -74,6 +74,16 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "hmac_key_file": Option(str, required=True, is_path=True, must_exist=True),
         "checkpoint_every": Option(int, 1000, minimum=1),
         "checkpoint_interval_seconds": Option((int, float), 10.0, minimum=0),
+        # Witnesses on other hosts that cosign each checkpoint ({name = "https://host:port"});
+        # their verifier keys are pinned in witness_keys (one vkey a line). With witnesses,
+        # `audit verify` needs every record older than the interval + grace under a
+        # checkpoint a pinned witness cosigned (securecore.audit.witness).
+        "witnesses": Option(dict, {}),
+        "witness_keys": Option(str, is_path=True, must_exist=True),
+        "witness_grace_seconds": Option((int, float), 60, minimum=0),
+        # Pinned checkpoint keys of the origins this host checks ({origin: {key id: PEM}}):
+        # the standby's copy and the witnesses never take keys from the origin's answer.
+        "origin_keys": Option(str, is_path=True, must_exist=True),
     },
     "state": {
         # Sessions, plugins and policy state: SQLite files in the data directory,

@@ -78,7 +78,9 @@ def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
         'origin = "securecore.localhost/audit"\n'
         'hmac_key_file = "secrets/audit_hmac_key"\n'
         "checkpoint_every = 1000\n"
-        "checkpoint_interval_seconds = 10\n\n"
+        "checkpoint_interval_seconds = 10\n"
+        "# This host's own checkpoint keys, pinned (production pins the core hosts').\n"
+        'origin_keys = "origin-keys.json"\n\n'
         "[plugins]\n"
         "# The service calls plugins as spiffe://securecore/core/localhost; the\n"
         "# development plugin tls/plugin-policy.json is vendor example.\n"
@@ -104,16 +106,27 @@ def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
     return config_path
 
 
-def _create_keys(backend: KeyBackend) -> None:
+def _pin_own_origin_keys(base: Path, backend: KeyBackend) -> None:
+    """origin-keys.json: the checkpoint keys a standby or witness of this setup pins."""
+    from securecore.audit.witness import origin_keys_document
+
+    name = KEYS[0][0]
+    keys = {f"{name}-v{v}": backend.public_key(f"{name}-v{v}") for v in backend.versions(name)}
+    document = origin_keys_document("securecore.localhost/audit", keys)
+    (base / "origin-keys.json").write_text(document + "\n", encoding="utf-8")
+
+
+def _create_keys(backend: KeyBackend, base: Path) -> None:
     for name, kind in KEYS:
         backend.create_version(name, kind)
+    _pin_own_origin_keys(base, backend)
 
 
 def _software_keys(base: Path) -> str:
     from securecore.keys.software import SoftwareKeys
 
     (base / "keys").mkdir(mode=0o700)
-    _create_keys(SoftwareKeys(base / "keys"))
+    _create_keys(SoftwareKeys(base / "keys"), base)
     return '[keys]\nbackend = "software"\n\n[keys.software]\ndirectory = "keys"\n'
 
 
@@ -139,7 +152,7 @@ def _softhsm_token(base: Path) -> str:
 
     backend = Pkcs11Keys(str(SOFTHSM_MODULE), "securecore", user_pin)
     try:
-        _create_keys(backend)
+        _create_keys(backend, base)
     finally:
         backend.close()
     return (

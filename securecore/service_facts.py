@@ -2,8 +2,9 @@
 
 Read-only, run on the core host as the service user (it opens the key ring):
   ready      /readyz answered over mutual TLS with the host's certificate
-  audit      the audit log verified (tree, witness, signed checkpoints), its size,
-             records not yet under a signed checkpoint
+  audit      the audit log verified against the newest checkpoint a pinned witness
+             cosigned (tree, leaf file, signed checkpoints), its size, records not yet
+             under a signed / a witnessed checkpoint, each witness's last cosigned size
   keys       the age in days of the newest signing key and key-encryption key
   backup     the newest verified backup in [backup] directory (signed manifest,
              archive hash) and its signed age in hours; manifests that fail are
@@ -25,13 +26,14 @@ import http.client
 import json
 import ssl
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from securecore import config as configuration
-from securecore.audit.commands import signing_public_keys
+from securecore.audit.commands import anchored_verification
 from securecore.audit.factory import open_store
-from securecore.audit.log import verify_log
 from securecore.audit.record import Record
+from securecore.audit.witness import STATUS_FILE
 from securecore.backup import signed_backups
 from securecore.keys.factory import open_key_ring
 from securecore.plugins.registry import PluginRegistry
@@ -56,10 +58,20 @@ def _ready(config: configuration.Config) -> bool:
         connection.close()
 
 
+def _witness_status(config: configuration.Config) -> dict[str, Any]:
+    """What the service's WitnessPusher last wrote: per witness the size it cosigned."""
+    path = Path(config.get("audit", "witness_dir")) / STATUS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def _audit(config: configuration.Config, ring) -> tuple[dict[str, Any], dict[str, Any]]:
+    # Anchored: the newest checkpoint a pinned witness cosigned bounds what the log must hold.
+    result, problems = anchored_verification(config, ring)
     store = open_store(config)
     try:
-        result = verify_log(store, config.get("audit", "witness_dir"), signing_public_keys(ring))
         checkpoints = store.checkpoints()
         size = store.size()
         events = _events(store, size)
@@ -67,7 +79,12 @@ def _audit(config: configuration.Config, ring) -> tuple[dict[str, Any], dict[str
         store.close()
     last = checkpoints[-1][0] if checkpoints else 0
     return {"verified": result.ok, "problem": result.problem, "records": size,
-            "checkpoints": len(checkpoints), "uncheckpointed": size - last}, events  # fmt: skip
+            "checkpoints": len(checkpoints), "uncheckpointed": size - last,
+            "witnessed_size": result.witnessed, "witnessed_by": list(result.witnesses),
+            "unwitnessed": size - (result.witnessed or 0),
+            "witnesses_configured": len(config.get("audit", "witnesses")),
+            "witness_problems": problems,
+            "witnesses": _witness_status(config)}, events  # fmt: skip
 
 
 # What the reports count: security-relevant actions, and among them incidents (something

@@ -12,35 +12,90 @@ from securecore import config as configuration
 from securecore.audit import merkle
 from securecore.audit.checkpoint import verify_checkpoint
 from securecore.audit.export import export_lines
-from securecore.audit.factory import open_store
-from securecore.audit.log import verify_log
+from securecore.audit.factory import (
+    open_store,
+    pinned_origin_keys,
+    signing_public_keys,
+    witness_clients,
+    witness_keys,
+    witnessed_checkpoints,
+)
+from securecore.audit.log import Verification, verify_log
 from securecore.audit.replica import AuditReplica
+from securecore.audit.witness import origin_keys_document
 from securecore.keys.factory import open_key_ring
 from securecore.tls import TLSPolicy
 
 
-def signing_public_keys(ring) -> dict:
-    name = ring.signing_key
-    return {
-        f"{name}-v{version}": ring.backend.public_key(f"{name}-v{version}")
-        for version in ring.backend.versions(name)
-    }
+def self_origin_keys(config: configuration.Config, ring) -> dict:
+    """This host's checkpoint keys: the pinned ones if [audit] origin_keys names this
+    origin (what the witnesses check), else the key ring's own."""
+    origin = config.get("audit", "origin")
+    if config.get("audit", "origin_keys"):
+        pinned = pinned_origin_keys(config)
+        if origin in pinned:
+            return pinned[origin]
+    return signing_public_keys(ring)
+
+
+def anchored_verification(
+    config: configuration.Config, ring, extra_witnesses: tuple[str, ...] = ()
+) -> tuple[Verification, list[str]]:
+    """verify_log against the newest checkpoint the witnesses (asked now, and the cosigned
+    notes kept) cosigned; with the problems of witnesses that could not be asked."""
+    keys = self_origin_keys(config, ring)
+    pinned_witnesses = witness_keys(config)
+    clients = witness_clients(config, extra_witnesses)
+    if extra_witnesses and not pinned_witnesses:
+        raise configuration.ConfigError(
+            f"{config.path}: --witness needs [audit] witness_keys (the pinned witness keys)"
+        )
+    witnessed, problems = witnessed_checkpoints(config, keys, clients, pinned_witnesses)
+    store = open_store(config)
+    try:
+        result = verify_log(
+            store,
+            config.get("audit", "witness_dir"),
+            keys,
+            witnessed=witnessed,
+            require_witness=bool(pinned_witnesses),
+            checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
+            grace=float(config.get("audit", "witness_grace_seconds")),
+        )
+    finally:
+        store.close()
+    return result, problems
 
 
 def _verify(args: argparse.Namespace) -> int:
     config = configuration.load(args.config)
     ring = open_key_ring(config)
-    store = open_store(config)
     try:
-        result = verify_log(store, config.get("audit", "witness_dir"), signing_public_keys(ring))
+        result, problems = anchored_verification(config, ring, tuple(args.witness or ()))
     finally:
-        store.close()
+        ring.backend.close()
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
     if result.ok:
-        print(f"audit log OK: {result.size} records, {result.checkpoints} signed checkpoints")
+        anchor = (f"; proved against the checkpoint of {result.witnessed} records cosigned by "
+                  f"{', '.join(result.witnesses)}" if result.witnessed
+                  else "; NOT anchored: no witnessed checkpoint")  # fmt: skip
+        print(f"audit log OK: {result.size} records, {result.checkpoints} signed checkpoints"
+              f"{anchor}")  # fmt: skip
         return 0
     where = f" (first bad record: {result.first_bad_seq})" if result.first_bad_seq else ""
     print(f"audit log FAILED{where}: {result.problem}", file=sys.stderr)
     return 1
+
+
+def _public_keys(args: argparse.Namespace) -> int:
+    config = configuration.load(args.config)
+    ring = open_key_ring(config)
+    try:
+        print(origin_keys_document(config.get("audit", "origin"), signing_public_keys(ring)))
+    finally:
+        ring.backend.close()
+    return 0
 
 
 def _prove(args: argparse.Namespace) -> int:
@@ -106,7 +161,9 @@ def _replicate(args: argparse.Namespace) -> int:
     if not policy_path:
         raise configuration.ConfigError(f"{config.path}: [tls] policy is required to replicate")
     directory = args.directory or Path(config.get("service", "data_dir")) / "replica"
-    replica = AuditReplica(directory, args.source, TLSPolicy.from_file(policy_path))
+    replica = AuditReplica(
+        directory, args.source, TLSPolicy.from_file(policy_path), pinned_origin_keys(config)
+    )
     try:
         status = replica.pull()
     finally:
@@ -125,7 +182,8 @@ def add_parser(commands) -> None:
     )
     actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     for name, handler, text in (
-        ("verify", _verify, "recompute the tree; check the witness and every checkpoint"),
+        ("verify", _verify, "recompute the tree; check it against the witnesses' checkpoints"),
+        ("public-keys", _public_keys, "print this origin's checkpoint keys (JSON, to pin)"),
         ("prove", _prove, "print the RFC 9162 inclusion proof of a record"),
         ("export", _export, "write the log as JSON Lines (docs/audit-export.md)"),
     ):
@@ -133,6 +191,10 @@ def add_parser(commands) -> None:
         action.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
         if name == "prove":
             action.add_argument("seq", type=int, help="sequence number of the record")
+        if name == "verify":
+            action.add_argument("--witness", action="append", metavar="URL",
+                                help="also ask this witness (https://HOST:PORT; its key must "
+                                     "be in [audit] witness_keys); repeatable")  # fmt: skip
         if name == "export":
             action.add_argument("-o", "--output", help="file to write (default: stdout)")
         action.set_defaults(handler=handler)

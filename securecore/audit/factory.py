@@ -1,14 +1,29 @@
-"""The audit log and store the configuration names."""
+"""The audit log and store the configuration names, and its witnesses."""
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
+from securecore.audit.checkpoint import Checkpoint
 from securecore.audit.log import AuditLog
 from securecore.audit.store import AuditStore, SQLiteAuditStore
+from securecore.audit.witness import (
+    COSIGNED_DIR,
+    WitnessClient,
+    WitnessError,
+    WitnessPusher,
+    load_origin_keys,
+    load_witness_keys,
+    newest_witnessed,
+    stored_cosigned,
+)
 from securecore.config import BackendError, Config, ConfigError, first_line
 from securecore.keys.base import KeyRing
 from securecore.keys.factory import read_secret_file
+from securecore.tls import TLSPolicy
+
+STARTUP_WITNESS_TIMEOUT = 5.0
 
 
 def open_store(config: Config) -> AuditStore:
@@ -42,8 +57,100 @@ def open_store(config: Config) -> AuditStore:
         ) from error
 
 
+def signing_public_keys(ring: KeyRing) -> dict:
+    name = ring.signing_key
+    return {
+        f"{name}-v{version}": ring.backend.public_key(f"{name}-v{version}")
+        for version in ring.backend.versions(name)
+    }
+
+
+def pinned_origin_keys(config: Config) -> dict:
+    """[audit] origin_keys, read: {origin: {key id: public key}} (ConfigError if unset)."""
+    path = config.get("audit", "origin_keys")
+    if not path:
+        raise ConfigError(
+            f"{config.path}: [audit] origin_keys (the pinned checkpoint keys) is required"
+        )
+    try:
+        return load_origin_keys(path)
+    except WitnessError as error:
+        raise ConfigError(f"{config.path}: [audit] origin_keys: {error}") from error
+
+
+def witness_keys(config: Config) -> dict:
+    """The pinned witness verifier keys ({} when no witness is configured)."""
+    path = config.get("audit", "witness_keys")
+    if config.get("audit", "witnesses") and not path:
+        raise ConfigError(f"{config.path}: [audit] witnesses need witness_keys (pinned vkeys)")
+    if not path:
+        return {}
+    try:
+        return load_witness_keys(path)
+    except WitnessError as error:
+        raise ConfigError(f"{config.path}: [audit] witness_keys: {error}") from error
+
+
+def witness_clients(
+    config: Config, extra_urls: list[str] | tuple[str, ...] = (), timeout: float = 10
+) -> list[WitnessClient]:
+    witnesses = {**config.get("audit", "witnesses"), **{url: url for url in extra_urls}}
+    if not witnesses:
+        return []
+    policy_path = config.get("tls", "policy")
+    if not policy_path:
+        raise ConfigError(f"{config.path}: [tls] policy is required to reach witnesses")
+    context = TLSPolicy.from_file(policy_path).client_context()
+    clients = []
+    for name, url in witnesses.items():
+        if not isinstance(url, str):
+            raise ConfigError(f"{config.path}: [audit] witnesses.{name}: a URL string")
+        try:
+            clients.append(WitnessClient(name, url, context, timeout))
+        except WitnessError as error:
+            raise ConfigError(f"{config.path}: [audit] witnesses: {error}") from error
+    return clients
+
+
+def witnessed_checkpoints(
+    config: Config,
+    origin_keys: dict,
+    clients: list[WitnessClient],
+    keys: dict | None = None,
+) -> tuple[list, list[str]]:
+    """Checkpoints a pinned witness cosigned: each witness's newest (asked now) and the
+    cosigned notes kept in witness_dir; with the problems of witnesses that did not answer."""
+    keys = witness_keys(config) if keys is None else keys
+    origin = config.get("audit", "origin")
+    notes = stored_cosigned(Path(config.get("audit", "witness_dir")) / COSIGNED_DIR)
+    problems = []
+    for client in clients:
+        try:
+            note = client.latest(origin)
+        except WitnessError as error:
+            problems.append(str(error))
+            continue
+        if note is None:
+            problems.append(f"witness {client.name} holds no checkpoint of {origin}")
+            continue
+        if not newest_witnessed([note], origin_keys, keys, origin):
+            problems.append(f"witness {client.name}: its checkpoint has no valid signatures")
+        notes.append(note)
+    return newest_witnessed(notes, origin_keys, keys, origin), problems
+
+
 def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
-    return AuditLog(
+    keys = witness_keys(config)
+    clients = witness_clients(config, timeout=STARTUP_WITNESS_TIMEOUT)
+    own = signing_public_keys(ring)
+
+    def anchor() -> Checkpoint | None:
+        if not keys:
+            return None
+        found, _ = witnessed_checkpoints(config, own, clients, keys)
+        return found[-1][0] if found else None
+
+    log = AuditLog(
         open_store(config),
         ring,
         config.get("audit", "witness_dir"),
@@ -51,4 +158,14 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
         hmac_key=read_secret_file(config, "audit", "hmac_key_file"),
         checkpoint_every=config.get("audit", "checkpoint_every"),
         checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
+        anchor=anchor,
     )
+    if clients:
+        log.witness_pusher = WitnessPusher(
+            witness_clients(config), keys, own, config.get("audit", "origin"), log.witness
+        )
+        log.on_checkpoint = log.witness_pusher.submit
+        latest = log.latest_checkpoint()
+        if latest is not None:  # what a crash may have kept from the witnesses
+            log.witness_pusher.submit(max(s for s, _ in log.store.checkpoints()), latest)
+    return log

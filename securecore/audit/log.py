@@ -2,14 +2,22 @@
 
 Append path (one writer thread; callers wait until their record is durable,
 blocking in `append` or awaiting `append_async` on an event loop):
-  1. the batch's leaf hashes are appended to the witness file and fsynced;
-  2. the records are committed to the store in one transaction (fsynced);
+  1. the records are committed to the store in one transaction (fsynced);
+  2. the batch's leaf hashes are appended to the local leaf file and fsynced;
   3. callers are answered with their sequence numbers.
 Every `checkpoint_every` records or `checkpoint_interval` seconds the tree
-head is signed (C2SP signed note) and written to the store and to the
-witness directory, which can live on another host: rewriting the database
-alone is then detected, and the witness's leaf hashes name the first bad
-record exactly.
+head is signed (C2SP signed note), written to the store and the witness
+directory, and handed to `on_checkpoint` - the WitnessPusher, which sends it
+to the witnesses on other hosts (securecore.audit.witness). Rewriting the
+database alone is detected by the local leaf file (which names the first bad
+record exactly); rewriting everything on this host is detected against the
+checkpoints the witnesses cosigned, which the service user cannot change.
+
+Recovery never shortens anything: the leaf file is only ever extended to the
+committed records (a crash between steps 1 and 2); a leaf file, a signed
+checkpoint or a witnessed checkpoint that knows MORE than the database means
+records were removed, and the log refuses to open (AuditError) instead of
+signing new checkpoints over the gap.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +43,9 @@ from securecore.audit.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from securecore.audit.record import canonical, protect_details
+from securecore.audit.record import Record, canonical, protect_details
 from securecore.audit.store import AuditStore
+from securecore.audit.witness import atomic_write
 from securecore.keys.base import KeyRing
 
 LEAVES_FILE = "leaves"
@@ -89,15 +98,19 @@ class AuditLog:
         hmac_key: bytes,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 10.0,
+        on_checkpoint: Callable[[int, str], None] | None = None,
+        anchor: Callable[[], Checkpoint | None] | None = None,
     ) -> None:
         self.store, self.ring, self.origin = store, ring, origin
+        self.on_checkpoint = on_checkpoint
+        self.witness_pusher: Any = None  # closed with the log (securecore.audit.factory)
         self.hmac_key = hmac_key
         self.checkpoint_every, self.checkpoint_interval = checkpoint_every, checkpoint_interval
         self.witness = Path(witness_dir)
         (self.witness / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         self._leaves_path = self.witness / LEAVES_FILE
         self._tree = merkle.CompactRange()
-        self._recover()
+        self._recover(anchor() if anchor is not None else None)
         self._last_checkpoint_size = max((s for s, _ in store.checkpoints()), default=0)
         self._last_checkpoint_time = time.monotonic()
         # Appenders take a sequence number and add their record to the open
@@ -118,21 +131,53 @@ class AuditLog:
 
     # --- start-up -------------------------------------------------------------
 
-    def _recover(self) -> None:
-        """Rebuild the tree from the store; drop witness leaves of records never committed."""
+    def _recover(self, anchor: Checkpoint | None = None) -> None:
+        """Rebuild the tree from the store; refuse a store that lost what others saw.
+
+        ANCHOR is the newest checkpoint a witness cosigned: the store must hold
+        at least its records, with the same tree.
+        """
         size = 0
+        anchored_root = None
         for seq, entry in self.store.entries():
             size += 1
             if seq != size:
                 raise AuditError(f"audit store: record {size} is missing (found {seq})")
             self._tree.append(merkle.leaf_hash(entry))
+            if anchor is not None and size == anchor.size:
+                anchored_root = self._tree.root()
         witnessed = self._leaves_path.stat().st_size // 32 if self._leaves_path.exists() else 0
-        if witnessed > size:
-            # A crash between the witness write and the commit: those records
-            # were never acknowledged. (Signed checkpoints still cover any
-            # record that a checkpoint included.)
-            with self._leaves_path.open("r+b") as handle:
-                handle.truncate(size * 32)
+        signed = max((s for s, _ in self.store.checkpoints()), default=0)
+        local = max((int(p.name) for p in (self.witness / CHECKPOINT_DIR).glob("[0-9]*")),
+                    default=0)  # fmt: skip
+        for what, known in (
+            (f"the leaf file {self._leaves_path}", witnessed),
+            ("a signed checkpoint in the store", signed),
+            (f"a signed checkpoint in {self.witness / CHECKPOINT_DIR}", local),
+            ("a witness's cosigned checkpoint", anchor.size if anchor else 0),
+        ):
+            if known > size:
+                # Records are committed before their leaf hashes are written, so
+                # nothing but a removal makes these know more than the store.
+                # Shortening them to match would hide it: refuse instead.
+                raise AuditError(
+                    f"audit log tampered with: {what} covers {known} records, the store holds "
+                    f"{size} (records {size + 1}..{known} were removed or the store was "
+                    "restored); the log is not opened and nothing is rewritten - run "
+                    "`securecore audit verify` and restore from a verified backup"
+                )
+        if anchor is not None and anchor.size and anchored_root != anchor.root:
+            raise AuditError(
+                f"audit log tampered with: the tree of the first {anchor.size} records is not "
+                "the one a witness cosigned; the log is not opened - run `securecore audit "
+                "verify` and restore from a verified backup"
+            )
+        if witnessed < size:
+            # A crash after the commit, before the leaf hashes were written.
+            leaves = [merkle.leaf_hash(e) for _, e in self.store.entries(after=witnessed)]
+            with self._leaves_path.open("ab") as handle:
+                handle.write(b"".join(leaves))
+                handle.flush()
                 os.fsync(handle.fileno())
         self._leaves = self._leaves_path.open("ab")
 
@@ -318,10 +363,12 @@ class AuditLog:
         # The fields were checked to encode (_prepare): only I/O can fail here.
         rows = [(seq, canonical({"seq": seq, "timestamp": now, **fields})) for seq, fields in batch]
         leaves = [merkle.leaf_hash(entry) for _, entry in rows]
+        # Store first: the leaf file never knows a record the store does not
+        # (recovery treats that as a removal, see _recover).
+        self.store.append_batch(rows)
         self._leaves.write(b"".join(leaves))
         self._leaves.flush()
         os.fsync(self._leaves.fileno())
-        self.store.append_batch(rows)
         for leaf in leaves:
             self._tree.append(leaf)
 
@@ -340,15 +387,11 @@ class AuditLog:
     def _write_checkpoint(self) -> None:
         size = self._tree.size
         note = sign_checkpoint(self.ring, Checkpoint(self.origin, size, self._tree.root()))
-        path = self.witness / CHECKPOINT_DIR / f"{size:012d}"
-        temporary = path.with_suffix(".tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.write(note)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
+        atomic_write(self.witness / CHECKPOINT_DIR / f"{size:012d}", note)
         self.store.add_checkpoint(size, note)
         self._last_checkpoint_size, self._last_checkpoint_time = size, time.monotonic()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(size, note)  # only queues it: witnesses are slow or away
 
     def close(self) -> None:
         """Write what is queued, a final checkpoint, and stop."""
@@ -356,6 +399,8 @@ class AuditLog:
             self._closing = True
             self._work.notify()
         self._writer.join(timeout=60)
+        if self.witness_pusher is not None:
+            self.witness_pusher.close()  # bounded: the final checkpoint gets a few seconds
         self._leaves.close()
         self.store.close()
 
@@ -370,18 +415,35 @@ class Verification:
     checkpoints: int
     first_bad_seq: int | None = None
     problem: str = ""
+    witnessed: int | None = None  # size of the newest witnessed checkpoint the log proves
+    witnesses: tuple[str, ...] = ()
 
 
 def verify_log(
-    store: AuditStore, witness_dir: str | Path, public_keys: dict[str, ec.EllipticCurvePublicKey]
+    store: AuditStore,
+    witness_dir: str | Path,
+    public_keys: dict[str, ec.EllipticCurvePublicKey],
+    *,
+    witnessed: Sequence[tuple[Checkpoint, Sequence[str]]] = (),
+    require_witness: bool = False,
+    checkpoint_interval: float | None = None,
+    grace: float = 0.0,
+    now: datetime.datetime | None = None,
 ) -> Verification:
-    """Recompute every leaf and the tree; check them against the witness and the checkpoints."""
+    """Recompute every leaf and the tree; check them against the local leaf file, the
+    signed checkpoints and WITNESSED (checkpoints a pinned witness cosigned).
+
+    Records after the newest anchor (the newest witnessed checkpoint with
+    REQUIRE_WITNESS, else the newest signed one) fail once they are older than
+    CHECKPOINT_INTERVAL + GRACE: by then a checkpoint covering them was due, so
+    a log that has none was cut off from its witnesses or had records removed.
+    """
     witness = Path(witness_dir)
     leaves_path = witness / LEAVES_FILE
-    witnessed = leaves_path.read_bytes() if leaves_path.exists() else b""
-    if len(witnessed) % 32:
+    witnessed_leaves = leaves_path.read_bytes() if leaves_path.exists() else b""
+    if len(witnessed_leaves) % 32:
         return Verification(False, 0, 0, None, f"{leaves_path}: not a whole number of hashes")
-    count = len(witnessed) // 32
+    count = len(witnessed_leaves) // 32
 
     notes = {size: note for size, note in store.checkpoints()}
     for path in sorted((witness / CHECKPOINT_DIR).glob("[0-9]*")):
@@ -397,9 +459,28 @@ def verify_log(
                 False, 0, 0, None, f"checkpoint file {size} holds size {checkpoint.size}"
             )
         checkpoints[size] = checkpoint.root
+    anchors: dict[int, tuple[bytes, tuple[str, ...]]] = {}
+    for checkpoint, names in witnessed:
+        known = anchors.get(checkpoint.size)
+        if known is not None and known[0] != checkpoint.root:
+            return Verification(False, 0, len(checkpoints), None,
+                                f"two witnessed checkpoints of size {checkpoint.size} differ "
+                                "(the origin signed a fork)")  # fmt: skip
+        previous = known[1] if known else ()
+        anchors[checkpoint.size] = (checkpoint.root, tuple(sorted({*names, *previous})))
+    newest_anchor = max(anchors, default=0)
+    proved = 0  # the largest witnessed size whose tree this log matches
+
+    def unprovable(problem: str, size: int) -> Verification:
+        first = proved + 1
+        return Verification(False, size, len(checkpoints), first,
+                            f"records from {first} on cannot be proved: {problem}",
+                            proved or None)  # fmt: skip
 
     tree = merkle.CompactRange()
     expected = 0
+    timestamps: dict[int, bytes] = {}
+    due_from = set(checkpoints) | set(anchors) | {0}
     for seq, entry in store.entries():
         expected += 1
         if seq != expected or f'"seq":{seq},'.encode() not in entry:
@@ -412,15 +493,45 @@ def verify_log(
         if expected > count:
             problem = f"record {expected} is not in the witness (inserted or never witnessed)"
             return Verification(False, expected - 1, len(checkpoints), expected, problem)
-        if leaf != witnessed[(expected - 1) * 32 : expected * 32]:
+        if leaf != witnessed_leaves[(expected - 1) * 32 : expected * 32]:
             problem = f"record {expected} differs from what was witnessed (modified or reordered)"
             return Verification(False, expected - 1, len(checkpoints), expected, problem)
         tree.append(leaf)
+        if expected - 1 in due_from:
+            timestamps[expected] = entry
+        anchor = anchors.get(expected)
+        if anchor is not None:
+            if anchor[0] != tree.root():
+                return unprovable(
+                    f"the tree of its first {expected} records is not the one witness "
+                    f"{', '.join(anchor[1])} cosigned (rewritten)",
+                    expected,
+                )
+            proved = expected
         root = checkpoints.get(expected)
         if root is not None and root != tree.root():
             problem = f"the tree of size {expected} does not match its signed checkpoint"
             return Verification(False, expected, len(checkpoints), None, problem)
+    if newest_anchor > expected:
+        return unprovable(
+            f"witness {', '.join(anchors[newest_anchor][1])} cosigned a checkpoint of "
+            f"{newest_anchor} records, the log holds {expected} (records were removed)",
+            expected,
+        )
     if expected < count or (checkpoints and max(checkpoints) > expected):
         problem = f"the log ends at {expected}; the witness or a checkpoint knows more (truncated)"
         return Verification(False, expected, len(checkpoints), expected + 1, problem)
-    return Verification(True, expected, len(checkpoints))
+    covered = proved if require_witness else max(checkpoints, default=0)
+    if checkpoint_interval is not None and expected > covered:
+        first = Record.from_entry(timestamps[covered + 1])
+        written = datetime.datetime.fromisoformat(first.timestamp)
+        due = written + datetime.timedelta(seconds=checkpoint_interval + grace)
+        if (now or datetime.datetime.now(datetime.UTC)) > due:
+            kind = "witnessed" if require_witness else "signed"
+            problem = (f"record {covered + 1} was written at {first.timestamp} and no {kind} "
+                       f"checkpoint covers it, although one was due by {due.isoformat()} "
+                       "(records removed, or no checkpoint reached a witness)")  # fmt: skip
+            return Verification(False, expected, len(checkpoints), covered + 1, problem,
+                                proved or None)  # fmt: skip
+    return Verification(True, expected, len(checkpoints), None, "", proved or None,
+                        tuple(anchors[proved][1]) if proved else ())  # fmt: skip

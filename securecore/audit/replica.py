@@ -14,6 +14,13 @@ copy keeps what it had.
 
 At start the whole copy is re-hashed and checked against the checkpoints it
 stored, so a copy changed on the standby's disk is found too.
+
+Every checkpoint - the stored ones at start, each batch's - must carry a
+signature that verifies with the origin's public keys PINNED on this host
+([audit] origin_keys, deployed by the role). The keys the origin sends with
+its answer are never used: an origin (or whoever answers in its place) that
+signs with a key nobody pinned is refused, and so is a stored note whose
+signature does not verify.
 """
 
 from __future__ import annotations
@@ -26,10 +33,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from securecore.audit import merkle
-from securecore.audit.checkpoint import CheckpointError, parse_checkpoint, verify_checkpoint
+from securecore.audit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    parse_checkpoint,
+    verify_checkpoint,
+)
 from securecore.audit.store import SQLiteAuditStore
 from securecore.tls import TLSPolicy
 
@@ -51,8 +63,17 @@ class ReplicaStatus:
 
 
 class AuditReplica:
-    def __init__(self, directory: str | Path, source: str, tls: TLSPolicy, timeout: float = 30):
+    def __init__(
+        self,
+        directory: str | Path,
+        source: str,
+        tls: TLSPolicy,
+        origin_keys: dict[str, dict[str, ec.EllipticCurvePublicKey]],
+        timeout: float = 30,
+    ):
         self.directory = Path(directory)
+        self.origin_keys = origin_keys
+        self.origin: str | None = None  # the one origin this copy follows
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.source, self.timeout = source, timeout
         self.context = tls.client_context()
@@ -63,11 +84,11 @@ class AuditReplica:
         self._check_own_copy()
 
     def _check_own_copy(self) -> None:
-        """Re-hash what is stored; every stored checkpoint root must match."""
+        """Re-hash what is stored; every stored checkpoint must verify and its root match."""
         roots = {}
         for size, note in self.store.checkpoints():
             try:
-                roots[size] = parse_checkpoint(note)[0].root
+                roots[size] = self._verified(note).root
             except CheckpointError as error:
                 raise ReplicaError(f"{self.store.path}: checkpoint {size}: {error}") from error
         for seq, entry in self.store.entries():
@@ -82,6 +103,18 @@ class AuditReplica:
                         "not match the checkpoint it was copied with"
                     )
                 self.verified = seq
+
+    def _verified(self, note: str) -> Checkpoint:
+        """NOTE's checkpoint, if a pinned key of its origin signed it (and it is our origin)."""
+        origin = parse_checkpoint(note)[0].origin
+        if self.origin is not None and origin != self.origin:
+            raise CheckpointError(f"origin {origin!r}, but this copy follows {self.origin!r}")
+        keys = self.origin_keys.get(origin)
+        if not keys:
+            raise CheckpointError(f"origin {origin!r} has no pinned key on this host")
+        checkpoint = verify_checkpoint(note, keys)
+        self.origin = origin
+        return checkpoint
 
     def _fetch(self, after: int) -> dict[str, Any]:
         url = urlsplit(self.source)
@@ -108,10 +141,6 @@ class AuditReplica:
     def _checked(self, answer: dict[str, Any]) -> tuple[list, list, merkle.CompactRange]:
         """The batch's rows and checkpoints, if it continues this copy; ReplicaError if not."""
         try:
-            keys = {
-                kid: serialization.load_pem_public_key(pem.encode())
-                for kid, pem in answer["public_keys"].items()
-            }
             records = [(int(seq), entry.encode("utf-8")) for seq, entry in answer["records"]]
             notes = {int(size): note for size, note in answer["checkpoints"]}
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -121,7 +150,7 @@ class AuditReplica:
         roots = {}
         for size, note in notes.items():
             try:
-                checkpoint = verify_checkpoint(note, keys)
+                checkpoint = self._verified(note)
             except CheckpointError as error:
                 raise ReplicaError(f"{self.source}: checkpoint {size}: {error}") from error
             if checkpoint.size != size:

@@ -5,9 +5,10 @@ GET /v1/replication/audit?after=SEQ&limit=N answers
    "public_keys": {kid: PEM}}
 with the records after SEQ (at most N, 5000 at most), the signed checkpoints
 that fall within them, and the public signing keys that check those
-checkpoints. Only another core host (a `core` certificate) or an
-administrator may read it. The reader (securecore.audit.replica) trusts none
-of it on its own: every record is re-hashed into its own tree, which must
+checkpoints (for information: the reader verifies with the keys pinned on its
+own host and ignores these). Only another core host (a `core` certificate) or
+an administrator may read it. The reader (securecore.audit.replica) trusts
+none of it on its own: every record is re-hashed into its own tree, which must
 match every signed checkpoint, so a history that changed is refused.
 """
 

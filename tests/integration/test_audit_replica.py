@@ -19,6 +19,7 @@ import pytest
 from securecore.audit.checkpoint import verify_checkpoint
 from securecore.audit.replica import AuditReplica, ReplicaError
 from securecore.audit.store import SQLiteAuditStore
+from securecore.audit.witness import load_origin_keys
 from securecore.tls import TLSPolicy
 from tests.devserver import dev_server, wait_for_port
 from tests.integration.test_admin_commands import admin
@@ -69,7 +70,10 @@ def test_the_copy_follows_the_origin_and_checks_its_checkpoints(tmp_path: Path) 
         assert again > held and checked_again > checked
         # Anything but a core host or an administrator is refused.
         as_plugin = TLSPolicy.from_file(server["tls"] / "plugin-policy.json")
-        plugin = AuditReplica(tmp_path / "other", f"https://127.0.0.1:{server['port']}", as_plugin)
+        pinned = load_origin_keys(server["config"].parent / "origin-keys.json")
+        plugin = AuditReplica(
+            tmp_path / "other", f"https://127.0.0.1:{server['port']}", as_plugin, pinned
+        )
         with pytest.raises(ReplicaError, match="403"):
             plugin.pull()
         plugin.close()

@@ -1,0 +1,444 @@
+"""Witnesses anchor the audit log outside the core host: attacks by whoever writes its data.
+
+Real processes on loopback: `securecore serve` (development setup) and one or
+two `securecore witness serve`, all over mutual TLS with the development PKI.
+The attacker here can do everything the service user (or root on the core
+host) can: edit the database, the leaf file and the local checkpoints
+together, and even sign new checkpoints with the service's own key. The
+witnesses are out of reach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from securecore import config as configuration
+from securecore.audit import merkle
+from securecore.audit.checkpoint import Checkpoint, note_key_id, parse_checkpoint, sign_checkpoint
+from securecore.audit.replica import AuditReplica, ReplicaError
+from securecore.audit.witness import (
+    WitnessClient,
+    load_origin_keys,
+    origin_keys_document,
+    witnessed_checkpoint,
+)
+from securecore.keys.factory import open_key_ring
+from securecore.tls import TLSPolicy
+from tests.devserver import dev_server, free_port, wait_for_port
+from tests.integration.test_audit_cli import securecore
+from tests.integration.test_serve import call
+
+ORIGIN = "securecore.localhost/audit"
+
+
+def start_witness(base: Path, dev: Path, name: str, processes: list) -> tuple[str, str, Path]:
+    """A witness pinning DEV's checkpoint keys; returns (vkey, url, state dir)."""
+    base.mkdir(parents=True)
+    state = base / "state"
+    state.mkdir(mode=0o700)
+    port = free_port()
+    config = base / "witness.toml"
+    config.write_text(
+        f'[witness]\nname = "{name}"\nlisten = "127.0.0.1:{port}"\nstate_dir = "state"\n'
+        f'origin_keys = "{dev / "origin-keys.json"}"\ntls_policy = "{dev / "tls/policy.json"}"\n'
+    )
+    vkey = securecore("witness", "init", "-c", str(config)).stdout.strip()
+    log = (base / "witness.log").open("w")
+    command = [sys.executable, "-m", "securecore", "witness", "serve", "-c", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+    processes.append(process)
+    assert wait_for_port(port), (base / "witness.log").read_text()
+    return vkey, f"https://127.0.0.1:{port}", state
+
+
+def core_policy(dev: Path) -> Path:
+    """The service's TLS policy with its core certificate as client (as in production)."""
+    policy = json.loads((dev / "tls/policy.json").read_text())
+    policy["client_certificate"], policy["client_key"] = (str(dev / "tls/core.pem"),
+                                                          str(dev / "tls/core.key"))  # fmt: skip
+    (dev / "tls/core-policy.json").write_text(json.dumps(policy))
+    return dev / "tls/core-policy.json"
+
+
+@contextmanager
+def witnessed_server(tmp_path: Path, witnesses: int = 2, interval: int = 1) -> Iterator[dict]:
+    processes: list[subprocess.Popen] = []
+    found: dict = {}
+
+    def edit(text: str) -> str:
+        dev = tmp_path / "dev"
+        core_policy(dev)
+        lines, urls = [], []
+        for number in range(witnesses):
+            vkey, url, state = start_witness(tmp_path / f"w{number}", dev, f"w{number}.test",
+                                             processes)  # fmt: skip
+            lines.append(vkey)
+            urls.append(f'"w{number}.test" = "{url}"')
+            found.setdefault("witnesses", []).append({"url": url, "state": state})
+        (dev / "witness.vkeys").write_text("\n".join(lines) + "\n")
+        text = text.replace("checkpoint_interval_seconds = 10",
+                            f"checkpoint_interval_seconds = {interval}")  # fmt: skip
+        text = text.replace('policy = "tls/policy.json"', 'policy = "tls/core-policy.json"')
+        return text.replace(
+            'origin_keys = "origin-keys.json"\n',
+            'origin_keys = "origin-keys.json"\n'
+            f"witnesses = {{ {', '.join(urls)} }}\n"
+            'witness_keys = "witness.vkeys"\nwitness_grace_seconds = 1\n',
+        )
+
+    try:
+        with dev_server(tmp_path / "dev", edit_config=edit) as server:
+            server.update(found)
+            yield server
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+
+
+def witness_size(server, index: int = 0) -> int:
+    """The size the witness holds, asked over mutual TLS and verified with pinned keys."""
+    dev = server["config"].parent
+    context = TLSPolicy.from_file(dev / "tls/core-policy.json").client_context()
+    note = WitnessClient("w", server["witnesses"][index]["url"], context).latest(ORIGIN)
+    if note is None:
+        return 0
+    keys = load_origin_keys(dev / "origin-keys.json")[ORIGIN]
+    from securecore.audit.factory import witness_keys
+
+    checkpoint, _ = witnessed_checkpoint(note, keys, witness_keys(configuration.load(
+        server["config"])), ORIGIN)  # fmt: skip
+    return checkpoint.size
+
+
+def until_witnessed(server, at_least: int, everywhere: bool = True) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sizes = [witness_size(server, i) for i in range(len(server["witnesses"]))]
+        if (min(sizes) if everywhere else max(sizes)) >= at_least:
+            return min(sizes)
+        time.sleep(0.3)
+    pytest.fail(f"the witnesses hold {sizes}, not {at_least} records, after 30 s")
+
+
+def verify(server, *extra: str) -> subprocess.CompletedProcess[str]:
+    return securecore("audit", "verify", "-c", str(server["config"]), *extra, check=False)
+
+
+def first_bad(proc: subprocess.CompletedProcess[str]) -> int:
+    found = re.search(r"first bad record: (\d+)", proc.stderr)
+    assert proc.returncode == 1 and found, proc.stdout + proc.stderr
+    return int(found[1])
+
+
+def kill(server) -> None:
+    server["process"].send_signal(signal.SIGKILL)
+    server["process"].wait(10)
+
+
+def store_size(dev: Path) -> int:
+    with sqlite3.connect(dev / "data/audit.db") as db:
+        return db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()[0]
+
+
+def rewrite_everything_on_the_host(dev: Path, *, change: int | None = None, keep: int | None = None,
+                                   keep_cosigned: bool = False) -> None:  # fmt: skip
+    """What root on the core host can do: change record CHANGE, or keep only KEEP records;
+    then make the leaf file and every local checkpoint match, signed with the real key."""
+    with sqlite3.connect(dev / "data/audit.db") as db:
+        if change is not None:
+            edit = ("UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
+                    "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = ?")  # fmt: skip
+            db.execute(edit, (change,))
+        if keep is not None:
+            db.execute("DELETE FROM audit_records WHERE seq > ?", (keep,))
+        db.execute("DELETE FROM audit_checkpoints")
+        entries = [bytes(e) for _, e in db.execute("SELECT seq, entry FROM audit_records "
+                                                   "ORDER BY seq")]  # fmt: skip
+    leaves = [merkle.leaf_hash(e) for e in entries]
+    witness = dev / "data/witness"
+    (witness / "leaves").write_bytes(b"".join(leaves))
+    for path in (witness / "checkpoints").glob("*"):
+        path.unlink()
+    if not keep_cosigned:
+        for path in (witness / "cosigned").glob("*"):
+            path.unlink()
+    config = configuration.load(dev / "config.toml")
+    ring = open_key_ring(config)
+    note = sign_checkpoint(ring, Checkpoint(ORIGIN, len(leaves), merkle.root(leaves)))
+    (witness / "checkpoints" / f"{len(leaves):012d}").write_text(note)
+    with sqlite3.connect(dev / "data/audit.db") as db:
+        db.execute("INSERT INTO audit_checkpoints VALUES (?, ?)", (len(leaves), note))
+
+
+def restart_refused(server) -> str:
+    proc = subprocess.run([sys.executable, "-m", "securecore", "serve", "-c",
+                           str(server["config"])], capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    return proc.stderr
+
+
+# --- (a) database, leaf file and checkpoints rewritten together ------------------------------
+
+
+def test_a_rewrite_of_everything_on_the_host_fails_against_the_witnesses(tmp_path: Path) -> None:
+    with witnessed_server(tmp_path) as server:
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        until_witnessed(server, 3)  # two witnessed checkpoints at least: an earlier one ...
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        size = until_witnessed(server, store_size(server["config"].parent))  # ... and this
+        assert verify(server).stdout.startswith("audit log OK"), verify(server).stderr
+        assert "cosigned by w0.test, w1.test" in verify(server).stdout
+        kill(server)
+        dev = server["config"].parent
+        # The tampered log is consistent with itself and signed with the service's own key.
+        # Cosigned notes the attacker kept (they cannot forge more) name the first record
+        # after the last tree a witness proves.
+        last = store_size(dev)
+        rewrite_everything_on_the_host(dev, change=last, keep_cosigned=True)
+        assert 1 < first_bad(verify(server)) <= last
+        # With them deleted too, the witnesses' newest checkpoint alone proves nothing.
+        rewrite_everything_on_the_host(dev, change=3)
+        proc = verify(server)
+        assert first_bad(proc) == 1 and "w0.test" in proc.stderr, proc.stderr
+        assert "cannot be proved" in proc.stderr
+        # The service refuses to open the rewritten log, and signs nothing over it.
+        assert "tampered" in restart_refused(server)
+        assert witness_size(server) >= size
+
+
+def test_records_removed_with_their_checkpoints_fail_and_the_service_will_not_start(
+    tmp_path: Path,
+) -> None:
+    with witnessed_server(tmp_path) as server:
+        for _ in range(8):
+            call(server, "GET", "/v1/whoami")
+        held = until_witnessed(server, 8)
+        kill(server)
+        dev = server["config"].parent
+        rewrite_everything_on_the_host(dev, keep=4)
+        proc = verify(server)
+        assert first_bad(proc) == 1 and f"checkpoint of {held}" in proc.stderr, proc.stderr
+        assert "tampered" in restart_refused(server)
+        # Asked explicitly: the same answer from one named witness alone.
+        (dev / "data/witness/cosigned").mkdir(exist_ok=True)
+        text = server["config"].read_text()
+        server["config"].write_text(re.sub(r"witnesses = \{.*\}\n", "", text))
+        assert first_bad(verify(server, "--witness", server["witnesses"][1]["url"])) == 1
+
+
+# --- (b) un-checkpointed records removed around a crash -------------------------------------
+
+
+def test_a_crash_never_shortens_the_leaf_file(tmp_path: Path) -> None:
+    with witnessed_server(tmp_path, witnesses=1, interval=3600) as server:
+        for _ in range(5):
+            call(server, "GET", "/v1/whoami")
+        kill(server)  # no checkpoint was due: only the local leaf file knows these records
+        dev = server["config"].parent
+        leaves = (dev / "data/witness/leaves").read_bytes()
+        with sqlite3.connect(dev / "data/audit.db") as db:
+            db.execute("DELETE FROM audit_records WHERE seq > 2")
+        assert "leaf file" in restart_refused(server)
+        assert (dev / "data/witness/leaves").read_bytes() == leaves  # not truncated
+
+
+def test_unwitnessed_records_removed_after_their_checkpoint_was_due_are_found(
+    tmp_path: Path,
+) -> None:
+    with witnessed_server(tmp_path) as server:
+        call(server, "GET", "/v1/whoami")
+        base = until_witnessed(server, 1)
+        for _ in range(4):
+            call(server, "GET", "/v1/whoami")
+        written = store_size(server["config"].parent)
+        # Not yet checkpointed when written; the interval (1 s) bounds how long that lasts.
+        until_witnessed(server, written)
+        kill(server)
+        dev = server["config"].parent
+        rewrite_everything_on_the_host(dev, keep=base, keep_cosigned=False)
+        proc = verify(server)
+        assert first_bad(proc) <= base + 1 and "removed" in proc.stderr, proc.stderr
+
+
+# --- (c) the witness refuses forgeries, rollbacks and forks ----------------------------------
+
+
+def test_the_witness_refuses_forged_rolled_back_and_forked_checkpoints(tmp_path: Path) -> None:
+    with witnessed_server(tmp_path, witnesses=1) as server:
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        held = until_witnessed(server, 3)
+        dev = server["config"].parent
+        url = server["witnesses"][0]["url"]
+        core = WitnessClient("w0", url, TLSPolicy.from_file(dev / "tls/core-policy.json")
+                             .client_context())  # fmt: skip
+        ring = open_key_ring(configuration.load(server["config"]))
+        with sqlite3.connect(dev / "data/audit.db") as db:
+            rows = db.execute("SELECT entry FROM audit_records ORDER BY seq").fetchall()
+        leaves = [merkle.leaf_hash(bytes(e)) for (e,) in rows]
+        # Forged: the same key name, another key.
+        other = ec.generate_private_key(ec.SECP256R1())
+        genuine = sign_checkpoint(ring, Checkpoint(ORIGIN, held + 1, b"\x01" * 32))
+        text, _, line = genuine.rpartition("\n\n")
+        kid = line.split(" ")[1]
+        from cryptography.hazmat.primitives import hashes
+
+        signature = other.sign(f"{text}\n".encode(), ec.ECDSA(hashes.SHA256()))
+        import base64
+
+        blob = base64.b64encode(note_key_id(other.public_key()) + signature).decode()
+        forged = f"{text}\n\n\u2014 {kid} {blob}\n"
+        status, body = core.add(held, [], forged)
+        assert status == 403, body
+        # Rollback: a genuine, older checkpoint, presented as if the witness held nothing.
+        older = sign_checkpoint(ring, Checkpoint(ORIGIN, 1, merkle.root(leaves[:1])))
+        status, body = core.add(0, [], older)
+        assert (status, body.strip()) == (409, str(held))
+        # A fork at the size held, signed with the real key (the service user can do that).
+        fork = sign_checkpoint(ring, Checkpoint(ORIGIN, held, b"\x02" * 32))
+        assert core.add(held, [], fork)[0] == 409
+        # A bigger tree that does not extend what it holds: the proof cannot verify.
+        bigger = sign_checkpoint(ring, Checkpoint(ORIGIN, held + 1, b"\x03" * 32))
+        proof = merkle.consistency_proof([*leaves[:held], b"\x04" * 32], held)
+        assert core.add(held, proof, bigger)[0] == 422
+        # Only core hosts submit.
+        admin = WitnessClient("w0", url, TLSPolicy.from_file(dev / "tls/policy.json")
+                              .client_context())  # fmt: skip
+        assert admin.add(held, [], fork)[0] == 403
+        # A client without a site certificate does not get through the handshake.
+        bare = TLSPolicy.from_file(dev / "tls/policy.json").client_context(with_certificate=False)
+        with pytest.raises(Exception, match="w0"):
+            WitnessClient("w0", url, bare).latest(ORIGIN)
+        assert witness_size(server) == held
+
+
+# --- (d) the standby's copy checks signatures with pinned keys -------------------------------
+
+
+def test_the_replica_refuses_checkpoints_of_a_key_that_is_not_pinned(tmp_path: Path) -> None:
+    with witnessed_server(tmp_path, witnesses=1) as server:
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        until_witnessed(server, 3)
+        dev = server["config"].parent
+        policy = TLSPolicy.from_file(dev / "tls/core-policy.json")
+        source = f"https://127.0.0.1:{server['port']}"
+        stray = ec.generate_private_key(ec.SECP256R1()).public_key()
+        other = origin_keys_document(ORIGIN, {"securecore-signing-v1": stray})
+        (tmp_path / "other.json").write_text(other)
+        stranger = AuditReplica(tmp_path / "refused", source, policy,
+                                load_origin_keys(tmp_path / "other.json"))  # fmt: skip
+        with pytest.raises(ReplicaError, match="no signature from a known key"):
+            stranger.pull()
+        stranger.close()
+        pinned = load_origin_keys(dev / "origin-keys.json")
+        copy = AuditReplica(tmp_path / "copy", source, policy, pinned)
+        assert copy.pull().verified >= 3
+        copy.close()
+        # A stored note re-signed with another key on the standby's disk: refused at start.
+        key = ec.generate_private_key(ec.SECP256R1())
+        with sqlite3.connect(tmp_path / "copy/audit.db") as db:
+            size, note = db.execute("SELECT size, note FROM audit_checkpoints").fetchone()
+            checkpoint = parse_checkpoint(note)[0]
+            from cryptography.hazmat.primitives import hashes
+
+            signature = key.sign(checkpoint.text().encode(), ec.ECDSA(hashes.SHA256()))
+            import base64
+
+            blob = base64.b64encode(note_key_id(key.public_key()) + signature).decode()
+            kid = note.rpartition("\n\n")[2].split(" ")[1]
+            db.execute("UPDATE audit_checkpoints SET note = ? WHERE size = ?",
+                       (f"{checkpoint.text()}\n\u2014 {kid} {blob}\n", size))  # fmt: skip
+        with pytest.raises(ReplicaError, match=r"does not verify|known key"):
+            AuditReplica(tmp_path / "copy", source, policy, pinned)
+
+
+# --- (e) records and no checkpoint --------------------------------------------------------------
+
+APPEND_AND_DIE = """
+import os, sys
+from securecore import config
+from securecore.audit.factory import open_audit_log
+from securecore.keys.factory import open_key_ring
+settings = config.load(sys.argv[1])
+log = open_audit_log(settings, open_key_ring(settings))
+for i in range(3):
+    log.append("alice", "plugin.call", "p", "success", {})
+os._exit(0)  # a crash: no final checkpoint
+"""
+
+
+def test_records_without_a_checkpoint_fail_once_the_interval_has_passed(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    securecore("init", str(dev), "--software-keys")
+    config = dev / "config.toml"
+    config.write_text(config.read_text().replace("checkpoint_interval_seconds = 10",
+                                                 "checkpoint_interval_seconds = 15\n"
+                                                 "witness_grace_seconds = 0"))  # fmt: skip
+    env = {**os.environ}
+    subprocess.run([sys.executable, "-c", APPEND_AND_DIE, str(config)], check=True, env=env,
+                   timeout=60)  # fmt: skip
+    fresh = securecore("audit", "verify", "-c", str(config), check=False)
+    assert fresh.returncode == 0 and "NOT anchored" in fresh.stdout, fresh.stderr
+    time.sleep(16)
+    late = securecore("audit", "verify", "-c", str(config), check=False)
+    assert first_bad(late) == 1 and "no signed checkpoint covers it" in late.stderr
+
+
+# --- a witness that never answers does not hold up requests ----------------------------------
+
+
+def test_a_silent_witness_never_delays_requests(tmp_path: Path) -> None:
+    import socket
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from securecore.audit.witness import vkey
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers a byte
+    port = silent.getsockname()[1]
+
+    def edit(text: str) -> str:
+        dev = tmp_path / "dev"
+        (dev / "witness.vkeys").write_text(
+            vkey("silent.test", ed25519.Ed25519PrivateKey.generate().public_key()) + "\n"
+        )
+        text = text.replace("checkpoint_interval_seconds = 10", "checkpoint_interval_seconds = 0")
+        return text.replace(
+            'origin_keys = "origin-keys.json"\n',
+            'origin_keys = "origin-keys.json"\n'
+            f'witnesses = {{ "silent.test" = "https://127.0.0.1:{port}" }}\n'
+            'witness_keys = "witness.vkeys"\n',
+        )
+
+    try:
+        with dev_server(tmp_path / "dev", edit_config=edit) as server:
+            started = time.monotonic()
+            for _ in range(20):  # each one makes a record, and a checkpoint to push
+                assert call(server, "GET", "/v1/whoami")[0] == 200
+            assert time.monotonic() - started < 10
+            status = json.loads((server["config"].parent / "data/witness/witness-status.json")
+                                .read_text()) if (server["config"].parent /
+                                "data/witness/witness-status.json").exists() else {}  # fmt: skip
+            assert not status or status["silent.test"]["size"] is None
+    finally:
+        silent.close()
