@@ -163,6 +163,7 @@ class TLSPolicy:
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0
         self._load_chain(context, "server_certificate", "server_key")
+        self._load_crl(context, require_issuer=True)
         return context
 
     def client_context(self, *, with_certificate: bool = True) -> ssl.SSLContext:
@@ -171,6 +172,7 @@ class TLSPolicy:
         context.check_hostname = True
         if with_certificate:
             self._load_chain(context, "client_certificate", "client_key")
+        self._load_crl(context, require_issuer=False)
         return context
 
     def _context(self, protocol: int) -> ssl.SSLContext:
@@ -180,10 +182,6 @@ class TLSPolicy:
         context.verify_mode = ssl.CERT_REQUIRED
         context.verify_flags |= ssl.VERIFY_X509_STRICT | CRL_CHECKS[self.crl_check]
         self._load("ca_file", context.load_verify_locations)
-        if self.crl_file is not None and self.crl_check != "none":
-            # A CRL OpenSSL would trip on is refused here, named.
-            self.revocation_list(require_issuer=protocol == ssl.PROTOCOL_TLS_SERVER)
-            self._load("crl_file", context.load_verify_locations)
         # Python cannot choose TLS 1.3 suites; make sure OpenSSL's enabled set
         # is within the policy rather than assume it.
         enabled = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.3"}
@@ -193,6 +191,14 @@ class TLSPolicy:
                 f"{self.source}: OpenSSL enables TLS 1.3 suites outside the policy: {outside}"
             )
         return context
+
+    def _load_crl(self, context: ssl.SSLContext, *, require_issuer: bool) -> None:
+        """After the host's own chain: the CRL's issuer may be the intermediate in
+        it, and a missing certificate is named as such, not as an untrusted CRL."""
+        if self.crl_file is not None and self.crl_check != "none":
+            # A CRL OpenSSL would trip on is refused here, named.
+            self.revocation_list(require_issuer=require_issuer)
+            self._load("crl_file", context.load_verify_locations)
 
     # --- the CRL ------------------------------------------------------------------
 
