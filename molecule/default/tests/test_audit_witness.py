@@ -35,7 +35,7 @@ def test_the_witness_runs_as_its_own_user_with_state_the_service_cannot_write(ho
     pid = host.check_output("systemctl show -p MainPID --value securecore-witness")
     assert host.check_output(f"stat -c %U /proc/{pid}") == "securecore-witness"
     assert host.check_output(f"stat -c '%U %a' {STATE}") == "securecore-witness 700"
-    if host.user.exists("securecore"):
+    if host.user("securecore").exists:
         assert host.run(f"runuser -u securecore -- touch {STATE}/origins/x").rc != 0
 
 
