@@ -162,7 +162,11 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
     )
     if clients:
         log.witness_pusher = WitnessPusher(
-            witness_clients(config), keys, own, config.get("audit", "origin"), log.witness
+            witness_clients(config),
+            keys,
+            lambda: signing_public_keys(ring),
+            config.get("audit", "origin"),
+            log.witness,
         )
         log.on_checkpoint = log.witness_pusher.submit
         latest = log.latest_checkpoint()

@@ -602,10 +602,13 @@ class WitnessPusher:
         self,
         clients: list[WitnessClient],
         witness_keys: dict[str, ed25519.Ed25519PublicKey],
-        origin_keys: dict[str, ec.EllipticCurvePublicKey],
+        origin_keys: Callable[[], dict[str, ec.EllipticCurvePublicKey]],
         origin: str,
         witness_dir: Path,
     ) -> None:
+        # ORIGIN_KEYS is asked each time: a key rotated in while the service
+        # runs signs the next checkpoint, and the witnesses then hold one signed
+        # by a version this process did not know at start.
         self.clients, self.witness_keys = clients, witness_keys
         self.origin_keys, self.origin = origin_keys, origin
         self.leaves_path = Path(witness_dir) / "leaves"
@@ -693,7 +696,7 @@ class WitnessPusher:
         note = client.latest(self.origin)
         if note is None:
             return 0
-        checkpoint, _ = witnessed_checkpoint(note, self.origin_keys, self.witness_keys,
+        checkpoint, _ = witnessed_checkpoint(note, self.origin_keys(), self.witness_keys,
                                              self.origin)  # fmt: skip
         return checkpoint.size
 

@@ -87,7 +87,10 @@ def witnessed_server(tmp_path: Path, witnesses: int = 2, interval: int = 1) -> I
                                              processes)  # fmt: skip
             lines.append(vkey)
             urls.append(f'"w{number}.test" = "{url}"')
-            found.setdefault("witnesses", []).append({"url": url, "state": state})
+            found.setdefault("witnesses", []).append(
+                {"url": url, "state": state, "config": state.parent / "witness.toml",
+                 "processes": processes}
+            )  # fmt: skip
         (dev / "witness.vkeys").write_text("\n".join(lines) + "\n")
         text = text.replace("checkpoint_interval_seconds = 10",
                             f"checkpoint_interval_seconds = {interval}")  # fmt: skip
@@ -442,3 +445,52 @@ def test_a_silent_witness_never_delays_requests(tmp_path: Path) -> None:
             assert not status or status["silent.test"]["size"] is None
     finally:
         silent.close()
+
+
+def restart_witness(server, index: int, *, while_down=lambda: None) -> None:
+    """Stop witness INDEX and start it again on its port, reading its pins anew
+    (what roles/audit_witness's handler does after a new pin)."""
+    witness = server["witnesses"][index]
+    port = int(witness["url"].rsplit(":", 1)[1])
+    command = [sys.executable, "-m", "securecore", "witness", "serve", "-c", str(witness["config"])]
+    for process in witness["processes"]:
+        if process.args == command and process.poll() is None:
+            process.terminate()
+            process.wait(10)
+    while_down()
+    log = (witness["config"].parent / "witness.log").open("a")
+    witness["processes"].append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
+    assert wait_for_port(port), (witness["config"].parent / "witness.log").read_text()
+
+
+def test_a_key_rotated_while_serving_is_witnessed_once_pinned(tmp_path: Path) -> None:
+    """A new signing key version signs the next checkpoint while the service runs.
+    Once the witnesses pin it (rotate-keys.yml runs witness.yml), they hold
+    checkpoints signed by a version the service did not know at start: the
+    service must go on proving its newer checkpoints to them."""
+    with witnessed_server(tmp_path) as server:
+        dev = server["config"].parent
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        until_witnessed(server, store_size(dev))
+        ring = open_key_ring(configuration.load(server["config"]))
+        ring.backend.create_version(ring.signing_key, "ec_p256")
+        # The rotation's pins: the witnesses and the core pin every version.
+        pinned = securecore("audit", "public-keys", "-c", str(server["config"])).stdout
+        (dev / "origin-keys.json").write_text(pinned)
+        for index in range(len(server["witnesses"])):
+            restart_witness(server, index)
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        until_witnessed(server, store_size(dev))  # now they hold the new key's checkpoint
+
+        def pushed_in_vain() -> None:  # the service learns the witness's size again after
+            for _ in range(3):
+                call(server, "GET", "/v1/whoami")
+            time.sleep(2.5)
+
+        restart_witness(server, 0, while_down=pushed_in_vain)
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        until_witnessed(server, store_size(dev))
+        assert verify(server).returncode == 0, verify(server).stderr
