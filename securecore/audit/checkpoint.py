@@ -46,11 +46,13 @@ def note_key_id(public_key: ec.EllipticCurvePublicKey) -> bytes:
     return hashlib.sha256(spki).digest()[:4]
 
 
-def sign_checkpoint(ring: KeyRing, checkpoint: Checkpoint) -> str:
+def sign_checkpoint(ring: KeyRing, checkpoint: Checkpoint, kid: str | None = None) -> str:
+    """The checkpoint as a signed note, signed with KID (while the ring accepts it) or
+    the ring's newest signing key version."""
     if not checkpoint.origin or any(c.isspace() or c == "+" for c in checkpoint.origin):
         raise CheckpointError(f"origin {checkpoint.origin!r}: non-empty, no spaces or '+'")
     text = checkpoint.text()
-    kid, signature = ring.sign(text.encode())
+    kid, signature = ring.sign(text.encode(), kid)
     key_hash = note_key_id(ring.backend.public_key(kid))
     encoded = base64.b64encode(key_hash + signature).decode()
     return f"{text}\n{EM_DASH} {checkpoint.origin}/{kid} {encoded}\n"

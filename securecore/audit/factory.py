@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from securecore.audit.checkpoint import Checkpoint
@@ -19,11 +21,13 @@ from securecore.audit.witness import (
     stored_cosigned,
 )
 from securecore.config import BackendError, Config, ConfigError, first_line
-from securecore.keys.base import KeyRing
+from securecore.keys.base import KeyRing, parse_key_id
 from securecore.keys.factory import read_secret_file
 from securecore.tls import TLSPolicy
 
 STARTUP_WITNESS_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
 
 
 def open_store(config: Config) -> AuditStore:
@@ -139,6 +143,50 @@ def witnessed_checkpoints(
     return newest_witnessed(notes, origin_keys, keys, origin), problems
 
 
+def published_checkpoint_key(config: Config, ring: KeyRing) -> Callable[[], str | None]:
+    """The key version that signs the next checkpoint: the newest one pinned for this
+    origin in [audit] origin_keys, read again when the file changes.
+
+    A key is published before it signs (pre-publication rollover, as DNSSEC does it):
+    a rotation makes a new version that signs sessions at once, but a checkpoint
+    signed with it before the witnesses pin it would be refused, and the records it
+    covers stay unwitnessed until they do. So checkpoints stay on the newest pinned
+    version until the rotation's pin reaches this host (playbooks/rotate-keys.yml
+    pins it on the witnesses first). Without a pin for this origin (a site without
+    witnesses, or a version retired meanwhile) the ring's newest version signs.
+    """
+    path, origin = config.get("audit", "origin_keys"), config.get("audit", "origin")
+    seen: dict = {"stamp": None, "kid": None}
+
+    def newest_pinned() -> str | None:
+        if not path:
+            return None
+        try:
+            stat = Path(path).stat()
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            if stamp != seen["stamp"]:
+                pinned = load_origin_keys(path).get(origin, {})
+                ours = signing_public_keys(ring)
+                same = [
+                    kid
+                    for kid, public in pinned.items()
+                    if kid in ours and ours[kid].public_numbers() == public.public_numbers()
+                ]
+                seen["stamp"], seen["kid"] = stamp, max(same, key=_version, default=None)
+        except (OSError, WitnessError) as error:
+            log.warning(
+                "%s: [audit] origin_keys unreadable, the newest key signs: %s", config.path, error
+            )
+            seen["stamp"], seen["kid"] = None, None
+        return seen["kid"]
+
+    return newest_pinned
+
+
+def _version(kid: str) -> int:
+    return parse_key_id(kid)[1]
+
+
 def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
     keys = witness_keys(config)
     clients = witness_clients(config, timeout=STARTUP_WITNESS_TIMEOUT)
@@ -159,6 +207,7 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
         checkpoint_every=config.get("audit", "checkpoint_every"),
         checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
         anchor=anchor,
+        checkpoint_key=published_checkpoint_key(config, ring),
     )
     if clients:
         log.witness_pusher = WitnessPusher(

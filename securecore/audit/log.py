@@ -100,8 +100,12 @@ class AuditLog:
         checkpoint_interval: float = 10.0,
         on_checkpoint: Callable[[int, str], None] | None = None,
         anchor: Callable[[], Checkpoint | None] | None = None,
+        checkpoint_key: Callable[[], str | None] | None = None,
     ) -> None:
         self.store, self.ring, self.origin = store, ring, origin
+        # Which key version signs the next checkpoint (None: the newest); asked
+        # for each one (securecore.audit.factory.published_checkpoint_key).
+        self.checkpoint_key = checkpoint_key
         self.on_checkpoint = on_checkpoint
         self.witness_pusher: Any = None  # closed with the log (securecore.audit.factory)
         self.hmac_key = hmac_key
@@ -386,7 +390,8 @@ class AuditLog:
 
     def _write_checkpoint(self) -> None:
         size = self._tree.size
-        note = sign_checkpoint(self.ring, Checkpoint(self.origin, size, self._tree.root()))
+        kid = self.checkpoint_key() if self.checkpoint_key is not None else None
+        note = sign_checkpoint(self.ring, Checkpoint(self.origin, size, self._tree.root()), kid)
         atomic_write(self.witness / CHECKPOINT_DIR / f"{size:012d}", note)
         self.store.add_checkpoint(size, note)
         self._last_checkpoint_size, self._last_checkpoint_time = size, time.monotonic()
