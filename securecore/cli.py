@@ -20,18 +20,18 @@ from securecore.audit.checkpoint import CheckpointError
 from securecore.audit.log import AuditError
 from securecore.audit.replica import ReplicaError
 from securecore.audit.witness import WitnessError
-from securecore.backup import BackupError
 from securecore.config import ConfigError
 from securecore.devsetup import SetupError
 from securecore.devsetup import init as init_development_setup
-from securecore.emergency import EmergencyError
 from securecore.keys.base import KeyStoreError
 from securecore.lab import LabError
 from securecore.lab.manager import Lab
 from securecore.lab.spec import load_spec
-from securecore.plugin import commands as plugin_commands
-from securecore.plugin import ticket_store
-from securecore.plugin.server import PluginError
+from securecore.operations.backup import BackupError
+from securecore.operations.emergency import EmergencyError
+from securecore.plugin_sdk import commands as plugin_commands
+from securecore.plugin_sdk import ticket_store
+from securecore.plugin_sdk.server import PluginError
 from securecore.server import serve as serve_command
 from securecore.tls import TLSPolicyError
 
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.add_parser(commands)
     service_facts.add_parser(commands)
     admin_commands.add_parsers(commands)
-    plugin = commands.add_parser("plugin", help="run a plugin built on securecore.plugin")
+    plugin = commands.add_parser("plugin", help="run a plugin built on securecore.plugin_sdk")
     plugins = plugin.add_subparsers(dest="plugin", required=True, metavar="PLUGIN")
     ticket_store.add_parser(plugins)
     plugin_commands.add_parser(plugins)

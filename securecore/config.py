@@ -105,7 +105,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "client_certificate": Option(str, is_path=True, must_exist=True),
         "client_key": Option(str, is_path=True, must_exist=True),
         # Where a plugin's endpoint may be (the plugin segment): CIDRs, and the
-        # ports if limited. Empty: no endpoint is allowed (securecore.plugins.access).
+        # ports if limited. Empty: no endpoint is allowed (securecore.plugin_registry.access).
         "allowed_networks": Option(list, []),
         "allowed_ports": Option(list, []),
         # Who may call which plugin and operation: [[plugins.access]] tables of

@@ -6,9 +6,9 @@ import argparse
 
 from securecore import config as configuration
 from securecore.audit.factory import open_audit_log
-from securecore.backup import create_backup, prune_backups, restore_backup, verify_backup
-from securecore.emergency import write_emergency_snapshot
 from securecore.keys.factory import open_key_ring
+from securecore.operations.backup import create_backup, prune_backups, restore_backup, verify_backup
+from securecore.operations.emergency import write_emergency_snapshot
 
 
 def _days(value: str) -> int:

@@ -15,12 +15,12 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from securecore.backup import _manifest_bytes, prune_backups
 from securecore.config import load as load_config
 from securecore.keys.factory import open_key_ring
+from securecore.operations.backup import _manifest_bytes, prune_backups
 from securecore.policy.state import PolicyState
 from securecore.sessions.manager import SessionManager
-from securecore.state_db import open_state
+from securecore.storage.state_db import open_state
 from tests.integration.helpers import ROOT
 from tests.integration.test_audit_cli import WRITE_RECORDS, securecore
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securecore.devsetup import development_ca, issue_development_leaf
-from securecore.plugin import PluginError, register_with_core
+from securecore.plugin_sdk import PluginError, register_with_core
 from tests.devserver import dev_server, free_port
 from tests.integration.test_admin_commands import admin
 from tests.integration.test_audit_cli import securecore

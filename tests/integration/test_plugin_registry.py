@@ -17,11 +17,11 @@ import pytest
 
 from securecore import config as configuration
 from securecore.keys.factory import open_key_ring
-from securecore.plugins.access import EndpointPolicy
-from securecore.plugins.channel_client import PluginCaller, registration_probe
-from securecore.plugins.registry import PluginRegistry, RegistrationRequest
+from securecore.plugin_registry.access import EndpointPolicy
+from securecore.plugin_registry.channel_client import PluginCaller, registration_probe
+from securecore.plugin_registry.registry import PluginRegistry, RegistrationRequest
 from securecore.server.identity import Principal
-from securecore.state_db import StateDatabase
+from securecore.storage.state_db import StateDatabase
 from securecore.tls import TLSPolicy
 from tests.devserver import free_port, wait_for_port
 from tests.integration.test_audit_cli import securecore

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from securecore.config import BackendError, first_line
-from securecore.transactions import immediate_transaction
+from securecore.storage.transactions import immediate_transaction
 
 _PLACEHOLDER = re.compile(r"\?")
 

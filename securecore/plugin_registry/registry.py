@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from securecore.plugins.access import EndpointNotAllowedError, EndpointPolicy
-from securecore.plugins.trust import TrustAssessment, TrustFactors, assess
+from securecore.plugin_registry.access import EndpointNotAllowedError, EndpointPolicy
+from securecore.plugin_registry.trust import TrustAssessment, TrustFactors, assess
 from securecore.server.identity import Principal
-from securecore.state_db import StateDatabase
+from securecore.storage.state_db import StateDatabase
 
 STATES = ("pending", "active", "suspended", "revoked")
 BLOCKED = ("suspended", "revoked")  # a plugin principal in these states gets no session
@@ -390,7 +390,7 @@ class PluginRegistry:
 
     def channel(self, name: str) -> tuple[str, str, str | None, Any]:
         """(state, endpoint, channel kid, Channel) of a registered plugin; KeyError if none."""
-        from securecore.plugins.channel_client import Channel
+        from securecore.plugin_registry.channel_client import Channel
 
         with self._lock:
             row = self._db.execute(

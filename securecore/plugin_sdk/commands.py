@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from securecore.plugin.server import register_with_core
+from securecore.plugin_sdk.server import register_with_core
 
 
 def register(args: argparse.Namespace) -> int:

@@ -51,7 +51,7 @@ from securecore.audit.store import SQLiteAuditStore
 from securecore.config import Config
 from securecore.crypto.envelope import Envelope, EnvelopeError, open_envelope, seal
 from securecore.keys.base import KeyRing, KeyStoreError, parse_key_id
-from securecore.state_db import STATE_ROLES, sqlite_path
+from securecore.storage.state_db import STATE_ROLES, sqlite_path
 
 FORMAT = "securecore-backup/1"
 

@@ -44,7 +44,7 @@ from securecore.crypto.channel import (
 )
 from securecore.crypto.envelope import Envelope, open_envelope, seal
 from securecore.keys.base import KeyRing, key_id, parse_key_id
-from securecore.plugins.access import EndpointNotAllowedError, EndpointPolicy
+from securecore.plugin_registry.access import EndpointNotAllowedError, EndpointPolicy
 from securecore.tls import TLSPolicy
 
 CORE_ADDRESS = "core"

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from securecore.plugin.server import PluginError, PluginServer, register_with_core
+from securecore.plugin_sdk.server import PluginError, PluginServer, register_with_core
 
 PRIORITIES = ("low", "normal", "high", "critical")
 STATES = ("open", "in_progress", "resolved", "closed")

@@ -1,6 +1,6 @@
 """The plugin SDK: a plugin server in a few lines.
 
-    from securecore.plugin import PluginServer
+    from securecore.plugin_sdk import PluginServer
 
     def create_ticket(args, caller):
         ...
@@ -22,6 +22,6 @@ signs and encrypts every answer, and answers the core's encryption test
 register the plugin (the five steps run on the core, which calls back).
 """
 
-from securecore.plugin.server import PluginError, PluginServer, register_with_core
+from securecore.plugin_sdk.server import PluginError, PluginServer, register_with_core
 
 __all__ = ["PluginError", "PluginServer", "register_with_core"]

@@ -34,10 +34,10 @@ from securecore.audit.commands import anchored_verification
 from securecore.audit.factory import open_store
 from securecore.audit.record import Record
 from securecore.audit.witness import STATUS_FILE
-from securecore.backup import signed_backups
 from securecore.keys.factory import open_key_ring
-from securecore.plugins.registry import PluginRegistry
-from securecore.state_db import open_state
+from securecore.operations.backup import signed_backups
+from securecore.plugin_registry.registry import PluginRegistry
+from securecore.storage.state_db import open_state
 from securecore.tls import TLSPolicy
 
 

@@ -62,7 +62,7 @@ from securecore.tls import ReloadableServerContext, TLSFileWatcher, TLSPolicy, T
 CORE = "core"
 PING = "securecore.ping"
 KEPT_CHANNEL_KEYS = 2  # the newest and the one before, for calls in flight
-log = logging.getLogger("securecore.plugin")
+log = logging.getLogger("securecore.plugin_sdk")
 
 Handler = Callable[[dict[str, Any], str], Any]
 
