@@ -31,11 +31,12 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from securecore import config as configuration
+from securecore.errors import SecureCoreError
 from securecore.server.local_admin import socket_path
 from securecore.tls import TLSPolicy
 
 
-class AdminError(Exception):
+class AdminError(SecureCoreError):
     """The service refused or could not be reached; the message says why."""
 
 

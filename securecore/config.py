@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from securecore.errors import SecureCoreError
+
 ENVIRONMENT_VARIABLE = "SECURECORE_CONFIG"
 
 
-class ConfigError(Exception):
+class ConfigError(SecureCoreError):
     """The configuration is missing or wrong; the message lists every problem with its key."""
 
 

@@ -23,10 +23,12 @@ from typing import Any
 
 import ansible_runner
 
+from compliance.errors import ComplianceError
+
 HOST_FACTS_SCRIPT = Path(__file__).with_name("host_facts.py")
 
 
-class GatherError(Exception):
+class GatherError(ComplianceError):
     """The inventory cannot be read; nothing was gathered."""
 
 

@@ -19,7 +19,7 @@ from securecore.audit.witness import (
     stored_cosigned,
 )
 from securecore.config import BackendError, Config, ConfigError, first_line
-from securecore.keys.base import KeyRing
+from securecore.keys.base import KeyRing, signing_public_keys
 from securecore.keys.factory import read_secret_file
 from securecore.tls import TLSPolicy
 
@@ -55,14 +55,6 @@ def open_store(config: Config) -> AuditStore:
         raise BackendError(
             f"{config.path}: [audit] database = {database}: cannot open it ({first_line(error)})"
         ) from error
-
-
-def signing_public_keys(ring: KeyRing) -> dict:
-    name = ring.signing_key
-    return {
-        f"{name}-v{version}": ring.backend.public_key(f"{name}-v{version}")
-        for version in ring.backend.versions(name)
-    }
 
 
 def pinned_origin_keys(config: Config) -> dict:

@@ -62,6 +62,7 @@ from securecore.audit.checkpoint import (
     parse_checkpoint,
     verify_checkpoint,
 )
+from securecore.errors import SecureCoreError
 
 COSIGNATURE_ALGORITHM = 0x04  # c2sp.org/signed-note: timestamped Ed25519 cosignature
 MAX_BODY = 64 * 1024  # a checkpoint and at most 64 proof hashes fit many times over
@@ -70,7 +71,7 @@ SIZE_TYPE = "text/x.tlog.size"
 KEY_FILE = "witness.key"
 
 
-class WitnessError(Exception):
+class WitnessError(SecureCoreError):
     """A witness, its key, its pinned keys or its answer is not as it must be."""
 
 

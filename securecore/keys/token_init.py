@@ -32,6 +32,8 @@ FUNCTIONS = ("C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_
              "C_InitToken")  # fmt: skip
 
 
+# Not a SecureCoreError: this module is also an Ansible module_util (roles/hsm), run on
+# hosts where the securecore package is not installed, so it imports nothing of it.
 class TokenInitError(Exception):
     """The token could not be initialised (the message names the step; never a PIN)."""
 

@@ -50,13 +50,14 @@ from securecore.audit.log import verify_log
 from securecore.audit.store import SQLiteAuditStore
 from securecore.config import Config
 from securecore.crypto.envelope import Envelope, EnvelopeError, open_envelope, seal
+from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing, KeyStoreError, parse_key_id
 from securecore.storage.state_db import STATE_ROLES, sqlite_path
 
 FORMAT = "securecore-backup/1"
 
 
-class BackupError(Exception):
+class BackupError(SecureCoreError):
     """A backup cannot be made, or a backup is damaged; nothing was replaced."""
 
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from securecore.audit.log import AuditLog
 from securecore.audit.writer_service import RemoteAuditLog
 from securecore.config import Config
+from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing
 
 
-class EmergencyError(Exception):
+class EmergencyError(SecureCoreError):
     """The snapshot cannot be written as asked."""
 
 

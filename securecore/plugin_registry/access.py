@@ -27,10 +27,12 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
 
+from securecore.errors import SecureCoreError
+
 RULE_KEYS = ("principals", "plugins", "operations")
 
 
-class AccessConfigError(ValueError):
+class AccessConfigError(SecureCoreError, ValueError):
     """A rule or network of the plugin access configuration is malformed (names which)."""
 
 
@@ -84,7 +86,7 @@ class AccessPolicy:
         return None
 
 
-class EndpointNotAllowedError(Exception):
+class EndpointNotAllowedError(SecureCoreError):
     """The endpoint a plugin named is outside the plugin networks (or ports)."""
 
 

@@ -43,6 +43,7 @@ from securecore.crypto.channel import (
     seal_message,
 )
 from securecore.crypto.envelope import Envelope, open_envelope, seal
+from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing, key_id, parse_key_id
 from securecore.plugin_registry.access import EndpointNotAllowedError, EndpointPolicy
 from securecore.tls import TLSPolicy
@@ -50,7 +51,7 @@ from securecore.tls import TLSPolicy
 CORE_ADDRESS = "core"
 
 
-class PluginCallError(Exception):
+class PluginCallError(SecureCoreError):
     """A call did not come back good; `code` is what the trust score counts."""
 
     def __init__(self, code: str, message: str) -> None:

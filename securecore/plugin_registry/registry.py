@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from securecore.errors import SecureCoreError
 from securecore.plugin_registry.access import EndpointNotAllowedError, EndpointPolicy
 from securecore.plugin_registry.trust import TrustAssessment, TrustFactors, assess
 from securecore.server.identity import Principal
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS communications (
 """
 
 
-class RegistrationError(Exception):
+class RegistrationError(SecureCoreError):
     """A registration step failed; `step` says which (request, security, ...)."""
 
     def __init__(self, step: str, message: str) -> None:

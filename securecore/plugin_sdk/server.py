@@ -54,6 +54,7 @@ from securecore.crypto.channel import (
     public_keys_verifier,
     seal_message,
 )
+from securecore.errors import SecureCoreError
 from securecore.server.identity import IdentityError, principal_from_scope
 from securecore.server.logs import log_config
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
@@ -67,7 +68,7 @@ log = logging.getLogger("securecore.plugin_sdk")
 Handler = Callable[[dict[str, Any], str], Any]
 
 
-class PluginError(Exception):
+class PluginError(SecureCoreError):
     """A handler's refusal: its code and message go back to the core, sealed."""
 
     def __init__(self, code: str, message: str) -> None:

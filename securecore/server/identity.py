@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from securecore.errors import SecureCoreError
+
 KINDS = ("admin", "core", "plugin", "dmz")
 
 
-class IdentityError(Exception):
+class IdentityError(SecureCoreError):
     """The certificate names no principal of this site."""
 
 

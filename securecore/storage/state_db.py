@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from securecore.config import BackendError, first_line
+from securecore.errors import SecureCoreError
 from securecore.storage.transactions import immediate_transaction
 
 _PLACEHOLDER = re.compile(r"\?")
 
 
-class StateDatabaseError(Exception):
+class StateDatabaseError(SecureCoreError):
     """The state database cannot be opened (named in the message)."""
 
 
