@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from securecore.audit.checkpoint import Checkpoint
-from securecore.audit.log import AuditLog
+from securecore.audit.log import AuditLog, Verification, verify_log
 from securecore.audit.store import AuditStore, SQLiteAuditStore
 from securecore.audit.witness import (
     COSIGNED_DIR,
@@ -165,3 +165,43 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
         if latest is not None:  # what a crash may have kept from the witnesses
             log.witness_pusher.submit(max(s for s, _ in log.store.checkpoints()), latest)
     return log
+
+
+def self_origin_keys(config: Config, ring) -> dict:
+    """This host's checkpoint keys: the pinned ones if [audit] origin_keys names this
+    origin (what the witnesses check), else the key ring's own."""
+    origin = config.get("audit", "origin")
+    if config.get("audit", "origin_keys"):
+        pinned = pinned_origin_keys(config)
+        if origin in pinned:
+            return pinned[origin]
+    return signing_public_keys(ring)
+
+
+def anchored_verification(
+    config: Config, ring, extra_witnesses: tuple[str, ...] = ()
+) -> tuple[Verification, list[str]]:
+    """verify_log against the newest checkpoint the witnesses (asked now, and the cosigned
+    notes kept) cosigned; with the problems of witnesses that could not be asked."""
+    keys = self_origin_keys(config, ring)
+    pinned_witnesses = witness_keys(config)
+    clients = witness_clients(config, extra_witnesses)
+    if extra_witnesses and not pinned_witnesses:
+        raise ConfigError(
+            f"{config.path}: --witness needs [audit] witness_keys (the pinned witness keys)"
+        )
+    witnessed, problems = witnessed_checkpoints(config, keys, clients, pinned_witnesses)
+    store = open_store(config)
+    try:
+        result = verify_log(
+            store,
+            config.get("audit", "witness_dir"),
+            keys,
+            witnessed=witnessed,
+            require_witness=bool(pinned_witnesses),
+            checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
+            grace=float(config.get("audit", "witness_grace_seconds")),
+        )
+    finally:
+        store.close()
+    return result, problems

@@ -731,37 +731,3 @@ def newest_witnessed(
         with contextlib.suppress(CheckpointError, ValueError):
             found.append(witnessed_checkpoint(note, origin_keys, witness_keys, origin))
     return sorted(found, key=lambda item: item[0].size)
-
-
-# --- `securecore witness serve|init|vkey` ----------------------------------------------------
-
-
-def _serve_command(args) -> int:
-    serve(load_settings(args.config))
-    return 0
-
-
-def _init_command(args) -> int:
-    """Make the key (first time only; idempotent) and print the verifier key to pin."""
-    settings = load_settings(args.config)
-    if not settings.state_dir.exists():
-        settings.state_dir.mkdir(mode=0o700, parents=True)
-    check_state_dir(settings.state_dir)
-    print(vkey(settings.name, ensure_key(settings).public_key()))
-    return 0
-
-
-def add_parser(commands) -> None:
-    witness = commands.add_parser(
-        "witness",
-        help="a checkpoint witness for other hosts' audit logs (cosigns, refuses rollbacks)",
-        description=__doc__.split("\n\n")[0],
-    )
-    actions = witness.add_subparsers(dest="witness_command", required=True, metavar="ACTION")
-    for name, handler, text in (
-        ("serve", _serve_command, "serve add-checkpoint and checkpoint over mutual TLS"),
-        ("init", _init_command, "make the witness key if needed; print its verifier key"),
-    ):
-        action = actions.add_parser(name, help=text, description=text)
-        action.add_argument("-c", "--config", required=True, help="the witness's TOML file")
-        action.set_defaults(handler=handler)

@@ -45,12 +45,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from securecore.audit.commands import signing_public_keys
 from securecore.audit.log import verify_log
 from securecore.audit.store import SQLiteAuditStore
 from securecore.config import Config
 from securecore.crypto.envelope import Envelope, EnvelopeError, open_envelope, seal
 from securecore.errors import SecureCoreError
+from securecore.keys import signing_public_keys
 from securecore.keys.base import KeyRing, KeyStoreError, parse_key_id
 from securecore.storage.state_db import STATE_ROLES, sqlite_path
 

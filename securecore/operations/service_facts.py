@@ -20,7 +20,6 @@ Nothing secret is printed: no key material, no PIN, no token.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import http.client
 import json
@@ -30,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from securecore import config as configuration
-from securecore.audit.commands import anchored_verification
-from securecore.audit.factory import open_store
+from securecore.audit.factory import anchored_verification, open_store
 from securecore.audit.record import Record
 from securecore.audit.witness import STATUS_FILE
 from securecore.keys.factory import open_key_ring
@@ -181,17 +179,3 @@ def service_facts(config: configuration.Config) -> dict[str, Any]:
         }
     finally:
         ring.backend.close()
-
-
-def _facts(args: argparse.Namespace) -> int:
-    print(json.dumps(service_facts(configuration.load(args.config)), sort_keys=True))
-    return 0
-
-
-def add_parser(commands) -> None:
-    command = commands.add_parser(
-        "facts", help="the service's state as JSON (compliance checks; read-only)",
-        description=__doc__,
-    )  # fmt: skip
-    command.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
-    command.set_defaults(handler=_facts)

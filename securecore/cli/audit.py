@@ -12,59 +12,12 @@ from securecore import config as configuration
 from securecore.audit import merkle
 from securecore.audit.checkpoint import verify_checkpoint
 from securecore.audit.export import export_lines
-from securecore.audit.factory import (
-    open_store,
-    pinned_origin_keys,
-    signing_public_keys,
-    witness_clients,
-    witness_keys,
-    witnessed_checkpoints,
-)
-from securecore.audit.log import Verification, verify_log
+from securecore.audit.factory import anchored_verification, open_store, pinned_origin_keys
 from securecore.audit.replica import AuditReplica
 from securecore.audit.witness import origin_keys_document
+from securecore.keys import signing_public_keys
 from securecore.keys.factory import open_key_ring
 from securecore.tls import TLSPolicy
-
-
-def self_origin_keys(config: configuration.Config, ring) -> dict:
-    """This host's checkpoint keys: the pinned ones if [audit] origin_keys names this
-    origin (what the witnesses check), else the key ring's own."""
-    origin = config.get("audit", "origin")
-    if config.get("audit", "origin_keys"):
-        pinned = pinned_origin_keys(config)
-        if origin in pinned:
-            return pinned[origin]
-    return signing_public_keys(ring)
-
-
-def anchored_verification(
-    config: configuration.Config, ring, extra_witnesses: tuple[str, ...] = ()
-) -> tuple[Verification, list[str]]:
-    """verify_log against the newest checkpoint the witnesses (asked now, and the cosigned
-    notes kept) cosigned; with the problems of witnesses that could not be asked."""
-    keys = self_origin_keys(config, ring)
-    pinned_witnesses = witness_keys(config)
-    clients = witness_clients(config, extra_witnesses)
-    if extra_witnesses and not pinned_witnesses:
-        raise configuration.ConfigError(
-            f"{config.path}: --witness needs [audit] witness_keys (the pinned witness keys)"
-        )
-    witnessed, problems = witnessed_checkpoints(config, keys, clients, pinned_witnesses)
-    store = open_store(config)
-    try:
-        result = verify_log(
-            store,
-            config.get("audit", "witness_dir"),
-            keys,
-            witnessed=witnessed,
-            require_witness=bool(pinned_witnesses),
-            checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
-            grace=float(config.get("audit", "witness_grace_seconds")),
-        )
-    finally:
-        store.close()
-    return result, problems
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -174,12 +127,8 @@ def _replicate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(commands) -> None:
-    audit = commands.add_parser(
-        "audit",
-        help="verify, prove or export the tamper-evident audit log",
-        description="Work with the audit log named by the configuration.",
-    )
+def configure(name: str, audit: argparse.ArgumentParser) -> None:
+    audit.description = "Work with the audit log named by the configuration."
     actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     for name, handler, text in (
         ("verify", _verify, "recompute the tree; check it against the witnesses' checkpoints"),

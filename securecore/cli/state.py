@@ -60,32 +60,23 @@ def _emergency(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(commands) -> None:
-    backup = commands.add_parser("backup", help="encrypted, signed online backup of the state")
-    backup.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
-    backup.add_argument("-o", "--output", help="directory (default: [backup] directory)")
-    backup.add_argument(
-        "--keep-days", type=_days, metavar="DAYS",
-        help="then remove backups older than DAYS from the directory (never the newest)",
-    )  # fmt: skip
-    backup.set_defaults(handler=_backup)
-
-    restore = commands.add_parser(
-        "restore", help="verify a backup completely, then replace the state (service stopped)"
-    )
-    restore.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
-    restore.add_argument("manifest", help="the backup's .manifest.json")
-    restore.add_argument(
-        "--verify-only", action="store_true",
-        help="make every check a restore makes and replace nothing (the service may run)",
-    )  # fmt: skip
-    restore.set_defaults(handler=_restore)
-
-    emergency = commands.add_parser(
-        "emergency-snapshot",
-        help="record an emergency shutdown's reason and the state needed to recover",
-    )
-    emergency.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
-    emergency.add_argument("--reason", required=True, help="why (goes into the audit log)")
-    emergency.add_argument("--by", required=True, help="who")
-    emergency.set_defaults(handler=_emergency)
+def configure(name: str, command: argparse.ArgumentParser) -> None:
+    command.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
+    if name == "backup":
+        command.add_argument("-o", "--output", help="directory (default: [backup] directory)")
+        command.add_argument(
+            "--keep-days", type=_days, metavar="DAYS",
+            help="then remove backups older than DAYS from the directory (never the newest)",
+        )  # fmt: skip
+        command.set_defaults(handler=_backup)
+    elif name == "restore":
+        command.add_argument("manifest", help="the backup's .manifest.json")
+        command.add_argument(
+            "--verify-only", action="store_true",
+            help="make every check a restore makes and replace nothing (the service may run)",
+        )  # fmt: skip
+        command.set_defaults(handler=_restore)
+    else:  # emergency-snapshot
+        command.add_argument("--reason", required=True, help="why (goes into the audit log)")
+        command.add_argument("--by", required=True, help="who")
+        command.set_defaults(handler=_emergency)

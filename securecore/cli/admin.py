@@ -157,61 +157,47 @@ def _status(args: argparse.Namespace) -> int:
     return _show(_call(args, "GET", "/v1/admin/status"))
 
 
-def add_parsers(commands) -> None:
-    def connection(parser) -> None:
-        parser.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
-        parser.add_argument(
-            "--url", help="the service, https://HOST:PORT (default: [service] listen)"
-        )
-        parser.add_argument(
-            "--by", help="your name, recorded with what a local operator does (default: $USER)"
-        )
-        parser.add_argument("--tls-policy", help="TLS policy with the administrator's certificate")
-        parser.add_argument(
-            "--local", action="store_true",
-            help="use the service's local admin socket (root or the service user, on its host)",
-        )  # fmt: skip
-        parser.add_argument("--socket", help="the local admin socket (default DATA_DIR/admin.sock)")
-
-    plugins = commands.add_parser("plugins", help="list, approve, suspend or revoke plugins")
-    plugins.add_argument("action", choices=["list", "approve", "suspend", "revoke"])
-    plugins.add_argument("name", nargs="?")
-    plugins.add_argument("--reason", default="")
-    connection(plugins)
-    plugins.set_defaults(handler=_plugins)
-
-    sessions = commands.add_parser("sessions", help="list or revoke sessions")
-    sessions.add_argument("action", choices=["list", "revoke"])
-    sessions.add_argument("session_id", nargs="?")
-    sessions.add_argument("--principal")
-    sessions.add_argument("--reason", default="")
-    connection(sessions)
-    sessions.set_defaults(handler=_sessions)
-
-    acl = commands.add_parser(
-        "acl", help="list blocks, block an address, unblock an address or a principal"
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
+    parser.add_argument("--url", help="the service, https://HOST:PORT (default: [service] listen)")
+    parser.add_argument(
+        "--by", help="your name, recorded with what a local operator does (default: $USER)"
     )
-    acl.add_argument("action", choices=["list", "block", "unblock"])
-    acl.add_argument("address", nargs="?")
-    acl.add_argument("--principal", help="unblock this principal (KIND/NAME): locks and stops")
-    acl.add_argument("--minutes", type=int, default=60)
-    acl.add_argument("--reason", default="")
-    connection(acl)
-    acl.set_defaults(handler=_acl)
+    parser.add_argument("--tls-policy", help="TLS policy with the administrator's certificate")
+    parser.add_argument(
+        "--local", action="store_true",
+        help="use the service's local admin socket (root or the service user, on its host)",
+    )  # fmt: skip
+    parser.add_argument("--socket", help="the local admin socket (default DATA_DIR/admin.sock)")
 
-    shutdown = commands.add_parser(
-        "emergency-shutdown",
-        help="stop all traffic at once, revoke sessions, audit the reason, save the snapshot",
-    )
-    shutdown.add_argument("--reason", required=True)
-    connection(shutdown)
-    shutdown.set_defaults(handler=_emergency_shutdown)
 
-    recover = commands.add_parser("recover", help="end an emergency shutdown")
-    recover.add_argument("--note", required=True, help="what was checked before recovering")
-    connection(recover)
-    recover.set_defaults(handler=_recover)
-
-    status = commands.add_parser("status", help="modes, plugins, sessions and the audit log")
-    connection(status)
-    status.set_defaults(handler=_status)
+def configure(name: str, command: argparse.ArgumentParser) -> None:
+    if name == "plugins":
+        command.add_argument("action", choices=["list", "approve", "suspend", "revoke"])
+        command.add_argument("name", nargs="?")
+        command.add_argument("--reason", default="")
+        command.set_defaults(handler=_plugins)
+    elif name == "sessions":
+        command.add_argument("action", choices=["list", "revoke"])
+        command.add_argument("session_id", nargs="?")
+        command.add_argument("--principal")
+        command.add_argument("--reason", default="")
+        command.set_defaults(handler=_sessions)
+    elif name == "acl":
+        command.add_argument("action", choices=["list", "block", "unblock"])
+        command.add_argument("address", nargs="?")
+        command.add_argument(
+            "--principal", help="unblock this principal (KIND/NAME): locks and stops"
+        )
+        command.add_argument("--minutes", type=int, default=60)
+        command.add_argument("--reason", default="")
+        command.set_defaults(handler=_acl)
+    elif name == "emergency-shutdown":
+        command.add_argument("--reason", required=True)
+        command.set_defaults(handler=_emergency_shutdown)
+    elif name == "recover":
+        command.add_argument("--note", required=True, help="what was checked before recovering")
+        command.set_defaults(handler=_recover)
+    else:  # status
+        command.set_defaults(handler=_status)
+    _connection_options(command)
