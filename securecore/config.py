@@ -3,7 +3,7 @@
 Found with `-c PATH` or the SECURECORE_CONFIG environment variable. Every
 problem names the file and the key ("[audit] checkpoint_every"); all of them
 are reported at once. roles/securecore renders the same format in production
-and `securecore init` writes it for development.
+and `securecore-lab init` writes it for development.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ security officer session through python-pkcs11.
 
 This file depends on nothing but the standard library and python-pkcs11:
 roles/hsm's `pkcs11_token` module uses it as a module_utils file (a link to
-this one) on hosts that have only python-pkcs11, and `securecore init` uses
+this one) on hosts that have only python-pkcs11, and `securecore-lab init` uses
 it for development tokens.
 """
 

@@ -1,6 +1,6 @@
 """Who is calling: the principal named by the verified client certificate.
 
-Site certificates (roles/pki, `securecore init`) carry a URI SAN
+Site certificates (roles/pki, `securecore-lab init`) carry a URI SAN
 spiffe://TRUST_DOMAIN/KIND/NAME - admin/NAME, core/HOST, plugin/HOST,
 dmz/HOST. Nothing else (headers, subject CN alone) names a principal.
 """

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from securecore.lab.errors import LabError
+from securecore_lab.errors import LabError
 
 # crun cannot run on cgroups v1 "hybrid" hosts; runc can.
 RUNTIME = "runc"

@@ -1,4 +1,4 @@
-"""`securecore init DIR`: a working development setup in one directory, without Ansible.
+"""`securecore-lab init DIR`: a working development setup in one directory, without Ansible.
 
 DIR/config.toml        the same format roles/securecore renders in production
 DIR/secrets/           random PINs and the audit HMAC key (0600)
@@ -26,12 +26,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securecore.audit.store import SQLiteAuditStore
 from securecore.keys.base import KeyBackend
+from securecore_lab.errors import LabError
 
 SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 KEYS = (("securecore-signing", "ec_p256"), ("securecore-kek", "aes256"))
 
 
-class SetupError(Exception):
+class SetupError(LabError):
     """The development setup cannot be made; nothing that existed was changed."""
 
 
@@ -66,7 +67,7 @@ def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
     _development_pki(base / "tls")
     SQLiteAuditStore(base / "data" / "audit.db").close()
     config_path.write_text(
-        "# SecureCore development configuration, made by `securecore init`.\n"
+        "# SecureCore development configuration, made by `securecore-lab init`.\n"
         "[service]\n"
         'name = "securecore"\n'
         'listen = "127.0.0.1:8443"\n'

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from securecore.lab.errors import LabError
+from securecore_lab.errors import LabError
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -68,7 +68,7 @@ class LabSpec:
     @property
     def label(self) -> str:
         """The podman label that marks everything this lab made."""
-        return f"io.securecore.lab={self.name}"
+        return f"io.securecore_lab={self.name}"
 
     def network_name(self, segment: str) -> str:
         return f"{self.name}-{segment}"

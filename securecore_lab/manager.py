@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from securecore.lab import image
-from securecore.lab.errors import LabError
-from securecore.lab.podman import ULIMITS, Podman
-from securecore.lab.spec import LabHost, LabSpec
+from securecore_lab import image
+from securecore_lab.errors import LabError
+from securecore_lab.podman import ULIMITS, Podman
+from securecore_lab.spec import LabHost, LabSpec
 
-CONFIG_LABEL = "io.securecore.lab.config"
+CONFIG_LABEL = "io.securecore_lab.config"
 # Capabilities beyond podman's defaults, which a real host has: nftables
 # (NET_ADMIN), ping and packet tests (NET_RAW), login records written by
 # sshd/PAM (AUDIT_WRITE), AIDE reading every file as its own user
@@ -177,7 +177,7 @@ class Lab:
             labels = info.get("labels") or {}
             if (
                 subnets == [str(segment.network)]
-                and labels.get("io.securecore.lab") == self.spec.name
+                and labels.get("io.securecore_lab") == self.spec.name
             ):
                 self._ok(f"network {name} ({segment.network}, VLAN {segment.vlan})")
                 return
@@ -195,7 +195,7 @@ class Lab:
                 "--label",
                 self.spec.label,
                 "--label",
-                f"io.securecore.lab.vlan={segment.vlan}",
+                f"io.securecore_lab.vlan={segment.vlan}",
                 name,
             ]
         )
@@ -326,7 +326,7 @@ class Lab:
             "--label",
             f"{CONFIG_LABEL}={config}",
             "--label",
-            f"io.securecore.lab.host={host.name}",
+            f"io.securecore_lab.host={host.name}",
         ]
         for ulimit in ULIMITS:
             args += ["--ulimit", ulimit]

@@ -14,8 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from securecore.lab.errors import LabError
-from securecore.lab.podman import Podman
+from securecore_lab.errors import LabError
+from securecore_lab.podman import Podman
 
 SUITE = "bookworm"
 # What a minimal real Debian server has that Ansible needs to manage it:
@@ -57,7 +57,7 @@ SERVER_PACKAGES = (
     "softhsm2",
     "unattended-upgrades",
 )
-RECIPE_LABEL = "io.securecore.lab.recipe"
+RECIPE_LABEL = "io.securecore_lab.recipe"
 
 # Run inside the new root filesystem. Each host must get its own SSH host keys,
 # so the keys debootstrap generated are removed and sshd creates them at first
