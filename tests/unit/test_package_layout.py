@@ -46,10 +46,10 @@ sys.exit(code)
 
 
 def run(module: str, *args: str, blocked: tuple[str, ...] = ()) -> tuple[int, str, str, set]:
+    command = [sys.executable, "-c", RUN_AND_LIST, json.dumps(blocked), module, *args]
     proc = subprocess.run(
-        [sys.executable, "-c", RUN_AND_LIST, json.dumps(blocked), module, *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     *messages, modules = proc.stderr.strip().splitlines()
     return proc.returncode, proc.stdout, "\n".join(messages), set(json.loads(modules))
 
@@ -83,11 +83,14 @@ def test_compliance_reading_works_without_ansible(command: tuple, expected: tupl
 def test_compliance_verify_works_without_ansible(tmp_path: Path) -> None:
     # An empty directory: verify runs to its end and says there is nothing to verify.
     code, _, err, _ = run(
-        "compliance.cli", "verify", str(tmp_path), "--trust-embedded-key",
+        "compliance.cli",
+        "verify",
+        str(tmp_path),
+        "--trust-embedded-key",
         blocked=("ansible", "ansible_runner"),
-    )  # fmt: skip
-    assert code == 2 and err == f"compliance: {tmp_path}: no evidence bundles in it - nothing to " \
-        "verify (an empty series proves nothing)", err  # fmt: skip
+    )
+    nothing = "no evidence bundles in it - nothing to verify (an empty series proves nothing)"
+    assert code == 2 and err == f"compliance: {tmp_path}: {nothing}", err
 
 
 def test_a_known_securecore_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
