@@ -148,7 +148,7 @@ def wait_for(port: int, process: subprocess.Popen) -> None:
 
 def start_service(base: Path, hsm: bool, workers: int) -> tuple[subprocess.Popen, int]:
     subprocess.run(
-        [sys.executable, "-m", "securecore", "init", str(base / "dev"),
+        [sys.executable, "-m", "securecore_lab", "init", str(base / "dev"),
          *([] if hsm else ["--software-keys"])],
         check=True, capture_output=True, cwd=ROOT,
     )  # fmt: skip

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from compliance.checklists import Checklist
+from compliance.errors import ComplianceError
 from compliance.evidence import (
     EvidenceError,
     TrustAnchor,
@@ -48,7 +49,7 @@ from compliance.evidence import (
 )
 
 
-class AttestationError(Exception):
+class AttestationError(ComplianceError):
     """An attestation cannot be recorded as asked; nothing was written."""
 
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import yaml
 
+from compliance.errors import ComplianceError
+
 CATALOG_DIR = Path(__file__).parent / "catalogs"
 
 
-class CatalogError(Exception):
+class CatalogError(ComplianceError):
     """A catalog file is broken; the message names the file and what is wrong."""
 
 

@@ -49,6 +49,7 @@ from compliance.checklists import NAMES, load_checklist, load_checklists
 from compliance.checks import CHECK_DIR, load_checks
 from compliance.coverage import coverage, load_applicability
 from compliance.engine import load_waivers, run_checks
+from compliance.errors import ComplianceError
 from compliance.evidence import (
     EvidenceError,
     TrustAnchor,
@@ -63,7 +64,6 @@ from compliance.evidence import (
     write_bundle,
     write_head,
 )
-from compliance.gather.runner import GatherError, gather
 from compliance.html_report import render
 from compliance.oscal import assessment_results
 from compliance.report_sections import RunData, build_sections
@@ -188,6 +188,10 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
             args.series_warning = start.warning
     started = datetime.datetime.now(datetime.UTC)
     print(f"gathering facts from {args.inventory} ...", file=sys.stderr)
+    # Gathering needs ansible-runner (the scheduler extra); verifying, coverage and the
+    # reports work with the base install, so it is imported only here.
+    from compliance.gather.runner import gather
+
     hosts = gather(args.inventory, args.limit, forks=args.forks, progress=_progress)
     results = run_checks(checks, hosts, waivers)
     document = {
@@ -366,7 +370,7 @@ def _schedule_run(args: argparse.Namespace) -> int:
         args.head = args.head_dir / f"{args.name}.json"
     try:
         code = _checklist_run(args)
-    except (CatalogError, GatherError, EvidenceError, AttestationError) as error:
+    except ComplianceError as error:
         print(f"compliance schedule run: error: {error}", file=sys.stderr)
         code = 2
     newest = max(args.evidence.glob("*/checklist.json"), default=None)
@@ -602,8 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except (CatalogError, GatherError, EvidenceError, AttestationError) as error:
-        print(f"compliance {args.command}: error: {error}", file=sys.stderr)
+    except ComplianceError as error:
+        print(f"compliance: {error}", file=sys.stderr)
         return 2
 
 

@@ -51,13 +51,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from compliance import __version__
+from compliance.errors import ComplianceError
 
 FORMAT = "securecore-evidence/1"
 SECRET_KEYS = re.compile(r"(pin|password|passphrase|secret|token|private|hmac)", re.IGNORECASE)
 MASK = "***"
 
 
-class EvidenceError(Exception):
+class EvidenceError(ComplianceError):
     """A bundle cannot be written, or a signing key cannot be used."""
 
 

@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from compliance.errors import ComplianceError
+
 COMPARISONS = {
     "equals": lambda value, wanted: value == wanted,
     "in": lambda value, wanted: value in wanted,
@@ -45,7 +47,7 @@ COMBINATIONS = ("all", "any", "not")
 MISSING = object()
 
 
-class RuleError(ValueError):
+class RuleError(ComplianceError, ValueError):
     """A rule that cannot be evaluated as written."""
 
 

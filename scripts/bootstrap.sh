@@ -50,11 +50,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
   /usr/bin/python3 -m venv "$venv"
 fi
 stamp="$venv/.securecore-installed"
-want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
+# Both distributions: the product (pyproject.toml) and the development tools
+# (tools/lab: the podman lab and `securecore-lab init`, kept out of the product wheel).
+want=$(cat "$root/pyproject.toml" "$root/tools/lab/pyproject.toml" | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   log "installing the project and its dev tools into $venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -e "$root[dev]"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -e "$root[dev]" -e "$root/tools/lab"
   echo "$want" > "$stamp"
 else
   log "virtualenv up to date"

@@ -3,7 +3,7 @@
 Found with `-c PATH` or the SECURECORE_CONFIG environment variable. Every
 problem names the file and the key ("[audit] checkpoint_every"); all of them
 are reported at once. roles/securecore renders the same format in production
-and `securecore init` writes it for development.
+and `securecore-lab init` writes it for development.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from securecore.errors import SecureCoreError
+
 ENVIRONMENT_VARIABLE = "SECURECORE_CONFIG"
 
 
-class ConfigError(Exception):
+class ConfigError(SecureCoreError):
     """The configuration is missing or wrong; the message lists every problem with its key."""
 
 
@@ -105,7 +107,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "client_certificate": Option(str, is_path=True, must_exist=True),
         "client_key": Option(str, is_path=True, must_exist=True),
         # Where a plugin's endpoint may be (the plugin segment): CIDRs, and the
-        # ports if limited. Empty: no endpoint is allowed (securecore.plugins.access).
+        # ports if limited. Empty: no endpoint is allowed (securecore.plugin_registry.access).
         "allowed_networks": Option(list, []),
         "allowed_ports": Option(list, []),
         # Who may call which plugin and operation: [[plugins.access]] tables of

@@ -30,6 +30,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from securecore.errors import SecureCoreError
+
 # TLS 1.3 suites are all AEAD; these are the ones OpenSSL enables. The CCM
 # suites (TLS_AES_128_CCM*) are left out, as OpenSSL does by default.
 AEAD_SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256")
@@ -54,7 +56,7 @@ _PATH_KEYS = (
 )
 
 
-class TLSPolicyError(Exception):
+class TLSPolicyError(SecureCoreError):
     """The policy file or a file it names is wrong; the message names the key and the file."""
 
 

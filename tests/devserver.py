@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_audit_cli import securecore
+from tests.integration.test_audit_cli import securecore_lab
 
 
 def free_port() -> int:
@@ -46,7 +46,7 @@ def dev_server(
     `workers`: worker processes (more than one: a supervisor and its workers).
     `edit_config`: changes the generated config's text (e.g. to PostgreSQL).
     """
-    securecore("init", str(directory), "--software-keys")
+    securecore_lab("init", str(directory), "--software-keys")
     port = free_port()
     config = directory / "config.toml"
     text = config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}")

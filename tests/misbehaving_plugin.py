@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from securecore.crypto.channel import Opened
-from securecore.plugin.server import PluginServer
+from securecore.plugin_sdk.server import PluginServer
 
 
 class Misbehaving(PluginServer):

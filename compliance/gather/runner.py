@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
+from compliance.errors import ComplianceError
 
 HOST_FACTS_SCRIPT = Path(__file__).with_name("host_facts.py")
 
 
-class GatherError(Exception):
+class GatherError(ComplianceError):
     """The inventory cannot be read; nothing was gathered."""
 
 
@@ -63,11 +63,24 @@ def _environment(inventory: Path) -> dict[str, str]:
     return env
 
 
+def _ansible_runner():
+    """ansible-runner, imported only to gather: verifying and reporting need the base
+    install only (an auditor installs the package and verifies, nothing more)."""
+    try:
+        import ansible_runner
+    except ImportError as error:
+        raise GatherError(
+            "gathering facts needs ansible-runner: install the scheduler extra "
+            "(pip install 'securecore[scheduler]')"
+        ) from error
+    return ansible_runner
+
+
 def read_inventory(inventory: Path, limit: str | None) -> dict[str, dict[str, Any]]:
     """hostname -> {"vars": hostvars, "groups": [...]} of the hosts LIMIT selects."""
     if not inventory.exists():
         raise GatherError(f"{inventory}: no such inventory")
-    out, err = ansible_runner.interface.get_inventory(
+    out, err = _ansible_runner().interface.get_inventory(
         action="list", inventories=[str(inventory)], response_format="json", quiet=True,
         envvars=_environment(inventory),
     )  # fmt: skip
@@ -146,7 +159,7 @@ def gather(
 
     with tempfile.TemporaryDirectory(prefix="compliance-gather-") as private:
         script = f"{HOST_FACTS_SCRIPT} executable=/usr/bin/python3"
-        ansible_runner.run(
+        _ansible_runner().run(
             private_data_dir=private, inventory=str(inventory), host_pattern=",".join(hosts),
             module="ansible.builtin.script", module_args=script, forks=forks, quiet=True,
             cmdline="--become", envvars=_environment(inventory), event_handler=on_event,

@@ -20,12 +20,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing
 
 EM_DASH = "\u2014"
 
 
-class CheckpointError(Exception):
+class CheckpointError(SecureCoreError):
     """A checkpoint is malformed or its signature does not verify."""
 
 

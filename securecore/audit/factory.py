@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from securecore.audit.checkpoint import Checkpoint
-from securecore.audit.log import AuditLog
+from securecore.audit.log import AuditLog, Verification, verify_log
 from securecore.audit.store import AuditStore, SQLiteAuditStore
 from securecore.audit.witness import (
     COSIGNED_DIR,
@@ -21,7 +21,7 @@ from securecore.audit.witness import (
     stored_cosigned,
 )
 from securecore.config import BackendError, Config, ConfigError, first_line
-from securecore.keys.base import KeyRing, parse_key_id
+from securecore.keys.base import KeyRing, parse_key_id, signing_public_keys
 from securecore.keys.factory import read_secret_file
 from securecore.tls import TLSPolicy
 
@@ -59,14 +59,6 @@ def open_store(config: Config) -> AuditStore:
         raise BackendError(
             f"{config.path}: [audit] database = {database}: cannot open it ({first_line(error)})"
         ) from error
-
-
-def signing_public_keys(ring: KeyRing) -> dict:
-    name = ring.signing_key
-    return {
-        f"{name}-v{version}": ring.backend.public_key(f"{name}-v{version}")
-        for version in ring.backend.versions(name)
-    }
 
 
 def pinned_origin_keys(config: Config) -> dict:
@@ -222,3 +214,43 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
         if latest is not None:  # what a crash may have kept from the witnesses
             log.witness_pusher.submit(max(s for s, _ in log.store.checkpoints()), latest)
     return log
+
+
+def self_origin_keys(config: Config, ring) -> dict:
+    """This host's checkpoint keys: the pinned ones if [audit] origin_keys names this
+    origin (what the witnesses check), else the key ring's own."""
+    origin = config.get("audit", "origin")
+    if config.get("audit", "origin_keys"):
+        pinned = pinned_origin_keys(config)
+        if origin in pinned:
+            return pinned[origin]
+    return signing_public_keys(ring)
+
+
+def anchored_verification(
+    config: Config, ring, extra_witnesses: tuple[str, ...] = ()
+) -> tuple[Verification, list[str]]:
+    """verify_log against the newest checkpoint the witnesses (asked now, and the cosigned
+    notes kept) cosigned; with the problems of witnesses that could not be asked."""
+    keys = self_origin_keys(config, ring)
+    pinned_witnesses = witness_keys(config)
+    clients = witness_clients(config, extra_witnesses)
+    if extra_witnesses and not pinned_witnesses:
+        raise ConfigError(
+            f"{config.path}: --witness needs [audit] witness_keys (the pinned witness keys)"
+        )
+    witnessed, problems = witnessed_checkpoints(config, keys, clients, pinned_witnesses)
+    store = open_store(config)
+    try:
+        result = verify_log(
+            store,
+            config.get("audit", "witness_dir"),
+            keys,
+            witnessed=witnessed,
+            require_witness=bool(pinned_witnesses),
+            checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
+            grace=float(config.get("audit", "witness_grace_seconds")),
+        )
+    finally:
+        store.close()
+    return result, problems

@@ -46,6 +46,7 @@ from securecore.audit.checkpoint import (
 from securecore.audit.record import Record, canonical, protect_details
 from securecore.audit.store import AuditStore
 from securecore.audit.witness import atomic_write
+from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing
 
 LEAVES_FILE = "leaves"
@@ -53,7 +54,7 @@ CHECKPOINT_DIR = "checkpoints"
 log = logging.getLogger("securecore.audit")
 
 
-class AuditError(Exception):
+class AuditError(SecureCoreError):
     """The audit log cannot accept records (the service must not answer without them)."""
 
 

@@ -43,13 +43,14 @@ from securecore.audit.checkpoint import (
     verify_checkpoint,
 )
 from securecore.audit.store import SQLiteAuditStore
+from securecore.errors import SecureCoreError
 from securecore.tls import TLSPolicy
 
 BATCH = 5000
 MAX_BATCHES = 200  # a run is bounded; the next run carries on
 
 
-class ReplicaError(Exception):
+class ReplicaError(SecureCoreError):
     """The origin's log cannot be copied as it is: the copy was left as it was."""
 
 

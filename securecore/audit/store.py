@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from securecore.audit.record import Record
-from securecore.transactions import immediate_transaction
+from securecore.storage.transactions import immediate_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_records (

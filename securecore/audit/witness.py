@@ -62,6 +62,7 @@ from securecore.audit.checkpoint import (
     parse_checkpoint,
     verify_checkpoint,
 )
+from securecore.errors import SecureCoreError
 
 COSIGNATURE_ALGORITHM = 0x04  # c2sp.org/signed-note: timestamped Ed25519 cosignature
 MAX_BODY = 64 * 1024  # a checkpoint and at most 64 proof hashes fit many times over
@@ -70,7 +71,7 @@ SIZE_TYPE = "text/x.tlog.size"
 KEY_FILE = "witness.key"
 
 
-class WitnessError(Exception):
+class WitnessError(SecureCoreError):
     """A witness, its key, its pinned keys or its answer is not as it must be."""
 
 
@@ -730,37 +731,3 @@ def newest_witnessed(
         with contextlib.suppress(CheckpointError, ValueError):
             found.append(witnessed_checkpoint(note, origin_keys, witness_keys, origin))
     return sorted(found, key=lambda item: item[0].size)
-
-
-# --- `securecore witness serve|init|vkey` ----------------------------------------------------
-
-
-def _serve_command(args) -> int:
-    serve(load_settings(args.config))
-    return 0
-
-
-def _init_command(args) -> int:
-    """Make the key (first time only; idempotent) and print the verifier key to pin."""
-    settings = load_settings(args.config)
-    if not settings.state_dir.exists():
-        settings.state_dir.mkdir(mode=0o700, parents=True)
-    check_state_dir(settings.state_dir)
-    print(vkey(settings.name, ensure_key(settings).public_key()))
-    return 0
-
-
-def add_parser(commands) -> None:
-    witness = commands.add_parser(
-        "witness",
-        help="a checkpoint witness for other hosts' audit logs (cosigns, refuses rollbacks)",
-        description=__doc__.split("\n\n")[0],
-    )
-    actions = witness.add_subparsers(dest="witness_command", required=True, metavar="ACTION")
-    for name, handler, text in (
-        ("serve", _serve_command, "serve add-checkpoint and checkpoint over mutual TLS"),
-        ("init", _init_command, "make the witness key if needed; print its verifier key"),
-    ):
-        action = actions.add_parser(name, help=text, description=text)
-        action.add_argument("-c", "--config", required=True, help="the witness's TOML file")
-        action.set_defaults(handler=handler)

@@ -46,6 +46,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from securecore.errors import SecureCoreError
+
 VERSION = 1
 MAX_SKEW = 120  # seconds
 HEADER_FIELDS = ("v", "kid", "from", "to", "id", "reply_to", "ts")
@@ -55,7 +57,7 @@ Signer = Callable[[bytes], tuple[str, bytes]]  # data -> (key id, DER signature)
 Verifier = Callable[[str, bytes, bytes], bool]  # key id, data, signature -> valid
 
 
-class MessageError(Exception):
+class MessageError(SecureCoreError):
     """A message is refused; `code` says why (stable, for audit and metrics)."""
 
     def __init__(self, code: str, message: str) -> None:

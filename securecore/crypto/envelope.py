@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing, KeyStoreError, parse_key_id
 
 NONCE_SIZE = 12
 FORMAT_VERSION = 1
 
 
-class EnvelopeError(Exception):
+class EnvelopeError(SecureCoreError):
     """An envelope is malformed, or does not open (tampered, wrong context, retired key)."""
 
 

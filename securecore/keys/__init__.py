@@ -9,6 +9,20 @@ encrypted). The newest version signs and wraps; every version still present
 verifies and unwraps, until it is retired (removed) after its grace period.
 """
 
-from securecore.keys.base import KeyBackend, KeyRing, KeyStoreError, key_id, parse_key_id
+from securecore.keys.base import (
+    KeyBackend,
+    KeyRing,
+    KeyStoreError,
+    key_id,
+    parse_key_id,
+    signing_public_keys,
+)
 
-__all__ = ["KeyBackend", "KeyRing", "KeyStoreError", "key_id", "parse_key_id"]
+__all__ = [
+    "KeyBackend",
+    "KeyRing",
+    "KeyStoreError",
+    "key_id",
+    "parse_key_id",
+    "signing_public_keys",
+]

@@ -10,10 +10,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from securecore.errors import SecureCoreError
+
 _KEY_ID = re.compile(r"^(?P<name>[A-Za-z0-9._-]+?)-v(?P<version>[1-9][0-9]*)$")
 
 
-class KeyStoreError(Exception):
+class KeyStoreError(SecureCoreError):
     """A key is missing, of the wrong kind, or an operation on it failed."""
 
 
@@ -125,3 +127,13 @@ class KeyRing:
         except InvalidSignature:
             return False
         return True
+
+
+def signing_public_keys(ring: KeyRing) -> dict:
+    """Every version of the ring's signing key still on the token: {key id: public key}
+    (what checkpoints and backups are verified against)."""
+    name = ring.signing_key
+    return {
+        key_id(name, version): ring.backend.public_key(key_id(name, version))
+        for version in ring.backend.versions(name)
+    }

@@ -9,7 +9,7 @@ security officer session through python-pkcs11.
 
 This file depends on nothing but the standard library and python-pkcs11:
 roles/hsm's `pkcs11_token` module uses it as a module_utils file (a link to
-this one) on hosts that have only python-pkcs11, and `securecore init` uses
+this one) on hosts that have only python-pkcs11, and `securecore-lab init` uses
 it for development tokens.
 """
 
@@ -32,6 +32,8 @@ FUNCTIONS = ("C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_
              "C_InitToken")  # fmt: skip
 
 
+# Not a SecureCoreError: this module is also an Ansible module_util (roles/hsm), run on
+# hosts where the securecore package is not installed, so it imports nothing of it.
 class TokenInitError(Exception):
     """The token could not be initialised (the message names the step; never a PIN)."""
 

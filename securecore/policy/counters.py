@@ -37,6 +37,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from securecore.errors import SecureCoreError
+
 MAGIC = b"SCCNTR01"
 HEADER = struct.Struct("<8sI4x")
 GRANULES = 12
@@ -49,7 +51,7 @@ DEFAULT_SLOTS = 1 << 16
 _UNUSED_BY_BUCKETS = (0.0,) * GRANULES
 
 
-class CounterFileError(Exception):
+class CounterFileError(SecureCoreError):
     """The counter file cannot be used (named in the message)."""
 
 

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 from securecore.policy.counters import SharedCounters
-from securecore.state_db import StateDatabase
+from securecore.storage.state_db import StateDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (

@@ -25,6 +25,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from securecore.errors import SecureCoreError
 from securecore.server.errors import CODES, error_response
 
 MAX_DEPTH = 32
@@ -32,7 +33,7 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins the pairs
 BOM = b"\xef\xbb\xbf"
 
 
-class BodyRefused(ValueError):  # noqa: N818 - a refusal, answered 400 or 422
+class BodyRefused(SecureCoreError, ValueError):  # noqa: N818 - a refusal, answered 400 or 422
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

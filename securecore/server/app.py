@@ -25,32 +25,12 @@ from securecore.policy.engine import PolicyEngine
 from securecore.server.admin_routes import AdminActions, admin_routes
 from securecore.server.api_schema import Endpoint, openapi
 from securecore.server.body_limit import DEFAULT_BODY_BYTES, BodyLimitMiddleware
-from securecore.server.errors import error_response, http_exception, unhandled
-from securecore.server.identity import IdentityError, principal_from_scope
+from securecore.server.errors import http_exception, unhandled
+from securecore.server.identity_middleware import IdentityMiddleware
 from securecore.server.intrusion_hooks import IntrusionResponder
+from securecore.server.policy_middleware import PolicyMiddleware
 from securecore.server.session_routes import session_routes
 from securecore.sessions.manager import SessionManager
-
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-
-
-class IdentityMiddleware:
-    def __init__(self, app, trust_domain: str) -> None:
-        self.app, self.trust_domain = app, trust_domain
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        try:
-            principal = principal_from_scope(scope, self.trust_domain)
-        except IdentityError as error:
-            if scope["path"] not in OPEN_PATHS:
-                await error_response(403, str(error), "identity_unknown")(scope, receive, send)
-                return
-            principal = None
-        scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
 
 
 def _lifespan(on_shutdown: Callable[[], None] | None):
@@ -129,8 +109,6 @@ def create_app(
     )
     # Added last runs first: identity, then the policy engine, then the handler.
     if policy is not None:
-        from securecore.server.policy_middleware import PolicyMiddleware
-
         app.add_middleware(
             PolicyMiddleware, engine=policy, intrusion=intrusion, plugin_view=plugin_view,
             operators=operators,

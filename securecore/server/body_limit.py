@@ -22,13 +22,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from securecore.errors import SecureCoreError
 from securecore.server.errors import error_response
 
 DEFAULT_BODY_BYTES = 4096
 DEFAULT_ROUTE_BODY_BYTES = {"/v1/plugins/{name}/call": 65536}
 
 
-class BodyTooLargeError(Exception):
+class BodyTooLargeError(SecureCoreError):
     """Raised from receive() when a body passes its route's limit."""
 
 

@@ -1,6 +1,6 @@
 """Who is calling: the principal named by the verified client certificate.
 
-Site certificates (roles/pki, `securecore init`) carry a URI SAN
+Site certificates (roles/pki, `securecore-lab init`) carry a URI SAN
 spiffe://TRUST_DOMAIN/KIND/NAME - admin/NAME, core/HOST, plugin/HOST,
 dmz/HOST. Nothing else (headers, subject CN alone) names a principal.
 """
@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from securecore.errors import SecureCoreError
+
 KINDS = ("admin", "core", "plugin", "dmz")
 
 
-class IdentityError(Exception):
+class IdentityError(SecureCoreError):
     """The certificate names no principal of this site."""
 
 

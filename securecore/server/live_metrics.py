@@ -7,7 +7,7 @@ from pathlib import Path
 from cryptography import x509
 
 from securecore.monitoring.metrics import LiveState
-from securecore.plugins.registry import PluginRegistry
+from securecore.plugin_registry.registry import PluginRegistry
 from securecore.sessions.manager import SessionManager
 from securecore.tls import TLSPolicy
 

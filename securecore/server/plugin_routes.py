@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from securecore.plugins.access import AccessPolicy
-from securecore.plugins.channel_client import PluginCaller, PluginCallError, StepObserver
-from securecore.plugins.registry import PluginRegistry, RegistrationRequest
+from securecore.plugin_registry.access import AccessPolicy
+from securecore.plugin_registry.channel_client import PluginCaller, PluginCallError, StepObserver
+from securecore.plugin_registry.registry import PluginRegistry, RegistrationRequest
 from securecore.server.api_schema import Endpoint, body, integer, read_body, string
 from securecore.server.errors import error_response
 from securecore.server.session_routes import bearer, token_pair_json

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import anyio.to_thread
 
 from securecore.policy.engine import PolicyEngine, RequestContext
-from securecore.server.app import OPEN_PATHS
 from securecore.server.errors import error_response
+from securecore.server.identity_middleware import OPEN_PATHS
 from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.plugin_routes import call_path_plugin
 

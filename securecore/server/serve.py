@@ -51,16 +51,16 @@ from cryptography.hazmat.primitives import hashes
 from prometheus_client.multiprocess import mark_process_dead
 
 from securecore import config as configuration
-from securecore.audit.commands import signing_public_keys
 from securecore.audit.factory import open_audit_log, open_store
 from securecore.audit.writer_service import AuditWriterServer, RemoteAuditLog
 from securecore.config import ConfigError
-from securecore.emergency import write_emergency_snapshot
+from securecore.keys import signing_public_keys
 from securecore.keys.factory import open_key_ring
 from securecore.monitoring.metrics import MULTIPROCESS_DIR, ServiceMetrics
-from securecore.plugins.access import AccessConfigError, AccessPolicy, EndpointPolicy
-from securecore.plugins.channel_client import PluginCaller, registration_probe
-from securecore.plugins.registry import PluginRegistry
+from securecore.operations.emergency import write_emergency_snapshot
+from securecore.plugin_registry.access import AccessConfigError, AccessPolicy, EndpointPolicy
+from securecore.plugin_registry.channel_client import PluginCaller, registration_probe
+from securecore.plugin_registry.registry import PluginRegistry
 from securecore.policy.engine import Policy, PolicyEngine
 from securecore.policy.intrusion import IntrusionDetector
 from securecore.policy.state import PolicyState
@@ -76,7 +76,7 @@ from securecore.server.plugin_routes import plugin_routes
 from securecore.server.replication_routes import replication_routes
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.sessions.manager import SessionManager
-from securecore.state_db import open_state
+from securecore.storage.state_db import open_state
 from securecore.tls import ReloadableServerContext, TLSFileWatcher, TLSPolicy, TLSPolicyError
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -500,14 +500,3 @@ def supervise(config: configuration.Config, workers: int) -> int:
         local_admin.close()
         admin_path.unlink(missing_ok=True)
     return AUDIT_FAILURE_EXIT if audit_failed.is_set() else 0
-
-
-def add_parser(commands) -> None:
-    command = commands.add_parser(
-        "serve", help="run the core service (mutual TLS 1.3)", description=__doc__
-    )
-    command.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
-    command.add_argument(
-        "--workers", type=int, help="worker processes (default: [service] workers, 1)"
-    )
-    command.set_defaults(handler=serve)

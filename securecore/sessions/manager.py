@@ -34,7 +34,7 @@ from typing import Any
 from securecore.keys.base import KeyRing
 from securecore.sessions import tokens
 from securecore.sessions.tokens import TokenError
-from securecore.state_db import StateDatabase
+from securecore.storage.state_db import StateDatabase
 
 TOUCH_EVERY = 10.0  # seconds: a session's last_seen is renewed at most this often
 FLUSH_EVERY = 2.0  # seconds between writes of the renewed last_seen times

@@ -19,13 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing, KeyStoreError, parse_key_id
 
 ALGORITHM = "ES256"
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
 
 
-class TokenError(Exception):
+class TokenError(SecureCoreError):
     """A token is refused; `code` is stable and safe to return to the client."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -1,4 +1,4 @@
-"""`securecore init` and `securecore audit verify|prove|export` as a user runs them.
+"""`securecore-lab init` and `securecore audit verify|prove|export` as a user runs them.
 
 The export is checked by an independent verifier written here from the
 documented format (docs/audit-export.md) with hashlib and cryptography only:
@@ -41,9 +41,11 @@ sys.stdout.write(public.public_bytes(serialization.Encoding.PEM,
 """
 
 
-def securecore(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def securecore(
+    *args: str, check: bool = True, tool: str = "securecore"
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "securecore", *args],
+        [sys.executable, "-m", tool, *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     if check:
@@ -51,12 +53,17 @@ def securecore(*args: str, check: bool = True) -> subprocess.CompletedProcess[st
     return proc
 
 
+def securecore_lab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The development tools (`securecore-lab init DIR` makes a development setup)."""
+    return securecore(*args, check=check, tool="securecore_lab")
+
+
 @pytest.fixture(params=["softhsm", "software"])
 def setup(request, tmp_path: Path) -> tuple[Path, str]:
     """A development setup with 250 records, checkpointed; returns (config, public key PEM)."""
     directory = tmp_path / "dev"
     extra = ["--software-keys"] if request.param == "software" else []
-    made = securecore("init", str(directory), *extra)
+    made = securecore_lab("init", str(directory), *extra)
     assert ("SoftHSM2 token" in made.stdout) == (request.param == "softhsm"), made.stdout
     config = directory / "config.toml"
     text = config.read_text().replace("checkpoint_every = 1000", "checkpoint_every = 100")
@@ -185,7 +192,7 @@ def test_a_bad_config_is_refused_naming_the_file_and_key(
     tmp_path: Path, change: tuple[str, str], message: str
 ) -> None:
     directory = tmp_path / "dev"
-    securecore("init", str(directory), "--software-keys")
+    securecore_lab("init", str(directory), "--software-keys")
     config = directory / "config.toml"
     config.write_text(config.read_text().replace(*change, 1))
     proc = securecore("audit", "verify", "-c", str(config), check=False)
@@ -200,6 +207,6 @@ def test_no_config_and_an_existing_setup_are_clear_errors(tmp_path: Path) -> Non
         cwd=ROOT, capture_output=True, text=True, check=False, env=env,
     )  # fmt: skip
     assert proc.returncode == 2 and "pass -c PATH or set SECURECORE_CONFIG" in proc.stderr
-    securecore("init", str(tmp_path / "dev"), "--software-keys")
-    again = securecore("init", str(tmp_path / "dev"), check=False)
+    securecore_lab("init", str(tmp_path / "dev"), "--software-keys")
+    again = securecore_lab("init", str(tmp_path / "dev"), check=False)
     assert again.returncode == 2 and "exists already" in again.stderr

@@ -12,7 +12,7 @@ import pytest
 from securecore.audit.log import AuditLog, verify_log
 from securecore.audit.postgres import PostgresAuditStore
 from tests.auditload import append_from_threads
-from tests.integration.test_audit_cli import WRITE_RECORDS, securecore
+from tests.integration.test_audit_cli import WRITE_RECORDS, securecore, securecore_lab
 from tests.keyrings import software_ring
 from tests.postgres import postgres_server
 
@@ -62,7 +62,7 @@ def test_the_log_on_postgresql_verifies_and_catches_tampering(dsn: str, tmp_path
 
 def test_the_commands_use_postgresql_when_configured(dsn: str, tmp_path: Path) -> None:
     directory = tmp_path / "dev"
-    securecore("init", str(directory), "--software-keys")
+    securecore_lab("init", str(directory), "--software-keys")
     config = directory / "config.toml"
     text = config.read_text().replace(
         "[audit]\n", f'[audit]\nbackend = "postgresql"\ndsn = "{dsn} options=-csearch_path=cli"\n'

@@ -87,8 +87,8 @@ def test_the_copy_follows_the_origin_and_checks_its_checkpoints(tmp_path: Path) 
 
 
 def _origin_keys(server) -> dict:
-    from securecore.audit.commands import signing_public_keys
     from securecore.config import load
+    from securecore.keys import signing_public_keys
     from securecore.keys.factory import open_key_ring
 
     return signing_public_keys(open_key_ring(load(server["config"])))

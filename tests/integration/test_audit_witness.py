@@ -38,7 +38,7 @@ from securecore.audit.witness import (
 from securecore.keys.factory import open_key_ring
 from securecore.tls import TLSPolicy
 from tests.devserver import dev_server, free_port, wait_for_port
-from tests.integration.test_audit_cli import securecore
+from tests.integration.test_audit_cli import securecore, securecore_lab
 from tests.integration.test_serve import call
 
 ORIGIN = "securecore.localhost/audit"
@@ -390,7 +390,7 @@ os._exit(0)  # a crash: no final checkpoint
 
 def test_records_without_a_checkpoint_fail_once_the_interval_has_passed(tmp_path: Path) -> None:
     dev = tmp_path / "dev"
-    securecore("init", str(dev), "--software-keys")
+    securecore_lab("init", str(dev), "--software-keys")
     config = dev / "config.toml"
     config.write_text(config.read_text().replace("checkpoint_interval_seconds = 10",
                                                  "checkpoint_interval_seconds = 15\n"

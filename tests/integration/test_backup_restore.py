@@ -15,14 +15,14 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from securecore.backup import _manifest_bytes, prune_backups
 from securecore.config import load as load_config
 from securecore.keys.factory import open_key_ring
+from securecore.operations.backup import _manifest_bytes, prune_backups
 from securecore.policy.state import PolicyState
 from securecore.sessions.manager import SessionManager
-from securecore.state_db import open_state
+from securecore.storage.state_db import open_state
 from tests.integration.helpers import ROOT
-from tests.integration.test_audit_cli import WRITE_RECORDS, securecore
+from tests.integration.test_audit_cli import WRITE_RECORDS, securecore, securecore_lab
 
 
 def write_records(config: Path, count: int) -> None:
@@ -35,7 +35,7 @@ def write_records(config: Path, count: int) -> None:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    securecore("init", str(tmp_path / "dev"))
+    securecore_lab("init", str(tmp_path / "dev"))
     path = tmp_path / "dev" / "config.toml"
     write_records(path, 120)
     return path
@@ -45,7 +45,7 @@ def config(tmp_path: Path) -> Path:
 def software_config(tmp_path: Path) -> Path:
     """With keys in files: these tests open the key ring in this process too, and the
     PKCS#11 library, once loaded, stays bound to the first token it was given."""
-    securecore("init", str(tmp_path / "dev"), "--software-keys")
+    securecore_lab("init", str(tmp_path / "dev"), "--software-keys")
     path = tmp_path / "dev" / "config.toml"
     write_records(path, 120)
     return path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from securecore.devsetup import development_ca, issue_development_leaf
+from securecore_lab.devsetup import development_ca, issue_development_leaf
 from tests.integration.helpers import ROOT
 
 SCRIPT = ROOT / "compliance" / "gather" / "host_facts.py"

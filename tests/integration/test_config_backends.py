@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_audit_cli import securecore
+from tests.integration.test_audit_cli import securecore, securecore_lab
 
 PASSWORD = "pg-password-8812"  # made up; it must never be printed
 
@@ -56,7 +56,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def software_setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("config") / "dev"
-    securecore("init", str(directory), "--software-keys")
+    securecore_lab("init", str(directory), "--software-keys")
     return directory / "config.toml"
 
 
@@ -91,7 +91,7 @@ def hsm_setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not Path("/usr/lib/softhsm/libsofthsm2.so").exists():
         pytest.skip("SoftHSM2 is not installed (scripts/bootstrap.sh installs it)")
     directory = tmp_path_factory.mktemp("config-hsm") / "dev"
-    made = securecore("init", str(directory))
+    made = securecore_lab("init", str(directory))
     assert "SoftHSM2 token" in made.stdout
     return directory / "config.toml"
 

@@ -1,6 +1,6 @@
 """HSM PINs never reach a command line, where every local user reads them in
 /proc/PID/cmdline: not when roles/hsm's `pkcs11_token` makes a token, not when
-`securecore init` makes a development token, and no tool is given one in the
+`securecore-lab init` makes a development token, and no tool is given one in the
 roles, scripts, molecule scenarios, the package or the tests.
 
 The initialisation runs for real against SoftHSM2 with the PKCS#11 tools on
@@ -144,7 +144,7 @@ def test_securecore_init_makes_its_token_with_no_pin_on_any_command_line(
     setup = tmp_path / "dev"
     with CommandLines(tmp_path) as lines:
         made = subprocess.run(
-            [sys.executable, "-m", "securecore", "init", str(setup)], cwd=ROOT,
+            [sys.executable, "-m", "securecore_lab", "init", str(setup)], cwd=ROOT,
             env=lines.environment(), capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
     assert made.returncode == 0, made.stderr

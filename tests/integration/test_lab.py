@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from securecore.lab.spec import load_spec
+from securecore_lab.spec import load_spec
 from tests.integration.helpers import ROOT, needs, run
 from tests.labhosts import ssh_audit_failures
 

@@ -19,9 +19,9 @@ from cryptography import x509
 
 from securecore.config import load as load_config
 from securecore.keys.factory import open_key_ring
-from securecore.plugin import PluginError, register_with_core
-from securecore.plugins.registry import PluginRegistry
-from securecore.state_db import open_state
+from securecore.plugin_registry.registry import PluginRegistry
+from securecore.plugin_sdk import PluginError, register_with_core
+from securecore.storage.state_db import open_state
 from tests.devserver import dev_server, free_port, wait_for_port
 from tests.integration.test_admin_commands import admin
 from tests.integration.test_serve import call, context, scrape

@@ -27,11 +27,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securecore.devsetup import development_ca, issue_development_leaf
-from securecore.plugin import PluginError, register_with_core
+from securecore.plugin_sdk import PluginError, register_with_core
+from securecore_lab.devsetup import development_ca, issue_development_leaf
 from tests.devserver import dev_server, free_port
 from tests.integration.test_admin_commands import admin
-from tests.integration.test_audit_cli import securecore
+from tests.integration.test_audit_cli import securecore, securecore_lab
 from tests.integration.test_plugin_flow import plugin_call, plugin_process, ticket_store
 from tests.integration.test_serve import call, context
 
@@ -248,7 +248,7 @@ def test_a_suspended_or_revoked_plugin_principal_gets_no_session(server, verb) -
     ],
 )  # fmt: skip
 def test_a_malformed_access_rule_or_network_stops_the_start(tmp_path: Path, addition, named):
-    securecore("init", str(tmp_path / "dev"), "--software-keys")
+    securecore_lab("init", str(tmp_path / "dev"), "--software-keys")
     config = tmp_path / "dev" / "config.toml"
     text = config.read_text()
     if not addition:

@@ -17,14 +17,14 @@ import pytest
 
 from securecore import config as configuration
 from securecore.keys.factory import open_key_ring
-from securecore.plugins.access import EndpointPolicy
-from securecore.plugins.channel_client import PluginCaller, registration_probe
-from securecore.plugins.registry import PluginRegistry, RegistrationRequest
+from securecore.plugin_registry.access import EndpointPolicy
+from securecore.plugin_registry.channel_client import PluginCaller, registration_probe
+from securecore.plugin_registry.registry import PluginRegistry, RegistrationRequest
 from securecore.server.identity import Principal
-from securecore.state_db import StateDatabase
+from securecore.storage.state_db import StateDatabase
 from securecore.tls import TLSPolicy
 from tests.devserver import free_port, wait_for_port
-from tests.integration.test_audit_cli import securecore
+from tests.integration.test_audit_cli import securecore_lab
 from tests.postgres import fresh_database, postgres_server
 
 
@@ -37,7 +37,7 @@ def endpoint(tmp_path_factory):
     """A development setup's certificates, and the ticket store serving on a free port as
     "example", the plugin its certificate names."""
     base = tmp_path_factory.mktemp("plugin") / "dev"
-    securecore("init", str(base), "--software-keys")
+    securecore_lab("init", str(base), "--software-keys")
     port = free_port()
     process = subprocess.Popen([
         sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",

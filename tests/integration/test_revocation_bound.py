@@ -27,8 +27,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from securecore.devsetup import development_ca, development_leaves, issue_development_leaf
 from securecore.tls import TLSPolicy, TLSPolicyError
+from securecore_lab.devsetup import development_ca, development_leaves, issue_development_leaf
 from tests.devserver import dev_server, free_port, wait_for_port
 from tests.integration.test_admin_commands import admin
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securecore.devsetup import development_ca
+from securecore_lab.devsetup import development_ca
 from tests.devserver import dev_server
 from tests.integration.test_admin_commands import admin, with_certificate
 from tests.integration.test_audit_cli import securecore

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from tests.devserver import dev_server
-from tests.integration.test_audit_cli import securecore
+from tests.integration.test_audit_cli import securecore, securecore_lab
 from tests.integration.test_serve import context
 
 POLICY = """
@@ -63,7 +63,7 @@ def test_the_rate_limit_answers_429_with_retry_after_and_everything_is_audited(s
 
 def test_a_bad_policy_file_stops_the_start_naming_the_file(tmp_path) -> None:
     directory = tmp_path / "dev"
-    securecore("init", str(directory), "--software-keys")
+    securecore_lab("init", str(directory), "--software-keys")
     (directory / "policy.toml").write_text('[acl]\nallow = ["10.0.0.0/33"]\n')
     config = directory / "config.toml"
     config.write_text(config.read_text() + '\n[policy]\nfile = "policy.toml"\n')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from securecore.state_db import StateDatabase
+from securecore.storage.state_db import StateDatabase
 
 OPENERS = 12
 

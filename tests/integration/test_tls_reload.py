@@ -22,7 +22,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from securecore.devsetup import development_ca, issue_development_leaf
+from securecore_lab.devsetup import development_ca, issue_development_leaf
 from tests.devserver import dev_server
 from tests.integration.test_admin_commands import admin
 from tests.integration.test_serve import context

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from securecore.plugins.access import (
+from securecore.plugin_registry.access import (
     AccessConfigError,
     AccessPolicy,
     EndpointNotAllowedError,

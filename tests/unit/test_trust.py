@@ -1,4 +1,4 @@
-"""The trust score formula and its thresholds (securecore.plugins.trust)."""
+"""The trust score formula and its thresholds (securecore.plugin_registry.trust)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from securecore.plugins.trust import TrustFactors, assess, trust_score
+from securecore.plugin_registry.trust import TrustFactors, assess, trust_score
 
 
 def test_documented_values() -> None:

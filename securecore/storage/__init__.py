@@ -1,0 +1,1 @@
+"""The service's state: its tables on SQLite or PostgreSQL, and write transactions."""

@@ -1,0 +1,207 @@
+"""The service's state tables (sessions, plugins, policy) on SQLite or PostgreSQL.
+
+SQLite (the default) keeps one database file per concern in the data
+directory. PostgreSQL (`[state] backend = "postgresql"`, the active/standby
+deployment of seed 001 2.2) keeps all of them in one database, which
+streaming replication carries to the standby together with the audit log.
+
+The modules write their SQL once, in the dialect both understand: `?`
+placeholders (turned into `%s` for psycopg), `INSERT ... ON CONFLICT`,
+`CASE` instead of SQLite's two-argument max(). Column types in schemas are
+SQLite's; REAL becomes DOUBLE PRECISION on PostgreSQL (its REAL is 4 bytes,
+too coarse for timestamps) and INTEGER PRIMARY KEY AUTOINCREMENT an identity
+column.
+
+Write transactions take the database's write lock first (SQLite: BEGIN
+IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock per database
+role), so a read-then-write (count sessions, then add one) never
+interleaves with another worker's or host's.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from securecore.config import BackendError, first_line
+from securecore.errors import SecureCoreError
+from securecore.storage.transactions import immediate_transaction
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+class StateDatabaseError(SecureCoreError):
+    """The state database cannot be opened (named in the message)."""
+
+
+class StateDatabase:
+    dialect: str
+
+    @staticmethod
+    def sqlite(path: str | Path, *, synchronous: str = "FULL") -> SQLiteState:
+        return SQLiteState(Path(path), synchronous)
+
+    @staticmethod
+    def postgresql(dsn: str, role: str) -> PostgresState:
+        return PostgresState(dsn, role)
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def create(self, schema: str) -> None:
+        """Create the tables of SCHEMA (statements separated by ';') if missing."""
+        raise NotImplementedError
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    def another(self) -> StateDatabase:
+        """A second connection to the same database (for a reader of its own)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+WAL_SWITCH_SECONDS = 5.0
+
+
+class SQLiteState(StateDatabase):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.path, self.synchronous = path, synchronous
+        try:
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=5
+            )
+            self._wal()
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+        except sqlite3.Error as error:
+            raise StateDatabaseError(f"{path} ({first_line(error)})") from error
+
+    def _wal(self) -> None:
+        # Switching a new database to WAL takes an exclusive lock without waiting
+        # on the busy timeout: workers starting together each try, so retry.
+        deadline = time.monotonic() + WAL_SWITCH_SECONDS
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, parameters)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
+    def create(self, schema: str) -> None:
+        self._db.executescript(schema)
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        with immediate_transaction(self._db):
+            yield
+
+    def another(self) -> SQLiteState:
+        return SQLiteState(self.path, self.synchronous)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class PostgresState(StateDatabase):
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str, role: str) -> None:
+        import psycopg  # only where PostgreSQL is configured
+
+        self.dsn, self.role = dsn, role
+        try:
+            self._connection = psycopg.connect(dsn, autocommit=True)
+        except psycopg.Error as error:
+            raise StateDatabaseError(
+                f"[state] dsn: cannot connect ({first_line(error)})"
+            ) from error
+        # Each role's writers queue on their own lock, like one SQLite file each.
+        self._lock_key = zlib.crc32(f"securecore-state/{role}".encode())
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        return self._connection.execute(_PLACEHOLDER.sub("%s", sql), parameters)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._connection.cursor() as cursor:
+            cursor.executemany(_PLACEHOLDER.sub("%s", sql), list(rows))
+
+    def create(self, schema: str) -> None:
+        translated = re.sub(r"\bREAL\b", "DOUBLE PRECISION", schema).replace(
+            "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+        )
+        with self._connection.transaction():
+            # Two services starting at once must not both create the tables.
+            self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            for statement in filter(str.strip, translated.split(";")):
+                self._connection.execute(statement)
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        with self._connection.transaction():
+            self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            yield
+
+    def another(self) -> PostgresState:
+        return PostgresState(self.dsn, self.role)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def open_state(config, role: str) -> StateDatabase:
+    """The state database of ROLE (sessions, plugins, policy) as the config says, or
+    BackendError naming the file and key (never the dsn: it may hold a password)."""
+    if config.get("state", "backend") == "postgresql":
+        dsn = config.get("state", "dsn")
+        if not dsn:
+            raise BackendError(f"{config.path}: [state] dsn is required with backend = postgresql")
+        try:
+            return StateDatabase.postgresql(dsn, role)
+        except ImportError as error:
+            raise BackendError(
+                f"{config.path}: [state] backend = 'postgresql': psycopg is not installed"
+            ) from error
+        except StateDatabaseError as error:
+            raise BackendError(f"{config.path}: {error}") from error
+    # Policy commits skip the fsync (WAL, synchronous=NORMAL: safe against a
+    # crash of the process, not of the machine) because blocks and modes are
+    # also in the audit log; sessions and plugins are fsynced on every commit.
+    synchronous = "NORMAL" if role == "policy" else "FULL"
+    path = sqlite_path(config, role)
+    try:
+        return StateDatabase.sqlite(path, synchronous=synchronous)
+    except StateDatabaseError as error:
+        raise BackendError(
+            f"{config.path}: [service] data_dir: cannot open the {role} database {error}"
+        ) from error
+
+
+STATE_ROLES = ("sessions", "plugins", "policy")
+
+
+def sqlite_path(config, role: str) -> Path:
+    """Where the SQLite backend keeps ROLE's state (the service's data directory)."""
+    return Path(config.get("service", "data_dir")) / f"{role}.db"
