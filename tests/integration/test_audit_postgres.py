@@ -11,10 +11,10 @@ import pytest
 
 from securecore.audit.log import AuditLog, verify_log
 from securecore.audit.postgres import PostgresAuditStore
-from tests.auditload import append_from_threads
-from tests.integration.test_audit_cli import WRITE_RECORDS, securecore
-from tests.keyrings import software_ring
-from tests.postgres import postgres_server
+from tests.support.auditlog import append_from_threads
+from tests.support.commands import WRITE_RECORDS, securecore
+from tests.support.keyrings import software_ring
+from tests.support.postgres import postgres_server
 
 
 @pytest.fixture(scope="module")

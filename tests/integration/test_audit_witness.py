@@ -37,9 +37,8 @@ from securecore.audit.witness import (
 )
 from securecore.keys.factory import open_key_ring
 from securecore.tls import TLSPolicy
-from tests.devserver import dev_server, free_port, wait_for_port
-from tests.integration.test_audit_cli import securecore
-from tests.integration.test_serve import call
+from tests.support.commands import securecore
+from tests.support.devserver import call, dev_server, free_port, wait_for_port
 
 ORIGIN = "securecore.localhost/audit"
 

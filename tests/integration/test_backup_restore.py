@@ -21,8 +21,7 @@ from securecore.keys.factory import open_key_ring
 from securecore.policy.state import PolicyState
 from securecore.sessions.manager import SessionManager
 from securecore.state_db import open_state
-from tests.integration.helpers import ROOT
-from tests.integration.test_audit_cli import WRITE_RECORDS, securecore
+from tests.support.commands import ROOT, WRITE_RECORDS, securecore
 
 
 def write_records(config: Path, count: int) -> None:

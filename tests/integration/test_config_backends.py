@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_audit_cli import securecore
+from tests.support.commands import securecore
 
 PASSWORD = "pg-password-8812"  # made up; it must never be printed
 

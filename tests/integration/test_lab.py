@@ -12,8 +12,8 @@ import subprocess
 import pytest
 
 from securecore.lab.spec import load_spec
-from tests.integration.helpers import ROOT, needs, run
-from tests.labhosts import ssh_audit_failures
+from tests.support.commands import ROOT, needs, run
+from tests.support.labhosts import ssh_audit_failures
 
 pytestmark = pytest.mark.lab
 SPEC = load_spec(ROOT / "inventories" / "lab")

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securecore.tls import TLSPolicy, TLSPolicyError
-from tests.integration.helpers import needs, run_module
+from tests.support.commands import needs, run_module
 
 PASSPHRASE = "ca-passphrase-example-0815"
 

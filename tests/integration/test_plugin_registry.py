@@ -23,9 +23,9 @@ from securecore.plugins.registry import PluginRegistry, RegistrationRequest
 from securecore.server.identity import Principal
 from securecore.state_db import StateDatabase
 from securecore.tls import TLSPolicy
-from tests.devserver import free_port, wait_for_port
-from tests.integration.test_audit_cli import securecore
-from tests.postgres import fresh_database, postgres_server
+from tests.support.commands import securecore
+from tests.support.devserver import free_port, wait_for_port
+from tests.support.postgres import fresh_database, postgres_server
 
 
 def principal(kind: str, name: str) -> Principal:

@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 from compliance.html_report import render
-from tests.unit.test_html_report import HOSTS, RESULTS
+from tests.support.evidence import HOSTS, RESULTS
 
 CHROMIUM = shutil.which("chromium") or "chromium (installed by scripts/bootstrap.sh)"
 ITEMS = [{"id": "daily.security_alerts", "title": "Security alerts reviewed", "source": "001",

@@ -12,10 +12,8 @@ import signal
 import psycopg
 import pytest
 
-from tests.devserver import dev_server
-from tests.integration.test_admin_commands import admin
-from tests.integration.test_serve import call
-from tests.postgres import postgres_server
+from tests.support.devserver import admin, call, dev_server
+from tests.support.postgres import postgres_server
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import testinfra
 
 from securecore.lab.spec import LabHost, LabSpec, load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def lab_spec() -> LabSpec:
