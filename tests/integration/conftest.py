@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from securecore.keys.software import SoftwareKeys
 from tests.support.commands import needs
 from tests.support.keyrings import software_ring
+from tests.support.postgres import postgres_server
 from tests.support.softhsm import SOFTHSM
 
 
@@ -43,3 +45,12 @@ def inventory(tmp_path: Path) -> Path:
 def keys(tmp_path: Path) -> SoftwareKeys:
     """The file backend of a key ring with version 1 of the service's two keys."""
     return software_ring(tmp_path).backend
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """One private PostgreSQL server per test session (per worker under pytest-xdist):
+    initdb and start cost seconds, so tests share the server and each takes its own
+    database with tests.support.postgres.fresh_database."""
+    with postgres_server() as dsn:
+        yield dsn

@@ -21,7 +21,7 @@ import pytest
 from tests.support.commands import ROOT, WRITE_RECORDS, outside_verifier, securecore
 
 
-@pytest.fixture(params=["softhsm", "software"])
+@pytest.fixture(params=[pytest.param("softhsm", marks=pytest.mark.softhsm), "software"])
 def setup(request, tmp_path: Path) -> tuple[Path, str]:
     """A development setup with 250 records, checkpointed; returns (config, public key PEM)."""
     directory = tmp_path / "dev"

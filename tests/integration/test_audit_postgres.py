@@ -14,13 +14,12 @@ from securecore.audit.postgres import PostgresAuditStore
 from tests.support.auditlog import append_from_threads
 from tests.support.commands import WRITE_RECORDS, securecore
 from tests.support.keyrings import software_ring
-from tests.support.postgres import postgres_server
+from tests.support.postgres import fresh_database
 
 
 @pytest.fixture(scope="module")
-def dsn():
-    with postgres_server() as value:
-        yield value
+def dsn(postgres_dsn: str) -> str:
+    return fresh_database(postgres_dsn, "audit_postgres")
 
 
 def test_the_log_on_postgresql_verifies_and_catches_tampering(dsn: str, tmp_path: Path) -> None:

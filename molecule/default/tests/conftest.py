@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.labhosts import connect, lab_spec
+from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.labhosts import connect, lab_spec
+from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
 WITNESSES = ("core-02", "mgmt-01")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import ROOT, run
-from tests.labhosts import connect, lab_spec, ssh_from_controller
+from tests.support.commands import ROOT, run
+from tests.support.labhosts import connect, lab_spec, ssh_from_controller
 
 SPEC = lab_spec()
 CORE = [h for h in SPEC.hosts if h.segment == "core"]

@@ -9,8 +9,8 @@ import time
 
 from test_core_service import CORE, TLS, https  # molecule/default/tests is on sys.path
 
-from tests.integration.helpers import run
-from tests.labhosts import connect, lab_spec
+from tests.support.commands import run
+from tests.support.labhosts import connect, lab_spec
 
 BOUND = 60  # seconds: the most watch_seconds may be (the default is 5)
 OLD = "/tmp/revoked-dmz/client"

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import ROOT
-from tests.labhosts import lab_spec
+from tests.support.commands import ROOT
+from tests.support.labhosts import lab_spec
 
 SPEC = lab_spec()
 HARDENING = [

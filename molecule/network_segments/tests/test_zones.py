@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from tests.integration.helpers import run
-from tests.labhosts import Listener, can_connect, connect, lab_spec, ssh_from_controller
+from tests.support.commands import run
+from tests.support.labhosts import Listener, can_connect, connect, lab_spec, ssh_from_controller
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}

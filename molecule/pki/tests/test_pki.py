@@ -15,9 +15,9 @@ import shlex
 import pytest
 from cryptography import x509
 
-from tests.integration.helpers import run
-from tests.labhosts import Listener, connect, lab_spec
-from tests.roleplugins import load_module_utils
+from tests.support.commands import run
+from tests.support.labhosts import Listener, connect, lab_spec
+from tests.support.roleplugins import load_module_utils
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}
