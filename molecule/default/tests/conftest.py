@@ -27,18 +27,18 @@ ORDER = [
     "test_lab_hosts.py",
     "hardening/test_hardening.py",
     "hardening/test_compliance_before_after.py",
-    "hsm/test_hsm.py",  # before the key rotation in site/test_core_service.py
+    "hsm/test_hsm.py",  # before the key rotation in whole_site/test_core_service.py
     "network_segments/test_zones.py",
-    "site/test_audit_witness.py",
-    "site/test_compliance.py",
-    "site/test_compliance_schedule.py",
+    "whole_site/test_audit_witness.py",
+    "whole_site/test_compliance.py",
+    "whole_site/test_compliance_schedule.py",
     None,  # every module not listed
     # Change the hosts: the PKI's refusals (the core service stopped on core-01 for the
     # length of each TLS exchange, started again after) and a revoked client certificate.
     "pki/test_pki.py",
     # Shutdown and recovery, key and certificate rotation, backup and restore, upgrades.
-    "site/test_core_service.py",
-    "site/test_revocation.py",
+    "whole_site/test_core_service.py",
+    "whole_site/test_revocation.py",
     # Stops, replaces and removes the lab's containers: always last.
     "lab_manager/test_lab_manager.py",
 ]
