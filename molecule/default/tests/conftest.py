@@ -51,6 +51,9 @@ def _rank(item: pytest.Item) -> int:
 
 @pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture parameters
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    missing = [path for path in ORDER if path is not None and not (HERE / path).is_file()]
+    if missing:  # a renamed module would otherwise lose its place silently
+        raise pytest.UsageError(f"ORDER in {__file__} names missing modules: {missing}")
     for item in items:
         item.add_marker(pytest.mark.lab)
     items.sort(key=_rank)  # stable: a module's tests keep their order
