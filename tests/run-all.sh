@@ -16,6 +16,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 stages=()
 started=$(date +%s)
 current="" begin=$started
+# scripts/run passes the time its set-up (scripts/bootstrap.sh) took.
+if [[ -n ${SETUP_SECONDS:-} ]]; then
+  stages+=("set-up (scripts/bootstrap.sh)|$SETUP_SECONDS")
+  started=$((started - SETUP_SECONDS))
+fi
 
 table() {
   local status=$?
