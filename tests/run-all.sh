@@ -59,7 +59,9 @@ type_check() {
 
 # Integration tests run in parallel: they wait on servers, subprocesses and
 # PostgreSQL far more than they compute, and each test has its own ports (free
-# ones, asked of the kernel), directories, SoftHSM token and database.
+# ones, asked of the kernel), directories, SoftHSM token and database. A module
+# stays on one worker (--dist loadfile): many share one server among their
+# tests, which run in the order they are written and build on each other.
 # PYTEST_WORKERS overrides the number of workers (0: all in this one process).
 workers=${PYTEST_WORKERS:-4}
 
@@ -69,5 +71,5 @@ stage "type check" type_check
 stage "ansible-lint (production profile)" ansible-lint --offline --profile production
 stage "pytest: unit" pytest tests/unit "$@"
 stage "pytest: integration (SoftHSM, PostgreSQL, TLS)" \
-  pytest -m "not lab" -n "$workers" tests/integration "$@"
+  pytest -m "not lab" -n "$workers" --dist loadfile tests/integration "$@"
 stage "molecule: the lab (site.yml once, every lab check)" molecule test
