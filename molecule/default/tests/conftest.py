@@ -67,3 +67,9 @@ def lab_host(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def spec():
     return SPEC
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    """Every lab host by name, as testinfra reaches it (root through sudo)."""
+    return {h.name: connect(SPEC, h) for h in SPEC.hosts}

@@ -14,16 +14,11 @@ import json
 import pytest
 
 from tests.support.commands import run
-from tests.support.labhosts import Listener, can_connect, connect, lab_spec, ssh_from_controller
+from tests.support.labhosts import Listener, can_connect, lab_spec, ssh_from_controller
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}
 CORE_PORT, PLUGIN_PORT, UNLISTED_PORT = 8443, 9443, 7001
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    return {name: connect(SPEC, h) for name, h in HOSTS.items()}
 
 
 def ip(name: str) -> str:

@@ -22,7 +22,7 @@ import pytest
 from cryptography import x509
 
 from tests.support.commands import run
-from tests.support.labhosts import Listener, connect, lab_spec
+from tests.support.labhosts import Listener, lab_spec
 from tests.support.roleplugins import load_module_utils
 
 SPEC = lab_spec()
@@ -31,11 +31,6 @@ TLS = "/etc/securecore/tls"
 PORT = 8443
 CA_DIR = SPEC.state_dir / "pki-ca"
 PASSPHRASE = (SPEC.state_dir / "secrets" / "pki_ca_passphrase").read_text().strip()
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    return {name: connect(SPEC, h) for name, h in HOSTS.items()}
 
 
 @contextmanager

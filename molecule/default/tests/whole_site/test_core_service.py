@@ -17,18 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.commands import ROOT, run
-from tests.support.labhosts import TLS, connect, https, lab_spec, ssh_from_controller
+from tests.support.labhosts import TLS, https, lab_spec, ssh_from_controller
 
 SPEC = lab_spec()
 CORE = [h for h in SPEC.hosts if h.segment == "core"]
 SECURECORE = "/opt/securecore/current/venv/bin/securecore"
 AS_SERVICE = "runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm2.conf"
 CONFIG = "/etc/securecore/securecore.toml"
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    return {h.name: connect(SPEC, h) for h in SPEC.hosts}
 
 
 def readyz(host, address: str, client: str | None = f"{TLS}/client") -> tuple[int, object]:
