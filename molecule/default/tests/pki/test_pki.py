@@ -22,12 +22,11 @@ import pytest
 from cryptography import x509
 
 from tests.support.commands import run
-from tests.support.labhosts import Listener, lab_spec
+from tests.support.labhosts import TLS, Listener, lab_spec
 from tests.support.roleplugins import load_module_utils
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}
-TLS = "/etc/securecore/tls"
 PORT = 8443
 CA_DIR = SPEC.state_dir / "pki-ca"
 PASSPHRASE = (SPEC.state_dir / "secrets" / "pki_ca_passphrase").read_text().strip()
