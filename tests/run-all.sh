@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite, in the order a failure is cheapest to find: lint, the
-# tests that need no lab (unit tests, local SoftHSM/PostgreSQL/TLS integration
-# tests), then the lab (every molecule scenario, then the lab manager's own
-# tests). A cheap failure stops the run before the lab starts.
+# The whole test suite, in the order a failure is cheapest to find: lint, type
+# check, unit tests, the local integration tests (SoftHSM, PostgreSQL, TLS on
+# loopback), then the lab: one molecule scenario builds it once, converges
+# site.yml, checks idempotence and check mode, runs every lab check against it
+# (the lab manager's own tests last) and removes it. A cheap failure stops the
+# run before the lab starts.
 # Called by `scripts/run test` with the virtualenv on PATH; arguments go to
-# both pytest runs (e.g. -x, -k EXPR).
+# the two pytest runs that need no lab (e.g. -x, -k EXPR).
 #
 # Each stage prints its duration, and the run ends with a table of them
 # (also when a stage fails), so a stage that grows is seen the day it grows.
@@ -14,18 +16,23 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 stages=()
 started=$(date +%s)
 current="" begin=$started
+# scripts/run passes the time its set-up (scripts/bootstrap.sh) took.
+if [[ -n ${SETUP_SECONDS:-} ]]; then
+  stages+=("set-up (scripts/bootstrap.sh)|$SETUP_SECONDS")
+  started=$((started - SETUP_SECONDS))
+fi
 
 table() {
   local status=$?
   echo
   echo "==> stage durations"
-  printf '%-44s %8s\n' "stage" "seconds"
+  printf '%-52s %8s\n' "stage" "seconds"
   local row
   for row in "${stages[@]}"; do
-    printf '%-44s %8s\n' "${row%%|*}" "${row##*|}"
+    printf '%-52s %8s\n' "${row%%|*}" "${row##*|}"
   done
-  ((status == 0)) || printf '%-44s %8s\n' "$current (failed: exit $status)" "$(($(date +%s) - begin))"
-  printf '%-44s %8s\n' "total" "$(($(date +%s) - started))"
+  ((status == 0)) || printf '%-52s %8s\n' "$current (failed: exit $status)" "$(($(date +%s) - begin))"
+  printf '%-52s %8s\n' "total" "$(($(date +%s) - started))"
 }
 trap table EXIT
 
@@ -41,9 +48,28 @@ stage() {
   echo "==> $name: ${took} s"
 }
 
+# The type check: run when pyproject.toml configures mypy, otherwise say so.
+type_check() {
+  if grep -q '^\[tool\.mypy\]' pyproject.toml && command -v mypy >/dev/null; then
+    mypy
+  else
+    echo "no [tool.mypy] in pyproject.toml (or mypy not installed): type check skipped"
+  fi
+}
+
+# Integration tests run in parallel: they wait on servers, subprocesses and
+# PostgreSQL far more than they compute, and each test has its own ports (free
+# ones, asked of the kernel), directories, SoftHSM token and database. A module
+# stays on one worker (--dist loadfile): many share one server among their
+# tests, which run in the order they are written and build on each other.
+# PYTEST_WORKERS overrides the number of workers (0: all in this one process).
+workers=${PYTEST_WORKERS:-4}
+
 stage "ruff" ruff check .
 stage "ruff format" ruff format --check .
+stage "type check" type_check
 stage "ansible-lint (production profile)" ansible-lint --offline --profile production
-stage "pytest: no lab (unit, SoftHSM, PostgreSQL, TLS)" pytest -m "not lab" "$@"
-stage "molecule test --all (the lab hosts)" molecule test --all
-stage "pytest: the lab manager (podman)" pytest -m lab "$@"
+stage "pytest: unit" pytest tests/unit "$@"
+stage "pytest: integration (SoftHSM, PostgreSQL, TLS)" \
+  pytest -m "not lab" -n "$workers" --dist loadfile tests/integration "$@"
+stage "molecule: the lab (site.yml once, every lab check)" molecule test

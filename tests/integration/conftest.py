@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import subprocess
+import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import needs
-
-SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
+from securecore.keys.software import SoftwareKeys
+from tests.support.commands import needs
+from tests.support.keyrings import software_ring
+from tests.support.postgres import postgres_server
+from tests.support.softhsm import SOFTHSM
 
 
 @pytest.fixture
 def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A SoftHSM2 configuration of the test's own (its token directory under tmp_path,
+    so tests running in parallel never share a token)."""
     needs("softhsm2-util", "pkcs11-tool")
     if not SOFTHSM.exists():
         pytest.skip("SoftHSM2 is not installed (scripts/bootstrap.sh installs it)")
@@ -26,15 +31,26 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return conf
 
 
-def make_token(label: str, so_pin: str, user_pin: str) -> None:
-    """A new token on the test's SoftHSM2 (SOFTHSM2_CONF), made through the PKCS#11 API
-    in a fresh process (SoftHSM reads its configuration once per process); the PINs
-    go in on stdin, never on a command line."""
-    program = (
-        "import sys\n"
-        "from securecore.keys.token_init import initialise_token\n"
-        "so_pin, user_pin = sys.stdin.read().split()\n"
-        f"initialise_token({str(SOFTHSM)!r}, {label!r}, so_pin, user_pin)\n"
-    )
-    subprocess.run([sys.executable, "-c", program], input=f"{so_pin}\n{user_pin}\n",
-                   text=True, check=True, capture_output=True, timeout=60)  # fmt: skip
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    """An inventory of this machine alone, reached with the local connection."""
+    path = tmp_path / "hosts.yml"
+    path.write_text(json.dumps({"all": {"hosts": {
+        "here": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+    }}}))  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> SoftwareKeys:
+    """The file backend of a key ring with version 1 of the service's two keys."""
+    return software_ring(tmp_path).backend
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """One private PostgreSQL server per test session (per worker under pytest-xdist):
+    initdb and start cost seconds, so tests share the server and each takes its own
+    database with tests.support.postgres.fresh_database."""
+    with postgres_server() as dsn:
+        yield dsn

@@ -10,19 +10,13 @@ import json
 
 import pytest
 
-from tests.devserver import dev_server
-from tests.integration.test_audit_cli import securecore
-from tests.integration.test_serve import call
+from tests.support.devserver import admin, call, dev_server, with_certificate
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with dev_server(tmp_path_factory.mktemp("admin") / "dev") as running:
         yield running
-
-
-def admin(server, *args: str, check: bool = True):
-    return securecore(*args, "-c", str(server["config"]), check=check)
 
 
 def test_sessions_can_be_listed_and_revoked(server) -> None:
@@ -72,16 +66,6 @@ def test_plugin_commands_need_a_known_plugin(server) -> None:
     assert json.loads(admin(server, "plugins", "list").stdout) == []
     missing = admin(server, "plugins", "suspend", "ghost", check=False)
     assert missing.returncode == 2 and "404 not_found: no plugin named ghost" in missing.stderr
-
-
-def with_certificate(server, name: str) -> str:
-    """A TLS policy file like the server's, presenting tls/NAME.pem as the client."""
-    tls = server["tls"]
-    policy = json.loads((tls / "policy.json").read_text())
-    policy.update(client_certificate=str(tls / f"{name}.pem"), client_key=str(tls / f"{name}.key"))
-    path = server["config"].parent / f"policy-{name}.json"
-    path.write_text(json.dumps(policy))
-    return str(path)
 
 
 def test_the_services_own_certificate_acts_as_a_named_local_operator(server) -> None:

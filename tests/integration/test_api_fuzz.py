@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from requests.adapters import HTTPAdapter  # noqa: E402
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
 
-from tests.devserver import dev_server  # noqa: E402
-from tests.integration.test_audit_cli import securecore  # noqa: E402
+from tests.support.commands import securecore  # noqa: E402
+from tests.support.devserver import dev_server  # noqa: E402
 
 POLICY = """
 [client_limit]

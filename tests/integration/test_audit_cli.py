@@ -1,4 +1,4 @@
-"""`securecore-lab init` and `securecore audit verify|prove|export` as a user runs them.
+"""`securecore init` and `securecore audit verify|prove|export` as a user runs them.
 
 The export is checked by an independent verifier written here from the
 documented format (docs/audit-export.md) with hashlib and cryptography only:
@@ -11,54 +11,17 @@ import base64
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.helpers import ROOT
-
-WRITE_RECORDS = """
-import sys
-from securecore import config
-from securecore.audit.factory import open_audit_log
-from securecore.keys.factory import open_key_ring
-settings = config.load(sys.argv[1])
-ring = open_key_ring(settings)
-log = open_audit_log(settings, ring)
-for i in range(int(sys.argv[2])):
-    log.append("alice", "plugin.call", f"plugin-{i % 3}", "success", {"i": i, "password": "pw-123"})
-log.close()
-public = ring.backend.public_key(ring.current(ring.signing_key))
-from cryptography.hazmat.primitives import serialization
-sys.stdout.write(public.public_bytes(serialization.Encoding.PEM,
-                 serialization.PublicFormat.SubjectPublicKeyInfo).decode())
-"""
+from tests.support.commands import ROOT, WRITE_RECORDS, outside_verifier, securecore, securecore_lab
 
 
-def securecore(
-    *args: str, check: bool = True, tool: str = "securecore"
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", tool, *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def securecore_lab(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The development tools (`securecore-lab init DIR` makes a development setup)."""
-    return securecore(*args, check=check, tool="securecore_lab")
-
-
-@pytest.fixture(params=["softhsm", "software"])
+@pytest.fixture(params=[pytest.param("softhsm", marks=pytest.mark.softhsm), "software"])
 def setup(request, tmp_path: Path) -> tuple[Path, str]:
     """A development setup with 250 records, checkpointed; returns (config, public key PEM)."""
     directory = tmp_path / "dev"
@@ -117,45 +80,6 @@ def test_prove_prints_a_proof_that_checks_against_the_signed_checkpoint(setup) -
     assert base64.b64encode(node).decode() in proof["checkpoint"]
     missing = securecore("audit", "prove", "9999", "-c", str(config), check=False)
     assert missing.returncode == 1 and "not in a signed checkpoint yet" in missing.stderr
-
-
-def outside_verifier(lines: list[str], public_pem: str) -> int:
-    """The documented export format, verified with hashlib and cryptography only."""
-    public = serialization.load_pem_public_key(public_pem.encode())
-    header = json.loads(lines[0])
-    assert header["format"] == "securecore-audit-export/1"
-    leaves, roots = [], {}
-    checkpoints = []
-    for raw in lines[1:]:
-        item = json.loads(raw)
-        if item["type"] == "record":
-            assert item["seq"] == len(leaves) + 1
-            text = json.dumps(
-                item["record"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            )
-            # Lone surrogates stay escapes (docs/audit-export.md).
-            entry = re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m[0]):04x}", text).encode()
-            leaves.append(hashlib.sha256(b"\x00" + entry).digest())
-        else:
-            checkpoints.append(item)
-
-    def mth(hashes_: list[bytes]) -> bytes:
-        if not hashes_:
-            return hashlib.sha256(b"").digest()
-        if len(hashes_) == 1:
-            return hashes_[0]
-        k = 1 << ((len(hashes_) - 1).bit_length() - 1)
-        return hashlib.sha256(b"\x01" + mth(hashes_[:k]) + mth(hashes_[k:])).digest()
-
-    for item in checkpoints:
-        text, signature_line = item["note"].split("\n\n")
-        origin, size, root_b64 = text.split("\n")
-        assert origin == header["origin"] and int(size) == item["size"]
-        blob = base64.b64decode(signature_line.rsplit(" ", 1)[1])
-        public.verify(blob[4:], (text + "\n").encode(), ec.ECDSA(hashes.SHA256()))
-        roots[int(size)] = base64.b64decode(root_b64)
-        assert mth(leaves[: int(size)]) == roots[int(size)], f"checkpoint {size}"
-    return len(roots)
 
 
 def test_export_is_checkable_with_the_public_key_alone(setup, tmp_path: Path) -> None:

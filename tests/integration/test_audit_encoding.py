@@ -19,10 +19,8 @@ from securecore.audit.export import export_lines
 from securecore.audit.log import AuditError
 from securecore.audit.record import canonical
 from securecore.audit.store import SQLiteAuditStore
-from tests.integration.test_audit_cli import outside_verifier
-from tests.integration.test_audit_log import keys, open_log, verify
-
-__all__ = ["keys"]  # the fixture, used by name below
+from tests.support.auditlog import open_log, verify
+from tests.support.commands import outside_verifier
 
 AWKWARD = ["\ud800", "a\udfffb", "\udc00\ud800", "\ud800\ud800\udc00", "é😀", "\ud83d\ude00"]
 

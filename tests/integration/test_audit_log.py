@@ -13,45 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from securecore.audit.log import AuditError, AuditLog, verify_log
+from securecore.audit.log import AuditError
 from securecore.audit.store import SQLiteAuditStore
-from securecore.keys.base import KeyRing
 from securecore.keys.software import SoftwareKeys
-from tests.auditload import append_from_threads
-from tests.integration.helpers import ROOT
-from tests.keyrings import software_ring
-
-HMAC_KEY = b"k" * 32
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> SoftwareKeys:
-    return software_ring(tmp_path).backend
-
-
-def open_log(tmp_path: Path, keys: SoftwareKeys, **options) -> AuditLog:
-    ring = KeyRing(keys, "securecore-signing", "securecore-kek")
-    return AuditLog(
-        SQLiteAuditStore(tmp_path / "audit.db"),
-        ring,
-        tmp_path / "witness",
-        origin="securecore.test/audit",
-        hmac_key=HMAC_KEY,
-        **options,
-    )
-
-
-def public_keys(keys: SoftwareKeys) -> dict:
-    return {f"securecore-signing-v{v}": keys.public_key(f"securecore-signing-v{v}")
-            for v in keys.versions("securecore-signing")}  # fmt: skip
-
-
-def verify(tmp_path: Path, keys: SoftwareKeys):
-    store = SQLiteAuditStore(tmp_path / "audit.db")
-    try:
-        return verify_log(store, tmp_path / "witness", public_keys(keys))
-    finally:
-        store.close()
+from tests.support.auditlog import append_from_threads, open_log, verify
+from tests.support.commands import ROOT
 
 
 @pytest.fixture

@@ -11,16 +11,15 @@ import pytest
 
 from securecore.audit.log import AuditLog, verify_log
 from securecore.audit.postgres import PostgresAuditStore
-from tests.auditload import append_from_threads
-from tests.integration.test_audit_cli import WRITE_RECORDS, securecore, securecore_lab
-from tests.keyrings import software_ring
-from tests.postgres import postgres_server
+from tests.support.auditlog import append_from_threads
+from tests.support.commands import WRITE_RECORDS, securecore, securecore_lab
+from tests.support.keyrings import software_ring
+from tests.support.postgres import fresh_database
 
 
 @pytest.fixture(scope="module")
-def dsn():
-    with postgres_server() as value:
-        yield value
+def dsn(postgres_dsn: str) -> str:
+    return fresh_database(postgres_dsn, "audit_postgres")
 
 
 def test_the_log_on_postgresql_verifies_and_catches_tampering(dsn: str, tmp_path: Path) -> None:

@@ -21,9 +21,7 @@ from securecore.audit.replica import AuditReplica, ReplicaError
 from securecore.audit.store import SQLiteAuditStore
 from securecore.audit.witness import load_origin_keys
 from securecore.tls import TLSPolicy
-from tests.devserver import dev_server, wait_for_port
-from tests.integration.test_admin_commands import admin
-from tests.integration.test_serve import call
+from tests.support.devserver import admin, call, dev_server, wait_for_port
 
 
 def fast_checkpoints(text: str) -> str:

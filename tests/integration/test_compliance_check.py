@@ -6,39 +6,14 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-import pytest
-
 from securecore_lab.devsetup import development_ca, issue_development_leaf
-from tests.integration.helpers import ROOT
+from tests.support.commands import ROOT, compliance
 
 SCRIPT = ROOT / "compliance" / "gather" / "host_facts.py"
-
-
-# Series heads of controller runs go under $XDG_STATE_HOME: a scratch one for the tests,
-# never the user's own.
-STATE = Path(tempfile.mkdtemp(prefix="compliance-state-"))
-
-
-def compliance(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "XDG_STATE_HOME": os.environ.get("XDG_STATE_HOME", str(STATE))}
-    return subprocess.run([sys.executable, "-m", "compliance.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env=environment)  # fmt: skip
-
-
-@pytest.fixture
-def inventory(tmp_path: Path) -> Path:
-    path = tmp_path / "hosts.yml"
-    path.write_text(json.dumps({"all": {"hosts": {
-        "here": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-    }}}))  # fmt: skip
-    return path
 
 
 def test_this_machine_is_gathered_and_checked(inventory: Path, tmp_path: Path) -> None:

@@ -13,20 +13,9 @@ from compliance.attestations import current, load_attesters, record
 from compliance.catalog import load_catalogs
 from compliance.checklists import load_checklists
 from compliance.checks import load_checks
-from compliance.evidence import generate_key, load_signing_key
-from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
-
-
-def attesters(directory: Path, *names: str) -> Path:
-    """A signing key per person (as `compliance keygen` makes them) and the attesters
-    file that pins each one's public key for their name."""
-    lines = ["attesters:"]
-    for name in names:
-        generate_key(directory / f"{name}.key")
-        lines.append(f"  {name}: {name}.key.pub")
-    path = directory / "attesters.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from compliance.evidence import load_signing_key
+from tests.support.commands import compliance
+from tests.support.evidence import attesters
 
 
 def test_attestations_record_who_when_and_what(tmp_path: Path) -> None:
@@ -74,7 +63,7 @@ def test_an_attestation_counts_for_its_period_only(tmp_path: Path) -> None:
     assert current(store, "weekly", "weekly.incident_report", now, pinned)[0].by == "bob"
 
 
-def test_a_checklist_run_reports_attested_and_pending_items(inventory, tmp_path: Path) -> None:  # noqa: F811
+def test_a_checklist_run_reports_attested_and_pending_items(inventory, tmp_path: Path) -> None:
     store = tmp_path / "attestations"
     pinned = attesters(tmp_path, "alice")
     compliance("attest", "daily.security_alerts", "--by", "alice", "--note", "quiet night",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from compliance.evidence import archive, generate_key, load_signing_key, masked, write_bundle
-from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
+from tests.support.commands import compliance
 
 
 def bundle(directory: Path, key, day: int) -> Path:
@@ -38,7 +38,7 @@ def verify(target: Path, *args: str):
     return compliance("verify", str(target), *args)
 
 
-def test_a_check_run_writes_a_bundle_that_verifies(inventory, tmp_path: Path) -> None:  # noqa: F811
+def test_a_check_run_writes_a_bundle_that_verifies(inventory, tmp_path: Path) -> None:
     key = tmp_path / "evidence.key"
     made = compliance("keygen", "--key", str(key))
     assert made.returncode == 0 and key.stat().st_mode & 0o777 == 0o600

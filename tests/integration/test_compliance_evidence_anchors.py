@@ -33,8 +33,8 @@ from compliance.evidence import (
     write_head,
 )
 from compliance.schedule import prune
-from tests.integration.test_compliance_check import compliance
-from tests.integration.test_compliance_checklists import attesters
+from tests.support.commands import compliance
+from tests.support.evidence import attesters, issued_certificate
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -295,20 +295,6 @@ def test_only_attestations_signed_by_their_author_count(tmp_path: Path) -> None:
     assert found is None and "the signature does not verify" in refused[-1]
 
 
-def _certificate(subject: str, public, issuer_name: str, issuer_key, days: int = 30):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-            .public_key(public).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - datetime.timedelta(days=1))
-            .not_valid_after(NOW + datetime.timedelta(days=days))
-            .sign(issuer_key, hashes.SHA256()))  # fmt: skip
-
-
 def test_an_attestation_by_certificate_counts_only_for_the_name_it_certifies(
     tmp_path: Path,
 ) -> None:
@@ -319,13 +305,13 @@ def test_an_attestation_by_certificate_counts_only_for_the_name_it_certifies(
     checklists = load_checklists(catalogs, load_checks(catalogs))
     store, item = tmp_path / "attestations", "daily.security_alerts"
     authority = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("people CA", authority.public_key(), "people CA", authority)
+    ca = issued_certificate("people CA", authority.public_key(), "people CA", authority)
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "attesters.yml").write_text("attesters: {}\ncertificate_authorities: [ca.pem]\n")
     pinned = load_attesters(tmp_path / "attesters.yml")
     generate_key(tmp_path / "carol.key")
     carol = load_signing_key(tmp_path / "carol.key")
-    certificate = _certificate("carol", carol.public_key(), "people CA", authority)
+    certificate = issued_certificate("carol", carol.public_key(), "people CA", authority)
     path = tmp_path / "carol.pem"
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     # Through the command line, as a person attests.
@@ -353,7 +339,7 @@ def test_an_attestation_by_certificate_counts_only_for_the_name_it_certifies(
     # A certificate for carol that no pinned authority issued (self-made).
     generate_key(tmp_path / "mallory.key")
     mallory = load_signing_key(tmp_path / "mallory.key")
-    forged = _certificate("carol", mallory.public_key(), "people CA", mallory)
+    forged = issued_certificate("carol", mallory.public_key(), "people CA", mallory)
     record(store, checklists, item, "carol", "forged", [], mallory, certificate=forged)
     found, refused = current(store, "daily", item, attesters=pinned)
     assert found is None and "the certificate of carol does not verify" in refused[-1]

@@ -17,8 +17,8 @@ from pydantic.v1 import ValidationError
 from trestle.oscal import OSCAL_VERSION
 from trestle.oscal.assessment_results import Model
 
-from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
-from tests.integration.test_compliance_checklists import attesters
+from tests.support.commands import compliance
+from tests.support.evidence import attesters
 
 
 def validated(document: dict) -> Model:
@@ -26,7 +26,7 @@ def validated(document: dict) -> Model:
 
 
 @pytest.fixture
-def checklist_bundle(inventory, tmp_path: Path) -> Path:  # noqa: F811
+def checklist_bundle(inventory, tmp_path: Path) -> Path:
     store = tmp_path / "attestations"
     pinned = attesters(tmp_path, "alice")
     compliance("attest", "daily.security_alerts", "--by", "alice", "--note", "quiet night",
@@ -42,7 +42,7 @@ def checklist_bundle(inventory, tmp_path: Path) -> Path:  # noqa: F811
     return bundle
 
 
-def test_a_check_run_is_valid_oscal_assessment_results(inventory, tmp_path: Path) -> None:  # noqa: F811
+def test_a_check_run_is_valid_oscal_assessment_results(inventory, tmp_path: Path) -> None:
     key = tmp_path / "evidence.key"
     compliance("keygen", "--key", str(key))
     run = compliance("check", "-i", str(inventory), "--evidence", str(tmp_path / "evidence"),

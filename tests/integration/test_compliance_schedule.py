@@ -24,7 +24,7 @@ from compliance.evidence import (
     write_bundle,
 )
 from compliance.schedule import prune, schedule_state
-from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
+from tests.support.commands import compliance
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -124,7 +124,7 @@ def webhook():
 
 
 def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
-    inventory,  # noqa: F811
+    inventory,
     tmp_path: Path,
     key_path: Path,
     webhook,

@@ -10,8 +10,8 @@ import pkcs11
 import pytest
 from pkcs11 import Attribute, ObjectClass
 
-from tests.integration.conftest import SOFTHSM, make_token
-from tests.integration.test_compliance_check import compliance, inventory  # noqa: F401
+from tests.support.commands import compliance
+from tests.support.softhsm import SOFTHSM, make_token
 
 SO_PIN, USER_PIN = "so-pin-5531-0042", "evidence-pin-7731"
 
@@ -25,7 +25,7 @@ def token(softhsm: Path, tmp_path: Path) -> str:
     return f"pkcs11:token=evidence?module-path={SOFTHSM}&pin-source=file:{pin}"
 
 
-def test_bundles_signed_by_a_key_on_the_token(token: str, inventory, tmp_path: Path) -> None:  # noqa: F811
+def test_bundles_signed_by_a_key_on_the_token(token: str, inventory, tmp_path: Path) -> None:
     public = tmp_path / "evidence.pub"
     made = compliance("keygen", "--key", token, "--public-key", str(public))
     assert made.returncode == 0, made.stderr
@@ -58,7 +58,7 @@ def test_bundles_signed_by_a_key_on_the_token(token: str, inventory, tmp_path: P
         assert not path.is_file() or USER_PIN not in path.read_text(errors="ignore")
 
 
-def test_a_wrong_pin_or_a_missing_key_is_named(token: str, inventory, tmp_path: Path) -> None:  # noqa: F811
+def test_a_wrong_pin_or_a_missing_key_is_named(token: str, inventory, tmp_path: Path) -> None:
     pin = Path(token.split("pin-source=file:")[1])
     evidence = str(tmp_path / "evidence")
     missing = compliance("check", "-i", str(inventory), "--evidence", evidence,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_audit_cli import securecore, securecore_lab
+from tests.support.commands import securecore, securecore_lab
 
 PASSWORD = "pg-password-8812"  # made up; it must never be printed
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.helpers import run_module
+from tests.support.commands import run_module
 
 SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 SO_PIN, USER_PIN = "so-pin-4711-0815", "user-pin-2342"

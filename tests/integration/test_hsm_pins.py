@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SOFTHSM
-from tests.integration.helpers import ROOT, needs
+from tests.support.commands import ROOT, needs
+from tests.support.softhsm import SOFTHSM
 
 SO_PIN, USER_PIN = "so-pin-9157-3308", "user-pin-6614-2045"
 TOOLS = ("softhsm2-util", "pkcs11-tool")

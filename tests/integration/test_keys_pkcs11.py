@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.integration.helpers import ROOT, run_module
+from tests.support.commands import ROOT, run_module
 
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 SO_PIN, USER_PIN = "so-pin-7741-2211", "user-pin-8812"

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securecore.tls import TLSPolicy, TLSPolicyError
-from tests.integration.helpers import needs, run_module
+from tests.support.commands import needs, run_module
 
 PASSPHRASE = "ca-passphrase-example-0815"
 
@@ -305,11 +305,20 @@ def handshake(server_policy: TLSPolicy, client_context: ssl.SSLContext) -> dict:
     return outcome
 
 
-@pytest.fixture
-def tls_site(site: Path, tmp_path: Path) -> tuple[Path, Path]:
-    issue(site, tmp_path, "core-01", "server", dns_names=["core-01"], ip_addresses=["127.0.0.1"])
-    issue(site, tmp_path, "dmz-01", "client", uris=["spiffe://securecore/dmz/dmz-01"])
-    return site, tmp_path
+@pytest.fixture(scope="module")
+def tls_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A CA with a server certificate for core-01 and a client one for dmz-01, shared by the
+    handshake tests (a CA and two certificates through the role's modules take half a
+    minute). Each test issues what else it needs under a name of its own, so none sees
+    another's: the one revocation is of a certificate only its test uses."""
+    needs("openssl", "ansible")
+    base = tmp_path_factory.mktemp("tls-site")
+    site, directory = base / "ca", base / "issued"
+    assert ca(site)["changed"]
+    directory.mkdir()
+    issue(site, directory, "core-01", "server", dns_names=["core-01"], ip_addresses=["127.0.0.1"])
+    issue(site, directory, "dmz-01", "client", uris=["spiffe://securecore/dmz/dmz-01"])
+    return site, directory
 
 
 def test_mutual_tls_13_handshake_succeeds_and_names_the_client(tls_site) -> None:

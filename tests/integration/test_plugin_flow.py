@@ -10,7 +10,6 @@ import contextlib
 import http.client
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,37 +21,21 @@ from securecore.keys.factory import open_key_ring
 from securecore.plugin_registry.registry import PluginRegistry
 from securecore.plugin_sdk import PluginError, register_with_core
 from securecore.storage.state_db import open_state
-from tests.devserver import dev_server, free_port, wait_for_port
-from tests.integration.test_admin_commands import admin
-from tests.integration.test_serve import call, context, scrape
-from tests.integration.test_tls_reload import file_serial, reload_and_wait, roll_over
-
-
-def plugin_log(server, port: int) -> Path:
-    return server["config"].parent / f"plugin-{port}.log"
-
-
-@contextlib.contextmanager
-def plugin_process(server, command: list[str], port: int):
-    log = plugin_log(server, port).open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert wait_for_port(port), f"the plugin did not start: {command}"
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=20)
-        log.close()
-
-
-def ticket_store(server, port: int):
-    tls, base = server["tls"], server["config"].parent
-    return plugin_process(server, [
-        sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",
-        "--tls-policy", str(tls / "plugin-policy.json"), "--state-dir", str(base / "tickets"),
-        "--listen", f"127.0.0.1:{port}", "--core-principal", "core/localhost",
-    ], port)  # fmt: skip
+from tests.support.devserver import (
+    admin,
+    call,
+    context,
+    dev_server,
+    file_serial,
+    free_port,
+    plugin_call,
+    plugin_log,
+    plugin_process,
+    reload_and_wait,
+    roll_over,
+    scrape,
+    ticket_store,
+)
 
 
 def register(server, port: int) -> dict:
@@ -60,11 +43,6 @@ def register(server, port: int) -> dict:
         f"https://127.0.0.1:{server['port']}", tls_policy=server["tls"] / "plugin-policy.json",
         name="example", vendor="example", endpoint=f"https://localhost:{port}", security_level=4,
     )  # fmt: skip
-
-
-def plugin_call(server, token: str, op: str, args: dict) -> tuple[int, dict]:
-    return call(server, "POST", "/v1/plugins/example/call", token=token,
-                body={"op": op, "args": args})  # fmt: skip
 
 
 def registered_plugin(server) -> dict:
@@ -158,7 +136,7 @@ def test_without_a_session_or_as_anyone_but_the_core_nothing_reaches_the_plugin(
 def test_a_plugin_answering_badly_loses_trust_until_it_is_suspended(server, mode, code) -> None:
     port = free_port()
     tls, base = server["tls"], server["config"].parent
-    command = [sys.executable, "-m", "tests.misbehaving_plugin", mode,
+    command = [sys.executable, "-m", "tests.support.misbehaving_plugin", mode,
                str(tls / "plugin-policy.json"), str(base / f"state-{mode}"), str(port)]  # fmt: skip
     with plugin_process(server, command, port):
         assert register(server, port)["state"] == "active"  # its first answer was good

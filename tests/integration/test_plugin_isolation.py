@@ -29,11 +29,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securecore.plugin_sdk import PluginError, register_with_core
 from securecore_lab.devsetup import development_ca, issue_development_leaf
-from tests.devserver import dev_server, free_port
-from tests.integration.test_admin_commands import admin
-from tests.integration.test_audit_cli import securecore, securecore_lab
-from tests.integration.test_plugin_flow import plugin_call, plugin_process, ticket_store
-from tests.integration.test_serve import call, context
+from tests.support.commands import securecore, securecore_lab
+from tests.support.devserver import (
+    admin,
+    call,
+    context,
+    dev_server,
+    free_port,
+    plugin_call,
+    plugin_process,
+    ticket_store,
+)
 
 LOCALHOST = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
 ACCESS = """
@@ -158,7 +164,7 @@ def test_an_endpoint_outside_the_plugin_networks_and_ports_gets_no_connection(se
 def test_a_plugin_takes_channel_keys_only_from_the_cores_it_was_configured_with(server) -> None:
     port = server["plugin_ports"][1]
     tls, base = server["tls"], server["config"].parent
-    command = [sys.executable, "-m", "tests.misbehaving_plugin", "good",
+    command = [sys.executable, "-m", "tests.support.misbehaving_plugin", "good",
                str(tls / "plugin-policy.json"), str(base / "state"), str(port), "example",
                "core/core-01,core/core-02"]  # fmt: skip
     with plugin_process(server, command, port):

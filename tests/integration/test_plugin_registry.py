@@ -23,9 +23,9 @@ from securecore.plugin_registry.registry import PluginRegistry, RegistrationRequ
 from securecore.server.identity import Principal
 from securecore.storage.state_db import StateDatabase
 from securecore.tls import TLSPolicy
-from tests.devserver import free_port, wait_for_port
-from tests.integration.test_audit_cli import securecore_lab
-from tests.postgres import fresh_database, postgres_server
+from tests.support.commands import securecore_lab
+from tests.support.devserver import free_port, wait_for_port
+from tests.support.postgres import fresh_database
 
 
 def principal(kind: str, name: str) -> Principal:
@@ -53,18 +53,12 @@ def endpoint(tmp_path_factory):
         process.wait(timeout=20)
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    with postgres_server() as dsn:
-        yield dsn
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
 def database(request, tmp_path: Path):
     """The registry's state database: a SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return StateDatabase.sqlite(tmp_path / "plugins.db")
-    dsn = request.getfixturevalue("postgres")
+    dsn = request.getfixturevalue("postgres_dsn")
     return StateDatabase.postgresql(fresh_database(dsn, f"t{uuid.uuid4().hex}"), "plugins")
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.helpers import ROOT
+from tests.support.commands import ROOT
 
 WORKER = """
 import sys

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import ROOT, run
+from tests.support.commands import ROOT, run
 
 SEED_001_SEGMENTS = {
     "dmz": {"vlan": 100, "cidr": "10.1.100.0/24"},

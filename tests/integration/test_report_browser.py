@@ -10,8 +10,12 @@ import subprocess
 import zlib
 from pathlib import Path
 
+import pytest
+
 from compliance.html_report import render
-from tests.unit.test_html_report import HOSTS, RESULTS
+from tests.support.evidence import HOSTS, RESULTS
+
+pytestmark = pytest.mark.chromium
 
 CHROMIUM = shutil.which("chromium") or "chromium (installed by scripts/bootstrap.sh)"
 ITEMS = [{"id": "daily.security_alerts", "title": "Security alerts reviewed", "source": "001",

@@ -14,9 +14,7 @@ from compliance.checklists import load_checklist
 from compliance.checks import load_checks
 from compliance.html_report import render
 from compliance.report_sections import RunData, build_sections
-from tests.devserver import dev_server
-from tests.integration.test_admin_commands import admin
-from tests.integration.test_serve import call
+from tests.support.devserver import admin, call, dev_server
 
 RESULTS = [
     {"check": "patches.security_updates", "host": "core-01", "status": "fail",

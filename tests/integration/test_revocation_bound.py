@@ -29,8 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from securecore.tls import TLSPolicy, TLSPolicyError
 from securecore_lab.devsetup import development_ca, development_leaves, issue_development_leaf
-from tests.devserver import dev_server, free_port, wait_for_port
-from tests.integration.test_admin_commands import admin
+from tests.support.devserver import admin, dev_server, free_port, wait_for_port
 
 WATCH = 0.5  # seconds: the policy's watch_seconds in these tests
 BOUND = WATCH * 6 + 2  # the promise is WATCH; the rest is slack for a busy test machine

@@ -10,11 +10,10 @@ import http.client
 import json
 import signal
 import ssl
-from pathlib import Path
 
 import pytest
 
-from tests.devserver import dev_server
+from tests.support.devserver import call, dev_server, get, scrape
 
 FORGED_HEADERS = {
     "X-Forwarded-Client-Cert": "By=spiffe://securecore/core/core-01;URI=spiffe://securecore/admin/root",
@@ -27,26 +26,6 @@ FORGED_HEADERS = {
 def server(tmp_path_factory):
     with dev_server(tmp_path_factory.mktemp("serve") / "dev") as running:
         yield running
-
-
-def context(tls: Path, *, client: str | None = "admin", maximum=ssl.TLSVersion.TLSv1_3):
-    ctx = ssl.create_default_context(cafile=str(tls / "ca.pem"))
-    ctx.maximum_version = maximum
-    if client:
-        ctx.load_cert_chain(str(tls / f"{client}.pem"), str(tls / f"{client}.key"))
-    return ctx
-
-
-def get(server, path: str, headers=None, **options) -> tuple[int, dict]:
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", server["port"], context=context(server["tls"], **options), timeout=10
-    )
-    try:
-        connection.request("GET", path, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
 
 
 def test_the_client_certificate_names_the_caller(server) -> None:
@@ -89,24 +68,6 @@ def test_tls_12_is_refused(server) -> None:
         get(server, "/healthz", maximum=ssl.TLSVersion.TLSv1_2)
 
 
-def call(server, method: str, path: str, *, token=None, body=None, client="admin", source=None):
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", server["port"], context=context(server["tls"], client=client), timeout=10,
-        source_address=(source, 0) if source else None,
-    )  # fmt: skip
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    payload = json.dumps(body).encode() if body is not None else None
-    if payload is not None:
-        headers["Content-Type"] = "application/json"
-    try:
-        connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
-        raw = response.read()
-        return response.status, json.loads(raw) if raw else None
-    finally:
-        connection.close()
-
-
 def test_sessions_over_the_api(server) -> None:
     status, pair = call(server, "POST", "/v1/sessions")
     assert status == 201 and pair["token_type"] == "Bearer"
@@ -134,18 +95,6 @@ def test_a_session_can_be_ended_by_its_holder(server) -> None:
     assert status == 204 and ended is None
     status, error = call(server, "GET", "/v1/sessions/current", token=pair["access_token"])
     assert status == 401 and error["error"]["code"] == "revoked"
-
-
-def scrape(server) -> tuple[http.client.HTTPResponse, str]:
-    """GET /metrics with the admin certificate: the response and its text."""
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", server["port"], context=context(server["tls"]), timeout=10
-    )
-    connection.request("GET", "/metrics")
-    response = connection.getresponse()
-    text = response.read().decode()
-    connection.close()
-    return response, text
 
 
 def test_metrics_are_prometheus_text_with_the_alerted_series(server) -> None:

@@ -25,10 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securecore_lab.devsetup import development_ca
-from tests.devserver import dev_server
-from tests.integration.test_admin_commands import admin, with_certificate
-from tests.integration.test_audit_cli import securecore
-from tests.integration.test_serve import call
+from tests.support.commands import securecore
+from tests.support.devserver import admin, call, dev_server, with_certificate
 
 # Low-privilege principals: NAME -> the URI their certificate carries.
 PRINCIPALS = {

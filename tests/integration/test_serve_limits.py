@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.devserver import dev_server
-from tests.integration.helpers import ROOT
-from tests.integration.test_serve import call, context
+from tests.support.commands import ROOT
+from tests.support.devserver import call, context, dev_server
 
 POLICY = """
 [client_limit]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 
 import pytest
 
-from tests.devserver import dev_server
-from tests.integration.test_audit_cli import securecore, securecore_lab
-from tests.integration.test_serve import context
+from tests.support.commands import securecore, securecore_lab
+from tests.support.devserver import dev_server, whoami
 
 POLICY = """
 [acl]
@@ -27,17 +25,6 @@ burst = 3
 def server(tmp_path_factory):
     with dev_server(tmp_path_factory.mktemp("policy") / "dev", policy=POLICY) as running:
         yield running
-
-
-def whoami(server, path: str = "/v1/whoami") -> http.client.HTTPResponse:
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", server["port"], context=context(server["tls"]), timeout=10
-    )
-    connection.request("GET", path)
-    response = connection.getresponse()
-    response.body = json.loads(response.read())
-    connection.close()
-    return response
 
 
 def test_the_rate_limit_answers_429_with_retry_after_and_everything_is_audited(server) -> None:

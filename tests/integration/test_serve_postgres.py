@@ -12,24 +12,23 @@ import signal
 import psycopg
 import pytest
 
-from tests.devserver import dev_server
-from tests.integration.test_admin_commands import admin
-from tests.integration.test_serve import call
-from tests.postgres import postgres_server
+from tests.support.devserver import admin, call, dev_server
+from tests.support.postgres import fresh_database
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with postgres_server() as dsn:
+def server(tmp_path_factory, postgres_dsn: str):
+    # This module's own database on the session's server.
+    dsn = fresh_database(postgres_dsn, "serve_postgres")
 
-        def on_postgresql(text: str) -> str:
-            text = text.replace("[audit]\n", f'[audit]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
-            return text + f'\n[state]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+    def on_postgresql(text: str) -> str:
+        text = text.replace("[audit]\n", f'[audit]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
+        return text + f'\n[state]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
 
-        directory = tmp_path_factory.mktemp("postgres") / "dev"
-        with dev_server(directory, workers=2, edit_config=on_postgresql) as running:
-            running["dsn"] = dsn
-            yield running
+    directory = tmp_path_factory.mktemp("postgres") / "dev"
+    with dev_server(directory, workers=2, edit_config=on_postgresql) as running:
+        running["dsn"] = dsn
+        yield running
 
 
 def test_sessions_live_in_postgresql_and_every_worker_honours_them(server) -> None:

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.devserver import dev_server, wait_for_port
-from tests.integration.test_audit_cli import securecore
-from tests.integration.test_serve import call, get
+from tests.support.commands import securecore
+from tests.support.devserver import call, dev_server, get, wait_for_port
 
 # Generous limits: these tests send many requests from one client.
 POLICY = """

@@ -9,10 +9,8 @@ import time
 
 import pytest
 
-from tests.devserver import dev_server
-from tests.integration.test_audit_cli import securecore
-from tests.integration.test_serve import call, scrape
-from tests.integration.test_serve_policy import whoami
+from tests.support.commands import securecore
+from tests.support.devserver import call, dev_server, scrape, whoami
 
 POLICY = """
 [client_limit]

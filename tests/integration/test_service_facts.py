@@ -6,9 +6,7 @@ import base64
 import json
 from pathlib import Path
 
-from tests.devserver import dev_server
-from tests.integration.test_admin_commands import admin
-from tests.integration.test_serve import call
+from tests.support.devserver import admin, call, dev_server
 
 
 def test_facts_of_a_running_service_and_nothing_secret(tmp_path: Path) -> None:

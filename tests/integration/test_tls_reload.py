@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
-import signal
 import socket
-import time
 from pathlib import Path
 
-import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from securecore_lab.devsetup import development_ca, issue_development_leaf
-from tests.devserver import dev_server
-from tests.integration.test_admin_commands import admin
-from tests.integration.test_serve import context
+from tests.support.devserver import (
+    admin,
+    context,
+    dev_server,
+    file_serial,
+    reload_and_wait,
+    roll_over,
+)
 
 
 def served_serial(server, *, server_name: str | None = "localhost") -> int:
@@ -39,19 +38,6 @@ def served_serial(server, *, server_name: str | None = "localhost") -> int:
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
 
 
-def file_serial(path: Path) -> int:
-    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
-
-
-def roll_over(tls: Path, *names: str) -> None:
-    """A second CA joins the bundle and issues NAMES again (keys made anew)."""
-    ca, ca_key = development_ca("SecureCore Development CA 2")
-    with (tls / "ca.pem").open("ab") as bundle:
-        bundle.write(ca.public_bytes(serialization.Encoding.PEM))
-    for name in names:
-        issue_development_leaf(tls, name, ca, ca_key)
-
-
 def signal_only(directory: Path):
     """dev_server's edit_config: the policy's watcher looks only every 60 s, so that
     what these tests see is the reload signal's doing (test_revocation_bound
@@ -63,16 +49,6 @@ def signal_only(directory: Path):
         return text
 
     return edit
-
-
-def reload_and_wait(server, what: str, count: int = 1, pid: int | None = None) -> None:
-    os.kill(pid or server["process"].pid, signal.SIGHUP)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if server["log"].read_text().count(what) >= count:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"no {what!r} in the log: {server['log'].read_text()[-2000:]}")
 
 
 def reload_records(server) -> list[dict]:

@@ -10,7 +10,7 @@ from securecore.server.admin_routes import BLOCK, AdminActions
 from securecore.server.api_schema import BodyRefused, parse_json, problems
 from securecore.server.app import BASE_ENDPOINTS, create_app
 from securecore.sessions.manager import SessionManager
-from tests.keyrings import software_ring
+from tests.support.keyrings import software_ring
 
 
 def test_every_property_is_checked_and_every_problem_listed() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from compliance.checklists import CHECKLIST_DIR, NAMES
-from tests.integration.helpers import ROOT
+from tests.support.commands import ROOT
 
 
 def test_the_role_schedules_every_checklist_at_its_report_time() -> None:
@@ -49,10 +49,10 @@ def test_the_units_anchor_each_series_and_pin_the_attesters(tmp_path) -> None:
                                         compliance_scheduler_attesters=attesters,
                                         compliance_scheduler_attester_cas=[]))  # fmt: skip
         assert sorted(load_attesters(path)) == names
-    from tests.integration.test_compliance_evidence_anchors import _certificate
+    from tests.support.evidence import issued_certificate
 
     authority = load_signing_key(tmp_path / "alice.key")
-    ca = _certificate("people CA", authority.public_key(), "people CA", authority)
+    ca = issued_certificate("people CA", authority.public_key(), "people CA", authority)
     pem = ca.public_bytes(serialization.Encoding.PEM).decode()
     path.write_text(template.render(ansible_managed="managed", compliance_scheduler_attesters={},
                                     compliance_scheduler_attester_cas=[pem]))  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 from compliance.html_report import render
+from tests.support.evidence import HOSTS, RESULTS
 
 
 class Tags(HTMLParser):
@@ -16,22 +17,6 @@ class Tags(HTMLParser):
     def handle_starttag(self, tag, attrs) -> None:
         self.tags.append(tag)
         self.links += [v for k, v in attrs if k in ("src", "href") and v]
-
-
-RESULTS = [
-    {"check": "ssh.keys_only", "host": "core-01", "status": "fail", "severity": "high",
-     "controls": {"iso27001-2022": ["A.8.5"]},
-     "detail": 'sshd.banner = "<script>alert(1)</script>"', "waiver": None},
-    {"check": "tls.policy", "host": "core-01", "status": "waived", "severity": "critical",
-     "controls": {"soc2-tsc": ["CC6.7"]}, "detail": "x",
-     "waiver": {"reason": "migration <b>", "approver": "ciso", "expires": "2027-01-01"}},
-    {"check": "time.synchronized", "host": "dmz-01", "status": "pass", "severity": "medium",
-     "controls": {}, "detail": "ok", "waiver": None},
-]  # fmt: skip
-HOSTS = [
-    {"host": "core-01", "groups": ["core"], "error": None, "seconds": 1.4},
-    {"host": "gone", "groups": [], "error": "unreachable: <timeout>", "seconds": 0},
-]
 
 
 def test_a_check_report_escapes_what_hosts_said_and_fetches_nothing() -> None:

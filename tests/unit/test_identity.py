@@ -107,7 +107,7 @@ def test_a_non_administrator_on_the_admin_api_loses_its_sessions(tmp_path: Path)
     from securecore.policy.state import PolicyState
     from securecore.server.intrusion_hooks import IntrusionResponder
     from securecore.sessions.manager import SessionManager
-    from tests.keyrings import software_ring
+    from tests.support.keyrings import software_ring
 
     sessions = SessionManager(software_ring(tmp_path), tmp_path / "sessions.db")
     pair = sessions.create("plugin/plugin-01")

@@ -24,7 +24,7 @@ from securecore.audit.checkpoint import (
 )
 from securecore.crypto.envelope import Envelope, EnvelopeError, open_envelope, seal
 from securecore.keys.base import KeyRing, KeyStoreError
-from tests.keyrings import software_ring
+from tests.support.keyrings import software_ring
 
 
 @pytest.fixture

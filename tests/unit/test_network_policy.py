@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import roleplugins
+from tests.support import roleplugins
 
 policy = roleplugins.load("network_segments", "filter_plugins", "network_policy")
 SEGMENTS = {

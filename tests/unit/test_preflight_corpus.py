@@ -17,7 +17,7 @@ from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
 from ansible.vars.manager import VariableManager
 
-from tests import roleplugins
+from tests.support import roleplugins
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "preflight_corpus.yml").read_text())
 

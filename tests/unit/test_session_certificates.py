@@ -8,7 +8,7 @@ import pytest
 
 from securecore.sessions.manager import SessionManager
 from securecore.sessions.tokens import TokenError
-from tests.keyrings import software_ring
+from tests.support.keyrings import software_ring
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from securecore.keys.base import KeyRing
 from securecore.sessions import tokens
 from securecore.sessions.manager import SessionManager
 from securecore.sessions.tokens import TokenError
-from tests.keyrings import software_ring
+from tests.support.keyrings import software_ring
 
 
 class Clock:

@@ -1,12 +1,62 @@
-"""testinfra hosts for the lab, built from the lab inventory (tests/labhosts.py)."""
+"""The lab checks after one site.yml converge: testinfra hosts built from the lab inventory
+(tests/support/labhosts.py), every check marked `lab`, and the order they run in.
+
+The lab is built once per run and every check runs against it, so the order matters:
+checks that only read the hosts come first, then those that change a host and restore
+it, then those that leave it changed (revocation, shutdown, rotation, upgrades), and the
+lab manager's own tests, which stop, replace and finally remove the containers, last.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.labhosts import connect, lab_spec
+from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
+HERE = Path(__file__).resolve().parent
+
+# Module paths (relative to this directory) in the order they run; within a module the
+# tests keep the order they are written in. A module missing here runs after the listed
+# read-only ones and before the ones that change the hosts, so a new read-only check
+# needs no entry; one that changes a host must be placed here.
+ORDER = [
+    # Read the hosts only (a test that writes restores what it wrote in a finally:).
+    "test_lab_hosts.py",
+    "hardening/test_hardening.py",
+    "hardening/test_compliance_before_after.py",
+    "hsm/test_hsm.py",  # before the key rotation in whole_site/test_core_service.py
+    "network_segments/test_zones.py",
+    "whole_site/test_audit_witness.py",
+    "whole_site/test_compliance.py",
+    "whole_site/test_compliance_schedule.py",
+    None,  # every module not listed
+    # Change the hosts: the PKI's refusals (the core service stopped on core-01 for the
+    # length of each TLS exchange, started again after) and a revoked client certificate.
+    "pki/test_pki.py",
+    # Shutdown and recovery, key and certificate rotation, backup and restore, upgrades.
+    "whole_site/test_core_service.py",
+    "whole_site/test_revocation.py",
+    # Stops, replaces and removes the lab's containers: always last.
+    "lab_manager/test_lab_manager.py",
+]
+
+
+def _rank(item: pytest.Item) -> int:
+    relative = Path(str(item.fspath)).resolve().relative_to(HERE).as_posix()
+    return ORDER.index(relative) if relative in ORDER else ORDER.index(None)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    missing = [path for path in ORDER if path is not None and not (HERE / path).is_file()]
+    if missing:  # a renamed module would otherwise lose its place silently
+        raise pytest.UsageError(f"ORDER in {__file__} names missing modules: {missing}")
+    for item in items:
+        item.add_marker(pytest.mark.lab)
+    items.sort(key=_rank)  # stable: a module's tests keep their order
 
 
 @pytest.fixture(params=SPEC.hosts, ids=[h.name for h in SPEC.hosts])
@@ -17,3 +67,9 @@ def lab_host(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def spec():
     return SPEC
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    """Every lab host by name, as testinfra reaches it (root through sudo)."""
+    return {h.name: connect(SPEC, h) for h in SPEC.hosts}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tests.labhosts import connect
+from tests.support.labhosts import connect
 
 
 def test_debian_12_with_systemd_running(lab_host):

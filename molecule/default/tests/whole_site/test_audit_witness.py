@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.labhosts import connect, lab_spec
+from tests.support.labhosts import lab_spec
 
 SPEC = lab_spec()
 WITNESSES = ("core-02", "mgmt-01")
@@ -20,11 +20,6 @@ AS_SERVICE = "runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm
 CONFIG = "/etc/securecore/securecore.toml"
 STATE = "/var/lib/securecore-witness"
 DATA = "/var/lib/securecore"
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    return {h.name: connect(SPEC, h) for h in SPEC.hosts}
 
 
 @pytest.mark.parametrize("name", WITNESSES)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.labhosts import connect, lab_spec, ssh_audit_failures, ssh_from_controller
+from tests.support.labhosts import connect, lab_spec, ssh_audit_failures, ssh_from_controller
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}

@@ -1,6 +1,7 @@
-"""A plugin that answers badly on purpose, for the trust tests: python -m tests.misbehaving_plugin
-MODE TLS_POLICY STATE_DIR PORT [NAME [CORE_PRINCIPALS]], MODE one of good, bad_signature, replay,
-garbage; NAME "example" and CORE_PRINCIPALS (comma-separated) "core/localhost" by default.
+"""A plugin that answers badly on purpose, for the trust tests:
+python -m tests.support.misbehaving_plugin MODE TLS_POLICY STATE_DIR PORT [NAME [CORE_PRINCIPALS]],
+MODE one of good, bad_signature, replay, garbage; NAME "example" and CORE_PRINCIPALS
+(comma-separated) "core/localhost" by default.
 
 It is the SDK's PluginServer with only the sealing of answers changed.
 """

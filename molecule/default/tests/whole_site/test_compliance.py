@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import ROOT
-from tests.labhosts import connect, lab_spec
+from tests.support.commands import ROOT
+from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
 # What site.yml establishes on every host: these must pass on the converged lab.

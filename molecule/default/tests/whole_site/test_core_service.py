@@ -16,55 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import ROOT, run
-from tests.labhosts import connect, lab_spec, ssh_from_controller
+from tests.support.commands import ROOT, run
+from tests.support.labhosts import TLS, https, lab_spec, ssh_from_controller
 
 SPEC = lab_spec()
 CORE = [h for h in SPEC.hosts if h.segment == "core"]
-TLS = "/etc/securecore/tls"
 SECURECORE = "/opt/securecore/current/venv/bin/securecore"
 AS_SERVICE = "runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm2.conf"
 CONFIG = "/etc/securecore/securecore.toml"
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    return {h.name: connect(SPEC, h) for h in SPEC.hosts}
-
-
-# The hosts have no curl (and no internet to get it): Python's own HTTPS client.
-CLIENT = """
-import http.client, json, ssl, sys
-a = json.loads(sys.argv[1])
-ctx = ssl.create_default_context(cafile=a["ca"])
-if a.get("cert"):
-    ctx.load_cert_chain(a["cert"], a["key"])
-headers = {"Content-Type": "application/json"}
-if a.get("token"):
-    headers["Authorization"] = "Bearer " + a["token"]
-body = json.dumps(a["body"]) if a.get("body") is not None else None
-try:
-    c = http.client.HTTPSConnection(a["host"], a["port"], context=ctx, timeout=20)
-    c.request(a["method"], a["path"], body=body, headers=headers)
-    r = c.getresponse()
-    print(r.status)
-    print(r.read().decode())
-except Exception as e:
-    print(0)
-    print(json.dumps({"exception": type(e).__name__ + ": " + str(e)}))
-"""
-
-
-def https(host, address: str, method: str, path: str, *, client: str | None = f"{TLS}/client",
-          token: str | None = None, body: dict | None = None) -> tuple[int, object]:  # fmt: skip
-    """(status, JSON answer) of a request from HOST; status 0 if no HTTP answer came."""
-    request = {"host": address, "port": 8443, "ca": f"{TLS}/ca.pem", "method": method,
-               "path": path, "token": token, "body": body}  # fmt: skip
-    if client:
-        request.update(cert=f"{client}.pem", key=f"{client}.key")
-    out = host.check_output(f"python3 -c {shlex.quote(CLIENT)} {shlex.quote(json.dumps(request))}")
-    status, _, payload = out.partition("\n")
-    return int(status), json.loads(payload) if payload.strip() else None
 
 
 def readyz(host, address: str, client: str | None = f"{TLS}/client") -> tuple[int, object]:

@@ -1,8 +1,11 @@
-"""The PKI on the lab hosts: keys, chains, and mutual TLS 1.3 between two hosts.
+"""The PKI on the lab hosts after site.yml: keys, chains, and mutual TLS 1.3 between two hosts.
 
 core-01 serves with its server certificate (openssl s_server, as the service
 user, with the site's CRL); dmz-01 connects with its client certificate. Every
 refusal the policy promises is tried with a real certificate on a real host.
+The firewall lets dmz-01 reach core-01 on the core service's port only, where the
+core service listens: it is stopped for the length of each exchange and started
+again after, so the refusals are openssl's and the service is back for what follows.
 """
 
 from __future__ import annotations
@@ -11,35 +14,47 @@ import datetime
 import json
 import re
 import shlex
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from cryptography import x509
 
-from tests.integration.helpers import run
-from tests.labhosts import Listener, connect, lab_spec
-from tests.roleplugins import load_module_utils
+from tests.support.commands import run
+from tests.support.labhosts import TLS, Listener, lab_spec
+from tests.support.roleplugins import load_module_utils
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}
-TLS = "/etc/securecore/tls"
 PORT = 8443
 CA_DIR = SPEC.state_dir / "pki-ca"
 PASSPHRASE = (SPEC.state_dir / "secrets" / "pki_ca_passphrase").read_text().strip()
 
 
-@pytest.fixture(scope="module")
-def hosts():
-    return {name: connect(SPEC, h) for name, h in HOSTS.items()}
-
-
-def tls_server(hosts) -> Listener:
+@contextmanager
+def tls_server(hosts) -> Iterator[Listener]:
     command = (
         f"openssl s_server -accept 0.0.0.0:{PORT} -tls1_3 -Verify 2 -verify_return_error "
         f"-cert {TLS}/server.pem -key {TLS}/server.key -cert_chain {TLS}/intermediate.pem "
         f"-CAfile {TLS}/ca.pem "
         f"-CRL {TLS}/crl.pem -crl_check -www"
     )
-    return Listener(hosts["core-01"], PORT, command=command, user="securecore")
+    core = hosts["core-01"]
+    core.check_output("systemctl stop securecore")
+    try:
+        with Listener(core, PORT, command=command, user="securecore") as listener:
+            yield listener
+    finally:
+        core.check_output("systemctl start securecore")
+        wait_listening(core, PORT)
+
+
+def wait_listening(host, port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not host.socket(f"tcp://0.0.0.0:{port}").is_listening:
+        assert time.monotonic() < deadline, f"nothing listens on port {port} again"
+        time.sleep(1)
 
 
 def tls_client(hosts, credentials: str):

@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from compliance.evidence import key_id
-from tests.integration.helpers import ROOT
-from tests.labhosts import connect, lab_spec
+from tests.support.commands import ROOT
+from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
 SCHEDULES = {"daily": "*-*-* 09:00:00", "weekly": "Mon *-*-* 10:00:00",

@@ -1,6 +1,7 @@
-"""The compliance hardening checks against the lab hosts before and after the role:
-every bare host (results kept by prepare.yml) fails them, every converged host passes
-them - the checks tell a hardened host from one that is not."""
+"""The compliance hardening checks against the lab hosts before and after site.yml:
+every bare host (results kept by molecule/default/prepare.yml, run between `lab up`
+and the converge) fails them, every converged host passes them - the checks tell a
+hardened host from one that is not."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import ROOT
-from tests.labhosts import lab_spec
+from tests.support.commands import ROOT
+from tests.support.labhosts import lab_spec
 
 SPEC = lab_spec()
 HARDENING = [
@@ -23,7 +24,7 @@ HARDENING = [
 # aging, no audit rules, no file integrity database, no hardening report.
 BARE_FAILS = ["pam.lockout", "password.aging_and_history", "auditd.rules", "integrity.aide",
               "hardening.controls"]  # fmt: skip
-BARE = ROOT / "output" / "molecule-hardening" / "bare-hosts.json"
+BARE = ROOT / "output" / "molecule-default" / "bare-hosts.json"
 
 
 def statuses(document: dict) -> dict[tuple[str, str], str]:

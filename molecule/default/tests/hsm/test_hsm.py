@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from tests.labhosts import connect, lab_spec, ssh_from_controller
+from tests.support.labhosts import connect, lab_spec, ssh_from_controller
 
 SPEC = lab_spec()
 CORE = [h for h in SPEC.hosts if h.segment == "core"]

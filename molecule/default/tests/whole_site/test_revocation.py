@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import time
 
-from test_core_service import CORE, TLS, https  # molecule/default/tests is on sys.path
-
-from tests.integration.helpers import run
-from tests.labhosts import connect, lab_spec
+from tests.support.commands import run
+from tests.support.labhosts import TLS, connect, https, lab_spec
 
 BOUND = 60  # seconds: the most watch_seconds may be (the default is 5)
 OLD = "/tmp/revoked-dmz/client"
@@ -18,11 +16,12 @@ OLD = "/tmp/revoked-dmz/client"
 
 def test_a_revoked_certificate_is_refused_by_every_core_host_and_its_sessions_end() -> None:
     spec = lab_spec()
+    core_hosts = [h for h in spec.hosts if h.segment == "core"]
     dmz = connect(spec, next(h for h in spec.hosts if h.name == "dmz-01"))
     dmz.check_output(f"install -d -m 0700 /tmp/revoked-dmz && cp -p {TLS}/client.pem "
                      f"{TLS}/client.key /tmp/revoked-dmz/")  # fmt: skip
     serial = dmz.check_output(f"openssl x509 -noout -serial -in {OLD}.pem").split("=")[1].lower()
-    core = str(CORE[0].address)
+    core = str(core_hosts[0].address)
     status, session = https(dmz, core, "POST", "/v1/sessions", client=OLD)
     token = session["access_token"] if status == 201 else None
     started = time.monotonic()
@@ -31,7 +30,7 @@ def test_a_revoked_certificate_is_refused_by_every_core_host_and_its_sessions_en
                   check=False, timeout=900)  # fmt: skip
     assert revoked.returncode == 0, revoked.stdout[-3000:]
     assert "Reload the services that read the CA and CRL" in revoked.stdout
-    for host in CORE:
+    for host in core_hosts:
         deadline = max(time.monotonic(), started) + BOUND
         while https(dmz, str(host.address), "GET", "/v1/whoami", client=OLD)[0] != 0:
             assert time.monotonic() < deadline, f"{host.name} still accepts the revoked certificate"
