@@ -14,7 +14,7 @@ from compliance.html_report import render
 from tests.unit.test_html_report import HOSTS, RESULTS
 
 CHROMIUM = shutil.which("chromium") or "chromium (installed by scripts/bootstrap.sh)"
-ITEMS = [{"id": "daily.security_alerts", "title": "Security alerts reviewed", "source": "001",
+ITEMS = [{"id": "daily.security_alerts", "title": "Security alerts", "source": "REQ-COMP-8",
           "status": "pending", "checks": {}, "failing": [], "attestation": None}]  # fmt: skip
 
 
