@@ -10,7 +10,10 @@ and readers must be checkable here.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,7 @@ OUTSIDE_REFERENCES = {
 
 SKIP_DIRS = {
     ".git",
+    ".ansible",
     ".venv",
     "output",
     "__pycache__",
@@ -61,13 +65,32 @@ SKIP_DIRS = {
 MAX_BYTES = 2_000_000
 
 
+def repository_files() -> list[Path]:
+    """The repository's files: tracked or new, never what .gitignore leaves out (virtualenvs,
+    output, caches); without git, a walk that skips the same directories."""
+    git = shutil.which("git")
+    if git and (ROOT / ".git").exists():
+        listed = subprocess.run(
+            [git, "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        return sorted(Path(name) for name in listed.split("\0") if name)
+    files = []
+    for directory, subdirectories, names in os.walk(ROOT):
+        # Pruned in place, so that virtualenvs and output are never walked at all.
+        subdirectories[:] = [
+            d for d in subdirectories if d not in SKIP_DIRS and not d.endswith(".egg-info")
+        ]
+        files += [Path(directory, name).relative_to(ROOT) for name in names]
+    return sorted(files)
+
+
 def repository_texts() -> list[tuple[Path, str]]:
     """Every text file of the repository, outside version control and generated output."""
     texts = []
-    for path in sorted(ROOT.rglob("*")):
-        relative = path.relative_to(ROOT)
-        if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in relative.parts):
-            continue
+    for relative in repository_files():
+        path = ROOT / relative
         if not path.is_file() or path.stat().st_size > MAX_BYTES:
             continue
         try:
