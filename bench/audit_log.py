@@ -1,6 +1,6 @@
 """Benchmark: durable audit appends (throughput, p50/p99 latency) and verification speed.
 
-Targets (seed 001 9.1 and issue 5): append p99 under 50 ms while sustaining at
+Targets (REQ-PERF-3): append p99 under 50 ms while sustaining at
 least 20,000 durable appends/s; verification of 1,000,000 records under 10 s.
 Every append is acknowledged only after its group's fsync (SQLite WAL,
 synchronous=FULL, plus the witness file), exactly as in the service.

@@ -9,9 +9,9 @@ Measures, in one run:
     and event loop, driven by the same client, to report the pipeline's cost as a ratio;
   * latency (open loop) at `--load` (default half) of that throughput with every session in
     use: p50/p95/p99 of the pipeline and of authentication (POST /v1/sessions, `--logins`
-    new sessions/s) - seed 001 9.1 wants auth p95 < 100 ms. Latency under a closed loop
+    new sessions/s) - REQ-PERF-1 wants auth p95 < 100 ms. Latency under a closed loop
     at saturation only measures the queue, so it is reported (login burst) but not judged.
-Targets (seed 001 9.1): auth p95 < 100 ms, 1,000 concurrent sessions, 10,000 requests/s.
+Targets (REQ-PERF-1, -4, -5): auth p95 < 100 ms, 1,000 concurrent sessions, 10,000 requests/s.
 
     .venv/bin/python bench/service.py [--seconds 15] [--clients 2] [--sessions 1000]
 

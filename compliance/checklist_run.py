@@ -80,7 +80,7 @@ def markdown(checklist: Checklist, items: list[ItemResult], hosts: list[dict[str
         "",
         "Summary: " + ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]),
         "",
-        f"Report sections (seed 004 6.1): {', '.join(checklist.report_sections)}.",
+        f"Report sections (REQ-COMP-12): {', '.join(checklist.report_sections)}.",
         *markdown_sections(sections or []),
         "",
         "## Checklist items",

@@ -1,7 +1,7 @@
-"""The daily, weekly and monthly checklists (seed 001 section 10, seed 004 2.2 and 6.1).
+"""The daily, weekly and monthly checklists (REQ-COMP-8 to REQ-COMP-12).
 
 Each checklist is YAML in `compliance/checklists/`: its schedule (a systemd
-OnCalendar expression, at seed 004 6.1's report times), the sections of its
+OnCalendar expression, at the report times of REQ-COMP-12), the sections of its
 report, and its items. An item is done by checks (the machine), by an
 attestation (a person: who, when, what), or by both; an attestation names
 the controls the person's work supports.

@@ -1,4 +1,4 @@
-"""The sections of seed 004 6.1's reports, filled from what a checklist run found.
+"""The sections of the checklists' reports (REQ-COMP-12), filled from what a run found.
 
 Daily: incidents, alert statistics, system state, response status. Weekly:
 incidents of the week, vulnerabilities, performance analysis, improvements.

@@ -120,8 +120,7 @@ class TLSPolicy:
         for key in ("minimum_version", "maximum_version"):
             if getattr(self, key) not in VERSIONS:
                 raise TLSPolicyError(
-                    f"{where}: {key} = {getattr(self, key)!r}: "
-                    "only TLSv1.3 is allowed (seed 001 3.3)"
+                    f"{where}: {key} = {getattr(self, key)!r}: only TLSv1.3 is allowed (REQ-PKI-1)"
                 )
         weak = [suite for suite in self.ciphersuites if suite not in AEAD_SUITES]
         if weak or not self.ciphersuites:

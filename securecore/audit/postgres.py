@@ -1,4 +1,4 @@
-"""The audit store on PostgreSQL (the active/standby deployment, seed 001 2.2).
+"""The audit store on PostgreSQL (the active/standby deployment, REQ-AUDIT-10, REQ-HA-2).
 
 Same contract as the SQLite store: a batch is one transaction, and commit
 returns only after the WAL is flushed (synchronous_commit is forced on for

@@ -9,7 +9,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Keys whose values are secrets: never stored in clear (seed 001 3.3).
+# Keys whose values are secrets: never stored in clear (REQ-AUDIT-3).
 SECRET_KEY = re.compile(
     r"(pass(word|phrase)?|pin|secret|token|api[_-]?key|private|credential)", re.I
 )

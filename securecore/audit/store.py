@@ -63,7 +63,7 @@ class SQLiteAuditStore(AuditStore):
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit; a committed record survives
-        # a crash or power loss (audit RPO 0, seed 001 8.1).
+        # a crash or power loss (audit RPO 0, REQ-AUDIT-2).
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
 

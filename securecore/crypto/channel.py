@@ -1,4 +1,4 @@
-"""Messages between the core and a plugin: AES-256-GCM, then an ECDSA signature (seed 000 6.2).
+"""Messages between the core and a plugin: AES-256-GCM, then an ECDSA signature (REQ-SVC-9).
 
 The transport is already mutual TLS 1.3; these messages add end-to-end
 protection that survives anything terminating TLS in between, and a

@@ -68,7 +68,7 @@ class KeyRing:
 
     The newest version of a key is used for new signatures and envelopes. An
     older version keeps verifying and unwrapping for `grace_period` after its
-    successor was made (seed 000 3.3), then it is refused even while it is
+    successor was made (REQ-SVC-12), then it is refused even while it is
     still on the token, until an operator retires (removes) it. A version
     whose successor's date is unknown is accepted until retired.
     """

@@ -42,7 +42,7 @@ class ServiceMetrics:
             "securecore_policy_decisions_total", "Policy decisions", ["stage", "outcome"],
             registry=self.registry,
         )  # fmt: skip
-        # Seed 000 6.2, per step of a call through the core to a plugin: "session"
+        # REQ-SVC-21, per step of a call through the core to a plugin: "session"
         # (step 1; 2-5 are the policy decisions above), "seal" (6), "mtls_call" (7),
         # "open" (8), "record" (9 and 10: the communication record and the trust
         # update, one transaction). Outcome "success" or the code that ended it.

@@ -1,11 +1,11 @@
-"""Emergency shutdown, the state side (seed 000 8.1): what recovery needs, written first.
+"""Emergency shutdown, the state side (REQ-EMERG-2): what recovery needs, written first.
 
 Before the service stops in an emergency, it records why (an audit record,
 durable like every other) and writes a snapshot of what is needed to recover:
 the audit log's size and latest signed checkpoint, the key versions in use and
 a hash of the configuration. The snapshot is written atomically (temporary
 file, fsync, rename), so a crash leaves either the old snapshot or the new one.
-The service (issue 6) wires the trigger; `securecore emergency-snapshot` runs it
+The service wires the trigger; `securecore emergency-snapshot` runs it
 by hand.
 """
 

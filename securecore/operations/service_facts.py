@@ -11,7 +11,7 @@ Read-only, run on the core host as the service user (it opens the key ring):
              listed under unverified, never counted
   plugins    every registered plugin's state and score, the lowest active score,
              the suspended ones
-  events     security events from the audit log (seed 004 6.1's report sections):
+  events     security events from the audit log (the report sections of REQ-COMP-12):
              counts per action and outcome over the last 1, 7 and 31 days, and the
              incidents and responses of the last 31 days (time, action, target,
              outcome - never a record's details)

@@ -8,7 +8,7 @@ plugin's endpoint presented, and makes one sealed round trip
 decrypted, re-encrypted and signed by that certificate's key, within the
 timeout. The channel key is kept only wrapped by the HSM key-encryption key.
 
-Calls (seed 000 6.2 steps 6-8): the request is sealed (AES-256-GCM, signed
+Calls (REQ-SVC-21 steps 6-8): the request is sealed (AES-256-GCM, signed
 with the HSM signing key), sent over mutual TLS, and the answer is accepted
 only if it is signed by the pinned certificate, fresh, not replayed, an
 answer to this very request, and decrypts.

@@ -1,4 +1,4 @@
-"""The plugin registry and its registration flow (seed 000 4.2 and 6.1).
+"""The plugin registry and its registration flow (REQ-SVC-2, REQ-SVC-3).
 
 Registration, five steps, each recorded:
   1. request         the plugin's name, vendor, endpoint and security level are well-formed;

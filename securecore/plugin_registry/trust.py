@@ -1,6 +1,6 @@
-"""Trust scores of plugins (seed 000 5.1) and what they set off (seed 000 7.2).
+"""Trust scores of plugins (REQ-SVC-4) and what they set off (REQ-SVC-5, REQ-MON-2).
 
-The seed names the factors - communication success rate, security
+REQ-SVC-4 names the factors - communication success rate, security
 violations, days of uptime, authentication failures, vendor reputation - but
 no formula. This one is documented, bounded and monotone in every factor:
 
@@ -13,7 +13,7 @@ no formula. This one is documented, bounded and monotone in every factor:
     clamped to 0..100 and rounded.
 
 A plugin without calls yet counts as fully reliable. Thresholds act:
-critical alert and suspension at <= 30 (seed 000 7.2), step-up
+critical alert and suspension at <= 30 (REQ-SVC-5), step-up
 authentication below 40, a stricter rate limit below 50; a warning when the
 success rate is at or below 90% (over at least `min_calls`); an info alert
 for a new plugin.

@@ -1,8 +1,8 @@
-"""Access control lists (seed 000 5.3): CIDR allow/deny, time windows, regions, dynamic blocks.
+"""Access control lists (REQ-ACL-1..4): CIDR allow/deny, time windows, regions, dynamic blocks.
 
 Order: a dynamic block or a denied CIDR refuses; then the source must be in an
 allowed CIDR (when any are listed); its region (from the configured
-CIDR-to-region table; seed 000 asks for geographic rules without naming a
+CIDR-to-region table; REQ-ACL-1 asks for geographic rules without naming a
 database, and hosts of this site sit in private networks) must be allowed;
 and the time must fall in an allowed window (UTC).
 """

@@ -1,7 +1,7 @@
 """The policy engine: ACL -> intrusion state -> rate limit -> trust, each decision audited.
 
 Every request of the service passes `PolicyEngine.decide` in this order
-(seed 000 6.2 steps 2-5). The first refusal ends the evaluation; the
+(REQ-SVC-8; steps 2-5 of REQ-SVC-21). The first refusal ends the evaluation; the
 decision (allowed or not, the stage, the reason) is audited together with
 the policy version, so an auditor can tell which rules refused what.
 """

@@ -1,4 +1,4 @@
-"""Token-bucket rate limits shared by every worker (seed 000 5.2).
+"""Token-bucket rate limits shared by every worker (REQ-RATE-1..3).
 
 A bucket per client and per plugin lives in the shared counters of the
 policy state (counters.py), so the limit holds across worker processes.

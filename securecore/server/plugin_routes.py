@@ -1,4 +1,4 @@
-"""/v1/plugins: registration by plugins, and calls to plugins (seed 000 6.1 and 6.2).
+"""/v1/plugins: registration by plugins, and calls to plugins (REQ-SVC-2, REQ-SVC-21).
 
 POST /v1/plugins/register     a plugin's client certificate asks to be registered; the
                               five steps run (the core calls the plugin back for step 3);

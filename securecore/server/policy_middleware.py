@@ -83,7 +83,7 @@ class PolicyMiddleware:
         finally:
             self.in_flight -= 1
             if self.intrusion is not None and principal is not None:
-                # More than 100 MB a minute stops the client (seed 004 3.2).
+                # More than 100 MB a minute stops the client (REQ-IDS-2).
                 responses = self.intrusion.count_transfer(principal.id, moved[0])
                 if responses:
                     await anyio.to_thread.run_sync(self.intrusion.apply, responses)

@@ -2,7 +2,7 @@
 
 SQLite (the default) keeps one database file per concern in the data
 directory. PostgreSQL (`[state] backend = "postgresql"`, the active/standby
-deployment of seed 001 2.2) keeps all of them in one database, which
+deployment, REQ-HA-2) keeps all of them in one database, which
 streaming replication carries to the standby together with the audit log.
 
 The modules write their SQL once, in the dialect both understand: `?`

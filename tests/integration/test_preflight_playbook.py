@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.commands import ROOT, run
 
-SEED_001_SEGMENTS = {
+INVALID_PLUGIN_NETWORK_SEGMENTS = {
     "dmz": {"vlan": 100, "cidr": "10.1.100.0/24"},
     "core": {"vlan": 200, "cidr": "10.1.200.0/24"},
     "plugin": {"vlan": 300, "cidr": "10.1.300.0/24"},
@@ -64,7 +64,7 @@ def test_production_example_with_secrets_passes(production_copy: Path) -> None:
     assert "Inventory OK: 11 hosts in 5 segments" in proc.stdout
 
 
-def test_seed_001_plugin_network_is_rejected_without_touching_a_host(
+def test_an_invalid_plugin_network_is_rejected_without_touching_a_host(
     production_copy: Path,
 ) -> None:
     site = production_copy / "group_vars" / "all" / "site.yml"
@@ -81,7 +81,7 @@ def test_seed_001_plugin_network_is_rejected_without_touching_a_host(
 
 
 def test_every_problem_is_listed_in_one_message(production_copy: Path) -> None:
-    segments = dict(SEED_001_SEGMENTS, core={"vlan": 5000, "cidr": "10.1.200.0/24"})
+    segments = dict(INVALID_PLUGIN_NETWORK_SEGMENTS, core={"vlan": 5000, "cidr": "10.1.200.0/24"})
     proc = run(
         "ansible-playbook",
         "-i",

@@ -18,7 +18,7 @@ from tests.support.evidence import HOSTS, RESULTS
 pytestmark = pytest.mark.chromium
 
 CHROMIUM = shutil.which("chromium") or "chromium (installed by scripts/bootstrap.sh)"
-ITEMS = [{"id": "daily.security_alerts", "title": "Security alerts reviewed", "source": "001",
+ITEMS = [{"id": "daily.security_alerts", "title": "Security alerts", "source": "REQ-COMP-8",
           "status": "pending", "checks": {}, "failing": [], "attestation": None}]  # fmt: skip
 
 

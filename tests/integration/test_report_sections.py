@@ -1,4 +1,4 @@
-"""The report sections of seed 004 6.1 filled from a real service's audit log: events
+"""The report sections of REQ-COMP-12 filled from a real service's audit log: events
 made on a running core service, read by `securecore facts`, shown in the daily and
 weekly sections - and a section with nothing to show says so."""
 

@@ -1,4 +1,4 @@
-"""The shipped Prometheus alerting rules: well-formed, the seed's thresholds, known metrics."""
+"""The shipped Prometheus alerting rules: well-formed, REQ-MON-2/3 thresholds, known metrics."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_every_rule_is_complete_and_uses_exported_series() -> None:
         assert used <= EXPORTED, (rule["alert"], used - EXPORTED)
 
 
-def test_the_seed_thresholds_are_the_ones_alerted() -> None:
+def test_the_required_thresholds_are_the_ones_alerted() -> None:
     by_name = {rule["alert"]: rule for rule in rules()}
     assert "<= 30" in by_name["SecureCorePluginTrustCritical"]["expr"]
     assert by_name["SecureCorePluginTrustCritical"]["labels"]["severity"] == "critical"

@@ -1,5 +1,5 @@
 """The scheduler role's timers run each checklist at the time its own definition names
-(seed 004 6.1), and every checklist has a timer."""
+(REQ-COMP-12), and every checklist has a timer."""
 
 from __future__ import annotations
 

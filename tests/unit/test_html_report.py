@@ -35,11 +35,11 @@ def test_a_check_report_escapes_what_hosts_said_and_fetches_nothing() -> None:
 
 
 def test_a_checklist_report_shows_items_and_attestations() -> None:
-    items = [{"id": "daily.security_alerts", "title": "Security alerts", "source": "001 10.1",
+    items = [{"id": "daily.security_alerts", "title": "Security alerts", "source": "REQ-COMP-8",
               "status": "pass", "checks": {}, "failing": [],
               "attestation": {"by": "alice <a@x>", "at": "2026-11-26T09:00:00+00:00",
                               "note": "quiet", "files": [], "signed_by": "ab" * 32}},
-             {"id": "daily.performance_metrics", "title": "Performance", "source": "001 10.1",
+             {"id": "daily.performance_metrics", "title": "Performance", "source": "REQ-COMP-8",
               "status": "pending", "checks": {}, "failing": [], "attestation": None,
               "not_counted": ["x.json: by <mallory>, who is not in the attesters file"]},
              ]  # fmt: skip

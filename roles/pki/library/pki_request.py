@@ -69,11 +69,11 @@ options:
     description: PEM of the issuer's CRL; a certificate listed in it is replaced.
     type: str
   renew_before_days:
-    description: A certificate with fewer days left than this is renewed (seed 004 5.1, 3 months).
+    description: A certificate with fewer days left than this is renewed (REQ-PKI-4, 3 months).
     type: int
     default: 90
   warn_before_days:
-    description: Warn when the current certificate has fewer days left than this (seed 001 5.1).
+    description: Warn when the current certificate has fewer days left than this (REQ-PKI-5).
     type: int
     default: 30
   new_key:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# Seed 001 3.3 asks for at least 100,000 PBKDF2 iterations; 600,000 is the
+# REQ-PKI-3 asks for at least 100,000 PBKDF2 iterations; 600,000 is the
 # OWASP (2023) figure for PBKDF2-HMAC-SHA256.
 MIN_KDF_ITERATIONS = 100_000
 DEFAULT_KDF_ITERATIONS = 600_000
@@ -130,7 +130,7 @@ def encrypt_private_key(key, passphrase: str, iterations: int = DEFAULT_KDF_ITER
     """PKCS#8 EncryptedPrivateKeyInfo (PBES2: PBKDF2-HMAC-SHA256, AES-256-CBC) as PEM.
 
     cryptography's BestAvailableEncryption uses 2,048 PBKDF2 iterations and
-    cannot be told otherwise, which is below seed 001's floor; this writes the
+    cannot be told otherwise, which is below REQ-PKI-3's floor; this writes the
     same standard structure (RFC 8018) with the iteration count we choose, so
     that cryptography, OpenSSL and every other PKCS#8 reader can still load it.
     """

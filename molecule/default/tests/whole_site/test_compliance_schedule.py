@@ -1,5 +1,5 @@
 """The compliance scheduler on the lab's management host (mgmt-01): the checklists on
-timers at seed 004 6.1's report times, a scheduled run that reaches every host over
+timers at the report times of REQ-COMP-12, a scheduled run that reaches every host over
 SSH through the firewall zones and writes signed evidence, and a missed run found."""
 
 from __future__ import annotations
