@@ -53,7 +53,7 @@ def _rendered_defaults(role: str) -> dict[str, Any]:
                 if not names <= set(values):  # the inventory, facts or the controller
                     continue
                 text = environment.from_string(str(value)).render(rendered)
-            except Exception:  # noqa: BLE001, S112 - not computable from the defaults alone
+            except Exception:  # noqa: S112 - not computable from the defaults alone
                 continue
             rendered[key] = text
     return rendered
