@@ -1,0 +1,120 @@
+"""roles/hardening's control map (hardening_controls in vars/main.yml) is the one source of
+each control's CIS, ISO 27001 and SOC 2 ids: the README's table is written from it, each
+control's task block carries its ids in its name and tags, the compliance checks name real
+controls in their remediations, and every framework id is one the catalogs know."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = ROOT / "roles" / "hardening"
+
+
+def _script() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "hardening_controls", ROOT / "scripts" / "hardening_controls.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CONTROLS: dict[str, dict[str, Any]] = yaml.safe_load((ROLE / "vars/main.yml").read_text())[
+    "hardening_controls"
+]
+
+
+def _control_blocks() -> dict[str, dict[str, Any]]:
+    """The top-level task blocks named `Hardening | ID | ...`, by control id."""
+    blocks: dict[str, dict[str, Any]] = {}
+    for path in sorted((ROLE / "tasks").glob("*.yml")):
+        for task in yaml.safe_load(path.read_text()) or []:
+            parts = [part.strip() for part in task.get("name", "").split("|")]
+            if len(parts) > 2 and parts[0] == "Hardening" and parts[1] in CONTROLS:
+                assert parts[1] not in blocks, f"two blocks for {parts[1]}"
+                blocks[parts[1]] = task
+    return blocks
+
+
+def _components(cis_id: str) -> list[tuple[str, ...]]:
+    """The ends of a CIS id or range, as tuples of components."""
+    return [tuple(end.split(".")) for end in cis_id.split("-")]
+
+
+def test_the_readme_table_is_written_from_the_map() -> None:
+    script = _script()
+    readme = (ROLE / "README.md").read_text()
+    assert readme == script.render(readme, script.controls()), (
+        "roles/hardening/README.md is stale: run scripts/hardening_controls.py"
+    )
+    assert script.main(["--check"]) == 0
+
+
+def test_every_control_has_one_block_named_and_tagged_with_its_ids() -> None:
+    blocks = _control_blocks()
+    assert sorted(blocks) == sorted(CONTROLS)
+    for control_id, control in CONTROLS.items():
+        task = blocks[control_id]
+        name = [part.strip() for part in task["name"].split("|")]
+        assert name[2:5] == [
+            "CIS " + " ".join(control["cis"]),
+            "ISO " + " ".join(control["iso"]),
+            "SOC2 " + " ".join(control["soc2"]),
+        ], control_id
+        tags = set(task["tags"])
+        assert {"hardening", f"hardening_{control_id}"} <= tags, control_id
+        assert {tag for tag in tags if tag.startswith("iso_")} == {
+            "iso_" + iso.lower() for iso in control["iso"]
+        }, control_id
+        assert {tag for tag in tags if tag.startswith("soc2_")} == {
+            "soc2_" + soc2.lower() for soc2 in control["soc2"]
+        }, control_id
+        # A CIS tag names a section: a prefix of an id the control lists, and every id
+        # the control lists is under one of its tags.
+        sections = [tuple(tag[4:].split(".")) for tag in tags if tag.startswith("cis_")]
+        ends = [end for cis_id in control["cis"] for end in _components(cis_id)]
+        for section in sections:
+            assert any(end[: len(section)] == section for end in ends), (control_id, section)
+        for cis_id in control["cis"]:
+            assert any(
+                end[: len(section)] == section
+                for end in _components(cis_id)
+                for section in sections
+            ), (control_id, cis_id)
+
+
+def test_no_other_file_of_the_role_restates_cis_ids() -> None:
+    """CIS numbers appear in the map and the control blocks' names only (the
+    defaults name controls by their id)."""
+    for name in ("defaults/main.yml", "meta/argument_specs.yml"):
+        text = (ROLE / name).read_text()
+        assert not re.search(r"CIS \d", text), name
+
+
+def test_the_compliance_checks_name_real_controls() -> None:
+    checks = yaml.safe_load((ROOT / "compliance/checks/host.yaml").read_text())
+    named = 0
+    for check in checks:
+        for group in re.findall(r"roles/hardening \(([^)]*)\)", check["remediation"]):
+            for control_id in (part.strip() for part in group.split(",")):
+                assert control_id in CONTROLS, (check["id"], control_id)
+                named += 1
+    assert named >= 10
+
+
+def test_every_framework_id_is_in_its_catalog() -> None:
+    catalogs = ROOT / "compliance" / "catalogs"
+    known = {
+        key: {entry["id"] for entry in yaml.safe_load((catalogs / name).read_text())["controls"]}
+        for key, name in (("iso", "iso27001-2022.yaml"), ("soc2", "soc2-tsc.yaml"))
+    }
+    for control_id, control in CONTROLS.items():
+        for key, ids in known.items():
+            assert set(control[key]) <= ids, (control_id, key, set(control[key]) - ids)
