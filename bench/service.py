@@ -81,8 +81,11 @@ def make_pki(directory: Path, principals: int) -> None:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -91,7 +94,7 @@ def make_pki(directory: Path, principals: int) -> None:
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+    )
     (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
     def leaf(name: str, usage, sans) -> None:
@@ -99,7 +102,8 @@ def make_pki(directory: Path, principals: int) -> None:
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name).public_key(key.public_key())
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
@@ -110,16 +114,22 @@ def make_pki(directory: Path, principals: int) -> None:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
             )
             .sign(ca_key, hashes.SHA256())
-        )  # fmt: skip
+        )
         (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(directory / f"{name}.key", key)
 
-    leaf("server", ExtendedKeyUsageOID.SERVER_AUTH,
-         [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])  # fmt: skip
+    leaf(
+        "server",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
     for index in range(principals):
         name = f"bench-{index:04d}"
-        leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH,
-             [x509.UniformResourceIdentifier(f"spiffe://securecore/admin/{name}")])  # fmt: skip
+        leaf(
+            name,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            [x509.UniformResourceIdentifier(f"spiffe://securecore/admin/{name}")],
+        )
 
 
 # --- servers ----------------------------------------------------------------------------------
@@ -148,19 +158,29 @@ def wait_for(port: int, process: subprocess.Popen) -> None:
 
 def start_service(base: Path, hsm: bool, workers: int) -> tuple[subprocess.Popen, int]:
     subprocess.run(
-        [sys.executable, "-m", "securecore_lab", "init", str(base / "dev"),
-         *([] if hsm else ["--software-keys"])],
-        check=True, capture_output=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "securecore_lab",
+            "init",
+            str(base / "dev"),
+            *([] if hsm else ["--software-keys"]),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     tls = base / "pki"
     port = free_port()
     policy = {
-        "ca_file": str(tls / "ca.pem"), "crl_check": "none",
-        "server_certificate": str(tls / "server.pem"), "server_key": str(tls / "server.key"),
+        "ca_file": str(tls / "ca.pem"),
+        "crl_check": "none",
+        "server_certificate": str(tls / "server.pem"),
+        "server_key": str(tls / "server.key"),
         # The core's own client certificate (it calls plugins with it).
         "client_certificate": str(tls / "bench-0000.pem"),
         "client_key": str(tls / "bench-0000.key"),
-    }  # fmt: skip
+    }
     (base / "dev" / "tls" / "policy.json").write_text(json.dumps(policy))
     (base / "dev" / "policy.toml").write_text("[client_limit]\nrate = 1000000\nburst = 1000000\n")
     config = base / "dev" / "config.toml"
@@ -172,10 +192,12 @@ def start_service(base: Path, hsm: bool, workers: int) -> tuple[subprocess.Popen
     # reads would fill up and stall the server.
     log = (base / "service.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "securecore", "serve", "-c", str(config),
-         "--workers", str(workers)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "securecore", "serve", "-c", str(config), "--workers", str(workers)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )
     wait_for(port, process)
     return process, port
 
@@ -197,9 +219,12 @@ uvicorn.run("hello:app", host="127.0.0.1", port={port}, http=TLSScopeHttpToolsPr
             log_level="warning")
 """
     process = subprocess.Popen(
-        [sys.executable, "-c", runner], cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=(base / "hello.log").open("w"), text=True,
-    )  # fmt: skip
+        [sys.executable, "-c", runner],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=(base / "hello.log").open("w"),
+        text=True,
+    )
     wait_for(port, process)
     return process, port
 
@@ -352,19 +377,33 @@ def client_process(port, tls, names, seconds, mode, results, rate=0.0, logins=0.
 
 
 def run_clients(
-    port: int, tls: Path, names: list[str], seconds: float, mode: str, clients: int,
-    rate: float = 0.0, logins: float = 0.0,
-):  # fmt: skip
+    port: int,
+    tls: Path,
+    names: list[str],
+    seconds: float,
+    mode: str,
+    clients: int,
+    rate: float = 0.0,
+    logins: float = 0.0,
+):
     queue: multiprocessing.Queue = multiprocessing.Queue()
     shares = [names[i::clients] for i in range(clients)]
     workers = [
         multiprocessing.Process(
             target=client_process,
-            args=(port, str(tls), share, seconds, mode, queue,
-                  rate * len(share) / len(names), logins * len(share) / len(names)),
+            args=(
+                port,
+                str(tls),
+                share,
+                seconds,
+                mode,
+                queue,
+                rate * len(share) / len(names),
+                logins * len(share) / len(names),
+            ),
         )
         for share in shares
-    ]  # fmt: skip
+    ]
     for worker in workers:
         worker.start()
     parts = [queue.get(timeout=seconds + 300) for _ in workers]
@@ -430,9 +469,15 @@ def main() -> int:
             # the service is sized for, not a queue of 1,000 waiting clients.
             offered_rate = pipeline["requests_per_second"] * args.load
             offered = run_clients(
-                port, base / "pki", names, args.seconds, "offered", args.clients,
-                rate=offered_rate, logins=args.logins,
-            )  # fmt: skip
+                port,
+                base / "pki",
+                names,
+                args.seconds,
+                "offered",
+                args.clients,
+                rate=offered_rate,
+                logins=args.logins,
+            )
             offered["offered_requests_per_second"] = round(offered_rate)
             offered["offered_logins_per_second"] = args.logins
             offered["sessions"] = len(names) * SESSIONS_PER_PRINCIPAL

@@ -63,9 +63,14 @@ class Attestation:
     key_id: str | None = None  # the signer's key, once verified
 
     def as_dict(self) -> dict:
-        return {"item": self.item, "by": self.by, "note": self.note,
-                "at": self.at.isoformat(), "files": list(self.files),
-                **({"signed_by": self.key_id} if self.key_id else {})}  # fmt: skip
+        return {
+            "item": self.item,
+            "by": self.by,
+            "note": self.note,
+            "at": self.at.isoformat(),
+            "files": list(self.files),
+            **({"signed_by": self.key_id} if self.key_id else {}),
+        }
 
 
 class Attesters(dict[str, ec.EllipticCurvePublicKey]):
@@ -80,8 +85,9 @@ def _common_name(certificate: x509.Certificate) -> str | None:
     return str(names[0].value) if names else None
 
 
-def _certified(pem: str, claimed: str, at: str, authorities: tuple[x509.Certificate, ...],
-               where: str) -> ec.EllipticCurvePublicKey:  # fmt: skip
+def _certified(
+    pem: str, claimed: str, at: str, authorities: tuple[x509.Certificate, ...], where: str
+) -> ec.EllipticCurvePublicKey:
     """The key of a person's certificate, if a pinned authority issued it to CLAIMED and
     it was valid at AT; AttestationError otherwise."""
     try:
@@ -95,11 +101,14 @@ def _certified(pem: str, claimed: str, at: str, authorities: tuple[x509.Certific
             raise ValueError("no pinned certificate authority issued it")
         certificate.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature) as error:
-        raise AttestationError(f"{where}: the certificate of {claimed} does not verify "
-                               f"({error or 'bad signature'})") from error  # fmt: skip
+        raise AttestationError(
+            f"{where}: the certificate of {claimed} does not verify ({error or 'bad signature'})"
+        ) from error
     if _common_name(certificate) != claimed:
-        raise AttestationError(f"{where}: the certificate names {_common_name(certificate)!r}, "
-                               f"but the attestation claims to be by {claimed}")  # fmt: skip
+        raise AttestationError(
+            f"{where}: the certificate names {_common_name(certificate)!r}, "
+            f"but the attestation claims to be by {claimed}"
+        )
     if not certificate.not_valid_before_utc <= moment < certificate.not_valid_after_utc:
         raise AttestationError(f"{where}: made at {at}, outside its certificate's validity")
     public = certificate.public_key()
@@ -115,18 +124,25 @@ def load_attesters(path: Path) -> Attesters:
         document = load_yaml(path, "attesters file")
         entries = document.get("attesters") if isinstance(document, dict) else None
         if not isinstance(entries, dict):
-            raise AttestationError(f"{path}: an attesters file is "
-                                   "`attesters: {NAME: PUBLIC KEY}`")  # fmt: skip
-        attesters = Attesters({str(name): public_key_named(value, path.parent,
-                                                           f"{path}: attester {name}")
-                               for name, value in entries.items()})  # fmt: skip
+            raise AttestationError(
+                f"{path}: an attesters file is `attesters: {{NAME: PUBLIC KEY}}`"
+            )
+        attesters = Attesters(
+            {
+                str(name): public_key_named(value, path.parent, f"{path}: attester {name}")
+                for name, value in entries.items()
+            }
+        )
         authorities = document.get("certificate_authorities") or []
         if not isinstance(authorities, list):
-            raise AttestationError(f"{path}: certificate_authorities is a list of PEM "
-                                   "certificates (files or the PEM itself)")  # fmt: skip
-        attesters.authorities = tuple(_certificate_named(value, path.parent, f"{path}: "
-                                                         f"certificate authority {number}")
-                                      for number, value in enumerate(authorities, 1))  # fmt: skip
+            raise AttestationError(
+                f"{path}: certificate_authorities is a list of PEM "
+                "certificates (files or the PEM itself)"
+            )
+        attesters.authorities = tuple(
+            _certificate_named(value, path.parent, f"{path}: certificate authority {number}")
+            for number, value in enumerate(authorities, 1)
+        )
     except EvidenceError as error:
         raise AttestationError(str(error)) from error
     return attesters
@@ -153,14 +169,21 @@ def _certificate_named(value: object, base: Path, where: str) -> x509.Certificat
 
 
 def record(
-    store: Path, checklists: dict[str, Checklist], item: str, by: str, note: str,
-    files: list[Path], key: ec.EllipticCurvePrivateKey, now: datetime.datetime | None = None,
+    store: Path,
+    checklists: dict[str, Checklist],
+    item: str,
+    by: str,
+    note: str,
+    files: list[Path],
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime.datetime | None = None,
     certificate: x509.Certificate | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     owner = next((c for c in checklists.values() for i in c.items if i.id == item), None)
     if owner is None:
-        known = ", ".join(i.id for c in checklists.values() for i in c.items
-                          if i.attested_controls is not None)  # fmt: skip
+        known = ", ".join(
+            i.id for c in checklists.values() for i in c.items if i.attested_controls is not None
+        )
         raise AttestationError(f"no checklist item {item!r} (attestable: {known})")
     entry = next(i for i in owner.items if i.id == item)
     if entry.attested_controls is None:
@@ -173,8 +196,9 @@ def record(
             data = path.read_bytes()
         except OSError as error:
             raise AttestationError(f"{path}: cannot read it ({error.strerror})") from error
-        attached.append({"name": path.name, "size": len(data),
-                         "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+        attached.append(
+            {"name": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        )
     moment = now or datetime.datetime.now(datetime.UTC)
     attestation = Attestation(item, by.strip(), note.strip(), moment, tuple(attached))
     store.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -185,8 +209,9 @@ def record(
         if key_id(certificate.public_key()) != key_id(key.public_key()):
             raise AttestationError("--certificate is not the certificate of --key")
         if _common_name(certificate) != attestation.by:
-            raise AttestationError(f"--certificate names {_common_name(certificate)!r}, "
-                                   f"not --by {attestation.by!r}")  # fmt: skip
+            raise AttestationError(
+                f"--certificate names {_common_name(certificate)!r}, not --by {attestation.by!r}"
+            )
         document["certificate"] = certificate.public_bytes(serialization.Encoding.PEM).decode()
     signed = signed_record(document, key)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -195,22 +220,31 @@ def record(
     return path
 
 
-def _verified(data: Any, path: Path, attesters: Attesters | None,
-              ) -> tuple[dict[str, Any], ec.EllipticCurvePublicKey]:  # fmt: skip
+def _verified(
+    data: Any,
+    path: Path,
+    attesters: Attesters | None,
+) -> tuple[dict[str, Any], ec.EllipticCurvePublicKey]:
     """The attestation in DATA and its signer's key, if signed by the key pinned for the
     name it claims (or certified for it); AttestationError saying why not otherwise."""
     if not isinstance(data, dict) or "signature" not in data or "record" not in data:
-        raise AttestationError(f"{path.name}: not signed - a self-declared name counts "
-                               "for nothing")  # fmt: skip
+        raise AttestationError(f"{path.name}: not signed - a self-declared name counts for nothing")
     claimed = data["record"].get("by") if isinstance(data["record"], dict) else None
     if attesters is None:
-        raise AttestationError(f"{path.name}: by {claimed}: no attesters file (--attesters) "
-                               "to check its signature against")  # fmt: skip
+        raise AttestationError(
+            f"{path.name}: by {claimed}: no attesters file (--attesters) "
+            "to check its signature against"
+        )
     if claimed in attesters:
         public = attesters[claimed]
     elif data["record"].get("certificate") and attesters.authorities:
-        public = _certified(data["record"]["certificate"], claimed, data["record"].get("at"),
-                            attesters.authorities, path.name)  # fmt: skip
+        public = _certified(
+            data["record"]["certificate"],
+            claimed,
+            data["record"].get("at"),
+            attesters.authorities,
+            path.name,
+        )
     else:
         raise AttestationError(f"{path.name}: by {claimed}, who is not in the attesters file")
     try:
@@ -219,9 +253,13 @@ def _verified(data: Any, path: Path, attesters: Attesters | None,
         raise AttestationError(f"{error} (claims to be by {claimed})") from error
 
 
-def current(store: Path, checklist: str, item: str, now: datetime.datetime | None = None,
-            attesters: Attesters | None = None,
-            ) -> tuple[Attestation | None, list[str]]:  # fmt: skip
+def current(
+    store: Path,
+    checklist: str,
+    item: str,
+    now: datetime.datetime | None = None,
+    attesters: Attesters | None = None,
+) -> tuple[Attestation | None, list[str]]:
     """The newest verified attestation of ITEM made in the current period, if any, and
     why each other record of ITEM in the period does not count."""
     moment = now or datetime.datetime.now(datetime.UTC)
@@ -244,9 +282,9 @@ def current(store: Path, checklist: str, item: str, now: datetime.datetime | Non
                     f"{path.name}: signed for {data.get('item')} at "
                     f"{data.get('at')}, not for {item} in {wanted}"
                 )
-            found = Attestation(item, data["by"], data["note"], at,
-                                tuple(data.get("files", [])),
-                                key_id(public))  # fmt: skip
+            found = Attestation(
+                item, data["by"], data["note"], at, tuple(data.get("files", [])), key_id(public)
+            )
         except (AttestationError, KeyError, TypeError, ValueError) as error:
             rejected.append(str(error))
     return found, rejected

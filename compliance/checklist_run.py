@@ -40,9 +40,12 @@ class ItemResult:
 
 
 def run_items(
-    checklist: Checklist, results: list[Result], store: Path,
-    now: datetime.datetime | None = None, attesters: Attesters | None = None,
-) -> list[ItemResult]:  # fmt: skip
+    checklist: Checklist,
+    results: list[Result],
+    store: Path,
+    now: datetime.datetime | None = None,
+    attesters: Attesters | None = None,
+) -> list[ItemResult]:
     by_check: dict[str, list[Result]] = {}
     for result in results:
         by_check.setdefault(result.check, []).append(result)
@@ -56,11 +59,13 @@ def run_items(
             statuses += [r.status for r in found] or ["error"]
             if not found:
                 outcome.failing.append(f"{check}: no host it applies to was checked")
-            outcome.failing += [f"{check} on {r.host}: {r.detail}" for r in found
-                                if r.status in ("fail", "error")]  # fmt: skip
+            outcome.failing += [
+                f"{check} on {r.host}: {r.detail}" for r in found if r.status in ("fail", "error")
+            ]
         if item.attested_controls is not None:
-            attestation, outcome.not_counted = current(store, checklist.name, item.id, now,
-                                                       attesters)  # fmt: skip
+            attestation, outcome.not_counted = current(
+                store, checklist.name, item.id, now, attesters
+            )
             if attestation is None:
                 statuses.append("pending")
             else:
@@ -70,8 +75,13 @@ def run_items(
     return items
 
 
-def markdown(checklist: Checklist, items: list[ItemResult], hosts: list[dict[str, Any]],
-             when: datetime.datetime, sections: list[Section] | None = None) -> str:  # fmt: skip
+def markdown(
+    checklist: Checklist,
+    items: list[ItemResult],
+    hosts: list[dict[str, Any]],
+    when: datetime.datetime,
+    sections: list[Section] | None = None,
+) -> str:
     counts = Counter(i.status for i in items)
     lines = [
         f"# {checklist.title} - {period_of(checklist.name, when)}",
@@ -91,13 +101,19 @@ def markdown(checklist: Checklist, items: list[ItemResult], hosts: list[dict[str
     for item in items:
         how = []
         if item.checks:
-            how.append("checks: " + ", ".join(
-                f"{c} ({', '.join(f'{n} {s}' for s, n in sorted(k.items()))})"
-                for c, k in item.checks.items()))  # fmt: skip
+            how.append(
+                "checks: "
+                + ", ".join(
+                    f"{c} ({', '.join(f'{n} {s}' for s, n in sorted(k.items()))})"
+                    for c, k in item.checks.items()
+                )
+            )
         if item.attestation:
-            how.append(f"attested by {item.attestation['by']} at {item.attestation['at']} "
-                       f"(signed, key {item.attestation['signed_by'][:16]}...): "
-                       f"{item.attestation['note']}")  # fmt: skip
+            how.append(
+                f"attested by {item.attestation['by']} at {item.attestation['at']} "
+                f"(signed, key {item.attestation['signed_by'][:16]}...): "
+                f"{item.attestation['note']}"
+            )
         elif item.status == "pending" or (item.attestation is None and not item.checks):
             how.append("attestation pending")
         cell = "; ".join(how).replace("|", "\\|")

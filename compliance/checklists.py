@@ -51,8 +51,9 @@ def load_checklist(
     items, seen = [], set()
     for index, raw in enumerate(data["items"]):
         where = f"{path}: items[{index}]"
-        if not isinstance(raw, dict) or not all(isinstance(raw.get(k), str) for k in
-                                                 ("id", "title", "source")):  # fmt: skip
+        if not isinstance(raw, dict) or not all(
+            isinstance(raw.get(k), str) for k in ("id", "title", "source")
+        ):
             raise CatalogError(f"{where}: id, title and source are required")
         where = f"{where} ({raw['id']})"
         if raw["id"] in seen:
@@ -74,12 +75,16 @@ def load_checklist(
     sections = tuple(data.get("report_sections", ()))
     unknown = [s for s in sections if s not in SECTION_BUILDERS]
     if unknown:
-        raise CatalogError(f"{path}: report_sections: no section {', '.join(map(repr, unknown))} "
-                           f"(known: {', '.join(SECTION_BUILDERS)})")  # fmt: skip
-    return Checklist(name, str(data.get("title", name)), str(data.get("schedule", "")),
-                     sections, tuple(items))  # fmt: skip
+        raise CatalogError(
+            f"{path}: report_sections: no section {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(SECTION_BUILDERS)})"
+        )
+    return Checklist(
+        name, str(data.get("title", name)), str(data.get("schedule", "")), sections, tuple(items)
+    )
 
 
-def load_checklists(catalogs: dict[str, Catalog], checks: list[Check],
-                    directory: Path = CHECKLIST_DIR) -> dict[str, Checklist]:  # fmt: skip
+def load_checklists(
+    catalogs: dict[str, Catalog], checks: list[Check], directory: Path = CHECKLIST_DIR
+) -> dict[str, Checklist]:
     return {name: load_checklist(name, catalogs, checks, directory) for name in NAMES}

@@ -58,10 +58,18 @@ def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
     # Service facts come from the core hosts only.
     groups = item.get("groups", ["all"] if item["scope"] == "host" else ["core"])
     return Check(
-        item["id"], item["title"], item["rationale"], item["scope"], item["severity"],
-        item["rule"], mapped, item["remediation"], tuple(dict.fromkeys(facts)),
-        tuple(groups), str(where.split(" (")[0]),
-    )  # fmt: skip
+        item["id"],
+        item["title"],
+        item["rationale"],
+        item["scope"],
+        item["severity"],
+        item["rule"],
+        mapped,
+        item["remediation"],
+        tuple(dict.fromkeys(facts)),
+        tuple(groups),
+        str(where.split(" (")[0]),
+    )
 
 
 def load_checks(catalogs: dict[str, Catalog], directory: Path = CHECK_DIR) -> list[Check]:

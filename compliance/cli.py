@@ -88,13 +88,20 @@ def _coverage(args: argparse.Namespace) -> int:
     if args.format == "json":
         document = {
             framework: [
-                {"id": e.id, "title": e.title, "theme": e.theme, "status": e.status,
-                 "checks": e.checks, "attestations": e.attestations,
-                 "not_applicable": e.not_applicable}
-                for e in table[framework] if not args.gaps or e.status == "gap"
+                {
+                    "id": e.id,
+                    "title": e.title,
+                    "theme": e.theme,
+                    "status": e.status,
+                    "checks": e.checks,
+                    "attestations": e.attestations,
+                    "not_applicable": e.not_applicable,
+                }
+                for e in table[framework]
+                if not args.gaps or e.status == "gap"
             ]
             for framework in frameworks
-        }  # fmt: skip
+        }
         json.dump(document, sys.stdout, indent=2)
         print()
         gaps = sum(e.status == "gap" for f in frameworks for e in table[f])
@@ -123,10 +130,23 @@ def _coverage(args: argparse.Namespace) -> int:
 def _checks(args: argparse.Namespace) -> int:
     _, checks, _ = _loaded()
     if args.format == "json":
-        json.dump([{"id": c.id, "title": c.title, "scope": c.scope, "severity": c.severity,
-                    "facts": list(c.facts), "controls": {f: list(i) for f, i in c.controls.items()},
-                    "rule": c.rule, "remediation": c.remediation} for c in checks],
-                  sys.stdout, indent=2)  # fmt: skip
+        json.dump(
+            [
+                {
+                    "id": c.id,
+                    "title": c.title,
+                    "scope": c.scope,
+                    "severity": c.severity,
+                    "facts": list(c.facts),
+                    "controls": {f: list(i) for f, i in c.controls.items()},
+                    "rule": c.rule,
+                    "remediation": c.remediation,
+                }
+                for c in checks
+            ],
+            sys.stdout,
+            indent=2,
+        )
         print()
         return 0
     for c in checks:
@@ -139,8 +159,10 @@ def _checklists(args: argparse.Namespace) -> int:
     _, _, checklists = _loaded()
     for name in [args.name] if args.name else NAMES:
         checklist = checklists[name]
-        print(f"{checklist.title} ({name}, {checklist.schedule}): "
-              f"report sections: {', '.join(checklist.report_sections)}")  # fmt: skip
+        print(
+            f"{checklist.title} ({name}, {checklist.schedule}): "
+            f"report sections: {', '.join(checklist.report_sections)}"
+        )
         for item in checklist.items:
             how = []
             if item.checks:
@@ -195,30 +217,43 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
     hosts = gather(args.inventory, args.limit, forks=args.forks, progress=_progress)
     results = run_checks(checks, hosts, waivers)
     document = {
-        "hosts": [{"host": h.host, "groups": h.groups, "error": h.error, "seconds": h.seconds}
-                  for h in hosts],
+        "hosts": [
+            {"host": h.host, "groups": h.groups, "error": h.error, "seconds": h.seconds}
+            for h in hosts
+        ],
         "results": [r.as_dict() for r in results],
         "started": started,
-    }  # fmt: skip
+    }
     if args.facts:
         facts = {h.host: masked(h.facts) for h in hosts}
         args.facts.write_text(json.dumps(facts, indent=2) + "\n")
-    run = {"started": started.isoformat(), "inventory": str(args.inventory),
-           "limit": args.limit, "checks_sha256": hash_files(list(CHECK_DIR.glob("*.yaml"))),
-           "waivers_sha256": hash_files([args.waivers]) if args.waivers else None}  # fmt: skip
+    run = {
+        "started": started.isoformat(),
+        "inventory": str(args.inventory),
+        "limit": args.limit,
+        "checks_sha256": hash_files(list(CHECK_DIR.glob("*.yaml"))),
+        "waivers_sha256": hash_files([args.waivers]) if args.waivers else None,
+    }
     facts = {h.host: h.facts for h in hosts}
     added = extra(document, results, run, facts) if extra else {}
     if "report.html" not in added:
         page = render("compliance check", run, document["hosts"], document["results"])
         added["report.html"] = page.encode()
     if "assessment-results.json" not in added:
-        oscal = assessment_results("compliance check", run, document["hosts"],
-                                   document["results"])  # fmt: skip
+        oscal = assessment_results("compliance check", run, document["hosts"], document["results"])
         added["assessment-results.json"] = _oscal_json(oscal)
     if args.evidence:
-        bundle = write_bundle(args.evidence, kind, document["results"], document["hosts"],
-                              facts, run, signing_key, extra=added,
-                              previous=start.previous)  # fmt: skip
+        bundle = write_bundle(
+            args.evidence,
+            kind,
+            document["results"],
+            document["hosts"],
+            facts,
+            run,
+            signing_key,
+            extra=added,
+            previous=start.previous,
+        )
         write_head(args.head, signing_key, bundle, start.count + 1)
         print(f"evidence: {bundle}\nseries head: {args.head}", file=sys.stderr)
         if args.archive:
@@ -235,8 +270,9 @@ def _check(args: argparse.Namespace) -> int:
         for host in document["hosts"]:
             mine = [r for r in results if r.host == host["host"]]
             counts = Counter(r.status for r in mine)
-            summary = ", ".join(f"{counts[s]} {s}" for s in ("pass", "fail", "waived", "error")
-                                if counts[s])  # fmt: skip
+            summary = ", ".join(
+                f"{counts[s]} {s}" for s in ("pass", "fail", "waived", "error") if counts[s]
+            )
             print(f"{host['host']} ({host['seconds']} s): {summary}")
             for r in mine:
                 if r.status != "pass":
@@ -259,21 +295,32 @@ def _checklist_run(args: argparse.Namespace) -> int:
     def report(document, results, run, facts) -> dict[str, bytes]:
         outcome["items"] = run_items(checklist, results, args.store, attesters=attesters)
         items = [i.as_dict() for i in outcome["items"]]
-        data = RunData(document["hosts"], facts, document["results"], items,
-                       {c.id: c for c in checks}, document["started"])  # fmt: skip
+        data = RunData(
+            document["hosts"],
+            facts,
+            document["results"],
+            items,
+            {c.id: c for c in checks},
+            document["started"],
+        )
         sections = build_sections(checklist.report_sections, data)
-        text = markdown(checklist, outcome["items"], document["hosts"], document["started"],
-                        sections)  # fmt: skip
+        text = markdown(
+            checklist, outcome["items"], document["hosts"], document["started"], sections
+        )
         outcome["markdown"] = text
-        page = render(checklist.title, run, document["hosts"], document["results"], items,
-                      sections)  # fmt: skip
-        attested = {i.id: i.attested_controls for i in checklist.items
-                    if i.attested_controls is not None}  # fmt: skip
-        oscal = assessment_results(checklist.title, run, document["hosts"],
-                                   document["results"], items, attested)  # fmt: skip
-        return {"report.md": text.encode(), "report.html": page.encode(),
-                "assessment-results.json": _oscal_json(oscal),
-                "checklist.json": (json.dumps(items, indent=2) + "\n").encode()}  # fmt: skip
+        page = render(checklist.title, run, document["hosts"], document["results"], items, sections)
+        attested = {
+            i.id: i.attested_controls for i in checklist.items if i.attested_controls is not None
+        }
+        oscal = assessment_results(
+            checklist.title, run, document["hosts"], document["results"], items, attested
+        )
+        return {
+            "report.md": text.encode(),
+            "report.html": page.encode(),
+            "assessment-results.json": _oscal_json(oscal),
+            "checklist.json": (json.dumps(items, indent=2) + "\n").encode(),
+        }
 
     _gather_and_check(args, _selected_checks(args, wanted), args.name, extra=report)
     if args.format == "json":
@@ -295,10 +342,19 @@ def _attest(args: argparse.Namespace) -> int:
         try:
             certificate = x509.load_pem_x509_certificate(args.certificate.read_bytes())
         except (OSError, ValueError) as error:
-            raise AttestationError(f"{args.certificate}: not a PEM certificate ({error})") \
-                from error  # fmt: skip
-    path = record(args.store, checklists, args.item, args.by, args.note, args.file or [], key,
-                  certificate=certificate)  # fmt: skip
+            raise AttestationError(
+                f"{args.certificate}: not a PEM certificate ({error})"
+            ) from error
+    path = record(
+        args.store,
+        checklists,
+        args.item,
+        args.by,
+        args.note,
+        args.file or [],
+        key,
+        certificate=certificate,
+    )
     print(f"attestation recorded: {path} (signed by {args.by}'s key {key_id(key.public_key())})")
     return 0
 
@@ -308,11 +364,14 @@ def _keygen(args: argparse.Namespace) -> int:
         if args.public_key is None:
             raise EvidenceError("a token key needs --public-key PATH (auditors verify with it)")
         uri, public = generate_token_key(args.key)
-        pem = public.public_bytes(serialization.Encoding.PEM,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+        pem = public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         args.public_key.write_bytes(pem)
-        print(f"signing key made on the token (not extractable): {uri}\n"
-              f"public key {args.public_key}, key id {key_id(public)}")  # fmt: skip
+        print(
+            f"signing key made on the token (not extractable): {uri}\n"
+            f"public key {args.public_key}, key id {key_id(public)}"
+        )
         return 0
     kid = generate_key(Path(args.key))
     print(f"signing key written: {args.key} (0600), public key {args.key}.pub, key id {kid}")
@@ -323,8 +382,10 @@ def _verify(args: argparse.Namespace) -> int:
     anchor = TrustAnchor.from_options(args.trusted_key, args.key_list, args.trust_embedded_key)
     outcome = verify_bundles(args.target, anchor, args.head)
     if outcome.unverified:
-        print("UNVERIFIED: no trust anchor - each bundle's own embedded key was trusted, so "
-              "whoever wrote these files could have signed them (exit 3 at best)")  # fmt: skip
+        print(
+            "UNVERIFIED: no trust anchor - each bundle's own embedded key was trusted, so "
+            "whoever wrote these files could have signed them (exit 3 at best)"
+        )
     bad = 0
     for check in outcome.checks:
         if check.problems:
@@ -336,26 +397,37 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"UNVERIFIED {check.bundle} (carries key {check.key_id})")
         else:
             print(f"OK     {check.bundle} (signed by trusted key {check.key_id})")
-    for label, problems in (("CHAIN", outcome.chain), ("SERIES", outcome.series),
-                            ("HEAD", outcome.head)):  # fmt: skip
+    for label, problems in (
+        ("CHAIN", outcome.chain),
+        ("SERIES", outcome.series),
+        ("HEAD", outcome.head),
+    ):
         for problem in problems:
             print(f"{label:<6} {problem}")
     if args.head is not None and not outcome.head:
         print(f"HEAD   {args.head}: the series' newest runs are all here")
-    print(f"{len(outcome.checks)} bundles, {bad} with problems, {len(outcome.chain)} breaks "
-          f"in the chain, {len(outcome.series) + len(outcome.head)} series problems")  # fmt: skip
+    print(
+        f"{len(outcome.checks)} bundles, {bad} with problems, {len(outcome.chain)} breaks "
+        f"in the chain, {len(outcome.series) + len(outcome.head)} series problems"
+    )
     if outcome.problems:
         return 1
     return 3 if outcome.unverified else 0
 
 
-def _alert(args: argparse.Namespace, event: str, checklist: str, message: str,
-           **details: object) -> None:  # fmt: skip
+def _alert(
+    args: argparse.Namespace, event: str, checklist: str, message: str, **details: object
+) -> None:
     log_alert(message)
     if args.webhook:
-        payload = {"event": event, "checklist": checklist, "message": message,
-                   "host": socket.gethostname(), **details,
-                   "at": datetime.datetime.now(datetime.UTC).isoformat()}  # fmt: skip
+        payload = {
+            "event": event,
+            "checklist": checklist,
+            "message": message,
+            "host": socket.gethostname(),
+            **details,
+            "at": datetime.datetime.now(datetime.UTC).isoformat(),
+        }
         problem = post_webhook(args.webhook, payload)
         if problem:
             log_alert(problem)
@@ -384,31 +456,46 @@ def _schedule_run(args: argparse.Namespace) -> int:
     trusted = TrustAnchor.from_options(args.trusted_key) if args.trusted_key else None
     removed = prune(args.evidence, args.keep_days, load_key(args.signing_key), trusted=trusted)
     if removed:
-        print(f"retention: removed {len(removed)} bundles older than {args.keep_days} days",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"retention: removed {len(removed)} bundles older than {args.keep_days} days",
+            file=sys.stderr,
+        )
     # Pending attestations are the normal state of a morning run, not an alert.
     status = 2 if code == 2 else int(bool(counts["fail"] or counts["error"] or gap))
     if args.metrics:
-        write_metrics(args.metrics, {
-            f'securecore_compliance_last_run_timestamp_seconds{{checklist="{args.name}"}}':
-                datetime.datetime.now(datetime.UTC).timestamp(),
-            f'securecore_compliance_last_run_status{{checklist="{args.name}"}}': status,
-            f'securecore_compliance_run_missed{{checklist="{args.name}"}}': 0,
-        })  # fmt: skip
+        write_metrics(
+            args.metrics,
+            {
+                f'securecore_compliance_last_run_timestamp_seconds{{checklist="{args.name}"}}': datetime.datetime.now(
+                    datetime.UTC
+                ).timestamp(),
+                f'securecore_compliance_last_run_status{{checklist="{args.name}"}}': status,
+                f'securecore_compliance_run_missed{{checklist="{args.name}"}}': 0,
+            },
+        )
     if status:
         what = "could not be completed" if status == 2 else "found failures"
-        _alert(args, "checklist_failed" if status == 1 else "checklist_error", args.name,
-               f"the {args.name} checklist {what} ({counts['fail']} failed, "
-               f"{counts['error']} errors, {counts['pending']} pending; bundle {bundle})",
-               status=status, bundle=bundle, items=dict(counts))  # fmt: skip
+        _alert(
+            args,
+            "checklist_failed" if status == 1 else "checklist_error",
+            args.name,
+            f"the {args.name} checklist {what} ({counts['fail']} failed, "
+            f"{counts['error']} errors, {counts['pending']} pending; bundle {bundle})",
+            status=status,
+            bundle=bundle,
+            items=dict(counts),
+        )
     return status
 
 
 def _schedule_status(args: argparse.Namespace) -> int:
     """Missed runs: each checklist's newest bundle against its period."""
     marker = args.evidence_root / ".installed"
-    installed = datetime.datetime.fromtimestamp(marker.stat().st_mtime, datetime.UTC) \
-        if marker.is_file() else datetime.datetime.now(datetime.UTC)  # fmt: skip
+    installed = (
+        datetime.datetime.fromtimestamp(marker.stat().st_mtime, datetime.UTC)
+        if marker.is_file()
+        else datetime.datetime.now(datetime.UTC)
+    )
     anchor = None
     if args.trusted_key or args.key_list:
         anchor = TrustAnchor.from_options(args.trusted_key, args.key_list)
@@ -420,13 +507,15 @@ def _schedule_status(args: argparse.Namespace) -> int:
         state = schedule_state(args.evidence_root, name, installed)
         print(f"{name:<8} {'MISSED' if state.missed else 'ok':<7} {state.detail}")
         if args.metrics:
-            write_metrics(args.metrics,
-                          {f'securecore_compliance_run_missed{{checklist="{name}"}}':
-                           int(state.missed)})  # fmt: skip
+            write_metrics(
+                args.metrics,
+                {f'securecore_compliance_run_missed{{checklist="{name}"}}': int(state.missed)},
+            )
         if state.missed:
             missed += 1
-            _alert(args, "checklist_missed", name, f"missed run: {state.detail}",
-                   newest=state.newest)  # fmt: skip
+            _alert(
+                args, "checklist_missed", name, f"missed run: {state.detail}", newest=state.newest
+            )
     return 1 if missed or broken else 0
 
 
@@ -438,31 +527,50 @@ def _series_verified(args: argparse.Namespace, name: str, anchor: TrustAnchor) -
         problems = verify_bundles(args.evidence_root / name, anchor, head).problems
     except EvidenceError as error:
         problems = [str(error)]
-    print(f"{name:<8} {'BROKEN' if problems else 'verified':<8} "
-          f"{problems[0] if problems else 'evidence series and head verify'}")  # fmt: skip
+    print(
+        f"{name:<8} {'BROKEN' if problems else 'verified':<8} "
+        f"{problems[0] if problems else 'evidence series and head verify'}"
+    )
     if args.metrics:
         write_metrics(
             args.metrics,
             {f'securecore_compliance_evidence_broken{{checklist="{name}"}}': int(bool(problems))},
         )
     if problems:
-        _alert(args, "evidence_broken", name, f"the {name} evidence series does not verify "
-               f"({len(problems)} problems; first: {problems[0]})")  # fmt: skip
+        _alert(
+            args,
+            "evidence_broken",
+            name,
+            f"the {name} evidence series does not verify "
+            f"({len(problems)} problems; first: {problems[0]})",
+        )
     return int(bool(problems))
 
 
 def _trust_options(command: argparse.ArgumentParser, key_list: bool = True) -> None:
-    command.add_argument("--trusted-key", "--public-key", type=Path, action="append",
-                         help="an evidence public key to trust (PEM; repeatable)")  # fmt: skip
+    command.add_argument(
+        "--trusted-key",
+        "--public-key",
+        type=Path,
+        action="append",
+        help="an evidence public key to trust (PEM; repeatable)",
+    )
     if key_list:
-        command.add_argument("--key-list", type=Path,
-                             help="trusted keys with validity periods (YAML/JSON: keys: "
-                                  "[{key, not_before, not_after}])")  # fmt: skip
+        command.add_argument(
+            "--key-list",
+            type=Path,
+            help="trusted keys with validity periods (YAML/JSON: keys: "
+            "[{key, not_before, not_after}])",
+        )
 
 
 def _alert_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--evidence-root", type=Path, required=True,
-                         help="one evidence directory per checklist under it")  # fmt: skip
+    command.add_argument(
+        "--evidence-root",
+        type=Path,
+        required=True,
+        help="one evidence directory per checklist under it",
+    )
     command.add_argument(
         "--head-dir", type=Path, help="the series heads (NAME.json): outside the evidence root"
     )
@@ -491,23 +599,33 @@ def _host_options(command: argparse.ArgumentParser) -> None:
         "--signing-key", help="ECDSA P-256 key: a file, or pkcs11:token=...;object=... (a token)"
     )
     command.add_argument("--archive", action="store_true", help="also write BUNDLE.tar.gz")
-    command.add_argument("--head", type=Path,
-                         help="the signed series head, kept outside the evidence directory "
-                              "(default: $XDG_STATE_HOME or ~/.local/state/"
-                              "securecore-compliance/heads/)")  # fmt: skip
-    command.add_argument("--new-head", action="store_true",
-                         help="start a series head for evidence that has none yet")  # fmt: skip
+    command.add_argument(
+        "--head",
+        type=Path,
+        help="the signed series head, kept outside the evidence directory "
+        "(default: $XDG_STATE_HOME or ~/.local/state/"
+        "securecore-compliance/heads/)",
+    )
+    command.add_argument(
+        "--new-head", action="store_true", help="start a series head for evidence that has none yet"
+    )
 
 
 def _checklist_run_options(command: argparse.ArgumentParser) -> None:
     """What `checklist run` and `schedule run` (a checklist run on a timer) both take."""
     command.add_argument("name", choices=NAMES)
     _host_options(command)
-    command.add_argument("--store", type=Path, default=Path("evidence/attestations"),
-                         help="the attestation store (default: evidence/attestations)")  # fmt: skip
-    command.add_argument("--attesters", type=Path,
-                         help="who may attest: NAME -> public key (YAML); without it no "
-                              "attestation counts")  # fmt: skip
+    command.add_argument(
+        "--store",
+        type=Path,
+        default=Path("evidence/attestations"),
+        help="the attestation store (default: evidence/attestations)",
+    )
+    command.add_argument(
+        "--attesters",
+        type=Path,
+        help="who may attest: NAME -> public key (YAML); without it no attestation counts",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -545,13 +663,20 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="that person's signing key: a file, or pkcs11:token=...;object=...",
     )
-    attest.add_argument("--certificate", type=Path,
-                        help="that person's certificate for --key (PEM; its common name is "
-                             "--by), for attesters pinned by certificate authority")  # fmt: skip
+    attest.add_argument(
+        "--certificate",
+        type=Path,
+        help="that person's certificate for --key (PEM; its common name is "
+        "--by), for attesters pinned by certificate authority",
+    )
     attest.add_argument("--note", required=True, help="what was done and found")
     attest.add_argument("--file", type=Path, action="append", help="a file shown (hashed)")
-    attest.add_argument("--store", type=Path, default=Path("evidence/attestations"),
-                        help="the attestation store (default: evidence/attestations)")  # fmt: skip
+    attest.add_argument(
+        "--store",
+        type=Path,
+        default=Path("evidence/attestations"),
+        help="the attestation store (default: evidence/attestations)",
+    )
     attest.set_defaults(handler=_attest)
     keygen = commands.add_parser("keygen", help="make an evidence signing key (file, 0600)")
     keygen.add_argument(
@@ -566,14 +691,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify", help="check evidence bundles offline: hashes, signature, the chain"
     )
-    verify.add_argument("target", type=Path,
-                        help="a bundle, its .tar.gz, or a directory of bundles")  # fmt: skip
+    verify.add_argument(
+        "target", type=Path, help="a bundle, its .tar.gz, or a directory of bundles"
+    )
     _trust_options(verify)
-    verify.add_argument("--trust-embedded-key", action="store_true",
-                        help="no anchor: trust each bundle's own key - proves nothing; output "
-                             "marked UNVERIFIED, exit 3")  # fmt: skip
-    verify.add_argument("--head", type=Path,
-                        help="the series head: a missing newest run is found")  # fmt: skip
+    verify.add_argument(
+        "--trust-embedded-key",
+        action="store_true",
+        help="no anchor: trust each bundle's own key - proves nothing; output "
+        "marked UNVERIFIED, exit 3",
+    )
+    verify.add_argument("--head", type=Path, help="the series head: a missing newest run is found")
     verify.set_defaults(handler=_verify)
     schedule = commands.add_parser("schedule", help="what the scheduler's timers run")
     schedule_actions = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -581,8 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="a checklist run into EVIDENCE_ROOT/NAME, with retention, metrics, alerts"
     )
     _checklist_run_options(scheduled)
-    scheduled.add_argument("--keep-days", type=int, default=365,
-                           help="remove bundles older than this (default 365)")  # fmt: skip
+    scheduled.add_argument(
+        "--keep-days", type=int, default=365, help="remove bundles older than this (default 365)"
+    )
     _alert_options(scheduled)
     _trust_options(scheduled, key_list=False)  # a rotated-out key's bundles still age out
     scheduled.set_defaults(handler=_schedule_run)

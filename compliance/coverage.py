@@ -66,10 +66,11 @@ def coverage(
     applicability: dict[str, dict[str, str]],
 ) -> dict[str, list[ControlCoverage]]:
     table = {
-        framework: {c.id: ControlCoverage(framework, c.id, c.title, c.theme)
-                    for c in catalog.controls}
+        framework: {
+            c.id: ControlCoverage(framework, c.id, c.title, c.theme) for c in catalog.controls
+        }
         for framework, catalog in catalogs.items()
-    }  # fmt: skip
+    }
     for check in checks:
         for framework, ids in check.controls.items():
             for control_id in ids:

@@ -73,8 +73,15 @@ def load_waivers(path: str | Path | None, known_checks: set[str]) -> list[Waiver
         if not isinstance(expires, datetime.date):
             raise CatalogError(f"{where}: expires: a date (YYYY-MM-DD)")
         hosts = item["hosts"] if isinstance(item["hosts"], list) else [item["hosts"]]
-        waivers.append(Waiver(item["check"], tuple(map(str, hosts)), str(item["reason"]),
-                              str(item["approver"]), expires))  # fmt: skip
+        waivers.append(
+            Waiver(
+                item["check"],
+                tuple(map(str, hosts)),
+                str(item["reason"]),
+                str(item["approver"]),
+                expires,
+            )
+        )
     return waivers
 
 
@@ -83,9 +90,11 @@ def applies(check: Check, host: HostFacts) -> bool:
 
 
 def run_checks(
-    checks: list[Check], hosts: list[HostFacts], waivers: list[Waiver],
+    checks: list[Check],
+    hosts: list[HostFacts],
+    waivers: list[Waiver],
     today: datetime.date | None = None,
-) -> list[Result]:  # fmt: skip
+) -> list[Result]:
     today = today or datetime.date.today()
     results = []
     for host in hosts:
@@ -94,18 +103,29 @@ def run_checks(
                 continue
             controls = {f: list(ids) for f, ids in check.controls.items()}
             if host.error:
-                results.append(Result(check.id, host.host, "error", host.error, check.severity,
-                                      controls))  # fmt: skip
+                results.append(
+                    Result(check.id, host.host, "error", host.error, check.severity, controls)
+                )
                 continue
             outcome = evaluate(check.rule, host.facts)
-            result = Result(check.id, host.host, "pass" if outcome.passed else "fail",
-                            outcome.detail, check.severity, controls)  # fmt: skip
+            result = Result(
+                check.id,
+                host.host,
+                "pass" if outcome.passed else "fail",
+                outcome.detail,
+                check.severity,
+                controls,
+            )
             if not outcome.passed:
-                waiver = next((w for w in waivers if w.covers(check.id, host.host, host.groups)),
-                              None)  # fmt: skip
+                waiver = next(
+                    (w for w in waivers if w.covers(check.id, host.host, host.groups)), None
+                )
                 if waiver is not None:
-                    record = {"reason": waiver.reason, "approver": waiver.approver,
-                              "expires": waiver.expires.isoformat()}  # fmt: skip
+                    record = {
+                        "reason": waiver.reason,
+                        "approver": waiver.approver,
+                        "expires": waiver.expires.isoformat(),
+                    }
                     if waiver.expires >= today:
                         result.status = "waived"
                     else:

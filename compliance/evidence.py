@@ -72,9 +72,13 @@ def generate_key(path: Path) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))  # fmt: skip
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -98,8 +102,9 @@ def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def key_id(public: ec.EllipticCurvePublicKey) -> str:
-    der = public.public_bytes(serialization.Encoding.DER,
-                              serialization.PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return hashlib.sha256(der).hexdigest()
 
 
@@ -109,8 +114,10 @@ def key_id(public: ec.EllipticCurvePublicKey) -> str:
 def masked(value: Any) -> Any:
     """VALUE with every entry whose name says it is secret replaced by a mask."""
     if isinstance(value, dict):
-        return {k: (MASK if SECRET_KEYS.search(str(k)) and v not in (None, [], {}) else masked(v))
-                for k, v in value.items()}  # fmt: skip
+        return {
+            k: (MASK if SECRET_KEYS.search(str(k)) and v not in (None, [], {}) else masked(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [masked(v) for v in value]
     return value
@@ -132,8 +139,10 @@ def junit(results: list[dict[str, Any]], name: str) -> bytes:
             body = f"<error message={quoteattr(r['detail'])}/>"
         elif r["status"] == "waived":
             body = f"<skipped message={quoteattr('waived: ' + r['waiver']['reason'])}/>"
-        cases.append(f'  <testcase classname={quoteattr(r["host"])} name={quoteattr(r["check"])}>'
-                     f"{body}</testcase>")  # fmt: skip
+        cases.append(
+            f"  <testcase classname={quoteattr(r['host'])} name={quoteattr(r['check'])}>"
+            f"{body}</testcase>"
+        )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<testsuite name={quoteattr(name)} tests="{len(results)}" failures="{failures}" '
@@ -142,8 +151,11 @@ def junit(results: list[dict[str, Any]], name: str) -> bytes:
 
 
 def previous_bundle(directory: Path) -> dict[str, str] | None:
-    bundles = sorted(p for p in directory.iterdir() if (p / "manifest.json").is_file()) \
-        if directory.is_dir() else []  # fmt: skip
+    bundles = (
+        sorted(p for p in directory.iterdir() if (p / "manifest.json").is_file())
+        if directory.is_dir()
+        else []
+    )
     if not bundles:
         return None
     last = bundles[-1]
@@ -152,10 +164,16 @@ def previous_bundle(directory: Path) -> dict[str, str] | None:
 
 
 def write_bundle(
-    directory: Path, kind: str, results: list[dict[str, Any]], hosts: list[dict[str, Any]],
-    facts: dict[str, Any], run: dict[str, Any], signing_key: ec.EllipticCurvePrivateKey,
-    extra: dict[str, bytes] | None = None, previous: dict[str, str] | bool | None = False,
-) -> Path:  # fmt: skip
+    directory: Path,
+    kind: str,
+    results: list[dict[str, Any]],
+    hosts: list[dict[str, Any]],
+    facts: dict[str, Any],
+    run: dict[str, Any],
+    signing_key: ec.EllipticCurvePrivateKey,
+    extra: dict[str, bytes] | None = None,
+    previous: dict[str, str] | bool | None = False,
+) -> Path:
     """A new signed bundle in DIRECTORY. PREVIOUS is the predecessor to name (what the
     series head says, see `SeriesHead`); False: the newest bundle in DIRECTORY."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -164,17 +182,24 @@ def write_bundle(
     now = datetime.datetime.now(datetime.UTC)
     bundle_id = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{kind}"
     files: dict[str, bytes] = {
-        "run.json": _json({
-            "format": FORMAT, "id": bundle_id, "kind": kind, "tool": "compliance",
-            "version": __version__, "finished": now.isoformat(),
-            "operator": f"{getpass.getuser()}@{socket.gethostname()}",
-            "previous": previous, **run,
-        }),
+        "run.json": _json(
+            {
+                "format": FORMAT,
+                "id": bundle_id,
+                "kind": kind,
+                "tool": "compliance",
+                "version": __version__,
+                "finished": now.isoformat(),
+                "operator": f"{getpass.getuser()}@{socket.gethostname()}",
+                "previous": previous,
+                **run,
+            }
+        ),
         "results.json": _json({"hosts": hosts, "results": results}),
         "junit.xml": junit(results, f"compliance {kind}"),
         **{f"facts/{escape(host)}.json": _json(masked(found)) for host, found in facts.items()},
         **(extra or {}),
-    }  # fmt: skip
+    }
     target = directory / bundle_id
     staging = directory / f".{bundle_id}.partial"
     for name, data in files.items():
@@ -183,20 +208,32 @@ def write_bundle(
         path.write_bytes(data)
     # The signed time lives in the manifest (signed), not only in run.json: retention and
     # key validity periods decide from it, and an edited run.json is caught by its hash.
-    manifest = _json({"format": FORMAT, "id": bundle_id, "signed_at": now.isoformat(),
-                      "files": {name: {"sha256": hashlib.sha256(data).hexdigest(),
-                                       "size": len(data)}
-                                for name, data in sorted(files.items())}})  # fmt: skip
+    manifest = _json(
+        {
+            "format": FORMAT,
+            "id": bundle_id,
+            "signed_at": now.isoformat(),
+            "files": {
+                name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                for name, data in sorted(files.items())
+            },
+        }
+    )
     (staging / "manifest.json").write_bytes(manifest)
     signature = signing_key.sign(manifest, ec.ECDSA(hashes.SHA256()))
     public = signing_key.public_key()
-    (staging / "signature.json").write_bytes(_json({
-        "algorithm": "ECDSA-P256-SHA256", "key_id": key_id(public),
-        "public_key": public.public_bytes(serialization.Encoding.PEM,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo
-                                          ).decode(),
-        "signature": base64.b64encode(signature).decode(),
-    }))  # fmt: skip
+    (staging / "signature.json").write_bytes(
+        _json(
+            {
+                "algorithm": "ECDSA-P256-SHA256",
+                "key_id": key_id(public),
+                "public_key": public.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                ).decode(),
+                "signature": base64.b64encode(signature).decode(),
+            }
+        )
+    )
     staging.rename(target)  # a bundle appears whole, or not at all
     return target
 
@@ -205,8 +242,10 @@ def archive(bundle: Path) -> Path:
     """BUNDLE.tar.gz beside the bundle: the same files, in a fixed order and form, so
     the same bundle always makes the same archive."""
     target = bundle.with_name(bundle.name + ".tar.gz")
-    with gzip.GzipFile(target, "wb", mtime=0) as compressed, \
-            tarfile.open(fileobj=compressed, mode="w") as tar:  # fmt: skip
+    with (
+        gzip.GzipFile(target, "wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as tar,
+    ):
         for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
             info = tarfile.TarInfo(f"{bundle.name}/{path.relative_to(bundle)}")
             data = path.read_bytes()
@@ -236,8 +275,11 @@ def load_public_key(data: bytes, where: str) -> ec.EllipticCurvePublicKey:
 
 def _moment(value: Any, where: str) -> datetime.datetime:
     try:
-        moment = value if isinstance(value, datetime.datetime) else \
-            datetime.datetime.fromisoformat(str(value))  # fmt: skip
+        moment = (
+            value
+            if isinstance(value, datetime.datetime)
+            else datetime.datetime.fromisoformat(str(value))
+        )
     except ValueError as error:
         raise EvidenceError(f"{where}: {value!r} is not an ISO 8601 time") from error
     if moment.tzinfo is None:
@@ -257,8 +299,9 @@ class TrustedKey:
         return key_id(self.public)
 
     def covers(self, moment: datetime.datetime) -> bool:
-        return (self.not_before is None or moment >= self.not_before) and \
-            (self.not_after is None or moment < self.not_after)  # fmt: skip
+        return (self.not_before is None or moment >= self.not_before) and (
+            self.not_after is None or moment < self.not_after
+        )
 
     def period(self) -> str:
         start = self.not_before.isoformat() if self.not_before else "-"
@@ -277,12 +320,15 @@ class TrustAnchor:
         return cls(tuple(TrustedKey(p, "the signing key") for p in publics))
 
     @classmethod
-    def from_options(cls, keys: list[Path] | None = None, key_list: Path | None = None,
-                     embedded: bool = False) -> TrustAnchor:  # fmt: skip
+    def from_options(
+        cls, keys: list[Path] | None = None, key_list: Path | None = None, embedded: bool = False
+    ) -> TrustAnchor:
         if embedded:
             if keys or key_list:
-                raise EvidenceError("--trust-embedded-key trusts whatever key a bundle carries; "
-                                    "give it without --trusted-key/--key-list")  # fmt: skip
+                raise EvidenceError(
+                    "--trust-embedded-key trusts whatever key a bundle carries; "
+                    "give it without --trusted-key/--key-list"
+                )
             return cls(embedded=True)
         if not keys and key_list is None:
             raise EvidenceError(
@@ -293,8 +339,7 @@ class TrustAnchor:
         trusted = []
         for path in keys or []:
             try:
-                trusted.append(TrustedKey(load_public_key(path.read_bytes(), str(path)),
-                                          str(path)))  # fmt: skip
+                trusted.append(TrustedKey(load_public_key(path.read_bytes(), str(path)), str(path)))
             except OSError as error:
                 raise EvidenceError(f"{path}: cannot read it ({error.strerror})") from error
         if key_list is not None:
@@ -321,8 +366,10 @@ class TrustAnchor:
         if any(k.covers(moment) for k in matches):
             return None
         periods = "; ".join(k.period() for k in matches)
-        return (f"signed at {moment.isoformat()} by key {kid[:16]}..., outside its validity "
-                f"period ({periods})")  # fmt: skip
+        return (
+            f"signed at {moment.isoformat()} by key {kid[:16]}..., outside its validity "
+            f"period ({periods})"
+        )
 
 
 def load_yaml(path: Path, what: str) -> Any:
@@ -359,18 +406,23 @@ def _key_list(path: Path) -> list[TrustedKey]:
     for number, entry in enumerate(entries, 1):
         where = f"{path}: key {number}"
         if not isinstance(entry, dict) or not entry.get("key") or "not_before" not in entry:
-            raise EvidenceError(f"{where}: needs `key` and `not_before` (and `not_after` "
-                                "once the key is retired)")  # fmt: skip
+            raise EvidenceError(
+                f"{where}: needs `key` and `not_before` (and `not_after` once the key is retired)"
+            )
         unknown = set(entry) - {"key", "not_before", "not_after", "comment"}
         if unknown:
             raise EvidenceError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         start = _moment(entry["not_before"], f"{where} not_before")
-        end = _moment(entry["not_after"], f"{where} not_after") \
-            if entry.get("not_after") is not None else None  # fmt: skip
+        end = (
+            _moment(entry["not_after"], f"{where} not_after")
+            if entry.get("not_after") is not None
+            else None
+        )
         if end is not None and end <= start:
             raise EvidenceError(f"{where}: not_after is not after not_before")
-        trusted.append(TrustedKey(public_key_named(entry["key"], path.parent, where), where,
-                                  start, end))  # fmt: skip
+        trusted.append(
+            TrustedKey(public_key_named(entry["key"], path.parent, where), where, start, end)
+        )
     return trusted
 
 
@@ -384,17 +436,29 @@ def signed_record(record: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> by
     body = json.dumps(record, sort_keys=True).encode()
     signature = key.sign(body, ec.ECDSA(hashes.SHA256()))
     public = key.public_key()
-    return (json.dumps({
-        "record": record, "key_id": key_id(public),
-        "public_key": public.public_bytes(serialization.Encoding.PEM,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo
-                                          ).decode(),
-        "signature": base64.b64encode(signature).decode(),
-    }, indent=2, sort_keys=True) + "\n").encode()  # fmt: skip
+    return (
+        json.dumps(
+            {
+                "record": record,
+                "key_id": key_id(public),
+                "public_key": public.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                ).decode(),
+                "signature": base64.b64encode(signature).decode(),
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    ).encode()
 
 
-def verified_record(signed: Any, anchor: TrustAnchor, time_field: str, where: str,
-                    ) -> dict[str, Any]:  # fmt: skip
+def verified_record(
+    signed: Any,
+    anchor: TrustAnchor,
+    time_field: str,
+    where: str,
+) -> dict[str, Any]:
     """The record of a signed_record() document, if its signature verifies and ANCHOR
     trusts its signer at the record's own (signed) TIME_FIELD."""
     try:
@@ -435,8 +499,13 @@ def bundle_dirs(directory: Path) -> list[Path]:
     dot-name is a run's staging directory, never a bundle."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if not p.name.startswith(".") and p.is_dir()
-                  and ((p / "manifest.json").is_file() or (p / "run.json").is_file()))  # fmt: skip
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if not p.name.startswith(".")
+        and p.is_dir()
+        and ((p / "manifest.json").is_file() or (p / "run.json").is_file())
+    )
 
 
 def manifest_digest(bundle: Path) -> str | None:
@@ -478,8 +547,11 @@ def default_head(directory: Path) -> Path:
 
 def read_head(path: Path, anchor: TrustAnchor) -> dict[str, Any]:
     head = read_signed(path, anchor, "signed_at")
-    if head.get("format") != HEAD_FORMAT or not isinstance(head.get("newest"), dict) or \
-            not isinstance(head.get("count"), int):  # fmt: skip
+    if (
+        head.get("format") != HEAD_FORMAT
+        or not isinstance(head.get("newest"), dict)
+        or not isinstance(head.get("count"), int)
+    ):
         raise EvidenceError(f"{path}: not a series head ({HEAD_FORMAT})")
     return head
 
@@ -509,8 +581,9 @@ class SeriesStart:
     warning: str | None = None
 
 
-def series_start(directory: Path, head: Path, key: ec.EllipticCurvePrivateKey,
-                 new_head: bool = False) -> SeriesStart:  # fmt: skip
+def series_start(
+    directory: Path, head: Path, key: ec.EllipticCurvePrivateKey, new_head: bool = False
+) -> SeriesStart:
     """Where the next bundle of DIRECTORY chains on: the newest bundle the head names
     (or one made after it). If that bundle is gone, the new one still names it, so the
     gap stays in the signed chain and every later verification finds it."""
@@ -523,27 +596,34 @@ def series_start(directory: Path, head: Path, key: ec.EllipticCurvePrivateKey,
                 f"{head}: no series head, but {directory} holds {len(present)} bundles; "
                 "verify the series, then start a head from its newest bundle with --new-head"
             )
-        return SeriesStart(previous_bundle(directory), len(present) + (pruned or {}).get(
-            "count", 0))  # fmt: skip
+        return SeriesStart(
+            previous_bundle(directory), len(present) + (pruned or {}).get("count", 0)
+        )
     record = read_head(head, own)
     named = record["newest"]
     ids = [p.name for p in present]
-    if named.get("id") in ids and manifest_digest(directory / named["id"]) == \
-            named.get("manifest_sha256"):  # fmt: skip
+    if named.get("id") in ids and manifest_digest(directory / named["id"]) == named.get(
+        "manifest_sha256"
+    ):
         after = len(ids) - ids.index(named["id"]) - 1  # made after the head was last written
         return SeriesStart(previous_bundle(directory), record["count"] + after)
     return SeriesStart(
-        {"id": named["id"], "manifest_sha256": named["manifest_sha256"]}, record["count"],
+        {"id": named["id"], "manifest_sha256": named["manifest_sha256"]},
+        record["count"],
         f"the series head {head} names {named['id']} as the newest bundle, but it is not in "
         f"{directory} (removed or replaced); the new bundle follows it, so the gap stays "
-        "in the chain")  # fmt: skip
+        "in the chain",
+    )
 
 
 def write_head(head: Path, key: ec.EllipticCurvePrivateKey, bundle: Path, count: int) -> None:
-    record = {"format": HEAD_FORMAT, "series": bundle.parent.name,
-              "newest": {"id": bundle.name, "manifest_sha256": manifest_digest(bundle)},
-              "count": count,
-              "signed_at": datetime.datetime.now(datetime.UTC).isoformat()}  # fmt: skip
+    record = {
+        "format": HEAD_FORMAT,
+        "series": bundle.parent.name,
+        "newest": {"id": bundle.name, "manifest_sha256": manifest_digest(bundle)},
+        "count": count,
+        "signed_at": datetime.datetime.now(datetime.UTC).isoformat(),
+    }
     _write_atomically(head, signed_record(record, key))
 
 
@@ -566,18 +646,21 @@ def _verify_signature(path: Path, anchor: TrustAnchor) -> BundleCheck:
         signature = json.loads((path / "signature.json").read_bytes())
         public = load_public_key(signature["public_key"].encode(), "signature.json")
         check.key_id = key_id(public)
-        public.verify(base64.b64decode(signature["signature"]), manifest_bytes,
-                      ec.ECDSA(hashes.SHA256()))  # fmt: skip
+        public.verify(
+            base64.b64decode(signature["signature"]), manifest_bytes, ec.ECDSA(hashes.SHA256())
+        )
     except InvalidSignature:
-        check.problems.append("the signature does not verify: manifest.json was changed "
-                              "or signed by another key")  # fmt: skip
+        check.problems.append(
+            "the signature does not verify: manifest.json was changed or signed by another key"
+        )
         return check
     except (OSError, ValueError, KeyError, TypeError, AttributeError, EvidenceError) as error:
         check.problems.append(f"manifest or signature unreadable ({error})")
         return check
     if not isinstance(manifest, dict) or manifest.get("id") != path.name:
-        check.problems.append(f"the manifest is of bundle {manifest.get('id')!r}, "
-                              f"not of {path.name} (renamed)")  # fmt: skip
+        check.problems.append(
+            f"the manifest is of bundle {manifest.get('id')!r}, not of {path.name} (renamed)"
+        )
     problem = anchor.problem(public, manifest.get("signed_at"))
     if problem:
         check.problems.append(problem)
@@ -609,15 +692,21 @@ def _verify_one(path: Path, anchor: TrustAnchor) -> BundleCheck:
     return check
 
 
-def _chain_start(directory: Path, first: str, named: dict[str, str],
-                 record: dict[str, Any] | None) -> list[str]:  # fmt: skip
+def _chain_start(
+    directory: Path, first: str, named: dict[str, str], record: dict[str, Any] | None
+) -> list[str]:
     """Problems with the first bundle naming a predecessor that is not here: none when a
     signed record says the retention removed exactly the bundles up to that one."""
-    if record is not None and record["pruned_through"]["id"] == named["id"] and \
-            record["pruned_through"]["manifest_sha256"] == named["manifest_sha256"]:  # fmt: skip
+    if (
+        record is not None
+        and record["pruned_through"]["id"] == named["id"]
+        and record["pruned_through"]["manifest_sha256"] == named["manifest_sha256"]
+    ):
         return []
-    return [f"{first}: follows {named['id']}, which is not here "
-            "(the series starts later, or earlier bundles were removed)"]  # fmt: skip
+    return [
+        f"{first}: follows {named['id']}, which is not here "
+        "(the series starts later, or earlier bundles were removed)"
+    ]
 
 
 def _chain(bundles: list[Path], record: dict[str, Any] | None, directory: Path) -> list[str]:
@@ -636,11 +725,15 @@ def _chain(bundles: list[Path], record: dict[str, Any] | None, directory: Path) 
         elif named is None:
             chain.append(f"{path.name}: names no predecessor, but {previous.name} is before it")
         elif named["id"] != previous.name:
-            chain.append(f"{path.name}: follows {named['id']}, but the bundle before it "
-                         f"is {previous.name} (a bundle was removed or inserted)")  # fmt: skip
+            chain.append(
+                f"{path.name}: follows {named['id']}, but the bundle before it "
+                f"is {previous.name} (a bundle was removed or inserted)"
+            )
         elif named["manifest_sha256"] != manifest_digest(previous):
-            chain.append(f"{path.name}: {previous.name}'s manifest is not the one it "
-                         "followed (that bundle was replaced)")  # fmt: skip
+            chain.append(
+                f"{path.name}: {previous.name}'s manifest is not the one it "
+                "followed (that bundle was replaced)"
+            )
         previous = path
     return chain
 
@@ -659,8 +752,7 @@ def _unpacked(archive_path: Path, into: Path) -> Path:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(source.read() if source else b"")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise EvidenceError(f"{archive_path}: not a readable bundle archive ({error})") \
-            from error  # fmt: skip
+        raise EvidenceError(f"{archive_path}: not a readable bundle archive ({error})") from error
     roots = {Path(m.name).parts[0] for m in members}
     if len(roots) != 1:
         raise EvidenceError(f"{archive_path}: an archive holds one bundle directory")
@@ -699,8 +791,9 @@ class Verification:
         return [p for c in self.checks for p in c.problems] + self.chain + self.series + self.head
 
 
-def _check_head(path: Path, anchor: TrustAnchor, bundles: list[Path],
-                record: dict[str, Any] | None) -> list[str]:  # fmt: skip
+def _check_head(
+    path: Path, anchor: TrustAnchor, bundles: list[Path], record: dict[str, Any] | None
+) -> list[str]:
     try:
         head = read_head(path, anchor)
     except EvidenceError as error:
@@ -709,17 +802,22 @@ def _check_head(path: Path, anchor: TrustAnchor, bundles: list[Path],
     ids = [b.name for b in bundles]
     if named.get("id") not in ids:
         newest = ids[-1] if ids else "none"
-        return [f"the series head (signed {head.get('signed_at')}) names {named.get('id')} as "
-                f"the newest of {count} bundles, but {named.get('id')} is not here (the newest "
-                f"here is {newest}): the newest runs were removed"]  # fmt: skip
+        return [
+            f"the series head (signed {head.get('signed_at')}) names {named.get('id')} as "
+            f"the newest of {count} bundles, but {named.get('id')} is not here (the newest "
+            f"here is {newest}): the newest runs were removed"
+        ]
     if manifest_digest(bundles[ids.index(named["id"])]) != named.get("manifest_sha256"):
-        return [f"{named['id']}: not the bundle the series head names (its manifest differs: "
-                "replaced)"]  # fmt: skip
+        return [
+            f"{named['id']}: not the bundle the series head names (its manifest differs: replaced)"
+        ]
     pruned = (record or {}).get("count", 0)
     here = ids.index(named["id"]) + 1
     if here + pruned != count:
-        return [f"the series head counts {count} bundles through {named['id']}; here are "
-                f"{here} (+{pruned} removed by retention)"]  # fmt: skip
+        return [
+            f"the series head counts {count} bundles through {named['id']}; here are "
+            f"{here} (+{pruned} removed by retention)"
+        ]
     return []
 
 
@@ -742,13 +840,17 @@ def verify_bundles(target: Path, anchor: TrustAnchor, head: Path | None = None) 
     bundles = bundle_dirs(target)
     if not bundles and head is not None and target.is_dir():
         # Everything removed: the head still names the newest run (never an empty pass).
-        return Verification([], head=_check_head(head, anchor, [], None),
-                            unverified=anchor.embedded)  # fmt: skip
+        return Verification(
+            [], head=_check_head(head, anchor, [], None), unverified=anchor.embedded
+        )
     if not bundles:
-        raise EvidenceError(f"{target}: no evidence bundles in it - nothing to verify "
-                            "(an empty series proves nothing)")  # fmt: skip
-    outcome = Verification([_verify_one(path, anchor) for path in bundles],
-                           unverified=anchor.embedded)  # fmt: skip
+        raise EvidenceError(
+            f"{target}: no evidence bundles in it - nothing to verify "
+            "(an empty series proves nothing)"
+        )
+    outcome = Verification(
+        [_verify_one(path, anchor) for path in bundles], unverified=anchor.embedded
+    )
     record = None
     try:
         record = pruned_record(target, anchor)
@@ -763,8 +865,10 @@ def verify_bundles(target: Path, anchor: TrustAnchor, head: Path | None = None) 
         if entry.is_file() and entry.name.endswith(".tar.gz") and stem in names:
             outcome.series += _check_archive(entry, target / stem)
         elif entry.name.endswith(".tar.gz"):
-            outcome.series.append(f"{entry.name}: an archive, but there is no bundle {stem} "
-                                  "here (not an archive of this series)")  # fmt: skip
+            outcome.series.append(
+                f"{entry.name}: an archive, but there is no bundle {stem} "
+                "here (not an archive of this series)"
+            )
         else:
             outcome.series.append(
                 f"{entry.name}: not part of an evidence series (unknown "

@@ -40,8 +40,9 @@ def render(
     sections: list[Section] | None = None,
 ) -> str:
     """The page for a check run (RESULTS) or a checklist run (ITEMS and their RESULTS)."""
-    counted = Counter(i["status"] for i in items) if items else Counter(
-        r["status"] for r in results)  # fmt: skip
+    counted = (
+        Counter(i["status"] for i in items) if items else Counter(r["status"] for r in results)
+    )
     summary = ", ".join(f"{counted[s]} {s}" for s in ORDER if counted[s]) or "nothing ran"
     parts = [
         "<!DOCTYPE html>",
@@ -50,53 +51,71 @@ def render(
         f"<h1>{escape(title)}</h1>",
         f"<p>Summary: <strong>{escape(summary)}</strong>.</p>",
         "<table><tbody>",
-        *(f"<tr><th>{escape(k)}</th><td><code>{escape(str(v))}</code></td></tr>"
-          for k, v in run.items() if not isinstance(v, dict | list)),
+        *(
+            f"<tr><th>{escape(k)}</th><td><code>{escape(str(v))}</code></td></tr>"
+            for k, v in run.items()
+            if not isinstance(v, dict | list)
+        ),
         "</tbody></table>",
-    ]  # fmt: skip
+    ]
     for section in sections or []:
         parts.append(f"<h2>{escape(section.title)}</h2>")
         if section.rows:
             header = "".join(f"<th>{escape(c)}</th>" for c in section.columns)
             parts.append(f"<table><thead><tr>{header}</tr></thead><tbody>")
-            parts += ["<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
-                      for row in section.rows]  # fmt: skip
+            parts += [
+                "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
+                for row in section.rows
+            ]
             parts.append("</tbody></table>")
         else:
             parts.append(f"<p><em>{escape(section.empty)}</em></p>")
         if section.note:
             parts.append(f"<p>{escape(section.note)}</p>")
     if items:
-        header = "".join(f"<th>{h}</th>" for h in ("item", "status", "checks", "attestation",
-                                                    "source"))  # fmt: skip
+        header = "".join(
+            f"<th>{h}</th>" for h in ("item", "status", "checks", "attestation", "source")
+        )
         parts += ["<h2>Checklist items</h2>", f"<table><thead><tr>{header}</tr></thead><tbody>"]
         for item in items:
             checks = "<br>".join(
                 f"{escape(c)}: {escape(', '.join(f'{n} {s}' for s, n in sorted(k.items())))}"
-                for c, k in item["checks"].items())  # fmt: skip
+                for c, k in item["checks"].items()
+            )
             attestation = item.get("attestation")
-            attested = (f"{escape(attestation['by'])} (signed, key "
-                        f"{escape(str(attestation.get('signed_by'))[:16])}...), "
-                        f"{escape(attestation['at'])}: {escape(attestation['note'])}"
-                        if attestation else "")  # fmt: skip
-            attested += "".join(f"<br>not counted: {escape(why)}"
-                                for why in item.get("not_counted", []))  # fmt: skip
+            attested = (
+                f"{escape(attestation['by'])} (signed, key "
+                f"{escape(str(attestation.get('signed_by'))[:16])}...), "
+                f"{escape(attestation['at'])}: {escape(attestation['note'])}"
+                if attestation
+                else ""
+            )
+            attested += "".join(
+                f"<br>not counted: {escape(why)}" for why in item.get("not_counted", [])
+            )
             parts.append(
                 f"<tr><td>{escape(item['id'])}<br>{escape(item['title'])}</td>"
                 f"<td>{_status(item['status'])}</td><td>{checks}</td><td>{attested}</td>"
                 f"<td>{escape(item['source'])}</td></tr>"
             )
         parts.append("</tbody></table>")
-    parts += ["<h2>Hosts</h2>", "<table><thead><tr><th>host</th><th>groups</th><th>gathered</th>"
-              "</tr></thead><tbody>"]  # fmt: skip
+    parts += [
+        "<h2>Hosts</h2>",
+        "<table><thead><tr><th>host</th><th>groups</th><th>gathered</th></tr></thead><tbody>",
+    ]
     for host in hosts:
         gathered = escape(host["error"]) if host.get("error") else f"{host.get('seconds')} s"
-        parts.append(f"<tr><td>{escape(host['host'])}</td>"
-                     f"<td>{escape(', '.join(host.get('groups', [])))}</td>"
-                     f"<td>{gathered}</td></tr>")  # fmt: skip
-    parts += ["</tbody></table>", "<h2>Check results</h2>",
-              "<table><thead><tr><th>host</th><th>check</th><th>status</th><th>severity</th>"
-              "<th>controls</th><th>what was found</th></tr></thead><tbody>"]  # fmt: skip
+        parts.append(
+            f"<tr><td>{escape(host['host'])}</td>"
+            f"<td>{escape(', '.join(host.get('groups', [])))}</td>"
+            f"<td>{gathered}</td></tr>"
+        )
+    parts += [
+        "</tbody></table>",
+        "<h2>Check results</h2>",
+        "<table><thead><tr><th>host</th><th>check</th><th>status</th><th>severity</th>"
+        "<th>controls</th><th>what was found</th></tr></thead><tbody>",
+    ]
     ranked = sorted(results, key=lambda r: (ORDER.index(r["status"]), r["host"], r["check"]))
     for r in ranked:
         controls = "; ".join(f"{f}: {', '.join(ids)}" for f, ids in r["controls"].items())
@@ -104,8 +123,10 @@ def render(
         if r.get("waiver"):
             w = r["waiver"]
             expired = ", expired" if w.get("expired") else ""
-            waiver = (f"<br>waiver: {escape(w['reason'])} ({escape(w['approver'])}, until "
-                      f"{escape(w['expires'])}{expired})")  # fmt: skip
+            waiver = (
+                f"<br>waiver: {escape(w['reason'])} ({escape(w['approver'])}, until "
+                f"{escape(w['expires'])}{expired})"
+            )
         parts.append(
             f"<tr><td>{escape(r['host'])}</td><td>{escape(r['check'])}</td>"
             f"<td>{_status(r['status'])}</td><td>{escape(r['severity'])}</td>"

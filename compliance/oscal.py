@@ -31,8 +31,10 @@ from compliance import __version__
 OSCAL_VERSION = "1.1.3"
 NS = "https://securecore.dev/ns/oscal"
 # Frameworks as OSCAL names them in props; the catalogs' own ids are kept as control ids.
-FRAMEWORK_TITLES = {"iso27001-2022": "ISO/IEC 27001:2022 Annex A",
-                    "soc2-tsc": "SOC 2 Trust Services Criteria (2017, revised 2022)"}  # fmt: skip
+FRAMEWORK_TITLES = {
+    "iso27001-2022": "ISO/IEC 27001:2022 Annex A",
+    "soc2-tsc": "SOC 2 Trust Services Criteria (2017, revised 2022)",
+}
 
 
 def _uuid() -> str:
@@ -58,30 +60,39 @@ def _observation(result: dict[str, Any], subject: str, tool: str, collected: str
         "uuid": _uuid(),
         "title": f"{result['check']} on {result['host']}",
         "description": description,
-        "props": [_prop("check", result["check"]), _prop("status", status),
-                  _prop("severity", result["severity"])],
+        "props": [
+            _prop("check", result["check"]),
+            _prop("status", status),
+            _prop("severity", result["severity"]),
+        ],
         "methods": ["TEST"],
         "types": ["finding"],
         "origins": [{"actors": [{"type": "tool", "actor-uuid": tool}]}],
-        "subjects": [{"subject-uuid": subject, "type": "inventory-item",
-                      "title": result["host"]}],
-        "relevant-evidence": [{"href": f"facts/{result['host']}.json",
-                               "description": f"Facts gathered from {result['host']} (masked)"}],
+        "subjects": [{"subject-uuid": subject, "type": "inventory-item", "title": result["host"]}],
+        "relevant-evidence": [
+            {
+                "href": f"facts/{result['host']}.json",
+                "description": f"Facts gathered from {result['host']} (masked)",
+            }
+        ],
         "collected": collected,
-    }  # fmt: skip
+    }
     if result.get("waiver"):
         waiver = result["waiver"]
-        observation["remarks"] = (f"Waived by {waiver['approver']} until {waiver['expires']}: "
-                                  f"{waiver['reason']}")  # fmt: skip
+        observation["remarks"] = (
+            f"Waived by {waiver['approver']} until {waiver['expires']}: {waiver['reason']}"
+        )
     return observation
 
 
 def _item_observation(item: dict[str, Any], tool: str, collected: str) -> dict:
     attestation = item.get("attestation")
     if attestation:
-        description = (f"Checklist item {item['id']} attested by {attestation['by']} at "
-                       f"{attestation['at']} (signed, key {attestation.get('signed_by')}): "
-                       f"{attestation['note']}")  # fmt: skip
+        description = (
+            f"Checklist item {item['id']} attested by {attestation['by']} at "
+            f"{attestation['at']} (signed, key {attestation.get('signed_by')}): "
+            f"{attestation['note']}"
+        )
     else:
         description = f"Checklist item {item['id']}: no attestation in this period (pending)."
     return {
@@ -104,29 +115,39 @@ def _finding(framework: str, control: str, related: list[dict[str, Any]]) -> dic
         state, reason = "not-satisfied", "other"
     else:
         state, reason = "not-satisfied", "fail"
-    counts = ", ".join(f"{sum(r['status'] == s for r in related)} {s}"
-                       for s in ("pass", "fail", "waived", "error", "pending")
-                       if any(r["status"] == s for r in related))  # fmt: skip
+    counts = ", ".join(
+        f"{sum(r['status'] == s for r in related)} {s}"
+        for s in ("pass", "fail", "waived", "error", "pending")
+        if any(r["status"] == s for r in related)
+    )
     finding = {
         "uuid": _uuid(),
         "title": f"{FRAMEWORK_TITLES.get(framework, framework)} {control}",
         "description": f"{control}: {counts} (checks and hosts that support this control).",
         "props": [_prop("framework", framework)],
-        "target": {"type": "objective-id", "target-id": f"{control}_obj",
-                   "status": {"state": state, "reason": reason}},
+        "target": {
+            "type": "objective-id",
+            "target-id": f"{control}_obj",
+            "status": {"state": state, "reason": reason},
+        },
         "related-observations": [{"observation-uuid": r["observation"]} for r in related],
-    }  # fmt: skip
+    }
     if "waived" in statuses:
-        finding["remarks"] = "Includes waived failures: the control is not satisfied; " \
-                             "the risk was accepted by the waivers' approvers."  # fmt: skip
+        finding["remarks"] = (
+            "Includes waived failures: the control is not satisfied; "
+            "the risk was accepted by the waivers' approvers."
+        )
     return finding
 
 
 def assessment_results(
-    title: str, run: dict[str, Any], hosts: list[dict[str, Any]],
-    results: list[dict[str, Any]], items: list[dict[str, Any]] | None = None,
+    title: str,
+    run: dict[str, Any],
+    hosts: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    items: list[dict[str, Any]] | None = None,
     item_controls: dict[str, dict[str, list[str]]] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The OSCAL document (a dict ready for JSON) for one run."""
     now = datetime.datetime.now(datetime.UTC)
     started = _time(run["started"])
@@ -156,54 +177,84 @@ def assessment_results(
                 )
     selections = []
     for framework in sorted({f for f, _ in by_control}):
-        selections.append({
-            "description": FRAMEWORK_TITLES.get(framework, framework),
-            "props": [_prop("framework", framework)],
-            "include-controls": [{"control-id": c} for f, c in sorted(by_control)
-                                 if f == framework],
-        })  # fmt: skip
-    inventory = [{
-        "uuid": subjects[h["host"]],
-        "description": f"Host {h['host']} (groups: {', '.join(h['groups']) or 'none'})",
-        "props": [_prop("hostname", h["host"])]
-                 + ([_prop("gathering-error", h["error"])] if h.get("error") else []),
-    } for h in hosts]  # fmt: skip
-    return {"assessment-results": {
-        "uuid": _uuid(),
-        "metadata": {
-            "title": title,
-            "last-modified": now.isoformat(),
-            "version": __version__,
-            "oscal-version": OSCAL_VERSION,
-            "props": [_prop("inventory", run.get("inventory")),
-                      _prop("limit", run.get("limit") or "all")],
-        },
-        "import-ap": {"href": f"#{plan}",
-                      "remarks": "No assessment plan document: the check definitions "
-                                 "used are named in back-matter."},
-        "results": [{
+        selections.append(
+            {
+                "description": FRAMEWORK_TITLES.get(framework, framework),
+                "props": [_prop("framework", framework)],
+                "include-controls": [
+                    {"control-id": c} for f, c in sorted(by_control) if f == framework
+                ],
+            }
+        )
+    inventory = [
+        {
+            "uuid": subjects[h["host"]],
+            "description": f"Host {h['host']} (groups: {', '.join(h['groups']) or 'none'})",
+            "props": [_prop("hostname", h["host"])]
+            + ([_prop("gathering-error", h["error"])] if h.get("error") else []),
+        }
+        for h in hosts
+    ]
+    return {
+        "assessment-results": {
             "uuid": _uuid(),
-            "title": title,
-            "description": f"Automated checks over {len(hosts)} host(s) by the SecureCore "
-                           f"compliance tool {__version__}.",
-            "start": started,
-            "end": now.isoformat(),
-            "local-definitions": {
-                "components": [{"uuid": tool, "type": "software", "title": "compliance",
+            "metadata": {
+                "title": title,
+                "last-modified": now.isoformat(),
+                "version": __version__,
+                "oscal-version": OSCAL_VERSION,
+                "props": [
+                    _prop("inventory", run.get("inventory")),
+                    _prop("limit", run.get("limit") or "all"),
+                ],
+            },
+            "import-ap": {
+                "href": f"#{plan}",
+                "remarks": "No assessment plan document: the check definitions "
+                "used are named in back-matter.",
+            },
+            "results": [
+                {
+                    "uuid": _uuid(),
+                    "title": title,
+                    "description": f"Automated checks over {len(hosts)} host(s) by the SecureCore "
+                    f"compliance tool {__version__}.",
+                    "start": started,
+                    "end": now.isoformat(),
+                    "local-definitions": {
+                        "components": [
+                            {
+                                "uuid": tool,
+                                "type": "software",
+                                "title": "compliance",
                                 "description": "SecureCore compliance tool",
                                 "props": [_prop("version", __version__)],
-                                "status": {"state": "operational"}}],
-                "inventory-items": inventory,
+                                "status": {"state": "operational"},
+                            }
+                        ],
+                        "inventory-items": inventory,
+                    },
+                    "reviewed-controls": {
+                        "control-selections": selections or [{"include-all": {}}]
+                    },
+                    "observations": observations,
+                    "findings": [
+                        _finding(f, c, related) for (f, c), related in sorted(by_control.items())
+                    ],
+                }
+            ],
+            "back-matter": {
+                "resources": [
+                    {
+                        "uuid": plan,
+                        "title": "Check definitions",
+                        "description": "The check definitions (compliance/checks/*.yaml) of this run.",
+                        "props": [
+                            _prop("checks-sha256", run.get("checks_sha256")),
+                            _prop("waivers-sha256", run.get("waivers_sha256") or "none"),
+                        ],
+                    }
+                ]
             },
-            "reviewed-controls": {"control-selections": selections or [{"include-all": {}}]},
-            "observations": observations,
-            "findings": [_finding(f, c, related) for (f, c), related in sorted(by_control.items())],
-        }],
-        "back-matter": {"resources": [{
-            "uuid": plan,
-            "title": "Check definitions",
-            "description": "The check definitions (compliance/checks/*.yaml) of this run.",
-            "props": [_prop("checks-sha256", run.get("checks_sha256")),
-                      _prop("waivers-sha256", run.get("waivers_sha256") or "none")],
-        }]},
-    }}  # fmt: skip
+        }
+    }

@@ -46,8 +46,11 @@ class RunData:
 
     def core_events(self) -> dict[str, dict[str, Any]]:
         """Host -> its `events` facts, for the hosts that have them (the core hosts)."""
-        return {h: f["events"] for h, f in sorted(self.facts.items())
-                if isinstance(f.get("events"), dict)}  # fmt: skip
+        return {
+            h: f["events"]
+            for h, f in sorted(self.facts.items())
+            if isinstance(f.get("events"), dict)
+        }
 
 
 def _listed(run: RunData, kind: str, days: int, title: str) -> Section:
@@ -56,8 +59,9 @@ def _listed(run: RunData, kind: str, days: int, title: str) -> Section:
     for host, events in run.core_events().items():
         for event in events.get(kind, []):
             if datetime.datetime.fromisoformat(event["at"]) >= since:
-                section.rows.append([host, event["at"], event["action"], event["target"],
-                                     event["outcome"]])  # fmt: skip
+                section.rows.append(
+                    [host, event["at"], event["action"], event["target"], event["outcome"]]
+                )
     if not run.core_events():
         section.empty = "no core host was gathered: the audit log could not be read"
     return section
@@ -101,11 +105,15 @@ def system_state(run: RunData) -> Section:
         name = host["host"]
         mine = Counter(r["status"] for r in run.results if r["host"] == name)
         service = (run.facts.get(name) or {}).get("service")
-        ready = "-" if not isinstance(service, dict) else \
-            ("ready" if service.get("ready") else "NOT READY")  # fmt: skip
+        ready = (
+            "-"
+            if not isinstance(service, dict)
+            else ("ready" if service.get("ready") else "NOT READY")
+        )
         gathered = f"error: {host['error']}" if host.get("error") else "yes"
-        section.rows.append([name, gathered, ready,
-                             ", ".join(f"{n} {s}" for s, n in sorted(mine.items()))])  # fmt: skip
+        section.rows.append(
+            [name, gathered, ready, ", ".join(f"{n} {s}" for s, n in sorted(mine.items()))]
+        )
     return section
 
 
@@ -114,10 +122,12 @@ def response_status(run: RunData) -> Section:
     attested = [i for i in run.items if i.get("attestation")]
     pending = [i["id"] for i in run.items if i["status"] == "pending"]
     section.note = (
-        "Attested: " + (", ".join(f"{i['id']} by {i['attestation']['by']}" for i in attested)
-                        or "nothing yet")
-        + ". Pending: " + (", ".join(pending) or "nothing") + "."
-    )  # fmt: skip
+        "Attested: "
+        + (", ".join(f"{i['id']} by {i['attestation']['by']}" for i in attested) or "nothing yet")
+        + ". Pending: "
+        + (", ".join(pending) or "nothing")
+        + "."
+    )
     return section
 
 
@@ -136,8 +146,7 @@ def vulnerabilities(run: RunData) -> Section:
 
 
 def performance_analysis(run: RunData) -> Section:
-    section = Section("Performance analysis",
-                      ["host", "plugin", "state", "trust score"])  # fmt: skip
+    section = Section("Performance analysis", ["host", "plugin", "state", "trust score"])
     for host, facts in sorted(run.facts.items()):
         for name, plugin in sorted(((facts.get("plugins") or {}).get("registered") or {}).items()):
             section.rows.append([host, name, plugin["state"], str(plugin["score"])])
@@ -147,19 +156,29 @@ def performance_analysis(run: RunData) -> Section:
 
 
 def _plan(run: RunData, title: str) -> Section:
-    section = Section(title, ["severity", "check", "hosts", "remediation"],
-                      empty="nothing failed: no improvement is due from the checks")  # fmt: skip
+    section = Section(
+        title,
+        ["severity", "check", "hosts", "remediation"],
+        empty="nothing failed: no improvement is due from the checks",
+    )
     failing: dict[str, list[str]] = {}
     for r in run.results:
         if r["status"] == "fail":
             failing.setdefault(r["check"], []).append(r["host"])
-    ranked = sorted(failing, key=lambda c: (SEVERITIES.index(run.checks[c].severity)
-                                            if c in run.checks else 9, c))  # fmt: skip
+    ranked = sorted(
+        failing,
+        key=lambda c: (SEVERITIES.index(run.checks[c].severity) if c in run.checks else 9, c),
+    )
     for check in ranked:
         known = run.checks.get(check)
-        section.rows.append([known.severity if known else "?", check,
-                             ", ".join(sorted(failing[check])),
-                             known.remediation.strip() if known else ""])  # fmt: skip
+        section.rows.append(
+            [
+                known.severity if known else "?",
+                check,
+                ", ".join(sorted(failing[check])),
+                known.remediation.strip() if known else "",
+            ]
+        )
     return section
 
 
@@ -172,8 +191,11 @@ def improvement_plan(run: RunData) -> Section:
 
 
 def risk_assessment(run: RunData) -> Section:
-    section = Section("Risk assessment", ["status", "severity", "count", "waivers"],
-                      empty="no failed or waived check")  # fmt: skip
+    section = Section(
+        "Risk assessment",
+        ["status", "severity", "count", "waivers"],
+        empty="no failed or waived check",
+    )
     grouped: Counter = Counter()
     waivers: dict[tuple[str, str], set[str]] = {}
     for r in run.results:
@@ -186,14 +208,16 @@ def risk_assessment(run: RunData) -> Section:
                     f"{r['check']} ({w['approver']}, until {w['expires']})"
                 )
     for (status, severity), count in sorted(grouped.items()):
-        section.rows.append([status, severity, str(count),
-                             "; ".join(sorted(waivers.get((status, severity), ())))])  # fmt: skip
+        section.rows.append(
+            [status, severity, str(count), "; ".join(sorted(waivers.get((status, severity), ())))]
+        )
     return section
 
 
 def compliance_status(run: RunData) -> Section:
-    section = Section("Compliance status", ["framework", "controls reviewed", "satisfied",
-                                            "not satisfied"])  # fmt: skip
+    section = Section(
+        "Compliance status", ["framework", "controls reviewed", "satisfied", "not satisfied"]
+    )
     by_control: dict[tuple[str, str], set[str]] = {}
     for r in run.results:
         for framework, ids in r["controls"].items():
@@ -202,8 +226,7 @@ def compliance_status(run: RunData) -> Section:
     for framework in sorted({f for f, _ in by_control}):
         mine = {c: s for (f, c), s in by_control.items() if f == framework}
         satisfied = sum(statuses <= {"pass"} for statuses in mine.values())
-        section.rows.append([framework, str(len(mine)), str(satisfied),
-                             str(len(mine) - satisfied)])  # fmt: skip
+        section.rows.append([framework, str(len(mine)), str(satisfied), str(len(mine) - satisfied)])
     counted = Counter(i["status"] for i in run.items)
     listed = ", ".join(f"{n} {s}" for s, n in sorted(counted.items()))
     section.note = f"Checklist items: {listed or 'none'}."

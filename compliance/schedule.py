@@ -47,8 +47,11 @@ from compliance.evidence import (
 
 # How long after its period a checklist's newest bundle may be before a run counts
 # as missed: a run may start late (Persistent= catch-up after a reboot) and take a while.
-PERIODS = {"daily": datetime.timedelta(days=1), "weekly": datetime.timedelta(days=7),
-           "monthly": datetime.timedelta(days=31)}  # fmt: skip
+PERIODS = {
+    "daily": datetime.timedelta(days=1),
+    "weekly": datetime.timedelta(days=7),
+    "monthly": datetime.timedelta(days=31),
+}
 GRACE = datetime.timedelta(hours=6)
 WEBHOOK_TIMEOUT_SECONDS = 10
 
@@ -63,9 +66,13 @@ def _own_anchor(key, trusted: TrustAnchor | None) -> TrustAnchor:
 # --- retention -------------------------------------------------------------------------
 
 
-def prune(directory: Path, keep_days: int, key: ec.EllipticCurvePrivateKey,
-          now: datetime.datetime | None = None,
-          trusted: TrustAnchor | None = None) -> list[str]:  # fmt: skip
+def prune(
+    directory: Path,
+    keep_days: int,
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime.datetime | None = None,
+    trusted: TrustAnchor | None = None,
+) -> list[str]:
     """Remove the oldest bundles signed more than KEEP_DAYS ago (never the newest); their
     ids. Only the time inside a bundle's signed manifest counts (run.json's `finished`
     is not signed), and only while the bundles are the series' oldest in a row: a bundle
@@ -88,12 +95,15 @@ def prune(directory: Path, keep_days: int, key: ec.EllipticCurvePrivateKey,
     previous = pruned_record(directory, anchor)
     record = {
         "format": "securecore-evidence-pruned/1",
-        "pruned_through": {"id": last.name, "signed_at": last_signed.isoformat(),
-                           "manifest_sha256": manifest_digest(last)},
+        "pruned_through": {
+            "id": last.name,
+            "signed_at": last_signed.isoformat(),
+            "manifest_sha256": manifest_digest(last),
+        },
         "count": len(old) + (previous or {}).get("count", 0),
         "keep_days": keep_days,
         "at": now.isoformat(),
-    }  # fmt: skip
+    }
     # The record is written before anything is removed: an interrupted pruning
     # leaves bundles that are simply removed again next time.
     target = directory / PRUNED
@@ -128,15 +138,21 @@ class ScheduleState:
     detail: str
 
 
-def schedule_state(evidence_root: Path, checklist: str, installed: datetime.datetime,
-                   now: datetime.datetime | None = None) -> ScheduleState:  # fmt: skip
+def schedule_state(
+    evidence_root: Path,
+    checklist: str,
+    installed: datetime.datetime,
+    now: datetime.datetime | None = None,
+) -> ScheduleState:
     now = now or datetime.datetime.now(datetime.UTC)
     due = PERIODS[checklist] + GRACE
     bundles = bundle_dirs(evidence_root / checklist)
     if not bundles:
         missed = now - installed > due
-        detail = (f"no {checklist} run since the schedule was installed "
-                  f"({installed.isoformat(timespec='seconds')})")  # fmt: skip
+        detail = (
+            f"no {checklist} run since the schedule was installed "
+            f"({installed.isoformat(timespec='seconds')})"
+        )
         return ScheduleState(checklist, None, None, missed, detail)
     newest = bundles[-1]
     # The signed time, read from the manifest without judging the key (the status check
@@ -164,8 +180,12 @@ def post_webhook(url: str, payload: dict[str, Any]) -> str | None:
     if not url.startswith(("https://", "http://")):
         return f"webhook {url!r}: not an http(s) URL"
     # The scheme is checked above: only http(s) is ever opened.
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",  # noqa: S310
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        method="POST",  # noqa: S310
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS) as answer:  # noqa: S310
             if answer.status >= 300:

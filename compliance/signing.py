@@ -64,9 +64,12 @@ def parse_uri(uri: str) -> Pkcs11Uri:
         raise EvidenceError(f"{uri}: unsupported attribute(s) {', '.join(sorted(unknown))}")
     if not attributes.get("token"):
         raise EvidenceError(f"{uri}: token=LABEL is required")
-    return Pkcs11Uri(attributes["token"], attributes.get("object"),
-                     attributes.get("module-path", DEFAULT_MODULE),
-                     attributes.get("pin-source"))  # fmt: skip
+    return Pkcs11Uri(
+        attributes["token"],
+        attributes.get("object"),
+        attributes.get("module-path", DEFAULT_MODULE),
+        attributes.get("pin-source"),
+    )
 
 
 def _pin(uri: Pkcs11Uri) -> str:
@@ -113,16 +116,19 @@ class TokenSigningKey:
         except (KeyStoreError, ValueError) as error:
             self._backend.close()
             raise EvidenceError(f"token {self.uri.token}: {error}") from error
-        if not isinstance(self._public, ec.EllipticCurvePublicKey) or \
-                self._public.curve.name != "secp256r1":  # fmt: skip
+        if (
+            not isinstance(self._public, ec.EllipticCurvePublicKey)
+            or self._public.curve.name != "secp256r1"
+        ):
             raise EvidenceError(f"{self.uri.object}: the signing key must be ECDSA P-256")
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public
 
     def sign(self, data: bytes, algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
-        if not isinstance(algorithm, ec.ECDSA) or not isinstance(algorithm.algorithm,
-                                                                 hashes.SHA256):  # fmt: skip
+        if not isinstance(algorithm, ec.ECDSA) or not isinstance(
+            algorithm.algorithm, hashes.SHA256
+        ):
             raise EvidenceError("the token signs ECDSA with SHA-256 only")
         return self._backend.sign_digest(self.uri.object, hashlib.sha256(data).digest())
 

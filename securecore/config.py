@@ -188,9 +188,10 @@ def _flatten(raw: dict[str, Any], problems: list[str]) -> dict[str, dict[str, An
         # A table inside a section is a subsection ([keys.pkcs11]) when the
         # schema has one by that name; otherwise it is a value (vendors = {...}).
         sections[name] = {
-            k: v for k, v in content.items()
+            k: v
+            for k, v in content.items()
             if not (isinstance(v, dict) and f"{name}.{k}" in SCHEMA)
-        }  # fmt: skip
+        }
         for sub, sub_content in content.items():
             if isinstance(sub_content, dict) and f"{name}.{sub}" in SCHEMA:
                 sections[f"{name}.{sub}"] = sub_content

@@ -386,9 +386,11 @@ class ReloadableServerContext:
         # is a rollback.
         in_force = self.crl
         if (
-            crl is not None and in_force is not None and crl.issuer == in_force.issuer
+            crl is not None
+            and in_force is not None
+            and crl.issuer == in_force.issuer
             and crl.last_update_utc < in_force.last_update_utc
-        ):  # fmt: skip
+        ):
             raise TLSPolicyError(
                 f"{policy.source}: crl_file = {policy.crl_file}: issued "
                 f"{crl.last_update_utc.isoformat()}, older than the CRL in force "
@@ -462,8 +464,9 @@ class TLSFileWatcher:
         """One look at the files (the thread does this every interval)."""
         forced, self._forced = self._forced, False
         now = self._fingerprint()
-        changed = sorted(path for path in set(now) | set(self._seen)
-                         if now.get(path) != self._seen.get(path))  # fmt: skip
+        changed = sorted(
+            path for path in set(now) | set(self._seen) if now.get(path) != self._seen.get(path)
+        )
         if not (forced or changed):
             return
         self._seen = now

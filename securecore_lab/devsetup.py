@@ -270,7 +270,9 @@ def _development_pki(tls: Path) -> None:
     (tls / "policy.json").write_text(json.dumps(policy, indent=2) + "\n")
     plugin_policy = {
         **policy,
-        "server_certificate": str(tls / "plugin.pem"), "server_key": str(tls / "plugin.key"),
-        "client_certificate": str(tls / "plugin.pem"), "client_key": str(tls / "plugin.key"),
-    }  # fmt: skip
+        "server_certificate": str(tls / "plugin.pem"),
+        "server_key": str(tls / "plugin.key"),
+        "client_certificate": str(tls / "plugin.pem"),
+        "client_key": str(tls / "plugin.key"),
+    }
     (tls / "plugin-policy.json").write_text(json.dumps(plugin_policy, indent=2) + "\n")

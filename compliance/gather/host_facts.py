@@ -59,9 +59,13 @@ DEFAULTS = {
 
 def run(*command: str, timeout: float = 30) -> str:
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, check=True,
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
         env={**os.environ, "LC_ALL": "C"},
-    ).stdout  # fmt: skip
+    ).stdout
 
 
 def read(path: str | Path) -> str:
@@ -127,8 +131,9 @@ def pam(paths: dict) -> dict:
 
 def login_defs(paths: dict) -> dict:
     values = key_values(read(paths["login_defs"]))
-    return {key: number(values.get(key)) for key in
-            ("pass_max_days", "pass_min_days", "pass_warn_age")}  # fmt: skip
+    return {
+        key: number(values.get(key)) for key in ("pass_max_days", "pass_min_days", "pass_warn_age")
+    }
 
 
 def nftables(paths: dict) -> dict:
@@ -146,8 +151,11 @@ def nftables(paths: dict) -> dict:
             return None
         return "accept" if "accept" in found else found[0]
 
-    return {"input_policy": policy("input"), "forward_policy": policy("forward"),
-            "output_policy": policy("output")}  # fmt: skip
+    return {
+        "input_policy": policy("input"),
+        "forward_policy": policy("forward"),
+        "output_policy": policy("output"),
+    }
 
 
 def network(paths: dict) -> dict:
@@ -167,8 +175,11 @@ def time_sync(paths: dict) -> dict:
         # No system bus (a container): ask chrony itself.
         tracking = key_values(run("chronyc", "-n", "tracking"), r"\s*:\s*")
         status = tracking.get("leap status", "")
-        return {"synchronized": status.lower() == "normal", "source": "chronyc",
-                "leap_status": status}  # fmt: skip
+        return {
+            "synchronized": status.lower() == "normal",
+            "source": "chronyc",
+            "leap_status": status,
+        }
 
 
 def journald(paths: dict) -> dict:
@@ -176,8 +187,10 @@ def journald(paths: dict) -> dict:
     for pattern in paths["journald_dirs"]:
         for path in matching(pattern):
             settings.update(key_values(read(path), r"\s*=\s*"))
-    return {"storage": settings.get("storage", "auto"),
-            "max_retention": settings.get("maxretentionsec")}  # fmt: skip
+    return {
+        "storage": settings.get("storage", "auto"),
+        "max_retention": settings.get("maxretentionsec"),
+    }
 
 
 def retention_days(value: str | None) -> int | None:
@@ -201,8 +214,11 @@ def logs(paths: dict, journal: dict | None) -> dict:
     kept = (rotations + 1) * days if rotations else 0
     journal_days = retention_days((journal or {}).get("max_retention"))
     days = [d for d in (kept, journal_days) if d]
-    return {"logrotate_days": kept, "journal_days": journal_days,
-            "retention_days": min(days) if days else None}  # fmt: skip
+    return {
+        "logrotate_days": kept,
+        "journal_days": journal_days,
+        "retention_days": min(days) if days else None,
+    }
 
 
 def auditd(paths: dict) -> dict:
@@ -219,24 +235,39 @@ def auditd(paths: dict) -> dict:
 def aide(paths: dict) -> dict:
     asked = ["systemctl", "is-enabled", "dailyaidecheck.timer"]
     enabled = subprocess.run(asked, capture_output=True, text=True, check=False).stdout.strip()
-    return {"database": Path(paths["aide_db"]).exists() or None,
-            "daily_check": enabled == "enabled"}  # fmt: skip
+    return {
+        "database": Path(paths["aide_db"]).exists() or None,
+        "daily_check": enabled == "enabled",
+    }
 
 
 def apt(paths: dict) -> dict:
     simulated = run("apt-get", "-s", "-o", "Debug::NoLocking=1", "upgrade", timeout=120)
     pending = [line.split()[1] for line in simulated.splitlines() if line.startswith("Inst ")]
-    security = [line.split()[1] for line in simulated.splitlines()
-                if line.startswith("Inst ") and "-security" in line]  # fmt: skip
+    security = [
+        line.split()[1]
+        for line in simulated.splitlines()
+        if line.startswith("Inst ") and "-security" in line
+    ]
     periodic = key_values(run("apt-config", "dump"), r"\s+")
     unattended = periodic.get("apt::periodic::unattended-upgrade", "").strip('";') == "1"
-    insecure = [name for name in ("apt::get::allowunauthenticated",
-                                  "acquire::allowinsecurerepositories",
-                                  "acquire::allowdowngradetoinsecurerepositories")
-                if periodic.get(name, "").strip('";').lower() in ("1", "true", "yes")]  # fmt: skip
-    return {"pending_updates": len(pending), "pending_security_updates": len(security),
-            "security_packages": security, "unattended_upgrades": unattended,
-            "unsigned_sources": unsigned_sources(paths), "insecure_options": insecure}  # fmt: skip
+    insecure = [
+        name
+        for name in (
+            "apt::get::allowunauthenticated",
+            "acquire::allowinsecurerepositories",
+            "acquire::allowdowngradetoinsecurerepositories",
+        )
+        if periodic.get(name, "").strip('";').lower() in ("1", "true", "yes")
+    ]
+    return {
+        "pending_updates": len(pending),
+        "pending_security_updates": len(security),
+        "security_packages": security,
+        "unattended_upgrades": unattended,
+        "unsigned_sources": unsigned_sources(paths),
+        "insecure_options": insecure,
+    }
 
 
 def unsigned_sources(paths: dict) -> list[str]:
@@ -246,8 +277,11 @@ def unsigned_sources(paths: dict) -> list[str]:
         for path in matching(pattern):
             for line in read(path).splitlines():
                 text = line.split("#", 1)[0].strip().lower().replace(" ", "")
-                if "trusted=yes" in text or "allow-insecure=yes" in text or \
-                        text in ("trusted:yes", "allow-insecure:yes"):  # fmt: skip
+                if (
+                    "trusted=yes" in text
+                    or "allow-insecure=yes" in text
+                    or text in ("trusted:yes", "allow-insecure:yes")
+                ):
                     found.append(f"{path}: {line.strip()}")
     return found
 
@@ -258,10 +292,10 @@ def tls(paths: dict) -> tuple[dict, dict]:
         "minimum_version": policy.get("minimum_version", "TLSv1.3"),
         "maximum_version": policy.get("maximum_version", "TLSv1.3"),
         "client_certificate_required": True,  # the policy always requires one (securecore.tls)
-        "ciphersuites": policy.get("ciphersuites") or [
-            "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"],
+        "ciphersuites": policy.get("ciphersuites")
+        or ["TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"],
         "crl_check": policy.get("crl_check", "leaf"),
-    }  # fmt: skip
+    }
     now = datetime.datetime.now(datetime.UTC)
     left = {}
     for path in sorted(Path(paths["tls_dir"]).glob("*.pem")):
@@ -308,15 +342,24 @@ def world_writable(paths: dict) -> dict:
 def securecore(paths: dict) -> dict:
     """`securecore facts` as the service user (it opens the HSM token), and the copy of
     the active's audit log this host keeps if it is not the active one."""
-    facts = json.loads(run(
-        "runuser", "-u", paths["securecore_user"], "--", "env",
-        f"SOFTHSM2_CONF={paths['softhsm_conf']}", paths["securecore_bin"], "facts",
-        "-c", paths["securecore_config"], timeout=120,
-    ))  # fmt: skip
+    facts = json.loads(
+        run(
+            "runuser",
+            "-u",
+            paths["securecore_user"],
+            "--",
+            "env",
+            f"SOFTHSM2_CONF={paths['softhsm_conf']}",
+            paths["securecore_bin"],
+            "facts",
+            "-c",
+            paths["securecore_config"],
+            timeout=120,
+        )
+    )
     if Path(paths["replica_timer"]).exists():
         store = Path(paths["replica_store"])
-        newest = max((p.stat().st_mtime for p in store.parent.glob(store.name + "*")),
-                     default=None)  # fmt: skip
+        newest = max((p.stat().st_mtime for p in store.parent.glob(store.name + "*")), default=None)
         age = (time.time() - newest) / 60 if newest else None
         facts["replica"] = {"role": "copy", "age_minutes": round(age, 1) if age else age}
     else:
@@ -349,7 +392,7 @@ def gather(paths: dict) -> dict:
         ("hardening", hardening),
         ("files", world_writable),
     ):
-        collect(name, function, paths)  # fmt: skip
+        collect(name, function, paths)
     if Path(paths["securecore_config"]).exists():
         try:
             facts.update(securecore(paths))
@@ -361,8 +404,10 @@ def gather(paths: dict) -> dict:
         facts["tls_policy"], facts["certificates"] = tls(paths)
     except (OSError, ValueError, KeyError, subprocess.SubprocessError) as error:
         facts["_errors"]["tls_policy"] = f"{type(error).__name__}: {error}"[:300]
-    facts["_tools"] = {tool: bool(shutil.which(tool)) for tool in
-                       ("sshd", "nft", "auditctl", "aide", "openssl", "timedatectl")}  # fmt: skip
+    facts["_tools"] = {
+        tool: bool(shutil.which(tool))
+        for tool in ("sshd", "nft", "auditctl", "aide", "openssl", "timedatectl")
+    }
     return facts
 
 

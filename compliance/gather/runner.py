@@ -53,8 +53,13 @@ def _environment(inventory: Path) -> dict[str, str]:
     env = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
     # Run from a project, its ansible.cfg (connection settings, known hosts) applies.
     config = os.environ.get("ANSIBLE_CONFIG") or next(
-        (str(p / "ansible.cfg") for p in (Path.cwd(), *Path.cwd().parents)
-         if (p / "ansible.cfg").is_file()), None)  # fmt: skip
+        (
+            str(p / "ansible.cfg")
+            for p in (Path.cwd(), *Path.cwd().parents)
+            if (p / "ansible.cfg").is_file()
+        ),
+        None,
+    )
     if config:
         env["ANSIBLE_CONFIG"] = config
         roles = Path(config).parent / "roles"
@@ -81,9 +86,12 @@ def read_inventory(inventory: Path, limit: str | None) -> dict[str, dict[str, An
     if not inventory.exists():
         raise GatherError(f"{inventory}: no such inventory")
     out, err = _ansible_runner().interface.get_inventory(
-        action="list", inventories=[str(inventory)], response_format="json", quiet=True,
+        action="list",
+        inventories=[str(inventory)],
+        response_format="json",
+        quiet=True,
         envvars=_environment(inventory),
-    )  # fmt: skip
+    )
     if not isinstance(out, dict) or "_meta" not in out:
         raise GatherError(f"{inventory}: ansible-inventory could not read it: {err or out}")
     hostvars = out["_meta"].get("hostvars", {})
@@ -97,8 +105,10 @@ def read_inventory(inventory: Path, limit: str | None) -> dict[str, dict[str, An
             walk(child, [*trail, group])
 
     walk("all", [])
-    hosts = {name: {"vars": hostvars.get(name, {}), "groups": sorted(set(groups.get(name, [])))}
-             for name in sorted(set(hostvars) | set(groups))}  # fmt: skip
+    hosts = {
+        name: {"vars": hostvars.get(name, {}), "groups": sorted(set(groups.get(name, [])))}
+        for name in sorted(set(hostvars) | set(groups))
+    }
     if limit:
         wanted = {part.strip() for part in limit.split(",") if part.strip()}
         hosts = {h: v for h, v in hosts.items() if h in wanted or wanted & set(v["groups"])}
@@ -121,9 +131,12 @@ def segment_facts(name: str, host: dict[str, Any], addresses: list[str]) -> dict
 
 
 def gather(
-    inventory: str | Path, limit: str | None = None, forks: int = 8, timeout: int = 300,
+    inventory: str | Path,
+    limit: str | None = None,
+    forks: int = 8,
+    timeout: int = 300,
     progress: Callable[[HostFacts, int, int], None] | None = None,
-) -> list[HostFacts]:  # fmt: skip
+) -> list[HostFacts]:
     """Facts of every host LIMIT selects; PROGRESS(host, done, total) hears each one end."""
     inventory = Path(inventory).resolve()
     hosts = read_inventory(inventory, limit)
@@ -160,11 +173,19 @@ def gather(
     with tempfile.TemporaryDirectory(prefix="compliance-gather-") as private:
         script = f"{HOST_FACTS_SCRIPT} executable=/usr/bin/python3"
         _ansible_runner().run(
-            private_data_dir=private, inventory=str(inventory), host_pattern=",".join(hosts),
-            module="ansible.builtin.script", module_args=script, forks=forks, quiet=True,
-            cmdline="--become", envvars=_environment(inventory), event_handler=on_event,
-            timeout=timeout, json_mode=False,
-        )  # fmt: skip
+            private_data_dir=private,
+            inventory=str(inventory),
+            host_pattern=",".join(hosts),
+            module="ansible.builtin.script",
+            module_args=script,
+            forks=forks,
+            quiet=True,
+            cmdline="--become",
+            envvars=_environment(inventory),
+            event_handler=on_event,
+            timeout=timeout,
+            json_mode=False,
+        )
     for name, result in results.items():
         if result.error is None and not result.facts:
             result.error = "no answer from the gathering pass"

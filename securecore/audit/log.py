@@ -153,8 +153,9 @@ class AuditLog:
                 anchored_root = self._tree.root()
         witnessed = self._leaves_path.stat().st_size // 32 if self._leaves_path.exists() else 0
         signed = max((s for s, _ in self.store.checkpoints()), default=0)
-        local = max((int(p.name) for p in (self.witness / CHECKPOINT_DIR).glob("[0-9]*")),
-                    default=0)  # fmt: skip
+        local = max(
+            (int(p.name) for p in (self.witness / CHECKPOINT_DIR).glob("[0-9]*")), default=0
+        )
         for what, known in (
             (f"the leaf file {self._leaves_path}", witnessed),
             ("a signed checkpoint in the store", signed),
@@ -229,14 +230,21 @@ class AuditLog:
         thread only ever sees records that encode, so no input can stop it.
         """
         try:
-            for name, value in (("actor", actor), ("action", action), ("target", target),
-                                ("outcome", outcome)):  # fmt: skip
+            for name, value in (
+                ("actor", actor),
+                ("action", action),
+                ("target", target),
+                ("outcome", outcome),
+            ):
                 if not isinstance(value, str):
                     raise TypeError(f"{name} must be a string, not {type(value).__name__}")
             fields = {
-                "actor": actor, "action": action, "target": target, "outcome": outcome,
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "outcome": outcome,
                 "details": protect_details(details or {}, self.hmac_key),
-            }  # fmt: skip
+            }
             canonical(fields)
         except (TypeError, ValueError, RecursionError) as error:
             message = f"an audit record that cannot be encoded is refused: {error}"
@@ -469,9 +477,14 @@ def verify_log(
     for checkpoint, names in witnessed:
         known = anchors.get(checkpoint.size)
         if known is not None and known[0] != checkpoint.root:
-            return Verification(False, 0, len(checkpoints), None,
-                                f"two witnessed checkpoints of size {checkpoint.size} differ "
-                                "(the origin signed a fork)")  # fmt: skip
+            return Verification(
+                False,
+                0,
+                len(checkpoints),
+                None,
+                f"two witnessed checkpoints of size {checkpoint.size} differ "
+                "(the origin signed a fork)",
+            )
         previous = known[1] if known else ()
         anchors[checkpoint.size] = (checkpoint.root, tuple(sorted({*names, *previous})))
     newest_anchor = max(anchors, default=0)
@@ -479,9 +492,14 @@ def verify_log(
 
     def unprovable(problem: str, size: int) -> Verification:
         first = proved + 1
-        return Verification(False, size, len(checkpoints), first,
-                            f"records from {first} on cannot be proved: {problem}",
-                            proved or None)  # fmt: skip
+        return Verification(
+            False,
+            size,
+            len(checkpoints),
+            first,
+            f"records from {first} on cannot be proved: {problem}",
+            proved or None,
+        )
 
     tree = merkle.CompactRange()
     expected = 0
@@ -534,10 +552,20 @@ def verify_log(
         due = written + datetime.timedelta(seconds=checkpoint_interval + grace)
         if (now or datetime.datetime.now(datetime.UTC)) > due:
             kind = "witnessed" if require_witness else "signed"
-            problem = (f"record {covered + 1} was written at {first.timestamp} and no {kind} "
-                       f"checkpoint covers it, although one was due by {due.isoformat()} "
-                       "(records removed, or no checkpoint reached a witness)")  # fmt: skip
-            return Verification(False, expected, len(checkpoints), covered + 1, problem,
-                                proved or None)  # fmt: skip
-    return Verification(True, expected, len(checkpoints), None, "", proved or None,
-                        tuple(anchors[proved][1]) if proved else ())  # fmt: skip
+            problem = (
+                f"record {covered + 1} was written at {first.timestamp} and no {kind} "
+                f"checkpoint covers it, although one was due by {due.isoformat()} "
+                "(records removed, or no checkpoint reached a witness)"
+            )
+            return Verification(
+                False, expected, len(checkpoints), covered + 1, problem, proved or None
+            )
+    return Verification(
+        True,
+        expected,
+        len(checkpoints),
+        None,
+        "",
+        proved or None,
+        tuple(anchors[proved][1]) if proved else (),
+    )

@@ -197,8 +197,9 @@ class AuditReplica:
             added += len(records)
             if self.size >= origin_size:
                 break
-        return ReplicaStatus(str(answer.get("origin", "")), self.size, self.verified,
-                             origin_size, added)  # fmt: skip
+        return ReplicaStatus(
+            str(answer.get("origin", "")), self.size, self.verified, origin_size, added
+        )
 
     def close(self) -> None:
         self.store.close()

@@ -245,8 +245,15 @@ def load_settings(path: str | Path) -> WitnessSettings:
         raise WitnessError(f"{path}: a [witness] section is required")
     required = ("name", "state_dir", "origin_keys", "tls_policy")
     problems = [f"[witness] {key} is required" for key in required if not section.get(key)]
-    unknown = set(section) - {"name", "listen", "state_dir", "origin_keys", "tls_policy",
-                              "trust_domain", "submitters"}  # fmt: skip
+    unknown = set(section) - {
+        "name",
+        "listen",
+        "state_dir",
+        "origin_keys",
+        "tls_policy",
+        "trust_domain",
+        "submitters",
+    }
     problems += [f"[witness] {key}: unknown key" for key in sorted(unknown)]
     name = str(section.get("name", ""))
     if name and any(c.isspace() or c == "+" for c in name):
@@ -395,8 +402,11 @@ def _origin_only(note: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> str:
     """NOTE without other cosigners' lines: the witness holds what it checked and signed."""
     text, _, signatures = note.rpartition("\n\n")
     wanted = {f"/{kid}" for kid in keys}
-    kept = [line for line in signatures.splitlines()
-            if any(line.split(" ")[1].endswith(suffix) for suffix in wanted)]  # fmt: skip
+    kept = [
+        line
+        for line in signatures.splitlines()
+        if any(line.split(" ")[1].endswith(suffix) for suffix in wanted)
+    ]
     return f"{text}\n\n" + "".join(f"{line}\n" for line in kept)
 
 
@@ -467,10 +477,12 @@ def witness_app(witness: Witness, settings: WitnessSettings):
             return text(Answer(404, f"no checkpoint of origin {origin!r}\n"))
         return text(Answer(200, note))
 
-    return Starlette(routes=[
-        Route("/add-checkpoint", add, methods=["POST"]),
-        Route("/checkpoint", latest, methods=["GET"]),
-    ])  # fmt: skip
+    return Starlette(
+        routes=[
+            Route("/add-checkpoint", add, methods=["POST"]),
+            Route("/checkpoint", latest, methods=["GET"]),
+        ]
+    )
 
 
 def serve(settings: WitnessSettings) -> None:
@@ -482,8 +494,9 @@ def serve(settings: WitnessSettings) -> None:
 
     check_state_dir(settings.state_dir)
     private = ensure_key(settings)
-    witness = Witness(settings.name, private, settings.state_dir,
-                      load_origin_keys(settings.origin_keys))  # fmt: skip
+    witness = Witness(
+        settings.name, private, settings.state_dir, load_origin_keys(settings.origin_keys)
+    )
     tls = ReloadableServerContext(settings.tls_policy)
     host, _, port = settings.listen.rpartition(":")
     uvicorn.Server(
@@ -634,16 +647,22 @@ class WitnessPusher:
 
     def _due(self) -> list[WitnessClient]:
         now = time.monotonic()
-        return [c for c in self.clients
-                if (self.status[c.name].size or 0) < self._pending.size
-                and self._retry_at[c.name] <= now]  # fmt: skip
+        return [
+            c
+            for c in self.clients
+            if (self.status[c.name].size or 0) < self._pending.size
+            and self._retry_at[c.name] <= now
+        ]
 
     def _run(self) -> None:
         while True:
             with self._pending.wake:
                 while not self._stopping and (not self._pending.size or not self._due()):
-                    waits = [t - time.monotonic() for n, t in self._retry_at.items()
-                             if (self.status[n].size or 0) < self._pending.size]  # fmt: skip
+                    waits = [
+                        t - time.monotonic()
+                        for n, t in self._retry_at.items()
+                        if (self.status[n].size or 0) < self._pending.size
+                    ]
                     self._pending.wake.wait(max(0.05, min(waits)) if waits else None)
                 if self._stopping:
                     return
@@ -665,8 +684,11 @@ class WitnessPusher:
                         f"the witness holds a checkpoint of {old} records, this log signed "
                         f"{size}: the log lost records (restored or rewritten?)"
                     )
-                proof = (merkle.consistency_proof(read_leaves(self.leaves_path, size), old)
-                         if 0 < old < size else [])  # fmt: skip
+                proof = (
+                    merkle.consistency_proof(read_leaves(self.leaves_path, size), old)
+                    if 0 < old < size
+                    else []
+                )
                 answer, body = client.add(old, proof, note)
                 if answer == 409:
                     self._held[client.name] = int(body.strip() or 0)
@@ -697,8 +719,9 @@ class WitnessPusher:
         note = client.latest(self.origin)
         if note is None:
             return 0
-        checkpoint, _ = witnessed_checkpoint(note, self.origin_keys(), self.witness_keys,
-                                             self.origin)  # fmt: skip
+        checkpoint, _ = witnessed_checkpoint(
+            note, self.origin_keys(), self.witness_keys, self.origin
+        )
         return checkpoint.size
 
     def _write_status(self) -> None:

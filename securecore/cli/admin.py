@@ -70,8 +70,9 @@ class _UnixConnection(http.client.HTTPConnection):
 def _connection(args: argparse.Namespace) -> tuple[http.client.HTTPConnection, str]:
     """The connection to the service and how to name it in errors."""
     if args.local or args.socket:
-        path = Path(args.socket or socket_path(configuration.load(args.config).get(
-            "service", "data_dir")))  # fmt: skip
+        path = Path(
+            args.socket or socket_path(configuration.load(args.config).get("service", "data_dir"))
+        )
         return _UnixConnection(path, timeout=30), f"local admin socket {path}"
     host, port, context = _target(args)
     connection = http.client.HTTPSConnection(host, port, context=context, timeout=30)
@@ -165,9 +166,10 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-policy", help="TLS policy with the administrator's certificate")
     parser.add_argument(
-        "--local", action="store_true",
+        "--local",
+        action="store_true",
         help="use the service's local admin socket (root or the service user, on its host)",
-    )  # fmt: skip
+    )
     parser.add_argument("--socket", help="the local admin socket (default DATA_DIR/admin.sock)")
 
 

@@ -30,11 +30,15 @@ def _verify(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     if result.ok:
-        anchor = (f"; proved against the checkpoint of {result.witnessed} records cosigned by "
-                  f"{', '.join(result.witnesses)}" if result.witnessed
-                  else "; NOT anchored: no witnessed checkpoint")  # fmt: skip
-        print(f"audit log OK: {result.size} records, {result.checkpoints} signed checkpoints"
-              f"{anchor}")  # fmt: skip
+        anchor = (
+            f"; proved against the checkpoint of {result.witnessed} records cosigned by "
+            f"{', '.join(result.witnesses)}"
+            if result.witnessed
+            else "; NOT anchored: no witnessed checkpoint"
+        )
+        print(
+            f"audit log OK: {result.size} records, {result.checkpoints} signed checkpoints{anchor}"
+        )
         return 0
     where = f" (first bad record: {result.first_bad_seq})" if result.first_bad_seq else ""
     print(f"audit log FAILED{where}: {result.problem}", file=sys.stderr)
@@ -121,9 +125,11 @@ def _replicate(args: argparse.Namespace) -> int:
         status = replica.pull()
     finally:
         replica.close()
-    print(f"replica of {status.origin} ({args.source}): {status.size} records "
-          f"({status.added} new), checked against its signed checkpoints through "
-          f"{status.verified}; the origin holds {status.origin_size}")  # fmt: skip
+    print(
+        f"replica of {status.origin} ({args.source}): {status.size} records "
+        f"({status.added} new), checked against its signed checkpoints through "
+        f"{status.verified}; the origin holds {status.origin_size}"
+    )
     return 0
 
 
@@ -141,17 +147,26 @@ def configure(name: str, audit: argparse.ArgumentParser) -> None:
         if name == "prove":
             action.add_argument("seq", type=int, help="sequence number of the record")
         if name == "verify":
-            action.add_argument("--witness", action="append", metavar="URL",
-                                help="also ask this witness (https://HOST:PORT; its key must "
-                                     "be in [audit] witness_keys); repeatable")  # fmt: skip
+            action.add_argument(
+                "--witness",
+                action="append",
+                metavar="URL",
+                help="also ask this witness (https://HOST:PORT; its key must "
+                "be in [audit] witness_keys); repeatable",
+            )
         if name == "export":
             action.add_argument("-o", "--output", help="file to write (default: stdout)")
         action.set_defaults(handler=handler)
     text = "copy another core host's audit log, checked against its signed checkpoints"
     replicate = actions.add_parser("replicate", help=text, description=text)
     replicate.add_argument("-c", "--config", help="configuration file (or SECURECORE_CONFIG)")
-    replicate.add_argument("--from", dest="source", required=True, metavar="URL",
-                           help="the origin's service URL (https://HOST:PORT)")  # fmt: skip
+    replicate.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="URL",
+        help="the origin's service URL (https://HOST:PORT)",
+    )
     replicate.add_argument(
         "--directory", type=Path, help="where the copy lives (default: [service] data_dir/replica)"
     )

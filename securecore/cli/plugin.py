@@ -15,9 +15,13 @@ from securecore.plugin_sdk.ticket_store import TicketStore
 
 def _register(args: argparse.Namespace) -> int:
     answer = register_with_core(
-        args.core, tls_policy=args.tls_policy, name=args.name, vendor=args.vendor,
-        endpoint=args.endpoint, security_level=args.security_level,
-    )  # fmt: skip
+        args.core,
+        tls_policy=args.tls_policy,
+        name=args.name,
+        vendor=args.vendor,
+        endpoint=args.endpoint,
+        security_level=args.security_level,
+    )
     answer.pop("session", None)  # tokens are not for the terminal or a log
     print(json.dumps(answer, indent=2))
     return 0 if answer.get("state") == "active" else 1
@@ -28,9 +32,13 @@ def _register_when_up(args: argparse.Namespace, attempts: int = 30) -> None:
     for _ in range(attempts):
         try:
             answer = register_with_core(
-                args.register, tls_policy=args.tls_policy, name=args.name, vendor=args.vendor,
-                endpoint=args.endpoint, security_level=args.security_level,
-            )  # fmt: skip
+                args.register,
+                tls_policy=args.tls_policy,
+                name=args.name,
+                vendor=args.vendor,
+                endpoint=args.endpoint,
+                security_level=args.security_level,
+            )
         except PluginError as error:
             if error.code != "unreachable":
                 print(f"registration refused: {error}", flush=True)
@@ -45,8 +53,13 @@ def _ticket_store(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = TicketStore(state_dir / "tickets.db")
-    plugin = PluginServer(args.name, store.handlers(), tls_policy=args.tls_policy,
-                          state_dir=state_dir, core_principals=args.core_principal)  # fmt: skip
+    plugin = PluginServer(
+        args.name,
+        store.handlers(),
+        tls_policy=args.tls_policy,
+        state_dir=state_dir,
+        core_principals=args.core_principal,
+    )
     host, _, port = args.listen.rpartition(":")
     if args.register:
         threading.Thread(target=_register_when_up, args=(args,), daemon=True).start()
@@ -62,9 +75,12 @@ def configure(name: str, plugin: argparse.ArgumentParser) -> None:
     command.add_argument("--state-dir", required=True, help="tickets and channel keys (0700)")
     command.add_argument("--listen", default="0.0.0.0:9443", help="HOST:PORT")
     command.add_argument(
-        "--core-principal", action="append", required=True, metavar="core/HOST",
+        "--core-principal",
+        action="append",
+        required=True,
+        metavar="core/HOST",
         help="a core that may hand over channel keys and call (repeat for each core host)",
-    )  # fmt: skip
+    )
     command.add_argument("--register", metavar="CORE_URL", help="register with this core")
     command.add_argument("--endpoint", help="this plugin's URL as the core reaches it")
     command.add_argument("--vendor", default="securecore")

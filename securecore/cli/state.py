@@ -23,8 +23,9 @@ def _backup(args: argparse.Namespace) -> int:
     manifest = create_backup(config, ring, args.output)
     checked = verify_backup(ring, manifest)  # as a restore would check it
     print(f"backup written: {manifest}")
-    print(f"backup verified: {checked['audit_records']} audit records, "
-          f"{len(checked['files'])} files")  # fmt: skip
+    print(
+        f"backup verified: {checked['audit_records']} audit records, {len(checked['files'])} files"
+    )
     if args.keep_days is not None:
         removed, refused = prune_backups(ring, manifest.parent, args.keep_days)
         for backup_id in removed:
@@ -39,8 +40,10 @@ def _restore(args: argparse.Namespace) -> int:
     ring = open_key_ring(config)
     if args.verify_only:
         checked = verify_backup(ring, args.manifest)
-        print(f"backup {checked['id']} verified: {checked['audit_records']} audit records, "
-              f"{len(checked['files'])} files; nothing was replaced")  # fmt: skip
+        print(
+            f"backup {checked['id']} verified: {checked['audit_records']} audit records, "
+            f"{len(checked['files'])} files; nothing was replaced"
+        )
         return 0
     restored = restore_backup(config, ring, args.manifest)
     state = ", ".join(restored["state"]) or "no state databases"
@@ -65,16 +68,19 @@ def configure(name: str, command: argparse.ArgumentParser) -> None:
     if name == "backup":
         command.add_argument("-o", "--output", help="directory (default: [backup] directory)")
         command.add_argument(
-            "--keep-days", type=_days, metavar="DAYS",
+            "--keep-days",
+            type=_days,
+            metavar="DAYS",
             help="then remove backups older than DAYS from the directory (never the newest)",
-        )  # fmt: skip
+        )
         command.set_defaults(handler=_backup)
     elif name == "restore":
         command.add_argument("manifest", help="the backup's .manifest.json")
         command.add_argument(
-            "--verify-only", action="store_true",
+            "--verify-only",
+            action="store_true",
             help="make every check a restore makes and replace nothing (the service may run)",
-        )  # fmt: skip
+        )
         command.set_defaults(handler=_restore)
     else:  # emergency-snapshot
         command.add_argument("--reason", required=True, help="why (goes into the audit log)")

@@ -95,9 +95,14 @@ def seal_message(
     now: float | None = None,
 ) -> dict[str, Any]:
     header = {
-        "v": VERSION, "kid": kid, "from": sender, "to": recipient, "id": uuid.uuid4().hex,
-        "reply_to": reply_to, "ts": int(time.time() if now is None else now),
-    }  # fmt: skip
+        "v": VERSION,
+        "kid": kid,
+        "from": sender,
+        "to": recipient,
+        "id": uuid.uuid4().hex,
+        "reply_to": reply_to,
+        "ts": int(time.time() if now is None else now),
+    }
     nonce = os.urandom(12)
     ciphertext = AESGCM(key).encrypt(nonce, _canonical(payload), _canonical(header))
     message = {**header, "nonce": _b64(nonce), "ciphertext": _b64(ciphertext)}

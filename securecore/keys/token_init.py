@@ -21,15 +21,31 @@ import pkcs11
 
 CKR_OK = 0
 CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
-RESULT_NAMES = {0x3: "CKR_SLOT_ID_INVALID", 0x5: "CKR_GENERAL_ERROR", 0x20: "CKR_DEVICE_ERROR",
-                0xA0: "CKR_PIN_INCORRECT", 0xA2: "CKR_PIN_LEN_RANGE", 0xA4: "CKR_PIN_LOCKED",
-                0xB3: "CKR_SESSION_EXISTS", 0xE0: "CKR_TOKEN_NOT_PRESENT",
-                0xE2: "CKR_TOKEN_WRITE_PROTECTED"}  # fmt: skip
+RESULT_NAMES = {
+    0x3: "CKR_SLOT_ID_INVALID",
+    0x5: "CKR_GENERAL_ERROR",
+    0x20: "CKR_DEVICE_ERROR",
+    0xA0: "CKR_PIN_INCORRECT",
+    0xA2: "CKR_PIN_LEN_RANGE",
+    0xA4: "CKR_PIN_LOCKED",
+    0xB3: "CKR_SESSION_EXISTS",
+    0xE0: "CKR_TOKEN_NOT_PRESENT",
+    0xE2: "CKR_TOKEN_WRITE_PROTECTED",
+}
 # CK_FUNCTION_LIST: the interface version, then the functions in the order of
 # the standard, C_InitToken tenth.
-FUNCTIONS = ("C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList",
-             "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo",
-             "C_InitToken")  # fmt: skip
+FUNCTIONS = (
+    "C_Initialize",
+    "C_Finalize",
+    "C_GetInfo",
+    "C_GetFunctionList",
+    "C_GetSlotList",
+    "C_GetSlotInfo",
+    "C_GetTokenInfo",
+    "C_GetMechanismList",
+    "C_GetMechanismInfo",
+    "C_InitToken",
+)
 
 
 # Not a SecureCoreError: this module is also an Ansible module_util (roles/hsm), run on

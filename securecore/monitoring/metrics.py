@@ -31,34 +31,47 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "securecore_requests_total", "Requests answered", ["route", "method", "status"],
+            "securecore_requests_total",
+            "Requests answered",
+            ["route", "method", "status"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.latency = Histogram(
-            "securecore_request_duration_seconds", "Time to answer a request", ["route"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry,
-        )  # fmt: skip
-        self.decisions = Counter(
-            "securecore_policy_decisions_total", "Policy decisions", ["stage", "outcome"],
+            "securecore_request_duration_seconds",
+            "Time to answer a request",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
-        )  # fmt: skip
+        )
+        self.decisions = Counter(
+            "securecore_policy_decisions_total",
+            "Policy decisions",
+            ["stage", "outcome"],
+            registry=self.registry,
+        )
         # REQ-SVC-21, per step of a call through the core to a plugin: "session"
         # (step 1; 2-5 are the policy decisions above), "seal" (6), "mtls_call" (7),
         # "open" (8), "record" (9 and 10: the communication record and the trust
         # update, one transaction). Outcome "success" or the code that ended it.
         self.plugin_steps = Histogram(
-            "securecore_plugin_flow_step_seconds", "Time a step of the plugin call flow took",
-            ["step"], registry=self.registry,
+            "securecore_plugin_flow_step_seconds",
+            "Time a step of the plugin call flow took",
+            ["step"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )  # fmt: skip
+        )
         self.plugin_step_outcomes = Counter(
-            "securecore_plugin_flow_steps_total", "Steps of the plugin call flow, by outcome",
-            ["step", "outcome"], registry=self.registry,
-        )  # fmt: skip
+            "securecore_plugin_flow_steps_total",
+            "Steps of the plugin call flow, by outcome",
+            ["step", "outcome"],
+            registry=self.registry,
+        )
         self.up = Gauge(
-            "securecore_up", "1 while the service runs", registry=self.registry,
+            "securecore_up",
+            "1 while the service runs",
+            registry=self.registry,
             multiprocess_mode="livemax",
-        )  # fmt: skip
+        )
         self.up.set(1)
         self._collectors: list[Collector] = []
 
@@ -89,8 +102,12 @@ class ServiceMetrics:
 class LiveState(Collector):
     """Gauges read from the service's state at scrape time."""
 
-    def __init__(self, sources: dict[str, Callable[[], dict[tuple[str, ...], float] | float]],
-                 labels: dict[str, list[str]], help_text: dict[str, str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sources: dict[str, Callable[[], dict[tuple[str, ...], float] | float]],
+        labels: dict[str, list[str]],
+        help_text: dict[str, str],
+    ) -> None:
         self.sources, self.labels, self.help_text = sources, labels, help_text
 
     def collect(self):

@@ -226,8 +226,11 @@ def verify_backup(ring: KeyRing, manifest_path: str | Path) -> dict:
     """All the checks a restore makes, replacing nothing: {"id", "audit_records", "files"}."""
     with tempfile.TemporaryDirectory(prefix="securecore-verify-") as scratch:
         manifest = _unpacked(Path(manifest_path), ring, Path(scratch))
-    return {"id": manifest["id"], "audit_records": manifest["audit_records"],
-            "files": sorted(manifest["files"])}  # fmt: skip
+    return {
+        "id": manifest["id"],
+        "audit_records": manifest["audit_records"],
+        "files": sorted(manifest["files"]),
+    }
 
 
 def restore_backup(config: Config, ring: KeyRing, manifest_path: str | Path) -> dict:
@@ -250,8 +253,11 @@ def restore_backup(config: Config, ring: KeyRing, manifest_path: str | Path) -> 
         _replace_contents(witness, staging / "witness", kept / "witness")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"id": manifest["id"], "audit_records": manifest["audit_records"],
-            "state": sorted(n for n in manifest["files"] if n.startswith("state/"))}  # fmt: skip
+    return {
+        "id": manifest["id"],
+        "audit_records": manifest["audit_records"],
+        "state": sorted(n for n in manifest["files"] if n.startswith("state/")),
+    }
 
 
 def _authentic(ring: KeyRing, manifest: dict) -> bool:
@@ -266,8 +272,11 @@ def _authentic(ring: KeyRing, manifest: dict) -> bool:
         if name != ring.signing_key:
             return False
         public = ring.backend.public_key(signature["kid"])
-        public.verify(base64.b64decode(signature["value"], validate=True),
-                      _manifest_bytes(manifest), ec.ECDSA(hashes.SHA256()))  # fmt: skip
+        public.verify(
+            base64.b64decode(signature["value"], validate=True),
+            _manifest_bytes(manifest),
+            ec.ECDSA(hashes.SHA256()),
+        )
     except (KeyError, TypeError, ValueError, KeyStoreError, InvalidSignature):
         return False
     return True
@@ -290,8 +299,10 @@ def _signed_manifest(ring: KeyRing, path: Path) -> tuple[datetime.datetime, dict
     backup_id = manifest.get("id")
     # A signed manifest copied under another name (or pointing at another
     # archive) would let one backup's pruning delete another's archive.
-    if (path.name != f"securecore-backup-{backup_id}.manifest.json"
-            or manifest.get("archive") != f"securecore-backup-{backup_id}.scb"):  # fmt: skip
+    if (
+        path.name != f"securecore-backup-{backup_id}.manifest.json"
+        or manifest.get("archive") != f"securecore-backup-{backup_id}.scb"
+    ):
         raise BackupError(f"{path.name}: the file names differ from the signed id {backup_id!r}")
     try:
         with (path.parent / manifest["archive"]).open("rb") as archive:

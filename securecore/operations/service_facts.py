@@ -76,13 +76,19 @@ def _audit(config: configuration.Config, ring) -> tuple[dict[str, Any], dict[str
     finally:
         store.close()
     last = checkpoints[-1][0] if checkpoints else 0
-    return {"verified": result.ok, "problem": result.problem, "records": size,
-            "checkpoints": len(checkpoints), "uncheckpointed": size - last,
-            "witnessed_size": result.witnessed, "witnessed_by": list(result.witnesses),
-            "unwitnessed": size - (result.witnessed or 0),
-            "witnesses_configured": len(config.get("audit", "witnesses")),
-            "witness_problems": problems,
-            "witnesses": _witness_status(config)}, events  # fmt: skip
+    return {
+        "verified": result.ok,
+        "problem": result.problem,
+        "records": size,
+        "checkpoints": len(checkpoints),
+        "uncheckpointed": size - last,
+        "witnessed_size": result.witnessed,
+        "witnessed_by": list(result.witnesses),
+        "unwitnessed": size - (result.witnessed or 0),
+        "witnesses_configured": len(config.get("audit", "witnesses")),
+        "witness_problems": problems,
+        "witnesses": _witness_status(config),
+    }, events
 
 
 # What the reports count: security-relevant actions, and among them incidents (something
@@ -115,8 +121,12 @@ def _events(store, size: int) -> dict[str, Any]:
         for name, start in since.items():
             if when >= start:
                 counts[name][f"{record.action} {record.outcome}"] += 1
-        brief = {"at": record.timestamp, "action": record.action, "target": record.target,
-                 "outcome": record.outcome}  # fmt: skip
+        brief = {
+            "at": record.timestamp,
+            "action": record.action,
+            "target": record.target,
+            "outcome": record.outcome,
+        }
         if record.action.startswith(INCIDENTS):
             incidents.append(brief)
         if record.action.startswith(RESPONSES):
@@ -148,13 +158,17 @@ def _backup(config: configuration.Config, ring) -> dict[str, Any]:
         return {"newest": None, "newest_age_hours": None, "unverified": refused}
     created, path, _ = backups[-1]
     age = datetime.datetime.now(datetime.UTC) - created
-    return {"newest": path.name, "newest_age_hours": round(age.total_seconds() / 3600, 1),
-            "unverified": refused}  # fmt: skip
+    return {
+        "newest": path.name,
+        "newest_age_hours": round(age.total_seconds() / 3600, 1),
+        "unverified": refused,
+    }
 
 
 def _plugins(config: configuration.Config) -> dict[str, Any]:
-    registry = PluginRegistry(open_state(config, "plugins"), vendors={},
-                              minimum_security_level=0, probe=lambda *_: {})  # fmt: skip
+    registry = PluginRegistry(
+        open_state(config, "plugins"), vendors={}, minimum_security_level=0, probe=lambda *_: {}
+    )
     plugins = registry.summary()
     active = [p["score"] for p in plugins if p["state"] == "active"]
     return {

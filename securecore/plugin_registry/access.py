@@ -46,9 +46,11 @@ class AccessRule:
         return all(
             any(fnmatchcase(value, pattern) for pattern in patterns)
             for value, patterns in (
-                (principal, self.principals), (plugin, self.plugins), (operation, self.operations)
+                (principal, self.principals),
+                (plugin, self.plugins),
+                (operation, self.operations),
             )
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)

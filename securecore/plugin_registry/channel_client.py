@@ -91,8 +91,9 @@ def endpoint_identity_problem(der: bytes, name: str, trust_domain: str) -> str |
         return "its certificate has no subject alternative names"
     prefix = f"spiffe://{trust_domain}/"
     wanted = f"{prefix}plugin/{name}"
-    ids = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)
-           if u.startswith(prefix)]  # fmt: skip
+    ids = [
+        u for u in sans.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(prefix)
+    ]
     if ids:
         return None if ids == [wanted] else f"its certificate names {', '.join(ids)}, not {wanted}"
     if name in sans.get_values_for_type(x509.DNSName):
@@ -164,12 +165,17 @@ class PluginCaller:
                 )
 
         connection = _PinnedHTTPSConnection(
-            urlsplit(endpoint).hostname, port, address, check, context=self.context,
+            urlsplit(endpoint).hostname,
+            port,
+            address,
+            check,
+            context=self.context,
             timeout=self.timeout,
-        )  # fmt: skip
+        )
         try:
-            connection.request(method, path, body=json.dumps(body),
-                               headers={"Content-Type": "application/json"})  # fmt: skip
+            connection.request(
+                method, path, body=json.dumps(body), headers={"Content-Type": "application/json"}
+            )
             response = connection.getresponse()
             raw = response.read()
             sock = connection.sock if isinstance(connection.sock, ssl.SSLSocket) else None
@@ -213,9 +219,17 @@ class PluginCaller:
         kid = f"{name}-{uuid.uuid4().hex[:12]}"
         key = new_channel_key()
         core_keys = self.core_public_keys()
-        status, answer, peer = self._exchange(name, endpoint, "PUT", "/securecore/v1/channel", {
-            "kid": kid, "key": base64.b64encode(key).decode(), "core_keys": core_keys,
-        })  # fmt: skip
+        status, answer, peer = self._exchange(
+            name,
+            endpoint,
+            "PUT",
+            "/securecore/v1/channel",
+            {
+                "kid": kid,
+                "key": base64.b64encode(key).decode(),
+                "core_keys": core_keys,
+            },
+        )
         if status != 204:
             raise PluginCallError("channel_refused", f"{endpoint} refused the channel: {answer}")
         if peer["certificate"] is None or peer["tls_version"] != "TLSv1.3":
@@ -280,9 +294,13 @@ class PluginCaller:
         with step("seal"):
             key = self._key(name, channel)
             request = seal_message(
-                key, channel.kid, sender=CORE_ADDRESS, recipient=f"plugin/{name}",
-                payload={"op": op, "args": args, "caller": caller}, sign=self._signer(channel),
-            )  # fmt: skip
+                key,
+                channel.kid,
+                sender=CORE_ADDRESS,
+                recipient=f"plugin/{name}",
+                payload={"op": op, "args": args, "caller": caller},
+                sign=self._signer(channel),
+            )
         with step("mtls_call"):
             status, answer, _ = self._exchange(
                 name, endpoint, "POST", "/securecore/v1/call", request
@@ -293,10 +311,13 @@ class PluginCaller:
         with step("open"):
             try:
                 opened = open_message(
-                    answer, keys=lambda kid: key if kid == channel.kid else None,
-                    verify=certificate_verifier(channel.certificate), recipient=CORE_ADDRESS,
-                    guard=self.guard, reply_to=request["id"],
-                )  # fmt: skip
+                    answer,
+                    keys=lambda kid: key if kid == channel.kid else None,
+                    verify=certificate_verifier(channel.certificate),
+                    recipient=CORE_ADDRESS,
+                    guard=self.guard,
+                    reply_to=request["id"],
+                )
             except MessageError as error:
                 raise PluginCallError(error.code, f"{endpoint}: {error}") from error
             payload = opened.payload

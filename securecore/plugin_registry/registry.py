@@ -152,8 +152,9 @@ class PluginRegistry:
 
         def passed(step: str, detail: str) -> None:
             steps.append({"step": step, "outcome": "passed", "detail": detail})
-            self.audit(principal.id, f"plugin.register.{step}", request.name, "success",
-                       {"detail": detail})  # fmt: skip
+            self.audit(
+                principal.id, f"plugin.register.{step}", request.name, "success", {"detail": detail}
+            )
 
         try:
             self._check_request(request)
@@ -167,8 +168,13 @@ class PluginRegistry:
             passed("communication", f"{what} in {probe.get('ms')} ms")
         except RegistrationError as error:
             steps.append({"step": error.step, "outcome": "failed", "detail": str(error)})
-            self.audit(principal.id, f"plugin.register.{error.step}", request.name, "failure",
-                       {"detail": str(error)})  # fmt: skip
+            self.audit(
+                principal.id,
+                f"plugin.register.{error.step}",
+                request.name,
+                "failure",
+                {"detail": str(error)},
+            )
             self._store_pending(request, principal, f"{error.step}: {error}")
             return Registration(request.name, "pending", 0, steps)
 
@@ -204,17 +210,29 @@ class PluginRegistry:
                 "channel_kid = excluded.channel_kid, channel_key = excluded.channel_key, "
                 "endpoint_certificate = excluded.endpoint_certificate, "
                 "channel_core_kid = excluded.channel_core_kid",
-                (request.name, request.vendor, request.endpoint, request.security_level, state,
-                 self.clock(), principal.fingerprint, history, assessment.score,
-                 *channel_values),
-            )  # fmt: skip
+                (
+                    request.name,
+                    request.vendor,
+                    request.endpoint,
+                    request.security_level,
+                    state,
+                    self.clock(),
+                    principal.fingerprint,
+                    history,
+                    assessment.score,
+                    *channel_values,
+                ),
+            )
             self._history(request.name, assessment.score, "registered")
         state = self.get(request.name)["state"]
         passed("completion", f"state {state}")
         return Registration(
-            request.name, state, assessment.score, steps,
+            request.name,
+            state,
+            assessment.score,
+            steps,
             [vars(alert) for alert in assessment.alerts],
-        )  # fmt: skip
+        )
 
     def _check_request(self, request: RegistrationRequest) -> None:
         if not NAME.match(request.name):
@@ -224,8 +242,14 @@ class PluginRegistry:
             usable = bool(url.port and ENDPOINT_HOST.match(url.hostname or ""))
         except ValueError:
             usable = False
-        if not usable or url.scheme != "https" or url.path not in ("", "/") or url.username \
-                or url.query or url.fragment:  # fmt: skip
+        if (
+            not usable
+            or url.scheme != "https"
+            or url.path not in ("", "/")
+            or url.username
+            or url.query
+            or url.fragment
+        ):
             raise RegistrationError("request", f"endpoint {request.endpoint!r}: https://HOST:PORT")
         try:
             self.endpoints.resolve(request.endpoint)
@@ -270,9 +294,16 @@ class PluginRegistry:
                 "registered_at, certificate_fingerprint) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET reason = excluded.reason "
                 "WHERE plugins.state IN ('pending')",
-                (request.name, request.vendor, request.endpoint, request.security_level, reason,
-                 self.clock(), principal.fingerprint),
-            )  # fmt: skip
+                (
+                    request.name,
+                    request.vendor,
+                    request.endpoint,
+                    request.security_level,
+                    reason,
+                    self.clock(),
+                    principal.fingerprint,
+                ),
+            )
 
     # --- communication and trust ------------------------------------------------------
 
@@ -296,9 +327,10 @@ class PluginRegistry:
             successes += outcome == "success"
             violations += outcome == "violation"
             auth_failures += outcome == "auth_failure"
-            assessment = assess(name, self._factors(
-                vendor, registered, calls, successes, violations, auth_failures, now
-            ))  # fmt: skip
+            assessment = assess(
+                name,
+                self._factors(vendor, registered, calls, successes, violations, auth_failures, now),
+            )
             suspended_now = "suspend" in assessment.actions and state == "active"
             if suspended_now:
                 state = "suspended"
@@ -307,9 +339,8 @@ class PluginRegistry:
                 "auth_failures = ?, score = ?, state = ?, "
                 "reason = CASE WHEN ? = 'suspended' AND reason = '' "
                 "THEN 'trust score at or below 30' ELSE reason END WHERE name = ?",
-                (calls, successes, violations, auth_failures, assessment.score, state,
-                 state, name),
-            )  # fmt: skip
+                (calls, successes, violations, auth_failures, assessment.score, state, state, name),
+            )
             self._db.execute(
                 "INSERT INTO communications VALUES (?, ?, ?, ?, ?)",
                 (name, now, outcome, latency_ms, detail),
@@ -317,8 +348,7 @@ class PluginRegistry:
             if assessment.score != old:
                 self._history(name, assessment.score, f"call {outcome}")
         if suspended_now:
-            self.audit("securecore", "plugin.suspend", name, "success",
-                       {"score": assessment.score})  # fmt: skip
+            self.audit("securecore", "plugin.suspend", name, "success", {"score": assessment.score})
             self.on_blocked(name)
         return assessment
 
@@ -326,18 +356,22 @@ class PluginRegistry:
         self, vendor, registered, calls, successes, violations, auth_failures, now
     ) -> TrustFactors:
         return TrustFactors(
-            calls=calls, successes=successes, security_violations=violations,
-            uptime_days=int((now - registered) // 86400), auth_failures=auth_failures,
+            calls=calls,
+            successes=successes,
+            security_violations=violations,
+            uptime_days=int((now - registered) // 86400),
+            auth_failures=auth_failures,
             vendor_reputation=self.vendors.get(vendor, 0),
-        )  # fmt: skip
+        )
 
     def policy_view(self, name: str) -> tuple[str, frozenset[str]] | None:
         """(state, trust actions) of a plugin for the policy engine's trust stage."""
         with self._lock:
             row = self._db.execute(
                 "SELECT vendor, registered_at, calls, successes, violations, auth_failures, "
-                "state FROM plugins WHERE name = ?", (name,),
-            ).fetchone()  # fmt: skip
+                "state FROM plugins WHERE name = ?",
+                (name,),
+            ).fetchone()
         if row is None:
             return None
         assessment = assess(name, self._factors(*row[:6], self.clock()))
@@ -396,8 +430,9 @@ class PluginRegistry:
         with self._lock:
             row = self._db.execute(
                 "SELECT state, endpoint, channel_kid, channel_key, endpoint_certificate, "
-                "channel_core_kid FROM plugins WHERE name = ?", (name,),
-            ).fetchone()  # fmt: skip
+                "channel_core_kid FROM plugins WHERE name = ?",
+                (name,),
+            ).fetchone()
         if row is None:
             raise KeyError(name)
         state, endpoint, kid, wrapped, certificate, core_kid = row

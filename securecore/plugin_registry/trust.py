@@ -45,8 +45,17 @@ class TrustFactors:
     def validate(self) -> None:
         if not 0 <= self.vendor_reputation <= 100:
             raise ValueError(f"vendor_reputation {self.vendor_reputation}: 0-100")
-        if min(self.calls, self.successes, self.security_violations, self.uptime_days,
-               self.auth_failures) < 0 or self.successes > self.calls:  # fmt: skip
+        if (
+            min(
+                self.calls,
+                self.successes,
+                self.security_violations,
+                self.uptime_days,
+                self.auth_failures,
+            )
+            < 0
+            or self.successes > self.calls
+        ):
             raise ValueError("trust factors are counts: non-negative, successes <= calls")
 
 

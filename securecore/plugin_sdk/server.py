@@ -207,10 +207,12 @@ class PluginServer:
                 return refused
             try:
                 opened = open_message(
-                    await request.json(), keys=self.channel.key,
+                    await request.json(),
+                    keys=self.channel.key,
                     verify=public_keys_verifier(self.channel.core_keys),
-                    recipient=self.address, guard=self.guard,
-                )  # fmt: skip
+                    recipient=self.address,
+                    guard=self.guard,
+                )
             except MessageError as error:
                 log.warning("refused a call: %s (%s)", error, error.code)
                 return _refuse(400, error.code, str(error))
@@ -219,11 +221,13 @@ class PluginServer:
             answer = await self._dispatch(opened.payload)
             return JSONResponse(self.seal_answer(opened, answer))
 
-        return Starlette(routes=[
-            Route("/healthz", healthz),
-            Route("/securecore/v1/channel", channel, methods=["PUT"]),
-            Route("/securecore/v1/call", call, methods=["POST"]),
-        ])  # fmt: skip
+        return Starlette(
+            routes=[
+                Route("/healthz", healthz),
+                Route("/securecore/v1/channel", channel, methods=["PUT"]),
+                Route("/securecore/v1/call", call, methods=["POST"]),
+            ]
+        )
 
     def seal_answer(self, request: Opened, answer: dict[str, Any]) -> Any:
         """The sealed answer to REQUEST: encrypted with its channel key, signed, bound
@@ -231,10 +235,14 @@ class PluginServer:
         kid = request.header["kid"]
         sign = self.signers.get(self.channel.signer_kid(kid) or "", self.sign)
         return seal_message(
-            self.channel.key(kid) or b"", kid, sender=self.address,
-            recipient=request.header["from"], payload=answer, sign=sign,
+            self.channel.key(kid) or b"",
+            kid,
+            sender=self.address,
+            recipient=request.header["from"],
+            payload=answer,
+            sign=sign,
             reply_to=request.header["id"],
-        )  # fmt: skip
+        )
 
     def _core_only(self, request: Request) -> JSONResponse | None:
         try:
@@ -273,11 +281,17 @@ class PluginServer:
 
     def server(self, host: str, port: int) -> uvicorn.Server:
         settings = uvicorn.Config(
-            self.app(), host=host, port=port, http=TLSScopeHttpToolsProtocol, loop="uvloop",
+            self.app(),
+            host=host,
+            port=port,
+            http=TLSScopeHttpToolsProtocol,
+            loop="uvloop",
             ssl_context_factory=lambda _config, _default: self.tls.context,
-            log_config=log_config(), server_header=False, proxy_headers=False,
+            log_config=log_config(),
+            server_header=False,
+            proxy_headers=False,
             timeout_graceful_shutdown=10,
-        )  # fmt: skip
+        )
         return uvicorn.Server(settings)
 
     def watch(self) -> TLSFileWatcher:
@@ -312,11 +326,13 @@ def register_with_core(
     connection = http.client.HTTPSConnection(
         url.hostname, url.port or 443, context=policy.client_context(), timeout=timeout
     )
-    body = json.dumps({"name": name, "vendor": vendor, "endpoint": endpoint,
-                       "security_level": security_level})  # fmt: skip
+    body = json.dumps(
+        {"name": name, "vendor": vendor, "endpoint": endpoint, "security_level": security_level}
+    )
     try:
-        connection.request("POST", "/v1/plugins/register", body=body,
-                           headers={"Content-Type": "application/json"})  # fmt: skip
+        connection.request(
+            "POST", "/v1/plugins/register", body=body, headers={"Content-Type": "application/json"}
+        )
         response = connection.getresponse()
         answer = json.loads(response.read() or b"{}")
     except (OSError, ssl.SSLError, http.client.HTTPException, ValueError) as error:

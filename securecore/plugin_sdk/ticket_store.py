@@ -137,8 +137,11 @@ class TicketStore:
             ticket = self._ticket(args.get("id"))
             if ticket["status"] == "closed":
                 raise PluginError("closed", f"ticket {ticket['id']} is closed")
-            change = {key: value for key, value in
-                      (("status", status), ("comment", comment)) if value is not None}  # fmt: skip
+            change = {
+                key: value
+                for key, value in (("status", status), ("comment", comment))
+                if value is not None
+            }
             if status is not None:
                 self._db.execute(
                     "UPDATE tickets SET status = ?, updated_at = ? WHERE id = ?",
@@ -151,5 +154,9 @@ class TicketStore:
             return self._ticket(ticket["id"])
 
     def handlers(self) -> dict[str, Any]:
-        return {"tickets.create": self.create, "tickets.get": self.get,
-                "tickets.list": self.list, "tickets.update": self.update}  # fmt: skip
+        return {
+            "tickets.create": self.create,
+            "tickets.get": self.get,
+            "tickets.list": self.list,
+            "tickets.update": self.update,
+        }

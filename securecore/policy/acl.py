@@ -63,9 +63,12 @@ class AclRules:
             except ValueError as error:
                 raise ValueError(f"acl.regions: {error}") from error
         return cls(
-            networks("allow"), networks("deny"), regions,
-            tuple(data.get("allowed_regions", ())), tuple(windows),
-        )  # fmt: skip
+            networks("allow"),
+            networks("deny"),
+            regions,
+            tuple(data.get("allowed_regions", ())),
+            tuple(windows),
+        )
 
     def region_of(self, address) -> str | None:
         matches = [

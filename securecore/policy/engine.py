@@ -114,9 +114,12 @@ class PolicyEngine:
             f"policy.{decision.stage}",
             request.plugin or "core",
             "allowed" if decision.allowed else "denied",
-            {"reason": decision.reason, "policy_version": decision.policy_version,
-             "source": request.source},
-        )  # fmt: skip
+            {
+                "reason": decision.reason,
+                "policy_version": decision.policy_version,
+                "source": request.source,
+            },
+        )
 
     def _evaluate(self, request: RequestContext) -> Decision:
         now = self.clock()

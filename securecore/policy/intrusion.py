@@ -71,16 +71,18 @@ class IntrusionDetector:
         if failures < LOCK_FAILURES:
             return []
         reason = f"{failures} failed logins within {LOCK_WINDOW // 60} minutes"
-        return [self._apply("lock_principal", "principal", principal, reason,
-                            now + self.block_seconds)]  # fmt: skip
+        return [
+            self._apply("lock_principal", "principal", principal, reason, now + self.block_seconds)
+        ]
 
     def transferred(self, principal: str, size: int, now: float) -> list[Response]:
         # A sliding window in the shared counters: every worker adds to the same total.
         total = self.state.counters.add(f"transfer:{principal}", size, now, TRANSFER_WINDOW)
         if total > TRANSFER_LIMIT:
             reason = f"{int(total) // (1024 * 1024)} MB within a minute (limit 100 MB)"
-            return [self._apply("stop_transfer", "client", principal, reason,
-                                now + self.block_seconds)]  # fmt: skip
+            return [
+                self._apply("stop_transfer", "client", principal, reason, now + self.block_seconds)
+            ]
         return []
 
     def privilege_escalation(self, principal: str, detail: str, now: float) -> list[Response]:

@@ -125,10 +125,14 @@ class PolicyState:
                 (now,),
             ).fetchall()
         return [
-            {"kind": kind, "subject": subject, "until": until if until != math.inf else None,
-             "reason": reason}
+            {
+                "kind": kind,
+                "subject": subject,
+                "until": until if until != math.inf else None,
+                "reason": reason,
+            }
             for kind, subject, until, reason in rows
-        ]  # fmt: skip
+        ]
 
     def mode(self, name: str, default: str = "") -> str:
         self._current()

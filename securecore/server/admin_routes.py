@@ -28,9 +28,16 @@ class AdminActions:
     """What the routes act on; built by serve.py from the service's parts."""
 
     def __init__(
-        self, *, audit, sessions, policy_state, registry, snapshot: Callable[..., Any],
-        status: Callable[[], dict], operators: frozenset[str] = frozenset(),
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        audit,
+        sessions,
+        policy_state,
+        registry,
+        snapshot: Callable[..., Any],
+        status: Callable[[], dict],
+        operators: frozenset[str] = frozenset(),
+    ) -> None:
         self.audit, self.sessions, self.policy_state = audit, sessions, policy_state
         self.registry, self.snapshot, self.status = registry, snapshot, status
         # SHA-256 fingerprints of certificates that act as a local operator: the
@@ -54,32 +61,56 @@ def actor_of(principal, request: Request, operators: frozenset[str]) -> str | No
     return None
 
 
-REVOKE = body(optional={"session_id": string(64), "principal": string(128),
-                       "reason": string(500, 0)})  # fmt: skip
-BLOCK = body({"address": string(45)},
-             {"minutes": integer(1, 525600), "reason": string(500, 0)})  # fmt: skip
+REVOKE = body(
+    optional={"session_id": string(64), "principal": string(128), "reason": string(500, 0)}
+)
+BLOCK = body({"address": string(45)}, {"minutes": integer(1, 525600), "reason": string(500, 0)})
 UNBLOCK = body(optional={"address": string(45), "principal": string(128)})
 REASON = body(optional={"reason": string(500, 0)})
 SHUTDOWN = body({"reason": string(500)})
 RECOVER = body({"note": string(500)})
 ENDPOINTS = [
-    Endpoint("GET", "/v1/admin/status", "Modes, plugins, sessions, audit log", None, (200,),
-             ("admin",)),
+    Endpoint(
+        "GET", "/v1/admin/status", "Modes, plugins, sessions, audit log", None, (200,), ("admin",)
+    ),
     Endpoint("GET", "/v1/admin/sessions", "Live sessions", None, (200,), ("admin",)),
-    Endpoint("POST", "/v1/admin/sessions/revoke", "Revoke a session or a principal's", REVOKE,
-             (200,), ("admin",)),
+    Endpoint(
+        "POST",
+        "/v1/admin/sessions/revoke",
+        "Revoke a session or a principal's",
+        REVOKE,
+        (200,),
+        ("admin",),
+    ),
     Endpoint("GET", "/v1/admin/acl", "Active blocks", None, (200,), ("admin",)),
     Endpoint("POST", "/v1/admin/acl/block", "Block a source address", BLOCK, (200,), ("admin",)),
-    Endpoint("POST", "/v1/admin/acl/unblock", "Unblock a source address or a principal",
-             UNBLOCK, (200,), ("admin",)),
+    Endpoint(
+        "POST",
+        "/v1/admin/acl/unblock",
+        "Unblock a source address or a principal",
+        UNBLOCK,
+        (200,),
+        ("admin",),
+    ),
     Endpoint("GET", "/v1/admin/plugins", "Plugins and their trust", None, (200,), ("admin",)),
-    Endpoint("POST", "/v1/admin/plugins/{name}/{verb}", "approve, suspend or revoke a plugin",
-             REASON, (200,), ("admin",)),
-    Endpoint("POST", "/v1/admin/emergency-shutdown", "Stop all traffic, revoke sessions",
-             SHUTDOWN, (200,), ("admin",)),
-    Endpoint("POST", "/v1/admin/recover", "End an emergency shutdown", RECOVER, (200,),
-             ("admin",)),
-]  # fmt: skip
+    Endpoint(
+        "POST",
+        "/v1/admin/plugins/{name}/{verb}",
+        "approve, suspend or revoke a plugin",
+        REASON,
+        (200,),
+        ("admin",),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/admin/emergency-shutdown",
+        "Stop all traffic, revoke sessions",
+        SHUTDOWN,
+        (200,),
+        ("admin",),
+    ),
+    Endpoint("POST", "/v1/admin/recover", "End an emergency shutdown", RECOVER, (200,), ("admin",)),
+]
 
 
 def admin_routes(
@@ -130,11 +161,16 @@ def admin_routes(
         if bool(data.get("session_id")) == bool(data.get("principal")):
             return error_response(422, "give exactly one of session_id and principal")
         count = actions.sessions.revoke_where(
-            session_id=data.get("session_id"), principal=data.get("principal"),
+            session_id=data.get("session_id"),
+            principal=data.get("principal"),
             reason=data.get("reason") or f"revoked by {actor}",
-        )  # fmt: skip
-        await audited(actor, "session.revoke", data.get("session_id") or data["principal"],
-                      {"sessions": count, "reason": data.get("reason", "")})  # fmt: skip
+        )
+        await audited(
+            actor,
+            "session.revoke",
+            data.get("session_id") or data["principal"],
+            {"sessions": count, "reason": data.get("reason", "")},
+        )
         return JSONResponse({"revoked": count})
 
     async def acl_list(request: Request, actor: str) -> Response:
@@ -150,8 +186,9 @@ def admin_routes(
         except ValueError:
             return error_response(422, f"address {data['address']!r} is not an IP address")
         minutes = data.get("minutes", 60)
-        actions.policy_state.block("ip", address, time.time() + minutes * 60,
-                                   data.get("reason") or f"blocked by {actor}")  # fmt: skip
+        actions.policy_state.block(
+            "ip", address, time.time() + minutes * 60, data.get("reason") or f"blocked by {actor}"
+        )
         await audited(
             actor, "acl.block", address, {"minutes": minutes, "reason": data.get("reason")}
         )

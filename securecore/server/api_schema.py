@@ -99,9 +99,11 @@ def parse_json(raw: bytes) -> Any:
         raise BodyRefused(400, f"the body is not UTF-8 (byte {error.start})") from None
     try:
         data = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
             parse_float=_finite,
-        )  # fmt: skip
+        )
     except BodyRefused:
         raise
     except RecursionError:
@@ -118,8 +120,12 @@ def string(
     max_length: int = 256, min_length: int = 1, description: str = "", pattern: str = ""
 ) -> dict:
     """A string property; PATTERN (a regular expression, searched) if given."""
-    rule = {"type": "string", "minLength": min_length, "maxLength": max_length,
-            "description": description}  # fmt: skip
+    rule = {
+        "type": "string",
+        "minLength": min_length,
+        "maxLength": max_length,
+        "description": description,
+    }
     return {**rule, "pattern": pattern} if pattern else rule
 
 

@@ -110,9 +110,12 @@ def create_app(
     # Added last runs first: identity, then the policy engine, then the handler.
     if policy is not None:
         app.add_middleware(
-            PolicyMiddleware, engine=policy, intrusion=intrusion, plugin_view=plugin_view,
+            PolicyMiddleware,
+            engine=policy,
+            intrusion=intrusion,
+            plugin_view=plugin_view,
             operators=operators,
-        )  # fmt: skip
+        )
     app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
     # Before identity and policy: no body is read past its limit, whoever sends it.
     app.add_middleware(BodyLimitMiddleware, default=body_bytes, routes=route_body_bytes)
@@ -123,18 +126,22 @@ def create_app(
 
 BASE_ENDPOINTS = [
     Endpoint("GET", "/healthz", "Liveness", None, (200,), ("service",)),
-    Endpoint("GET", "/readyz", "Readiness: audit store and signing key", None, (200, 503),
-             ("service",)),
-    Endpoint("GET", "/v1/whoami", "The principal of the client certificate", None, (200,),
-             ("service",)),
+    Endpoint(
+        "GET", "/readyz", "Readiness: audit store and signing key", None, (200, 503), ("service",)
+    ),
+    Endpoint(
+        "GET", "/v1/whoami", "The principal of the client certificate", None, (200,), ("service",)
+    ),
     Endpoint("GET", "/metrics", "Prometheus metrics", None, (200,), ("service",)),
-]  # fmt: skip
+]
 
 
 def openapi_endpoint(
-    with_sessions: bool, with_admin: bool, with_plugins: bool = False,
+    with_sessions: bool,
+    with_admin: bool,
+    with_plugins: bool = False,
     with_replication: bool = False,
-):  # fmt: skip
+):
     from securecore import __version__
     from securecore.server import admin_routes as admin_module
     from securecore.server import plugin_routes as plugin_module

@@ -70,8 +70,11 @@ def principal_from_certificate(pem: str, trust_domain: str) -> Principal:
     except x509.ExtensionNotFound as error:
         raise IdentityError("the client certificate has no subject alternative names") from error
     prefix = f"spiffe://{trust_domain}/"
-    ids = [uri for uri in sans.get_values_for_type(x509.UniformResourceIdentifier)
-           if uri.startswith(prefix)]  # fmt: skip
+    ids = [
+        uri
+        for uri in sans.get_values_for_type(x509.UniformResourceIdentifier)
+        if uri.startswith(prefix)
+    ]
     if len(ids) != 1:
         raise IdentityError(f"the client certificate must carry exactly one {prefix}... URI")
     parts = ids[0][len(prefix) :].split("/")

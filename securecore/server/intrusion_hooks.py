@@ -68,5 +68,6 @@ class IntrusionResponder:
                 details["sessions_revoked"] = self.sessions.revoke_where(
                     principal=response.subject, reason=response.reason
                 )
-            self.audit("securecore", f"intrusion.{response.action}", response.subject,
-                       "success", details)  # fmt: skip
+            self.audit(
+                "securecore", f"intrusion.{response.action}", response.subject, "success", details
+            )

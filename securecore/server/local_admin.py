@@ -130,13 +130,19 @@ class ServerWithLocalAdmin(uvicorn.Server):
     Its connections share the server's state, so a graceful shutdown waits
     for them as for any other."""
 
-    def __init__(self, config: uvicorn.Config, actions: AdminActions,
-                 listening: socket.socket) -> None:  # fmt: skip
+    def __init__(
+        self, config: uvicorn.Config, actions: AdminActions, listening: socket.socket
+    ) -> None:
         super().__init__(config)
         self.local_config = uvicorn.Config(
-            local_admin_app(actions), http=LocalAdminProtocol, lifespan="off", log_config=None,
-            server_header=False, proxy_headers=False, access_log=config.access_log,
-        )  # fmt: skip
+            local_admin_app(actions),
+            http=LocalAdminProtocol,
+            lifespan="off",
+            log_config=None,
+            server_header=False,
+            proxy_headers=False,
+            access_log=config.access_log,
+        )
         self.local_config.load()
         self.local_socket = listening
 

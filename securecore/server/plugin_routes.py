@@ -33,27 +33,49 @@ from securecore.server.session_routes import bearer, token_pair_json
 from securecore.sessions.manager import SessionManager
 from securecore.sessions.tokens import TokenError
 
-REGISTER = body({
-    "name": string(63, description="the plugin's name, as in its certificate"),
-    "vendor": string(64),
-    "endpoint": string(256, description="https://HOST:PORT", pattern="^https://[^/?#]+/?$"),
-    "security_level": integer(1, 5),
-})  # fmt: skip
+REGISTER = body(
+    {
+        "name": string(63, description="the plugin's name, as in its certificate"),
+        "vendor": string(64),
+        "endpoint": string(256, description="https://HOST:PORT", pattern="^https://[^/?#]+/?$"),
+        "security_level": integer(1, 5),
+    }
+)
 CALL = body({"op": string(128)}, {"args": {"type": "object"}})
 ENDPOINTS = [
-    Endpoint("POST", "/v1/plugins/register", "Register the calling plugin (five steps)",
-             REGISTER, (201, 422), ("plugins",)),
-    Endpoint("POST", "/v1/plugins/{name}/call", "Call a plugin through the secure flow", CALL,
-             (200, 403, 409, 502), ("plugins",)),
-]  # fmt: skip
+    Endpoint(
+        "POST",
+        "/v1/plugins/register",
+        "Register the calling plugin (five steps)",
+        REGISTER,
+        (201, 422),
+        ("plugins",),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/plugins/{name}/call",
+        "Call a plugin through the secure flow",
+        CALL,
+        (200, 403, 409, 502),
+        ("plugins",),
+    ),
+]
 
 # What a bad answer means for the plugin's trust: a broken seal is a security
 # violation; no answer (or a refusal) a failure; an application-level error
 # in a good seal is a successful communication.
-VIOLATIONS = frozenset({
-    "bad_signature", "replayed", "stale", "unexpected_reply", "misdirected", "undecryptable",
-    "unknown_key", "malformed",
-})  # fmt: skip
+VIOLATIONS = frozenset(
+    {
+        "bad_signature",
+        "replayed",
+        "stale",
+        "unexpected_reply",
+        "misdirected",
+        "undecryptable",
+        "unknown_key",
+        "malformed",
+    }
+)
 
 
 def call_path_plugin(path: str) -> str | None:
@@ -86,9 +108,12 @@ def plugin_routes(
         )
         done = await anyio.to_thread.run_sync(registry.register, wanted, principal)
         answer: dict[str, Any] = {
-            "name": done.name, "state": done.state, "score": done.score,
-            "steps": done.steps, "alerts": done.alerts,
-        }  # fmt: skip
+            "name": done.name,
+            "state": done.state,
+            "score": done.score,
+            "steps": done.steps,
+            "alerts": done.alerts,
+        }
         if done.state == "pending":
             failed = done.steps[-1]
             message = f"{failed['step']}: {failed['detail']}"
@@ -124,9 +149,13 @@ def plugin_routes(
         rule = access.decide(principal.id, name, data["op"])
         if rule is None:
             await anyio.to_thread.run_sync(
-                audit, principal.id, "plugin.authorize", name, "denied",
+                audit,
+                principal.id,
+                "plugin.authorize",
+                name,
+                "denied",
                 {"op": data["op"], "reason": "no access rule allows it"},
-            )  # fmt: skip
+            )
             return error_response(
                 403, f"{principal.id} may not call {data['op']} of plugin {name}", "forbidden"
             )
@@ -139,17 +168,26 @@ def plugin_routes(
         started = time.perf_counter()
         try:
             result = await anyio.to_thread.run_sync(
-                caller.call, name, endpoint, channel, data["op"], data.get("args") or {},
-                principal.id, observe,
-            )  # fmt: skip
+                caller.call,
+                name,
+                endpoint,
+                channel,
+                data["op"],
+                data.get("args") or {},
+                principal.id,
+                observe,
+            )
             outcome, code, detail = "success", None, ""
         except PluginCallError as error:
             result = None
             code, detail = error.code, str(error)
             outcome = (
-                "success" if code == "plugin_error"
-                else "violation" if code in VIOLATIONS else "failure"
-            )  # fmt: skip
+                "success"
+                if code == "plugin_error"
+                else "violation"
+                if code in VIOLATIONS
+                else "failure"
+            )
         latency = round((time.perf_counter() - started) * 1000, 1)
         recorded = time.perf_counter()
         assessment = await anyio.to_thread.run_sync(
@@ -158,11 +196,20 @@ def plugin_routes(
         suspended = "suspend" in assessment.actions
         observe("record", "suspended" if suspended else "success", time.perf_counter() - recorded)
         await anyio.to_thread.run_sync(
-            audit, principal.id, "plugin.call", name,
+            audit,
+            principal.id,
+            "plugin.call",
+            name,
             "success" if code is None else "failure",
-            {"op": data["op"], "outcome": outcome, "code": code, "ms": latency,
-             "trust": assessment.score, "access_rule": rule},
-        )  # fmt: skip
+            {
+                "op": data["op"],
+                "outcome": outcome,
+                "code": code,
+                "ms": latency,
+                "trust": assessment.score,
+                "access_rule": rule,
+            },
+        )
         if code == "plugin_error":
             return error_response(422, detail, "plugin_error")
         if code is not None:

@@ -32,18 +32,22 @@ MAX_RECORDS = 5000
 MAX_SEQ = 2**63 - 1  # SQLite's and PostgreSQL's largest integer
 READERS = frozenset({"core", "admin"})
 ENDPOINTS = [
-    Endpoint("GET", "/v1/replication/audit",
-             "Audit records after a sequence number, with their signed checkpoints (standby)",
-             None, (200, 400, 403), ("replication",),
-             {"after": integer(0, MAX_SEQ), "limit": integer(1, MAX_RECORDS)}),
-]  # fmt: skip
+    Endpoint(
+        "GET",
+        "/v1/replication/audit",
+        "Audit records after a sequence number, with their signed checkpoints (standby)",
+        None,
+        (200, 400, 403),
+        ("replication",),
+        {"after": integer(0, MAX_SEQ), "limit": integer(1, MAX_RECORDS)},
+    ),
+]
 
 
 def audit_batch(store: AuditStore, after: int, limit: int) -> dict[str, Any]:
     records = [
-        [seq, entry.decode("utf-8")]
-        for seq, entry in itertools.islice(store.entries(after), limit)
-    ]  # fmt: skip
+        [seq, entry.decode("utf-8")] for seq, entry in itertools.islice(store.entries(after), limit)
+    ]
     last = records[-1][0] if records else after
     checkpoints = [[size, note] for size, note in store.checkpoints() if after < size <= last]
     return {"size": store.size(), "records": records, "checkpoints": checkpoints}
@@ -55,8 +59,9 @@ def replication_routes(
     async def audit(request: Request) -> Response:
         principal = request.state.principal
         if principal is None or principal.kind not in READERS:
-            return error_response(403, "only core hosts and administrators read the audit log",
-                                  "forbidden")  # fmt: skip
+            return error_response(
+                403, "only core hosts and administrators read the audit log", "forbidden"
+            )
         try:
             after = int(request.query_params.get("after", "0"))
             limit = int(request.query_params.get("limit", str(MAX_RECORDS)))
@@ -73,10 +78,11 @@ def replication_routes(
             finally:
                 store.close()
             keys = {
-                kid: key.public_bytes(serialization.Encoding.PEM,
-                                      serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+                kid: key.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                ).decode()
                 for kid, key in public_keys().items()
-            }  # fmt: skip
+            }
             return {"origin": origin, **batch, "public_keys": keys}
 
         return JSONResponse(await anyio.to_thread.run_sync(read))

@@ -230,13 +230,15 @@ def build_server(
 
     def status() -> dict:
         return {
-            "modes": {"shutdown": policy_state.mode("shutdown", "off"),
-                      "emergency": policy_state.mode("emergency", "off")},
+            "modes": {
+                "shutdown": policy_state.mode("shutdown", "off"),
+                "emergency": policy_state.mode("emergency", "off"),
+            },
             "audit": {"records": audit.size, "uncheckpointed": audit.uncheckpointed},
             "plugins": registry.summary(),
             "active_blocks": len(policy_state.active_blocks(time.time())),
             "sessions": len(sessions.list_live()),
-        }  # fmt: skip
+        }
 
     # A set changed in place on reload: the admin routes and the policy hold it.
     operators = {own_certificate_fingerprint(plugin_client_policy(config, policy))}
@@ -309,17 +311,28 @@ def build_server(
             own = {own_certificate_fingerprint(client_policy)}
         except (TLSPolicyError, ConfigError, OSError, ValueError) as error:
             log.error("TLS reload failed, the current certificates stay: %s", error)
-            audit.append("securecore", "service.tls_reload", str(tls.policy_file), "failure",
-                         {"error": str(error), "trigger": trigger})  # fmt: skip
+            audit.append(
+                "securecore",
+                "service.tls_reload",
+                str(tls.policy_file),
+                "failure",
+                {"error": str(error), "trigger": trigger},
+            )
             return
         watcher.interval = fresh.watch_seconds
         operators.intersection_update(own)
         operators.update(own)
         served = certificate_summary(fresh.server_certificate)
-        log.info("TLS reloaded (%s): serving certificate %s", trigger, served["serial"],
-                 extra=served)  # fmt: skip
-        audit.append("securecore", "service.tls_reload", str(tls.policy_file), "success",
-                     {**served, "trigger": trigger})  # fmt: skip
+        log.info(
+            "TLS reloaded (%s): serving certificate %s", trigger, served["serial"], extra=served
+        )
+        audit.append(
+            "securecore",
+            "service.tls_reload",
+            str(tls.policy_file),
+            "success",
+            {**served, "trigger": trigger},
+        )
         end_revoked_sessions(tls, sessions, audit.append)
 
     end_revoked_sessions(tls, sessions, audit.append)  # revoked while the service was down
@@ -339,17 +352,27 @@ def end_revoked_sessions(tls: ReloadableServerContext, sessions: SessionManager,
     if not ended:
         return
     log.warning("%d session(s) ended: their certificates are revoked", len(ended))
-    audit("securecore", "session.revoked_by_crl", str(tls.policy.crl_file), "success", {
-        "sessions": ended, "serials": sorted({session["serial"] for session in ended}),
-    })  # fmt: skip
+    audit(
+        "securecore",
+        "session.revoked_by_crl",
+        str(tls.policy.crl_file),
+        "success",
+        {
+            "sessions": ended,
+            "serials": sorted({session["serial"] for session in ended}),
+        },
+    )
 
 
 def _stop_after_audit_failure(
     server: uvicorn.Server, failed: threading.Event | None, error: BaseException
 ) -> None:
     """From the writer thread: drain (readiness 503), then stop; the exit status says why."""
-    log.critical("the audit log writer stopped (%s): the service stops and exits with %d",
-                 error, AUDIT_FAILURE_EXIT)  # fmt: skip
+    log.critical(
+        "the audit log writer stopped (%s): the service stops and exits with %d",
+        error,
+        AUDIT_FAILURE_EXIT,
+    )
     if failed is not None:
         failed.set()
 
@@ -444,9 +467,10 @@ def supervise(config: configuration.Config, workers: int) -> int:
 
     def start() -> multiprocessing.Process:
         process = spawn.Process(
-            target=_worker, args=(str(config.path), listening, str(writer.path), local_admin),
+            target=_worker,
+            args=(str(config.path), listening, str(writer.path), local_admin),
             name="securecore-worker",
-        )  # fmt: skip
+        )
         # A reload must not kill a worker that is still starting (SIGHUP's default
         # action): the worker inherits the blocked signal and unblocks it when ready.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
@@ -477,14 +501,17 @@ def supervise(config: configuration.Config, workers: int) -> int:
                 # (the writer answers them with its error); after the drain,
                 # every process ends and systemd starts the service again.
                 audit_failed.set()
-                log.critical("the audit log writer stopped: the service stops and exits "
-                             "with %d", AUDIT_FAILURE_EXIT)  # fmt: skip
+                log.critical(
+                    "the audit log writer stopped: the service stops and exits with %d",
+                    AUDIT_FAILURE_EXIT,
+                )
                 stopping.wait(AUDIT_FAILURE_DRAIN_SECONDS)
                 break
             for index, process in enumerate(processes):
                 if not process.is_alive():
-                    log.error("worker %s ended with %s; starting another",
-                              process.pid, process.exitcode)  # fmt: skip
+                    log.error(
+                        "worker %s ended with %s; starting another", process.pid, process.exitcode
+                    )
                     mark_process_dead(process.pid, str(metrics_dir))
                     processes[index] = start()
     finally:

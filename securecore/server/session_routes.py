@@ -20,15 +20,39 @@ from securecore.sessions.tokens import TokenError
 
 REFRESH = body({"refresh_token": string(128, description="the refresh token to exchange")})
 ENDPOINTS = [
-    Endpoint("POST", "/v1/sessions", "A session for the certificate's principal", None, (201,),
-             ("sessions",)),
-    Endpoint("POST", "/v1/sessions/refresh", "Exchange a refresh token for a new pair", REFRESH,
-             (200,), ("sessions",)),
-    Endpoint("GET", "/v1/sessions/current", "The presented access token's session", None,
-             (200,), ("sessions",)),
-    Endpoint("DELETE", "/v1/sessions/current", "End the presented access token's session", None,
-             (204,), ("sessions",)),
-]  # fmt: skip
+    Endpoint(
+        "POST",
+        "/v1/sessions",
+        "A session for the certificate's principal",
+        None,
+        (201,),
+        ("sessions",),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/sessions/refresh",
+        "Exchange a refresh token for a new pair",
+        REFRESH,
+        (200,),
+        ("sessions",),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/sessions/current",
+        "The presented access token's session",
+        None,
+        (200,),
+        ("sessions",),
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/sessions/current",
+        "End the presented access token's session",
+        None,
+        (204,),
+        ("sessions",),
+    ),
+]
 
 
 def token_pair_json(pair: TokenPair) -> dict:
@@ -54,10 +78,19 @@ def bearer(request: Request) -> str | None:
 
 # Refusals that mean someone presented a credential that is not good: they count
 # as failed logins for intrusion detection. (Limits and expiry do not.)
-FAILED_AUTHENTICATION = frozenset({
-    "malformed", "alg_not_allowed", "unknown_kid", "bad_signature", "wrong_issuer",
-    "wrong_audience", "invalid_refresh", "refresh_reuse", "binding_mismatch",
-})  # fmt: skip
+FAILED_AUTHENTICATION = frozenset(
+    {
+        "malformed",
+        "alg_not_allowed",
+        "unknown_kid",
+        "bad_signature",
+        "wrong_issuer",
+        "wrong_audience",
+        "invalid_refresh",
+        "refresh_reuse",
+        "binding_mismatch",
+    }
+)
 
 
 def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:

@@ -236,9 +236,13 @@ class SessionManager:
             claims = cached[1]
         else:
             _, claims = tokens.verify(
-                self.ring, access_token, issuer=self.issuer, audience=self.audience, now=now,
+                self.ring,
+                access_token,
+                issuer=self.issuer,
+                audience=self.audience,
+                now=now,
                 leeway=0,
-            )  # fmt: skip
+            )
             self._cache[access_token] = (claims["exp"], claims)
             if len(self._cache) > 100_000:
                 self._expire_cache(now)

@@ -35,9 +35,20 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def inventory(tmp_path: Path) -> Path:
     """An inventory of this machine alone, reached with the local connection."""
     path = tmp_path / "hosts.yml"
-    path.write_text(json.dumps({"all": {"hosts": {
-        "here": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-    }}}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {
+                        "here": {
+                            "ansible_connection": "local",
+                            "ansible_python_interpreter": sys.executable,
+                        },
+                    }
+                }
+            }
+        )
+    )
     return path
 
 

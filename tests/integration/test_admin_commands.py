@@ -24,8 +24,9 @@ def test_sessions_can_be_listed_and_revoked(server) -> None:
     assert status == 201
     listed = json.loads(admin(server, "sessions", "list").stdout)
     assert [s["id"] for s in listed] == [pair["session_id"]]
-    revoked = admin(server, "sessions", "revoke", "--principal", "admin/admin",
-                    "--reason", "laptop lost")  # fmt: skip
+    revoked = admin(
+        server, "sessions", "revoke", "--principal", "admin/admin", "--reason", "laptop lost"
+    )
     assert json.loads(revoked.stdout) == {"revoked": 1}
     status, error = call(server, "GET", "/v1/sessions/current", token=pair["access_token"])
     assert status == 401 and error["error"]["code"] == "revoked"
@@ -69,10 +70,27 @@ def test_plugin_commands_need_a_known_plugin(server) -> None:
 
 
 def test_the_services_own_certificate_acts_as_a_named_local_operator(server) -> None:
-    admin(server, "acl", "block", "127.0.0.7", "--reason", "drill", "--by", "alice",
-          "--tls-policy", with_certificate(server, "core"))  # fmt: skip
-    refused = admin(server, "acl", "unblock", "127.0.0.7",
-                    "--tls-policy", with_certificate(server, "plugin"), check=False)  # fmt: skip
+    admin(
+        server,
+        "acl",
+        "block",
+        "127.0.0.7",
+        "--reason",
+        "drill",
+        "--by",
+        "alice",
+        "--tls-policy",
+        with_certificate(server, "core"),
+    )
+    refused = admin(
+        server,
+        "acl",
+        "unblock",
+        "127.0.0.7",
+        "--tls-policy",
+        with_certificate(server, "plugin"),
+        check=False,
+    )
     assert refused.returncode == 2 and "403 forbidden" in refused.stderr
     exported = admin(server, "audit", "export").stdout
     assert '"actor":"operator:alice@core/localhost"' in exported
@@ -88,21 +106,29 @@ def test_every_operator_action_is_in_the_audit_log(server) -> None:
     records = [json.loads(line)["record"] for line in exported if '"type":"record"' in line]
     actions = [record["action"] for record in records]
     assert {r["actor"] for r in records if r["action"] == "acl.block"} == {
-        "admin/admin", "operator:alice@core/localhost",
-    }  # fmt: skip
-    for action in ("session.revoke", "acl.block", "acl.unblock", "emergency.shutdown",
-                   "emergency.recover"):  # fmt: skip
+        "admin/admin",
+        "operator:alice@core/localhost",
+    }
+    for action in (
+        "session.revoke",
+        "acl.block",
+        "acl.unblock",
+        "emergency.shutdown",
+        "emergency.recover",
+    ):
         assert action in actions, action
 
 
 def test_unblocking_names_exactly_one_subject_and_the_local_socket_is_named(server) -> None:
     neither = admin(server, "acl", "unblock", "--local", check=False)
     assert neither.returncode == 2 and "ADDRESS or --principal is required" in neither.stderr
-    both = admin(server, "acl", "unblock", "127.0.0.9", "--principal", "dmz/x", "--local",
-                 check=False)  # fmt: skip
+    both = admin(
+        server, "acl", "unblock", "127.0.0.9", "--principal", "dmz/x", "--local", check=False
+    )
     assert both.returncode == 2 and "give ADDRESS or --principal, not both" in both.stderr
-    gone = admin(server, "acl", "list", "--socket", str(server["config"].parent / "nope.sock"),
-                 check=False)  # fmt: skip
+    gone = admin(
+        server, "acl", "list", "--socket", str(server["config"].parent / "nope.sock"), check=False
+    )
     assert gone.returncode == 2 and "local admin socket" in gone.stderr
     assert "nope.sock: FileNotFoundError" in gone.stderr
     cleared = json.loads(admin(server, "acl", "unblock", "--principal", "dmz/x", "--local").stdout)

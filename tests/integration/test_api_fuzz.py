@@ -91,8 +91,13 @@ def document(server) -> dict:
 def send(server, session: requests.Session, case) -> bool:
     """CASE sent; False if it cannot be sent over HTTP at all (nothing reached the service)."""
     try:
-        response = case.call(base_url=base(server), session=session, timeout=30,
-                             verify=session.verify, cert=session.cert)  # fmt: skip
+        response = case.call(
+            base_url=base(server),
+            session=session,
+            timeout=30,
+            verify=session.verify,
+            cert=session.cert,
+        )
     except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL):
         return False
     assert response.status_code < 500, (
@@ -109,8 +114,7 @@ def fuzz(server, document: dict, session: requests.Session, method: str, path: s
     operation = schema[path][method]
     both = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     coverage = schema.config.generation_for(operation=operation, phase="coverage")
-    cases = schema.iter_coverage_cases(operation, generation_modes=both,
-                                       generation_config=coverage)  # fmt: skip
+    cases = schema.iter_coverage_cases(operation, generation_modes=both, generation_config=coverage)
     sent = [sum(send(server, session, case) for case in cases)]
 
     declared = document["paths"][path][method.lower()]
@@ -119,9 +123,13 @@ def fuzz(server, document: dict, session: requests.Session, method: str, path: s
     for mode in modes:  # nothing to make invalid in an operation that takes no input
 
         @settings(
-            max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
-            phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-        )  # fmt: skip
+            max_examples=EXAMPLES,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def run(case) -> None:
             sent[0] += send(server, session, case)
@@ -130,10 +138,19 @@ def fuzz(server, document: dict, session: requests.Session, method: str, path: s
     return sent[0]
 
 
-@pytest.mark.parametrize("endpoint", [
-    "https://[::1", "https://[zz]:1", "https://example:99999", "https://example:-1",
-    "https://exa mple:1", "https://example", "https://user@example:1", "https://example:1?x",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://[::1",
+        "https://[zz]:1",
+        "https://example:99999",
+        "https://example:-1",
+        "https://exa mple:1",
+        "https://example",
+        "https://user@example:1",
+        "https://example:1?x",
+    ],
+)
 def test_malformed_plugin_endpoints_are_refused(server, endpoint) -> None:
     plugin = client(server, "plugin", "127.0.0.5")
     body = {"name": "example", "vendor": "example", "endpoint": endpoint, "security_level": 3}
@@ -202,8 +219,13 @@ def test_odd_bodies_get_a_4xx_from_every_route(server, document) -> None:
     assert ("POST", "/v1/admin/emergency-shutdown") in routes
     for method, path in routes:
         for what, body in odd_bodies():
-            answer = admin.request(method, f"{base(server)}{path}", data=body, timeout=30,
-                                   headers={"Content-Type": "application/json"})  # fmt: skip
+            answer = admin.request(
+                method,
+                f"{base(server)}{path}",
+                data=body,
+                timeout=30,
+                headers={"Content-Type": "application/json"},
+            )
             assert answer.status_code < 500, (what, method, path, answer.text[:300])
             if what != "empty":  # "{}" for a body whose properties are all optional
                 assert answer.status_code >= 400, (what, method, path, answer.text[:300])

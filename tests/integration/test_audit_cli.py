@@ -34,8 +34,13 @@ def setup(request, tmp_path: Path) -> tuple[Path, str]:
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     written = subprocess.run(
         [sys.executable, "-c", WRITE_RECORDS, str(config), "250"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False, env=env,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
     assert written.returncode == 0, written.stderr
     return config, written.stdout
 
@@ -90,8 +95,10 @@ def test_export_is_checkable_with_the_public_key_alone(setup, tmp_path: Path) ->
     assert len(lines) == 1 + 250 + 3
     assert outside_verifier(lines, public_pem) == 3
     # A record changed in the export no longer matches its checkpoint.
-    forged = [line.replace('"outcome":"success"', '"outcome":"failure"', 1) if i == 5 else line
-              for i, line in enumerate(lines)]  # fmt: skip
+    forged = [
+        line.replace('"outcome":"success"', '"outcome":"failure"', 1) if i == 5 else line
+        for i, line in enumerate(lines)
+    ]
     with pytest.raises(AssertionError, match="checkpoint 100"):
         outside_verifier(forged, public_pem)
 
@@ -128,8 +135,12 @@ def test_no_config_and_an_existing_setup_are_clear_errors(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if k != "SECURECORE_CONFIG"}
     proc = subprocess.run(
         [sys.executable, "-m", "securecore", "audit", "verify"],
-        cwd=ROOT, capture_output=True, text=True, check=False, env=env,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
     assert proc.returncode == 2 and "pass -c PATH or set SECURECORE_CONFIG" in proc.stderr
     securecore_lab("init", str(tmp_path / "dev"), "--software-keys")
     again = securecore_lab("init", str(tmp_path / "dev"), check=False)

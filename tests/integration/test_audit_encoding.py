@@ -28,8 +28,13 @@ AWKWARD = ["\ud800", "a\udfffb", "\udc00\ud800", "\ud800\ud800\udc00", "é😀",
 def test_strings_utf8_cannot_hold_are_recorded_and_verify(tmp_path: Path, keys) -> None:
     log = open_log(tmp_path, keys, checkpoint_every=4)
     for value in AWKWARD:
-        log.append(value, "plugin.register.request", value, "failure",
-                   {value: [value], "detail": value, "password": value})  # fmt: skip
+        log.append(
+            value,
+            "plugin.register.request",
+            value,
+            "failure",
+            {value: [value], "detail": value, "password": value},
+        )
 
     async def from_the_loop() -> int:
         return await log.append_async("admin/x", "policy.acl", "\ud800", "allowed", {})

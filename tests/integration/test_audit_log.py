@@ -36,10 +36,12 @@ def test_appends_from_an_event_loop_and_threads_share_one_durable_order(
     log = open_log(tmp_path, keys, checkpoint_every=64)
 
     async def from_the_loop() -> list[int]:
-        return await asyncio.gather(*(
-            log.append_async("admin/alice", "policy.acl", "core", "allowed", {"n": n})
-            for n in range(300)
-        ))  # fmt: skip
+        return await asyncio.gather(
+            *(
+                log.append_async("admin/alice", "policy.acl", "core", "allowed", {"n": n})
+                for n in range(300)
+            )
+        )
 
     loop_seqs = asyncio.run(from_the_loop())
     thread_seqs = append_from_threads(log)

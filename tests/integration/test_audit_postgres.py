@@ -25,9 +25,13 @@ def dsn(postgres_dsn: str) -> str:
 def test_the_log_on_postgresql_verifies_and_catches_tampering(dsn: str, tmp_path: Path) -> None:
     ring = software_ring(tmp_path)
     log = AuditLog(
-        PostgresAuditStore(dsn), ring, tmp_path / "witness",
-        origin="securecore.test/audit", hmac_key=b"k" * 32, checkpoint_every=50,
-    )  # fmt: skip
+        PostgresAuditStore(dsn),
+        ring,
+        tmp_path / "witness",
+        origin="securecore.test/audit",
+        hmac_key=b"k" * 32,
+        checkpoint_every=50,
+    )
     seqs = append_from_threads(log)
     log.close()
     assert sorted(seqs) == list(range(1, 201))
@@ -52,9 +56,12 @@ def test_the_log_on_postgresql_verifies_and_catches_tampering(dsn: str, tmp_path
             '\'"outcome":"failure"\', \'"outcome":"success"\')::bytea WHERE seq = 99'
         )
     reopened = AuditLog(
-        PostgresAuditStore(dsn), ring, tmp_path / "witness",
-        origin="securecore.test/audit", hmac_key=b"k" * 32,
-    )  # fmt: skip
+        PostgresAuditStore(dsn),
+        ring,
+        tmp_path / "witness",
+        origin="securecore.test/audit",
+        hmac_key=b"k" * 32,
+    )
     assert reopened.append("alice", "logout", "core", "success") == 201
     reopened.close()
 
@@ -71,8 +78,11 @@ def test_the_commands_use_postgresql_when_configured(dsn: str, tmp_path: Path) -
         connection.execute("CREATE SCHEMA IF NOT EXISTS cli")
     written = subprocess.run(
         [sys.executable, "-c", WRITE_RECORDS, str(config), "30"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert written.returncode == 0, written.stderr
     verified = securecore("audit", "verify", "-c", str(config))
     assert verified.stdout.startswith("audit log OK: 30 records"), verified.stdout

@@ -29,8 +29,16 @@ def fast_checkpoints(text: str) -> str:
 
 
 def replicate(server, copy: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return admin(server, "audit", "replicate", "--from", f"https://127.0.0.1:{server['port']}",
-                 "--directory", str(copy), check=check)  # fmt: skip
+    return admin(
+        server,
+        "audit",
+        "replicate",
+        "--from",
+        f"https://127.0.0.1:{server['port']}",
+        "--directory",
+        str(copy),
+        check=check,
+    )
 
 
 def counts(out: str) -> tuple[int, int, int]:
@@ -94,8 +102,11 @@ def _origin_keys(server) -> dict:
 
 def serve_again(config: Path, port: int) -> subprocess.Popen:
     log = (config.parent / "server-again.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "securecore", "serve", "-c", str(config)],
-                               stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "securecore", "serve", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     assert wait_for_port(port), (config.parent / "server-again.log").read_text()
     return process
 

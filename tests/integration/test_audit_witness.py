@@ -66,8 +66,10 @@ def start_witness(base: Path, dev: Path, name: str, processes: list) -> tuple[st
 def core_policy(dev: Path) -> Path:
     """The service's TLS policy with its core certificate as client (as in production)."""
     policy = json.loads((dev / "tls/policy.json").read_text())
-    policy["client_certificate"], policy["client_key"] = (str(dev / "tls/core.pem"),
-                                                          str(dev / "tls/core.key"))  # fmt: skip
+    policy["client_certificate"], policy["client_key"] = (
+        str(dev / "tls/core.pem"),
+        str(dev / "tls/core.key"),
+    )
     (dev / "tls/core-policy.json").write_text(json.dumps(policy))
     return dev / "tls/core-policy.json"
 
@@ -82,17 +84,23 @@ def witnessed_server(tmp_path: Path, witnesses: int = 2, interval: int = 1) -> I
         core_policy(dev)
         lines, urls = [], []
         for number in range(witnesses):
-            vkey, url, state = start_witness(tmp_path / f"w{number}", dev, f"w{number}.test",
-                                             processes)  # fmt: skip
+            vkey, url, state = start_witness(
+                tmp_path / f"w{number}", dev, f"w{number}.test", processes
+            )
             lines.append(vkey)
             urls.append(f'"w{number}.test" = "{url}"')
             found.setdefault("witnesses", []).append(
-                {"url": url, "state": state, "config": state.parent / "witness.toml",
-                 "processes": processes}
-            )  # fmt: skip
+                {
+                    "url": url,
+                    "state": state,
+                    "config": state.parent / "witness.toml",
+                    "processes": processes,
+                }
+            )
         (dev / "witness.vkeys").write_text("\n".join(lines) + "\n")
-        text = text.replace("checkpoint_interval_seconds = 10",
-                            f"checkpoint_interval_seconds = {interval}")  # fmt: skip
+        text = text.replace(
+            "checkpoint_interval_seconds = 10", f"checkpoint_interval_seconds = {interval}"
+        )
         text = text.replace('policy = "tls/policy.json"', 'policy = "tls/core-policy.json"')
         return text.replace(
             'origin_keys = "origin-keys.json"\n',
@@ -121,8 +129,9 @@ def witness_size(server, index: int = 0) -> int:
     keys = load_origin_keys(dev / "origin-keys.json")[ORIGIN]
     from securecore.audit.factory import witness_keys
 
-    checkpoint, _ = witnessed_checkpoint(note, keys, witness_keys(configuration.load(
-        server["config"])), ORIGIN)  # fmt: skip
+    checkpoint, _ = witnessed_checkpoint(
+        note, keys, witness_keys(configuration.load(server["config"])), ORIGIN
+    )
     return checkpoint.size
 
 
@@ -156,20 +165,24 @@ def store_size(dev: Path) -> int:
         return db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()[0]
 
 
-def rewrite_everything_on_the_host(dev: Path, *, change: int | None = None, keep: int | None = None,
-                                   keep_cosigned: bool = False) -> None:  # fmt: skip
+def rewrite_everything_on_the_host(
+    dev: Path, *, change: int | None = None, keep: int | None = None, keep_cosigned: bool = False
+) -> None:
     """What root on the core host can do: change record CHANGE, or keep only KEEP records;
     then make the leaf file and every local checkpoint match, signed with the real key."""
     with sqlite3.connect(dev / "data/audit.db") as db:
         if change is not None:
-            edit = ("UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
-                    "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = ?")  # fmt: skip
+            edit = (
+                "UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
+                "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = ?"
+            )
             db.execute(edit, (change,))
         if keep is not None:
             db.execute("DELETE FROM audit_records WHERE seq > ?", (keep,))
         db.execute("DELETE FROM audit_checkpoints")
-        entries = [bytes(e) for _, e in db.execute("SELECT seq, entry FROM audit_records "
-                                                   "ORDER BY seq")]  # fmt: skip
+        entries = [
+            bytes(e) for _, e in db.execute("SELECT seq, entry FROM audit_records ORDER BY seq")
+        ]
     leaves = [merkle.leaf_hash(e) for e in entries]
     witness = dev / "data/witness"
     (witness / "leaves").write_bytes(b"".join(leaves))
@@ -187,9 +200,13 @@ def rewrite_everything_on_the_host(dev: Path, *, change: int | None = None, keep
 
 
 def restart_refused(server) -> str:
-    proc = subprocess.run([sys.executable, "-m", "securecore", "serve", "-c",
-                           str(server["config"])], capture_output=True, text=True, timeout=60,
-                          check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "securecore", "serve", "-c", str(server["config"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     return proc.stderr
 
@@ -289,8 +306,9 @@ def test_the_witness_refuses_forged_rolled_back_and_forked_checkpoints(tmp_path:
         held = until_witnessed(server, 3)
         dev = server["config"].parent
         url = server["witnesses"][0]["url"]
-        core = WitnessClient("w0", url, TLSPolicy.from_file(dev / "tls/core-policy.json")
-                             .client_context())  # fmt: skip
+        core = WitnessClient(
+            "w0", url, TLSPolicy.from_file(dev / "tls/core-policy.json").client_context()
+        )
         ring = open_key_ring(configuration.load(server["config"]))
         with sqlite3.connect(dev / "data/audit.db") as db:
             rows = db.execute("SELECT entry FROM audit_records ORDER BY seq").fetchall()
@@ -321,8 +339,9 @@ def test_the_witness_refuses_forged_rolled_back_and_forked_checkpoints(tmp_path:
         proof = merkle.consistency_proof([*leaves[:held], b"\x04" * 32], held)
         assert core.add(held, proof, bigger)[0] == 422
         # Only core hosts submit.
-        admin = WitnessClient("w0", url, TLSPolicy.from_file(dev / "tls/policy.json")
-                              .client_context())  # fmt: skip
+        admin = WitnessClient(
+            "w0", url, TLSPolicy.from_file(dev / "tls/policy.json").client_context()
+        )
         assert admin.add(held, [], fork)[0] == 403
         # A client without a site certificate does not get through the handshake.
         bare = TLSPolicy.from_file(dev / "tls/policy.json").client_context(with_certificate=False)
@@ -345,8 +364,9 @@ def test_the_replica_refuses_checkpoints_of_a_key_that_is_not_pinned(tmp_path: P
         stray = ec.generate_private_key(ec.SECP256R1()).public_key()
         other = origin_keys_document(ORIGIN, {"securecore-signing-v1": stray})
         (tmp_path / "other.json").write_text(other)
-        stranger = AuditReplica(tmp_path / "refused", source, policy,
-                                load_origin_keys(tmp_path / "other.json"))  # fmt: skip
+        stranger = AuditReplica(
+            tmp_path / "refused", source, policy, load_origin_keys(tmp_path / "other.json")
+        )
         with pytest.raises(ReplicaError, match="no signature from a known key"):
             stranger.pull()
         stranger.close()
@@ -366,8 +386,10 @@ def test_the_replica_refuses_checkpoints_of_a_key_that_is_not_pinned(tmp_path: P
 
             blob = base64.b64encode(note_key_id(key.public_key()) + signature).decode()
             kid = note.rpartition("\n\n")[2].split(" ")[1]
-            db.execute("UPDATE audit_checkpoints SET note = ? WHERE size = ?",
-                       (f"{checkpoint.text()}\n\u2014 {kid} {blob}\n", size))  # fmt: skip
+            db.execute(
+                "UPDATE audit_checkpoints SET note = ? WHERE size = ?",
+                (f"{checkpoint.text()}\n\u2014 {kid} {blob}\n", size),
+            )
         with pytest.raises(ReplicaError, match=r"does not verify|known key"):
             AuditReplica(tmp_path / "copy", source, policy, pinned)
 
@@ -391,12 +413,16 @@ def test_records_without_a_checkpoint_fail_once_the_interval_has_passed(tmp_path
     dev = tmp_path / "dev"
     securecore_lab("init", str(dev), "--software-keys")
     config = dev / "config.toml"
-    config.write_text(config.read_text().replace("checkpoint_interval_seconds = 10",
-                                                 "checkpoint_interval_seconds = 15\n"
-                                                 "witness_grace_seconds = 0"))  # fmt: skip
+    config.write_text(
+        config.read_text().replace(
+            "checkpoint_interval_seconds = 10",
+            "checkpoint_interval_seconds = 15\nwitness_grace_seconds = 0",
+        )
+    )
     env = {**os.environ}
-    subprocess.run([sys.executable, "-c", APPEND_AND_DIE, str(config)], check=True, env=env,
-                   timeout=60)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", APPEND_AND_DIE, str(config)], check=True, env=env, timeout=60
+    )
     fresh = securecore("audit", "verify", "-c", str(config), check=False)
     assert fresh.returncode == 0 and "NOT anchored" in fresh.stdout, fresh.stderr
     time.sleep(16)
@@ -438,9 +464,13 @@ def test_a_silent_witness_never_delays_requests(tmp_path: Path) -> None:
             for _ in range(20):  # each one makes a record, and a checkpoint to push
                 assert call(server, "GET", "/v1/whoami")[0] == 200
             assert time.monotonic() - started < 10
-            status = json.loads((server["config"].parent / "data/witness/witness-status.json")
-                                .read_text()) if (server["config"].parent /
-                                "data/witness/witness-status.json").exists() else {}  # fmt: skip
+            status = (
+                json.loads(
+                    (server["config"].parent / "data/witness/witness-status.json").read_text()
+                )
+                if (server["config"].parent / "data/witness/witness-status.json").exists()
+                else {}
+            )
             assert not status or status["silent.test"]["size"] is None
     finally:
         silent.close()

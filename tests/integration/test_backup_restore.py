@@ -27,8 +27,12 @@ from tests.support.commands import ROOT, WRITE_RECORDS, securecore, securecore_l
 def write_records(config: Path, count: int) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", WRITE_RECORDS, str(config), str(count)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -188,8 +192,9 @@ def test_verify_only_checks_everything_and_replaces_nothing(config: Path) -> Non
     manifest = json.loads(manifest_path.read_text())
     archive = manifest_path.parent / manifest["archive"]
     archive.write_bytes(archive.read_bytes()[:-1] + b"\x00")
-    proc = securecore("restore", "--verify-only", "-c", str(config), str(manifest_path),
-                      check=False)  # fmt: skip
+    proc = securecore(
+        "restore", "--verify-only", "-c", str(config), str(manifest_path), check=False
+    )
     assert proc.returncode == 2 and "SHA-256 differs" in proc.stderr
 
 
@@ -231,8 +236,12 @@ def forge(ring, real: Path, how: str) -> Path:
     genuine = json.loads(real.read_text())
     forged_id = "29991231T235959.000000Z" if how != "old-unsigned" else "20200101T000000.000000Z"
     path = real.with_name(f"securecore-backup-{forged_id}.manifest.json")
-    manifest = {**genuine, "id": forged_id, "created": days_ago(0),
-                "archive": f"securecore-backup-{forged_id}.scb"}  # fmt: skip
+    manifest = {
+        **genuine,
+        "id": forged_id,
+        "created": days_ago(0),
+        "archive": f"securecore-backup-{forged_id}.scb",
+    }
     archive = real.parent / genuine["archive"]
     if how in ("unsigned", "other-key", "tampered"):
         (real.parent / manifest["archive"]).write_bytes(archive.read_bytes())
@@ -242,8 +251,10 @@ def forge(ring, real: Path, how: str) -> Path:
         # The right key id, another key: what someone without the HSM can make.
         other = ec.generate_private_key(ec.SECP256R1())
         value = other.sign(_manifest_bytes(manifest), ec.ECDSA(hashes.SHA256()))
-        manifest["signature"] = {"kid": genuine["signature"]["kid"],
-                                 "value": base64.b64encode(value).decode()}  # fmt: skip
+        manifest["signature"] = {
+            "kid": genuine["signature"]["kid"],
+            "value": base64.b64encode(value).decode(),
+        }
     if how == "tampered":
         # The genuine signature kept, the contents (id, time, archive) changed.
         manifest["signature"] = genuine["signature"]
@@ -258,8 +269,9 @@ def forge(ring, real: Path, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how", ["unsigned", "other-key", "tampered", "renamed-copy",
-                                 "old-unsigned"])  # fmt: skip
+@pytest.mark.parametrize(
+    "how", ["unsigned", "other-key", "tampered", "renamed-copy", "old-unsigned"]
+)
 def test_a_forged_manifest_is_never_the_newest_backup_nor_decides_pruning(
     software_config: Path, how: str
 ) -> None:
@@ -295,6 +307,9 @@ def test_a_backup_whose_archive_was_replaced_does_not_count(software_config: Pat
     manifest = json.loads(real.read_text())
     (real.parent / manifest["archive"]).write_bytes(b"not the archive")
     facts = json.loads(securecore("facts", "-c", str(config)).stdout)["backup"]
-    assert facts == {"newest": None, "newest_age_hours": None, "unverified": [
-        f"{real.name}: the archive's SHA-256 differs from the manifest's"]}  # fmt: skip
+    assert facts == {
+        "newest": None,
+        "newest_age_hours": None,
+        "unverified": [f"{real.name}: the archive's SHA-256 differs from the manifest's"],
+    }
     assert prune_backups(ring, real.parent, 1)[0] == []

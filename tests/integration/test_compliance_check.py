@@ -18,8 +18,7 @@ SCRIPT = ROOT / "compliance" / "gather" / "host_facts.py"
 
 def test_this_machine_is_gathered_and_checked(inventory: Path, tmp_path: Path) -> None:
     facts_file = tmp_path / "facts.json"
-    proc = compliance("check", "-i", str(inventory), "--format", "json",
-                      "--facts", str(facts_file))  # fmt: skip
+    proc = compliance("check", "-i", str(inventory), "--format", "json", "--facts", str(facts_file))
     assert proc.returncode in (0, 1), proc.stderr
     document = json.loads(proc.stdout)
     assert "[1/1] here gathered" in proc.stderr  # progress, on stderr
@@ -39,10 +38,22 @@ def test_this_machine_is_gathered_and_checked(inventory: Path, tmp_path: Path) -
 
 def test_an_unreachable_host_is_an_error_not_a_pass(tmp_path: Path) -> None:
     path = tmp_path / "hosts.yml"
-    path.write_text(json.dumps({"all": {"hosts": {"gone": {
-        "ansible_host": "127.0.0.1", "ansible_port": 1, "ansible_user": "nobody",
-        "ansible_ssh_common_args": "-o ConnectTimeout=3 -o StrictHostKeyChecking=no",
-    }}}}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {
+                        "gone": {
+                            "ansible_host": "127.0.0.1",
+                            "ansible_port": 1,
+                            "ansible_user": "nobody",
+                            "ansible_ssh_common_args": "-o ConnectTimeout=3 -o StrictHostKeyChecking=no",
+                        }
+                    }
+                }
+            }
+        )
+    )
     proc = compliance("check", "-i", str(path))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "gone" in proc.stdout and "ERROR" in proc.stdout and "unreachable" in proc.stdout
@@ -53,23 +64,58 @@ def test_an_unreachable_host_is_an_error_not_a_pass(tmp_path: Path) -> None:
 def test_waivers_cover_failures_until_they_expire(inventory: Path, tmp_path: Path) -> None:
     today = datetime.date.today()
     waivers = tmp_path / "waivers.yml"
-    waivers.write_text(json.dumps([
-        {"check": "network.in_its_segment", "hosts": ["here"], "reason": "not a site host",
-         "approver": "ciso", "expires": (today + datetime.timedelta(days=30)).isoformat()},
-        {"check": "tls.policy", "hosts": "all", "reason": "no service here",
-         "approver": "ciso", "expires": (today - datetime.timedelta(days=1)).isoformat()},
-    ]))  # fmt: skip
-    proc = compliance("check", "-i", str(inventory), "--waivers", str(waivers),
-                      "--check", "network.in_its_segment", "--check", "tls.policy",
-                      "--format", "json")  # fmt: skip
+    waivers.write_text(
+        json.dumps(
+            [
+                {
+                    "check": "network.in_its_segment",
+                    "hosts": ["here"],
+                    "reason": "not a site host",
+                    "approver": "ciso",
+                    "expires": (today + datetime.timedelta(days=30)).isoformat(),
+                },
+                {
+                    "check": "tls.policy",
+                    "hosts": "all",
+                    "reason": "no service here",
+                    "approver": "ciso",
+                    "expires": (today - datetime.timedelta(days=1)).isoformat(),
+                },
+            ]
+        )
+    )
+    proc = compliance(
+        "check",
+        "-i",
+        str(inventory),
+        "--waivers",
+        str(waivers),
+        "--check",
+        "network.in_its_segment",
+        "--check",
+        "tls.policy",
+        "--format",
+        "json",
+    )
     results = {r["check"]: r for r in json.loads(proc.stdout)["results"]}
     assert results["network.in_its_segment"]["status"] == "waived"
     assert results["network.in_its_segment"]["waiver"]["approver"] == "ciso"
     assert results["tls.policy"]["status"] == "fail"  # the expired waiver no longer applies
     assert "waiver expired" in results["tls.policy"]["detail"]
     assert proc.returncode == 1
-    waivers.write_text(json.dumps([{"check": "no.such.check", "hosts": "all", "reason": "x",
-                                    "approver": "y", "expires": "2030-01-01"}]))  # fmt: skip
+    waivers.write_text(
+        json.dumps(
+            [
+                {
+                    "check": "no.such.check",
+                    "hosts": "all",
+                    "reason": "x",
+                    "approver": "y",
+                    "expires": "2030-01-01",
+                }
+            ]
+        )
+    )
     bad = compliance("check", "-i", str(inventory), "--waivers", str(waivers))
     assert bad.returncode == 2 and "waivers.yml: [0]: no check 'no.such.check'" in bad.stderr
 
@@ -88,19 +134,33 @@ def test_the_fact_script_reads_the_tls_policy_certificates_and_hardening_report(
     tls.mkdir()
     ca, key = development_ca()
     issue_development_leaf(tls, "server", ca, key)
-    (tls / "policy.json").write_text(json.dumps({"crl_check": "leaf", "ciphersuites": [
-        "TLS_AES_256_GCM_SHA384"]}))  # fmt: skip
+    (tls / "policy.json").write_text(
+        json.dumps({"crl_check": "leaf", "ciphersuites": ["TLS_AES_256_GCM_SHA384"]})
+    )
     report = tmp_path / "hardening.json"
-    report.write_text(json.dumps({"controls": {
-        "sshd": {"status": "applied"}, "aide": {"status": "exempt"},
-        "auditd": {"status": "container"}, "sysctl": {"status": "missing"},
-    }}))  # fmt: skip
+    report.write_text(
+        json.dumps(
+            {
+                "controls": {
+                    "sshd": {"status": "applied"},
+                    "aide": {"status": "exempt"},
+                    "auditd": {"status": "container"},
+                    "sysctl": {"status": "missing"},
+                }
+            }
+        )
+    )
     sources = tmp_path / "sources.list"
-    sources.write_text("deb http://deb.debian.org/debian bookworm main\n"
-                       "deb [trusted=yes] http://mirror.internal/debian bookworm main\n"
-                       "# deb [trusted=yes] http://old.lan/debian bookworm main\n")  # fmt: skip
-    overrides = {"tls_dir": str(tls), "hardening_report": str(report),
-                 "apt_sources": [str(sources)]}  # fmt: skip
+    sources.write_text(
+        "deb http://deb.debian.org/debian bookworm main\n"
+        "deb [trusted=yes] http://mirror.internal/debian bookworm main\n"
+        "# deb [trusted=yes] http://old.lan/debian bookworm main\n"
+    )
+    overrides = {
+        "tls_dir": str(tls),
+        "hardening_report": str(report),
+        "apt_sources": [str(sources)],
+    }
     command = [sys.executable, str(SCRIPT), json.dumps(overrides)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
     facts = json.loads(out)

@@ -23,28 +23,60 @@ def test_attestations_record_who_when_and_what(tmp_path: Path) -> None:
     shown = tmp_path / "alert-review.txt"
     shown.write_text("2 alerts, both false positives\n")
     pinned = load_attesters(attesters(tmp_path, "alice"))
-    made = compliance("attest", "daily.security_alerts", "--by", "alice", "--note",
-                      "reviewed", "--file", str(shown), "--store", str(store),
-                      "--key", str(tmp_path / "alice.key"))  # fmt: skip
+    made = compliance(
+        "attest",
+        "daily.security_alerts",
+        "--by",
+        "alice",
+        "--note",
+        "reviewed",
+        "--file",
+        str(shown),
+        "--store",
+        str(store),
+        "--key",
+        str(tmp_path / "alice.key"),
+    )
     assert made.returncode == 0, made.stderr
     [path] = store.iterdir()
     found, refused = current(store, "daily", "daily.security_alerts", attesters=pinned)
     assert refused == [] and found.key_id is not None
     data = json.loads(path.read_text())["record"]
-    assert (data["item"], data["by"], data["note"]) == ("daily.security_alerts", "alice",
-                                                        "reviewed")  # fmt: skip
+    assert (data["item"], data["by"], data["note"]) == (
+        "daily.security_alerts",
+        "alice",
+        "reviewed",
+    )
     digest = hashlib.sha256(shown.read_bytes()).hexdigest()
     size = shown.stat().st_size
     assert data["files"] == [{"name": "alert-review.txt", "size": size, "sha256": digest}]
-    someone = ("--by", "a", "--note", "b", "--store", str(store),
-               "--key", str(tmp_path / "alice.key"))  # fmt: skip
+    someone = (
+        "--by",
+        "a",
+        "--note",
+        "b",
+        "--store",
+        str(store),
+        "--key",
+        str(tmp_path / "alice.key"),
+    )
     machine = compliance("attest", "daily.backup", *someone)
     assert machine.returncode == 2 and "checked by the machine only" in machine.stderr
     unknown = compliance("attest", "daily.coffee", *someone)
     assert unknown.returncode == 2 and "no checklist item 'daily.coffee'" in unknown.stderr
     assert "daily.security_alerts" in unknown.stderr  # the attestable items are listed
-    empty = compliance("attest", "daily.security_alerts", "--by", " ", "--note", "x",
-                       "--store", str(store), "--key", str(tmp_path / "alice.key"))  # fmt: skip
+    empty = compliance(
+        "attest",
+        "daily.security_alerts",
+        "--by",
+        " ",
+        "--note",
+        "x",
+        "--store",
+        str(store),
+        "--key",
+        str(tmp_path / "alice.key"),
+    )
     assert empty.returncode == 2 and "--by and --note" in empty.stderr
 
 
@@ -55,25 +87,65 @@ def test_an_attestation_counts_for_its_period_only(tmp_path: Path) -> None:
     pinned = load_attesters(attesters(tmp_path, "bob"))
     bob = load_signing_key(tmp_path / "bob.key")
     now = datetime.datetime(2026, 11, 26, 12, tzinfo=datetime.UTC)
-    record(store, checklists, "daily.security_alerts", "bob", "yesterday's review", [], bob,
-           now=now - datetime.timedelta(days=1))  # fmt: skip
+    record(
+        store,
+        checklists,
+        "daily.security_alerts",
+        "bob",
+        "yesterday's review",
+        [],
+        bob,
+        now=now - datetime.timedelta(days=1),
+    )
     assert current(store, "daily", "daily.security_alerts", now, pinned) == (None, [])
-    record(store, checklists, "weekly.incident_report", "bob", "week 48", [], bob,
-           now=now - datetime.timedelta(days=2))  # Tuesday of the same ISO week  # fmt: skip
+    record(
+        store,
+        checklists,
+        "weekly.incident_report",
+        "bob",
+        "week 48",
+        [],
+        bob,
+        now=now - datetime.timedelta(days=2),
+    )  # Tuesday of the same ISO week
     assert current(store, "weekly", "weekly.incident_report", now, pinned)[0].by == "bob"
 
 
 def test_a_checklist_run_reports_attested_and_pending_items(inventory, tmp_path: Path) -> None:
     store = tmp_path / "attestations"
     pinned = attesters(tmp_path, "alice")
-    compliance("attest", "daily.security_alerts", "--by", "alice", "--note", "quiet night",
-               "--store", str(store), "--key", str(tmp_path / "alice.key"))  # fmt: skip
+    compliance(
+        "attest",
+        "daily.security_alerts",
+        "--by",
+        "alice",
+        "--note",
+        "quiet night",
+        "--store",
+        str(store),
+        "--key",
+        str(tmp_path / "alice.key"),
+    )
     key = tmp_path / "evidence.key"
     compliance("keygen", "--key", str(key))
     evidence = tmp_path / "evidence"
-    run = compliance("checklist", "run", "daily", "-i", str(inventory), "--store", str(store),
-                     "--format", "json", "--evidence", str(evidence),
-                     "--signing-key", str(key), "--attesters", str(pinned))  # fmt: skip
+    run = compliance(
+        "checklist",
+        "run",
+        "daily",
+        "-i",
+        str(inventory),
+        "--store",
+        str(store),
+        "--format",
+        "json",
+        "--evidence",
+        str(evidence),
+        "--signing-key",
+        str(key),
+        "--attesters",
+        str(pinned),
+    )
     # No core host in this inventory: the service items cannot be checked - an error.
     assert run.returncode == 2, run.stderr
     items = {i["id"]: i for i in json.loads(run.stdout)}
@@ -86,8 +158,10 @@ def test_a_checklist_run_reports_attested_and_pending_items(inventory, tmp_path:
     [made] = evidence.iterdir()
     report = (made / "report.md").read_text()
     assert "# Daily operations check - " in report and "attested by alice" in report
-    assert "| daily.performance_metrics Performance metrics within their targets | **pending**" \
-        in report  # fmt: skip
+    assert (
+        "| daily.performance_metrics Performance metrics within their targets | **pending**"
+        in report
+    )
     assert json.loads((made / "checklist.json").read_text())[0]["id"] == "daily.system_status"
     page = (made / "report.html").read_text()
     assert "Daily operations check" in page and "quiet night" in page

@@ -14,12 +14,26 @@ from tests.support.commands import compliance
 
 
 def bundle(directory: Path, key, day: int) -> Path:
-    results = [{"check": "ssh.keys_only", "host": "core-01", "status": "pass", "detail": "ok",
-                "severity": "high", "controls": {}, "waiver": None}]  # fmt: skip
-    facts = {"core-01": {"sshd": {"passwordauthentication": "no"},
-                         "vault": {"token": "s.hunter2", "pin_file": "/x"}}}  # fmt: skip
-    return write_bundle(directory, "daily", results, [{"host": "core-01", "error": None}],
-                        facts, {"day": day}, key)  # fmt: skip
+    results = [
+        {
+            "check": "ssh.keys_only",
+            "host": "core-01",
+            "status": "pass",
+            "detail": "ok",
+            "severity": "high",
+            "controls": {},
+            "waiver": None,
+        }
+    ]
+    facts = {
+        "core-01": {
+            "sshd": {"passwordauthentication": "no"},
+            "vault": {"token": "s.hunter2", "pin_file": "/x"},
+        }
+    }
+    return write_bundle(
+        directory, "daily", results, [{"host": "core-01", "error": None}], facts, {"day": day}, key
+    )
 
 
 @pytest.fixture
@@ -45,14 +59,30 @@ def test_a_check_run_writes_a_bundle_that_verifies(inventory, tmp_path: Path) ->
     again = compliance("keygen", "--key", str(key))
     assert again.returncode == 2 and "never overwritten" in again.stderr
     evidence = tmp_path / "evidence"
-    run = compliance("check", "-i", str(inventory), "--check", "tls.policy",
-                     "--evidence", str(evidence), "--signing-key", str(key))  # fmt: skip
+    run = compliance(
+        "check",
+        "-i",
+        str(inventory),
+        "--check",
+        "tls.policy",
+        "--evidence",
+        str(evidence),
+        "--signing-key",
+        str(key),
+    )
     assert run.returncode == 1, run.stderr  # tls.policy fails on this machine
     [made_bundle] = list(evidence.iterdir())
     names = sorted(str(p.relative_to(made_bundle)) for p in made_bundle.rglob("*") if p.is_file())
-    assert names == ["assessment-results.json", "facts/here.json", "junit.xml",
-                     "manifest.json", "report.html", "results.json", "run.json",
-                     "signature.json"]  # fmt: skip
+    assert names == [
+        "assessment-results.json",
+        "facts/here.json",
+        "junit.xml",
+        "manifest.json",
+        "report.html",
+        "results.json",
+        "run.json",
+        "signature.json",
+    ]
     assert "tls.policy" in (made_bundle / "report.html").read_text()
     run_json = json.loads((made_bundle / "run.json").read_text())
     assert run_json["previous"] is None and len(run_json["checks_sha256"]) == 64
@@ -70,8 +100,9 @@ def test_secrets_never_reach_a_bundle(tmp_path: Path, key) -> None:
     made = bundle(tmp_path / "evidence", key, 1)
     text = "".join(p.read_text() for p in made.rglob("*") if p.is_file())
     assert "hunter2" not in text and '"token": "***"' in text
-    assert masked({"a": {"user_pin": "1234", "keys": ["x"]}}) == {"a": {"user_pin": "***",
-                                                                        "keys": ["x"]}}  # fmt: skip
+    assert masked({"a": {"user_pin": "1234", "keys": ["x"]}}) == {
+        "a": {"user_pin": "***", "keys": ["x"]}
+    }
 
 
 def test_a_changed_file_is_named(tmp_path: Path, key, pub) -> None:
@@ -93,8 +124,10 @@ def test_a_removed_or_inserted_day_breaks_the_chain(tmp_path: Path, key, pub) ->
     shutil.move(days[1], kept)
     checked = verify(evidence, "--trusted-key", pub)
     assert checked.returncode == 1
-    assert f"{days[2].name}: follows {days[1].name}, but the bundle before it is " \
-           f"{days[0].name}" in checked.stdout  # fmt: skip
+    assert (
+        f"{days[2].name}: follows {days[1].name}, but the bundle before it is "
+        f"{days[0].name}" in checked.stdout
+    )
     shutil.move(kept, days[1])
     # A day replaced by another, validly signed, bundle of the same name.
     other = bundle(tmp_path / "elsewhere", key, 2)

@@ -40,16 +40,33 @@ NOW = datetime.datetime.now(datetime.UTC)
 
 
 def results(status: str) -> list[dict]:
-    return [{"check": "ssh.keys_only", "host": "core-01", "status": status, "detail": "-",
-             "severity": "high", "controls": {}, "waiver": None}]  # fmt: skip
+    return [
+        {
+            "check": "ssh.keys_only",
+            "host": "core-01",
+            "status": status,
+            "detail": "-",
+            "severity": "high",
+            "controls": {},
+            "waiver": None,
+        }
+    ]
 
 
 def run(directory: Path, key, head: Path, status: str = "fail") -> Path:
     """One run as `compliance check --evidence` makes it: chained where the series head
     says, then the head moved on."""
     start = series_start(directory, head, key)
-    made = write_bundle(directory, "daily", results(status), [{"host": "core-01"}],
-                        {"core-01": {}}, {}, key, previous=start.previous)  # fmt: skip
+    made = write_bundle(
+        directory,
+        "daily",
+        results(status),
+        [{"host": "core-01"}],
+        {"core-01": {}},
+        {},
+        key,
+        previous=start.previous,
+    )
     write_head(head, key, made, start.count + 1)
     return made
 
@@ -96,8 +113,10 @@ def test_a_removed_newest_run_is_found_against_the_series_head(
     after = run(directory, key, head)
     chained = verify(directory, *pinned)
     assert chained.returncode == 1
-    assert f"{after.name}: follows {bundles[-1].name}, but the bundle before it is " \
-           f"{bundles[-2].name}" in chained.stdout  # fmt: skip
+    assert (
+        f"{after.name}: follows {bundles[-1].name}, but the bundle before it is "
+        f"{bundles[-2].name}" in chained.stdout
+    )
 
 
 def test_a_forged_or_rewound_head_does_not_verify(series, key_path: Path, tmp_path: Path) -> None:
@@ -148,8 +167,12 @@ def test_a_forged_all_pass_series_fails_with_a_trust_anchor(
     generate_key(tmp_path / "forger.key")
     forger = load_signing_key(tmp_path / "forger.key")
     forged = tmp_path / "forged" / "daily"
-    made = [write_bundle(forged, "daily", results("pass"), [{"host": "core-01"}],
-                         {"core-01": {}}, {}, forger) for _ in bundles]  # fmt: skip
+    made = [
+        write_bundle(
+            forged, "daily", results("pass"), [{"host": "core-01"}], {"core-01": {}}, {}, forger
+        )
+        for _ in bundles
+    ]
     pinned = verify(forged, "--trusted-key", f"{key_path}.pub")
     assert pinned.returncode == 1
     assert pinned.stdout.count("not by a trusted key") == len(made)
@@ -172,8 +195,10 @@ def test_a_key_counts_only_within_its_validity_period(
     directory, head, _ = series
     keys = tmp_path / "keys.yml"
     retired = (NOW - datetime.timedelta(days=1)).isoformat()
-    keys.write_text(f"keys:\n  - key: evidence.key.pub\n    not_before: 2020-01-01T00:00:00Z\n"
-                    f"    not_after: {retired}\n")  # fmt: skip
+    keys.write_text(
+        f"keys:\n  - key: evidence.key.pub\n    not_before: 2020-01-01T00:00:00Z\n"
+        f"    not_after: {retired}\n"
+    )
     late = verify(directory, "--key-list", str(keys), "--head", str(head))
     assert late.returncode == 1
     assert late.stdout.count("FAILED") == 3
@@ -200,8 +225,9 @@ def test_retention_ignores_an_edited_finished_time(series, key_path: Path) -> No
     assert all(b.is_dir() for b in bundles)
     # Nor can the signed time be edited: the signature breaks, and pruning stops there.
     manifest = bundles[0] / "manifest.json"
-    manifest.write_text(manifest.read_text().replace(f'"signed_at": "{NOW.year}',
-                                                     '"signed_at": "2001'))  # fmt: skip
+    manifest.write_text(
+        manifest.read_text().replace(f'"signed_at": "{NOW.year}', '"signed_at": "2001')
+    )
     assert prune(directory, 30, key) == []
     # When the signed times are old enough, the oldest in a row go, the chain verifies.
     later = NOW + datetime.timedelta(days=400)
@@ -223,18 +249,22 @@ def test_archives_and_stray_files_in_a_series_are_checked(
     (directory / "20991231T000000.000000Z-daily.tar.gz").write_bytes(b"not a gzip at all")
     garbage = verify(directory, *pinned)
     assert garbage.returncode == 1
-    assert "20991231T000000.000000Z-daily.tar.gz: an archive, but there is no bundle" \
-        in garbage.stdout  # fmt: skip
+    assert (
+        "20991231T000000.000000Z-daily.tar.gz: an archive, but there is no bundle" in garbage.stdout
+    )
     (directory / "20991231T000000.000000Z-daily.tar.gz").unlink()
     packed = bundles[0].with_name(bundles[0].name + ".tar.gz")
     packed.write_bytes(b"\x1f\x8b garbage")
     broken = verify(directory, *pinned)
-    assert broken.returncode == 1 and f"{packed.name}: not a readable bundle archive" \
-        in broken.stdout  # fmt: skip
+    assert (
+        broken.returncode == 1 and f"{packed.name}: not a readable bundle archive" in broken.stdout
+    )
     # A well-formed archive whose results say something else than its bundle.
     buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, \
-            tarfile.open(fileobj=zipped, mode="w") as tar:  # fmt: skip
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
+        tarfile.open(fileobj=zipped, mode="w") as tar,
+    ):
         for path in sorted(p for p in bundles[0].rglob("*") if p.is_file()):
             data = path.read_bytes()
             if path.name == "results.json":
@@ -261,14 +291,23 @@ def test_only_attestations_signed_by_their_author_count(tmp_path: Path) -> None:
     item = "daily.security_alerts"
     # A self-declared name, no signature (the record as attestations used to be).
     store.mkdir()
-    (store / f"{NOW.strftime('%Y%m%dT%H%M%S.%fZ')}-{item}.json").write_text(json.dumps(
-        {"item": item, "by": "alice", "note": "all quiet", "at": NOW.isoformat(),
-         "files": []}))  # fmt: skip
+    (store / f"{NOW.strftime('%Y%m%dT%H%M%S.%fZ')}-{item}.json").write_text(
+        json.dumps(
+            {"item": item, "by": "alice", "note": "all quiet", "at": NOW.isoformat(), "files": []}
+        )
+    )
     found, refused = current(store, "daily", item, attesters=pinned)
     assert found is None and "not signed - a self-declared name counts for nothing" in refused[0]
     # Mallory signs with her own key and claims to be alice.
-    record(store, checklists, item, "alice", "all quiet", [],
-           load_signing_key(tmp_path / "mallory.key"))  # fmt: skip
+    record(
+        store,
+        checklists,
+        item,
+        "alice",
+        "all quiet",
+        [],
+        load_signing_key(tmp_path / "mallory.key"),
+    )
     found, refused = current(store, "daily", item, attesters=pinned)
     assert found is None and len(refused) == 2
     assert "not by a trusted key" in refused[1] and "claims to be by alice" in refused[1]
@@ -278,8 +317,15 @@ def test_only_attestations_signed_by_their_author_count(tmp_path: Path) -> None:
     report = markdown(checklist, items, [], NOW)
     assert "## Attestations not counted (unverified)" in report and "claims to be by" in report
     # Alice's own signature counts, and the report says whose key signed.
-    record(store, checklists, item, "alice", "all quiet, really", [],
-           load_signing_key(tmp_path / "alice.key"))  # fmt: skip
+    record(
+        store,
+        checklists,
+        item,
+        "alice",
+        "all quiet, really",
+        [],
+        load_signing_key(tmp_path / "alice.key"),
+    )
     items = run_items(checklist, [], store, attesters=pinned)
     alerts = next(i for i in items if i.id == item)
     assert alerts.status == "pass" and alerts.attestation["by"] == "alice"
@@ -315,21 +361,49 @@ def test_an_attestation_by_certificate_counts_only_for_the_name_it_certifies(
     path = tmp_path / "carol.pem"
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     # Through the command line, as a person attests.
-    made = compliance("attest", item, "--by", "carol", "--note", "reviewed", "--store",
-                      str(store), "--key", str(tmp_path / "carol.key"),
-                      "--certificate", str(path))  # fmt: skip
+    made = compliance(
+        "attest",
+        item,
+        "--by",
+        "carol",
+        "--note",
+        "reviewed",
+        "--store",
+        str(store),
+        "--key",
+        str(tmp_path / "carol.key"),
+        "--certificate",
+        str(path),
+    )
     assert made.returncode == 0, made.stderr
     found, refused = current(store, "daily", item, attesters=pinned)
     assert found.by == "carol" and refused == []
     # carol's certificate does not make her dave.
-    wrong = compliance("attest", item, "--by", "dave", "--note", "x", "--store", str(store),
-                       "--key", str(tmp_path / "carol.key"),
-                       "--certificate", str(path))  # fmt: skip
+    wrong = compliance(
+        "attest",
+        item,
+        "--by",
+        "dave",
+        "--note",
+        "x",
+        "--store",
+        str(store),
+        "--key",
+        str(tmp_path / "carol.key"),
+        "--certificate",
+        str(path),
+    )
     assert wrong.returncode == 2 and "names 'carol', not --by 'dave'" in wrong.stderr
     shutil.rmtree(store)
     # A record written by hand: carol's certificate, claiming dave.
-    signed = {"item": item, "by": "dave", "note": "x", "at": NOW.isoformat(), "files": [],
-              "certificate": path.read_text()}  # fmt: skip
+    signed = {
+        "item": item,
+        "by": "dave",
+        "note": "x",
+        "at": NOW.isoformat(),
+        "files": [],
+        "certificate": path.read_text(),
+    }
     store.mkdir()
     (store / f"{NOW.strftime('%Y%m%dT%H%M%S.%fZ')}-{item}.json").write_bytes(
         signed_record(signed, carol)

@@ -29,14 +29,36 @@ def validated(document: dict) -> Model:
 def checklist_bundle(inventory, tmp_path: Path) -> Path:
     store = tmp_path / "attestations"
     pinned = attesters(tmp_path, "alice")
-    compliance("attest", "daily.security_alerts", "--by", "alice", "--note", "quiet night",
-               "--store", str(store), "--key", str(tmp_path / "alice.key"))  # fmt: skip
+    compliance(
+        "attest",
+        "daily.security_alerts",
+        "--by",
+        "alice",
+        "--note",
+        "quiet night",
+        "--store",
+        str(store),
+        "--key",
+        str(tmp_path / "alice.key"),
+    )
     key = tmp_path / "evidence.key"
     compliance("keygen", "--key", str(key))
     evidence = tmp_path / "evidence"
-    run = compliance("checklist", "run", "daily", "-i", str(inventory), "--store", str(store),
-                     "--evidence", str(evidence), "--signing-key", str(key),
-                     "--attesters", str(pinned))  # fmt: skip
+    run = compliance(
+        "checklist",
+        "run",
+        "daily",
+        "-i",
+        str(inventory),
+        "--store",
+        str(store),
+        "--evidence",
+        str(evidence),
+        "--signing-key",
+        str(key),
+        "--attesters",
+        str(pinned),
+    )
     assert run.returncode == 2, run.stderr  # no core host here: the service items are errors
     [bundle] = evidence.iterdir()
     return bundle
@@ -45,8 +67,15 @@ def checklist_bundle(inventory, tmp_path: Path) -> Path:
 def test_a_check_run_is_valid_oscal_assessment_results(inventory, tmp_path: Path) -> None:
     key = tmp_path / "evidence.key"
     compliance("keygen", "--key", str(key))
-    run = compliance("check", "-i", str(inventory), "--evidence", str(tmp_path / "evidence"),
-                     "--signing-key", str(key))  # fmt: skip
+    run = compliance(
+        "check",
+        "-i",
+        str(inventory),
+        "--evidence",
+        str(tmp_path / "evidence"),
+        "--signing-key",
+        str(key),
+    )
     assert run.returncode == 1, run.stderr
     [bundle] = (tmp_path / "evidence").iterdir()
     document = json.loads((bundle / "assessment-results.json").read_text())
@@ -62,15 +91,20 @@ def test_a_check_run_is_valid_oscal_assessment_results(inventory, tmp_path: Path
             assert (bundle / evidence["href"]).is_file()
     # A control is satisfied only when everything that supports it passed.
     states = {r["check"]: r["status"] for r in results}
-    failing = {c for r in results if r["status"] == "fail"
-               for ids in r["controls"].values() for c in ids}  # fmt: skip
-    findings = {f["target"]["target-id"]: f["target"]["status"]["state"]
-                for f in result["findings"]}  # fmt: skip
+    failing = {
+        c for r in results if r["status"] == "fail" for ids in r["controls"].values() for c in ids
+    }
+    findings = {
+        f["target"]["target-id"]: f["target"]["status"]["state"] for f in result["findings"]
+    }
     assert "fail" in states.values() and failing
     assert all(findings[f"{c}_obj"] == "not-satisfied" for c in failing)
     assert "satisfied" in findings.values()
-    reviewed = {s["control-id"] for sel in result["reviewed-controls"]["control-selections"]
-                for s in sel["include-controls"]}  # fmt: skip
+    reviewed = {
+        s["control-id"]
+        for sel in result["reviewed-controls"]["control-selections"]
+        for s in sel["include-controls"]
+    }
     assert reviewed == {t.removesuffix("_obj") for t in findings}
     # The manifest covers the OSCAL file like every other file.
     assert "assessment-results.json" in json.loads((bundle / "manifest.json").read_text())["files"]
@@ -82,17 +116,22 @@ def test_a_checklist_run_shows_attestations_and_never_passes_a_pending_one(
     document = json.loads((checklist_bundle / "assessment-results.json").read_text())
     validated(document)
     [result] = document["assessment-results"]["results"]
-    examined = {o["title"].split(":")[0]: o for o in result["observations"]
-                if o["methods"] == ["EXAMINE"]}  # fmt: skip
+    examined = {
+        o["title"].split(":")[0]: o for o in result["observations"] if o["methods"] == ["EXAMINE"]
+    }
     assert "attested by alice" in examined["daily.security_alerts"]["description"]
     assert "pending" in examined["daily.performance_metrics"]["description"]
     findings = {f["target"]["target-id"]: f for f in result["findings"]}
     # daily.performance_metrics (pending) supports A.8.6: not satisfied, reason other.
-    assert findings["A.8.6_obj"]["target"]["status"] == {"state": "not-satisfied",
-                                                         "reason": "other"}  # fmt: skip
+    assert findings["A.8.6_obj"]["target"]["status"] == {
+        "state": "not-satisfied",
+        "reason": "other",
+    }
     public = checklist_bundle.parent.parent / "evidence.key.pub"
-    assert compliance("verify", str(checklist_bundle.parent), "--trusted-key",
-                      str(public)).returncode == 0  # fmt: skip
+    assert (
+        compliance("verify", str(checklist_bundle.parent), "--trusted-key", str(public)).returncode
+        == 0
+    )
 
 
 def test_the_validator_refuses_what_the_schema_forbids(checklist_bundle: Path) -> None:

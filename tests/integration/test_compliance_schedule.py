@@ -32,11 +32,28 @@ NOW = datetime.datetime.now(datetime.UTC)
 def make_bundles(directory: Path, key, count: int) -> list[Path]:
     made = []
     for day in range(count):
-        results = [{"check": "ssh.keys_only", "host": "core-01", "status": "pass",
-                    "detail": "ok", "severity": "high", "controls": {},
-                    "waiver": None}]  # fmt: skip
-        made.append(write_bundle(directory, "daily", results, [{"host": "core-01"}],
-                                 {"core-01": {}}, {"day": day}, key))  # fmt: skip
+        results = [
+            {
+                "check": "ssh.keys_only",
+                "host": "core-01",
+                "status": "pass",
+                "detail": "ok",
+                "severity": "high",
+                "controls": {},
+                "waiver": None,
+            }
+        ]
+        made.append(
+            write_bundle(
+                directory,
+                "daily",
+                results,
+                [{"host": "core-01"}],
+                {"core-01": {}},
+                {"day": day},
+                key,
+            )
+        )
     return made
 
 
@@ -132,10 +149,25 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     url, received = webhook
     root, metrics = tmp_path / "evidence", tmp_path / "textfile" / "compliance.prom"
     heads = tmp_path / "state" / "heads"  # outside the evidence root
-    run = compliance("schedule", "run", "daily", "-i", str(inventory), "--signing-key",
-                     str(key_path), "--evidence-root", str(root), "--metrics", str(metrics),
-                     "--webhook", url, "--store", str(tmp_path / "attestations"),
-                     "--head-dir", str(heads))  # fmt: skip
+    run = compliance(
+        "schedule",
+        "run",
+        "daily",
+        "-i",
+        str(inventory),
+        "--signing-key",
+        str(key_path),
+        "--evidence-root",
+        str(root),
+        "--metrics",
+        str(metrics),
+        "--webhook",
+        url,
+        "--store",
+        str(tmp_path / "attestations"),
+        "--head-dir",
+        str(heads),
+    )
     # No core host in this inventory: the service items are errors - an alert.
     assert run.returncode == 2, run.stderr
     assert "<3>compliance alert: the daily checklist could not be completed" in run.stderr
@@ -156,8 +188,14 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     text = metrics.read_text()
     assert 'securecore_compliance_last_run_status{checklist="daily"} 2' in text
     assert 'securecore_compliance_run_missed{checklist="daily"} 0' in text
-    verified = compliance("verify", str(root / "daily"), "--public-key", f"{key_path}.pub",
-                          "--head", str(heads / "daily.json"))  # fmt: skip
+    verified = compliance(
+        "verify",
+        str(root / "daily"),
+        "--public-key",
+        f"{key_path}.pub",
+        "--head",
+        str(heads / "daily.json"),
+    )
     assert verified.returncode == 0, verified.stdout
     head = json.loads((heads / "daily.json").read_text())["record"]
     assert head["newest"]["id"] == bundle.name and head["count"] == 1
@@ -165,8 +203,16 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     (root / ".installed").touch()
     old = time.time() - 40 * 86400
     os.utime(root / ".installed", (old, old))
-    status = compliance("schedule", "status", "--evidence-root", str(root), "--metrics",
-                        str(metrics), "--webhook", url)  # fmt: skip
+    status = compliance(
+        "schedule",
+        "status",
+        "--evidence-root",
+        str(root),
+        "--metrics",
+        str(metrics),
+        "--webhook",
+        url,
+    )
     assert status.returncode == 1
     lines = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()}
     assert lines == {"daily": "ok", "weekly": "MISSED", "monthly": "MISSED"}
@@ -175,22 +221,43 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     assert 'securecore_compliance_run_missed{checklist="weekly"} 1' in text
     assert 'securecore_compliance_last_run_status{checklist="daily"} 2' in text  # kept
     # A webhook that cannot be reached is logged, and the run itself goes on.
-    down = compliance("schedule", "status", "--evidence-root", str(root), "--checklist",
-                      "daily", "--webhook", "http://127.0.0.1:9/x")  # fmt: skip
+    down = compliance(
+        "schedule",
+        "status",
+        "--evidence-root",
+        str(root),
+        "--checklist",
+        "daily",
+        "--webhook",
+        "http://127.0.0.1:9/x",
+    )
     assert down.returncode == 0
-    lonely = compliance("schedule", "run", "daily", "-i", str(inventory), "--evidence-root",
-                        str(root))  # fmt: skip
+    lonely = compliance(
+        "schedule", "run", "daily", "-i", str(inventory), "--evidence-root", str(root)
+    )
     assert lonely.returncode == 2 and "--signing-key is required" in lonely.stderr
     # The hourly status also verifies each series against the key and its head: the
     # newest daily run removed is alerted.
     trusted = ("--trusted-key", f"{key_path}.pub", "--head-dir", str(heads))
-    whole = compliance("schedule", "status", "--evidence-root", str(root), "--checklist",
-                       "daily", *trusted)  # fmt: skip
+    whole = compliance(
+        "schedule", "status", "--evidence-root", str(root), "--checklist", "daily", *trusted
+    )
     assert whole.returncode == 0 and "daily    verified" in whole.stdout, whole.stdout
     shutil.rmtree(bundle)
     (root / "daily" / f"{bundle.name}.tar.gz").unlink(missing_ok=True)
-    gone = compliance("schedule", "status", "--evidence-root", str(root), "--checklist",
-                      "daily", "--metrics", str(metrics), "--webhook", url, *trusted)  # fmt: skip
+    gone = compliance(
+        "schedule",
+        "status",
+        "--evidence-root",
+        str(root),
+        "--checklist",
+        "daily",
+        "--metrics",
+        str(metrics),
+        "--webhook",
+        url,
+        *trusted,
+    )
     assert gone.returncode == 1 and "daily    BROKEN" in gone.stdout
     [broken] = [a for a in received if a["event"] == "evidence_broken"]
     assert f"names {bundle.name} as the newest" in broken["message"]

@@ -33,20 +33,40 @@ def test_bundles_signed_by_a_key_on_the_token(token: str, inventory, tmp_path: P
     assert uri.startswith("pkcs11:token=evidence;object=compliance-evidence-v1?")
     evidence = tmp_path / "evidence"
     for _ in range(2):
-        run = compliance("check", "-i", str(inventory), "--check", "tls.policy", "--evidence",
-                         str(evidence), "--signing-key", uri)  # fmt: skip
+        run = compliance(
+            "check",
+            "-i",
+            str(inventory),
+            "--check",
+            "tls.policy",
+            "--evidence",
+            str(evidence),
+            "--signing-key",
+            uri,
+        )
         assert run.returncode == 1, run.stderr
     checked = compliance("verify", str(evidence), "--public-key", str(public))
     assert checked.returncode == 0, checked.stdout
     assert "2 bundles, 0 with problems, 0 breaks in the chain" in checked.stdout
     # A scheduled run signs its bundle and its retention record in one session.
     root = tmp_path / "scheduled"
-    scheduled = compliance("schedule", "run", "weekly", "-i", str(inventory), "--signing-key",
-                           uri, "--evidence-root", str(root), "--keep-days", "1",
-                           "--store", str(tmp_path / "attestations"))  # fmt: skip
+    scheduled = compliance(
+        "schedule",
+        "run",
+        "weekly",
+        "-i",
+        str(inventory),
+        "--signing-key",
+        uri,
+        "--evidence-root",
+        str(root),
+        "--keep-days",
+        "1",
+        "--store",
+        str(tmp_path / "attestations"),
+    )
     assert scheduled.returncode in (1, 2) and "error:" not in scheduled.stderr, scheduled.stderr
-    assert compliance("verify", str(root / "weekly"), "--public-key",
-                      str(public)).returncode == 0  # fmt: skip
+    assert compliance("verify", str(root / "weekly"), "--public-key", str(public)).returncode == 0
     # The private key never left the token.
     library = pkcs11.lib(str(SOFTHSM))
     with library.get_token(token_label="evidence").open(user_pin=USER_PIN) as session:
@@ -61,13 +81,19 @@ def test_bundles_signed_by_a_key_on_the_token(token: str, inventory, tmp_path: P
 def test_a_wrong_pin_or_a_missing_key_is_named(token: str, inventory, tmp_path: Path) -> None:
     pin = Path(token.split("pin-source=file:")[1])
     evidence = str(tmp_path / "evidence")
-    missing = compliance("check", "-i", str(inventory), "--evidence", evidence,
-                         "--signing-key", token.replace("?", ";object=nope-v1?"))  # fmt: skip
+    missing = compliance(
+        "check",
+        "-i",
+        str(inventory),
+        "--evidence",
+        evidence,
+        "--signing-key",
+        token.replace("?", ";object=nope-v1?"),
+    )
     assert missing.returncode == 2 and "nope-v1" in missing.stderr
     pin.write_text("wrong-pin\n")
     key = token.replace("?", ";object=compliance-evidence-v1?")
-    wrong = compliance("check", "-i", str(inventory), "--evidence", evidence,
-                       "--signing-key", key)  # fmt: skip
+    wrong = compliance("check", "-i", str(inventory), "--evidence", evidence, "--signing-key", key)
     assert wrong.returncode == 2 and "token 'evidence'" in wrong.stderr
     assert "wrong-pin" not in wrong.stderr
     pin.chmod(0o644)

@@ -32,25 +32,56 @@ def unreachable_dsn() -> str:
 #  the commands that load that backend)
 BOTH = ("serve", "audit verify")
 CASES = [
-    ("state postgresql without dsn", ("", '\n[state]\nbackend = "postgresql"\n'),
-     "[state] dsn", BOTH),
-    ("audit postgresql without dsn", ("[audit]\n", '[audit]\nbackend = "postgresql"\n'),
-     "[audit] dsn", BOTH),
-    ("unknown state backend", ("", '\n[state]\nbackend = "mysql"\n'),
-     "[state] backend = 'mysql'", BOTH),
-    ("unknown audit backend", ("[audit]\n", '[audit]\nbackend = "mongodb"\n'),
-     "[audit] backend = 'mongodb'", BOTH),
-    ("state backend of the wrong type", ("", "\n[state]\nbackend = 5\n"),
-     "[state] backend: must be str, not int", BOTH),
-    ("audit dsn of the wrong type",
-     ("[audit]\n", '[audit]\nbackend = "postgresql"\ndsn = ["host=db"]\n'),
-     "[audit] dsn: must be str, not list", BOTH),
+    (
+        "state postgresql without dsn",
+        ("", '\n[state]\nbackend = "postgresql"\n'),
+        "[state] dsn",
+        BOTH,
+    ),
+    (
+        "audit postgresql without dsn",
+        ("[audit]\n", '[audit]\nbackend = "postgresql"\n'),
+        "[audit] dsn",
+        BOTH,
+    ),
+    (
+        "unknown state backend",
+        ("", '\n[state]\nbackend = "mysql"\n'),
+        "[state] backend = 'mysql'",
+        BOTH,
+    ),
+    (
+        "unknown audit backend",
+        ("[audit]\n", '[audit]\nbackend = "mongodb"\n'),
+        "[audit] backend = 'mongodb'",
+        BOTH,
+    ),
+    (
+        "state backend of the wrong type",
+        ("", "\n[state]\nbackend = 5\n"),
+        "[state] backend: must be str, not int",
+        BOTH,
+    ),
+    (
+        "audit dsn of the wrong type",
+        ("[audit]\n", '[audit]\nbackend = "postgresql"\ndsn = ["host=db"]\n'),
+        "[audit] dsn: must be str, not list",
+        BOTH,
+    ),
     ("malformed TOML", ("", "\n[state\nbackend = \n"), "not valid TOML", BOTH),
-    ("unreachable audit database", ("[audit]\n", '[audit]\nbackend = "postgresql"\ndsn = "DSN"\n'),
-     "[audit] dsn: cannot use the PostgreSQL audit store", BOTH),
-    ("unreachable state database", ("", '\n[state]\nbackend = "postgresql"\ndsn = "DSN"\n'),
-     "[state] dsn: cannot connect", ("serve",)),
-]  # fmt: skip
+    (
+        "unreachable audit database",
+        ("[audit]\n", '[audit]\nbackend = "postgresql"\ndsn = "DSN"\n'),
+        "[audit] dsn: cannot use the PostgreSQL audit store",
+        BOTH,
+    ),
+    (
+        "unreachable state database",
+        ("", '\n[state]\nbackend = "postgresql"\ndsn = "DSN"\n'),
+        "[state] dsn: cannot connect",
+        ("serve",),
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +102,9 @@ def refused(config: Path, command: str, key: str) -> None:
     assert PASSWORD not in output
 
 
-@pytest.mark.parametrize(("change", "key", "commands"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "key", "commands"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_a_backend_that_cannot_be_loaded_is_a_configuration_error(
     software_setup: Path, tmp_path: Path, change: tuple[str, str], key: str, commands: tuple
 ) -> None:
@@ -99,15 +131,21 @@ def hsm_setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("change", "key"),
     [
-        (('token_label = "securecore"', 'token_label = "other"'),
-         "[keys.pkcs11] token_label = 'other': no such token"),
-        (('user_pin_file = "secrets/hsm_user_pin"', 'user_pin_file = "secrets/wrong_pin"'),
-         "[keys.pkcs11] user_pin_file: the PIN does not open token 'securecore'"),
-        (('module = "/usr/lib/softhsm/libsofthsm2.so"', 'module = "/bin/true"'),
-         "not a loadable PKCS#11 library"),
+        (
+            ('token_label = "securecore"', 'token_label = "other"'),
+            "[keys.pkcs11] token_label = 'other': no such token",
+        ),
+        (
+            ('user_pin_file = "secrets/hsm_user_pin"', 'user_pin_file = "secrets/wrong_pin"'),
+            "[keys.pkcs11] user_pin_file: the PIN does not open token 'securecore'",
+        ),
+        (
+            ('module = "/usr/lib/softhsm/libsofthsm2.so"', 'module = "/bin/true"'),
+            "not a loadable PKCS#11 library",
+        ),
     ],
     ids=["unknown token", "wrong PIN", "not a PKCS#11 library"],
-)  # fmt: skip
+)
 def test_a_key_store_that_does_not_open_names_its_key(
     hsm_setup: Path, tmp_path: Path, change: tuple[str, str], key: str
 ) -> None:

@@ -26,8 +26,16 @@ SO_PIN, USER_PIN = "so-pin-9157-3308", "user-pin-6614-2045"
 TOOLS = ("softhsm2-util", "pkcs11-tool")
 # A PIN flag of softhsm2-util or pkcs11-tool, or a PIN inside a PKCS#11 URI.
 PIN_ON_A_COMMAND_LINE = re.compile(r"--(so-|new-)?pin\b|--init-token\b|pin-value=")
-SEARCHED = ("roles", "molecule", "scripts", "playbooks", "securecore", "compliance", "tests",
-            "bench")  # fmt: skip
+SEARCHED = (
+    "roles",
+    "molecule",
+    "scripts",
+    "playbooks",
+    "securecore",
+    "compliance",
+    "tests",
+    "bench",
+)
 
 
 def test_no_pin_flag_in_the_roles_scripts_package_or_tests() -> None:
@@ -42,9 +50,11 @@ def test_no_pin_flag_in_the_roles_scripts_package_or_tests() -> None:
                 text = path.read_text(encoding="utf-8")
             except (UnicodeDecodeError, OSError):
                 continue
-            found += [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-                      for number, line in enumerate(text.splitlines(), 1)
-                      if PIN_ON_A_COMMAND_LINE.search(line)]  # fmt: skip
+            found += [
+                f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+                for number, line in enumerate(text.splitlines(), 1)
+                if PIN_ON_A_COMMAND_LINE.search(line)
+            ]
     assert found == [], "\n".join(found)
 
 
@@ -68,8 +78,10 @@ class CommandLines:
         for tool in TOOLS:
             real = subprocess.run(["which", tool], capture_output=True, text=True, check=False)
             shim = self.shims / tool
-            shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >> {self.log}\n'
-                            f'exec {real.stdout.strip() or "/bin/false"} "$@"\n')  # fmt: skip
+            shim.write_text(
+                f'#!/bin/sh\nprintf "%s\\n" "{tool} $*" >> {self.log}\n'
+                f'exec {real.stdout.strip() or "/bin/false"} "$@"\n'
+            )
             shim.chmod(0o755)
         self.seen: set[str] = set()
         self._stop = threading.Event()
@@ -108,30 +120,62 @@ def test_the_role_makes_a_token_with_no_pin_on_any_command_line(
     pins = tmp_path / "pins.json"
     pins.write_text(json.dumps({"so_pin": SO_PIN, "user_pin": USER_PIN}))
     role = ROOT / "roles" / "hsm"
-    arguments = json.dumps({"module": str(SOFTHSM), "label": "securecore",
-                            "so_pin": "{{ so_pin }}", "user_pin": "{{ user_pin }}"})  # fmt: skip
+    arguments = json.dumps(
+        {
+            "module": str(SOFTHSM),
+            "label": "securecore",
+            "so_pin": "{{ so_pin }}",
+            "user_pin": "{{ user_pin }}",
+        }
+    )
     with CommandLines(tmp_path) as lines:
         proc = subprocess.run(
-            ["ansible", "localhost", "-M", str(role / "library"), "-m", "pkcs11_token",
-             "-a", arguments, "-e", f"@{pins}"],
-            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-            env={**lines.environment(), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-                 "ANSIBLE_NOCOLOR": "1", "ANSIBLE_MODULE_UTILS": str(role / "module_utils")},
-        )  # fmt: skip
+            [
+                "ansible",
+                "localhost",
+                "-M",
+                str(role / "library"),
+                "-m",
+                "pkcs11_token",
+                "-a",
+                arguments,
+                "-e",
+                f"@{pins}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={
+                **lines.environment(),
+                "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_MODULE_UTILS": str(role / "module_utils"),
+            },
+        )
     assert "CHANGED" in proc.stdout, proc.stdout + proc.stderr
     assert SO_PIN not in proc.stdout + proc.stderr and USER_PIN not in proc.stdout + proc.stderr
     assert any("pkcs11_token" in line or "AnsiballZ" in line for line in lines.seen)  # it watched
     assert lines.with_any_of(SO_PIN, USER_PIN) == []
     # The token is there, and the PINs are the ones given.
     opened = subprocess.run(
-        [sys.executable, "-c", "import pkcs11, sys\n"
-         f"token = pkcs11.lib({str(SOFTHSM)!r}).get_token(token_label='securecore')\n"
-         "so_pin, user_pin = sys.stdin.read().split()\n"
-         "with token.open(user_pin=user_pin): pass\n"
-         "with token.open(rw=True, so_pin=so_pin): pass\n"
-         "print(token.serial.decode())"],
-        input=f"{SO_PIN}\n{USER_PIN}\n", capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import pkcs11, sys\n"
+            f"token = pkcs11.lib({str(SOFTHSM)!r}).get_token(token_label='securecore')\n"
+            "so_pin, user_pin = sys.stdin.read().split()\n"
+            "with token.open(user_pin=user_pin): pass\n"
+            "with token.open(rw=True, so_pin=so_pin): pass\n"
+            "print(token.serial.decode())",
+        ],
+        input=f"{SO_PIN}\n{USER_PIN}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert opened.returncode == 0 and opened.stdout.strip(), opened.stderr
 
 
@@ -144,9 +188,14 @@ def test_securecore_init_makes_its_token_with_no_pin_on_any_command_line(
     setup = tmp_path / "dev"
     with CommandLines(tmp_path) as lines:
         made = subprocess.run(
-            [sys.executable, "-m", "securecore_lab", "init", str(setup)], cwd=ROOT,
-            env=lines.environment(), capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+            [sys.executable, "-m", "securecore_lab", "init", str(setup)],
+            cwd=ROOT,
+            env=lines.environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     assert made.returncode == 0, made.stderr
     assert "SoftHSM2 token 'securecore'" in made.stdout
     pins = [
@@ -155,6 +204,10 @@ def test_securecore_init_makes_its_token_with_no_pin_on_any_command_line(
     assert lines.with_any_of(*pins) == []
     checked = subprocess.run(
         [sys.executable, "-m", "securecore", "audit", "verify", "-c", str(setup / "config.toml")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert checked.returncode == 0, checked.stderr

@@ -60,8 +60,12 @@ print(json.dumps(out))
 
 def test_sign_wrap_and_rotate_on_a_real_token(softhsm: Path) -> None:
     pins = (SO_PIN, USER_PIN)
-    run_module("hsm", "pkcs11_token", {"module": SOFTHSM, "label": "securecore",
-               "so_pin": SO_PIN, "user_pin": USER_PIN}, secrets=pins)  # fmt: skip
+    run_module(
+        "hsm",
+        "pkcs11_token",
+        {"module": SOFTHSM, "label": "securecore", "so_pin": SO_PIN, "user_pin": USER_PIN},
+        secrets=pins,
+    )
     for name, kind in (("securecore-signing", "ec_p256"), ("securecore-kek", "aes256")):
         arguments = {"module": SOFTHSM, "token_label": "securecore", "user_pin": USER_PIN}
         made = run_module(

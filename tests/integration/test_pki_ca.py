@@ -29,9 +29,12 @@ PASSPHRASE = "ca-passphrase-example-0815"
 
 def ca(path: Path, check: bool = False, **extra) -> dict:
     return run_module(
-        "pki", "pki_ca", {"path": str(path), "passphrase": PASSPHRASE, **extra},
-        check=check, secrets=(PASSPHRASE,),
-    )  # fmt: skip
+        "pki",
+        "pki_ca",
+        {"path": str(path), "passphrase": PASSPHRASE, **extra},
+        check=check,
+        secrets=(PASSPHRASE,),
+    )
 
 
 def request(directory: Path, name: str, usage: str = "server", **extra) -> dict:
@@ -52,10 +55,16 @@ def sign(ca_dir: Path, csr: str, name: str, usage: str = "server", **extra) -> d
     return run_module(
         "pki",
         "pki_sign",
-        {"ca_path": str(ca_dir), "passphrase": PASSPHRASE, "csr": csr, "usage": usage,
-         "common_name": name, **extra},
+        {
+            "ca_path": str(ca_dir),
+            "passphrase": PASSPHRASE,
+            "csr": csr,
+            "usage": usage,
+            "common_name": name,
+            **extra,
+        },
         secrets=(PASSPHRASE,),
-    )  # fmt: skip
+    )
 
 
 def issue(ca_dir: Path, directory: Path, name: str, usage: str, **names) -> dict:
@@ -126,9 +135,11 @@ def test_check_mode_on_an_empty_directory_writes_nothing(tmp_path: Path) -> None
 def test_wrong_passphrase_is_a_clear_error_that_changes_nothing(site: Path) -> None:
     crl = (site / "crl.pem").read_bytes()
     result = run_module(
-        "pki", "pki_ca", {"path": str(site), "passphrase": "not-the-passphrase"},
+        "pki",
+        "pki_ca",
+        {"path": str(site), "passphrase": "not-the-passphrase"},
         secrets=("not-the-passphrase", PASSPHRASE),
-    )  # fmt: skip
+    )
     assert result.get("failed")
     assert "root-ca.key: cannot decrypt the key with the given passphrase" in result["msg"]
     assert (site / "crl.pem").read_bytes() == crl
@@ -147,16 +158,28 @@ def test_issued_chain_verifies_with_openssl_and_carries_the_wanted_names(
     site: Path, tmp_path: Path
 ) -> None:
     signed = issue(
-        site, tmp_path, "core-01", "server",
-        dns_names=["core-01", "core-01.example.internal"], ip_addresses=["10.2.200.11"],
-    )  # fmt: skip
+        site,
+        tmp_path,
+        "core-01",
+        "server",
+        dns_names=["core-01", "core-01.example.internal"],
+        ip_addresses=["10.2.200.11"],
+    )
     key = tmp_path / "core-01.key"
     assert key.stat().st_mode & 0o777 == 0o600
     verified = openssl(
-        "verify", "-CAfile", str(site / "root-ca.pem"), "-untrusted", str(tmp_path / "core-01.pem"),
-        "-crl_check", "-CRLfile", str(site / "crl.pem"), "-purpose", "sslserver",
+        "verify",
+        "-CAfile",
+        str(site / "root-ca.pem"),
+        "-untrusted",
         str(tmp_path / "core-01.pem"),
-    )  # fmt: skip
+        "-crl_check",
+        "-CRLfile",
+        str(site / "crl.pem"),
+        "-purpose",
+        "sslserver",
+        str(tmp_path / "core-01.pem"),
+    )
     assert verified.returncode == 0 and ": OK" in verified.stdout, verified.stdout + verified.stderr
     cert = x509.load_pem_x509_certificate(signed["certificate_pem"].encode())
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
@@ -175,9 +198,12 @@ def test_issued_chain_verifies_with_openssl_and_carries_the_wanted_names(
 def test_a_good_certificate_is_kept(site: Path, tmp_path: Path) -> None:
     issue(site, tmp_path, "plugin-01", "client", uris=["spiffe://securecore/plugin/plugin-01"])
     again = request(
-        tmp_path, "plugin-01", "client", issuer=(site / "intermediate-ca.pem").read_text(),
+        tmp_path,
+        "plugin-01",
+        "client",
+        issuer=(site / "intermediate-ca.pem").read_text(),
         uris=["spiffe://securecore/plugin/plugin-01"],
-    )  # fmt: skip
+    )
     assert again["changed"] is False and again["needs_certificate"] is False, again
     assert "csr" not in again and again["days_remaining"] >= 179
 
@@ -242,18 +268,27 @@ def test_revocation_is_permanent_and_reaches_the_crl(site: Path, tmp_path: Path)
     )
     # The holder's next run replaces it.
     asked = request(
-        tmp_path, "lost-laptop", "client", issuer=(site / "intermediate-ca.pem").read_text(),
+        tmp_path,
+        "lost-laptop",
+        "client",
+        issuer=(site / "intermediate-ca.pem").read_text(),
         crl=revoked["crl_pem"],
-    )  # fmt: skip
+    )
     assert asked["needs_certificate"] and asked["reasons"] == ["it is revoked"]
     # Dropping it from the list later un-revokes nothing, and changes nothing.
     later = ca(site)
     assert later["changed"] is False and signed["serial"] in later["revoked"]
     denied = openssl(
-        "verify", "-CAfile", str(site / "root-ca.pem"), "-untrusted",
-        str(tmp_path / "lost-laptop.pem"), "-crl_check", "-CRLfile", str(site / "crl.pem"),
+        "verify",
+        "-CAfile",
+        str(site / "root-ca.pem"),
+        "-untrusted",
         str(tmp_path / "lost-laptop.pem"),
-    )  # fmt: skip
+        "-crl_check",
+        "-CRLfile",
+        str(site / "crl.pem"),
+        str(tmp_path / "lost-laptop.pem"),
+    )
     assert denied.returncode != 0 and "certificate revoked" in denied.stdout + denied.stderr
 
 

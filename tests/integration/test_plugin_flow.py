@@ -40,9 +40,13 @@ from tests.support.devserver import (
 
 def register(server, port: int) -> dict:
     return register_with_core(
-        f"https://127.0.0.1:{server['port']}", tls_policy=server["tls"] / "plugin-policy.json",
-        name="example", vendor="example", endpoint=f"https://localhost:{port}", security_level=4,
-    )  # fmt: skip
+        f"https://127.0.0.1:{server['port']}",
+        tls_policy=server["tls"] / "plugin-policy.json",
+        name="example",
+        vendor="example",
+        endpoint=f"https://localhost:{port}",
+        security_level=4,
+    )
 
 
 def registered_plugin(server) -> dict:
@@ -64,8 +68,12 @@ def test_the_ticket_store_registers_and_answers_through_the_secure_flow(server) 
         answer = register(server, port)
         assert answer["state"] == "active" and answer["score"] > 30
         assert [s["step"] for s in answer["steps"]] == [
-            "request", "security", "communication", "trust", "completion",
-        ]  # fmt: skip
+            "request",
+            "security",
+            "communication",
+            "trust",
+            "completion",
+        ]
         assert "sealed round trip verified" in answer["steps"][2]["detail"]
         assert answer["session"]["access_token"]  # step 5: the plugin's own session
 
@@ -74,9 +82,12 @@ def test_the_ticket_store_registers_and_answers_through_the_secure_flow(server) 
         assert status == 200, created
         ticket = created["result"]
         assert ticket["status"] == "open" and ticket["created_by"] == "admin/admin"
-        status, updated = plugin_call(server, server["token"], "tickets.update",
-                                      {"id": ticket["id"], "status": "resolved",
-                                       "comment": "logs rotated"})  # fmt: skip
+        status, updated = plugin_call(
+            server,
+            server["token"],
+            "tickets.update",
+            {"id": ticket["id"], "status": "resolved", "comment": "logs rotated"},
+        )
         assert status == 200 and updated["result"]["status"] == "resolved"
         status, missing = plugin_call(server, server["token"], "tickets.get", {"id": 999})
         assert status == 422 and "no ticket 999" in missing["error"]["message"]
@@ -115,8 +126,9 @@ def test_without_a_session_or_as_anyone_but_the_core_nothing_reaches_the_plugin(
     port = free_port()
     with ticket_store(server, port):
         register(server, port)
-        status, refused = call(server, "POST", "/v1/plugins/example/call",
-                               body={"op": "tickets.list"})  # fmt: skip
+        status, refused = call(
+            server, "POST", "/v1/plugins/example/call", body={"op": "tickets.list"}
+        )
         assert status == 401 and refused["error"]["code"] == "unauthenticated"
         # The plugin itself answers only the core's certificate.
         direct = http.client.HTTPSConnection(
@@ -136,8 +148,15 @@ def test_without_a_session_or_as_anyone_but_the_core_nothing_reaches_the_plugin(
 def test_a_plugin_answering_badly_loses_trust_until_it_is_suspended(server, mode, code) -> None:
     port = free_port()
     tls, base = server["tls"], server["config"].parent
-    command = [sys.executable, "-m", "tests.support.misbehaving_plugin", mode,
-               str(tls / "plugin-policy.json"), str(base / f"state-{mode}"), str(port)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tests.support.misbehaving_plugin",
+        mode,
+        str(tls / "plugin-policy.json"),
+        str(base / f"state-{mode}"),
+        str(port),
+    ]
     with plugin_process(server, command, port):
         assert register(server, port)["state"] == "active"  # its first answer was good
         before = registered_plugin(server)["score"]
@@ -177,8 +196,9 @@ def test_a_stopped_plugin_drops_its_success_rate_and_trust(server) -> None:
 def stored_channel(server):
     """(state, endpoint, kid, Channel) as the core's registry keeps them."""
     config = load_config(server["config"])
-    registry = PluginRegistry(open_state(config, "plugins"), vendors={},
-                              minimum_security_level=0, probe=lambda *_: {})  # fmt: skip
+    registry = PluginRegistry(
+        open_state(config, "plugins"), vendors={}, minimum_security_level=0, probe=lambda *_: {}
+    )
     return registry.channel("example")
 
 

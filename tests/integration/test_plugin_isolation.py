@@ -89,9 +89,13 @@ def server(tmp_path: Path):
 def register_as(server, name: str, endpoint: str) -> dict:
     policy = "plugin-policy.json" if name == "example" else f"{name}-policy.json"
     return register_with_core(
-        f"https://127.0.0.1:{server['port']}", tls_policy=server["tls"] / policy, name=name,
-        vendor="example", endpoint=endpoint, security_level=4,
-    )  # fmt: skip
+        f"https://127.0.0.1:{server['port']}",
+        tls_policy=server["tls"] / policy,
+        name=name,
+        vendor="example",
+        endpoint=endpoint,
+        security_level=4,
+    )
 
 
 def audit_records(server, action: str) -> list[dict]:
@@ -117,8 +121,9 @@ def test_a_plugin_naming_another_plugins_endpoint_gets_no_key_to_it(server) -> N
         for _ in range(3):
             status, answer = plugin_call(server, server["token"], "tickets.list", {})
             assert status == 200 and len(answer["result"]) == 1
-    failed = [r for r in audit_records(server, "plugin.register.communication")
-              if r["target"] == "other"]  # fmt: skip
+    failed = [
+        r for r in audit_records(server, "plugin.register.communication") if r["target"] == "other"
+    ]
     assert len(failed) == 2 and all(r["outcome"] == "failure" for r in failed)
 
 
@@ -164,9 +169,17 @@ def test_an_endpoint_outside_the_plugin_networks_and_ports_gets_no_connection(se
 def test_a_plugin_takes_channel_keys_only_from_the_cores_it_was_configured_with(server) -> None:
     port = server["plugin_ports"][1]
     tls, base = server["tls"], server["config"].parent
-    command = [sys.executable, "-m", "tests.support.misbehaving_plugin", "good",
-               str(tls / "plugin-policy.json"), str(base / "state"), str(port), "example",
-               "core/core-01,core/core-02"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tests.support.misbehaving_plugin",
+        "good",
+        str(tls / "plugin-policy.json"),
+        str(base / "state"),
+        str(port),
+        "example",
+        "core/core-01,core/core-02",
+    ]
     with plugin_process(server, command, port):
         # The core of this site is core/localhost, which this plugin does not serve.
         with pytest.raises(PluginError, match="core_not_allowed"):
@@ -176,8 +189,12 @@ def test_a_plugin_takes_channel_keys_only_from_the_cores_it_was_configured_with(
         )
         key = base64.b64encode(secrets.token_bytes(32)).decode()
         forged = {"kid": "forged", "key": key, "core_keys": {"k": "x"}}
-        direct.request("PUT", "/securecore/v1/channel", body=json.dumps(forged),
-                       headers={"Content-Type": "application/json"})  # fmt: skip
+        direct.request(
+            "PUT",
+            "/securecore/v1/channel",
+            body=json.dumps(forged),
+            headers={"Content-Type": "application/json"},
+        )
         response = direct.getresponse()
         assert response.status == 403
         assert json.loads(response.read())["error"]["code"] == "core_not_allowed"
@@ -200,12 +217,23 @@ def test_only_what_the_access_policy_names_is_allowed(server) -> None:
             ("admin", server["token"], "nonexistent", "tickets.list", {}),
             ("plugin", plugin_token, "example", "tickets.list", {}),
             ("other", other_session["access_token"], "example", "tickets.get", {"id": 1}),
-            ("other", other_session["access_token"], "example", "tickets.update",
-             {"id": 1, "status": "closed"}),
-        ]  # fmt: skip
+            (
+                "other",
+                other_session["access_token"],
+                "example",
+                "tickets.update",
+                {"id": 1, "status": "closed"},
+            ),
+        ]
         for client, token, plugin, op, args in attempts:
-            status, refused = call(server, "POST", f"/v1/plugins/{plugin}/call", token=token,
-                                   body={"op": op, "args": args}, client=client)  # fmt: skip
+            status, refused = call(
+                server,
+                "POST",
+                f"/v1/plugins/{plugin}/call",
+                token=token,
+                body={"op": op, "args": args},
+                client=client,
+            )
             assert status == 403, (client, plugin, op, refused)
             assert refused["error"]["code"] == "forbidden"
         status, listed = plugin_call(server, server["token"], "tickets.list", {})
@@ -234,11 +262,17 @@ def test_a_suspended_or_revoked_plugin_principal_gets_no_session(server, verb) -
     assert status == 403 and refused["error"]["code"] == "principal_blocked"
     assert "plugin/example is " in refused["error"]["message"]
     for pair in (registered, held):
-        status, refused = call(server, "POST", "/v1/sessions/refresh", client="plugin",
-                               body={"refresh_token": pair["refresh_token"]})  # fmt: skip
+        status, refused = call(
+            server,
+            "POST",
+            "/v1/sessions/refresh",
+            client="plugin",
+            body={"refresh_token": pair["refresh_token"]},
+        )
         assert status == 403 and refused["error"]["code"] == "principal_blocked"
-        status, ended = call(server, "GET", "/v1/sessions/current", client="plugin",
-                             token=pair["access_token"])  # fmt: skip
+        status, ended = call(
+            server, "GET", "/v1/sessions/current", client="plugin", token=pair["access_token"]
+        )
         assert status == 401 and ended["error"]["code"] == "revoked"
     # Other principals are not affected.
     assert call(server, "POST", "/v1/sessions")[0] == 201
@@ -248,11 +282,13 @@ def test_a_suspended_or_revoked_plugin_principal_gets_no_session(server, verb) -
 @pytest.mark.parametrize(
     ("addition", "named"),
     [
-        ('[[plugins.access]]\nprincipals = ["admin/*"]\nplugins = ["*"]\n',
-         "[[plugins.access]][1].operations: a non-empty list"),
+        (
+            '[[plugins.access]]\nprincipals = ["admin/*"]\nplugins = ["*"]\n',
+            "[[plugins.access]][1].operations: a non-empty list",
+        ),
         ("", "[plugins] allowed_networks: '10.0.0.0/33'"),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_access_rule_or_network_stops_the_start(tmp_path: Path, addition, named):
     securecore_lab("init", str(tmp_path / "dev"), "--software-keys")
     config = tmp_path / "dev" / "config.toml"

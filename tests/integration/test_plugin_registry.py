@@ -39,12 +39,27 @@ def endpoint(tmp_path_factory):
     base = tmp_path_factory.mktemp("plugin") / "dev"
     securecore_lab("init", str(base), "--software-keys")
     port = free_port()
-    process = subprocess.Popen([
-        sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",
-        "--tls-policy", str(base / "tls" / "plugin-policy.json"),
-        "--state-dir", str(base / "tickets"), "--listen", f"127.0.0.1:{port}",
-        "--core-principal", "core/localhost",
-    ], stdout=subprocess.DEVNULL, stderr=(base / "plugin.log").open("w"))  # fmt: skip
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "securecore",
+            "plugin",
+            "ticket-store",
+            "--name",
+            "example",
+            "--tls-policy",
+            str(base / "tls" / "plugin-policy.json"),
+            "--state-dir",
+            str(base / "tickets"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--core-principal",
+            "core/localhost",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(base / "plugin.log").open("w"),
+    )
     try:
         wait_for_port(port)
         yield {"port": port, "tls": base / "tls", "config": base / "config.toml"}
@@ -87,8 +102,12 @@ def registry(endpoint, database):
 
 
 def request(server, **changes) -> RegistrationRequest:
-    values = {"name": "example", "vendor": "acme", "security_level": 4,
-              "endpoint": f"https://localhost:{server['port']}"}  # fmt: skip
+    values = {
+        "name": "example",
+        "vendor": "acme",
+        "security_level": 4,
+        "endpoint": f"https://localhost:{server['port']}",
+    }
     return RegistrationRequest(**{**values, **changes})
 
 
@@ -96,8 +115,12 @@ def test_a_plugin_registers_in_five_steps(registry, endpoint) -> None:
     done = registry.register(request(endpoint), principal("plugin", "example"))
     assert done.state == "active" and done.score == 74
     assert [s["step"] for s in done.steps] == [
-        "request", "security", "communication", "trust", "completion",
-    ]  # fmt: skip
+        "request",
+        "security",
+        "communication",
+        "trust",
+        "completion",
+    ]
     assert all(s["outcome"] == "passed" for s in done.steps)
     assert "TLSv1.3" in done.steps[2]["detail"]
     assert [a["code"] for a in done.alerts] == ["plugin_new"]

@@ -18,19 +18,41 @@ from tests.support.evidence import HOSTS, RESULTS
 pytestmark = pytest.mark.chromium
 
 CHROMIUM = shutil.which("chromium") or "chromium (installed by scripts/bootstrap.sh)"
-ITEMS = [{"id": "daily.security_alerts", "title": "Security alerts", "source": "REQ-COMP-8",
-          "status": "pending", "checks": {}, "failing": [], "attestation": None}]  # fmt: skip
+ITEMS = [
+    {
+        "id": "daily.security_alerts",
+        "title": "Security alerts",
+        "source": "REQ-COMP-8",
+        "status": "pending",
+        "checks": {},
+        "failing": [],
+        "attestation": None,
+    }
+]
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # --no-sandbox: the tests run as root; the network flags keep Chromium from
     # calling home on a machine with a closed network.
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}", *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def png_rows(path: Path) -> tuple[int, int, list[bytes]]:
@@ -53,8 +75,9 @@ def png_rows(path: Path) -> tuple[int, int, list[bytes]]:
 
 def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
-    page.write_text(render("Daily operations check", {"inventory": "inventories/lab"},
-                           HOSTS, RESULTS, ITEMS))  # fmt: skip
+    page.write_text(
+        render("Daily operations check", {"inventory": "inventories/lab"}, HOSTS, RESULTS, ITEMS)
+    )
     dumped = chromium(tmp_path, "--dump-dom", page.as_uri())
     assert dumped.returncode == 0, dumped.stderr[-2000:]
     dom = dumped.stdout

@@ -17,12 +17,25 @@ from compliance.report_sections import RunData, build_sections
 from tests.support.devserver import admin, call, dev_server
 
 RESULTS = [
-    {"check": "patches.security_updates", "host": "core-01", "status": "fail",
-     "severity": "high", "controls": {"iso27001-2022": ["A.8.8"]},
-     "detail": "2 security updates pending", "waiver": None},
-    {"check": "service.ready", "host": "core-01", "status": "pass", "severity": "critical",
-     "controls": {"iso27001-2022": ["A.8.16"]}, "detail": "ready", "waiver": None},
-]  # fmt: skip
+    {
+        "check": "patches.security_updates",
+        "host": "core-01",
+        "status": "fail",
+        "severity": "high",
+        "controls": {"iso27001-2022": ["A.8.8"]},
+        "detail": "2 security updates pending",
+        "waiver": None,
+    },
+    {
+        "check": "service.ready",
+        "host": "core-01",
+        "status": "pass",
+        "severity": "critical",
+        "controls": {"iso27001-2022": ["A.8.16"]},
+        "detail": "ready",
+        "waiver": None,
+    },
+]
 
 
 def test_sections_show_the_incidents_and_responses_of_a_real_service(tmp_path: Path) -> None:
@@ -35,15 +48,27 @@ def test_sections_show_the_incidents_and_responses_of_a_real_service(tmp_path: P
     catalogs = load_catalogs()
     checks = load_checks(catalogs)
     now = datetime.datetime.now(datetime.UTC)
-    hosts = [{"host": "core-01", "groups": ["core"], "error": None, "seconds": 1.2},
-             {"host": "dmz-01", "groups": ["dmz"], "error": "unreachable: timeout"}]  # fmt: skip
+    hosts = [
+        {"host": "core-01", "groups": ["core"], "error": None, "seconds": 1.2},
+        {"host": "dmz-01", "groups": ["dmz"], "error": "unreachable: timeout"},
+    ]
     daily = load_checklist("daily", catalogs, checks)
     items = run_items(daily, [], tmp_path / "attestations")
-    data = RunData(hosts, {"core-01": facts}, RESULTS, [i.as_dict() for i in items],
-                   {c.id: c for c in checks}, now)  # fmt: skip
+    data = RunData(
+        hosts,
+        {"core-01": facts},
+        RESULTS,
+        [i.as_dict() for i in items],
+        {c.id: c for c in checks},
+        now,
+    )
     sections = {s.title: s for s in build_sections(daily.report_sections, data)}
-    assert list(sections) == ["Incidents (last 24 hours)", "Alert statistics (last 24 hours)",
-                              "System state", "Response status (last 24 hours)"]  # fmt: skip
+    assert list(sections) == [
+        "Incidents (last 24 hours)",
+        "Alert statistics (last 24 hours)",
+        "System state",
+        "Response status (last 24 hours)",
+    ]
     incidents = sections["Incidents (last 24 hours)"].rows
     assert [r[2] for r in incidents] == ["emergency.shutdown"]
     responses = [r[2:4] for r in sections["Response status (last 24 hours)"].rows]

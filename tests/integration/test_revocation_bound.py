@@ -121,8 +121,11 @@ def fetch(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None)
             # certificate shows as an alert (or nothing) when it reads.
             if not answer:
                 return {"refused": "closed without an answer"}
-            return {"status": answer.split(b" ", 2)[1].decode(), "reused": tls.session_reused,
-                    "session": tls.session}  # fmt: skip
+            return {
+                "status": answer.split(b" ", 2)[1].decode(),
+                "reused": tls.session_reused,
+                "session": tls.session,
+            }
     except (ssl.SSLError, OSError) as error:
         return {"refused": str(error)}
 
@@ -274,12 +277,26 @@ def test_a_plugin_cuts_off_a_revoked_core_certificate(tmp_path: Path) -> None:
         tls, port = site["tls"], free_port()
         log = (tmp_path / "plugin.log").open("w")
         plugin = subprocess.Popen(
-            [sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",
-             "--tls-policy", str(tls / "plugin-policy.json"),
-             "--state-dir", str(tmp_path / "tickets"), "--listen", f"127.0.0.1:{port}",
-                 "--core-principal", "core/localhost"],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "securecore",
+                "plugin",
+                "ticket-store",
+                "--name",
+                "example",
+                "--tls-policy",
+                str(tls / "plugin-policy.json"),
+                "--state-dir",
+                str(tmp_path / "tickets"),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--core-principal",
+                "core/localhost",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         try:
             assert wait_for_port(port), (tmp_path / "plugin.log").read_text()
             core = client(tls, tls, "core")
@@ -313,10 +330,14 @@ def test_a_forged_crl_stops_a_service_from_starting_with_a_clear_error(tmp_path:
     issue_development_leaf(issue, "server", ca, ca_key)
     forger, forger_key = development_ca()
     write_crl(issue, forger, forger_key)
-    site["policy"] = TLSPolicy.from_mapping({
-        "ca_file": str(issue / "ca.pem"), "crl_file": str(issue / "crl.pem"),
-        "server_certificate": str(issue / "server.pem"), "server_key": str(issue / "server.key"),
-    })  # fmt: skip
+    site["policy"] = TLSPolicy.from_mapping(
+        {
+            "ca_file": str(issue / "ca.pem"),
+            "crl_file": str(issue / "crl.pem"),
+            "server_certificate": str(issue / "server.pem"),
+            "server_key": str(issue / "server.key"),
+        }
+    )
     with pytest.raises(TLSPolicyError, match=r"crl_file = .*not signed by a CA this host trusts"):
         site["policy"].server_context()
     write_crl(issue, ca, ca_key)

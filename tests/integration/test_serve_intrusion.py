@@ -84,8 +84,14 @@ def server(tmp_path_factory):
 
 def bad_tokens(server, client: str, count: int = 5, source: str | None = None) -> None:
     for attempt in range(count):
-        status, error = call(server, "POST", "/v1/sessions/refresh", client=client, source=source,
-                             body={"refresh_token": f"guessed-{client}-{attempt}"})  # fmt: skip
+        status, error = call(
+            server,
+            "POST",
+            "/v1/sessions/refresh",
+            client=client,
+            source=source,
+            body={"refresh_token": f"guessed-{client}-{attempt}"},
+        )
         assert status == 401 and error["error"]["code"] == "invalid_refresh", (status, error)
 
 
@@ -108,8 +114,9 @@ def test_failing_principals_behind_one_address_are_locked_and_the_address_stays_
     assert call(server, "GET", "/v1/whoami")[0] == 200
     found = blocks(server)
     assert {(b["kind"], b["subject"]) for b in found} == {
-        ("principal", "dmz/web-1"), ("principal", "dmz/web-2"),
-    }  # fmt: skip
+        ("principal", "dmz/web-1"),
+        ("principal", "dmz/web-2"),
+    }
     assert all(b["until"] is not None for b in found)  # these expire (15 minutes)
     # An administrator clears one principal's lock over mutual TLS.
     admin(server, "acl", "unblock", "--principal", "dmz/web-1")
@@ -134,11 +141,13 @@ def test_privilege_escalation_ends_the_session_and_no_new_one_until_an_operator_
     sessions = json.loads(admin(server, "sessions", "list").stdout)
     assert pair["session_id"] not in [s["id"] for s in sessions]
     # An operator clears it over the local path; the ended session stays ended.
-    cleared = admin(server, "acl", "unblock", "--principal", "plugin/intruder", "--local",
-                    "--by", "alice")  # fmt: skip
+    cleared = admin(
+        server, "acl", "unblock", "--principal", "plugin/intruder", "--local", "--by", "alice"
+    )
     assert json.loads(cleared.stdout) == {"unblocked": "plugin/intruder", "removed": 1}
-    status, error = call(server, "GET", "/v1/sessions/current", client="intruder",
-                         token=pair["access_token"])  # fmt: skip
+    status, error = call(
+        server, "GET", "/v1/sessions/current", client="intruder", token=pair["access_token"]
+    )
     assert status == 401 and error["error"]["code"] == "revoked"
     assert call(server, "POST", "/v1/sessions", client="intruder")[0] == 201
 
@@ -153,8 +162,9 @@ def test_the_local_path_lists_and_clears_blocks_whatever_was_blocked(server) -> 
     admin(server, "acl", "block", "127.0.0.2", "--tls-policy", operator)
     admin(server, "acl", "block", "127.0.0.1", "--tls-policy", operator)
     for policy in (None, operator):
-        refused = admin(server, "acl", "list",
-                        *(("--tls-policy", policy) if policy else ()), check=False)  # fmt: skip
+        refused = admin(
+            server, "acl", "list", *(("--tls-policy", policy) if policy else ()), check=False
+        )
         assert refused.returncode == 2 and "403" in refused.stderr, refused.stderr
     # The local path lists and clears it all.
     found = {(b["kind"], b["subject"]) for b in blocks(server, "--local")}
@@ -193,8 +203,12 @@ def test_only_root_and_the_service_user_may_use_the_local_path(server) -> None:
                 "    answer += chunk\n"
                 "print(answer.decode())\n"
             )
-            other = subprocess.run([sys.executable, "-c", script, str(link)],
-                                   capture_output=True, text=True, timeout=30)  # fmt: skip
+            other = subprocess.run(
+                [sys.executable, "-c", script, str(link)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         finally:
             path.chmod(0o600)
     assert other.returncode == 0, other.stderr
@@ -221,7 +235,7 @@ def test_each_automatic_response_is_audited_who_what_why_until_when(server) -> N
         ("intrusion.lock_principal", "dmz/web-2"),
         ("intrusion.end_session", "plugin/intruder"),
         ("intrusion.lock_principal", "admin/admin"),
-    }  # fmt: skip
+    }
     for record in responses:
         assert record["actor"] == "securecore" and record["outcome"] == "success"
         details = record["details"]
@@ -238,9 +252,13 @@ def test_each_automatic_response_is_audited_who_what_why_until_when(server) -> N
     unblocks = {(r["actor"], r["target"]) for r in records if r["action"] == "acl.unblock"}
     assert ("operator:alice@local/root", "plugin/intruder") in unblocks or os.geteuid() != 0
     assert {t for a, t in unblocks if a.startswith("operator:bob@local/")} == {
-        "127.0.0.1", "127.0.0.2", "admin/admin",
-    }  # fmt: skip
-    assert any(r["action"] == "emergency.recover" and r["actor"].startswith("operator:bob@local/")
-               for r in records)  # fmt: skip
+        "127.0.0.1",
+        "127.0.0.2",
+        "admin/admin",
+    }
+    assert any(
+        r["action"] == "emergency.recover" and r["actor"].startswith("operator:bob@local/")
+        for r in records
+    )
     verified = securecore("audit", "verify", "-c", str(server["config"]))
     assert "audit log OK" in verified.stdout

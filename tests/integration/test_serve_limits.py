@@ -100,9 +100,10 @@ def test_a_chunked_body_is_counted_while_it_is_read(server) -> None:
     # Within the limit it reaches the handler, whose schema answers.
     body = b'{"refresh_token": "' + b"r" * 4000 + b'"}'
     connection = tls_socket(server)
-    connection.sendall(b"POST /v1/sessions/refresh HTTP/1.1\r\nHost: localhost\r\n"
-                       b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n"
-                       % (len(body), body))  # fmt: skip
+    connection.sendall(
+        b"POST /v1/sessions/refresh HTTP/1.1\r\nHost: localhost\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+    )
     connection.settimeout(5)
     status, data, _ = read_answer(connection)
     assert status == 422 and b"refresh_token: length 1-128" in data, data
@@ -112,18 +113,22 @@ def test_each_route_has_its_limit(server) -> None:
     _, pair = call(server, "POST", "/v1/sessions")
     bearer = f"Authorization: Bearer {pair['access_token']}\r\n"
     # A plugin call carries its arguments: 64 KiB by default.
-    status, data, _ = upload(server, "/v1/plugins/example/call", 10_000, chunked=False,
-                             headers=bearer)  # fmt: skip
+    status, data, _ = upload(
+        server, "/v1/plugins/example/call", 10_000, chunked=False, headers=bearer
+    )
     assert status == 422 and b"nested deeper than 32 levels" in data, data  # read, then refused
-    status, data, closed = upload(server, "/v1/plugins/example/call", 70_000, chunked=False,
-                                  headers=bearer)  # fmt: skip
+    status, data, closed = upload(
+        server, "/v1/plugins/example/call", 70_000, chunked=False, headers=bearer
+    )
     assert status in (413, None) and closed, data
     # The configuration's own limit for one route; the others keep the default.
-    status, answer = call(server, "POST", "/v1/admin/acl/block",
-                          body={"address": "192.0.2.1", "reason": "r" * 100})  # fmt: skip
+    status, answer = call(
+        server, "POST", "/v1/admin/acl/block", body={"address": "192.0.2.1", "reason": "r" * 100}
+    )
     assert status == 413 and "larger than 100 bytes" in answer["error"]["message"]
-    status, answer = call(server, "POST", "/v1/admin/acl/unblock",
-                          body={"address": "192.0.2.1" + " " * 200})  # fmt: skip
+    status, answer = call(
+        server, "POST", "/v1/admin/acl/unblock", body={"address": "192.0.2.1" + " " * 200}
+    )
     assert status == 422, answer
 
 
@@ -132,8 +137,12 @@ def test_an_unknown_route_in_the_limits_is_a_configuration_error(server) -> None
     bad.write_text(Path(server["config"]).read_text().replace("acl/block", "nope"))
     proc = subprocess.run(
         [sys.executable, "-m", "securecore", "serve", "-c", str(bad)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "[limits] route_body_bytes '/v1/admin/nope': no such route" in proc.stderr
 
@@ -155,9 +164,13 @@ def test_hundreds_of_megabytes_in_flight_leave_memory_bounded(server) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     before = memory(pid)["VmRSS"]
     # 500 MB at once, to endpoints that need no token: declared and chunked.
-    uploads = [("/v1/sessions/refresh", True), ("/v1/sessions/refresh", False),
-               ("/v1/plugins/register", True), ("/v1/plugins/register", False),
-               ("/v1/sessions/refresh", True)]  # fmt: skip
+    uploads = [
+        ("/v1/sessions/refresh", True),
+        ("/v1/sessions/refresh", False),
+        ("/v1/plugins/register", True),
+        ("/v1/plugins/register", False),
+        ("/v1/sessions/refresh", True),
+    ]
     answers: list = [None] * len(uploads)
 
     def send(index: int, path: str, chunked: bool) -> None:

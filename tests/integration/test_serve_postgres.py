@@ -36,11 +36,13 @@ def test_sessions_live_in_postgresql_and_every_worker_honours_them(server) -> No
     assert status == 201
     for _ in range(6):  # new connections: both workers check the same session
         assert call(server, "GET", "/v1/sessions/current", token=pair["access_token"])[0] == 200
-    status, renewed = call(server, "POST", "/v1/sessions/refresh",
-                           body={"refresh_token": pair["refresh_token"]})  # fmt: skip
+    status, renewed = call(
+        server, "POST", "/v1/sessions/refresh", body={"refresh_token": pair["refresh_token"]}
+    )
     assert status == 200
-    status, reused = call(server, "POST", "/v1/sessions/refresh",
-                          body={"refresh_token": pair["refresh_token"]})  # fmt: skip
+    status, reused = call(
+        server, "POST", "/v1/sessions/refresh", body={"refresh_token": pair["refresh_token"]}
+    )
     assert status == 401 and reused["error"]["code"] == "refresh_reuse"
     status, _ = call(server, "GET", "/v1/sessions/current", token=renewed["access_token"])
     assert status == 401  # reuse revoked the whole session, in every worker
@@ -61,8 +63,9 @@ def test_blocks_and_the_emergency_mode_are_shared_through_postgresql(server) -> 
     admin(server, "emergency-shutdown", "--reason", "drill on postgresql")
     status, body = call(server, "POST", "/v1/sessions")
     assert status == 503 and body["error"]["code"] == "emergency"
-    snapshot = json.loads((server["config"].parent / "data" / "emergency" / "snapshot.json")
-                          .read_text())  # fmt: skip
+    snapshot = json.loads(
+        (server["config"].parent / "data" / "emergency" / "snapshot.json").read_text()
+    )
     assert snapshot["reason"].startswith("drill on postgresql") and snapshot["latest_checkpoint"]
     admin(server, "recover", "--note", "drill over")
     assert call(server, "POST", "/v1/sessions")[0] == 201

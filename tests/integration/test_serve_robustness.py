@@ -37,12 +37,26 @@ burst = 1000
 # escape "\\ud800", which a JSON parser turns into a string UTF-8 cannot hold.
 LONE = "\ud800"
 SURROGATE_REQUESTS = [
-    ("/v1/plugins/register", {"name": LONE, "vendor": "acme",
-                              "endpoint": "https://127.0.0.1:9", "security_level": 3}, "name"),
-    ("/v1/plugins/register", {"name": "example", "vendor": f"ac{LONE}me",
-                              "endpoint": "https://127.0.0.1:9", "security_level": 3}, "vendor"),
-    ("/v1/plugins/register", {"name": "example", "vendor": "acme",
-                              "endpoint": f"https://{LONE}:9", "security_level": 3}, "endpoint"),
+    (
+        "/v1/plugins/register",
+        {"name": LONE, "vendor": "acme", "endpoint": "https://127.0.0.1:9", "security_level": 3},
+        "name",
+    ),
+    (
+        "/v1/plugins/register",
+        {
+            "name": "example",
+            "vendor": f"ac{LONE}me",
+            "endpoint": "https://127.0.0.1:9",
+            "security_level": 3,
+        },
+        "vendor",
+    ),
+    (
+        "/v1/plugins/register",
+        {"name": "example", "vendor": "acme", "endpoint": f"https://{LONE}:9", "security_level": 3},
+        "endpoint",
+    ),
     ("/v1/admin/sessions/revoke", {"principal": f"plugin/{LONE}"}, "principal"),
     ("/v1/admin/sessions/revoke", {"session_id": "s", "reason": "\udfff"}, "reason"),
     ("/v1/admin/acl/unblock", {"address": LONE}, "address"),
@@ -52,7 +66,7 @@ SURROGATE_REQUESTS = [
     ("/v1/admin/emergency-shutdown", {"reason": LONE}, "reason"),
     ("/v1/sessions/refresh", {"refresh_token": LONE}, "refresh_token"),
     ("/v1/sessions/refresh", {LONE: "x"}, "\\ud800"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
@@ -92,10 +106,19 @@ def serve_again(server) -> subprocess.Popen:
     """`securecore serve` on SERVER's configuration and data, as systemd restarts it."""
     log = Path(server["log"]).open("a")  # noqa: SIM115 - closed with the process below
     process = subprocess.Popen(
-        [sys.executable, "-m", "securecore", "serve", "-c", str(server["config"]),
-         "--workers", str(server["workers"])],
-        stdout=subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "securecore",
+            "serve",
+            "-c",
+            str(server["config"]),
+            "--workers",
+            str(server["workers"]),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     log.close()
     assert wait_for_port(server["port"]), Path(server["log"]).read_text()[-3000:]
     return process
@@ -117,8 +140,9 @@ def test_a_writer_that_cannot_write_stops_the_service_which_recovers(server) -> 
         status, ready = get(server, "/readyz")
         assert status == 503 and ready["failed"]["audit_writer"] == "AuditError", ready
         # Nothing more is done: an administrator's action is refused too.
-        status, answer = call(server, "POST", "/v1/admin/acl/block",
-                              body={"address": "192.0.2.7", "minutes": 5})  # fmt: skip
+        status, answer = call(
+            server, "POST", "/v1/admin/acl/block", body={"address": "192.0.2.7", "minutes": 5}
+        )
         assert status == 503, answer
         # The whole service ends, workers included, non-zero: systemd's
         # Restart=on-failure starts it again.
@@ -139,8 +163,9 @@ def test_a_writer_that_cannot_write_stops_the_service_which_recovers(server) -> 
     process = serve_again(server)
     try:
         assert get(server, "/readyz")[0] == 200
-        status, answer = call(server, "POST", "/v1/admin/acl/block",
-                              body={"address": "192.0.2.7", "minutes": 5})  # fmt: skip
+        status, answer = call(
+            server, "POST", "/v1/admin/acl/block", body={"address": "192.0.2.7", "minutes": 5}
+        )
         assert status == 200, answer
     finally:
         stop(process, 0)

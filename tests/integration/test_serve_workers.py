@@ -35,8 +35,17 @@ def worker_pids(server) -> set[int]:
 def test_a_block_made_through_one_worker_holds_in_every_worker(server) -> None:
     # The operator works from 127.0.0.1, the blocked client comes from 127.0.0.2.
     # The ACL comes before the rate limit: refused requests take no tokens.
-    securecore("acl", "block", "127.0.0.2", "--minutes", "5", "--reason", "drill",
-               "-c", str(server["config"]))  # fmt: skip
+    securecore(
+        "acl",
+        "block",
+        "127.0.0.2",
+        "--minutes",
+        "5",
+        "--reason",
+        "drill",
+        "-c",
+        str(server["config"]),
+    )
     refused = [call(server, "GET", "/v1/whoami", source="127.0.0.2") for _ in range(8)]
     assert {status for status, _ in refused} == {403}
     assert {error["error"]["code"] for _, error in refused} == {"acl"}
@@ -48,9 +57,10 @@ def test_metrics_add_up_every_worker(server) -> None:
     response, text = scrape(server)
     assert response.status == 200
     counted = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
         if line.startswith("securecore_requests_total{")
-    }  # fmt: skip
+    }
     # Every request so far, whichever worker answered it: the block and the
     # unblock, 8 refused by the ACL (before routing), 1 allowed.
     assert sum(counted.values()) == 11
@@ -103,8 +113,9 @@ def test_stopping_ends_every_process_and_the_audit_log_verifies(server) -> None:
     exported = securecore("audit", "export", "-c", str(server["config"])).stdout.splitlines()
     records = [json.loads(line)["record"] for line in exported if '"type":"record"' in line]
     decisions = [r for r in records if r["action"].startswith("policy.")]
-    assert sum(r["action"] == "policy.acl" and r["outcome"] == "denied"
-               for r in decisions) == 8  # fmt: skip
-    assert sum(r["action"] == "policy.rate_limit" and r["outcome"] == "denied"
-               for r in decisions) >= 12  # fmt: skip
+    assert sum(r["action"] == "policy.acl" and r["outcome"] == "denied" for r in decisions) == 8
+    assert (
+        sum(r["action"] == "policy.rate_limit" and r["outcome"] == "denied" for r in decisions)
+        >= 12
+    )
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))

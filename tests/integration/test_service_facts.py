@@ -25,8 +25,12 @@ def test_facts_of_a_running_service_and_nothing_secret(tmp_path: Path) -> None:
     assert before["backup"] == {"newest": None, "newest_age_hours": None, "unverified": []}
     assert after["backup"]["newest"].endswith(".manifest.json")
     assert after["backup"]["newest_age_hours"] < 0.1
-    assert before["plugins"] == {"active_count": 0, "lowest_active_score": None,
-                                 "registered": {}, "suspended": []}  # fmt: skip
+    assert before["plugins"] == {
+        "active_count": 0,
+        "lowest_active_score": None,
+        "registered": {},
+        "suspended": [],
+    }
     assert before["events"]["incidents"] == [] and before["events"]["responses"] == []
     events = after["events"]
     for window in ("1d", "7d", "31d"):
@@ -37,8 +41,11 @@ def test_facts_of_a_running_service_and_nothing_secret(tmp_path: Path) -> None:
     assert set(block) == {"at", "action", "target", "outcome"}  # never the details
     text = json.dumps(after)
     dev = tmp_path / "dev"
-    for path in [*(dev / "keys").iterdir(), *(dev / "secrets").iterdir(),
-                 *(dev / "tls").glob("*.key")]:  # fmt: skip
+    for path in [
+        *(dev / "keys").iterdir(),
+        *(dev / "secrets").iterdir(),
+        *(dev / "tls").glob("*.key"),
+    ]:
         data = path.read_bytes()
         lines = [line for line in data.decode(errors="ignore").splitlines() if len(line) > 20]
         for needle in (data.hex()[:32], base64.b64encode(data).decode()[:32], *lines[:1]):

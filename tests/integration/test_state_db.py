@@ -30,8 +30,9 @@ def test_processes_opening_a_new_database_together_all_succeed(tmp_path: Path) -
     for attempt in range(20):
         start, results = spawn.Barrier(OPENERS), spawn.Queue()
         path = str(tmp_path / f"state-{attempt}.db")
-        processes = [spawn.Process(target=_open, args=(path, start, results))
-                     for _ in range(OPENERS)]  # fmt: skip
+        processes = [
+            spawn.Process(target=_open, args=(path, start, results)) for _ in range(OPENERS)
+        ]
         for process in processes:
             process.start()
         outcomes = [results.get(timeout=30) for _ in processes]

@@ -43,8 +43,10 @@ def open_log(tmp_path: Path, keys: SoftwareKeys, **options) -> AuditLog:
 
 
 def public_keys(keys: SoftwareKeys) -> dict:
-    return {f"securecore-signing-v{v}": keys.public_key(f"securecore-signing-v{v}")
-            for v in keys.versions("securecore-signing")}  # fmt: skip
+    return {
+        f"securecore-signing-v{v}": keys.public_key(f"securecore-signing-v{v}")
+        for v in keys.versions("securecore-signing")
+    }
 
 
 def verify(tmp_path: Path, keys: SoftwareKeys):

@@ -123,8 +123,12 @@ def securecore(
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", tool, *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -181,6 +185,12 @@ STATE = Path(tempfile.mkdtemp(prefix="compliance-state-"))
 
 def compliance(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "XDG_STATE_HOME": os.environ.get("XDG_STATE_HOME", str(STATE))}
-    return subprocess.run([sys.executable, "-m", "compliance.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env=environment)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "compliance.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=environment,
+    )

@@ -68,16 +68,22 @@ def dev_server(
     log_path = directory / "server.log"
     log = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "securecore", "serve", "-c", str(config),
-         "--workers", str(workers)],
-        stdout=subprocess.DEVNULL, stderr=log, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "securecore", "serve", "-c", str(config), "--workers", str(workers)],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )
     if not wait_for_port(port):
         process.kill()
         pytest.fail(f"the server did not start: {log_path.read_text()}")
     try:
-        yield {"port": port, "tls": directory / "tls", "config": config, "process": process,
-               "log": log_path}  # fmt: skip
+        yield {
+            "port": port,
+            "tls": directory / "tls",
+            "config": config,
+            "process": process,
+            "log": log_path,
+        }
     finally:
         if process.poll() is None:
             process.terminate()  # a supervisor stops its workers before it ends
@@ -111,9 +117,12 @@ def get(server, path: str, headers=None, **options) -> tuple[int, dict]:
 
 def call(server, method: str, path: str, *, token=None, body=None, client="admin", source=None):
     connection = http.client.HTTPSConnection(
-        "127.0.0.1", server["port"], context=context(server["tls"], client=client), timeout=10,
+        "127.0.0.1",
+        server["port"],
+        context=context(server["tls"], client=client),
+        timeout=10,
         source_address=(source, 0) if source else None,
-    )  # fmt: skip
+    )
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     payload = json.dumps(body).encode() if body is not None else None
     if payload is not None:
@@ -184,16 +193,33 @@ def plugin_process(server, command: list[str], port: int):
 
 def ticket_store(server, port: int):
     tls, base = server["tls"], server["config"].parent
-    return plugin_process(server, [
-        sys.executable, "-m", "securecore", "plugin", "ticket-store", "--name", "example",
-        "--tls-policy", str(tls / "plugin-policy.json"), "--state-dir", str(base / "tickets"),
-        "--listen", f"127.0.0.1:{port}", "--core-principal", "core/localhost",
-    ], port)  # fmt: skip
+    return plugin_process(
+        server,
+        [
+            sys.executable,
+            "-m",
+            "securecore",
+            "plugin",
+            "ticket-store",
+            "--name",
+            "example",
+            "--tls-policy",
+            str(tls / "plugin-policy.json"),
+            "--state-dir",
+            str(base / "tickets"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--core-principal",
+            "core/localhost",
+        ],
+        port,
+    )
 
 
 def plugin_call(server, token: str, op: str, args: dict) -> tuple[int, dict]:
-    return call(server, "POST", "/v1/plugins/example/call", token=token,
-                body={"op": op, "args": args})  # fmt: skip
+    return call(
+        server, "POST", "/v1/plugins/example/call", token=token, body={"op": op, "args": args}
+    )
 
 
 def file_serial(path: Path) -> int:

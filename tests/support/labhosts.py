@@ -164,11 +164,26 @@ except Exception as e:
 """
 
 
-def https(host, address: str, method: str, path: str, *, client: str | None = f"{TLS}/client",
-          token: str | None = None, body: dict | None = None) -> tuple[int, object]:  # fmt: skip
+def https(
+    host,
+    address: str,
+    method: str,
+    path: str,
+    *,
+    client: str | None = f"{TLS}/client",
+    token: str | None = None,
+    body: dict | None = None,
+) -> tuple[int, object]:
     """(status, JSON answer) of a request from HOST; status 0 if no HTTP answer came."""
-    request = {"host": address, "port": 8443, "ca": f"{TLS}/ca.pem", "method": method,
-               "path": path, "token": token, "body": body}  # fmt: skip
+    request = {
+        "host": address,
+        "port": 8443,
+        "ca": f"{TLS}/ca.pem",
+        "method": method,
+        "path": path,
+        "token": token,
+        "body": body,
+    }
     if client:
         request.update(cert=f"{client}.pem", key=f"{client}.key")
     out = host.check_output(f"python3 -c {shlex.quote(CLIENT)} {shlex.quote(json.dumps(request))}")

@@ -41,8 +41,14 @@ def main() -> None:
     mode, policy, state, port = sys.argv[1:5]
     name = sys.argv[5] if len(sys.argv) > 5 else "example"
     cores = (sys.argv[6] if len(sys.argv) > 6 else "core/localhost").split(",")
-    plugin = Misbehaving(mode, name, {"echo": lambda args, caller: args},
-                         tls_policy=policy, state_dir=state, core_principals=cores)  # fmt: skip
+    plugin = Misbehaving(
+        mode,
+        name,
+        {"echo": lambda args, caller: args},
+        tls_policy=policy,
+        state_dir=state,
+        core_principals=cores,
+    )
     plugin.run("127.0.0.1", int(port))
 
 

@@ -24,8 +24,11 @@ def postgres_bin() -> Path | None:
 def _as_postgres(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["runuser", "-u", "postgres", "--", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @contextmanager
@@ -45,9 +48,16 @@ def postgres_server() -> Iterator[str]:
         assert made.returncode == 0, made.stderr
         _as_postgres("mkdir", "-m", "0700", str(sockets))
         started = _as_postgres(
-            str(binaries / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "server.log"),
-            "-o", f"-k {sockets} -c listen_addresses='' -c fsync=on", "start",
-        )  # fmt: skip
+            str(binaries / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(base / "server.log"),
+            "-o",
+            f"-k {sockets} -c listen_addresses='' -c fsync=on",
+            "start",
+        )
         assert started.returncode == 0, started.stderr + (base / "server.log").read_text()
         created = _as_postgres(str(binaries / "createdb"), "-h", str(sockets), "securecore")
         assert created.returncode == 0, created.stderr

@@ -20,5 +20,11 @@ def make_token(label: str, so_pin: str, user_pin: str) -> None:
         "so_pin, user_pin = sys.stdin.read().split()\n"
         f"initialise_token({str(SOFTHSM)!r}, {label!r}, so_pin, user_pin)\n"
     )
-    subprocess.run([sys.executable, "-c", program], input=f"{so_pin}\n{user_pin}\n",
-                   text=True, check=True, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", program],
+        input=f"{so_pin}\n{user_pin}\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )

@@ -10,11 +10,15 @@ import yaml
 RULES = yaml.safe_load(files("securecore.monitoring").joinpath("alerts.yml").read_text())
 # Every series the service exports (securecore/monitoring, securecore/server/live_metrics.py).
 EXPORTED = {
-    "securecore_plugin_trust_score", "securecore_plugin_success_ratio", "securecore_plugin_calls",
-    "securecore_plugins", "securecore_certificate_not_after_seconds",
-    "securecore_audit_uncheckpointed_records", "securecore_request_duration_seconds_bucket",
+    "securecore_plugin_trust_score",
+    "securecore_plugin_success_ratio",
+    "securecore_plugin_calls",
+    "securecore_plugins",
+    "securecore_certificate_not_after_seconds",
+    "securecore_audit_uncheckpointed_records",
+    "securecore_request_duration_seconds_bucket",
     "up",
-}  # fmt: skip
+}
 
 
 def rules() -> list[dict]:

@@ -29,8 +29,9 @@ def test_every_property_is_checked_and_every_problem_listed() -> None:
 
 
 def test_the_openapi_document_matches_the_routes(tmp_path) -> None:
-    actions = AdminActions(audit=None, sessions=None, policy_state=None, registry=None,
-                           snapshot=None, status=dict)  # fmt: skip
+    actions = AdminActions(
+        audit=None, sessions=None, policy_state=None, registry=None, snapshot=None, status=dict
+    )
     sessions = SessionManager(software_ring(tmp_path), tmp_path / "sessions.db")
     app = create_app(trust_domain="securecore", sessions=sessions, admin=actions)
     declared = {

@@ -90,13 +90,18 @@ def test_malformed_and_unknown_requests_are_refused_with_reasons(setup) -> None:
 
 def test_a_state_file_changed_behind_the_witness_stops_it_accepting(setup) -> None:
     witness, origin_key, _, leaves = setup
-    assert witness.add_checkpoint(add_checkpoint_body(0, [], sign(origin_key,
-                                  checkpoint(leaves, 2)))).status == 200  # fmt: skip
+    assert (
+        witness.add_checkpoint(
+            add_checkpoint_body(0, [], sign(origin_key, checkpoint(leaves, 2)))
+        ).status
+        == 200
+    )
     stranger = ec.generate_private_key(ec.SECP256R1())
     (state,) = (witness.state_dir / "origins").iterdir()
     state.write_text(sign(stranger, Checkpoint(ORIGIN, 1, merkle.root(leaves[:1]))))
-    answer = witness.add_checkpoint(add_checkpoint_body(1, [], sign(origin_key,
-                                    checkpoint(leaves, 1))))  # fmt: skip
+    answer = witness.add_checkpoint(
+        add_checkpoint_body(1, [], sign(origin_key, checkpoint(leaves, 1)))
+    )
     assert answer.status == 500 and "does not verify" in answer.body
 
 

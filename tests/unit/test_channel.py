@@ -41,15 +41,26 @@ KEY = new_channel_key()
 
 
 def sealed(**changes):
-    options = {"sender": "core", "recipient": "plugin/tickets", "payload": {"op": "x", "n": 1},
-               "sign": CORE_SIGN, "now": NOW, **changes}  # fmt: skip
+    options = {
+        "sender": "core",
+        "recipient": "plugin/tickets",
+        "payload": {"op": "x", "n": 1},
+        "sign": CORE_SIGN,
+        "now": NOW,
+        **changes,
+    }
     return seal_message(KEY, "tickets-1", **options)
 
 
 def opened(message, guard=None, keys=None, **changes):
-    options = {"keys": keys or {"tickets-1": KEY}.get, "verify": public_keys_verifier(CORE_KEYS),
-               "recipient": "plugin/tickets", "guard": guard or ReplayGuard(), "now": NOW,
-               **changes}  # fmt: skip
+    options = {
+        "keys": keys or {"tickets-1": KEY}.get,
+        "verify": public_keys_verifier(CORE_KEYS),
+        "recipient": "plugin/tickets",
+        "guard": guard or ReplayGuard(),
+        "now": NOW,
+        **changes,
+    }
     return open_message(message, **options)
 
 

@@ -34,8 +34,11 @@ def test_annex_a_has_its_93_controls_in_four_themes(catalogs) -> None:
     wanted += [f"A.7.{i}" for i in range(1, 15)] + [f"A.8.{i}" for i in range(1, 35)]
     assert iso.ids() == wanted
     assert Counter(c.theme for c in iso.controls) == {
-        "organizational": 37, "people": 8, "physical": 14, "technological": 34,
-    }  # fmt: skip
+        "organizational": 37,
+        "people": 8,
+        "physical": 14,
+        "technological": 34,
+    }
     assert iso.get("A.8.24").title == "Use of cryptography"
 
 
@@ -44,9 +47,12 @@ def test_the_soc2_criteria_are_complete(catalogs) -> None:
     common = [i for i in soc2.ids() if i.startswith("CC")]
     assert len(common) == 33 and common[0] == "CC1.1" and common[-1] == "CC9.2"
     assert Counter(c.theme for c in soc2.controls) == {
-        "security": 33, "availability": 3, "confidentiality": 2, "processing_integrity": 5,
+        "security": 33,
+        "availability": 3,
+        "confidentiality": 2,
+        "processing_integrity": 5,
         "privacy": 18,
-    }  # fmt: skip
+    }
 
 
 def test_a_catalog_that_lost_a_control_or_repeats_one_is_refused(tmp_path: Path) -> None:
@@ -62,13 +68,16 @@ def test_a_catalog_that_lost_a_control_or_repeats_one_is_refused(tmp_path: Path)
 
 
 FACTS = {
-    "sshd": {"permitrootlogin": "no", "clientaliveinterval": 300,
-             "ciphers": "aes256-gcm@openssh.com,chacha20-poly1305@openssh.com"},
+    "sshd": {
+        "permitrootlogin": "no",
+        "clientaliveinterval": 300,
+        "ciphers": "aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
+    },
     "auditd": {"rule_keys": ["identity", "logins", "time-change"]},
     "hardening": {"failed": []},
     "aide": {"database": None},
     "flag": True,
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(
@@ -80,8 +89,13 @@ FACTS = {
         ({"fact": "sshd.clientaliveinterval", "below": 300}, False),
         ({"fact": "sshd.clientaliveinterval", "above": 0}, True),
         ({"fact": "sshd.clientaliveinterval", "at_least": 301}, False),
-        ({"fact": "sshd.ciphers", "subset_of": ["aes256-gcm@openssh.com",
-                                                 "chacha20-poly1305@openssh.com"]}, True),
+        (
+            {
+                "fact": "sshd.ciphers",
+                "subset_of": ["aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"],
+            },
+            True,
+        ),
         ({"fact": "sshd.ciphers", "subset_of": ["aes256-gcm@openssh.com"]}, False),
         ({"fact": "auditd.rule_keys", "includes": ["identity", "logins"]}, True),
         ({"fact": "auditd.rule_keys", "includes": ["identity", "session"]}, False),
@@ -95,12 +109,14 @@ FACTS = {
         ({"fact": "aide.database", "empty": True}, False),
         ({"fact": "sshd.banner", "equals": None}, False),  # absent is never a pass
         ({"fact": "flag", "at_most": 1}, False),  # a boolean is not a number
-        ({"all": [{"fact": "flag", "equals": True}, {"fact": "sshd.banner", "exists": True}]},
-         False),
+        (
+            {"all": [{"fact": "flag", "equals": True}, {"fact": "sshd.banner", "exists": True}]},
+            False,
+        ),
         ({"any": [{"fact": "flag", "equals": False}, {"fact": "flag", "equals": True}]}, True),
         ({"not": {"fact": "flag", "equals": True}}, False),
     ],
-)  # fmt: skip
+)
 def test_rules(rule, passed) -> None:
     validate(rule, "test")
     outcome = evaluate(rule, FACTS)
@@ -135,13 +151,16 @@ def test_the_shipped_checks_load_with_their_facts(checks) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"controls": {"iso27001-2022": ["A.9.9"]}}, r"\(ssh.root_login_disabled\): "
-                                                     r"iso27001-2022 has no control A.9.9"),
+        (
+            {"controls": {"iso27001-2022": ["A.9.9"]}},
+            r"\(ssh.root_login_disabled\): "
+            r"iso27001-2022 has no control A.9.9",
+        ),
         ({"severity": "urgent"}, "severity 'urgent'"),
         ({"rule": {"fact": "x", "greater": 1}}, r"\(ssh.root_login_disabled\): rule: one test"),
         ({"controls": {"nist": ["AC-1"]}}, "no framework 'nist'"),
     ],
-)  # fmt: skip
+)
 def test_a_broken_check_is_named_with_its_file(tmp_path, catalogs, change, message) -> None:
     shutil.copytree(CHECK_DIR, tmp_path / "checks")
     path = tmp_path / "checks" / "host.yaml"
@@ -155,8 +174,11 @@ def test_a_broken_check_is_named_with_its_file(tmp_path, catalogs, change, messa
 
 def test_each_checklist_has_its_seven_required_items(catalogs, checks) -> None:
     checklists = load_checklists(catalogs, checks)
-    for name, section in (("daily", "REQ-COMP-8"), ("weekly", "REQ-COMP-9"),
-                          ("monthly", "REQ-COMP-10")):  # fmt: skip
+    for name, section in (
+        ("daily", "REQ-COMP-8"),
+        ("weekly", "REQ-COMP-9"),
+        ("monthly", "REQ-COMP-10"),
+    ):
         items = checklists[name].items
         assert sum(section in item.source for item in items) == 7, name
         assert all(item.checks or item.attested_controls for item in items)
@@ -170,16 +192,20 @@ def test_a_checklist_naming_an_unknown_check_is_refused(tmp_path, catalogs, chec
     shutil.copytree(CHECKLIST_DIR, tmp_path / "lists")
     path = tmp_path / "lists" / "daily.yaml"
     path.write_text(path.read_text().replace("service.ready,", "service.raedy,"))
-    with pytest.raises(CatalogError, match=r"daily.yaml: items\[0\] \(daily.system_status\): "
-                                           r"no check service.raedy"):  # fmt: skip
+    with pytest.raises(
+        CatalogError,
+        match=r"daily.yaml: items\[0\] \(daily.system_status\): "
+        r"no check service.raedy",
+    ):
         load_checklist("daily", catalogs, checks, tmp_path / "lists")
     with pytest.raises(CatalogError, match="no checklist 'yearly'"):
         load_checklist("yearly", catalogs, checks)
 
 
 def test_every_control_is_covered_or_not_applicable_with_a_reason(catalogs, checks) -> None:
-    table = coverage(catalogs, checks, load_checklists(catalogs, checks),
-                     load_applicability(catalogs))  # fmt: skip
+    table = coverage(
+        catalogs, checks, load_checklists(catalogs, checks), load_applicability(catalogs)
+    )
     gaps = [e.id for entries in table.values() for e in entries if e.status == "gap"]
     assert gaps == []
     iso = {e.id: e for e in table["iso27001-2022"]}
@@ -193,8 +219,9 @@ def test_a_control_left_uncovered_is_a_gap_and_the_cli_says_so(tmp_path, catalog
     shutil.copytree(CATALOG_DIR, tmp_path / "catalogs")
     path = tmp_path / "catalogs" / "iso27001-2022.yaml"
     data = yaml.safe_load(path.read_text())
-    data["controls"].append({"id": "A.8.35", "title": "A control nobody covers",
-                             "theme": "technological"})  # fmt: skip
+    data["controls"].append(
+        {"id": "A.8.35", "title": "A control nobody covers", "theme": "technological"}
+    )
     data["expected_controls"] = 94
     path.write_text(yaml.safe_dump(data))
     widened = load_catalogs(tmp_path / "catalogs")
@@ -208,8 +235,12 @@ def test_not_applicable_and_covered_at_once_is_a_contradiction(tmp_path, catalog
     statement["iso27001-2022"]["A.8.2"] = "we have no privileged access"
     (tmp_path / "soa.yaml").write_text(yaml.safe_dump(statement))
     with pytest.raises(CatalogError, match=r"A\.8\.2 is marked not applicable but covered by"):
-        coverage(catalogs, checks, load_checklists(catalogs, checks),
-                 load_applicability(catalogs, tmp_path / "soa.yaml"))  # fmt: skip
+        coverage(
+            catalogs,
+            checks,
+            load_checklists(catalogs, checks),
+            load_applicability(catalogs, tmp_path / "soa.yaml"),
+        )
     statement["iso27001-2022"]["A.8.2"] = " "
     (tmp_path / "soa.yaml").write_text(yaml.safe_dump(statement))
     with pytest.raises(CatalogError, match=r"A\.8\.2: the reason is required"):
@@ -217,8 +248,13 @@ def test_not_applicable_and_covered_at_once_is_a_contradiction(tmp_path, catalog
 
 
 def compliance_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "compliance.cli", *args], capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "compliance.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_the_cli() -> None:

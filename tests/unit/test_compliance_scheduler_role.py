@@ -45,15 +45,24 @@ def test_the_units_anchor_each_series_and_pin_the_attesters(tmp_path) -> None:
     pem = (tmp_path / "alice.key.pub").read_text()
     for attesters, names in (({}, []), ({"alice": pem, "bob: x": pem}, ["alice", "bob: x"])):
         path = tmp_path / "attesters.yml"
-        path.write_text(template.render(ansible_managed="managed",
-                                        compliance_scheduler_attesters=attesters,
-                                        compliance_scheduler_attester_cas=[]))  # fmt: skip
+        path.write_text(
+            template.render(
+                ansible_managed="managed",
+                compliance_scheduler_attesters=attesters,
+                compliance_scheduler_attester_cas=[],
+            )
+        )
         assert sorted(load_attesters(path)) == names
     from tests.support.evidence import issued_certificate
 
     authority = load_signing_key(tmp_path / "alice.key")
     ca = issued_certificate("people CA", authority.public_key(), "people CA", authority)
     pem = ca.public_bytes(serialization.Encoding.PEM).decode()
-    path.write_text(template.render(ansible_managed="managed", compliance_scheduler_attesters={},
-                                    compliance_scheduler_attester_cas=[pem]))  # fmt: skip
+    path.write_text(
+        template.render(
+            ansible_managed="managed",
+            compliance_scheduler_attesters={},
+            compliance_scheduler_attester_cas=[pem],
+        )
+    )
     assert load_attesters(path).authorities == (ca,)

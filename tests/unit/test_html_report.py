@@ -20,8 +20,9 @@ class Tags(HTMLParser):
 
 
 def test_a_check_report_escapes_what_hosts_said_and_fetches_nothing() -> None:
-    page = render("compliance check", {"inventory": "inventories/lab", "x": {"nested": 1}},
-                  HOSTS, RESULTS)  # fmt: skip
+    page = render(
+        "compliance check", {"inventory": "inventories/lab", "x": {"nested": 1}}, HOSTS, RESULTS
+    )
     parser = Tags()
     parser.feed(page)
     assert "script" not in parser.tags and "b" not in parser.tags
@@ -35,17 +36,37 @@ def test_a_check_report_escapes_what_hosts_said_and_fetches_nothing() -> None:
 
 
 def test_a_checklist_report_shows_items_and_attestations() -> None:
-    items = [{"id": "daily.security_alerts", "title": "Security alerts", "source": "REQ-COMP-8",
-              "status": "pass", "checks": {}, "failing": [],
-              "attestation": {"by": "alice <a@x>", "at": "2026-11-26T09:00:00+00:00",
-                              "note": "quiet", "files": [], "signed_by": "ab" * 32}},
-             {"id": "daily.performance_metrics", "title": "Performance", "source": "REQ-COMP-8",
-              "status": "pending", "checks": {}, "failing": [], "attestation": None,
-              "not_counted": ["x.json: by <mallory>, who is not in the attesters file"]},
-             ]  # fmt: skip
+    items = [
+        {
+            "id": "daily.security_alerts",
+            "title": "Security alerts",
+            "source": "REQ-COMP-8",
+            "status": "pass",
+            "checks": {},
+            "failing": [],
+            "attestation": {
+                "by": "alice <a@x>",
+                "at": "2026-11-26T09:00:00+00:00",
+                "note": "quiet",
+                "files": [],
+                "signed_by": "ab" * 32,
+            },
+        },
+        {
+            "id": "daily.performance_metrics",
+            "title": "Performance",
+            "source": "REQ-COMP-8",
+            "status": "pending",
+            "checks": {},
+            "failing": [],
+            "attestation": None,
+            "not_counted": ["x.json: by <mallory>, who is not in the attesters file"],
+        },
+    ]
     page = render("Daily operations check", {}, HOSTS[:1], RESULTS, items)
     assert "Summary: <strong>1 pending, 1 pass</strong>" in page
-    assert f"alice &lt;a@x&gt; (signed, key {'ab' * 8}...), 2026-11-26T09:00:00+00:00: quiet" \
-        in page  # fmt: skip
+    assert (
+        f"alice &lt;a@x&gt; (signed, key {'ab' * 8}...), 2026-11-26T09:00:00+00:00: quiet" in page
+    )
     assert "not counted: x.json: by &lt;mallory&gt;, who is not in the attesters file" in page
     assert '<span class="status pending">pending</span>' in page

@@ -38,11 +38,19 @@ def certificate(*uris: str) -> str:
 
 def scope(path: str, pem: str | None, headers=()) -> dict:
     value = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "https", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": list(headers), "client": ("127.0.0.1", 1),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": list(headers),
+        "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 2),
-    }  # fmt: skip
+    }
     if pem is not None:
         value["extensions"] = {"tls": {"client_cert_chain": [pem]}}
     return value
@@ -91,9 +99,13 @@ def test_a_good_certificate_names_its_principal(tmp_path: Path) -> None:
 
 def test_only_administrators_reach_the_admin_api() -> None:
     untouched = AdminActions(
-        audit=None, sessions=None, policy_state=None, registry=None, snapshot=None,
+        audit=None,
+        sessions=None,
+        policy_state=None,
+        registry=None,
+        snapshot=None,
         status=lambda: {"called": True},
-    )  # fmt: skip
+    )
     plugin = certificate("spiffe://securecore/plugin/plugin-01")
     status, body = call(scope("/v1/admin/status", plugin), admin=untouched)
     assert status == 403 and b"administrators only" in body
@@ -113,13 +125,18 @@ def test_a_non_administrator_on_the_admin_api_loses_its_sessions(tmp_path: Path)
     pair = sessions.create("plugin/plugin-01")
     audited: list = []
     responder = IntrusionResponder(
-        IntrusionDetector(PolicyState(tmp_path / "policy.db")), sessions,
+        IntrusionDetector(PolicyState(tmp_path / "policy.db")),
+        sessions,
         lambda *record: audited.append(record),
-    )  # fmt: skip
+    )
     untouched = AdminActions(
-        audit=None, sessions=None, policy_state=None, registry=None, snapshot=None,
+        audit=None,
+        sessions=None,
+        policy_state=None,
+        registry=None,
+        snapshot=None,
         status=lambda: {},
-    )  # fmt: skip
+    )
     plugin = certificate("spiffe://securecore/plugin/plugin-01")
     status, _ = call(
         scope("/v1/admin/status", plugin), admin=untouched, sessions=sessions, intrusion=responder

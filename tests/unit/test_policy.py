@@ -194,9 +194,14 @@ def test_trust_stage_refuses_suspended_plugins_and_asks_for_step_up(state) -> No
     )
     assert not asked.allowed and "step-up authentication required" in asked.reason
     done = policy_engine.decide(
-        ctx(principal="admin/fay", plugin="tickets", plugin_state="active",
-            trust_actions=step_up, step_up_done=True)
-    )  # fmt: skip
+        ctx(
+            principal="admin/fay",
+            plugin="tickets",
+            plugin_state="active",
+            trust_actions=step_up,
+            step_up_done=True,
+        )
+    )
     assert done.allowed
 
 

@@ -16,14 +16,28 @@ from tests.support.labhosts import lab_spec
 
 SPEC = lab_spec()
 HARDENING = [
-    "ssh.root_login_disabled", "ssh.keys_only", "ssh.aead_ciphers", "ssh.idle_timeout",
-    "pam.lockout", "password.aging_and_history", "su.restricted", "logging.persistent_one_year",
-    "auditd.rules", "integrity.aide", "hardening.controls", "files.no_world_writable",
-]  # fmt: skip
+    "ssh.root_login_disabled",
+    "ssh.keys_only",
+    "ssh.aead_ciphers",
+    "ssh.idle_timeout",
+    "pam.lockout",
+    "password.aging_and_history",
+    "su.restricted",
+    "logging.persistent_one_year",
+    "auditd.rules",
+    "integrity.aide",
+    "hardening.controls",
+    "files.no_world_writable",
+]
 # What a bare Debian host lacks whatever its image: no account lockout, no password
 # aging, no audit rules, no file integrity database, no hardening report.
-BARE_FAILS = ["pam.lockout", "password.aging_and_history", "auditd.rules", "integrity.aide",
-              "hardening.controls"]  # fmt: skip
+BARE_FAILS = [
+    "pam.lockout",
+    "password.aging_and_history",
+    "auditd.rules",
+    "integrity.aide",
+    "hardening.controls",
+]
 BARE = ROOT / "output" / "molecule-default" / "bare-hosts.json"
 
 
@@ -35,18 +49,30 @@ def statuses(document: dict) -> dict[tuple[str, str], str]:
 def converged() -> dict:
     args = [a for check in HARDENING for a in ("--check", check)]
     proc = subprocess.run(
-        [sys.executable, "-m", "compliance.cli", "check", "-i", str(ROOT / "inventories/lab"),
-         "--format", "json", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "compliance.cli",
+            "check",
+            "-i",
+            str(ROOT / "inventories/lab"),
+            "--format",
+            "json",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         check=False,
-    )  # fmt: skip
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
 
 def test_the_bare_hosts_failed_the_hardening_checks() -> None:
     document = json.loads(BARE.read_text())
-    assert {h["host"]: h["error"] for h in document["hosts"]} == \
-        {h.name: None for h in SPEC.hosts}  # fmt: skip
+    assert {h["host"]: h["error"] for h in document["hosts"]} == {h.name: None for h in SPEC.hosts}
     found = statuses(document)
     for host in SPEC.hosts:
         failed = [c for c in BARE_FAILS if found[host.name, c] == "fail"]

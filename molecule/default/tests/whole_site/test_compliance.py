@@ -16,17 +16,33 @@ from tests.support.labhosts import connect, lab_spec
 SPEC = lab_spec()
 # What site.yml establishes on every host: these must pass on the converged lab.
 ESTABLISHED = [
-    "ssh.root_login_disabled", "ssh.keys_only", "ssh.aead_ciphers", "ssh.idle_timeout",
-    "pam.lockout", "password.aging_and_history", "su.restricted", "firewall.default_drop",
-    "network.in_its_segment", "logging.persistent_one_year", "auditd.rules", "integrity.aide",
-    "tls.policy", "certificates.validity", "hardening.controls", "files.no_world_writable",
+    "ssh.root_login_disabled",
+    "ssh.keys_only",
+    "ssh.aead_ciphers",
+    "ssh.idle_timeout",
+    "pam.lockout",
+    "password.aging_and_history",
+    "su.restricted",
+    "firewall.default_drop",
+    "network.in_its_segment",
+    "logging.persistent_one_year",
+    "auditd.rules",
+    "integrity.aide",
+    "tls.policy",
+    "certificates.validity",
+    "hardening.controls",
+    "files.no_world_writable",
     "software.signed_sources",
-]  # fmt: skip
+]
 SERVICE = [
-    "service.ready", "service.audit_log_verifies", "service.checkpoint_fresh",
-    "service.plugins_trusted", "service.no_suspended_plugins", "service.key_ages",
+    "service.ready",
+    "service.audit_log_verifies",
+    "service.checkpoint_fresh",
+    "service.plugins_trusted",
+    "service.no_suspended_plugins",
+    "service.key_ages",
     "service.standby_copy",
-]  # fmt: skip
+]
 # Up to the lab's surroundings (the mirror's updates, a container's clock, whether
 # the daily backup has run yet): reported with what was found, never an error.
 CIRCUMSTANTIAL = ["time.synchronized", "patches.security_updates", "service.backup_recent"]
@@ -35,8 +51,9 @@ CIRCUMSTANTIAL = ["time.synchronized", "patches.security_updates", "service.back
 def configuration_state(host) -> str:
     """Every configuration and installed file with its time of change (the service's own
     data changes all the time, and is not looked at)."""
-    return host.check_output("find /etc /opt /usr/local -xdev -type f -printf '%p %T@\\n' "
-                             "2>/dev/null | sort | md5sum")  # fmt: skip
+    return host.check_output(
+        "find /etc /opt /usr/local -xdev -type f -printf '%p %T@\\n' 2>/dev/null | sort | md5sum"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +61,22 @@ def checked():
     hosts = {h.name: connect(SPEC, h) for h in SPEC.hosts}
     before = {name: configuration_state(host) for name, host in hosts.items()}
     proc = subprocess.run(
-        [sys.executable, "-m", "compliance.cli", "check", "-i", str(ROOT / "inventories" / "lab"),
-         "--format", "json"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "compliance.cli",
+            "check",
+            "-i",
+            str(ROOT / "inventories" / "lab"),
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     document = json.loads(proc.stdout)
     after = {name: configuration_state(host) for name, host in hosts.items()}

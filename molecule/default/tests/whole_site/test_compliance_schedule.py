@@ -14,8 +14,11 @@ from tests.support.commands import ROOT
 from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
-SCHEDULES = {"daily": "*-*-* 09:00:00", "weekly": "Mon *-*-* 10:00:00",
-             "monthly": "*-*-01 14:00:00"}  # fmt: skip
+SCHEDULES = {
+    "daily": "*-*-* 09:00:00",
+    "weekly": "Mon *-*-* 10:00:00",
+    "monthly": "*-*-01 14:00:00",
+}
 HOME = "/var/lib/securecore-compliance"
 TOOL = "/opt/securecore-compliance/current/venv/bin/compliance"
 METRICS = "/var/lib/prometheus/node-exporter/securecore_compliance.prom"
@@ -52,8 +55,9 @@ def test_a_scheduled_run_reaches_every_host_and_writes_signed_evidence(mgmt) -> 
     checks = {(r["check"], r["host"]): r["status"] for r in document["results"]}
     assert checks["firewall.default_drop", "plugin-01"] == "pass"
     assert checks["service.ready", "core-01"] == "pass"
-    verified = mgmt.run(f"{TOOL} verify {HOME}/evidence/daily --trusted-key {PUBLIC} "
-                        f"--head {HEADS}/daily.json")  # fmt: skip
+    verified = mgmt.run(
+        f"{TOOL} verify {HOME}/evidence/daily --trusted-key {PUBLIC} --head {HEADS}/daily.json"
+    )
     assert verified.rc == 0, verified.stdout
     assert "the series' newest runs are all here" in verified.stdout
     # The series head is outside the evidence directory and names this run.
@@ -78,8 +82,10 @@ def test_a_scheduled_run_reaches_every_host_and_writes_signed_evidence(mgmt) -> 
     assert controller_copy.read_text() == mgmt.file(PUBLIC).content_string
     public = serialization.load_pem_public_key(controller_copy.read_bytes())
     assert signature["key_id"] == key_id(public)
-    assert 'securecore_compliance_last_run_timestamp_seconds{checklist="daily"}' in \
-        mgmt.file(METRICS).content_string  # fmt: skip
+    assert (
+        'securecore_compliance_last_run_timestamp_seconds{checklist="daily"}'
+        in mgmt.file(METRICS).content_string
+    )
     # The scheduler's key only works from the management host's address.
     authorized = connect(SPEC, SPEC.hosts[0]).file("/home/ansible/.ssh/authorized_keys")
     assert 'from="10.210.10.10"' in authorized.content_string
@@ -117,14 +123,16 @@ def test_tampering_with_the_series_on_the_host_is_found(mgmt) -> None:
         bundles = mgmt.check_output(f"ls -1d {series}/*/").split()
         assert len(bundles) >= 3
         mgmt.check_output(f"cp {HEADS}/daily.json {scratch}/head.json")
-        clean = mgmt.run(f"{TOOL} verify {series} --trusted-key {PUBLIC} "
-                         f"--head {scratch}/head.json")  # fmt: skip
+        clean = mgmt.run(
+            f"{TOOL} verify {series} --trusted-key {PUBLIC} --head {scratch}/head.json"
+        )
         assert clean.rc == 0, clean.stdout
         # The newest run removed (its archive too): the series head names it.
         newest = bundles[-1].rstrip("/").rsplit("/", 1)[1]
         mgmt.check_output(f"mv {bundles[-1]} {series}/{newest}.tar.gz {scratch}/")
-        truncated = mgmt.run(f"{TOOL} verify {series} --trusted-key {PUBLIC} "
-                             f"--head {scratch}/head.json")  # fmt: skip
+        truncated = mgmt.run(
+            f"{TOOL} verify {series} --trusted-key {PUBLIC} --head {scratch}/head.json"
+        )
         assert truncated.rc == 1 and f"names {newest} as the newest" in truncated.stdout
         mgmt.check_output(f"mv {scratch}/{newest} {scratch}/{newest}.tar.gz {series}/")
         # The status check verifies the real series against the head: all well.

@@ -33,8 +33,9 @@ def readyz(host, address: str, client: str | None = f"{TLS}/client") -> tuple[in
 def test_bodies_over_the_limit_are_refused_before_they_are_read(hosts) -> None:
     # [limits] rendered from the role's defaults: 4096 bytes for a refresh.
     dmz, address = hosts["dmz-01"], str(CORE[0].address)
-    status, answer = https(dmz, address, "POST", "/v1/sessions/refresh",
-                           body={"refresh_token": "r" * 5000})  # fmt: skip
+    status, answer = https(
+        dmz, address, "POST", "/v1/sessions/refresh", body={"refresh_token": "r" * 5000}
+    )
     assert status == 413 and answer["error"]["code"] == "payload_too_large", answer
     config = hosts[CORE[0].name].file(CONFIG).content_string
     assert '"/v1/plugins/{name}/call" = 65536' in config
@@ -116,16 +117,20 @@ def admin_client(hosts):
     for name in ("client.pem", "client.key"):
         # On stdin, never on a command line.
         copied = ssh_from_controller(
-            SPEC, dmz_spec, "-i", str(SPEC.ssh_key),
+            SPEC,
+            dmz_spec,
+            "-i",
+            str(SPEC.ssh_key),
             command=f"sudo sh -c 'umask 077; cat > /tmp/lab-admin/{name}'",
             stdin=(admin / name).read_text(),
-        )  # fmt: skip
+        )
         assert copied.returncode == 0, copied.stderr
     address = str(CORE[0].address)
 
     def request(method: str, path: str, token: str | None = None, body: dict | None = None):
-        return https(dmz, address, method, path, client="/tmp/lab-admin/client", token=token,
-                     body=body)  # fmt: skip
+        return https(
+            dmz, address, method, path, client="/tmp/lab-admin/client", token=token, body=body
+        )
 
     yield request
     dmz.run("rm -rf /tmp/lab-admin")
@@ -160,11 +165,14 @@ def test_plugin_calls_are_authorised_per_principal_and_operation(hosts) -> None:
     assert status == 201, session
     token = session["access_token"]
     listing = {"op": "tickets.list", "args": {}}
-    assert https(dmz, address, "POST", "/v1/plugins/plugin-01/call", token=token,
-                 body=listing)[0] == 200  # fmt: skip
+    assert (
+        https(dmz, address, "POST", "/v1/plugins/plugin-01/call", token=token, body=listing)[0]
+        == 200
+    )
     closing = {"op": "tickets.update", "args": {"id": 1, "status": "closed"}}
-    status, refused = https(dmz, address, "POST", "/v1/plugins/plugin-01/call", token=token,
-                            body=closing)  # fmt: skip
+    status, refused = https(
+        dmz, address, "POST", "/v1/plugins/plugin-01/call", token=token, body=closing
+    )
     assert status == 403 and refused["error"]["code"] == "forbidden", refused
     exported = hosts[CORE[0].name].check_output(
         f"{AS_SERVICE} {SECURECORE} audit export -c {CONFIG}"
@@ -222,8 +230,9 @@ def test_emergency_shutdown_and_recovery_by_playbook(hosts, admin_client) -> Non
     run("ansible-playbook", "playbooks/emergency-shutdown.yml", "-e", '{"reason": "lab drill"}')
     status, refused = admin_client("POST", "/v1/sessions")
     assert status == 503 and refused["error"]["code"] == "emergency", refused
-    snapshot = json.loads(hosts["core-01"].file(
-        "/var/lib/securecore/data/emergency/snapshot.json").content_string)  # fmt: skip
+    snapshot = json.loads(
+        hosts["core-01"].file("/var/lib/securecore/data/emergency/snapshot.json").content_string
+    )
     assert snapshot["reason"].startswith("lab drill") and snapshot["latest_checkpoint"]
     assert snapshot["actor"].startswith("operator:")
     assert not hosts["core-02"].file("/var/lib/securecore/data/emergency").exists  # standby
@@ -251,11 +260,12 @@ def test_a_privilege_escalation_locks_only_its_principal_and_the_local_path_clea
         listed = json.loads(core.check_output(f"{SECURECORE} acl list --local -c {CONFIG}"))
         assert "dmz/dmz-01" in [b["subject"] for b in listed]
     finally:
-        core.check_output(f"{AS_SERVICE} {SECURECORE} acl unblock --principal dmz/dmz-01 "
-                          f"--local --by lab -c {CONFIG}")  # fmt: skip
+        core.check_output(
+            f"{AS_SERVICE} {SECURECORE} acl unblock --principal dmz/dmz-01 "
+            f"--local --by lab -c {CONFIG}"
+        )
     assert https(dmz, address, "POST", "/v1/sessions")[0] == 201
-    assert not [b for b in admin_client("GET", "/v1/admin/acl")[1]
-                if b["subject"] == "dmz/dmz-01"]  # fmt: skip
+    assert not [b for b in admin_client("GET", "/v1/admin/acl")[1] if b["subject"] == "dmz/dmz-01"]
 
 
 # Requests every 0.2 s from dmz-01 while a playbook runs: readiness, and a call through the
@@ -307,11 +317,20 @@ def test_keys_and_certificates_rotate_without_downtime(hosts, admin_client) -> N
     before = plugin_record(admin_client)
     out, stop = "/tmp/rotation-traffic.json", "/tmp/rotation-traffic.stop"
     dmz.run(f"rm -f {out} {stop}")
-    traffic = {"host": str(CORE[0].address), "ca": f"{TLS}/ca.pem", "token": token,
-               "cert": "/tmp/lab-admin/client.pem", "key": "/tmp/lab-admin/client.key",
-               "seconds": 900, "stop": stop, "out": out}  # fmt: skip
-    dmz.check_output(f"setsid -f python3 -c {shlex.quote(TRAFFIC)} "
-                     f"{shlex.quote(json.dumps(traffic))} </dev/null >/dev/null 2>&1")  # fmt: skip
+    traffic = {
+        "host": str(CORE[0].address),
+        "ca": f"{TLS}/ca.pem",
+        "token": token,
+        "cert": "/tmp/lab-admin/client.pem",
+        "key": "/tmp/lab-admin/client.key",
+        "seconds": 900,
+        "stop": stop,
+        "out": out,
+    }
+    dmz.check_output(
+        f"setsid -f python3 -c {shlex.quote(TRAFFIC)} "
+        f"{shlex.quote(json.dumps(traffic))} </dev/null >/dev/null 2>&1"
+    )
     try:
         rotated = run("ansible-playbook", "playbooks/rotate-keys.yml", check=False, timeout=900)
     finally:
@@ -361,9 +380,14 @@ def test_backup_and_restore_by_playbook(hosts, admin_client) -> None:
     forged = manifest_path.with_name(f"securecore-backup-{forged_id}.manifest.json")
     forged.write_text(json.dumps({**manifest, "id": forged_id, "audit_records": 1}))
     try:
-        refused = run("ansible-playbook", "playbooks/restore.yml", "-e",
-                      json.dumps({"restore_host": "core-01", "restore_backup": forged_id}),
-                      check=False, timeout=900)  # fmt: skip
+        refused = run(
+            "ansible-playbook",
+            "playbooks/restore.yml",
+            "-e",
+            json.dumps({"restore_host": "core-01", "restore_backup": forged_id}),
+            check=False,
+            timeout=900,
+        )
     finally:
         forged.unlink()
         core.run(f"rm -f /var/backups/securecore/securecore-backup-{forged_id}.manifest.json")
@@ -374,8 +398,13 @@ def test_backup_and_restore_by_playbook(hosts, admin_client) -> None:
     assert unnamed.returncode != 0 and "name the core host to restore" in unnamed.stdout
 
     # The newest backup brings the session back; the service is healthy on it.
-    restored = run("ansible-playbook", "playbooks/restore.yml", "-e",
-                   '{"restore_host": "core-01"}', timeout=900)  # fmt: skip
+    restored = run(
+        "ansible-playbook",
+        "playbooks/restore.yml",
+        "-e",
+        '{"restore_host": "core-01"}',
+        timeout=900,
+    )
     assert f"restored backup {manifest['id']}" in restored.stdout
     assert admin_client("GET", "/v1/sessions/current", token)[0] == 200
     assert audit_records(core) >= manifest["audit_records"]
@@ -410,17 +439,23 @@ def test_the_standby_keeps_a_checked_copy_of_the_active_audit_log(hosts) -> None
     assert timer.is_enabled and timer.is_running
     assert not active.file("/etc/systemd/system/securecore-replica.timer").exists
     standby.check_output("systemctl start securecore-replica.service")
-    report = standby.check_output("journalctl -u securecore-replica.service -o cat --no-pager"
-                                  " | grep '^replica of' | tail -n 1")  # fmt: skip
-    found = re.search(r"core-01/securecore/audit .*: (\d+) records .* through (\d+); "
-                      r"the origin holds (\d+)", report)  # fmt: skip
+    report = standby.check_output(
+        "journalctl -u securecore-replica.service -o cat --no-pager"
+        " | grep '^replica of' | tail -n 1"
+    )
+    found = re.search(
+        r"core-01/securecore/audit .*: (\d+) records .* through (\d+); "
+        r"the origin holds (\d+)",
+        report,
+    )
     assert found, report
     held, checked, origin = map(int, found.groups())
     assert held == origin and 0 < checked <= held
     assert audit_records(active) >= held
     # Byte for byte what the active holds, up to the last checkpoint the copy matched.
     assert entries_hash(standby, "/var/lib/securecore/data/replica/audit.db", checked) == (
-        entries_hash(active, "/var/lib/securecore/data/audit.db", checked))  # fmt: skip
+        entries_hash(active, "/var/lib/securecore/data/audit.db", checked)
+    )
 
 
 # --- releases -------------------------------------------------------------------------------
@@ -430,40 +465,64 @@ def build_release(tmp_path: Path, version: str, broken: bool = False) -> Path:
     """A wheelhouse with securecore VERSION (and, if BROKEN, a service that cannot start)."""
     source = tmp_path / f"src-{version}"
     for package in ("securecore", "compliance"):
-        shutil.copytree(ROOT / package, source / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        shutil.copytree(
+            ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     pyproject = source / "pyproject.toml"
-    pyproject.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"',
-                                pyproject.read_text()))  # fmt: skip
+    pyproject.write_text(
+        re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text())
+    )
     if broken:
         serve = source / "securecore" / "server" / "serve.py"
-        serve.write_text(serve.read_text().replace(
-            "    policy, host, port = tls_and_address(config)\n",
-            '    raise RuntimeError("a deliberately broken release")\n', 1,
-        ))  # fmt: skip
+        serve.write_text(
+            serve.read_text().replace(
+                "    policy, host, port = tls_and_address(config)\n",
+                '    raise RuntimeError("a deliberately broken release")\n',
+                1,
+            )
+        )
     wheelhouse = tmp_path / f"wheels-{version}"
     shutil.copytree(ROOT / "output" / "wheelhouse" / "securecore", wheelhouse)
     for old in wheelhouse.glob("securecore-*.whl"):
         old.unlink()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-                    str(wheelhouse), str(source)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(wheelhouse),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return wheelhouse
 
 
 def deploy(wheelhouse: Path, version: str, check: bool = True):
-    return run("ansible-playbook", "playbooks/core.yml", "-e",
-               f"securecore_artifacts_dir={wheelhouse}", "-e", f"securecore_version={version}",
-               check=check, timeout=900)  # fmt: skip
+    return run(
+        "ansible-playbook",
+        "playbooks/core.yml",
+        "-e",
+        f"securecore_artifacts_dir={wheelhouse}",
+        "-e",
+        f"securecore_version={version}",
+        check=check,
+        timeout=900,
+    )
 
 
 def test_a_broken_release_is_rolled_back_on_the_first_host_and_goes_no_further(
     hosts, tmp_path
 ) -> None:
     before = {h.name: current_release(hosts[h.name]) for h in CORE}
-    proc = deploy(build_release(tmp_path, "0.0.1.post1", broken=True), "0.0.1.post1",
-                  check=False)  # fmt: skip
+    proc = deploy(build_release(tmp_path, "0.0.1.post1", broken=True), "0.0.1.post1", check=False)
     assert proc.returncode != 0
     assert "failed its health check on core-01" in proc.stdout, proc.stdout
     assert f"rolled back to {before['core-01']}" in proc.stdout

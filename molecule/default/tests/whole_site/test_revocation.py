@@ -18,16 +18,23 @@ def test_a_revoked_certificate_is_refused_by_every_core_host_and_its_sessions_en
     spec = lab_spec()
     core_hosts = [h for h in spec.hosts if h.segment == "core"]
     dmz = connect(spec, next(h for h in spec.hosts if h.name == "dmz-01"))
-    dmz.check_output(f"install -d -m 0700 /tmp/revoked-dmz && cp -p {TLS}/client.pem "
-                     f"{TLS}/client.key /tmp/revoked-dmz/")  # fmt: skip
+    dmz.check_output(
+        f"install -d -m 0700 /tmp/revoked-dmz && cp -p {TLS}/client.pem "
+        f"{TLS}/client.key /tmp/revoked-dmz/"
+    )
     serial = dmz.check_output(f"openssl x509 -noout -serial -in {OLD}.pem").split("=")[1].lower()
     core = str(core_hosts[0].address)
     status, session = https(dmz, core, "POST", "/v1/sessions", client=OLD)
     token = session["access_token"] if status == 201 else None
     started = time.monotonic()
-    revoked = run("ansible-playbook", "playbooks/pki.yml", "-e",
-                  json.dumps({"pki_revoke": [{"serial": serial, "reason": "key_compromise"}]}),
-                  check=False, timeout=900)  # fmt: skip
+    revoked = run(
+        "ansible-playbook",
+        "playbooks/pki.yml",
+        "-e",
+        json.dumps({"pki_revoke": [{"serial": serial, "reason": "key_compromise"}]}),
+        check=False,
+        timeout=900,
+    )
     assert revoked.returncode == 0, revoked.stdout[-3000:]
     assert "Reload the services that read the CA and CRL" in revoked.stdout
     for host in core_hosts:
