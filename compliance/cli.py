@@ -463,14 +463,14 @@ def _schedule_run(args: argparse.Namespace) -> int:
     # Pending attestations are the normal state of a morning run, not an alert.
     status = 2 if code == 2 else int(bool(counts["fail"] or counts["error"] or gap))
     if args.metrics:
+        label = f'{{checklist="{args.name}"}}'
+        now = datetime.datetime.now(datetime.UTC).timestamp()
         write_metrics(
             args.metrics,
             {
-                f'securecore_compliance_last_run_timestamp_seconds{{checklist="{args.name}"}}': datetime.datetime.now(
-                    datetime.UTC
-                ).timestamp(),
-                f'securecore_compliance_last_run_status{{checklist="{args.name}"}}': status,
-                f'securecore_compliance_run_missed{{checklist="{args.name}"}}': 0,
+                f"securecore_compliance_last_run_timestamp_seconds{label}": now,
+                f"securecore_compliance_last_run_status{label}": status,
+                f"securecore_compliance_run_missed{label}": 0,
             },
         )
     if status:

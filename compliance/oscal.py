@@ -248,7 +248,9 @@ def assessment_results(
                     {
                         "uuid": plan,
                         "title": "Check definitions",
-                        "description": "The check definitions (compliance/checks/*.yaml) of this run.",
+                        "description": (
+                            "The check definitions (compliance/checks/*.yaml) of this run."
+                        ),
                         "props": [
                             _prop("checks-sha256", run.get("checks_sha256")),
                             _prop("waivers-sha256", run.get("waivers_sha256") or "none"),

@@ -47,7 +47,9 @@ def test_an_unreachable_host_is_an_error_not_a_pass(tmp_path: Path) -> None:
                             "ansible_host": "127.0.0.1",
                             "ansible_port": 1,
                             "ansible_user": "nobody",
-                            "ansible_ssh_common_args": "-o ConnectTimeout=3 -o StrictHostKeyChecking=no",
+                            "ansible_ssh_common_args": (
+                                "-o ConnectTimeout=3 -o StrictHostKeyChecking=no"
+                            ),
                         }
                     }
                 }
