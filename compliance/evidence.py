@@ -222,18 +222,16 @@ def write_bundle(
     (staging / "manifest.json").write_bytes(manifest)
     signature = signing_key.sign(manifest, ec.ECDSA(hashes.SHA256()))
     public = signing_key.public_key()
-    (staging / "signature.json").write_bytes(
-        _json(
-            {
-                "algorithm": "ECDSA-P256-SHA256",
-                "key_id": key_id(public),
-                "public_key": public.public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                ).decode(),
-                "signature": base64.b64encode(signature).decode(),
-            }
-        )
-    )
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    signed = {
+        "algorithm": "ECDSA-P256-SHA256",
+        "key_id": key_id(public),
+        "public_key": pem,
+        "signature": base64.b64encode(signature).decode(),
+    }
+    (staging / "signature.json").write_bytes(_json(signed))
     staging.rename(target)  # a bundle appears whole, or not at all
     return target
 
@@ -436,21 +434,16 @@ def signed_record(record: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> by
     body = json.dumps(record, sort_keys=True).encode()
     signature = key.sign(body, ec.ECDSA(hashes.SHA256()))
     public = key.public_key()
-    return (
-        json.dumps(
-            {
-                "record": record,
-                "key_id": key_id(public),
-                "public_key": public.public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                ).decode(),
-                "signature": base64.b64encode(signature).decode(),
-            },
-            indent=2,
-            sort_keys=True,
-        )
-        + "\n"
-    ).encode()
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    signed = {
+        "record": record,
+        "key_id": key_id(public),
+        "public_key": pem,
+        "signature": base64.b64encode(signature).decode(),
+    }
+    return (json.dumps(signed, indent=2, sort_keys=True) + "\n").encode()
 
 
 def verified_record(

@@ -106,8 +106,8 @@ def test_an_attestation_counts_for_its_period_only(tmp_path: Path) -> None:
         "week 48",
         [],
         bob,
-        now=now - datetime.timedelta(days=2),
-    )  # Tuesday of the same ISO week
+        now=now - datetime.timedelta(days=2),  # Tuesday of the same ISO week
+    )
     assert current(store, "weekly", "weekly.incident_report", now, pinned)[0].by == "bob"
 
 
