@@ -180,10 +180,10 @@ def post_webhook(url: str, payload: dict[str, Any]) -> str | None:
     if not url.startswith(("https://", "http://")):
         return f"webhook {url!r}: not an http(s) URL"
     # The scheme is checked above: only http(s) is ever opened.
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310
         url,
         data=json.dumps(payload).encode(),
-        method="POST",  # noqa: S310
+        method="POST",
         headers={"Content-Type": "application/json"},
     )
     try:
