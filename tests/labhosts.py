@@ -1,7 +1,7 @@
 """Reach the lab hosts from tests: testinfra hosts and real traffic between them.
 
 Hosts are reached over SSH exactly as Ansible reaches them: the lab key, the
-known_hosts file that `securecore lab up` wrote (strict host key checking),
+known_hosts file that `securecore-lab up` wrote (strict host key checking),
 and sudo for root.
 """
 
