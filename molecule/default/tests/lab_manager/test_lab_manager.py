@@ -41,9 +41,9 @@ def inspect_container(host: str) -> dict:
 @pytest.fixture(scope="module")
 def lab_up():
     needs("podman", "debootstrap", "ssh")
-    first = run("securecore", "lab", "up")
+    first = run("securecore-lab", "up")
     yield first
-    run("securecore", "lab", "down")
+    run("securecore-lab", "down")
 
 
 def test_up_builds_every_host(lab_up) -> None:
@@ -56,7 +56,7 @@ def test_up_builds_every_host(lab_up) -> None:
 
 
 def test_second_up_changes_nothing(lab_up) -> None:
-    proc = run("securecore", "lab", "up")
+    proc = run("securecore-lab", "up")
     assert "lab up: changed=0" in proc.stdout
     assert "changed:" not in proc.stdout
 
@@ -101,12 +101,12 @@ def test_up_repairs_stopped_and_half_made_containers(lab_up) -> None:
         check=True,
         capture_output=True,
     )
-    proc = run("securecore", "lab", "up")
+    proc = run("securecore-lab", "up")
     assert f"started stopped container {SPEC.container_name(stopped.name)}" in proc.stdout
     assert f"removed container {SPEC.container_name(foreign.name)}" in proc.stdout
     ping = run("ansible", "-i", "inventories/lab", "all", "-m", "ping", "-o")
     assert ping.stdout.count("| SUCCESS") == len(SPEC.hosts)
-    assert "lab up: changed=0" in run("securecore", "lab", "up").stdout
+    assert "lab up: changed=0" in run("securecore-lab", "up").stdout
 
 
 def test_up_replaces_a_running_container_that_does_not_answer(lab_up) -> None:
@@ -118,7 +118,7 @@ def test_up_replaces_a_running_container_that_does_not_answer(lab_up) -> None:
         check=True,
         capture_output=True,
     )
-    proc = run("securecore", "lab", "up")
+    proc = run("securecore-lab", "up")
     assert f"removed container of {silent.name}: it did not answer over SSH" in proc.stdout
     ping = run("ansible", "-i", "inventories/lab", silent.name, "-m", "ping", "-o")
     assert f"{silent.name} | SUCCESS" in ping.stdout
@@ -136,18 +136,18 @@ def test_bare_host_fails_an_independent_ssh_audit(lab_up) -> None:
 
 
 def test_status_reports_every_host_reachable(lab_up) -> None:
-    proc = run("securecore", "lab", "status")
+    proc = run("securecore-lab", "status")
     for host in SPEC.hosts:
         line = next(row for row in proc.stdout.splitlines() if row.startswith(host.name + " "))
         assert "running" in line and line.rstrip().endswith("yes")
 
 
 def test_down_removes_everything_it_made(lab_up) -> None:
-    proc = run("securecore", "lab", "down")
+    proc = run("securecore-lab", "down")
     assert "changed=0" not in proc.stdout
     assert podman_names("ps", "--all", "--filter", LABEL, "--format", "{{.Names}}") == []
     assert podman_names("network", "ls", "--filter", LABEL, "--format", "{{.Name}}") == []
     assert not SPEC.state_dir.exists()
-    assert "lab down: changed=0" in run("securecore", "lab", "down").stdout
-    status = run("securecore", "lab", "status", check=False)
+    assert "lab down: changed=0" in run("securecore-lab", "down").stdout
+    status = run("securecore-lab", "status", check=False)
     assert status.returncode == 3
