@@ -1,4 +1,4 @@
-"""`securecore init` and `securecore audit verify|prove|export` as a user runs them.
+"""`securecore-lab init` and `securecore audit verify|prove|export` as a user runs them.
 
 The export is checked by an independent verifier written here from the
 documented format (docs/audit-export.md) with hashlib and cryptography only:

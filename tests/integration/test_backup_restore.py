@@ -64,7 +64,7 @@ def audit_size(config: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM audit_records").fetchone()[0]
 
 
-@pytest.mark.softhsm  # `securecore init` keeps the keys on a SoftHSM2 token
+@pytest.mark.softhsm  # `securecore-lab init` keeps the keys on a SoftHSM2 token
 def test_round_trip_brings_back_the_backed_up_state(config: Path) -> None:
     manifest_path = backup(config)
     manifest = json.loads(manifest_path.read_text())
@@ -118,7 +118,7 @@ def test_a_damaged_backup_is_refused_and_nothing_is_replaced(
     assert audit_size(config) == 130
 
 
-@pytest.mark.softhsm  # `securecore init` keeps the keys on a SoftHSM2 token
+@pytest.mark.softhsm  # `securecore-lab init` keeps the keys on a SoftHSM2 token
 def test_emergency_snapshot_records_the_reason_durably(config: Path) -> None:
     proc = securecore(
         "emergency-snapshot",
@@ -180,7 +180,7 @@ def test_the_state_databases_come_back_with_the_audit_log(software_config: Path)
     sessions.close()
 
 
-@pytest.mark.softhsm  # `securecore init` keeps the keys on a SoftHSM2 token
+@pytest.mark.softhsm  # `securecore-lab init` keeps the keys on a SoftHSM2 token
 def test_verify_only_checks_everything_and_replaces_nothing(config: Path) -> None:
     manifest_path = backup(config)
     write_records(config, 5)
