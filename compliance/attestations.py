@@ -40,6 +40,7 @@ from compliance.checklists import Checklist
 from compliance.errors import ComplianceError
 from compliance.evidence import (
     EvidenceError,
+    SigningKey,
     TrustAnchor,
     key_id,
     load_yaml,
@@ -86,7 +87,7 @@ def _common_name(certificate: x509.Certificate) -> str | None:
 
 
 def _certified(
-    pem: str, claimed: str, at: str, authorities: tuple[x509.Certificate, ...], where: str
+    pem: str, claimed: str | None, at: str, authorities: tuple[x509.Certificate, ...], where: str
 ) -> ec.EllipticCurvePublicKey:
     """The key of a person's certificate, if a pinned authority issued it to CLAIMED and
     it was valid at AT; AttestationError otherwise."""
@@ -175,7 +176,7 @@ def record(
     by: str,
     note: str,
     files: list[Path],
-    key: ec.EllipticCurvePrivateKey,
+    key: SigningKey,
     now: datetime.datetime | None = None,
     certificate: x509.Certificate | None = None,
 ) -> Path:
@@ -235,7 +236,7 @@ def _verified(
             f"{path.name}: by {claimed}: no attesters file (--attesters) "
             "to check its signature against"
         )
-    if claimed in attesters:
+    if claimed is not None and claimed in attesters:
         public = attesters[claimed]
     elif data["record"].get("certificate") and attesters.authorities:
         public = _certified(

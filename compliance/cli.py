@@ -35,20 +35,21 @@ import os
 import socket
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from compliance import __version__
 from compliance.attestations import AttestationError, load_attesters, record
-from compliance.catalog import CatalogError, load_catalogs
+from compliance.catalog import Catalog, CatalogError, load_catalogs
 from compliance.checklist_run import markdown, run_items
-from compliance.checklists import NAMES, load_checklist, load_checklists
-from compliance.checks import CHECK_DIR, load_checks
+from compliance.checklists import NAMES, Checklist, load_checklist, load_checklists
+from compliance.checks import CHECK_DIR, Check, load_checks
 from compliance.coverage import coverage, load_applicability
-from compliance.engine import load_waivers, run_checks
+from compliance.engine import Result, load_waivers, run_checks
 from compliance.errors import ComplianceError
 from compliance.evidence import (
     EvidenceError,
@@ -70,8 +71,12 @@ from compliance.report_sections import RunData, build_sections
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 from compliance.signing import generate_token_key, is_pkcs11, load_key
 
+if TYPE_CHECKING:
+    # Imported for the annotation only: gathering is imported where it is used.
+    from compliance.gather.runner import HostFacts
 
-def _loaded():
+
+def _loaded() -> tuple[dict[str, Catalog], list[Check], dict[str, Checklist]]:
     catalogs = load_catalogs()
     checks = load_checks(catalogs)
     checklists = load_checklists(catalogs, checks)
@@ -173,7 +178,7 @@ def _checklists(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selected_checks(args: argparse.Namespace, wanted: set[str] | None = None):
+def _selected_checks(args: argparse.Namespace, wanted: set[str] | None = None) -> list[Check]:
     checks = load_checks(load_catalogs())  # host checks on every host, service on core hosts
     chosen = set(args.check or []) or wanted
     if chosen:
@@ -188,12 +193,20 @@ def _oscal_json(document: dict) -> bytes:
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def _progress(host, done: int, total: int) -> None:
+def _progress(host: HostFacts, done: int, total: int) -> None:
     state = f"error: {host.error}" if host.error else "gathered"
     print(f"  [{done}/{total}] {host.host} {state} ({host.seconds} s)", file=sys.stderr)
 
 
-def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
+# A checklist's reports for a run's bundle: (document, results, run, facts) -> files.
+BundleExtra = Callable[
+    [dict[str, Any], list[Result], dict[str, Any], dict[str, Any]], dict[str, bytes]
+]
+
+
+def _gather_and_check(
+    args: argparse.Namespace, checks: list[Check], kind: str, extra: BundleExtra | None = None
+) -> tuple[dict[str, Any], list[Result]]:
     """Gather, evaluate, optionally write the facts and a signed bundle: (document, results).
     EXTRA(document, results, run) adds files to the bundle (a checklist's reports)."""
     waivers = load_waivers(args.waivers, {c.id for c in checks})
@@ -201,7 +214,7 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
         raise EvidenceError("--evidence and --signing-key go together (a bundle is signed)")
     signing_key = load_key(args.signing_key) if args.signing_key else None
     start = None
-    if args.evidence:
+    if args.evidence and signing_key is not None:  # together, checked above
         # Checked before gathering: a series whose head does not verify gets no new bundle.
         args.head = args.head or default_head(args.evidence)
         start = series_start(args.evidence, args.head, signing_key, args.new_head)
@@ -216,7 +229,7 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
 
     hosts = gather(args.inventory, args.limit, forks=args.forks, progress=_progress)
     results = run_checks(checks, hosts, waivers)
-    document = {
+    document: dict[str, Any] = {
         "hosts": [
             {"host": h.host, "groups": h.groups, "error": h.error, "seconds": h.seconds}
             for h in hosts
@@ -242,7 +255,7 @@ def _gather_and_check(args: argparse.Namespace, checks, kind: str, extra=None):
     if "assessment-results.json" not in added:
         oscal = assessment_results("compliance check", run, document["hosts"], document["results"])
         added["assessment-results.json"] = _oscal_json(oscal)
-    if args.evidence:
+    if start is not None and signing_key is not None:  # exactly when --evidence is given
         bundle = write_bundle(
             args.evidence,
             kind,
@@ -276,7 +289,11 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{host['host']} ({host['seconds']} s): {summary}")
             for r in mine:
                 if r.status != "pass":
-                    waiver = f" [waived by {r.waiver['approver']}]" if r.status == "waived" else ""
+                    waiver = (
+                        f" [waived by {r.waiver['approver']}]"
+                        if r.status == "waived" and r.waiver is not None
+                        else ""
+                    )
                     print(f"  {r.status.upper():<6} {r.check} ({r.severity}){waiver}: {r.detail}")
     if any(r.status == "error" for r in results):
         return 2
@@ -292,7 +309,9 @@ def _checklist_run(args: argparse.Namespace) -> int:
 
     attesters = load_attesters(args.attesters) if args.attesters else None
 
-    def report(document, results, run, facts) -> dict[str, bytes]:
+    def report(
+        document: dict[str, Any], results: list[Result], run: dict[str, Any], facts: dict[str, Any]
+    ) -> dict[str, bytes]:
         outcome["items"] = run_items(checklist, results, args.store, attesters=attesters)
         items = [i.as_dict() for i in outcome["items"]]
         data = RunData(

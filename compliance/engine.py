@@ -121,7 +121,7 @@ def run_checks(
                     (w for w in waivers if w.covers(check.id, host.host, host.groups)), None
                 )
                 if waiver is not None:
-                    record = {
+                    record: dict[str, Any] = {
                         "reason": waiver.reason,
                         "approver": waiver.approver,
                         "expires": waiver.expires.isoformat(),

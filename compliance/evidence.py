@@ -43,12 +43,13 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from xml.sax.saxutils import escape, quoteattr
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from compliance import __version__
 from compliance.errors import ComplianceError
@@ -86,6 +87,15 @@ def generate_key(path: Path) -> str:
     return key_id(key.public_key())
 
 
+class SigningKey(Protocol):
+    """What signs evidence: a P-256 key from a file (cryptography's EC private key) or
+    one on a token (compliance.signing.TokenSigningKey)."""
+
+    def public_key(self) -> ec.EllipticCurvePublicKey: ...
+
+    def sign(self, data: bytes, algorithm: ec.EllipticCurveSignatureAlgorithm, /) -> bytes: ...
+
+
 def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     try:
         mode = path.stat().st_mode & 0o077
@@ -101,7 +111,7 @@ def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def key_id(public: ec.EllipticCurvePublicKey) -> str:
+def key_id(public: PublicKeyTypes) -> str:
     der = public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -170,7 +180,7 @@ def write_bundle(
     hosts: list[dict[str, Any]],
     facts: dict[str, Any],
     run: dict[str, Any],
-    signing_key: ec.EllipticCurvePrivateKey,
+    signing_key: SigningKey,
     extra: dict[str, bytes] | None = None,
     previous: dict[str, str] | bool | None = False,
 ) -> Path:
@@ -429,7 +439,7 @@ def _key_list(path: Path) -> list[TrustedKey]:
 PRUNED = "PRUNED.json"
 
 
-def signed_record(record: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> bytes:
+def signed_record(record: dict[str, Any], key: SigningKey) -> bytes:
     """RECORD as JSON with an ECDSA signature over its canonical form."""
     body = json.dumps(record, sort_keys=True).encode()
     signature = key.sign(body, ec.ECDSA(hashes.SHA256()))
@@ -575,7 +585,7 @@ class SeriesStart:
 
 
 def series_start(
-    directory: Path, head: Path, key: ec.EllipticCurvePrivateKey, new_head: bool = False
+    directory: Path, head: Path, key: SigningKey, new_head: bool = False
 ) -> SeriesStart:
     """Where the next bundle of DIRECTORY chains on: the newest bundle the head names
     (or one made after it). If that bundle is gone, the new one still names it, so the
@@ -609,7 +619,7 @@ def series_start(
     )
 
 
-def write_head(head: Path, key: ec.EllipticCurvePrivateKey, bundle: Path, count: int) -> None:
+def write_head(head: Path, key: SigningKey, bundle: Path, count: int) -> None:
     record = {
         "format": HEAD_FORMAT,
         "series": bundle.parent.name,

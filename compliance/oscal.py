@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compliance import __version__
@@ -146,7 +147,7 @@ def assessment_results(
     hosts: list[dict[str, Any]],
     results: list[dict[str, Any]],
     items: list[dict[str, Any]] | None = None,
-    item_controls: dict[str, dict[str, list[str]]] | None = None,
+    item_controls: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """The OSCAL document (a dict ready for JSON) for one run."""
     now = datetime.datetime.now(datetime.UTC)

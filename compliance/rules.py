@@ -128,8 +128,8 @@ def evaluate(rule: dict[str, Any], facts: dict[str, Any]) -> Outcome:
         return Outcome(not failed, "; ".join(failed or [o.detail for o in outcomes]))
     if "any" in rule:
         outcomes = [evaluate(part, facts) for part in rule["any"]]
-        passed = [o.detail for o in outcomes if o.passed]
-        return Outcome(bool(passed), "; ".join(passed or [o.detail for o in outcomes]))
+        held = [o.detail for o in outcomes if o.passed]
+        return Outcome(bool(held), "; ".join(held or [o.detail for o in outcomes]))
     if "not" in rule:
         inner = evaluate(rule["not"], facts)
         return Outcome(not inner.passed, f"not ({inner.detail})")

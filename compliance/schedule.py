@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from compliance.evidence import (
     PRUNED,
     EvidenceError,
+    SigningKey,
     TrustAnchor,
     bundle_dirs,
     manifest_digest,
@@ -56,7 +55,7 @@ GRACE = datetime.timedelta(hours=6)
 WEBHOOK_TIMEOUT_SECONDS = 10
 
 
-def _own_anchor(key, trusted: TrustAnchor | None) -> TrustAnchor:
+def _own_anchor(key: SigningKey, trusted: TrustAnchor | None) -> TrustAnchor:
     """The signing key, and the keys an operator trusts besides (a rotated-out key whose
     old bundles must still age out)."""
     own = TrustAnchor.of(key.public_key())
@@ -69,7 +68,7 @@ def _own_anchor(key, trusted: TrustAnchor | None) -> TrustAnchor:
 def prune(
     directory: Path,
     keep_days: int,
-    key: ec.EllipticCurvePrivateKey,
+    key: SigningKey,
     now: datetime.datetime | None = None,
     trusted: TrustAnchor | None = None,
 ) -> list[str]:

@@ -19,12 +19,16 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from compliance.evidence import EvidenceError
+from compliance.evidence import EvidenceError, SigningKey
+
+if TYPE_CHECKING:
+    from securecore.keys.pkcs11 import Pkcs11Keys
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 PIN_VARIABLE = "COMPLIANCE_PKCS11_PIN"
@@ -89,7 +93,7 @@ def _pin(uri: Pkcs11Uri) -> str:
     return pin
 
 
-def _open(uri: Pkcs11Uri):
+def _open(uri: Pkcs11Uri) -> Pkcs11Keys:
     # Imported here: python-pkcs11 is needed only where a token is used.
     from securecore.keys.base import KeyStoreError
     from securecore.keys.pkcs11 import Pkcs11Keys
@@ -110,6 +114,7 @@ class TokenSigningKey:
         self.uri = parse_uri(uri)
         if not self.uri.object:
             raise EvidenceError(f"{uri}: object=KEY-LABEL is required to sign")
+        self._label = self.uri.object
         self._backend = _open(self.uri)
         try:
             self._public = self._backend.public_key(self.uri.object)
@@ -130,7 +135,7 @@ class TokenSigningKey:
             algorithm.algorithm, hashes.SHA256
         ):
             raise EvidenceError("the token signs ECDSA with SHA-256 only")
-        return self._backend.sign_digest(self.uri.object, hashlib.sha256(data).digest())
+        return self._backend.sign_digest(self._label, hashlib.sha256(data).digest())
 
 
 def generate_token_key(uri: str) -> tuple[str, ec.EllipticCurvePublicKey]:
@@ -153,7 +158,7 @@ def generate_token_key(uri: str) -> tuple[str, ec.EllipticCurvePublicKey]:
 _OPEN_TOKEN_KEYS: dict[str, TokenSigningKey] = {}
 
 
-def load_key(value: str | Path):
+def load_key(value: str | Path) -> SigningKey:
     """The signing key VALUE names: a PKCS#11 URI (a token key) or a key file."""
     from compliance.evidence import load_signing_key
 

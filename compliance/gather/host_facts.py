@@ -27,7 +27,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEFAULTS = {
     "tls_dir": "/etc/securecore/tls",
@@ -213,11 +215,11 @@ def logs(paths: dict, journal: dict | None) -> dict:
     days = {"daily": 1, "weekly": 7, "monthly": 30, "yearly": 365}[period]
     kept = (rotations + 1) * days if rotations else 0
     journal_days = retention_days((journal or {}).get("max_retention"))
-    days = [d for d in (kept, journal_days) if d]
+    kept_days = [d for d in (kept, journal_days) if d]
     return {
         "logrotate_days": kept,
         "journal_days": journal_days,
-        "retention_days": min(days) if days else None,
+        "retention_days": min(kept_days) if kept_days else None,
     }
 
 
@@ -370,7 +372,7 @@ def securecore(paths: dict) -> dict:
 def gather(paths: dict) -> dict:
     facts: dict = {"_errors": {}}
 
-    def collect(name: str, function, *args) -> None:
+    def collect(name: str, function: Callable[..., Any], *args: Any) -> None:
         try:
             facts[name] = function(*args)
         except (OSError, ValueError, KeyError, subprocess.SubprocessError) as error:

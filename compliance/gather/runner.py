@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from compliance.errors import ComplianceError
@@ -68,7 +69,7 @@ def _environment(inventory: Path) -> dict[str, str]:
     return env
 
 
-def _ansible_runner():
+def _ansible_runner() -> ModuleType:
     """ansible-runner, imported only to gather: verifying and reporting need the base
     install only (an auditor installs the package and verifies, nothing more)."""
     try:
