@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -42,7 +43,9 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def init(directory: str | Path, *, prefer_hsm: bool = True, log=print) -> Path:
+def init(
+    directory: str | Path, *, prefer_hsm: bool = True, log: Callable[[str], object] = print
+) -> Path:
     base = Path(directory).resolve()
     config_path = base / "config.toml"
     if config_path.exists():
@@ -165,7 +168,9 @@ def _softhsm_token(base: Path) -> str:
     )
 
 
-def development_ca(name: str = "SecureCore Development CA"):
+def development_ca(
+    name: str = "SecureCore Development CA",
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A one-level development CA: (certificate, private key)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -214,7 +219,11 @@ def development_leaves() -> dict[str, tuple[str, list, list]]:
 
 
 def issue_development_leaf(
-    tls: Path, name: str, ca, ca_key, spec: tuple[str, list, list] | None = None
+    tls: Path,
+    name: str,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    spec: tuple[str, list, list] | None = None,
 ) -> None:
     """TLS/NAME.pem and NAME.key (0600), issued by CA, as development_leaves() describes
     (or SPEC: common name, extended key usages, subject alternative names)."""
