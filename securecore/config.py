@@ -30,7 +30,7 @@ class BackendError(ConfigError):
 
 @dataclass(frozen=True)
 class Option:
-    kind: type | tuple[type, ...]
+    kind: type[Any] | tuple[type[Any], ...]
     default: Any = None
     required: bool = False
     is_path: bool = False

@@ -25,12 +25,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from securecore.errors import SecureCoreError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 # TLS 1.3 suites are all AEAD; these are the ones OpenSSL enables. The CCM
 # suites (TLS_AES_128_CCM*) are left out, as OpenSSL does by default.
@@ -229,7 +232,9 @@ class TLSPolicy:
             raise TLSPolicyError(f"{where}: not a PEM CRL ({error})") from error
         issuers = self._crl_issuers(crl)
         if (issuers or require_issuer) and not any(
-            crl.is_signature_valid(ca.public_key()) for ca in issuers
+            # A key that cannot sign (X25519, ...) is refused by is_signature_valid itself.
+            crl.is_signature_valid(cast("CertificateIssuerPublicKeyTypes", ca.public_key()))
+            for ca in issuers
         ):
             raise TLSPolicyError(
                 f"{where}: not signed by a CA this host trusts (issuer "
@@ -264,7 +269,7 @@ class TLSPolicy:
         """The files a serving process reads its TLS from (watched for changes)."""
         return [getattr(self, key) for key in _PATH_KEYS if getattr(self, key) is not None]
 
-    def _load(self, key: str, loader) -> None:
+    def _load(self, key: str, loader: Callable[[str], object]) -> None:
         path = getattr(self, key)
         try:
             loader(str(path))

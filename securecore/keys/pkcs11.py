@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import re
 import threading
+from typing import Any, cast
 
 import pkcs11
 from cryptography.hazmat.primitives import serialization
@@ -45,7 +46,8 @@ class Pkcs11Keys(KeyBackend):
     def close(self) -> None:
         self._session.close()
 
-    def _find(self, kid: str, object_class: ObjectClass):
+    def _find(self, kid: str, object_class: ObjectClass) -> Any:
+        # Any: the key object's class (public, private, secret) follows OBJECT_CLASS.
         parse_key_id(kid)
         with self._lock:
             found = list(
@@ -86,7 +88,8 @@ class Pkcs11Keys(KeyBackend):
         public = self._find(kid, ObjectClass.PUBLIC_KEY)
         with self._lock:
             der = encode_ec_public_key(public)
-        return serialization.load_der_public_key(der)
+        # The DER of the token's EC public key (encode_ec_public_key): an EC key.
+        return cast(ec.EllipticCurvePublicKey, serialization.load_der_public_key(der))
 
     def sign_digest(self, kid: str, digest: bytes) -> bytes:
         private = self._find(kid, ObjectClass.PRIVATE_KEY)

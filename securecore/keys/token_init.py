@@ -16,8 +16,13 @@ it for development tokens.
 from __future__ import annotations
 
 import ctypes
+from typing import TYPE_CHECKING
 
 import pkcs11
+
+if TYPE_CHECKING:
+    # pkcs11.lib is the function that loads a library; this is the class it returns.
+    from pkcs11 import _pkcs11
 
 CKR_OK = 0
 CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
@@ -84,7 +89,7 @@ def _init_token(module_path: str, slot_id: int, label: str, so_pin: str) -> None
     _checked("C_InitToken", init_token(slot_id, pin, len(pin), padded_label))
 
 
-def free_slot(lib: pkcs11.lib) -> pkcs11.Slot | None:
+def free_slot(lib: _pkcs11.lib) -> pkcs11.Slot | None:
     """The first slot whose token is not initialised."""
     for slot in lib.get_slots(token_present=True):
         if not slot.get_token().flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -110,7 +111,7 @@ class LiveState(Collector):
     ) -> None:
         self.sources, self.labels, self.help_text = sources, labels, help_text
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         for name, source in self.sources.items():
             family = GaugeMetricFamily(name, self.help_text[name], labels=self.labels.get(name, []))
             value = source()
@@ -125,17 +126,17 @@ class LiveState(Collector):
 class MetricsMiddleware:
     """Counts and times every HTTP request by its route template (bounded label values)."""
 
-    def __init__(self, app, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app, self.metrics = app, metrics
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         status = {"code": 500}
 
-        async def sending(message) -> None:
+        async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)

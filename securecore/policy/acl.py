@@ -70,7 +70,7 @@ class AclRules:
             tuple(windows),
         )
 
-    def region_of(self, address) -> str | None:
+    def region_of(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         matches = [
             (net.prefixlen, region) for net, region in self.regions.items() if address in net
         ]

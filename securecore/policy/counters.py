@@ -132,7 +132,7 @@ class SharedCounters:
 
     # --- the table ------------------------------------------------------------------
 
-    def _locked(self):
+    def _locked(self) -> _Exclusive:
         return _Exclusive(self._thread_lock, self._fd)
 
     def _slot(self, key: str) -> tuple[int, bytes, bool]:
@@ -173,7 +173,7 @@ class _Exclusive:
             self.lock.release()
             raise
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
         finally:

@@ -23,7 +23,9 @@ class Limit:
     burst: float  # bucket size
 
 
-def scaled(limit: Limit, *, load: float = 0.0, emergency: bool = False, strict: bool = False):
+def scaled(
+    limit: Limit, *, load: float = 0.0, emergency: bool = False, strict: bool = False
+) -> Limit:
     factor = 1.0 - 0.5 * min(1.0, max(0.0, (load - 0.7) / 0.3))
     if emergency:
         factor /= EMERGENCY_DIVISOR

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 from securecore.policy.counters import SharedCounters
-from securecore.storage.state_db import StateDatabase
+from securecore.storage.state_db import SQLiteState, StateDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -58,7 +58,7 @@ class PolicyState:
         if not isinstance(database, StateDatabase):
             database = StateDatabase.sqlite(database, synchronous="NORMAL")
         if counters is None:
-            if database.dialect != "sqlite":
+            if not isinstance(database, SQLiteState):  # the one sqlite dialect
                 raise ValueError("the shared counter file must be named with PostgreSQL")
             counters = database.path.with_suffix(".counters")
         self.db = database

@@ -99,7 +99,7 @@ class SessionManager:
         refresh_ttl: int = 8 * 3600,
         idle_timeout: int = 900,
         max_sessions: int = 5,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
         refusal: Callable[[str], str | None] | None = None,
     ) -> None:
         # PRINCIPAL -> why it may hold no session (suspended, revoked), or None.

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from securecore.config import BackendError, first_line
+from securecore.config import BackendError, Config, first_line
 from securecore.errors import SecureCoreError
 from securecore.storage.transactions import immediate_transaction
 
@@ -171,7 +171,7 @@ class PostgresState(StateDatabase):
         self._connection.close()
 
 
-def open_state(config, role: str) -> StateDatabase:
+def open_state(config: Config, role: str) -> StateDatabase:
     """The state database of ROLE (sessions, plugins, policy) as the config says, or
     BackendError naming the file and key (never the dsn: it may hold a password)."""
     if config.get("state", "backend") == "postgresql":
@@ -202,6 +202,6 @@ def open_state(config, role: str) -> StateDatabase:
 STATE_ROLES = ("sessions", "plugins", "policy")
 
 
-def sqlite_path(config, role: str) -> Path:
+def sqlite_path(config: Config, role: str) -> Path:
     """Where the SQLite backend keeps ROLE's state (the service's data directory)."""
     return Path(config.get("service", "data_dir")) / f"{role}.db"
