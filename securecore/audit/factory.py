@@ -216,7 +216,7 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
     return log
 
 
-def self_origin_keys(config: Config, ring) -> dict:
+def self_origin_keys(config: Config, ring: KeyRing) -> dict:
     """This host's checkpoint keys: the pinned ones if [audit] origin_keys names this
     origin (what the witnesses check), else the key ring's own."""
     origin = config.get("audit", "origin")
@@ -228,7 +228,7 @@ def self_origin_keys(config: Config, ring) -> dict:
 
 
 def anchored_verification(
-    config: Config, ring, extra_witnesses: tuple[str, ...] = ()
+    config: Config, ring: KeyRing, extra_witnesses: tuple[str, ...] = ()
 ) -> tuple[Verification, list[str]]:
     """verify_log against the newest checkpoint the witnesses (asked now, and the cosigned
     notes kept) cosigned; with the problems of witnesses that could not be asked."""

@@ -222,7 +222,9 @@ class AuditLog:
         await future
         return seq
 
-    def _prepare(self, actor, action, target, outcome, details) -> dict[str, Any]:
+    def _prepare(
+        self, actor: str, action: str, target: str, outcome: str, details: dict[str, Any] | None
+    ) -> dict[str, Any]:
         """The record's fields, secrets protected, checked to encode.
 
         Whatever a request put in them, a record that cannot be encoded fails
@@ -251,7 +253,12 @@ class AuditLog:
             raise AuditError(message) from error
         return fields
 
-    def _enqueue(self, fields: dict, loop=None, future=None) -> tuple[int, _Batch]:
+    def _enqueue(
+        self,
+        fields: dict[str, Any],
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[int] | None = None,
+    ) -> tuple[int, _Batch]:
         """Number FIELDS and add them to the open batch (and FUTURE to its waiters)."""
         with self._lock:
             self._raise_if_stopped()
@@ -259,7 +266,7 @@ class AuditLog:
             self._next_seq += 1
             batch = self._open
             batch.records.append((seq, fields))
-            if future is not None:
+            if future is not None and loop is not None:  # given together
                 batch.futures.setdefault(loop, []).append(future)
             if len(batch.records) == 1:
                 self._work.notify()

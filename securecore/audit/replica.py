@@ -119,6 +119,8 @@ class AuditReplica:
 
     def _fetch(self, after: int) -> dict[str, Any]:
         url = urlsplit(self.source)
+        if url.hostname is None:
+            raise ReplicaError(f"{self.source}: no host in the URL")
         connection = http.client.HTTPSConnection(
             url.hostname, url.port or 443, context=self.context, timeout=self.timeout
         )

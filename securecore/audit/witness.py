@@ -47,7 +47,7 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from cryptography.exceptions import InvalidSignature
@@ -63,6 +63,9 @@ from securecore.audit.checkpoint import (
     verify_checkpoint,
 )
 from securecore.errors import SecureCoreError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 COSIGNATURE_ALGORITHM = 0x04  # c2sp.org/signed-note: timestamped Ed25519 cosignature
 MAX_BODY = 64 * 1024  # a checkpoint and at most 64 proof hashes fit many times over
@@ -301,10 +304,10 @@ def ensure_key(settings: WitnessSettings) -> ed25519.Ed25519PrivateKey:
             handle.write(pem)
             handle.flush()
             os.fsync(handle.fileno())
-    private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(private, ed25519.Ed25519PrivateKey):
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, ed25519.Ed25519PrivateKey):
         raise WitnessError(f"{path}: not an Ed25519 private key")
-    return private
+    return loaded
 
 
 @dataclass
@@ -434,7 +437,7 @@ def add_checkpoint_body(old: int, proof: list[bytes], note: str) -> str:
     return "\n".join(lines) + "\n\n" + note
 
 
-def witness_app(witness: Witness, settings: WitnessSettings):
+def witness_app(witness: Witness, settings: WitnessSettings) -> Starlette:
     """Starlette routes of the witness, behind mutual TLS (the principal from the cert)."""
     from starlette.applications import Starlette
     from starlette.requests import Request

@@ -208,7 +208,15 @@ class RemoteAuditLog:
             raise AuditError(reply["error"])
         return reply
 
-    def append(self, actor, action, target, outcome, details=None, timeout: float = 30.0) -> int:
+    def append(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        details: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> int:
         record = [actor, action, target, outcome, details or {}]
         return self._ask({"op": "append", "record": record})["seq"]
 
@@ -232,7 +240,14 @@ class RemoteAuditLog:
 
     # --- from the event loop ----------------------------------------------------------
 
-    async def append_async(self, actor, action, target, outcome, details=None) -> int:
+    async def append_async(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        outcome: str,
+        details: dict[str, Any] | None = None,
+    ) -> int:
         connection = await self._loop_connection()
         record = [actor, action, target, outcome, details or {}]
         reply = await connection.ask({"op": "append", "record": record})

@@ -28,12 +28,15 @@ import os
 import socket
 import ssl
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from securecore import config as configuration
 from securecore.errors import SecureCoreError
 from securecore.server.local_admin import socket_path
 from securecore.tls import TLSPolicy
+
+T = TypeVar("T")
 
 
 class AdminError(SecureCoreError):
@@ -79,7 +82,7 @@ def _connection(args: argparse.Namespace) -> tuple[http.client.HTTPConnection, s
     return connection, f"https://{host}:{port}"
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = None):
+def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> Any:
     connection, where = _connection(args)
     try:
         payload = json.dumps(body).encode() if body is not None else None
@@ -100,12 +103,12 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = 
     return data
 
 
-def _show(value) -> int:
+def _show(value: Any) -> int:
     print(json.dumps(value, indent=2))
     return 0
 
 
-def _need(value, what: str):
+def _need(value: T, what: str) -> T:
     if not value:
         raise AdminError(f"{what} is required")
     return value

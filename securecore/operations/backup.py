@@ -40,6 +40,7 @@ import sqlite3
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -266,7 +267,7 @@ def _authentic(ring: KeyRing, manifest: dict) -> bool:
     Not `ring.verify`: that refuses versions past their grace period, and a backup
     older than a rotation is still ours (to keep or prune), only no longer restorable.
     """
-    signature = manifest.get("signature")
+    signature: Any = manifest.get("signature")  # JSON: checked by the lookups below
     try:
         name, _ = parse_key_id(signature["kid"])
         if name != ring.signing_key:

@@ -31,7 +31,9 @@ from typing import Any
 from securecore import config as configuration
 from securecore.audit.factory import anchored_verification, open_store
 from securecore.audit.record import Record
+from securecore.audit.store import AuditStore
 from securecore.audit.witness import STATUS_FILE
+from securecore.keys.base import KeyRing
 from securecore.keys.factory import open_key_ring
 from securecore.operations.backup import signed_backups
 from securecore.plugin_registry.registry import PluginRegistry
@@ -65,7 +67,7 @@ def _witness_status(config: configuration.Config) -> dict[str, Any]:
         return {}
 
 
-def _audit(config: configuration.Config, ring) -> tuple[dict[str, Any], dict[str, Any]]:
+def _audit(config: configuration.Config, ring: KeyRing) -> tuple[dict[str, Any], dict[str, Any]]:
     # Anchored: the newest checkpoint a pinned witness cosigned bounds what the log must hold.
     result, problems = anchored_verification(config, ring)
     store = open_store(config)
@@ -108,7 +110,7 @@ def _security_event(record: Record) -> bool:
     return record.action == "auth.failure" or record.action.startswith(INCIDENTS + RESPONSES)
 
 
-def _events(store, size: int) -> dict[str, Any]:
+def _events(store: AuditStore, size: int) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.UTC)
     since = {name: now - datetime.timedelta(days=days) for name, days in WINDOWS.items()}
     counts: dict[str, Counter] = {name: Counter() for name in WINDOWS}
@@ -138,9 +140,9 @@ def _events(store, size: int) -> dict[str, Any]:
     }
 
 
-def _keys(ring) -> dict[str, Any]:
+def _keys(ring: KeyRing) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.UTC)
-    ages = {}
+    ages: dict[str, Any] = {}
     for label, name in (("signing", ring.signing_key), ("kek", ring.kek)):
         kid = ring.current(name)
         made = ring.backend.created(kid)
@@ -149,7 +151,7 @@ def _keys(ring) -> dict[str, Any]:
     return ages
 
 
-def _backup(config: configuration.Config, ring) -> dict[str, Any]:
+def _backup(config: configuration.Config, ring: KeyRing) -> dict[str, Any]:
     """The newest backup whose signed manifest and archive verify; the others are
     listed, never counted (anyone able to write the directory can drop a manifest)."""
     directory = config.get("backup", "directory")

@@ -106,14 +106,23 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     endpoint for SNI and the certificate's host name check; CHECK(der) runs after the
     handshake and before a byte of the request is sent."""
 
-    def __init__(self, host, port, address, check, **kwargs) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        address: str,
+        check: Callable[[bytes | None], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(host, port, **kwargs)
         self.address, self.check = address, check
 
     def connect(self) -> None:
         raw = socket.create_connection((self.address, self.port), self.timeout)
         try:
-            self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+            # HTTPSConnection's own SSL context: typeshed does not declare the attribute.
+            context: ssl.SSLContext = self._context  # type: ignore[attr-defined]
+            self.sock = context.wrap_socket(raw, server_hostname=self.host)
         except BaseException:
             raw.close()
             raise
@@ -164,8 +173,11 @@ class PluginCaller:
                     "wrong_identity", f"{endpoint} is not plugin {name}: {problem}"
                 )
 
+        host = urlsplit(endpoint).hostname
+        if host is None:  # refused by resolve() already; said again for the type checker
+            raise PluginCallError("endpoint_not_allowed", f"{endpoint}: no host")
         connection = _PinnedHTTPSConnection(
-            urlsplit(endpoint).hostname,
+            host,
             port,
             address,
             check,
@@ -179,10 +191,11 @@ class PluginCaller:
             response = connection.getresponse()
             raw = response.read()
             sock = connection.sock if isinstance(connection.sock, ssl.SSLSocket) else None
+            cipher = sock.cipher() if sock else None
             peer = {
                 "certificate": sock.getpeercert(binary_form=True) if sock else None,
                 "tls_version": sock.version() if sock else None,
-                "cipher": sock.cipher()[0] if sock and sock.cipher() else None,
+                "cipher": cipher[0] if cipher else None,
             }
         except TimeoutError as error:
             message = f"{endpoint}: no answer in {self.timeout} s"
@@ -197,7 +210,7 @@ class PluginCaller:
             answer = json.loads(raw) if raw else None
         except ValueError:
             answer = raw  # garbage: the caller decides
-        return response.status, answer, peer  # type: ignore[return-value]
+        return response.status, answer, peer
 
     # --- setup (registration step 3) --------------------------------------------------
 
@@ -269,7 +282,7 @@ class PluginCaller:
                 self._keys[channel.kid] = key
         return key
 
-    def _signer(self, channel: Channel):
+    def _signer(self, channel: Channel) -> Callable[[bytes], tuple[str, bytes]]:
         # The key version the plugin was given while the ring accepts it (the ring
         # falls back to the newest itself: one token lookup per call, not two).
         return lambda data: self.ring.sign(data, kid=channel.core_kid)
@@ -327,9 +340,9 @@ class PluginCaller:
                     "malformed", f"{endpoint}: an answer is {{result}} or {{error}}"
                 )
         if "error" in payload:
-            error = payload["error"] or {}
+            failure = payload["error"] or {}
             raise PluginCallError(
-                "plugin_error", f"{name}: {error.get('code')}: {error.get('message')}"
+                "plugin_error", f"{name}: {failure.get('code')}: {failure.get('message')}"
             )
         return payload["result"]
 
@@ -361,7 +374,7 @@ class _Steps:
                 self.observe(name, outcome, time.perf_counter() - started)
 
 
-def registration_probe(caller: PluginCaller):
+def registration_probe(caller: PluginCaller) -> Callable[[str, str], dict[str, Any]]:
     """Registration step 3 as the registry wants it: a result, never an exception."""
 
     def probe(name: str, endpoint: str) -> dict[str, Any]:

@@ -224,7 +224,7 @@ class PluginRegistry:
                 ),
             )
             self._history(request.name, assessment.score, "registered")
-        state = self.get(request.name)["state"]
+        state = (self.get(request.name) or {})["state"]  # the row written above
         passed("completion", f"state {state}")
         return Registration(
             request.name,
@@ -353,7 +353,14 @@ class PluginRegistry:
         return assessment
 
     def _factors(
-        self, vendor, registered, calls, successes, violations, auth_failures, now
+        self,
+        vendor: str,
+        registered: float,
+        calls: int,
+        successes: int,
+        violations: int,
+        auth_failures: int,
+        now: float,
     ) -> TrustFactors:
         return TrustFactors(
             calls=calls,
@@ -374,8 +381,11 @@ class PluginRegistry:
             ).fetchone()
         if row is None:
             return None
-        assessment = assess(name, self._factors(*row[:6], self.clock()))
-        return row[6], assessment.actions
+        vendor, registered, calls, successes, violations, auth_failures, state = row
+        factors = self._factors(
+            vendor, registered, calls, successes, violations, auth_failures, self.clock()
+        )
+        return state, assess(name, factors).actions
 
     def _history(self, name: str, score: int, reason: str) -> None:
         self._db.execute(

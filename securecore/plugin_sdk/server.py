@@ -323,6 +323,8 @@ def register_with_core(
     """
     policy = TLSPolicy.from_file(tls_policy)
     url = urlsplit(core_url)
+    if url.hostname is None:
+        raise PluginError("unreachable", f"{core_url}: no host in the URL")
     connection = http.client.HTTPSConnection(
         url.hostname, url.port or 443, context=policy.client_context(), timeout=timeout
     )
@@ -340,7 +342,7 @@ def register_with_core(
     finally:
         connection.close()
     if response.status not in (200, 201):
-        error = answer.get("error", {})
-        message = f"{core_url} answered {response.status}: {error.get('message')}"
-        raise PluginError(error.get("code", "refused"), message)
+        failure = answer.get("error", {})
+        message = f"{core_url} answered {response.status}: {failure.get('message')}"
+        raise PluginError(failure.get("code", "refused"), message)
     return answer

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -52,7 +54,7 @@ class Principal:
         }
 
 
-def principal_from_scope(scope: dict, trust_domain: str) -> Principal:
+def principal_from_scope(scope: Mapping[str, Any], trust_domain: str) -> Principal:
     tls = scope.get("extensions", {}).get("tls")
     if not tls or not tls.get("client_cert_chain"):
         raise IdentityError("no verified client certificate on this connection")
