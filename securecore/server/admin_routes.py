@@ -12,8 +12,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -23,6 +24,14 @@ from starlette.routing import Route
 from securecore.server.api_schema import Endpoint, body, integer, read_body, string
 from securecore.server.errors import error_response
 
+if TYPE_CHECKING:
+    # For the annotations only: the routes act on what serve.py built.
+    from securecore.plugin_registry.registry import PluginRegistry
+    from securecore.policy.state import PolicyState
+    from securecore.server.identity import Principal
+    from securecore.server.intrusion_hooks import IntrusionResponder
+    from securecore.sessions.manager import SessionManager
+
 
 class AdminActions:
     """What the routes act on; built by serve.py from the service's parts."""
@@ -30,26 +39,29 @@ class AdminActions:
     def __init__(
         self,
         *,
-        audit,
-        sessions,
-        policy_state,
-        registry,
+        audit: Callable[..., int],  # AuditLog.append: (actor, action, target, outcome, details)
+        sessions: SessionManager,
+        policy_state: PolicyState,
+        registry: PluginRegistry,
         snapshot: Callable[..., Any],
         status: Callable[[], dict],
-        operators: frozenset[str] = frozenset(),
+        operators: AbstractSet[str] = frozenset(),
     ) -> None:
         self.audit, self.sessions, self.policy_state = audit, sessions, policy_state
         self.registry, self.snapshot, self.status = registry, snapshot, status
         # SHA-256 fingerprints of certificates that act as a local operator: the
         # service's own client certificate, whose key only root and the service
         # user on this host hold (playbooks run the admin commands with it).
+        # serve.py updates its set in place when the TLS files are read again.
         self.operators = operators
 
 
 OPERATOR_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
-def actor_of(principal, request: Request, operators: frozenset[str]) -> str | None:
+def actor_of(
+    principal: Principal | None, request: Request, operators: AbstractSet[str]
+) -> str | None:
     """Who acts on the admin API: an administrator, or a named local operator; None if neither."""
     if principal is None:
         return None
@@ -114,12 +126,16 @@ ENDPOINTS = [
 
 
 def admin_routes(
-    actions: AdminActions, intrusion=None, identify: Callable[[Request], str | None] | None = None
+    actions: AdminActions,
+    intrusion: IntrusionResponder | None = None,
+    identify: Callable[[Request], str | None] | None = None,
 ) -> list[Route]:
     """IDENTIFY names the actor of a request (None: refused); by default the
     administrator or local operator of the client certificate."""
 
-    def admin_only(handler):
+    def admin_only(
+        handler: Callable[[Request, str], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
             if identify is not None:
                 actor = identify(request)
@@ -200,6 +216,7 @@ def admin_routes(
             return refused
         if bool(data.get("address")) == bool(data.get("principal")):
             return error_response(422, "give exactly one of address and principal")
+        kinds: tuple[str, ...]
         if data.get("address"):
             subject, kinds = data["address"], ("ip",)
         else:

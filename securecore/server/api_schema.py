@@ -43,8 +43,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     data = dict(pairs)
     if len(data) != len(pairs):
         seen: set[str] = set()
-        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise BodyRefused(422, f"{twice!r}: a key given twice in one object")
+        for key, _ in pairs:
+            if key in seen:
+                raise BodyRefused(422, f"{key!r}: a key given twice in one object")
+            seen.add(key)
     return data
 
 
@@ -171,15 +173,16 @@ def problems(schema: dict, data: Any) -> list[str]:
     return found
 
 
-async def read_body(request: Request, schema: dict) -> tuple[dict | None, JSONResponse | None]:
+async def read_body(request: Request, schema: dict) -> tuple[dict[str, Any], JSONResponse | None]:
+    """The body's JSON object and None, or an empty one and the refusal to answer."""
     raw = await request.body()  # no longer than the route's limit (BodyLimitMiddleware)
     try:
         data = parse_json(raw or b"{}")
     except BodyRefused as refused:
-        return None, error_response(refused.status, str(refused))
+        return {}, error_response(refused.status, str(refused))
     found = problems(schema, data)
     if found:
-        return None, error_response(422, "; ".join(found))
+        return {}, error_response(422, "; ".join(found))
     return data, None
 
 

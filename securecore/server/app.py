@@ -11,7 +11,9 @@ Request bodies are limited per route while they are read (body_limit).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
+from contextlib import AbstractAsyncContextManager
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -33,9 +35,11 @@ from securecore.server.session_routes import session_routes
 from securecore.sessions.manager import SessionManager
 
 
-def _lifespan(on_shutdown: Callable[[], None] | None):
+def _lifespan(
+    on_shutdown: Callable[[], None] | None,
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         if on_shutdown is not None:
             on_shutdown()
@@ -55,7 +59,7 @@ def create_app(
     plugins: list[Route] | None = None,
     replication: list[Route] | None = None,
     plugin_view: Callable[[str], tuple[str, frozenset[str]] | None] | None = None,
-    operators: frozenset[str] = frozenset(),
+    operators: AbstractSet[str] = frozenset(),
     on_shutdown: Callable[[], None] | None = None,
     body_bytes: int = DEFAULT_BODY_BYTES,
     route_body_bytes: Mapping[str, int] | None = None,
@@ -141,7 +145,7 @@ def openapi_endpoint(
     with_admin: bool,
     with_plugins: bool = False,
     with_replication: bool = False,
-):
+) -> Callable[[Request], Awaitable[Response]]:
     from securecore import __version__
     from securecore.server import admin_routes as admin_module
     from securecore.server import plugin_routes as plugin_module
@@ -163,7 +167,7 @@ def openapi_endpoint(
     return schema
 
 
-def metrics_endpoint(metrics: ServiceMetrics):
+def metrics_endpoint(metrics: ServiceMetrics) -> Callable[[Request], Awaitable[Response]]:
     async def scrape(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from securecore.errors import SecureCoreError
 from securecore.server.errors import error_response
 
@@ -41,7 +43,10 @@ def template_pattern(template: str) -> re.Pattern[str]:
 
 class BodyLimitMiddleware:
     def __init__(
-        self, app, default: int = DEFAULT_BODY_BYTES, routes: Mapping[str, int] | None = None
+        self,
+        app: ASGIApp,
+        default: int = DEFAULT_BODY_BYTES,
+        routes: Mapping[str, int] | None = None,
     ) -> None:
         self.app, self.default = app, default
         self.routes = [
@@ -55,7 +60,7 @@ class BodyLimitMiddleware:
                 return limit
         return self.default
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -73,7 +78,7 @@ class BodyLimitMiddleware:
         chunked = b"transfer-encoding" in headers
         state = {"received": 0, "ended": not chunked, "started": False}
 
-        async def counted() -> dict:
+        async def counted() -> Message:
             message = await receive()
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
@@ -83,7 +88,7 @@ class BodyLimitMiddleware:
                     state["ended"] = True
             return message
 
-        async def sending(message) -> None:
+        async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["started"] = True
                 if not state["ended"]:
@@ -100,7 +105,7 @@ class BodyLimitMiddleware:
             await _refuse(scope, receive, send, where, limit)
 
 
-async def _refuse(scope, receive, send, where: str, limit: int) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, where: str, limit: int) -> None:
     response = error_response(413, f"{where}: the body is larger than {limit} bytes")
     response.headers["Connection"] = "close"  # the rest of the body is never read
     await response(scope, receive, send)

@@ -6,6 +6,8 @@ open paths (health and readiness), which answer any verified client.
 
 from __future__ import annotations
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from securecore.server.errors import error_response
 from securecore.server.identity import IdentityError, principal_from_scope
 
@@ -13,10 +15,10 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class IdentityMiddleware:
-    def __init__(self, app, trust_domain: str) -> None:
+    def __init__(self, app: ASGIApp, trust_domain: str) -> None:
         self.app, self.trust_domain = app, trust_domain
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

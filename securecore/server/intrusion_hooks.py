@@ -57,7 +57,7 @@ class IntrusionResponder:
 
     def apply(self, responses: list[Response], evidence: dict | None = None) -> None:
         for response in responses:
-            details = {
+            details: dict[str, Any] = {
                 "kind": response.kind,
                 "reason": response.reason,
                 "until": until_text(response.until),

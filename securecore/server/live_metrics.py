@@ -6,6 +6,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from securecore.audit.log import AuditLog
+from securecore.audit.writer_service import RemoteAuditLog
 from securecore.monitoring.metrics import LiveState
 from securecore.plugin_registry.registry import PluginRegistry
 from securecore.sessions.manager import SessionManager
@@ -13,7 +15,7 @@ from securecore.tls import TLSPolicy
 
 
 def _certificate_ends(policy: TLSPolicy) -> dict[tuple[str, ...], float]:
-    ends = {}
+    ends: dict[tuple[str, ...], float] = {}
     for name in ("server_certificate", "client_certificate"):
         path = getattr(policy, name)
         if path is not None and Path(path).exists():
@@ -24,7 +26,10 @@ def _certificate_ends(policy: TLSPolicy) -> dict[tuple[str, ...], float]:
 
 
 def live_state(
-    registry: PluginRegistry, sessions: SessionManager, audit, policy: TLSPolicy
+    registry: PluginRegistry,
+    sessions: SessionManager,
+    audit: AuditLog | RemoteAuditLog,
+    policy: TLSPolicy,
 ) -> LiveState:
     def by_plugin(key: str) -> dict[tuple[str, ...], float]:
         return {(plugin["name"],): float(plugin[key]) for plugin in registry.summary()}

@@ -105,7 +105,9 @@ class _WithPeer:
 class LocalAdminProtocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol that puts the kernel-verified caller into the scope."""
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    # uvicorn's protocols take the Transport asyncio gives them (narrower than
+    # BaseProtocol's BaseTransport), and say so with the same ignore.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         try:
             raw = transport.get_extra_info("socket").getsockopt(
@@ -146,7 +148,7 @@ class ServerWithLocalAdmin(uvicorn.Server):
         self.local_config.load()
         self.local_socket = listening
 
-    async def startup(self, sockets=None) -> None:
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.should_exit:
             return

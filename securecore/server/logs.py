@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+from typing import Any
 
 SECRET_KEY = re.compile(r"(pass(word|phrase)?|pin|secret|token|authorization|api[_-]?key)", re.I)
 SECRET_TEXT = re.compile(
@@ -24,7 +25,7 @@ STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
 }
 
 
-def mask(value):
+def mask(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: "***" if SECRET_KEY.search(str(k)) else mask(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -10,8 +10,10 @@ applying it writes to the databases.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 
 import anyio.to_thread
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from securecore.policy.engine import PolicyEngine, RequestContext
 from securecore.server.errors import error_response
@@ -25,12 +27,12 @@ STATUS = {"acl": 403, "intrusion": 403, "trust": 403, "rate_limit": 429, "emerge
 class PolicyMiddleware:
     def __init__(
         self,
-        app,
+        app: ASGIApp,
         engine: PolicyEngine,
         intrusion: IntrusionResponder | None = None,
         plugin_view: Callable[[str], tuple[str, frozenset[str]] | None] | None = None,
-        operators: frozenset[str] = frozenset(),
-    ):
+        operators: AbstractSet[str] = frozenset(),
+    ) -> None:
         self.app, self.engine, self.intrusion = app, engine, intrusion
         # Certificates of local operators (admin_routes.actor_of): like
         # administrators, they keep the admin API during an emergency shutdown.
@@ -39,14 +41,14 @@ class PolicyMiddleware:
         self.plugin_view = plugin_view
         self.in_flight, self.capacity = 0, 1000
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         principal = scope.get("state", {}).get("principal")
         client = scope.get("client") or ("", 0)
         plugin = call_path_plugin(scope["path"]) if self.plugin_view else None
-        view = self.plugin_view(plugin) if plugin else None
+        view = self.plugin_view(plugin) if plugin and self.plugin_view else None
         context = RequestContext(
             source=client[0],
             principal=principal.id if principal else "unknown",
@@ -68,12 +70,12 @@ class PolicyMiddleware:
             return
         moved = [0]
 
-        async def counting_receive():
+        async def counting_receive() -> Message:
             message = await receive()
             moved[0] += len(message.get("body", b""))
             return message
 
-        async def counting_send(message) -> None:
+        async def counting_send(message: Message) -> None:
             moved[0] += len(message.get("body", b""))
             await send(message)
 

@@ -45,7 +45,7 @@ ENDPOINTS = [
 
 
 def audit_batch(store: AuditStore, after: int, limit: int) -> dict[str, Any]:
-    records = [
+    records: list[list[Any]] = [
         [seq, entry.decode("utf-8")] for seq, entry in itertools.islice(store.entries(after), limit)
     ]
     last = records[-1][0] if records else after

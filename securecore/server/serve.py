@@ -43,7 +43,11 @@ import socket
 import threading
 import time
 import tomllib
+from collections.abc import Callable
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import uvicorn
 from cryptography import x509
@@ -52,6 +56,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from securecore import config as configuration
 from securecore.audit.factory import open_audit_log, open_store
+from securecore.audit.log import AuditLog
 from securecore.audit.writer_service import AuditWriterServer, RemoteAuditLog
 from securecore.config import ConfigError
 from securecore.keys import signing_public_keys
@@ -176,7 +181,6 @@ def build_server(
 
     With its own audit log, the server stops if the writer fails, and sets
     AUDIT_FAILED (the process then exits non-zero)."""
-    own_audit_log = audit is None
     policy, host, port = tls_and_address(config)
     body_bytes, route_body_bytes = body_limits(config)
     if local_admin is None:
@@ -194,24 +198,32 @@ def build_server(
 
     data_dir = Path(config.get("service", "data_dir"))
     sessions = SessionManager(ring, open_state(config, "sessions"))
+    audit_log: AuditLog | RemoteAuditLog
+    own_log: AuditLog | None = None
     if audit is None:
-        audit = open_audit_log(config, ring)
+        audit_log = own_log = open_audit_log(config, ring)
+    else:
+        audit_log = audit
     metrics = ServiceMetrics()
 
-    def audit_decision(actor, action, target, outcome, details):
+    def audit_decision(
+        actor: str, action: str, target: str, outcome: str, details: dict[str, Any] | None
+    ) -> int:
         # A policy decision is counted for /metrics, then made durable.
         metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
-        return audit.append(actor, action, target, outcome, details)
+        return audit_log.append(actor, action, target, outcome, details)
 
-    async def audit_decision_async(actor, action, target, outcome, details):
+    async def audit_decision_async(
+        actor: str, action: str, target: str, outcome: str, details: dict[str, Any] | None
+    ) -> int:
         metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
-        return await audit.append_async(actor, action, target, outcome, details)
+        return await audit_log.append_async(actor, action, target, outcome, details)
 
     policy_state = PolicyState(open_state(config, "policy"), data_dir / "policy.counters")
     engine = PolicyEngine(
         load_policy(config), policy_state, audit=audit_decision, audit_async=audit_decision_async
     )
-    intrusion = IntrusionResponder(IntrusionDetector(policy_state), sessions, audit.append)
+    intrusion = IntrusionResponder(IntrusionDetector(policy_state), sessions, audit_log.append)
     access, endpoints = plugin_access(config)
     caller = PluginCaller(plugin_client_policy(config, policy), ring, endpoints=endpoints)
     registry = PluginRegistry(
@@ -219,7 +231,7 @@ def build_server(
         vendors=config.get("plugins", "vendors") or {},
         minimum_security_level=config.get("plugins", "minimum_security_level"),
         probe=registration_probe(caller),
-        audit=audit.append,
+        audit=audit_log.append,
         endpoints=endpoints,
         # A plugin suspended or revoked loses its sessions, and gets no new one.
         on_blocked=lambda name: sessions.revoke_where(
@@ -234,7 +246,7 @@ def build_server(
                 "shutdown": policy_state.mode("shutdown", "off"),
                 "emergency": policy_state.mode("emergency", "off"),
             },
-            "audit": {"records": audit.size, "uncheckpointed": audit.uncheckpointed},
+            "audit": {"records": audit_log.size, "uncheckpointed": audit_log.uncheckpointed},
             "plugins": registry.summary(),
             "active_blocks": len(policy_state.active_blocks(time.time())),
             "sessions": len(sessions.list_live()),
@@ -244,19 +256,19 @@ def build_server(
     operators = {own_certificate_fingerprint(plugin_client_policy(config, policy))}
     admin = AdminActions(
         operators=operators,
-        audit=audit.append,
+        audit=audit_log.append,
         sessions=sessions,
         policy_state=policy_state,
         registry=registry,
-        snapshot=lambda **why: write_emergency_snapshot(config, ring, audit, **why),
+        snapshot=lambda **why: write_emergency_snapshot(config, ring, audit_log, **why),
         status=status,
     )
-    metrics.add_collector(live_state(registry, sessions, audit, policy))
+    metrics.add_collector(live_state(registry, sessions, audit_log, policy))
     app = create_app(
         trust_domain="securecore",
         readiness={
             "audit_store": audit_store,
-            "audit_writer": audit.check,
+            "audit_writer": audit_log.check,
             "signing_key": signing_key,
         },
         sessions=sessions,
@@ -268,7 +280,7 @@ def build_server(
             registry,
             caller,
             sessions,
-            audit.append,
+            audit_log.append,
             observe=metrics.observe_plugin_step,
             access=access,
         ),
@@ -281,7 +293,7 @@ def build_server(
         operators=operators,
         # An own log writes what is queued and a final signed checkpoint; a
         # worker's connection to the supervisor's writer just ends.
-        on_shutdown=audit.close,
+        on_shutdown=audit_log.close,
         body_bytes=body_bytes,
         route_body_bytes=route_body_bytes,
     )
@@ -298,8 +310,8 @@ def build_server(
         proxy_headers=False,  # no header may change who the client is
     )
     server = ServerWithLocalAdmin(settings, admin, local_admin)
-    if own_audit_log:
-        audit.on_failure(lambda error: _stop_after_audit_failure(server, audit_failed, error))
+    if own_log is not None:
+        own_log.on_failure(lambda error: _stop_after_audit_failure(server, audit_failed, error))
 
     def reload_tls(trigger: str) -> None:
         """SIGHUP or a TLS file changed: certificates, keys, CA and CRL read again;
@@ -311,7 +323,7 @@ def build_server(
             own = {own_certificate_fingerprint(client_policy)}
         except (TLSPolicyError, ConfigError, OSError, ValueError) as error:
             log.error("TLS reload failed, the current certificates stay: %s", error)
-            audit.append(
+            audit_log.append(
                 "securecore",
                 "service.tls_reload",
                 str(tls.policy_file),
@@ -326,22 +338,26 @@ def build_server(
         log.info(
             "TLS reloaded (%s): serving certificate %s", trigger, served["serial"], extra=served
         )
-        audit.append(
+        audit_log.append(
             "securecore",
             "service.tls_reload",
             str(tls.policy_file),
             "success",
             {**served, "trigger": trigger},
         )
-        end_revoked_sessions(tls, sessions, audit.append)
+        end_revoked_sessions(tls, sessions, audit_log.append)
 
-    end_revoked_sessions(tls, sessions, audit.append)  # revoked while the service was down
+    end_revoked_sessions(tls, sessions, audit_log.append)  # revoked while the service was down
     watcher = TLSFileWatcher(tls.watched_files, reload_tls, tls.policy.watch_seconds).start()
     signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.reload_now())
     return server
 
 
-def end_revoked_sessions(tls: ReloadableServerContext, sessions: SessionManager, audit) -> None:
+def end_revoked_sessions(
+    tls: ReloadableServerContext,
+    sessions: SessionManager,
+    audit: Callable[..., int],  # AuditLog.append
+) -> None:
     """Revoke the sessions bound to a certificate the CRL in force revokes, and audit it:
     a token must not outlive the certificate it was bound to (and is refused
     whatever certificate presents it)."""
@@ -459,13 +475,15 @@ def supervise(config: configuration.Config, workers: int) -> int:
     audit.on_failure(lambda error: audit_failed.set())
     writer = AuditWriterServer(audit, Path(config.get("service", "data_dir")) / "audit.sock")
     writer.start()
-    listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()
+    # No application: this Config only binds the socket the workers share, and
+    # uvicorn's annotation wants one.
+    listening = uvicorn.Config(app=None, host=host, port=port).bind_socket()  # type: ignore[arg-type]
     metrics_dir = _fresh_metrics_dir(Path(config.get("service", "data_dir")) / "metrics")
     os.environ[MULTIPROCESS_DIR] = str(metrics_dir)  # read by the workers' prometheus_client
     spawn = multiprocessing.get_context("spawn")
     stopping = threading.Event()
 
-    def start() -> multiprocessing.Process:
+    def start() -> SpawnProcess:
         process = spawn.Process(
             target=_worker,
             args=(str(config.path), listening, str(writer.path), local_admin),
@@ -480,17 +498,17 @@ def supervise(config: configuration.Config, workers: int) -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         return process
 
-    def stop(signum, frame) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
 
-    def forward_reload(signum, frame) -> None:
+    def forward_reload(signum: int, frame: FrameType | None) -> None:
         for process in processes:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signal.SIGHUP)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    processes: list[multiprocessing.Process] = []
+    processes: list[SpawnProcess] = []
     signal.signal(signal.SIGHUP, forward_reload)
     processes.extend(start() for _ in range(workers))
     log.info("supervisor started %d workers", workers, extra={"workers": workers})

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from securecore.server.api_schema import Endpoint, body, read_body, string
 from securecore.server.errors import error_response
+from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.sessions.manager import SessionManager, TokenPair
 from securecore.sessions.tokens import TokenError
 
@@ -93,7 +94,9 @@ FAILED_AUTHENTICATION = frozenset(
 )
 
 
-def session_routes(sessions: SessionManager, intrusion=None) -> list[Route]:
+def session_routes(
+    sessions: SessionManager, intrusion: IntrusionResponder | None = None
+) -> list[Route]:
     async def refused(request: Request, error: TokenError) -> JSONResponse:
         if intrusion is not None and error.code in FAILED_AUTHENTICATION:
             source = request.client.host if request.client else ""

@@ -10,6 +10,7 @@ a header, since no header is ever consulted.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -64,7 +65,7 @@ class _TLSScope:
     app: Any
     transport: Any
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         tls = tls_extension(transport)
         if tls is not None:
@@ -72,7 +73,7 @@ class _TLSScope:
             ssl_object = transport.get_extra_info("ssl_object")
             LIVE_CONNECTIONS.add(transport, ssl_object.getpeercert(binary_form=True))
 
-    def connection_lost(self, exc) -> None:  # type: ignore[override]
+    def connection_lost(self, exc: Exception | None) -> None:
         LIVE_CONNECTIONS.discard(self.transport)
         super().connection_lost(exc)  # type: ignore[misc]
 
