@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from securecore.server.identity import Principal
 from securecore.storage.state_db import StateDatabase
 from securecore.tls import TLSPolicy
 from tests.support.commands import securecore_lab
-from tests.support.devserver import free_port, wait_for_port
+from tests.support.devserver import free_port, ticket_store_command, wait_for_port
 from tests.support.postgres import fresh_database
 
 
@@ -40,23 +39,7 @@ def endpoint(tmp_path_factory):
     securecore_lab("init", str(base), "--software-keys")
     port = free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "securecore",
-            "plugin",
-            "ticket-store",
-            "--name",
-            "example",
-            "--tls-policy",
-            str(base / "tls" / "plugin-policy.json"),
-            "--state-dir",
-            str(base / "tickets"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--core-principal",
-            "core/localhost",
-        ],
+        ticket_store_command(base / "tls", base / "tickets", port),
         stdout=subprocess.DEVNULL,
         stderr=(base / "plugin.log").open("w"),
     )

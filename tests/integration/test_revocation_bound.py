@@ -18,7 +18,6 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from securecore.tls import TLSPolicy, TLSPolicyError
 from securecore_lab.devsetup import development_ca, development_leaves, issue_development_leaf
-from tests.support.devserver import admin, dev_server, free_port, wait_for_port
+from tests.support.devserver import (
+    admin,
+    dev_server,
+    free_port,
+    ticket_store_command,
+    wait_for_port,
+)
 
 WATCH = 0.5  # seconds: the policy's watch_seconds in these tests
 BOUND = WATCH * 6 + 2  # the promise is WATCH; the rest is slack for a busy test machine
@@ -277,23 +282,7 @@ def test_a_plugin_cuts_off_a_revoked_core_certificate(tmp_path: Path) -> None:
         tls, port = site["tls"], free_port()
         log = (tmp_path / "plugin.log").open("w")
         plugin = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "securecore",
-                "plugin",
-                "ticket-store",
-                "--name",
-                "example",
-                "--tls-policy",
-                str(tls / "plugin-policy.json"),
-                "--state-dir",
-                str(tmp_path / "tickets"),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--core-principal",
-                "core/localhost",
-            ],
+            ticket_store_command(tls, tmp_path / "tickets", port),
             stdout=subprocess.DEVNULL,
             stderr=log,
         )

@@ -191,29 +191,30 @@ def plugin_process(server, command: list[str], port: int):
         log.close()
 
 
+def ticket_store_command(tls: Path, state_dir: Path, port: int) -> list[str]:
+    """The reference plugin's command line, serving on PORT with the dev setup's TLS files."""
+    return [
+        sys.executable,
+        "-m",
+        "securecore",
+        "plugin",
+        "ticket-store",
+        "--name",
+        "example",
+        "--tls-policy",
+        str(tls / "plugin-policy.json"),
+        "--state-dir",
+        str(state_dir),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--core-principal",
+        "core/localhost",
+    ]
+
+
 def ticket_store(server, port: int):
     tls, base = server["tls"], server["config"].parent
-    return plugin_process(
-        server,
-        [
-            sys.executable,
-            "-m",
-            "securecore",
-            "plugin",
-            "ticket-store",
-            "--name",
-            "example",
-            "--tls-policy",
-            str(tls / "plugin-policy.json"),
-            "--state-dir",
-            str(base / "tickets"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--core-principal",
-            "core/localhost",
-        ],
-        port,
-    )
+    return plugin_process(server, ticket_store_command(tls, base / "tickets", port), port)
 
 
 def plugin_call(server, token: str, op: str, args: dict) -> tuple[int, dict]:
