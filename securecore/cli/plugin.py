@@ -8,20 +8,25 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from securecore.plugin_sdk.server import PluginError, PluginServer, register_with_core
 from securecore.plugin_sdk.ticket_store import TicketStore
 
 
+def _registration(args: argparse.Namespace) -> dict[str, Any]:
+    """What a plugin tells the core about itself, from its command line."""
+    return {
+        "tls_policy": args.tls_policy,
+        "name": args.name,
+        "vendor": args.vendor,
+        "endpoint": args.endpoint,
+        "security_level": args.security_level,
+    }
+
+
 def _register(args: argparse.Namespace) -> int:
-    answer = register_with_core(
-        args.core,
-        tls_policy=args.tls_policy,
-        name=args.name,
-        vendor=args.vendor,
-        endpoint=args.endpoint,
-        security_level=args.security_level,
-    )
+    answer = register_with_core(args.core, **_registration(args))
     answer.pop("session", None)  # tokens are not for the terminal or a log
     print(json.dumps(answer, indent=2))
     return 0 if answer.get("state") == "active" else 1
@@ -31,14 +36,7 @@ def _register_when_up(args: argparse.Namespace, attempts: int = 30) -> None:
     """Register with the core once this server answers (the core calls it back)."""
     for _ in range(attempts):
         try:
-            answer = register_with_core(
-                args.register,
-                tls_policy=args.tls_policy,
-                name=args.name,
-                vendor=args.vendor,
-                endpoint=args.endpoint,
-                security_level=args.security_level,
-            )
+            answer = register_with_core(args.register, **_registration(args))
         except PluginError as error:
             if error.code != "unreachable":
                 print(f"registration refused: {error}", flush=True)
