@@ -73,5 +73,5 @@ stage "type check" type_check
 stage "ansible-lint (production profile)" ansible-lint --offline --profile production
 stage "pytest: unit" pytest tests/unit "$@"
 stage "pytest: integration (SoftHSM, PostgreSQL, TLS)" \
-  pytest -m "not lab" -n "$workers" --dist loadfile tests/integration "$@"
+  pytest -m "not lab" -n "$workers" --dist loadfile --durations=25 tests/integration "$@"
 stage "molecule: the lab (site.yml once, every lab check)" molecule test

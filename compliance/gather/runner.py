@@ -51,7 +51,10 @@ def _own_ansible_on_path() -> None:
 
 def _environment(inventory: Path) -> dict[str, str]:
     _own_ansible_on_path()
-    env = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+    # Gathering is one task per host, which Ansible's own linear strategy runs as
+    # fast as any; the project's ansible.cfg may name Mitogen's for its playbooks,
+    # which would also ask sudo of a local host already running as root.
+    env = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_STRATEGY": "linear"}
     # Run from a project, its ansible.cfg (connection settings, known hosts) applies.
     config = os.environ.get("ANSIBLE_CONFIG") or next(
         (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,13 +27,21 @@ def lab_spec() -> LabSpec:
     return load_spec(ROOT / "inventories" / "lab")
 
 
+# One SSH connection per lab host and user, shared by every command of the checks
+# (a few thousand): without it each command pays a key exchange and a login. %C
+# hashes user, host and port, which keeps the socket path short; a master outlives
+# its last command by a minute, so a replaced container is reached afresh.
+CONTROL_PATH = Path(tempfile.gettempdir()) / "securecore-lab-ssh-%C"
+
+
 def connect(spec: LabSpec, host: LabHost, user: str | None = None) -> testinfra.host.Host:
     return testinfra.get_host(
         f"ssh://{user or host.user}@127.0.0.1:{host.ssh_port}",
         ssh_identity_file=str(spec.ssh_key),
         ssh_extra_args=(
             f"-o UserKnownHostsFile={spec.known_hosts} -o StrictHostKeyChecking=yes "
-            "-o IdentitiesOnly=yes -o BatchMode=yes -o ControlMaster=no"
+            "-o IdentitiesOnly=yes -o BatchMode=yes "
+            f"-o ControlMaster=auto -o ControlPersist=60s -o ControlPath={CONTROL_PATH}"
         ),
         sudo=user is None,
     )
