@@ -1,7 +1,8 @@
 """roles/hardening's control map (hardening_controls in vars/main.yml) is the one source of
 each control's CIS, ISO 27001 and SOC 2 ids: the README's table is written from it, each
-control's task block carries its ids in its name and tags, the compliance checks name real
-controls in their remediations, and every framework id is one the catalogs know."""
+control's task block carries its ids in its name and tags, the templates' headers cite them
+from it and no other file of the role spells them, the compliance checks name real controls
+in their remediations, and every framework id is one the catalogs know."""
 
 from __future__ import annotations
 
