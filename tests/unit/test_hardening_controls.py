@@ -1,12 +1,14 @@
 """roles/hardening's control map (hardening_controls in vars/main.yml) is the one source of
 each control's CIS, ISO 27001 and SOC 2 ids: the README's table is written from it, each
-control's task block carries its ids in its name and tags, the compliance checks name real
-controls in their remediations, and every framework id is one the catalogs know."""
+control's task block carries its ids in its name and tags, the templates' headers cite them
+from it and no other file of the role spells them, the compliance checks name real controls
+in their remediations, and every framework id is one the catalogs know."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +92,82 @@ def test_every_control_has_one_block_named_and_tagged_with_its_ids() -> None:
             ), (control_id, cis_id)
 
 
-def test_no_other_file_of_the_role_restates_cis_ids() -> None:
-    """CIS numbers appear in the map and the control blocks' names only (the
-    defaults name controls by their id)."""
-    for name in ("defaults/main.yml", "meta/argument_specs.yml"):
-        text = (ROLE / name).read_text()
-        assert not re.search(r"CIS \d", text), name
+# A framework id written out: a CIS section number on a line that names CIS, an
+# ISO/IEC 27001 Annex A id, a SOC 2 criterion. Tags (cis_5.1, iso_a.8.5) are lower case.
+HAND_WRITTEN_ID = re.compile(r"CIS\b[^\n]*?\b\d+\.\d+|\bA\.\d+\.\d+|\bCC\d+\.\d+")
+JINJA_EXPRESSION = re.compile(r"\{\{.*?\}\}")
+# pam-auth-update reads its profiles field by field: they carry no comment header.
+WITHOUT_HEADER = {"pam-pwhistory.j2"}
+
+
+def _templates_by_control() -> dict[str, str]:
+    """The control id whose block deploys each template of the role, by template."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any, control_id: str) -> None:
+        if isinstance(node, dict):
+            if "ansible.builtin.template" in node:
+                found[node["ansible.builtin.template"]["src"]] = control_id
+            for value in node.values():
+                walk(value, control_id)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, control_id)
+
+    for control_id, task in _control_blocks().items():
+        walk(task, control_id)
+    return found
+
+
+def test_no_other_file_of_the_role_spells_framework_ids() -> None:
+    """Framework ids appear in the map and the control blocks' names (checked above)
+    only: templates cite them from the map, the defaults name controls by their id."""
+    names = [task["name"] for task in _control_blocks().values()]
+    for path in sorted(ROLE.rglob("*")):
+        relative = path.relative_to(ROLE).as_posix()
+        # The README's table is written from the map (first test).
+        if not path.is_file() or relative in ("vars/main.yml", "README.md"):
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if any(name in line for name in names):
+                continue
+            found = HAND_WRITTEN_ID.search(JINJA_EXPRESSION.sub("", line))
+            assert found is None, f"{relative}:{number}: {line.strip()!r}: cite the map instead"
+
+
+def test_each_template_header_cites_its_control_from_the_map() -> None:
+    """A rendered file's header names the ids of the control that deploys it, as the
+    map has them (Ansible renders with trim_blocks, as here)."""
+    import jinja2
+
+    templated = _templates_by_control()
+    deployed = {path.name for path in (ROLE / "templates").glob("*.j2")} - {"controls.j2"}
+    assert set(templated) == deployed
+    environment = jinja2.Environment(  # noqa: S701 - configuration files, not HTML
+        loader=jinja2.FileSystemLoader(ROLE / "templates"),
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.ChainableUndefined,
+    )
+    variables = {
+        **yaml.safe_load((ROLE / "defaults/main.yml").read_text()),
+        **yaml.safe_load((ROLE / "vars/main.yml").read_text()),
+        "ansible_managed": "managed",
+    }
+    for src, control_id in sorted(templated.items()):
+        if src in WITHOUT_HEADER:
+            continue
+        rendered = environment.get_template(src).render(variables).splitlines()
+        header = [
+            line.lstrip("# ") for line in takewhile(lambda line: line.startswith("#"), rendered)
+        ]
+        control = CONTROLS[control_id]
+        cited = (
+            f"Controls: CIS Debian 12 {', '.join(control['cis'])};"
+            f" ISO/IEC 27001:2022 {', '.join(control['iso'])};"
+            f" SOC 2 {', '.join(control['soc2'])}."
+        )
+        assert cited in header, (src, control_id, header)
 
 
 def test_the_compliance_checks_name_real_controls() -> None:
