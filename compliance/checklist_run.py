@@ -19,7 +19,7 @@ from typing import Any
 from compliance.attestations import Attesters, current, period_of
 from compliance.checklists import Checklist
 from compliance.engine import Result
-from compliance.report_sections import Section, markdown_sections
+from compliance.report_sections import Section, check_rationales, markdown_sections
 
 ORDER = ("error", "fail", "pending", "waived", "pass")
 
@@ -81,7 +81,9 @@ def markdown(
     hosts: list[dict[str, Any]],
     when: datetime.datetime,
     sections: list[Section] | None = None,
+    results: list[dict[str, Any]] | None = None,
 ) -> str:
+    """The report: SECTIONS, the items and, given the check RESULTS, why each check ran."""
     counts = Counter(i.status for i in items)
     lines = [
         f"# {checklist.title} - {period_of(checklist.name, when)}",
@@ -118,6 +120,8 @@ def markdown(
             how.append("attestation pending")
         cell = "; ".join(how).replace("|", "\\|")
         lines.append(f"| {item.id} {item.title} | **{item.status}** | {cell} | {item.source} |")
+    if results is not None:
+        lines += markdown_sections([check_rationales(results)])
     problems = [(i.id, f) for i in items for f in i.failing]
     if problems:
         lines += ["", "## What failed", ""]

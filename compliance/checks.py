@@ -6,10 +6,16 @@ severity, a rule over the facts (compliance.rules), the controls it supports
 in each framework (many to many), and a remediation hint. Loading refuses a
 check whose rule is malformed or that names a control its framework does not
 have, naming the file and the check.
+
+A rationale begins with the ids of the project requirements (docs/requirements.md)
+the check enforces, then says why: "REQ-SVC-12, REQ-SVC-13 - keys rotate; ...".
+Those leading ids are the check's `requirements`, carried into every report as
+data, so an auditor's tool can go from a result to the requirement it verifies.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,20 @@ CHECK_DIR = Path(__file__).parent / "checks"
 SCOPES = ("host", "service")
 SEVERITIES = ("critical", "high", "medium", "low")
 REQUIRED = ("id", "title", "rationale", "scope", "severity", "rule", "controls", "remediation")
+# The ids a rationale opens with: one, or several joined by commas or "and".
+LEADING_IDS = re.compile(r"\s*(REQ-[A-Z]+-[1-9][0-9]*)\b(?:\s*(?:,|and\b))?")
+
+
+def requirement_ids(rationale: str) -> tuple[str, ...]:
+    """The requirement ids RATIONALE begins with, in order, each once; () when it
+    begins with something else (ids mentioned later in the text are not counted:
+    they are context, not what the check enforces)."""
+    found: list[str] = []
+    position = 0
+    while match := LEADING_IDS.match(rationale, position):
+        found.append(match.group(1))
+        position = match.end()
+    return tuple(dict.fromkeys(found))
 
 
 @dataclass(frozen=True)
@@ -36,6 +56,10 @@ class Check:
     facts: tuple[str, ...] = field(default=())
     groups: tuple[str, ...] = ("all",)  # inventory groups whose hosts it applies to
     source: str = ""
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        return requirement_ids(self.rationale)
 
 
 def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:

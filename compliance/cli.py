@@ -295,6 +295,8 @@ def _check(args: argparse.Namespace) -> int:
                         else ""
                     )
                     print(f"  {r.status.upper():<6} {r.check} ({r.severity}){waiver}: {r.detail}")
+                    if r.rationale:
+                        print(f"         why: {r.rationale}")
     if any(r.status == "error" for r in results):
         return 2
     return 1 if any(r.status == "fail" for r in results) else 0
@@ -324,7 +326,12 @@ def _checklist_run(args: argparse.Namespace) -> int:
         )
         sections = build_sections(checklist.report_sections, data)
         text = markdown(
-            checklist, outcome["items"], document["hosts"], document["started"], sections
+            checklist,
+            outcome["items"],
+            document["hosts"],
+            document["started"],
+            sections,
+            document["results"],
         )
         outcome["markdown"] = text
         page = render(checklist.title, run, document["hosts"], document["results"], items, sections)

@@ -3,12 +3,14 @@
 Statuses: `pass`, `fail`, `waived` (a failure an unexpired waiver covers - still
 shown, with the waiver), `error` (the host could not be reached or gathered:
 never a pass). A waiver that expired no longer applies and the result says so.
+Each result carries its check's rationale and the requirement ids it begins with,
+so every report made from the results can say why the check exists.
 """
 
 from __future__ import annotations
 
 import datetime
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ class Result:
     severity: str
     controls: dict[str, list[str]]
     waiver: dict[str, Any] | None = None
+    rationale: str = ""
+    requirements: list[str] = field(default_factory=list)  # the REQ ids it verifies
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,9 +106,19 @@ def run_checks(
             if not applies(check, host):
                 continue
             controls = {f: list(ids) for f, ids in check.controls.items()}
+            why = check.rationale.strip()
             if host.error:
                 results.append(
-                    Result(check.id, host.host, "error", host.error, check.severity, controls)
+                    Result(
+                        check.id,
+                        host.host,
+                        "error",
+                        host.error,
+                        check.severity,
+                        controls,
+                        rationale=why,
+                        requirements=list(check.requirements),
+                    )
                 )
                 continue
             outcome = evaluate(check.rule, host.facts)
@@ -115,6 +129,8 @@ def run_checks(
                 outcome.detail,
                 check.severity,
                 controls,
+                rationale=why,
+                requirements=list(check.requirements),
             )
             if not outcome.passed:
                 waiver = next(

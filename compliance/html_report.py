@@ -2,7 +2,9 @@
 
 No script, no external style sheet or font, nothing fetched: the page is
 the evidence itself. Everything that came from a host or a person is
-escaped, so a fact or a note can never become markup.
+escaped, so a fact or a note can never become markup. Each check result
+shows, under the check's name, its rationale: why the check exists and the
+requirements it verifies.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ th { background: #f3f3f3; }
 .pass { color: #17662b; } .fail, .error { color: #a30d0d; }
 .pending, .waived { color: #8a5a00; }
 code { font-size: .92em; }
+.rationale { color: #555; font-size: .92em; }
 """
 ORDER = ("error", "fail", "pending", "waived", "pass")
 
@@ -127,8 +130,13 @@ def render(
                 f"<br>waiver: {escape(w['reason'])} ({escape(w['approver'])}, until "
                 f"{escape(w['expires'])}{expired})"
             )
+        why = (
+            f'<br><span class="rationale">{escape(r["rationale"])}</span>'
+            if r.get("rationale")
+            else ""
+        )
         parts.append(
-            f"<tr><td>{escape(r['host'])}</td><td>{escape(r['check'])}</td>"
+            f"<tr><td>{escape(r['host'])}</td><td>{escape(r['check'])}{why}</td>"
             f"<td>{_status(r['status'])}</td><td>{escape(r['severity'])}</td>"
             f"<td>{escape(controls)}</td><td>{escape(r['detail'])}{waiver}</td></tr>"
         )

@@ -7,12 +7,15 @@ The mapping, for a reader who knows OSCAL:
 - each host is an `inventory-item` of the result's local definitions, and the
   tool is the `origin` actor of everything it observed;
 - one `observation` per check and host (`methods: TEST`), its subject the host,
-  its evidence the masked facts in the same bundle (`facts/HOST.json`);
+  its evidence the masked facts in the same bundle (`facts/HOST.json`); its
+  description ends with the check's rationale, and a `requirement` prop names
+  each project requirement (docs/requirements.md) the check verifies;
   a checklist item that a person attests is an observation with `EXAMINE`, and
   a pending attestation is said to be pending, never satisfied;
 - one `finding` per control: `satisfied` only when every related observation
   passed; a waived failure is `not-satisfied` with the waiver in its remarks,
-  an error (host not gathered) is `not-satisfied` with reason `other`.
+  an error (host not gathered) is `not-satisfied` with reason `other`; its
+  `requirement` props are those of the checks behind it.
 
 OSCAL has no assessment plan of ours to import, so `import-ap` points at a
 back-matter resource describing the check definitions and their SHA-256.
@@ -57,6 +60,8 @@ def _observation(result: dict[str, Any], subject: str, tool: str, collected: str
     description = f"Check {result['check']} on {result['host']}: {status}."
     if result["detail"]:
         description += f" {result['detail']}"
+    if result.get("rationale"):
+        description += f"\n\nWhy this check: {result['rationale']}"
     observation = {
         "uuid": _uuid(),
         "title": f"{result['check']} on {result['host']}",
@@ -65,6 +70,7 @@ def _observation(result: dict[str, Any], subject: str, tool: str, collected: str
             _prop("check", result["check"]),
             _prop("status", status),
             _prop("severity", result["severity"]),
+            *(_prop("requirement", i) for i in result.get("requirements", [])),
         ],
         "methods": ["TEST"],
         "types": ["finding"],
@@ -110,6 +116,7 @@ def _item_observation(item: dict[str, Any], tool: str, collected: str) -> dict:
 
 def _finding(framework: str, control: str, related: list[dict[str, Any]]) -> dict:
     statuses = {r["status"] for r in related}
+    requirements = sorted({i for r in related for i in r["requirements"]})
     if statuses <= {"pass"}:
         state, reason = "satisfied", "pass"
     elif statuses & {"error", "pending"}:  # not (fully) assessed: never satisfied
@@ -125,7 +132,10 @@ def _finding(framework: str, control: str, related: list[dict[str, Any]]) -> dic
         "uuid": _uuid(),
         "title": f"{FRAMEWORK_TITLES.get(framework, framework)} {control}",
         "description": f"{control}: {counts} (checks and hosts that support this control).",
-        "props": [_prop("framework", framework)],
+        "props": [
+            _prop("framework", framework),
+            *(_prop("requirement", i) for i in requirements),
+        ],
         "target": {
             "type": "objective-id",
             "target-id": f"{control}_obj",
@@ -161,7 +171,11 @@ def assessment_results(
         for framework, controls in result["controls"].items():
             for control in controls:
                 by_control[framework, control].append(
-                    {"status": result["status"], "observation": observation["uuid"]}
+                    {
+                        "status": result["status"],
+                        "observation": observation["uuid"],
+                        "requirements": result.get("requirements", []),
+                    }
                 )
     # A checklist item's attestation part (its checks are already results above).
     for item in items or []:
@@ -174,7 +188,7 @@ def assessment_results(
         for framework, controls in attested.items():
             for control in controls:
                 by_control[framework, control].append(
-                    {"status": status, "observation": observation["uuid"]}
+                    {"status": status, "observation": observation["uuid"], "requirements": []}
                 )
     selections = []
     for framework in sorted({f for f, _ in by_control}):

@@ -249,6 +249,17 @@ BUILDERS: dict[str, Callable[[RunData], Section]] = {
 }
 
 
+def check_rationales(results: list[dict[str, Any]]) -> Section:
+    """Why each check of the run exists: its rationale, which opens with the ids of the
+    requirements it verifies. Not one of a checklist's sections: every report has it."""
+    section = Section("Why these checks", ["check", "rationale"], empty="no check ran")
+    rationales: dict[str, str] = {}
+    for r in results:
+        rationales.setdefault(r["check"], r.get("rationale") or "")
+    section.rows = [[check, rationales[check]] for check in sorted(rationales)]
+    return section
+
+
 def build_sections(names: tuple[str, ...], run: RunData) -> list[Section]:
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:

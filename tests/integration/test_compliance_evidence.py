@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,8 @@ from compliance.evidence import archive, generate_key, load_signing_key, masked,
 from tests.support.commands import compliance
 
 
-def bundle(directory: Path, key, day: int) -> Path:
+def bundle(directory: Path, key, day: int, **why: Any) -> Path:
+    """A bundle whose result has the fields earlier versions wrote, and WHY's."""
     results = [
         {
             "check": "ssh.keys_only",
@@ -23,6 +25,7 @@ def bundle(directory: Path, key, day: int) -> Path:
             "severity": "high",
             "controls": {},
             "waiver": None,
+            **why,
         }
     ]
     facts = {
@@ -103,6 +106,20 @@ def test_secrets_never_reach_a_bundle(tmp_path: Path, key) -> None:
     assert masked({"a": {"user_pin": "1234", "keys": ["x"]}}) == {
         "a": {"user_pin": "***", "keys": ["x"]}
     }
+
+
+def test_a_series_begun_by_an_earlier_version_still_verifies(tmp_path: Path, key, pub) -> None:
+    # Verifying reads no result's fields: bundles whose results have no rationale
+    # still verify, and a newer bundle that has one chains on them.
+    evidence = tmp_path / "evidence"
+    bundle(evidence, key, 1)
+    newer = bundle(
+        evidence, key, 2, rationale="REQ-HARD-3 - keys only.", requirements=["REQ-HARD-3"]
+    )
+    [result] = json.loads((newer / "results.json").read_text())["results"]
+    assert result["requirements"] == ["REQ-HARD-3"]
+    checked = verify(evidence, "--trusted-key", pub)
+    assert checked.returncode == 0, checked.stdout
 
 
 def test_a_changed_file_is_named(tmp_path: Path, key, pub) -> None:

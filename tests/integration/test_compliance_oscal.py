@@ -17,6 +17,9 @@ from pydantic.v1 import ValidationError
 from trestle.oscal import OSCAL_VERSION
 from trestle.oscal.assessment_results import Model
 
+from compliance.catalog import load_catalogs
+from compliance.checks import load_checks
+from compliance.oscal import NS
 from tests.support.commands import compliance
 from tests.support.evidence import attesters
 
@@ -106,6 +109,25 @@ def test_a_check_run_is_valid_oscal_assessment_results(inventory, tmp_path: Path
         for s in sel["include-controls"]
     }
     assert reviewed == {t.removesuffix("_obj") for t in findings}
+    # Each result says why its check exists (results.json: the rationale and the ids it
+    # opens with), and so does its observation: the rationale in its description, each
+    # id a prop; a finding names the requirements of the checks behind its control.
+    checks = {c.id: c for c in load_checks(load_catalogs())}
+    for r in results:
+        assert r["rationale"] == checks[r["check"]].rationale.strip()
+        assert r["requirements"] == list(checks[r["check"]].requirements) != []
+    ns = {p["ns"] for o in result["observations"] for p in o["props"]}
+    for observation, r in zip(result["observations"], results, strict=True):
+        assert observation["title"] == f"{r['check']} on {r['host']}"
+        assert observation["description"].endswith(f"Why this check: {r['rationale']}")
+        named = [p["value"] for p in observation["props"] if p["name"] == "requirement"]
+        assert named == r["requirements"]
+    assert ns == {NS}
+    tls = next(r for r in results if r["check"] == "tls.policy")
+    finding = next(f for f in result["findings"] if f["target"]["target-id"] == "A.8.24_obj")
+    assert set(tls["requirements"]) <= {
+        p["value"] for p in finding["props"] if p["name"] == "requirement"
+    }
     # The manifest covers the OSCAL file like every other file.
     assert "assessment-results.json" in json.loads((bundle / "manifest.json").read_text())["files"]
 

@@ -25,6 +25,8 @@ RESULTS = [
         "controls": {"iso27001-2022": ["A.8.8"]},
         "detail": "2 security updates pending",
         "waiver": None,
+        "rationale": "REQ-HARD-12 - patch deadlines (critical within 24 hours).",
+        "requirements": ["REQ-HARD-12"],
     },
     {
         "check": "service.ready",
@@ -34,6 +36,8 @@ RESULTS = [
         "controls": {"iso27001-2022": ["A.8.16"]},
         "detail": "ready",
         "waiver": None,
+        "rationale": "REQ-COMP-8 - system operation status.",
+        "requirements": ["REQ-COMP-8"],
     },
 ]
 
@@ -81,11 +85,16 @@ def test_sections_show_the_incidents_and_responses_of_a_real_service(tmp_path: P
     state = {r[0]: r for r in sections["System state"].rows}
     assert state["core-01"][2] == "ready" and state["dmz-01"][1] == "error: unreachable: timeout"
     # Markdown and HTML carry the sections; the reason of the shutdown (a detail) does not.
-    text = markdown(daily, items, hosts, now, list(sections.values()))
+    text = markdown(daily, items, hosts, now, list(sections.values()), RESULTS)
     page = render(daily.title, {}, hosts, RESULTS, data.items, list(sections.values()))
     for rendered in (text, page):
         assert "Incidents (last 24 hours)" in rendered and "emergency.shutdown" in rendered
         assert "plugin zone compromised" not in rendered
+    # Both say why each check exists, its requirement ids first.
+    why = text.split("## Why these checks", 1)[1]
+    assert "| patches.security_updates | REQ-HARD-12 - patch deadlines" in why
+    assert "| service.ready | REQ-COMP-8 - system operation status. |" in why
+    assert '<span class="rationale">REQ-HARD-12 - patch deadlines' in page
     # The weekly report: its improvements come from the failed checks' remediation.
     weekly = load_checklist("weekly", catalogs, checks)
     weekly_sections = {s.title: s for s in build_sections(weekly.report_sections, data)}

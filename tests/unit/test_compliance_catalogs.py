@@ -13,7 +13,7 @@ import yaml
 
 from compliance.catalog import CATALOG_DIR, CatalogError, load_catalog, load_catalogs
 from compliance.checklists import CHECKLIST_DIR, load_checklist, load_checklists
-from compliance.checks import CHECK_DIR, load_checks
+from compliance.checks import CHECK_DIR, load_checks, requirement_ids
 from compliance.coverage import APPLICABILITY_FILE, coverage, load_applicability
 from compliance.rules import RuleError, evaluate, validate
 
@@ -146,6 +146,32 @@ def test_the_shipped_checks_load_with_their_facts(checks) -> None:
     assert by_id["ssh.root_login_disabled"].facts == ("sshd.permitrootlogin",)
     assert {c.scope for c in checks} == {"host", "service"}
     assert by_id["tls.policy"].controls["iso27001-2022"][0] == "A.8.24"
+
+
+@pytest.mark.parametrize(
+    ("rationale", "ids"),
+    [
+        ("REQ-AUDIT-5 - audit log integrity.", ("REQ-AUDIT-5",)),
+        ("REQ-SVC-12, REQ-SVC-13 - keys rotate.", ("REQ-SVC-12", "REQ-SVC-13")),
+        ("REQ-HARD-13 (patch management); ISO 27001 A.8.19", ("REQ-HARD-13",)),
+        ("REQ-NET-2 and REQ-NET-6: zones", ("REQ-NET-2", "REQ-NET-6")),
+        ("see REQ-NET-2", ()),  # an id later in the text is context, not what it verifies
+        ("REQ-NET-2 - unlike REQ-NET-6", ("REQ-NET-2",)),
+    ],
+)
+def test_the_requirement_ids_a_rationale_begins_with(rationale, ids) -> None:
+    assert requirement_ids(rationale) == ids
+
+
+def test_every_check_says_which_requirements_it_verifies(checks) -> None:
+    # Each id being defined in docs/requirements.md is test_requirements_doc's concern
+    # (every id cited anywhere is); here: the rationale opens with them, so the
+    # reports can carry them as data.
+    assert [c.id for c in checks if not c.requirements] == []
+    assert {c.id: c.requirements for c in checks}["service.key_ages"] == (
+        "REQ-SVC-12",
+        "REQ-SVC-13",
+    )
 
 
 @pytest.mark.parametrize(

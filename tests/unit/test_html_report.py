@@ -70,3 +70,20 @@ def test_a_checklist_report_shows_items_and_attestations() -> None:
     )
     assert "not counted: x.json: by &lt;mallory&gt;, who is not in the attesters file" in page
     assert '<span class="status pending">pending</span>' in page
+
+
+def test_each_check_result_says_why_the_check_exists() -> None:
+    results = [
+        {
+            **RESULTS[0],
+            "rationale": "REQ-HARD-3 - passwords <over the network> can be guessed.",
+            "requirements": ["REQ-HARD-3"],
+        },
+        *RESULTS[1:],  # as earlier versions made them: no rationale, and none is shown
+    ]
+    page = render("compliance check", {}, HOSTS, results)
+    assert (
+        '<td>ssh.keys_only<br><span class="rationale">REQ-HARD-3 - passwords '
+        "&lt;over the network&gt; can be guessed.</span></td>" in page
+    )
+    assert "<td>tls.policy</td>" in page and page.count('class="rationale"') == 1
