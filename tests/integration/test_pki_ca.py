@@ -208,6 +208,37 @@ def test_a_good_certificate_is_kept(site: Path, tmp_path: Path) -> None:
     assert "csr" not in again and again["days_remaining"] >= 179
 
 
+def test_a_peer_certificate_serves_and_connects_and_a_changed_usage_is_reissued(
+    site: Path, tmp_path: Path
+) -> None:
+    # A cluster member (etcd 3.4) presents one certificate to the peers it serves and
+    # to those it connects to: both extended key usages, each checked by OpenSSL.
+    names = {"dns_names": ["core-02"], "ip_addresses": ["10.2.200.12"]}
+    signed = issue(site, tmp_path, "core-02", "peer", **names)
+    (tmp_path / "core-02.pem").write_text(signed["chain_pem"])
+    for purpose in ("sslserver", "sslclient"):
+        verified = openssl(
+            "verify",
+            "-CAfile",
+            str(site / "root-ca.pem"),
+            "-untrusted",
+            str(tmp_path / "core-02.pem"),
+            "-purpose",
+            purpose,
+            str(tmp_path / "core-02.pem"),
+        )
+        assert verified.returncode == 0, (purpose, verified.stdout + verified.stderr)
+    cert = x509.load_pem_x509_certificate(signed["certificate_pem"].encode())
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    # The same names asked for as a server only: the peer certificate is not kept, since
+    # it could also act as a client, which a server certificate must not.
+    issuer = (site / "intermediate-ca.pem").read_text()
+    again = request(tmp_path, "core-02", "server", issuer=issuer, **names)
+    assert again["needs_certificate"], again
+    assert any("extended key usages" in reason for reason in again["reasons"]), again
+
+
 def test_short_validity_is_renewed_and_warned_about(site: Path, tmp_path: Path) -> None:
     issue(site, tmp_path, "dmz-01", "server", dns_names=["dmz-01"], not_after=iso(20))
     issuer = (site / "intermediate-ca.pem").read_text()

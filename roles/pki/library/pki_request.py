@@ -31,10 +31,10 @@ options:
     description: Group of the key (default the group the module runs as).
     type: str
   usage:
-    description: C(server) or C(client).
+    description: C(server), C(client) or C(peer) (both), as in M(pki_sign).
     type: str
     required: true
-    choices: [server, client]
+    choices: [client, peer, server]
   common_name:
     description: CN wanted in the subject.
     type: str

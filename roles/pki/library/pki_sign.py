@@ -11,8 +11,8 @@ description:
   - Runs on the controller, where the CA directory made by M(pki_ca) lives. Takes only the
     public key from the CSR (after checking the CSR's signature); subject, SANs and usage
     come from the module's options, so a host cannot obtain names that are not its own.
-  - ECDSA P-256 keys only; SHA-256; C(digitalSignature) key usage; one extended key usage
-    (serverAuth or clientAuth); never valid beyond the intermediate.
+  - ECDSA P-256 keys only; SHA-256; C(digitalSignature) key usage; the extended key usages
+    of O(usage) and no other; never valid beyond the intermediate.
   - Every certificate issued is kept as C(issued/SERIAL.pem) in the CA directory.
   - Always reports a change (it issues a certificate); call it only when M(pki_request) says
     a certificate is needed.
@@ -31,10 +31,12 @@ options:
     type: str
     required: true
   usage:
-    description: C(server) (serverAuth) or C(client) (clientAuth).
+    description: >-
+      C(server) (serverAuth), C(client) (clientAuth) or C(peer) (both: a member of a
+      cluster that serves its peers and connects to them with one certificate).
     type: str
     required: true
-    choices: [server, client]
+    choices: [client, peer, server]
   common_name:
     description: CN of the subject.
     type: str

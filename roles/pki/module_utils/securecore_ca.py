@@ -361,7 +361,7 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([USAGES[usage]]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(USAGES[usage]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
             .add_extension(_authority_key_id(intermediate), critical=False)
         )

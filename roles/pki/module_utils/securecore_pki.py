@@ -26,15 +26,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 MIN_KDF_ITERATIONS = 100_000
 DEFAULT_KDF_ITERATIONS = 600_000
 
+# The extended key usages of each kind of certificate. A peer both serves and
+# connects with the one certificate: etcd 3.4 presents its peer certificate in
+# both directions and has no separate client certificate for its peers.
 USAGES = {
-    "server": ExtendedKeyUsageOID.SERVER_AUTH,
-    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "server": [ExtendedKeyUsageOID.SERVER_AUTH],
+    "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
+    "peer": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
 }
 
 # What a certificate is for and whom it names: the same options in the module
 # that asks for a certificate (pki_request) and the one that issues it (pki_sign).
 CERTIFICATE_NAME_OPTIONS = {
-    "usage": {"type": "str", "required": True, "choices": ["server", "client"]},
+    "usage": {"type": "str", "required": True, "choices": sorted(USAGES)},
     "common_name": {"type": "str", "required": True},
     "organization": {"type": "str", "default": "SecureCore"},
     "organizational_unit": {"type": "str", "default": ""},
@@ -308,8 +312,8 @@ def certificate_problems(
     if present != sans:
         missing, extra = sorted(sans - present), sorted(present - sans)
         problems.append(f"SANs differ (missing: {missing}, not wanted: {extra})")
-    if USAGES[usage] not in extended_key_usages(cert):
-        problems.append(f"it lacks the {usage} extended key usage")
+    if extended_key_usages(cert) != set(USAGES[usage]):
+        problems.append(f"its extended key usages are not those of a {usage} certificate")
     if issuer is not None and not is_signed_by(cert, issuer):
         problems.append("it was not issued by the current intermediate CA")
     remaining = days_remaining(cert, now)
