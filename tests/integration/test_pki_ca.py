@@ -323,6 +323,35 @@ def test_revocation_is_permanent_and_reaches_the_crl(site: Path, tmp_path: Path)
     assert denied.returncode != 0 and "certificate revoked" in denied.stdout + denied.stderr
 
 
+
+def test_every_ca_of_the_chain_has_a_crl_for_verifiers_that_check_them_all(
+    site: Path, tmp_path: Path
+) -> None:
+    """PostgreSQL checks the revocation of every certificate in a client's chain: with the
+    intermediate's CRL alone it refuses every client, revoked or not."""
+    valid = issue(site, tmp_path, "core-07", "client")
+    lost = issue(site, tmp_path, "core-08", "client")
+    revoked = ca(site, revoke=[{"serial": lost["serial"], "reason": "key_compromise"}])
+    chain = tmp_path / "crl-chain.pem"
+    chain.write_text(revoked["crl_pem"] + revoked["root_crl_pem"])
+    root_crl = x509.load_pem_x509_crl(revoked["root_crl_pem"].encode())
+    root = x509.load_pem_x509_certificate((site / "root-ca.pem").read_bytes())
+    assert root_crl.issuer == root.subject and root_crl.is_signature_valid(root.public_key())
+
+    def verify(name: str, crls: Path) -> subprocess.CompletedProcess:
+        leaf = str(tmp_path / f"{name}.pem")
+        anchor = ["-CAfile", str(site / "root-ca.pem"), "-untrusted", leaf]
+        return openssl("verify", *anchor, "-crl_check_all", "-CRLfile", str(crls), leaf)
+
+    assert verify("core-07", chain).returncode == 0, valid
+    refused = verify("core-08", chain)
+    assert refused.returncode != 0 and "certificate revoked" in refused.stdout + refused.stderr
+    # The intermediate's CRL alone is not enough for such a verifier.
+    lone = verify("core-07", site / "crl.pem")
+    assert lone.returncode != 0 and "unable to get certificate CRL" in lone.stdout + lone.stderr
+    assert ca(site)["changed"] is False  # both CRLs current: nothing to re-sign
+
+
 # --- the TLS policy in real handshakes ------------------------------------------
 
 

@@ -98,6 +98,10 @@ crl_pem:
   description: The intermediate's current CRL.
   returned: unless a new CA would be made in check mode
   type: str
+root_crl_pem:
+  description: The root's current CRL (for verifiers that check every CA of a chain).
+  returned: unless a new CA would be made in check mode
+  type: str
 revoked:
   description: Serials (hex) of every revoked certificate.
   returned: always
@@ -165,8 +169,10 @@ def main() -> None:
     }
     root, intermediate = authority.root, authority.intermediate
     if root is not None and intermediate is not None and os.path.exists(authority.file("crl.pem")):
-        with open(authority.file("crl.pem"), encoding="ascii") as handle:
-            result["crl_pem"] = handle.read()
+        for name, key in (("crl.pem", "crl_pem"), ("root-crl.pem", "root_crl_pem")):
+            if os.path.exists(authority.file(name)):
+                with open(authority.file(name), encoding="ascii") as handle:
+                    result[key] = handle.read()
         result["root_pem"] = certificate_pem(root)
         result["intermediate_pem"] = certificate_pem(intermediate)
         if days_remaining(root) < params["intermediate_renew_before_days"]:

@@ -4,6 +4,9 @@ Layout of the directory (mode 0700):
   root-ca.key, intermediate-ca.key   encrypted PKCS#8 (PBKDF2-HMAC-SHA256, AES-256-CBC), 0600
   root-ca.pem, intermediate-ca.pem   the CA certificates
   crl.pem                            the intermediate's CRL (leaf revocations)
+  root-crl.pem                       the root's CRL (empty: an intermediate is replaced,
+                                     never revoked); verifiers that check every CA of
+                                     the chain (PostgreSQL) need one for the root too
   revoked.json                       every revocation ever made (revocation is permanent)
   issued/SERIAL.pem                  every certificate issued, like OpenSSL's newcerts
 """
@@ -88,8 +91,8 @@ class CertificateAuthority:
     def intermediate(self) -> x509.Certificate | None:
         return _read_certificate(self.file("intermediate-ca.pem"))
 
-    def crl(self) -> x509.CertificateRevocationList | None:
-        path = self.file("crl.pem")
+    def crl(self, name: str = "crl.pem") -> x509.CertificateRevocationList | None:
+        path = self.file(name)
         if not os.path.exists(path):
             return None
         with open(path, "rb") as handle:
@@ -135,7 +138,8 @@ class CertificateAuthority:
                 )
             actions.append("create the root CA")
             if check_mode:
-                return [*actions, "create the intermediate CA", "create the CRL"]
+                created = ["create the intermediate CA", "create the CRL", "create the root CRL"]
+                return [*actions, *created]
             root = self._create_root(settings)
         else:
             # Decrypting proves the passphrase before anything else is done.
@@ -156,6 +160,11 @@ class CertificateAuthority:
             actions.append(f"re-sign the CRL ({crl_reason or 'new revocations'})")
             if not check_mode:
                 self._write_crl(intermediate, settings)
+        root_crl_reason = self._root_crl_problem(root, settings)
+        if root_crl_reason:
+            actions.append(f"re-sign the root CRL ({root_crl_reason})")
+            if not check_mode:
+                self._sign_crl("root-crl.pem", root, "root-ca.key", {}, settings)
         return actions
 
     def _create_root(self, settings: dict) -> x509.Certificate:
@@ -262,6 +271,18 @@ class CertificateAuthority:
         listed = {format(entry.serial_number, "x") for entry in crl}
         if listed != set(self.revocations()):
             return "its entries differ from revoked.json"
+        return self._renewal_due(crl, settings)
+
+    def _root_crl_problem(self, root: x509.Certificate, settings: dict) -> str:
+        crl = self.crl("root-crl.pem")
+        if crl is None:
+            return "none yet"
+        if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):
+            return "not signed by the root"
+        return self._renewal_due(crl, settings)
+
+    @staticmethod
+    def _renewal_due(crl: x509.CertificateRevocationList, settings: dict) -> str:
         next_update = getattr(crl, "next_update_utc", None) or crl.next_update.replace(
             tzinfo=datetime.UTC
         )
@@ -271,18 +292,30 @@ class CertificateAuthority:
         return ""
 
     def _write_crl(self, intermediate: x509.Certificate, settings: dict) -> None:
-        key = load_encrypted_key(self.file("intermediate-ca.key"), self.passphrase)
+        self._sign_crl(
+            "crl.pem", intermediate, "intermediate-ca.key", self.revocations(), settings
+        )
+
+    def _sign_crl(
+        self,
+        name: str,
+        issuer: x509.Certificate,
+        key_file: str,
+        revocations: dict[str, dict],
+        settings: dict,
+    ) -> None:
+        key = load_encrypted_key(self.file(key_file), self.passphrase)
         now = utcnow()
         builder = (
             x509.CertificateRevocationListBuilder()
-            .issuer_name(intermediate.subject)
+            .issuer_name(issuer.subject)
             .last_update(now - CLOCK_SKEW)
             .next_update(now + datetime.timedelta(days=settings["crl_validity_days"]))
-            .add_extension(_authority_key_id(intermediate), critical=False)
+            .add_extension(_authority_key_id(issuer), critical=False)
             # A CRL number that only grows: seconds since the epoch.
             .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
         )
-        for entry in self.revocations().values():
+        for entry in revocations.values():
             revoked_at = datetime.datetime.fromisoformat(entry["revoked_at"])
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()
@@ -292,7 +325,7 @@ class CertificateAuthority:
                 .build()
             )
         crl = builder.sign(key, hashes.SHA256())
-        write_atomically(self.file("crl.pem"), crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomically(self.file(name), crl.public_bytes(serialization.Encoding.PEM), 0o644)
 
     # --- issuing leaf certificates -----------------------------------------------
 
