@@ -323,7 +323,6 @@ def test_revocation_is_permanent_and_reaches_the_crl(site: Path, tmp_path: Path)
     assert denied.returncode != 0 and "certificate revoked" in denied.stdout + denied.stderr
 
 
-
 def test_every_ca_of_the_chain_has_a_crl_for_verifiers_that_check_them_all(
     site: Path, tmp_path: Path
 ) -> None:

@@ -292,9 +292,7 @@ class CertificateAuthority:
         return ""
 
     def _write_crl(self, intermediate: x509.Certificate, settings: dict) -> None:
-        self._sign_crl(
-            "crl.pem", intermediate, "intermediate-ca.key", self.revocations(), settings
-        )
+        self._sign_crl("crl.pem", intermediate, "intermediate-ca.key", self.revocations(), settings)
 
     def _sign_crl(
         self,
