@@ -39,6 +39,8 @@ ORDER = [
     # Shutdown and recovery, key and certificate rotation, backup and restore, upgrades.
     "whole_site/test_core_service.py",
     "whole_site/test_revocation.py",
+    # Kills, cuts off and switches over the database nodes; leaves the cluster healthy.
+    "database/test_database_failover.py",
     # Stops, replaces and removes the lab's containers: always last.
     "lab_manager/test_lab_manager.py",
 ]

@@ -1,0 +1,129 @@
+"""The lab's database cluster from tests: Patroni's view, SQL as the service, and the
+hosts' state, all reached over SSH like every lab check (tests/support/labhosts.py)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+import testinfra
+
+from tests.support.labhosts import lab_spec
+
+SPEC = lab_spec()
+ADDRESS = {host.name: str(host.address) for host in SPEC.hosts}
+DATA_NODES = ("core-01", "core-02")
+CONSENSUS = ("core-01", "core-02", "mgmt-01")
+PATRONI = "/etc/patroni"
+PATRONICTL = f"cd / && sudo -u postgres patronictl -c {PATRONI}/config.yml"
+
+# The service's connection: every data node, the writable one chosen by libpq,
+# the node's own client certificate (its name maps to the service's role).
+SERVICE_DSN = (
+    f"host={','.join(ADDRESS[n] for n in DATA_NODES)} port=5432 dbname=securecore"
+    f" user=securecore target_session_attrs=read-write connect_timeout=3 sslmode=verify-full"
+    f" sslrootcert={PATRONI}/tls/ca.pem sslcert={PATRONI}/tls/client.pem"
+    f" sslkey={PATRONI}/tls/client.key"
+)
+
+
+def members(host: testinfra.host.Host) -> list[dict]:
+    """patronictl's member list (Member, Role, State, TL, ...), asked on HOST."""
+    return json.loads(host.check_output(f"{PATRONICTL} list --format json"))
+
+
+def leader(host: testinfra.host.Host) -> str | None:
+    return next((m["Member"] for m in members(host) if m["Role"] == "Leader"), None)
+
+
+def psql_as_service(host: testinfra.host.Host, sql: str) -> list[str]:
+    """Rows (|-separated) of SQL run as the service's role through SERVICE_DSN."""
+    dsn, statement = shlex.quote(SERVICE_DSN), shlex.quote(sql)
+    out = host.check_output(f"cd / && sudo -u postgres psql --no-psqlrc -At {dsn} -c {statement}")
+    return out.splitlines()
+
+
+def local_sql(host: testinfra.host.Host, sql: str) -> str:
+    """SQL as postgres over HOST's unix socket (no network: works inside a partition)."""
+    return host.check_output(f"cd / && sudo -u postgres psql --no-psqlrc -At -c {shlex.quote(sql)}")
+
+
+def wait_healthy(host: testinfra.host.Host, timeout: float = 180) -> list[dict]:
+    """Wait until the cluster has a running leader and a running synchronous standby on
+    one timeline; return the member list (AssertionError with the last one on timeout)."""
+    deadline, listed = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        result = host.run(f"{PATRONICTL} list --format json")
+        if result.rc == 0:
+            listed = json.loads(result.stdout)
+            roles = sorted(m["Role"] for m in listed if m["State"] in ("running", "streaming"))
+            if roles == ["Leader", "Sync Standby"] and len({m.get("TL") for m in listed}) == 1:
+                return listed
+        time.sleep(2)
+    raise AssertionError(f"the cluster is not healthy after {timeout} s: {listed}")
+
+
+# A client of the database for the failover checks: inserts 1, 2, 3, ... through
+# SERVICE_DSN, one row per commit, and prints "ok N T" once a commit returned (the
+# acknowledgement) or "error N T NAME" when it failed, then retries the same row
+# on a new connection (ON CONFLICT: a commit whose answer was lost is not doubled).
+# Runs for at most its given seconds, or until the stop file exists.
+WRITER = r"""
+import os, sys, time
+import psycopg2
+dsn, table, seconds, stop = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+end, connection, n = time.monotonic() + seconds, None, 1
+while time.monotonic() < end and not os.path.exists(stop):
+    try:
+        if connection is None:
+            connection = psycopg2.connect(dsn)
+            connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (id) VALUES (%s) ON CONFLICT DO NOTHING", (n,)
+            )
+        print(f"ok {n} {time.time():.3f}", flush=True)
+        n += 1
+        time.sleep(0.02)
+    except psycopg2.Error as error:
+        print(f"error {n} {time.time():.3f} {type(error).__name__}", flush=True)
+        try:
+            connection.close()
+        except Exception:
+            pass
+        connection = None
+        time.sleep(0.2)
+"""
+
+# Prints "TIME STATE" every 0.2 s, STATE being what the node's PostgreSQL says over
+# the local socket: primary, replica, or down. Every container shares the lab
+# machine's clock, so two nodes' samples compare in time.
+SAMPLER = r"""
+import sys, time
+import psycopg2
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        with psycopg2.connect("dbname=postgres connect_timeout=1") as connection:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_is_in_recovery()")
+                state = "replica" if cursor.fetchone()[0] else "primary"
+        connection.close()
+    except psycopg2.Error:
+        state = "down"
+    print(f"{time.time():.3f} {state}", flush=True)
+    time.sleep(0.2)
+"""
+
+
+def run_script(host: testinfra.host.Host, unit: str, script: str, *args: str) -> str:
+    """Start SCRIPT as postgres on HOST in a transient unit; its output file's path."""
+    output = f"/tmp/{unit}.out"
+    host.run(f"systemctl stop {unit} 2>/dev/null; rm -f {output}")
+    quoted = " ".join(shlex.quote(a) for a in args)
+    host.check_output(
+        f"systemd-run --unit {unit} --collect -p User=postgres -p WorkingDirectory=/tmp"
+        f" -p StandardOutput=file:{output} python3 -c {shlex.quote(script)} {quoted}"
+    )
+    return output
