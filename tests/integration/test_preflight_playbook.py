@@ -96,3 +96,25 @@ def test_every_problem_is_listed_in_one_message(production_copy: Path) -> None:
     assert "Preflight found 7 problem(s)" in proc.stdout
     assert "site_segments.core.vlan = 5000: outside 1-4094" in proc.stdout
     assert "site_segments.plugin.cidr = '10.1.300.0/24'" in proc.stdout
+
+
+MEMBERS = ("core-01", "core-02", "mgmt-01")
+
+
+def test_a_database_consensus_of_two_nodes_is_refused(production_copy: Path) -> None:
+    vault = production_copy / "group_vars" / "all" / "vault.yml"
+    vault.write_text("pki_ca_passphrase: example-ca-passphrase\n")
+    hosts = production_copy / "hosts.yml"
+    text = hosts.read_text()
+    three = "\n".join(
+        ["    database_consensus:", "      hosts:", *(f"        {h}:" for h in MEMBERS)]
+    )
+    assert three in text
+    hosts.write_text(text.replace(three, three.removesuffix("\n        mgmt-01:")))
+    proc = run("ansible-playbook", "-i", str(production_copy), "playbooks/site.yml", check=False)
+    assert proc.returncode != 0
+    assert (
+        "group database_consensus: 2 hosts (core-01, core-02); the consensus store needs an odd"
+        " number, at least 3" in " ".join(proc.stdout.split())
+    )
+    assert proc.stdout.count("PLAY [") == 1  # refused before any host was touched

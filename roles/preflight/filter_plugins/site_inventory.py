@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 SEGMENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,14}$")
@@ -196,17 +196,51 @@ def _secret_problems(
     return problems
 
 
+def _quorum_problems(
+    groups: Mapping[str, Iterable[str]], database_group: str, consensus_group: str
+) -> list[str]:
+    """The replicated database needs a consensus store that survives one lost member:
+    an odd number (at least 3) of etcd members, among them every database node. Two
+    nodes alone can never tell a dead peer from a cut link."""
+    database = list(groups.get(database_group) or [])
+    if not database:
+        return []  # no replicated database on this site
+    consensus = list(groups.get(consensus_group) or [])
+    problems = []
+    if len(database) < 2:
+        problems.append(
+            f"group {database_group}: {len(database)} host ({', '.join(database)}); "
+            "a replicated database needs at least 2"
+        )
+    if len(consensus) < 3 or len(consensus) % 2 == 0:
+        problems.append(
+            f"group {consensus_group}: {len(consensus)} hosts ({', '.join(consensus) or 'none'}); "
+            "the consensus store needs an odd number, at least 3, so that losing one keeps a "
+            "quorum: add a host that holds no data"
+        )
+    if missing := [host for host in database if host not in consensus]:
+        problems.append(
+            f"group {consensus_group}: must include every host of {database_group} "
+            f"(missing: {', '.join(missing)})"
+        )
+    return problems
+
+
 def site_inventory_problems(
     site_segments: Any,
     hostvars: Mapping[str, Mapping[str, Any]],
     groups: Mapping[str, Iterable[str]],
     required_secrets: Any = None,
+    database_groups: Sequence[str] = ("database", "database_consensus"),
 ) -> list[str]:
-    """Every problem of the site's segments, hosts and secrets, in a stable order."""
+    """Every problem of the site's segments, hosts, secrets and database quorum, in a
+    stable order. DATABASE_GROUPS: the groups of the database nodes and of the
+    consensus members (roles/postgresql_ha's postgresql_ha_*_group)."""
     problems, networks = _segment_problems(site_segments)
     segments = site_segments if isinstance(site_segments, Mapping) else {}
     problems += _host_problems(hostvars, groups, segments, networks)
     problems += _secret_problems(hostvars, groups, required_secrets)
+    problems += _quorum_problems(groups, *database_groups)
     return problems
 
 
