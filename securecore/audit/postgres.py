@@ -145,6 +145,12 @@ class PostgresAuditStore(AuditStore):
                 self._connection.close()
             with _unavailable_on_failover():
                 self._connection = self._connect()
+                # A dsn without target_session_attrs=read-write may find a standby.
+                row = self._connection.execute(
+                    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool"
+                ).fetchone()
+            if row and row[0]:
+                raise StoreUnavailableError("audit store: the server takes no writes (a standby)")
 
     def is_sequencer(self) -> bool:
         if self._holding and self._sequencer is not None:

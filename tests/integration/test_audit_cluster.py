@@ -15,15 +15,21 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from securecore.audit import merkle
 from securecore.audit.checkpoint import parse_checkpoint
 from securecore.audit.log import AuditError, AuditLog, verify_log
-from securecore.audit.merkle import leaf_hash
 from securecore.audit.postgres import SEQUENCE_LOCK, SEQUENCER_LOCK, PostgresAuditStore
-from securecore.audit.witness import origin_keys_document
+from securecore.audit.witness import (
+    Witness,
+    add_checkpoint_body,
+    origin_keys_document,
+    read_leaves,
+)
 from securecore.keys.base import KeyRing, signing_public_keys
 from securecore.keys.software import SoftwareKeys
-from securecore.storage.state_db import PostgresState
+from securecore.storage.state_db import PostgresState, StateDatabaseError
 from tests.support.devserver import admin, call, dev_server, get
 from tests.support.postgres import fresh_database
 
@@ -131,6 +137,9 @@ def test_two_hosts_share_one_dense_log_and_the_checkpoint_signer_moves(
     for thread in appenders:
         thread.join()
     assert a.checkpoint_now() == a.size  # the first to ask takes the sequencer role
+    acknowledged["b1"] = append_many(b, 1, 5)
+    with pytest.raises(AuditError, match="no checkpoint"):
+        b.checkpoint_now(timeout=1.5)  # b is not the sequencer: b signs nothing
     # Its sequencer session ends (a host or a failover): the other host takes over.
     assert terminate(dsn, f"pid IN (SELECT pid FROM pg_locks WHERE objid = {SEQUENCER_LOCK})")
     acknowledged["b2"] = append_many(b, 2, 10)
@@ -138,16 +147,16 @@ def test_two_hosts_share_one_dense_log_and_the_checkpoint_signer_moves(
     acknowledged["a2"] = append_many(a, 2, 10)
     b.close()  # the sequencer's final checkpoint; its lock goes with its connection
     acknowledged["a3"] = append_many(a, 1, 5)
-    assert a.checkpoint_now() == 285
+    assert a.checkpoint_now() == 290
     a.close()
 
     every = sorted(seq for seqs in acknowledged.values() for seq in seqs)
-    assert every == list(range(1, 286))  # each acknowledged once, dense, none lost
+    assert every == list(range(1, 291))  # each acknowledged once, dense, none lost
     rows = stored(dsn)
     assert [seq for seq, _ in rows] == every
-    leaves = b"".join(leaf_hash(entry) for _, entry in rows)
+    leaves = b"".join(merkle.leaf_hash(entry) for _, entry in rows)
     assert leaf_file(tmp_path, "a") == leaves
-    assert leaf_file(tmp_path, "b") == leaves[: 280 * 32]  # b stopped before a's last five
+    assert leaf_file(tmp_path, "b") == leaves[: 285 * 32]  # b stopped before a's last five
     a_key, b_key = "securecore-signing-a-v1", "securecore-signing-b-v1"
     assert signers(dsn) == [f"{ORIGIN}/{a_key}", f"{ORIGIN}/{b_key}", f"{ORIGIN}/{a_key}"]
 
@@ -157,13 +166,31 @@ def test_two_hosts_share_one_dense_log_and_the_checkpoint_signer_moves(
         for host in ("a", "b"):
             result = verify_log(store, tmp_path / host / "witness", both)
             if host == "a":
-                assert result.ok and result.size == 285 and result.checkpoints >= 3, result
+                assert result.ok and result.size == 290 and result.checkpoints >= 3, result
             else:  # b's leaf file ends where b stopped: it cannot vouch for a's later ones
                 assert not result.ok and "not in the witness" in result.problem, result
         one_key = verify_log(store, tmp_path / "a" / "witness", signing_public_keys(ring_a))
         assert not one_key.ok and "no signature from a known key" in one_key.problem
+        notes = store.checkpoints()
     finally:
         store.close()
+
+    # A witness pinning both keys cosigns the alternating signers' checkpoints: each
+    # one a consistent extension of the last (the proofs from a host's leaf file).
+    leaves = read_leaves(tmp_path / "a" / "witness" / "leaves", 290)
+    for pinned, refused in (({ORIGIN: both}, None), ({ORIGIN: signing_public_keys(ring_a)}, 403)):
+        state = tmp_path / f"witness-{len(pinned[ORIGIN])}"
+        state.mkdir(mode=0o700)
+        witness = Witness("w.test", ed25519.Ed25519PrivateKey.generate(), state, pinned)
+        held, answers = 0, []
+        for size, note in notes:
+            proof = merkle.consistency_proof(leaves[:size], held) if held else []
+            answers.append(witness.add_checkpoint(add_checkpoint_body(held, proof, note)).status)
+            held = size if answers[-1] == 200 else held
+        if refused is None:
+            assert answers == [200] * len(notes) and len(notes) >= 3
+        else:  # b's checkpoints are refused where only a's key is pinned
+            assert refused in answers
 
 
 def test_a_host_reopened_follows_what_the_other_wrote(dsn: str, tmp_path: Path) -> None:
@@ -264,10 +291,33 @@ def test_a_lost_connection_fails_the_batch_in_flight_and_the_writer_carries_on(
     assert seqs == list(range(1, len(rows) + 1))
     assert len(acknowledged) == len(set(acknowledged))
     assert set(acknowledged) <= set(seqs) and after == seqs[-1]
-    assert leaf_file(tmp_path, "a") == b"".join(leaf_hash(entry) for _, entry in rows)
+    assert leaf_file(tmp_path, "a") == b"".join(merkle.leaf_hash(entry) for _, entry in rows)
 
 
-def test_the_state_database_reconnects_after_a_lost_connection(dsn: str) -> None:
+def test_a_primary_turned_read_only_fails_appends_until_writes_are_taken_again(
+    dsn: str, tmp_path: Path
+) -> None:
+    log = open_host(dsn, tmp_path, host_ring(tmp_path, "a"), "a")
+    assert log.append("alice", "login", "core", "success") == 1
+    database = dsn.split("dbname=")[1].split(" ")[0]
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        # What a demotion looks like to a client: its sessions end, new ones are read-only.
+        connection.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    terminate(dsn, "true")
+    with pytest.raises(AuditError):
+        log.append("alice", "login", "core", "success")
+    with pytest.raises(AuditError, match="unavailable"):
+        log.check()  # readiness: 503
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("SET default_transaction_read_only = off")
+        connection.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    wait_for(lambda: log._unavailable is None)
+    log.check()
+    assert log.append("alice", "login", "core", "success") == 2
+    log.close()
+
+
+def test_the_state_database_reconnects_after_a_lost_connection(dsn: str, postgres_dsn: str) -> None:
     state = PostgresState(dsn, "sessions")
     state.create("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT)")
     state.execute("INSERT INTO t VALUES (?, ?)", (1, "one"))
@@ -281,6 +331,15 @@ def test_the_state_database_reconnects_after_a_lost_connection(dsn: str) -> None
         state.execute("INSERT INTO t VALUES (?, ?)", (3, "three"))
     state.execute("INSERT INTO t VALUES (?, ?)", (3, "three"))  # the next use reconnects
     assert state.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    state.check_writable()
+    database = dsn.split("dbname=")[1].split(" ")[0]
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        time.sleep(1.1)  # the answer is kept a second
+        with pytest.raises(StateDatabaseError):
+            state.check_writable()  # readiness: 503 while the database is away
+        connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    time.sleep(1.1)
     state.check_writable()
     state.close()
 
