@@ -306,6 +306,7 @@ def test_a_primary_turned_read_only_fails_appends_until_writes_are_taken_again(
     terminate(dsn, "true")
     with pytest.raises(AuditError):
         log.append("alice", "login", "core", "success")
+    time.sleep(1.0)  # reconnecting meanwhile finds only read-only sessions
     with pytest.raises(AuditError, match="unavailable"):
         log.check()  # readiness: 503
     with psycopg.connect(dsn, autocommit=True) as connection:
