@@ -165,6 +165,9 @@ class AuditLog:
         ANCHOR is the newest checkpoint a witness cosigned: the store must hold
         at least its records, with the same tree.
         """
+        # Read before the records: a checkpoint covers committed records only, so
+        # one another host signs while this one reads cannot look like a removal.
+        signed = max((s for s, _ in self.store.checkpoints()), default=0)
         size = 0
         anchored_root = None
         for seq, entry in self.store.entries():
@@ -175,7 +178,6 @@ class AuditLog:
             if anchor is not None and size == anchor.size:
                 anchored_root = self._tree.root()
         witnessed = self._leaves_path.stat().st_size // 32 if self._leaves_path.exists() else 0
-        signed = max((s for s, _ in self.store.checkpoints()), default=0)
         local = max(
             (int(p.name) for p in (self.witness / CHECKPOINT_DIR).glob("[0-9]*")), default=0
         )
