@@ -1,4 +1,8 @@
-"""The audit log and store the configuration names, and its witnesses."""
+"""The audit log and store the configuration names, and its witnesses.
+
+With `[audit] cluster = true` the log is one host's writer of a log shared
+in PostgreSQL: the witnesses and verification take every host's pinned key
+(`[audit] origin_keys`), which must include this host's."""
 
 from __future__ import annotations
 

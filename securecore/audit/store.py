@@ -3,10 +3,12 @@
 A record is stored as its canonical entry (the exact bytes its Merkle leaf
 hashes), so there is one source of truth and verification hashes what is
 stored without re-encoding it. SQLite's JSON functions query the fields
-(`json_extract(entry, '$.actor')`). The store is an interface (AuditStore) so
-that PostgreSQL can be added; SQLite is the default. Group commit (many
-appends, one transaction, one fsync) is done by the writer in
-securecore.audit.log.
+(`json_extract(entry, '$.actor')`). The store is an interface (AuditStore):
+SQLite is the default, PostgreSQL (securecore.audit.postgres) the other. Group
+commit (many appends, one transaction, one fsync) is done by the writer in
+securecore.audit.log. Only PostgreSQL implements the cluster-mode methods
+(several writers on one database: append_sequenced, newer, reconnect,
+is_sequencer).
 """
 
 from __future__ import annotations
