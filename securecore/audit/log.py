@@ -308,7 +308,8 @@ class AuditLog:
     @property
     def uncheckpointed(self) -> int:
         """Committed records that no signed checkpoint covers yet (the audit lag)."""
-        return self._tree.size - self._last_checkpoint_size
+        # Cluster mode: a host may learn of a checkpoint before its records.
+        return max(0, self._tree.size - self._last_checkpoint_size)
 
     def latest_checkpoint(self) -> str | None:
         """The newest signed checkpoint (C2SP signed note), if any."""
