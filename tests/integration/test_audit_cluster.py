@@ -6,8 +6,10 @@ of its own), its own witness directory (leaf file), one shared database.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -17,8 +19,10 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from securecore import config as configuration
 from securecore.audit import merkle
 from securecore.audit.checkpoint import parse_checkpoint
+from securecore.audit.factory import anchored_verification, open_audit_log
 from securecore.audit.log import AuditError, AuditLog, verify_log
 from securecore.audit.postgres import SEQUENCE_LOCK, SEQUENCER_LOCK, PostgresAuditStore
 from securecore.audit.witness import (
@@ -28,8 +32,11 @@ from securecore.audit.witness import (
     read_leaves,
 )
 from securecore.keys.base import KeyRing, signing_public_keys
+from securecore.keys.factory import open_key_ring
 from securecore.keys.software import SoftwareKeys
 from securecore.storage.state_db import PostgresState, StateDatabaseError
+from tests.integration.test_audit_witness import core_policy, start_witness
+from tests.support.commands import securecore_lab
 from tests.support.devserver import admin, call, dev_server, get
 from tests.support.postgres import fresh_database
 
@@ -414,3 +421,78 @@ def test_two_servers_on_one_database_write_one_verifying_log(
         assert verified.stdout.startswith(f"audit log OK: {len(rows)} records"), verified.stdout
         # One host signed the checkpoint that covers record 1: both prove it.
         assert json.loads(admin(server, "audit", "prove", "1").stdout)["seq"] == 1
+
+
+def witnessed_host(base: Path, name: str, dsn: str, dev: Path, url: str) -> Path:
+    """The configuration of host NAME of a cluster that pushes to the witness at URL."""
+    host_ring(base, name)
+    directory = base / name
+    (directory / "hmac").write_bytes(b"k" * 32)
+    (directory / "hmac").chmod(0o600)
+    config = directory / "config.toml"
+    config.write_text(
+        f'[service]\ndata_dir = "{directory}/data"\n'
+        f'[tls]\npolicy = "{dev}/tls/core-policy.json"\n'
+        f'[keys]\nbackend = "software"\nsigning_key = "securecore-signing-{name}"\n'
+        f'[keys.software]\ndirectory = "{directory}/keys"\n'
+        f'[audit]\nbackend = "postgresql"\ndsn = "{dsn}"\ncluster = true\n'
+        f'database = "{directory}/unused.db"\nwitness_dir = "{directory}/witness"\n'
+        f'origin = "{ORIGIN}"\nhmac_key_file = "{directory}/hmac"\n'
+        "checkpoint_every = 1000000\ncheckpoint_interval_seconds = 3600\n"
+        f'origin_keys = "{dev}/origin-keys.json"\nwitness_keys = "{dev}/witness.vkeys"\n'
+        f'witnesses = {{ "w.test" = "{url}" }}\n'
+    )
+    return config
+
+
+def test_a_witness_cosigns_the_checkpoints_of_whichever_host_signs(
+    dsn: str, tmp_path: Path
+) -> None:
+    dev = tmp_path / "dev"  # its development PKI: the core certificate, the witness's TLS
+    securecore_lab("init", str(dev), "--software-keys")
+    core_policy(dev)
+    (dev / "witness.vkeys").touch()  # the witness's key, once it has made one
+    configs = {}
+    for name in ("a", "b"):
+        configs[name] = witnessed_host(tmp_path, name, dsn, dev, "https://127.0.0.1:1")
+    rings = {name: open_key_ring(configuration.load(path)) for name, path in configs.items()}
+    pins = {kid: key for ring in rings.values() for kid, key in signing_public_keys(ring).items()}
+    (dev / "origin-keys.json").write_text(origin_keys_document(ORIGIN, pins))
+    processes: list[subprocess.Popen] = []
+    try:
+        vkey, url, state = start_witness(tmp_path / "w", dev, "w.test", processes)
+        (dev / "witness.vkeys").write_text(vkey + "\n")
+        for path in configs.values():
+            path.write_text(path.read_text().replace("https://127.0.0.1:1", url))
+        logs = {
+            name: open_audit_log(configuration.load(path), rings[name])
+            for name, path in configs.items()
+        }
+        held = state / "origins" / hashlib.sha256(ORIGIN.encode()).hexdigest()
+
+        def witness_holds(size: int) -> None:
+            wait_for(lambda: held.exists() and parse_checkpoint(held.read_text())[0].size == size)
+
+        append_many(logs["a"], 2, 5)
+        assert logs["a"].checkpoint_now() == 10
+        witness_holds(10)
+        terminate(dsn, f"pid IN (SELECT pid FROM pg_locks WHERE objid = {SEQUENCER_LOCK})")
+        append_many(logs["b"], 2, 5)
+        assert logs["b"].checkpoint_now() == 20
+        witness_holds(20)  # b learnt the size a's checkpoint left there, and proved from it
+        logs["b"].close()
+        append_many(logs["a"], 1, 5)
+        assert logs["a"].checkpoint_now() == 25
+        witness_holds(25)
+        logs["a"].close()
+        assert signers(dsn) == [
+            f"{ORIGIN}/securecore-signing-a-v1",
+            f"{ORIGIN}/securecore-signing-b-v1",
+            f"{ORIGIN}/securecore-signing-a-v1",
+        ]
+        result, problems = anchored_verification(configuration.load(configs["a"]), rings["a"])
+        assert result.ok and result.witnessed == 25 and not problems, (result, problems)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
