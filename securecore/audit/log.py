@@ -387,13 +387,17 @@ class AuditLog:
                 self._maybe_checkpoint(force=closing or forced)
                 batch.settle()
                 batch = None
-                with self._lock:
-                    self._checkpointed = self._last_checkpoint_size
-                    self._durable.notify_all()
-                    if closing and not self._open.records:
-                        return
+                if self._round_done(closing):
+                    return
         except BaseException as error:  # appenders, and the service, must see every failure
             self._stop_after(error, batch)
+
+    def _round_done(self, closing: bool) -> bool:
+        """After a writer round: wake checkpoint_now's waiters; whether to stop."""
+        with self._lock:
+            self._checkpointed = self._last_checkpoint_size
+            self._durable.notify_all()
+            return closing and not self._open.records
 
     def _stop_after(self, error: BaseException, batch: _Batch | None) -> None:
         """The writer stops for good: every waiting and later appender fails (no
@@ -473,11 +477,8 @@ class AuditLog:
                     if not self._reconnect(error):
                         return  # closed while the store was away
                     continue
-                with self._lock:
-                    self._checkpointed = self._last_checkpoint_size
-                    self._durable.notify_all()
-                    if closing and not self._open.records:
-                        return
+                if self._round_done(closing):
+                    return
         except BaseException as error:  # appenders, and the service, must see every failure
             self._stop_after(error, batch)
 

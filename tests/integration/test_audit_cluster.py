@@ -36,6 +36,7 @@ from securecore.keys.factory import open_key_ring
 from securecore.keys.software import SoftwareKeys
 from securecore.storage.state_db import PostgresState, StateDatabaseError
 from tests.integration.test_audit_witness import core_policy, start_witness
+from tests.support.auditlog import append_from_threads
 from tests.support.commands import securecore_lab
 from tests.support.devserver import admin, call, dev_server, get
 from tests.support.postgres import fresh_database
@@ -68,26 +69,6 @@ def open_host(dsn: str, base: Path, ring: KeyRing, name: str, **options) -> Audi
         cluster=True,
         **options,
     )
-
-
-def append_many(log: AuditLog, threads: int, each: int, failures: list | None = None) -> list[int]:
-    acknowledged: list[int] = []
-
-    def worker(n: int) -> None:
-        for i in range(each):
-            try:
-                acknowledged.append(log.append(f"user-{n}", "login", "core", "success", {"i": i}))
-            except AuditError as error:
-                if failures is None:
-                    raise
-                failures.append(error)
-
-    workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-    return acknowledged
 
 
 def stored(dsn: str) -> list[tuple[int, bytes]]:
@@ -135,7 +116,7 @@ def test_two_hosts_share_one_dense_log_and_the_checkpoint_signer_moves(
     acknowledged: dict[str, list[int]] = {}
     appenders = [
         threading.Thread(
-            target=lambda n=n, log=log: acknowledged.update({n: append_many(log, 4, 30)})
+            target=lambda n=n, log=log: acknowledged.update({n: append_from_threads(log, 4, 30)})
         )
         for n, log in (("a", a), ("b", b))
     ]
@@ -144,16 +125,16 @@ def test_two_hosts_share_one_dense_log_and_the_checkpoint_signer_moves(
     for thread in appenders:
         thread.join()
     assert a.checkpoint_now() == a.size  # the first to ask takes the sequencer role
-    acknowledged["b1"] = append_many(b, 1, 5)
+    acknowledged["b1"] = append_from_threads(b, 1, 5)
     with pytest.raises(AuditError, match="no checkpoint"):
         b.checkpoint_now(timeout=1.5)  # b is not the sequencer: b signs nothing
     # Its sequencer session ends (a host or a failover): the other host takes over.
     assert terminate(dsn, f"pid IN (SELECT pid FROM pg_locks WHERE objid = {SEQUENCER_LOCK})")
-    acknowledged["b2"] = append_many(b, 2, 10)
+    acknowledged["b2"] = append_from_threads(b, 2, 10)
     assert b.checkpoint_now() == b.size
-    acknowledged["a2"] = append_many(a, 2, 10)
+    acknowledged["a2"] = append_from_threads(a, 2, 10)
     b.close()  # the sequencer's final checkpoint; its lock goes with its connection
-    acknowledged["a3"] = append_many(a, 1, 5)
+    acknowledged["a3"] = append_from_threads(a, 1, 5)
     assert a.checkpoint_now() == 290
     a.close()
 
@@ -204,7 +185,7 @@ def test_a_host_reopened_follows_what_the_other_wrote(dsn: str, tmp_path: Path) 
     ring_a, ring_b = host_ring(tmp_path, "a"), host_ring(tmp_path, "b")
     a = open_host(dsn, tmp_path, ring_a, "a")
     b = open_host(dsn, tmp_path, ring_b, "b")
-    append_many(a, 2, 10)
+    append_from_threads(a, 2, 10)
     wait_for(lambda: b.size == 20)  # an idle host follows the store
     assert leaf_file(tmp_path, "b") == leaf_file(tmp_path, "a")
     assert b.append("bob", "login", "core", "success") == 21
@@ -217,8 +198,8 @@ def test_a_record_removed_or_rewritten_behind_the_hosts_is_detected(
 ) -> None:
     ring_a, ring_b = host_ring(tmp_path, "a"), host_ring(tmp_path, "b")
     a, b = open_host(dsn, tmp_path, ring_a, "a"), open_host(dsn, tmp_path, ring_b, "b")
-    append_many(a, 2, 20)
-    append_many(b, 2, 20)
+    append_from_threads(a, 2, 20)
+    append_from_threads(b, 2, 20)
     wait_for(lambda: a.size == b.size == 80)
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(
@@ -259,7 +240,7 @@ def test_a_lost_connection_fails_the_batch_in_flight_and_the_writer_carries_on(
 
     def load() -> None:
         while not stop.is_set():
-            acknowledged.extend(append_many(log, 4, 5, failures))
+            acknowledged.extend(append_from_threads(log, 4, 5, failures))
 
     def waiting_for_the_sequence() -> list[int]:
         with psycopg.connect(dsn) as connection:
@@ -473,15 +454,15 @@ def test_a_witness_cosigns_the_checkpoints_of_whichever_host_signs(
         def witness_holds(size: int) -> None:
             wait_for(lambda: held.exists() and parse_checkpoint(held.read_text())[0].size == size)
 
-        append_many(logs["a"], 2, 5)
+        append_from_threads(logs["a"], 2, 5)
         assert logs["a"].checkpoint_now() == 10
         witness_holds(10)
         terminate(dsn, f"pid IN (SELECT pid FROM pg_locks WHERE objid = {SEQUENCER_LOCK})")
-        append_many(logs["b"], 2, 5)
+        append_from_threads(logs["b"], 2, 5)
         assert logs["b"].checkpoint_now() == 20
         witness_holds(20)  # b learnt the size a's checkpoint left there, and proved from it
         logs["b"].close()
-        append_many(logs["a"], 1, 5)
+        append_from_threads(logs["a"], 1, 5)
         assert logs["a"].checkpoint_now() == 25
         witness_holds(25)
         logs["a"].close()
