@@ -319,6 +319,10 @@ def test_the_state_database_reconnects_after_a_lost_connection(dsn: str, postgre
     with pytest.raises(psycopg.OperationalError):  # a write's outcome is unknown: raised
         state.execute("INSERT INTO t VALUES (?, ?)", (3, "three"))
     state.execute("INSERT INTO t VALUES (?, ?)", (3, "three"))  # the next use reconnects
+    with pytest.raises(psycopg.OperationalError), state.write_transaction():
+        state.execute("INSERT INTO t VALUES (?, ?)", (4, "four"))
+        terminate(dsn, "true")  # cut inside the transaction: it is not retried
+        state.execute("INSERT INTO t VALUES (?, ?)", (5, "five"))
     assert state.execute("SELECT count(*) FROM t").fetchone() == (3,)
     state.check_writable()
     database = dsn.split("dbname=")[1].split(" ")[0]
