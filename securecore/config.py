@@ -86,6 +86,10 @@ SCHEMA: dict[str, dict[str, Option]] = {
         # Pinned checkpoint keys of the origins this host checks ({origin: {key id: PEM}}):
         # the standby's copy and the witnesses never take keys from the origin's answer.
         "origin_keys": Option(str, is_path=True, must_exist=True),
+        # Several hosts write this one log (PostgreSQL only): the database numbers the
+        # records, the holder of its sequencer lock signs checkpoints with its own key,
+        # and origin_keys pins every host's key (securecore.audit.log, cluster mode).
+        "cluster": Option(bool, False),
     },
     "state": {
         # Sessions, plugins and policy state: SQLite files in the data directory,
@@ -223,7 +227,10 @@ def _validate(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str,
                     problems.append(f"{where}: required")
                 continue
             value = content[key]
-            if isinstance(value, bool) or not isinstance(value, option.kind):
+            # A bool is an int to Python, but true is no number of workers.
+            if (isinstance(value, bool) and option.kind is not bool) or not isinstance(
+                value, option.kind
+            ):
                 kinds = option.kind if isinstance(option.kind, tuple) else (option.kind,)
                 wanted = " or ".join(kind.__name__ for kind in kinds)
                 problems.append(f"{where}: must be {wanted}, not {type(value).__name__}")
@@ -253,3 +260,11 @@ def _check_backends(
         given = sections.get(name, {})
         if values.get(name, {}).get("backend") == "postgresql" and not given.get("dsn"):
             problems.append(f"[{name}] dsn: required because [{name}] backend = 'postgresql'")
+    audit = values.get("audit", {})
+    if audit.get("cluster") and audit.get("backend") != "postgresql":
+        # One database is what the hosts share: files on each host cannot be.
+        problems.append("[audit] cluster: requires [audit] backend = 'postgresql'")
+    if audit.get("cluster") and not audit.get("origin_keys"):
+        # Checkpoints come from whichever host is the sequencer: verifying them on
+        # any host needs every host's key, pinned.
+        problems.append("[audit] origin_keys: required because [audit] cluster = true")

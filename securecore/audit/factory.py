@@ -1,4 +1,8 @@
-"""The audit log and store the configuration names, and its witnesses."""
+"""The audit log and store the configuration names, and its witnesses.
+
+With `[audit] cluster = true` the log is one host's writer of a log shared
+in PostgreSQL: the witnesses and verification take every host's pinned key
+(`[audit] origin_keys`), which must include this host's."""
 
 from __future__ import annotations
 
@@ -179,15 +183,44 @@ def _version(kid: str) -> int:
     return parse_key_id(kid)[1]
 
 
+def cluster_keys(config: Config, ring: KeyRing) -> Callable[[], dict]:
+    """Cluster mode: the checkpoint keys of every host (the pinned [audit] origin_keys of
+    this origin) with this host's own; a witness holds checkpoints signed by any of them.
+
+    ConfigError at once when the pins lack this host's key: its checkpoints would be
+    refused everywhere (two hosts with one [keys] signing_key name pin one key id)."""
+    own = signing_public_keys(ring)
+    pinned = pinned_origin_keys(config).get(config.get("audit", "origin"), {})
+    if not any(
+        kid in own and own[kid].public_numbers() == key.public_numbers()
+        for kid, key in pinned.items()
+    ):
+        raise ConfigError(
+            f"{config.path}: [audit] origin_keys pins no key of this host for "
+            f"{config.get('audit', 'origin')!r}: each host of a cluster has its own [keys] "
+            "signing_key name, and the file holds every host's `audit public-keys`"
+        )
+
+    def keys() -> dict:
+        try:
+            return {**self_origin_keys(config, ring), **signing_public_keys(ring)}
+        except ConfigError as error:  # a pin file being replaced: own keys meanwhile
+            log.warning("%s", error)
+            return signing_public_keys(ring)
+
+    return keys
+
+
 def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
     keys = witness_keys(config)
     clients = witness_clients(config, timeout=STARTUP_WITNESS_TIMEOUT)
-    own = signing_public_keys(ring)
+    cluster = config.get("audit", "cluster")
+    origin_keys = cluster_keys(config, ring) if cluster else lambda: signing_public_keys(ring)
 
     def anchor() -> Checkpoint | None:
         if not keys:
             return None
-        found, _ = witnessed_checkpoints(config, own, clients, keys)
+        found, _ = witnessed_checkpoints(config, origin_keys(), clients, keys)
         return found[-1][0] if found else None
 
     log = AuditLog(
@@ -200,12 +233,13 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
         checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
         anchor=anchor,
         checkpoint_key=published_checkpoint_key(config, ring),
+        cluster=cluster,
     )
     if clients:
         log.witness_pusher = WitnessPusher(
             witness_clients(config),
             keys,
-            lambda: signing_public_keys(ring),
+            origin_keys,
             config.get("audit", "origin"),
             log.witness,
         )

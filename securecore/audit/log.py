@@ -18,6 +18,21 @@ committed records (a crash between steps 1 and 2); a leaf file, a signed
 checkpoint or a witnessed checkpoint that knows MORE than the database means
 records were removed, and the log refuses to open (AuditError) instead of
 signing new checkpoints over the gap.
+
+Cluster mode (`cluster=True`, a PostgreSQL store shared by several hosts,
+each with its own AuditLog, key and witness directory): the database numbers
+the records - each batch is numbered and committed under the store's
+sequencing lock (AuditStore.append_sequenced), so appenders on any host learn
+their sequence number once their batch is durable, and the sequence stays
+dense. Each host extends its tree and leaf file from the store, records of
+the other hosts included (after each commit, and every FOLLOW_SECONDS when
+idle), with the same refusal: a store that holds fewer records than this
+host has seen, or a gap, stops the writer. Only the host that holds the
+store's sequencer lock signs checkpoints, with its own key; the others take
+the role when its session ends. A failover (StoreUnavailableError) fails the batch
+under way and the appenders waiting meanwhile, and the writer reconnects
+with back-off and re-reads the store: the tree follows what was committed,
+never a guess about a commit whose answer was lost.
 """
 
 from __future__ import annotations
@@ -44,13 +59,15 @@ from securecore.audit.checkpoint import (
     verify_checkpoint,
 )
 from securecore.audit.record import Record, canonical, protect_details
-from securecore.audit.store import AuditStore
+from securecore.audit.store import AuditStore, Newer, StoreUnavailableError
 from securecore.audit.witness import atomic_write
 from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing
 
 LEAVES_FILE = "leaves"
 CHECKPOINT_DIR = "checkpoints"
+FOLLOW_SECONDS = 1.0  # cluster mode: how often an idle host reads the others' records
+RECONNECT_SECONDS = (0.2, 2.0)  # cluster mode: the back-off after a failover
 log = logging.getLogger("securecore.audit")
 
 
@@ -61,10 +78,11 @@ class AuditError(SecureCoreError):
 class _Batch:
     """Records that commit together, and what their appenders wait on."""
 
-    __slots__ = ("done", "error", "futures", "records")
+    __slots__ = ("done", "error", "first", "futures", "records")
 
     def __init__(self) -> None:
-        self.records: list[tuple[int, dict[str, Any]]] = []  # (seq, prepared fields)
+        self.records: list[dict[str, Any]] = []  # prepared fields
+        self.first = 0  # the first record's sequence number, once committed
         self.done = threading.Event()
         self.error: BaseException | None = None
         # Appenders on event loops: one wake-up per loop and batch, not per record.
@@ -102,8 +120,10 @@ class AuditLog:
         on_checkpoint: Callable[[int, str], None] | None = None,
         anchor: Callable[[], Checkpoint | None] | None = None,
         checkpoint_key: Callable[[], str | None] | None = None,
+        cluster: bool = False,
     ) -> None:
         self.store, self.ring, self.origin = store, ring, origin
+        self.cluster = cluster
         # Which key version signs the next checkpoint (None: the newest); asked
         # for each one (securecore.audit.factory.published_checkpoint_key).
         self.checkpoint_key = checkpoint_key
@@ -125,13 +145,16 @@ class AuditLog:
         self._work = threading.Condition(self._lock)
         self._durable = threading.Condition(self._lock)
         self._open = _Batch()
-        self._next_seq = self._tree.size + 1
+        self._accepted = self._tree.size  # records accepted so far (one writer)
         self._checkpoint_wanted = 0
         self._checkpointed = self._last_checkpoint_size
         self._closing = False
+        self._poked = False  # cluster mode: checkpoint_now wakes the writer
         self._failed: BaseException | None = None
+        self._unavailable: BaseException | None = None  # cluster mode: a failover
         self._failure_callbacks: list[Callable[[BaseException], None]] = []
-        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        run = self._run_cluster if cluster else self._run
+        self._writer = threading.Thread(target=run, name="audit-writer", daemon=True)
         self._writer.start()
 
     # --- start-up -------------------------------------------------------------
@@ -142,6 +165,9 @@ class AuditLog:
         ANCHOR is the newest checkpoint a witness cosigned: the store must hold
         at least its records, with the same tree.
         """
+        # Read before the records: a checkpoint covers committed records only, so
+        # one another host signs while this one reads cannot look like a removal.
+        signed = max((s for s, _ in self.store.checkpoints()), default=0)
         size = 0
         anchored_root = None
         for seq, entry in self.store.entries():
@@ -152,7 +178,6 @@ class AuditLog:
             if anchor is not None and size == anchor.size:
                 anchored_root = self._tree.root()
         witnessed = self._leaves_path.stat().st_size // 32 if self._leaves_path.exists() else 0
-        signed = max((s for s, _ in self.store.checkpoints()), default=0)
         local = max(
             (int(p.name) for p in (self.witness / CHECKPOINT_DIR).glob("[0-9]*")), default=0
         )
@@ -199,12 +224,12 @@ class AuditLog:
         timeout: float = 30.0,
     ) -> int:
         """Append a record; returns its sequence number once it is durable."""
-        seq, batch = self._enqueue(self._prepare(actor, action, target, outcome, details))
+        index, batch = self._enqueue(self._prepare(actor, action, target, outcome, details))
         if not batch.done.wait(timeout):
-            raise AuditError(f"record {seq}: not durable within {timeout} s")
+            raise AuditError(f"an audit record was not durable within {timeout} s")
         if batch.error is not None:
             raise AuditError(f"audit write failed: {batch.error}")
-        return seq
+        return batch.first + index
 
     async def append_async(
         self,
@@ -218,9 +243,9 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         fields = self._prepare(actor, action, target, outcome, details)
-        seq, _ = self._enqueue(fields, loop, future)
+        index, batch = self._enqueue(fields, loop, future)
         await future
-        return seq
+        return batch.first + index
 
     def _prepare(
         self, actor: str, action: str, target: str, outcome: str, details: dict[str, Any] | None
@@ -259,18 +284,21 @@ class AuditLog:
         loop: asyncio.AbstractEventLoop | None = None,
         future: asyncio.Future[int] | None = None,
     ) -> tuple[int, _Batch]:
-        """Number FIELDS and add them to the open batch (and FUTURE to its waiters)."""
+        """Add FIELDS to the open batch (and FUTURE to its waiters); their index in it.
+
+        The sequence number is the batch's first (known once it is committed)
+        plus the index: the writer numbers a batch when it commits it.
+        """
         with self._lock:
             self._raise_if_stopped()
-            seq = self._next_seq
-            self._next_seq += 1
+            self._accepted += 1
             batch = self._open
-            batch.records.append((seq, fields))
+            batch.records.append(fields)
             if future is not None and loop is not None:  # given together
                 batch.futures.setdefault(loop, []).append(future)
             if len(batch.records) == 1:
                 self._work.notify()
-        return seq, batch
+        return len(batch.records) - 1, batch
 
     @property
     def size(self) -> int:
@@ -280,7 +308,8 @@ class AuditLog:
     @property
     def uncheckpointed(self) -> int:
         """Committed records that no signed checkpoint covers yet (the audit lag)."""
-        return self._tree.size - self._last_checkpoint_size
+        # Cluster mode: a host may learn of a checkpoint before its records.
+        return max(0, self._tree.size - self._last_checkpoint_size)
 
     def latest_checkpoint(self) -> str | None:
         """The newest signed checkpoint (C2SP signed note), if any."""
@@ -288,11 +317,15 @@ class AuditLog:
         return checkpoints[-1][1] if checkpoints else None
 
     def checkpoint_now(self, timeout: float = 30.0) -> int:
-        """Sign a checkpoint of everything appended so far; returns its tree size."""
+        """Sign a checkpoint of everything appended so far; returns its tree size.
+
+        Cluster mode: of everything this host has seen committed; a host that
+        is not the sequencer waits for the sequencer's next checkpoint."""
         with self._lock:
             self._raise_if_stopped()
-            wanted = self._next_seq - 1
+            wanted = self._tree.size if self.cluster else self._accepted
             self._checkpoint_wanted = max(self._checkpoint_wanted, wanted)
+            self._poked = True
             self._work.notify()
             deadline = time.monotonic() + timeout
             while self._checkpointed < wanted:
@@ -313,6 +346,8 @@ class AuditLog:
         """Raise AuditError unless the writer is running and takes records (readiness)."""
         with self._lock:
             self._raise_if_stopped()
+            if self._unavailable is not None:
+                raise AuditError(f"the audit store is unavailable: {self._unavailable}")
         if not self._writer.is_alive():
             raise AuditError("the audit log writer is not running")
 
@@ -348,17 +383,21 @@ class AuditLog:
                     closing = self._closing
                     forced = self._checkpoint_wanted > self._checkpointed
                 if batch.records:
-                    self._commit(batch.records)
+                    self._commit(batch)
                 self._maybe_checkpoint(force=closing or forced)
                 batch.settle()
                 batch = None
-                with self._lock:
-                    self._checkpointed = self._last_checkpoint_size
-                    self._durable.notify_all()
-                    if closing and not self._open.records:
-                        return
+                if self._round_done(closing):
+                    return
         except BaseException as error:  # appenders, and the service, must see every failure
             self._stop_after(error, batch)
+
+    def _round_done(self, closing: bool) -> bool:
+        """After a writer round: wake checkpoint_now's waiters; whether to stop."""
+        with self._lock:
+            self._checkpointed = self._last_checkpoint_size
+            self._durable.notify_all()
+            return closing and not self._open.records
 
     def _stop_after(self, error: BaseException, batch: _Batch | None) -> None:
         """The writer stops for good: every waiting and later appender fails (no
@@ -378,19 +417,145 @@ class AuditLog:
             except Exception:  # one broken callback must not keep the others from running
                 log.exception("audit failure callback %r failed", callback)
 
-    def _commit(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
+    @staticmethod
+    def _entries(batch: _Batch, first: int) -> list[tuple[int, bytes]]:
+        """BATCH's (seq, entry) rows, numbered from FIRST."""
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
         # The fields were checked to encode (_prepare): only I/O can fail here.
-        rows = [(seq, canonical({"seq": seq, "timestamp": now, **fields})) for seq, fields in batch]
-        leaves = [merkle.leaf_hash(entry) for _, entry in rows]
+        return [
+            (seq, canonical({"seq": seq, "timestamp": now, **fields}))
+            for seq, fields in enumerate(batch.records, first)
+        ]
+
+    def _commit(self, batch: _Batch) -> None:
+        rows = self._entries(batch, self._tree.size + 1)
         # Store first: the leaf file never knows a record the store does not
         # (recovery treats that as a removal, see _recover).
         self.store.append_batch(rows)
+        batch.first = rows[0][0]
+        self._extend(rows)
+
+    def _extend(self, rows: Sequence[tuple[int, bytes]]) -> None:
+        """Add committed ROWS to the leaf file (fsynced) and the tree."""
+        leaves = [merkle.leaf_hash(entry) for _, entry in rows]
         self._leaves.write(b"".join(leaves))
         self._leaves.flush()
         os.fsync(self._leaves.fileno())
         for leaf in leaves:
             self._tree.append(leaf)
+
+    # --- cluster mode: the database numbers the records ----------------------------
+
+    def _run_cluster(self) -> None:
+        batch: _Batch | None = None
+        follow = max(0.05, min(FOLLOW_SECONDS, self.checkpoint_interval))
+        try:
+            while True:
+                with self._lock:
+                    deadline = time.monotonic() + follow
+                    while not (self._open.records or self._closing or self._poked):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._work.wait(remaining)
+                    batch, self._open = self._open, _Batch()
+                    closing, self._poked = self._closing, False
+                    forced = closing or self._checkpoint_wanted > self._checkpointed
+                try:
+                    if batch.records:
+                        self._commit_sequenced(batch)
+                    else:
+                        self._follow(self.store.newer(self._tree.size))
+                    batch.settle()  # durable: the checkpoint is not theirs to wait for
+                    batch = None
+                    self._cluster_checkpoint(forced)
+                except StoreUnavailableError as error:
+                    if batch is not None:
+                        batch.error = error
+                        batch.settle()
+                        batch = None
+                    if not self._reconnect(error):
+                        return  # closed while the store was away
+                    continue
+                if self._round_done(closing):
+                    return
+        except BaseException as error:  # appenders, and the service, must see every failure
+            self._stop_after(error, batch)
+
+    def _commit_sequenced(self, batch: _Batch) -> None:
+        def build(newer: Newer) -> list[tuple[int, bytes]]:
+            self._check_newer(newer)  # raising here rolls the batch back
+            return self._entries(batch, newer.size + 1)
+
+        newer, rows = self.store.append_sequenced(self._tree.size, build)
+        batch.first = rows[0][0]
+        self._follow(newer)
+        self._extend(rows)
+
+    def _check_newer(self, newer: Newer) -> None:
+        """Refuse a store that lost records this host has seen, or has a gap."""
+        if newer.size < self._tree.size:
+            raise AuditError(
+                f"audit log tampered with: this host's leaf file covers {self._tree.size} "
+                f"records, the shared store holds {newer.size} (records were removed); "
+                "the writer stops - run `securecore audit verify`"
+            )
+        for expected, (seq, _) in enumerate(newer.rows, self._tree.size + 1):
+            if seq != expected:
+                raise AuditError(f"audit store: record {expected} is missing (found {seq})")
+        if self._tree.size + len(newer.rows) != newer.size:
+            raise AuditError(f"audit store: records up to {newer.size} are not all there")
+
+    def _follow(self, newer: Newer) -> None:
+        """Take what other hosts committed (and checkpointed) into the tree and leaf file."""
+        self._check_newer(newer)
+        self._extend(newer.rows)
+        if newer.checkpointed > self._last_checkpoint_size:
+            self._last_checkpoint_size = newer.checkpointed
+            self._last_checkpoint_time = time.monotonic()
+
+    def _cluster_checkpoint(self, forced: bool) -> None:
+        """Sign a checkpoint when one is due and this host is the sequencer; another
+        host whose turn it is finds it due as well and takes the role if it is free."""
+        size = self._tree.size
+        if size <= self._last_checkpoint_size:
+            return
+        due = forced or (
+            size - self._last_checkpoint_size >= self.checkpoint_every
+            or time.monotonic() - self._last_checkpoint_time >= self.checkpoint_interval
+        )
+        if due and self.store.is_sequencer():
+            self._write_checkpoint()
+
+    def _reconnect(self, error: BaseException) -> bool:
+        """Reconnect after a failover, with back-off; appenders meanwhile fail at once.
+        False if the log is closed before the store is back."""
+        delay = RECONNECT_SECONDS[0]
+        log.warning("audit store unavailable, reconnecting: %s", error)
+        while True:
+            with self._lock:
+                self._unavailable = error
+                waiting, self._open = self._open, _Batch()
+                waiting.error = error
+                waiting.settle()  # requests fail now rather than wait for the store
+                deadline = time.monotonic() + delay
+                while not self._closing and (remaining := deadline - time.monotonic()) > 0:
+                    self._work.wait(remaining)
+                if self._closing:
+                    self._open.error = error
+                    self._open.settle()
+                    return False
+            try:
+                self.store.reconnect()
+                # A commit whose answer was lost may or may not be there: read it.
+                self._follow(self.store.newer(self._tree.size))
+            except StoreUnavailableError as again:
+                error, delay = again, min(delay * 2, RECONNECT_SECONDS[1])
+                continue
+            with self._lock:
+                self._unavailable = None
+            log.warning("audit store reachable again at %d records", self._tree.size)
+            return True
 
     # --- checkpoints --------------------------------------------------------------
 

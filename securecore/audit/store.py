@@ -3,20 +3,24 @@
 A record is stored as its canonical entry (the exact bytes its Merkle leaf
 hashes), so there is one source of truth and verification hashes what is
 stored without re-encoding it. SQLite's JSON functions query the fields
-(`json_extract(entry, '$.actor')`). The store is an interface (AuditStore) so
-that PostgreSQL can be added; SQLite is the default. Group commit (many
-appends, one transaction, one fsync) is done by the writer in
-securecore.audit.log.
+(`json_extract(entry, '$.actor')`). The store is an interface (AuditStore):
+SQLite is the default, PostgreSQL (securecore.audit.postgres) the other. Group
+commit (many appends, one transaction, one fsync) is done by the writer in
+securecore.audit.log. Only PostgreSQL implements the cluster-mode methods
+(several writers on one database: append_sequenced, newer, reconnect,
+is_sequencer).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from securecore.audit.record import Record
+from securecore.errors import SecureCoreError
 from securecore.storage.transactions import immediate_transaction
 
 SCHEMA = """
@@ -29,6 +33,22 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     note TEXT NOT NULL
 );
 """
+
+
+class StoreUnavailableError(SecureCoreError):
+    """The database connection was lost, or the server no longer takes writes (a
+    failover): the outcome of a commit under way is unknown; reconnect and re-read."""
+
+
+Rows = Sequence[tuple[int, bytes]]
+
+
+class Newer(NamedTuple):
+    """What the store holds beyond a writer's view of it."""
+
+    size: int  # the highest sequence number stored
+    checkpointed: int  # the size of the newest signed checkpoint
+    rows: Rows  # the (seq, entry) rows after the one asked for
 
 
 class AuditStore(ABC):
@@ -46,6 +66,28 @@ class AuditStore(ABC):
 
     @abstractmethod
     def size(self) -> int: ...
+
+    # --- several writers on one database (cluster mode; PostgreSQL only) -----------
+
+    def append_sequenced(self, after: int, build: Callable[[Newer], Rows]) -> tuple[Newer, Rows]:
+        """Commit the rows BUILD makes from what the store holds after AFTER (numbered
+        from its size + 1; BUILD raising rolls back), in one transaction that holds
+        the store's sequencing lock; returns what BUILD was given and the rows.
+        StoreUnavailableError when the connection fails (the commit may or may not be there)."""
+        raise NotImplementedError(f"{type(self).__name__} has one writer only")
+
+    def newer(self, after: int) -> Newer:
+        """What other writers committed after AFTER (StoreUnavailableError on a failover)."""
+        raise NotImplementedError(f"{type(self).__name__} has one writer only")
+
+    def reconnect(self) -> None:
+        """Open a new connection (after StoreUnavailableError); StoreUnavailableError if none."""
+        raise NotImplementedError(f"{type(self).__name__} has one writer only")
+
+    def is_sequencer(self) -> bool:
+        """Whether this writer is the one that signs checkpoints, taking the role
+        when it is free (it ends with this store's connection: close, or a failover)."""
+        raise NotImplementedError(f"{type(self).__name__} has one writer only")
 
     @abstractmethod
     def add_checkpoint(self, size: int, note: str) -> None: ...

@@ -1,8 +1,9 @@
 """One audit log writer for several worker processes, over a Unix socket.
 
-The audit log has exactly one writer (one Merkle tree, one sequence, group
-commit). When `securecore serve` runs several workers, the supervisor keeps
-the AuditLog and serves it here; each worker holds a RemoteAuditLog with the
+The audit log has one writer per host (one Merkle tree, group commit; in
+cluster mode the hosts' writers share the database's sequence). When
+`securecore serve` runs several workers, the supervisor keeps the AuditLog
+and serves it here; each worker holds a RemoteAuditLog with the
 same methods. A worker's append returns only once the writer has made the
 record durable, exactly as in-process.
 

@@ -12,7 +12,12 @@ from securecore import config as configuration
 from securecore.audit import merkle
 from securecore.audit.checkpoint import verify_checkpoint
 from securecore.audit.export import export_lines
-from securecore.audit.factory import anchored_verification, open_store, pinned_origin_keys
+from securecore.audit.factory import (
+    anchored_verification,
+    open_store,
+    pinned_origin_keys,
+    self_origin_keys,
+)
 from securecore.audit.replica import AuditReplica
 from securecore.audit.witness import origin_keys_document
 from securecore.keys import signing_public_keys
@@ -70,7 +75,9 @@ def _prove(args: argparse.Namespace) -> int:
             )
             return 1
         size, note = covering[0]
-        checkpoint = verify_checkpoint(note, signing_public_keys(ring))
+        # The pinned keys too: in a cluster another host may have signed it.
+        keys = {**signing_public_keys(ring), **self_origin_keys(config, ring)}
+        checkpoint = verify_checkpoint(note, keys)
         leaves = [merkle.leaf_hash(e) for _, e in itertools.islice(store.entries(), size)]
     finally:
         store.close()

@@ -81,7 +81,7 @@ from securecore.server.plugin_routes import plugin_routes
 from securecore.server.replication_routes import replication_routes
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.sessions.manager import SessionManager
-from securecore.storage.state_db import open_state
+from securecore.storage.state_db import PostgresState, open_state
 from securecore.tls import ReloadableServerContext, TLSFileWatcher, TLSPolicy, TLSPolicyError
 
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -197,7 +197,8 @@ def build_server(
         ring.current(ring.signing_key)
 
     data_dir = Path(config.get("service", "data_dir"))
-    sessions = SessionManager(ring, open_state(config, "sessions"))
+    sessions_state = open_state(config, "sessions")
+    sessions = SessionManager(ring, sessions_state)
     audit_log: AuditLog | RemoteAuditLog
     own_log: AuditLog | None = None
     if audit is None:
@@ -270,6 +271,12 @@ def build_server(
             "audit_store": audit_store,
             "audit_writer": audit_log.check,
             "signing_key": signing_key,
+            # PostgreSQL: 503 while the database is not writable (a failover).
+            **(
+                {"state_database": sessions_state.check_writable}
+                if isinstance(sessions_state, PostgresState)
+                else {}
+            ),
         },
         sessions=sessions,
         policy=engine,

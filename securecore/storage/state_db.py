@@ -16,16 +16,25 @@ Write transactions take the database's write lock first (SQLite: BEGIN
 IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock per database
 role), so a read-then-write (count sessions, then add one) never
 interleaves with another worker's or host's.
+
+A PostgreSQL connection that fails (a failover: the server shut down, the
+connection was cut, the primary became a standby) is replaced by a new one
+on the next use - a multi-host dsn with target_session_attrs=read-write
+finds the new primary. A statement is retried once on the new connection
+only where that is safe: a read outside a transaction, and the start of a
+write transaction before anything of it was sent; a write whose outcome is
+unknown raises.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +141,8 @@ class PostgresState(StateDatabase):
         import psycopg  # only where PostgreSQL is configured
 
         self.dsn, self.role = dsn, role
+        self._psycopg = psycopg
+        self._reconnecting = threading.Lock()
         try:
             self._connection = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as error:
@@ -140,35 +151,93 @@ class PostgresState(StateDatabase):
             ) from error
         # Each role's writers queue on their own lock, like one SQLite file each.
         self._lock_key = zlib.crc32(f"securecore-state/{role}".encode())
+        self._writable: tuple[float, BaseException | None] = (0.0, None)
+
+    def _lost(self, error: BaseException) -> bool:
+        """Whether ERROR means the connection is gone (then the next use reconnects)."""
+        return isinstance(error, self._psycopg.OperationalError) and self._connection.closed
+
+    def _connected(self) -> Any:
+        """The connection, replaced first if the last one was lost."""
+        with self._reconnecting:
+            if self._connection.closed:
+                self._connection = self._psycopg.connect(self.dsn, autocommit=True)
+            return self._connection
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
-        return self._connection.execute(_PLACEHOLDER.sub("%s", sql), parameters)
+        statement = _PLACEHOLDER.sub("%s", sql)
+        connection = self._connected()
+        # Asked before: a lost connection's status is unknown.
+        alone = connection.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE
+        try:
+            return connection.execute(statement, parameters)
+        except self._psycopg.OperationalError as error:
+            # A read outside a transaction changed nothing: ask the new primary.
+            if not (self._lost(error) and alone and _is_read(sql)):
+                raise
+        return self._connected().execute(statement, parameters)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._connection.cursor() as cursor:
+        with self._connected().cursor() as cursor:
             cursor.executemany(_PLACEHOLDER.sub("%s", sql), list(rows))
 
     def create(self, schema: str) -> None:
         translated = re.sub(r"\bREAL\b", "DOUBLE PRECISION", schema).replace(
             "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
         )
-        with self._connection.transaction():
+        with self.write_transaction():
             # Two services starting at once must not both create the tables.
-            self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
             for statement in filter(str.strip, translated.split(";")):
                 self._connection.execute(statement)
 
     @contextmanager
     def write_transaction(self) -> Iterator[None]:
-        with self._connection.transaction():
-            self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-            yield
+        for attempt in (1, 2):
+            connection = self._connected()
+            stack = ExitStack()
+            try:
+                stack.enter_context(connection.transaction())
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            except self._psycopg.OperationalError as error:
+                with suppress(self._psycopg.Error):
+                    stack.close()
+                # Only BEGIN and the lock were sent: nothing was written yet.
+                if attempt == 2 or not self._lost(error):
+                    raise
+                continue
+            with stack:
+                yield
+            return
+
+    def check_writable(self, timeout: float = 1.0, cache: float = 1.0) -> None:
+        """Raise unless the database takes writes (readiness): the primary, reachable
+        within TIMEOUT s; the answer is kept CACHE s (a probe hits every host)."""
+        checked, failure = self._writable
+        if time.monotonic() - checked >= cache:
+            failure = None
+            try:
+                with self._psycopg.connect(
+                    self.dsn, autocommit=True, connect_timeout=max(1, round(timeout))
+                ) as probe:
+                    probe.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+                    row = probe.execute("SELECT pg_is_in_recovery()").fetchone()
+                    if row and row[0]:
+                        failure = StateDatabaseError("the state database is read-only (a standby)")
+            except self._psycopg.Error as error:
+                failure = StateDatabaseError(f"the state database: {first_line(error)}")
+            self._writable = (time.monotonic(), failure)
+        if failure is not None:
+            raise failure
 
     def another(self) -> PostgresState:
         return PostgresState(self.dsn, self.role)
 
     def close(self) -> None:
         self._connection.close()
+
+
+def _is_read(sql: str) -> bool:
+    return sql.lstrip().split(None, 1)[0].upper() == "SELECT"
 
 
 def open_state(config: Config, role: str) -> StateDatabase:

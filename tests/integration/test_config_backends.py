@@ -70,6 +70,37 @@ CASES = [
     ),
     ("malformed TOML", ("", "\n[state\nbackend = \n"), "not valid TOML", BOTH),
     (
+        "audit cluster on sqlite",
+        ("[audit]\n", "[audit]\ncluster = true\n"),
+        "[audit] cluster: requires [audit] backend = 'postgresql'",
+        BOTH,
+    ),
+    (
+        "audit cluster of the wrong type",
+        ("[audit]\n", '[audit]\ncluster = "yes"\n'),
+        "[audit] cluster: must be bool, not str",
+        BOTH,
+    ),
+    (
+        "audit cluster without pinned keys",
+        (
+            'origin_keys = "origin-keys.json"\n',
+            'backend = "postgresql"\ndsn = "host=db"\ncluster = true\n',
+        ),
+        "[audit] origin_keys: required because [audit] cluster = true",
+        BOTH,
+    ),
+    (
+        "audit cluster whose pins lack this host's key",
+        (
+            'origin = "securecore.localhost/audit"\n',
+            'origin = "other.localhost/audit"\nbackend = "postgresql"\ndsn = "DSN"\n'
+            "cluster = true\n",
+        ),
+        "[audit] origin_keys pins no key of this host",
+        ("serve",),
+    ),
+    (
         "unreachable audit database",
         ("[audit]\n", '[audit]\nbackend = "postgresql"\ndsn = "DSN"\n'),
         "[audit] dsn: cannot use the PostgreSQL audit store",

@@ -5,19 +5,27 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from securecore.audit.log import AuditLog, verify_log
+from securecore.audit.log import AuditError, AuditLog, verify_log
 from securecore.audit.store import SQLiteAuditStore
 from securecore.keys.base import KeyRing
 from securecore.keys.software import SoftwareKeys
 
 
-def append_from_threads(log: AuditLog, threads: int = 8, each: int = 25) -> list[int]:
-    """Append threads x each records concurrently; the sequence numbers acknowledged."""
+def append_from_threads(
+    log: AuditLog, threads: int = 8, each: int = 25, failures: list | None = None
+) -> list[int]:
+    """Append threads x each records concurrently; the sequence numbers acknowledged
+    (with FAILURES, the AuditErrors go there instead of ending the thread)."""
     acknowledged: list[int] = []
 
     def worker(n: int) -> None:
         for i in range(each):
-            acknowledged.append(log.append(f"user-{n}", "login", "core", "success", {"i": i}))
+            try:
+                acknowledged.append(log.append(f"user-{n}", "login", "core", "success", {"i": i}))
+            except AuditError as error:
+                if failures is None:
+                    raise
+                failures.append(error)
 
     workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     for thread in workers:
