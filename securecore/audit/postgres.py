@@ -1,4 +1,4 @@
-"""The audit store on PostgreSQL (REQ-AUDIT-10, REQ-HA-2, REQ-HA-8).
+"""The audit store on PostgreSQL (REQ-AUDIT-10, REQ-HA-2, REQ-HA-10).
 
 Same contract as the SQLite store: a batch is one transaction, and commit
 returns only after the WAL is flushed (synchronous_commit is forced on for

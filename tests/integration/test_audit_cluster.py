@@ -1,4 +1,4 @@
-"""Several hosts writing one audit log on one PostgreSQL database (cluster mode, REQ-HA-8).
+"""Several hosts writing one audit log on one PostgreSQL database (cluster mode, REQ-HA-10).
 
 Each "host" is an AuditLog of its own: its own key ring (a signing key name
 of its own), its own witness directory (leaf file), one shared database.
