@@ -138,29 +138,23 @@ def test_an_unpinned_key_and_a_pinned_kid_with_another_key_are_refused(
     assert refused(b, f"{unsigned}.{b64(bytes(64))}") == "unknown_kid"
 
 
-def test_a_host_unpinned_is_refused_at_once(cluster, dsn: str) -> None:
+def test_a_host_unpinned_is_refused_at_once(cluster) -> None:
     a, b, pins = cluster
-    pair = a.create("admin/alice")
-    assert b.verify(pair.access_token)
+    assert b.verify(a.create("admin/alice").access_token)
     document = json.loads(pins.read_text())
     del document[ORIGIN]["securecore-signing-a-v1"]
     pins.write_text(json.dumps(document))
     os.utime(pins, ns=(time.time_ns(), time.time_ns() + 1))
-    fresh = host(dsn, b.ring, pins)  # no cache of verified tokens
-    try:
-        assert refused(fresh, pair.access_token) == "unknown_kid"
-    finally:
-        fresh.close()
+    # The file is read again when it changes: no restart.
+    assert refused(b, a.create("admin/bob").access_token) == "unknown_kid"
 
 
 def test_alg_none_and_hs256_with_a_pinned_public_key_are_refused(cluster) -> None:
     a, b, _ = cluster
     claims = parts(a.create("admin/alice").access_token)[1]
     none = {"alg": "none", "typ": "at+jwt", "kid": "securecore-signing-a-v1"}
-    assert refused(b, f"{b64(json.dumps(none).encode())}.{b64(json.dumps(claims).encode())}.") in (
-        "alg_not_allowed",
-        "malformed",
-    )
+    unsigned = f"{b64(json.dumps(none).encode())}.{b64(json.dumps(claims).encode())}"
+    assert refused(b, f"{unsigned}.{b64(b'x')}") == "alg_not_allowed"
     public_pem = a.ring.backend.public_key("securecore-signing-a-v1").public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
