@@ -71,6 +71,8 @@ class ClusterKeys:
         self._pinned: dict[str, ec.EllipticCurvePublicKey] = {}
         self._noted: set[str] = set()
         self._made_at: dict[str, float] = {}
+        self._own_for: dict | None = None  # the pins _own_newest was found in
+        self._own_newest: str | None = None
         self.note_own_versions()
 
     def _pins(self) -> dict[str, ec.EllipticCurvePublicKey]:
@@ -128,15 +130,17 @@ class ClusterKeys:
     def issuing_kid(self) -> str:
         """The newest version of this host's signing key that is pinned, else the newest."""
         pinned = self._pins()
-        own = [
-            kid
-            for kid, public in pinned.items()
-            if _is_key_id(kid)
-            and parse_key_id(kid)[0] == self.ring.signing_key
-            and self._matches(kid, public)
-        ]
-        newest = max(own, key=lambda kid: parse_key_id(kid)[1], default=None)
-        kid = self.ring.signing_kid(newest)
+        if self._own_for is not pinned:  # the HSM is asked once per reading of the pins
+            own = [
+                kid
+                for kid, public in pinned.items()
+                if _is_key_id(kid)
+                and parse_key_id(kid)[0] == self.ring.signing_key
+                and self._matches(kid, public)
+            ]
+            self._own_newest = max(own, key=lambda kid: parse_key_id(kid)[1], default=None)
+            self._own_for = pinned
+        kid = self.ring.signing_kid(self._own_newest)
         if kid not in self._noted:
             self.note_own_versions()
         return kid
