@@ -106,10 +106,15 @@ class KeyRing:
             raise KeyStoreError(f"no version of key {name} exists")
         return key_id(name, versions[-1])
 
+    def signing_kid(self, kid: str | None = None) -> str:
+        """KID while the ring accepts it as a signing key, else the newest signing key."""
+        if kid is None or parse_key_id(kid)[0] != self.signing_key or not self.accepts(kid):
+            return self.current(self.signing_key)
+        return kid
+
     def sign(self, data: bytes, kid: str | None = None) -> tuple[str, bytes]:
         """Signed with KID while the ring accepts it as a signing key, else with the newest."""
-        if kid is None or parse_key_id(kid)[0] != self.signing_key or not self.accepts(kid):
-            kid = self.current(self.signing_key)
+        kid = self.signing_kid(kid)
         digest = hashes.Hash(hashes.SHA256())
         digest.update(data)
         return kid, self.backend.sign_digest(kid, digest.finalize())

@@ -80,6 +80,7 @@ from securecore.server.logs import log_config
 from securecore.server.plugin_routes import plugin_routes
 from securecore.server.replication_routes import replication_routes
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
+from securecore.sessions.cluster import open_cluster_keys
 from securecore.sessions.manager import SessionManager
 from securecore.storage.state_db import PostgresState, open_state
 from securecore.tls import ReloadableServerContext, TLSFileWatcher, TLSPolicy, TLSPolicyError
@@ -198,7 +199,9 @@ def build_server(
 
     data_dir = Path(config.get("service", "data_dir"))
     sessions_state = open_state(config, "sessions")
-    sessions = SessionManager(ring, sessions_state)
+    sessions = SessionManager(
+        ring, sessions_state, cluster=open_cluster_keys(config, ring, sessions_state)
+    )
     audit_log: AuditLog | RemoteAuditLog
     own_log: AuditLog | None = None
     if audit is None:

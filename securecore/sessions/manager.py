@@ -12,11 +12,16 @@
 - A session ends when the certificate it is bound to is revoked: the serial
   of each certificate that sessions are issued to is noted, and a CRL that
   names it revokes them (`revoke_by_certificate`).
-State lives in SQLite (the service's database), so every worker sees the
-same revocations. Issuing, refreshing and revoking commit durably before
-they answer; the "last seen" time that idleness is measured by is noted in
-memory on use and written by a background thread every FLUSH_EVERY seconds,
-so checking a token never waits on a disk.
+State lives in SQLite (the service's database) or in PostgreSQL ([state]
+backend), so every worker - and in cluster mode every host - sees the same
+sessions, refresh tokens and revocations: a pair issued by one host is
+refreshed on any, and a reused refresh token revokes the session for all.
+In cluster mode (`cluster`, securecore.sessions.cluster) a host also accepts
+the access tokens the other hosts signed, with their pinned public keys.
+Issuing, refreshing and revoking commit durably before they answer; the
+"last seen" time that idleness is measured by is noted in memory on use and
+written by a background thread every FLUSH_EVERY seconds, so checking a
+token never waits on a disk.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 
 from securecore.keys.base import KeyRing
 from securecore.sessions import tokens
+from securecore.sessions.cluster import ClusterKeys
 from securecore.sessions.tokens import TokenError
 from securecore.storage.state_db import StateDatabase
 
@@ -101,7 +107,9 @@ class SessionManager:
         max_sessions: int = 5,
         clock: Callable[[], float] = time.time,
         refusal: Callable[[str], str | None] | None = None,
+        cluster: ClusterKeys | None = None,
     ) -> None:
+        self.cluster = cluster
         # PRINCIPAL -> why it may hold no session (suspended, revoked), or None.
         self.refusal = refusal or (lambda principal: None)
         self.ring, self.issuer, self.audience = ring, issuer, audience
@@ -174,6 +182,7 @@ class SessionManager:
                 "nbf": int(now),
                 "exp": int(now) + self.access_ttl,
             },
+            self.cluster.issuing_kid() if self.cluster else None,
         )
 
     def _new_refresh(self, session_id: str, now: float) -> str:
@@ -242,6 +251,7 @@ class SessionManager:
                 audience=self.audience,
                 now=now,
                 leeway=0,
+                peers=self.cluster.peer_key if self.cluster else None,
             )
             self._cache[access_token] = (claims["exp"], claims)
             if len(self._cache) > 100_000:
@@ -374,3 +384,5 @@ class SessionManager:
         self._flush_touches()
         self._reader.close()
         self._db.close()
+        if self.cluster:
+            self.cluster.close()
