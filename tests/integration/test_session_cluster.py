@@ -1,4 +1,4 @@
-"""Sessions across the hosts of a cluster (REQ-HA-9): a token one host issued is honoured
+"""Sessions across the hosts of a cluster (REQ-HA-11): a token one host issued is honoured
 by every host, verified with the pinned public keys of [audit] origin_keys; every check
 a token has on one host holds on all of them.
 
