@@ -49,19 +49,71 @@ def local_sql(host: testinfra.host.Host, sql: str) -> str:
     return host.check_output(f"cd / && sudo -u postgres psql --no-psqlrc -At -c {shlex.quote(sql)}")
 
 
-def wait_healthy(host: testinfra.host.Host, timeout: float = 180) -> list[dict]:
-    """Wait until the cluster has a running leader and a running synchronous standby on
-    one timeline; return the member list (AssertionError with the last one on timeout)."""
-    deadline, listed = time.monotonic() + timeout, []
+def _sql_answer(host: testinfra.host.Host, sql: str) -> str | None:
+    """local_sql's answer, or None while HOST's PostgreSQL (or HOST) does not answer."""
+    result = _run(host, f"cd / && sudo -u postgres psql --no-psqlrc -At -c {shlex.quote(sql)}")
+    return result.stdout.strip() if result and result.rc == 0 else None
+
+
+def _run(host: testinfra.host.Host, command: str) -> testinfra.backend.base.CommandResult | None:
+    """HOST's answer to COMMAND, or None while HOST cannot be reached (a killed lab
+    host's SSH is down until its container runs again; testinfra raises then)."""
+    try:
+        return host.run(command)
+    except RuntimeError:
+        return None
+
+
+def cluster_roles(hosts: dict) -> dict[str, str]:
+    """{member: role} as the data nodes' PostgreSQL and Patroni both say it: "Leader"
+    for the one primary, "Sync Standby" for a node streaming to it as its synchronous
+    standby, otherwise what that node's PostgreSQL says (replica, down, primary).
+
+    Patroni's member list alone is not enough: Patroni reads etcd serializably, so
+    an etcd member that has just rejoined after a partition answers with the state
+    from before it was cut off until it has caught up."""
+    state = {"t": "replica", "f": "primary"}
+    roles = {
+        n: state.get(_sql_answer(hosts[n], "SELECT pg_is_in_recovery()") or "", "down")
+        for n in DATA_NODES
+    }
+    primaries = [n for n, role in roles.items() if role == "primary"]
+    if len(primaries) != 1:
+        return roles
+    (primary,) = primaries
+    streaming = _sql_answer(
+        hosts[primary],
+        "SELECT application_name FROM pg_stat_replication"
+        " WHERE state = 'streaming' AND sync_state = 'sync'",
+    )
+    listed = _run(hosts[primary], f"{PATRONICTL} list --format json")
+    answered = listed is not None and listed.rc == 0
+    patroni = {m["Member"]: m["Role"] for m in json.loads(listed.stdout)} if answered else {}
+    if patroni.get(primary) == "Leader":
+        roles[primary] = "Leader"
+    for node in (streaming or "").split():
+        if roles.get(node) == "replica" and patroni.get(node) == "Sync Standby":
+            roles[node] = "Sync Standby"
+    return roles
+
+
+def healthy_leader(hosts: dict) -> str:
+    """The leader of a healthy cluster (wait_healthy): every check that changes the
+    cluster starts from one, whatever the check before it left behind."""
+    return next(n for n, role in wait_healthy(hosts).items() if role == "Leader")
+
+
+def wait_healthy(hosts: dict, timeout: float = 180) -> dict[str, str]:
+    """Wait until the data nodes are a Patroni leader and its streaming synchronous
+    standby (cluster_roles); return {member: role} (AssertionError with the last
+    roles seen on timeout)."""
+    deadline, roles = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
-        result = host.run(f"{PATRONICTL} list --format json")
-        if result.rc == 0:
-            listed = json.loads(result.stdout)
-            roles = sorted(m["Role"] for m in listed if m["State"] in ("running", "streaming"))
-            if roles == ["Leader", "Sync Standby"] and len({m.get("TL") for m in listed}) == 1:
-                return listed
+        roles = cluster_roles(hosts)
+        if sorted(roles.values()) == ["Leader", "Sync Standby"]:
+            return roles
         time.sleep(2)
-    raise AssertionError(f"the cluster is not healthy after {timeout} s: {listed}")
+    raise AssertionError(f"the cluster is not healthy after {timeout} s: {roles}")
 
 
 # A client of the database for the failover checks: inserts 1, 2, 3, ... through
