@@ -3,9 +3,12 @@ hosts' state, all reached over SSH like every lab check (tests/support/labhosts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
+import subprocess
 import time
+import uuid
 
 import testinfra
 
@@ -179,3 +182,109 @@ def run_script(host: testinfra.host.Host, unit: str, script: str, *args: str) ->
         f" -p StandardOutput=file:{output} python3 -c {shlex.quote(script)} {quoted}"
     )
     return output
+
+
+class Load:
+    """WRITER running on HOST into a table of its own, for at most 240 s."""
+
+    def __init__(self, host: testinfra.host.Host) -> None:
+        self.host = host
+        self.table = f"failover_{uuid.uuid4().hex[:8]}"
+        self.unit = f"securecore-test-{self.table}"
+        self.stop_file = f"/tmp/{self.unit}.stop"
+
+    def __enter__(self) -> Load:
+        psql_as_service(self.host, f"CREATE TABLE {self.table} (id BIGINT PRIMARY KEY)")
+        self.output = run_script(
+            self.host, self.unit, WRITER, SERVICE_DSN, self.table, "240", self.stop_file
+        )
+        self.wait_for_acknowledgements(20)
+        return self
+
+    def lines(self) -> list[list[str]]:
+        return [line.split() for line in self.host.file(self.output).content_string.splitlines()]
+
+    def acknowledged(self) -> list[int]:
+        return [int(fields[1]) for fields in self.lines() if fields[0] == "ok"]
+
+    def wait_for_acknowledgements(self, count: int, timeout: float = 120) -> None:
+        start, deadline = len(self.acknowledged()), time.monotonic() + timeout
+        while len(self.acknowledged()) < start + count:
+            assert time.monotonic() < deadline, f"no {count} writes within {timeout} s"
+            time.sleep(0.5)
+
+    def finish(self) -> dict:
+        """Stop the writer; check every acknowledged row is in the database; the figures."""
+        self.host.run(f"touch {self.stop_file}")
+        for _ in range(60):
+            if self.host.run(f"systemctl is-active --quiet {self.unit}").rc != 0:
+                break
+            time.sleep(0.5)
+        acknowledged = self.acknowledged()
+        query = f"SELECT id FROM {self.table}"
+        stored = {int(row) for row in psql_as_service(self.host, query)}
+        lost = sorted(set(acknowledged) - stored)
+        lines = self.lines()
+        times = [float(fields[2]) for fields in lines]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        return {
+            "acknowledged": len(acknowledged),
+            "lost": lost,
+            "errors": sum(1 for fields in lines if fields[0] == "error"),
+            "longest_wait": max(gaps, default=0.0),
+        }
+
+    def __exit__(self, *exc: object) -> None:
+        self.host.run(f"touch {self.stop_file}; systemctl stop {self.unit} 2>/dev/null")
+        self.host.run(f"rm -f {self.stop_file} {self.output}")
+        # The table goes wherever the writable node is now.
+        psql_as_service(self.host, f"DROP TABLE IF EXISTS {self.table}")
+
+
+def podman(*args: str) -> None:
+    """podman ARGS on the lab machine (the lab's containers are its hosts)."""
+    subprocess.run(["podman", *args], check=True, capture_output=True, timeout=120)
+
+
+def wait_for_leader(
+    host: testinfra.host.Host, name: str, since: float, timeout: float = 90
+) -> float:
+    """Seconds from SINCE until NAME holds the leader lock (asked on HOST)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = host.run("cd / && sudo -u postgres patronictl -c /etc/patroni/config.yml list")
+        if result.rc == 0 and leader(host) == name:
+            return time.monotonic() - since
+        time.sleep(0.5)
+    raise AssertionError(f"{name} is not the leader {timeout} s after the failure")
+
+
+def kill_the_primary_under_load(hosts: dict) -> dict:
+    """Kill the primary's container while WRITER commits through SERVICE_DSN on the
+    other node, start it again, and wait for a healthy cluster. The figures: seconds
+    to the new primary and to the old one's return as a replica, the writes
+    acknowledged, the failed attempts and the longest wait a client saw (the window
+    it noticed), the acknowledged writes missing afterwards, the roles at the end."""
+    primary = healthy_leader(hosts)
+    survivor = next(n for n in DATA_NODES if n != primary)
+    with Load(hosts[survivor]) as load:
+        killed = time.monotonic()
+        podman("kill", SPEC.container_name(primary))
+        try:
+            promoted = wait_for_leader(hosts[survivor], survivor, killed)
+        finally:
+            # The lost host comes back by itself once its container runs again:
+            # Patroni rejoins it as a replica (pg_rewind where its history forked).
+            podman("start", SPEC.container_name(primary))
+        roles = wait_healthy(hosts)
+        rejoined = time.monotonic() - killed
+        load.wait_for_acknowledgements(50)
+        figures = load.finish()
+    return {
+        "killed": primary,
+        "promoted": survivor,
+        "new_primary_after_s": round(promoted, 1),
+        "rejoined_after_s": round(rejoined, 1),
+        **figures,
+        "roles_after": roles,
+    }
