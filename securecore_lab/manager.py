@@ -34,7 +34,7 @@ CONFIG_LABEL = "io.securecore_lab.config"
 CAPABILITIES = ("NET_ADMIN", "NET_RAW", "AUDIT_WRITE", "DAC_READ_SEARCH")
 SSH_WAIT_SECONDS = 90
 # Secrets the site's roles need, generated per lab (names of inventory variables).
-LAB_SECRETS = ("hsm_so_pin", "hsm_user_pin", "pki_ca_passphrase")
+LAB_SECRETS = ("hsm_so_pin", "hsm_user_pin", "pki_ca_passphrase", "database_backup_passphrase")
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 
@@ -152,7 +152,7 @@ class Lab:
         self._changed(f"generated SSH key {key}")
 
     def _ensure_secrets(self) -> None:
-        """Random secrets of the lab (HSM PINs, CA passphrase), in 0600 files outside git.
+        """Random secrets of the lab (HSM PINs, CA and backup passphrases), in 0600 files outside git.
 
         The lab inventory reads them with the file lookup; a real site keeps
         them in ansible-vault instead.

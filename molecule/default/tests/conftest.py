@@ -41,6 +41,8 @@ ORDER = [
     "whole_site/test_revocation.py",
     # Kills, cuts off and switches over the database nodes; leaves the cluster healthy.
     "database/test_database_failover.py",
+    # Backups after the failovers: the repository has followed every new primary.
+    "database/test_database_backup.py",
     # Stops, replaces and removes the lab's containers: always last.
     "lab_manager/test_lab_manager.py",
 ]

@@ -1,0 +1,157 @@
+"""The database's backups (roles/postgresql_backup, REQ-HA-12): pgBackRest's repository
+on mgmt-01, which holds no data, fed by the primary's WAL over mutual TLS, encrypted.
+
+Runs after the failover checks: the repository must have followed every new primary
+and timeline they made. A commit is then followed into the repository (the backups'
+recovery point, measured) and back out of it, restored on a database node beside the
+cluster into a scratch directory; the repository is attacked with a file changed
+behind its back and a client it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+import uuid
+
+from tests.support.database import healthy_leader, local_sql, psql_as_service
+from tests.support.labhosts import ROOT, lab_spec
+
+SPEC = lab_spec()
+
+REPOSITORY = "mgmt-01"
+STANZA = "securecore"
+ARCHIVE_TIMEOUT = 60  # postgresql_ha_archive_timeout: a commit is archived within it
+PGBACKREST = f"cd / && sudo -u postgres pgbackrest --stanza={STANZA} --log-level-console=warn"
+REPOSITORY_PATH = f"/var/lib/pgbackrest/archive/{STANZA}"
+
+
+def info(host) -> dict:
+    return json.loads(host.check_output(f"{PGBACKREST} info --output=json"))[0]
+
+
+def newest_archived(host) -> str:
+    """The newest WAL segment in the repository (its 24-digit name)."""
+    return max(archive["max"] for archive in info(host)["archive"] if archive.get("max"))
+
+
+def test_the_repository_has_an_encrypted_full_backup_and_the_wal_since(hosts) -> None:
+    stanza = info(hosts[REPOSITORY])
+    assert stanza["status"]["code"] == 0, stanza["status"]
+    assert stanza["cipher"] == "aes-256-cbc"
+    assert [b for b in stanza["backup"] if b["type"] == "full"], stanza["backup"]
+    assert stanza["archive"] and stanza["archive"][-1]["max"]
+    # Every WAL segment and backed-up file is ciphertext (OpenSSL's salted format),
+    # whatever pgBackRest's compression would have left readable.
+    headers = hosts[REPOSITORY].check_output(
+        "find /var/lib/pgbackrest/archive /var/lib/pgbackrest/backup -type f"
+        " \\( -path '*/pg_data/*' -o -name '0000*' \\)"
+        ' -exec sh -c \'printf "%s " "$1"; head -c 8 "$1"; echo\' _ {} \\;'
+    )
+    files = [line.rsplit(" ", 1) for line in headers.splitlines()]
+    assert len(files) > 10
+    assert {header for _, header in files} == {"Salted__"}, [f for f in files if f[1] != "Salted__"]
+    # No database node holds the passphrase.
+    for node in ("core-01", "core-02"):
+        assert "cipher-pass" not in hosts[node].file("/etc/pgbackrest.conf").content_string
+
+
+def test_a_commit_is_in_the_repository_within_the_archive_timeout_and_restores(hosts) -> None:
+    primary = healthy_leader(hosts)
+    restorer = next(n for n in ("core-01", "core-02") if n != primary)
+    table, marker = f"backup_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    psql_as_service(hosts[primary], f"CREATE TABLE {table} (marker TEXT)")
+    insert = f"INSERT INTO {table} VALUES ('{marker}')"  # noqa: S608 - the test's own names
+    psql_as_service(hosts[primary], insert)
+    committed = time.monotonic()
+    # The segment holding the commit; it is archived once full or archive_timeout old.
+    segment = local_sql(hosts[primary], "SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
+    while newest_archived(hosts[REPOSITORY])[8:] < segment[8:]:  # timelines aside
+        assert time.monotonic() - committed < ARCHIVE_TIMEOUT + 30, f"{segment} not archived"
+        time.sleep(2)
+    archived_after = time.monotonic() - committed
+    scratch, socket = f"/var/lib/postgresql/restore-{table}", f"/tmp/restore-{table}"
+    select = f"SELECT marker FROM {table}"  # noqa: S608 - the test's own table
+    # Beside the cluster: another port, no TCP, its own socket directory, no archiving.
+    server_options = (
+        f"-p 5499 -c listen_addresses= -c unix_socket_directories={socket}"
+        " -c archive_mode=off -c synchronous_standby_names= -c hot_standby=on"
+    )
+    node = hosts[restorer]
+    try:
+        node.check_output(
+            f"{PGBACKREST} restore --pg1-path={scratch} --archive-mode=off --type=default"
+        )
+        # Recovery replays the archive to its end; the restored copy is read there.
+        node.check_output(
+            f"sudo -u postgres mkdir -p {socket} && cd / && sudo -u postgres"
+            f" /usr/lib/postgresql/15/bin/pg_ctl -D {scratch} -w -t 120 -l {scratch}.log start"
+            f" -o {shlex.quote(server_options)}"
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            found = node.run(
+                f"cd / && sudo -u postgres psql -h {socket} -p 5499 -At -d securecore"
+                f" -c {shlex.quote(select)}"
+            )
+            if found.stdout.split() == [marker] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert found.stdout.split() == [marker], found.stderr
+    finally:
+        node.run(
+            f"cd / && sudo -u postgres /usr/lib/postgresql/15/bin/pg_ctl -D {scratch} -m immediate"
+            f" stop; rm -rf {scratch} {scratch}.log {socket}"
+        )
+        psql_as_service(hosts[primary], f"DROP TABLE IF EXISTS {table}")
+    print(f"\nbackup: a commit was in the repository {archived_after:.1f} s after it returned")
+    assert archived_after <= ARCHIVE_TIMEOUT + 30
+
+
+def test_a_file_changed_in_the_repository_is_found(hosts) -> None:
+    repository = hosts[REPOSITORY]
+    assert repository.run(f"{PGBACKREST} verify").rc == 0
+    newest = repository.check_output(
+        f"find {REPOSITORY_PATH} -type f -name '0000*' -printf '%T@ %p\\n' | sort -n | tail -1"
+    ).split()[1]
+    saved = f"/root/{newest.rsplit('/', 1)[1]}.saved"
+    repository.check_output(f"cp -p {newest} {saved}")
+    try:
+        # One byte flipped in the middle of the ciphertext, length unchanged.
+        repository.check_output(
+            'python3 -c \'import sys; p=sys.argv[1]; d=bytearray(open(p,"rb").read());'
+            ' d[len(d)//2]^=1; open(p,"wb").write(d)\' ' + newest
+        )
+        verified = repository.run(f"{PGBACKREST} verify")
+        assert verified.rc != 0, verified.stdout
+    finally:
+        repository.check_output(f"cp -p {saved} {newest} && rm -f {saved}")
+    assert repository.run(f"{PGBACKREST} verify").rc == 0
+
+
+def test_the_repository_refuses_a_certificate_it_was_not_told_of(hosts) -> None:
+    """A database node's pgBackRest presenting another certificate of the site's CA
+    (the lab administrator's, copied in for the test): the repository refuses it."""
+    node, scratch = hosts["core-01"], f"/tmp/backup-client-{uuid.uuid4().hex[:8]}"
+    admin = ROOT / "inventories" / "lab" / ".state" / "admins" / "lab-admin"
+    node.check_output(f"install -d -m 0700 -o postgres -g postgres {scratch}")
+    try:
+        for name in ("client.pem", "client.key"):
+            # podman cp: the key never appears on a command line.
+            target = f"{SPEC.container_name('core-01')}:{scratch}/{name}"
+            subprocess.run(["podman", "cp", str(admin / name), target], check=True, timeout=60)
+        node.check_output(f"chown postgres:postgres {scratch}/* && chmod 0600 {scratch}/*")
+        options = (
+            f"--repo1-host-cert-file={scratch}/client.pem"
+            f" --repo1-host-key-file={scratch}/client.key"
+        )
+        refused = node.run(f"{PGBACKREST} {options} info --output=json")
+        known = node.run(f"{PGBACKREST} info --output=json")
+    finally:
+        node.run(f"rm -rf {scratch}")
+    assert known.rc == 0 and json.loads(known.stdout)[0]["status"]["code"] == 0, known.stderr
+    answer = refused.stdout + refused.stderr
+    assert refused.rc != 0 or json.loads(refused.stdout)[0]["status"]["code"] != 0, answer
+    assert "lab-admin" in answer or "not authorized" in answer.lower(), answer
