@@ -152,7 +152,7 @@ class Lab:
         self._changed(f"generated SSH key {key}")
 
     def _ensure_secrets(self) -> None:
-        """Random secrets of the lab (HSM PINs, CA and backup passphrases), in 0600 files outside git.
+        """Random secrets of the lab (HSM PINs, CA and backup passphrases), 0600, outside git.
 
         The lab inventory reads them with the file lookup; a real site keeps
         them in ansible-vault instead.
@@ -272,8 +272,15 @@ class Lab:
             "port": host.ssh_port,
             "caps": CAPABILITIES,
             "ulimits": ULIMITS,
+            "names": self._host_names(),
         }
         return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _host_names(self) -> list[str]:
+        """NAME:ADDRESS of every lab host: each container resolves the others'
+        inventory names, as a site's DNS would (peers that check a certificate's
+        names, such as pgBackRest's, connect by name)."""
+        return [f"{h.name}:{h.address}" for h in self.spec.hosts]
 
     def _ensure_container(self, host: LabHost) -> None:
         name = self.spec.container_name(host.name)
@@ -330,6 +337,9 @@ class Lab:
         ]
         for ulimit in ULIMITS:
             args += ["--ulimit", ulimit]
+        for name in self._host_names():
+            if not name.startswith(f"{host.name}:"):  # its own name is podman's entry
+                args += ["--add-host", name]
         for cap in CAPABILITIES:
             args += ["--cap-add", cap]
         args += [self.spec.image, "/lib/systemd/systemd"]

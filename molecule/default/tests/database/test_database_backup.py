@@ -110,25 +110,35 @@ def test_a_commit_is_in_the_repository_within_the_archive_timeout_and_restores(h
     assert archived_after <= ARCHIVE_TIMEOUT + 30
 
 
+def verify(host) -> str:
+    """pgBackRest's verify report. 2.45 exits 0 whatever it finds; a stanza with a bad
+    file is reported as "status: error" with the file named. No retry of a file that
+    failed (the default retries after 15 s)."""
+    return host.check_output(
+        f"cd / && sudo -u postgres pgbackrest --stanza={STANZA} --log-level-console=info"
+        " --job-retry=0 verify"
+    )
+
+
 def test_a_file_changed_in_the_repository_is_found(hosts) -> None:
     repository = hosts[REPOSITORY]
-    assert repository.run(f"{PGBACKREST} verify").rc == 0
+    assert "status: error" not in verify(repository)
     newest = repository.check_output(
-        f"find {REPOSITORY_PATH} -type f -name '0000*' -printf '%T@ %p\\n' | sort -n | tail -1"
+        f"find {REPOSITORY_PATH} -type f -name '0000*.zst' -printf '%T@ %p\\n' | sort -n | tail -1"
     ).split()[1]
     saved = f"/root/{newest.rsplit('/', 1)[1]}.saved"
     repository.check_output(f"cp -p {newest} {saved}")
     try:
-        # One byte flipped in the middle of the ciphertext, length unchanged.
+        # One bit flipped in the middle of a WAL segment's ciphertext, length unchanged.
         repository.check_output(
             'python3 -c \'import sys; p=sys.argv[1]; d=bytearray(open(p,"rb").read());'
             ' d[len(d)//2]^=1; open(p,"wb").write(d)\' ' + newest
         )
-        verified = repository.run(f"{PGBACKREST} verify")
-        assert verified.rc != 0, verified.stdout
+        report = verify(repository)
     finally:
         repository.check_output(f"cp -p {saved} {newest} && rm -f {saved}")
-    assert repository.run(f"{PGBACKREST} verify").rc == 0
+    assert "status: error" in report and newest.rsplit("/", 1)[1] in report, report
+    assert "status: error" not in verify(repository)
 
 
 def test_the_repository_refuses_a_certificate_it_was_not_told_of(hosts) -> None:
@@ -154,4 +164,4 @@ def test_the_repository_refuses_a_certificate_it_was_not_told_of(hosts) -> None:
     assert known.rc == 0 and json.loads(known.stdout)[0]["status"]["code"] == 0, known.stderr
     answer = refused.stdout + refused.stderr
     assert refused.rc != 0 or json.loads(refused.stdout)[0]["status"]["code"] != 0, answer
-    assert "lab-admin" in answer or "not authorized" in answer.lower(), answer
+    assert "access denied" in answer, answer
