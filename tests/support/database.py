@@ -21,14 +21,17 @@ CONSENSUS = ("core-01", "core-02", "mgmt-01")
 PATRONI = "/etc/patroni"
 PATRONICTL = f"cd / && sudo -u postgres patronictl -c {PATRONI}/config.yml"
 
-# The service's connection: every data node, the writable one chosen by libpq,
-# the node's own client certificate (its name maps to the service's role).
+# The service's connection, as the service makes it: every data node, the writable
+# one chosen by libpq, the core host's own client certificate and key (its name maps
+# to the service's role), the server's checked against the site CA and its CRLs.
+SERVICE_TLS = "/etc/securecore/tls"
 SERVICE_DSN = (
     f"host={','.join(ADDRESS[n] for n in DATA_NODES)} port=5432 dbname=securecore"
     f" user=securecore target_session_attrs=read-write connect_timeout=3 sslmode=verify-full"
-    f" sslrootcert={PATRONI}/tls/ca.pem sslcert={PATRONI}/tls/client.pem"
-    f" sslkey={PATRONI}/tls/client.key"
+    f" sslrootcert={SERVICE_TLS}/ca.pem sslcrl={SERVICE_TLS}/crl-chain.pem"
+    f" sslcert={SERVICE_TLS}/client.pem sslkey={SERVICE_TLS}/client.key"
 )
+SERVICE_USER = "securecore"
 
 
 def members(host: testinfra.host.Host) -> list[dict]:
@@ -41,9 +44,12 @@ def leader(host: testinfra.host.Host) -> str | None:
 
 
 def psql_as_service(host: testinfra.host.Host, sql: str) -> list[str]:
-    """Rows (|-separated) of SQL run as the service's role through SERVICE_DSN."""
+    """Rows (|-separated) of SQL run as the service (its user, its certificate) through
+    SERVICE_DSN."""
     dsn, statement = shlex.quote(SERVICE_DSN), shlex.quote(sql)
-    out = host.check_output(f"cd / && sudo -u postgres psql --no-psqlrc -At {dsn} -c {statement}")
+    out = host.check_output(
+        f"cd / && sudo -u {SERVICE_USER} psql --no-psqlrc -At {dsn} -c {statement}"
+    )
     return out.splitlines()
 
 
@@ -172,13 +178,15 @@ while time.monotonic() < end:
 """
 
 
-def run_script(host: testinfra.host.Host, unit: str, script: str, *args: str) -> str:
-    """Start SCRIPT as postgres on HOST in a transient unit; its output file's path."""
+def run_script(
+    host: testinfra.host.Host, unit: str, script: str, *args: str, user: str = "postgres"
+) -> str:
+    """Start SCRIPT as USER on HOST in a transient unit; its output file's path."""
     output = f"/tmp/{unit}.out"
     host.run(f"systemctl stop {unit} 2>/dev/null; rm -f {output}")
     quoted = " ".join(shlex.quote(a) for a in args)
     host.check_output(
-        f"systemd-run --unit {unit} --collect -p User=postgres -p WorkingDirectory=/tmp"
+        f"systemd-run --unit {unit} --collect -p User={user} -p WorkingDirectory=/tmp"
         f" -p StandardOutput=file:{output} python3 -c {shlex.quote(script)} {quoted}"
     )
     return output
@@ -196,7 +204,14 @@ class Load:
     def __enter__(self) -> Load:
         psql_as_service(self.host, f"CREATE TABLE {self.table} (id BIGINT PRIMARY KEY)")
         self.output = run_script(
-            self.host, self.unit, WRITER, SERVICE_DSN, self.table, "240", self.stop_file
+            self.host,
+            self.unit,
+            WRITER,
+            SERVICE_DSN,
+            self.table,
+            "240",
+            self.stop_file,
+            user=SERVICE_USER,
         )
         self.wait_for_acknowledgements(20)
         return self

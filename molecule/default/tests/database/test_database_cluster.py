@@ -77,6 +77,19 @@ def test_a_member_certificate_may_not_act_as_the_superuser(hosts) -> None:
     assert refused.rc != 0 and "no pg_hba.conf entry" in refused.stderr, refused.stderr
 
 
+@pytest.mark.parametrize("name", DATA_NODES)
+def test_each_core_host_reaches_the_primary_as_the_service_with_its_own_certificate(
+    hosts, name: str
+) -> None:
+    # Through the address list, whichever node leads: libpq skips the replica.
+    [row] = psql_as_service(
+        hosts[name],
+        "SELECT current_user, pg_is_in_recovery(), ssl, version FROM pg_stat_ssl"
+        " WHERE pid = pg_backend_pid()",
+    )
+    assert row == "securecore|f|t|TLSv1.3"
+
+
 def rest_health(host, certificate: bool) -> object:
     """GET /health of core-02's Patroni REST API from HOST, with or without core-01's
     client certificate (Python's ssl: the core hosts have no curl)."""

@@ -23,6 +23,13 @@ def host(lab_host):
     return connect(SPEC, lab_host)
 
 
+@pytest.fixture(scope="module")
+def signing(lab_host) -> str:
+    """The first version of the host's signing key: named after the host, so that the
+    core hosts' key ids never collide in the pins of their shared audit log."""
+    return f"securecore-signing-{lab_host.name}-v1"
+
+
 def as_service(host, code: str) -> str:
     """Run python-pkcs11 code as the service user; the PIN travels on stdin only."""
     program = (
@@ -54,11 +61,11 @@ def test_token_directory_belongs_to_the_service_user(host):
     assert tokens.user == "securecore" and tokens.mode == 0o700
 
 
-def test_sign_on_the_token_and_verify_with_the_exported_public_key(lab_host, host):
+def test_sign_on_the_token_and_verify_with_the_exported_public_key(lab_host, host, signing):
     signature = as_service(
         lab_host,
-        """
-key = session.get_key(ObjectClass.PRIVATE_KEY, KeyType.EC, label='securecore-signing-v1')
+        f"""
+key = session.get_key(ObjectClass.PRIVATE_KEY, KeyType.EC, label='{signing}')
 print(key.sign(hashlib.sha256(b'checkpoint').digest(), mechanism=Mechanism.ECDSA).hex())
 """,
     )
@@ -71,17 +78,17 @@ print(key.sign(hashlib.sha256(b'checkpoint').digest(), mechanism=Mechanism.ECDSA
         "der = encode_dss_signature(int.from_bytes(raw[:half], 'big'), "
         "int.from_bytes(raw[half:], 'big'))\n"
         "pub = serialization.load_pem_public_key("
-        "open('/etc/securecore/keys/securecore-signing-v1.pem', 'rb').read())\n"
+        f"open('/etc/securecore/keys/{signing}.pem', 'rb').read())\n"
         "pub.verify(der, b'checkpoint', ec.ECDSA(hashes.SHA256()))\n"
     )
     assert host.run(f"python3 -c {shlex.quote(verify)} {signature}").rc == 0
 
 
-def test_private_and_secret_keys_cannot_be_read(lab_host):
+def test_private_and_secret_keys_cannot_be_read(lab_host, signing):
     result = as_service(
         lab_host,
-        """
-for cls, kt, label in ((ObjectClass.PRIVATE_KEY, KeyType.EC, 'securecore-signing-v1'),
+        f"""
+for cls, kt, label in ((ObjectClass.PRIVATE_KEY, KeyType.EC, '{signing}'),
                        (ObjectClass.SECRET_KEY, KeyType.AES, 'securecore-kek-v1')):
     obj = session.get_key(cls, kt, label=label)
     try:
@@ -92,17 +99,15 @@ for cls, kt, label in ((ObjectClass.PRIVATE_KEY, KeyType.EC, 'securecore-signing
 """,
     )
     assert result.splitlines() == [
-        "sensitive securecore-signing-v1",
+        f"sensitive {signing}",
         "sensitive securecore-kek-v1",
     ]
 
 
-def test_only_public_keys_are_exported(host):
+def test_only_public_keys_are_exported(host, signing):
     listing = host.check_output("ls /etc/securecore/keys")
-    assert listing.split() == ["securecore-signing-v1.pem"]
-    assert (
-        "PRIVATE" not in host.file("/etc/securecore/keys/securecore-signing-v1.pem").content_string
-    )
+    assert listing.split() == [f"{signing}.pem"]
+    assert "PRIVATE" not in host.file(f"/etc/securecore/keys/{signing}.pem").content_string
 
 
 def test_pins_are_not_in_the_logs(host):
