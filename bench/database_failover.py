@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.database import kill_the_primary_under_load  # noqa: E402
+from tests.support.failover import kill_the_primary_under_load  # noqa: E402
 from tests.support.labhosts import connect, lab_spec  # noqa: E402
 
 NEW_PRIMARY_WITHIN = 30.0

@@ -50,6 +50,9 @@ DEFAULTS = {
     "softhsm_conf": "/etc/securecore/softhsm2.conf",
     "replica_timer": "/etc/systemd/system/securecore-replica.timer",
     "replica_store": "/var/lib/securecore/data/replica/audit.db",
+    # The shared database's backup repository (roles/postgresql_backup): a
+    # configuration with a local repository path is the repository host's.
+    "pgbackrest_conf": "/etc/pgbackrest/pgbackrest.conf",
     "writable_roots": ["/etc", "/usr/local", "/opt", "/var/lib"],
     "apt_sources": [
         "/etc/apt/sources.list",
@@ -369,6 +372,43 @@ def securecore(paths: dict) -> dict:
     return facts
 
 
+def database_backup(paths: dict) -> dict:
+    """The backups of the shared database this host keeps (`pgbackrest info`, as
+    postgres; it reports no secret): each stanza's status, and over all stanzas
+    whether every one is ok and the age of the oldest newest-full backup."""
+    info = json.loads(
+        run("runuser", "-u", "postgres", "--", "pgbackrest", "--output=json", "info", timeout=60)
+    )
+    now = time.time()
+
+    def age_hours(backups: list[dict]) -> float | None:
+        newest = max((b["timestamp"]["stop"] for b in backups), default=None)
+        return round((now - newest) / 3600, 1) if newest is not None else None
+
+    stanzas = {}
+    for stanza in info:
+        backups = stanza.get("backup", [])
+        stanzas[stanza["name"]] = {
+            "status": stanza["status"]["message"],
+            "ok": stanza["status"]["code"] == 0,
+            "backups": len(backups),
+            "newest_full_age_hours": age_hours([b for b in backups if b["type"] == "full"]),
+            "newest_age_hours": age_hours(backups),
+        }
+    fulls = [s["newest_full_age_hours"] for s in stanzas.values()]
+    return {
+        "stanzas": stanzas,
+        "ok": bool(stanzas) and all(s["ok"] for s in stanzas.values()),
+        # A stanza without a full backup makes this None: the check fails.
+        "newest_full_age_hours": None if not fulls or None in fulls else max(fulls),
+    }
+
+
+def is_backup_repository(paths: dict) -> bool:
+    conf = Path(paths["pgbackrest_conf"])
+    return conf.exists() and re.search(r"(?m)^repo1-path=", read(conf)) is not None
+
+
 def gather(paths: dict) -> dict:
     facts: dict = {"_errors": {}}
 
@@ -400,6 +440,8 @@ def gather(paths: dict) -> dict:
             facts.update(securecore(paths))
         except (OSError, ValueError, subprocess.SubprocessError) as error:
             facts["_errors"]["securecore"] = f"{type(error).__name__}: {error}"[:300]
+    if is_backup_repository(paths):
+        collect("database_backup", database_backup, paths)
     slow.join()
     collect("logs", logs, paths, facts.get("journald"))
     try:

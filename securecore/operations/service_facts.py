@@ -154,13 +154,18 @@ def _keys(ring: KeyRing) -> dict[str, Any]:
 def _backup(config: configuration.Config, ring: KeyRing) -> dict[str, Any]:
     """The newest backup whose signed manifest and archive verify; the others are
     listed, never counted (anyone able to write the directory can drop a manifest)."""
+    if config.get("audit", "backend") == "postgresql":
+        # The state is the shared database's, and so are its backups (pgBackRest,
+        # checked on the repository host): this host has none of its own to make.
+        return {"kept_by": "database", "newest": None, "newest_age_hours": None, "unverified": []}
     directory = config.get("backup", "directory")
     backups, refused = signed_backups(ring, directory) if directory else ([], [])
     if not backups:
-        return {"newest": None, "newest_age_hours": None, "unverified": refused}
+        return {"kept_by": "host", "newest": None, "newest_age_hours": None, "unverified": refused}
     created, path, _ = backups[-1]
     age = datetime.datetime.now(datetime.UTC) - created
     return {
+        "kept_by": "host",
         "newest": path.name,
         "newest_age_hours": round(age.total_seconds() / 3600, 1),
         "unverified": refused,

@@ -63,6 +63,18 @@ CREATE TABLE IF NOT EXISTS plugins (
     endpoint_certificate TEXT,   -- pinned at registration (PEM)
     channel_core_kid TEXT        -- the core signing key version the plugin was given
 );
+-- Each core host's own channel to each plugin (several hosts on one database):
+-- its channel key, wrapped by that host's HSM key-encryption key, which no
+-- other host holds. HOLDER is the host's signing key name.
+CREATE TABLE IF NOT EXISTS plugin_channels (
+    plugin TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    channel_kid TEXT NOT NULL,
+    channel_key TEXT NOT NULL,
+    endpoint_certificate TEXT NOT NULL,
+    channel_core_kid TEXT NOT NULL,
+    PRIMARY KEY (plugin, holder)
+);
 CREATE TABLE IF NOT EXISTS trust_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order of the history
     plugin TEXT NOT NULL,
@@ -123,8 +135,13 @@ class PluginRegistry:
         clock: Callable[[], float] = time.time,
         endpoints: EndpointPolicy | None = None,
         on_blocked: Callable[[str], Any] | None = None,
+        holder: str = "",
     ) -> None:
         self.vendors, self.minimum_security_level = vendors, minimum_security_level
+        # Whose channels this host uses (its signing key name; plugin_channels): every
+        # host of a cluster sets up its own. "" keeps the registering host's channel
+        # in the plugin's row (one host, tests).
+        self.holder = holder
         # No endpoint is allowed unless the plugin networks are configured.
         self.endpoints = endpoints or EndpointPolicy()
         # Told the name of a plugin that became suspended or revoked (its sessions end).
@@ -223,6 +240,11 @@ class PluginRegistry:
                     *channel_values,
                 ),
             )
+            # A new registration (after a rotation: a new certificate, a new core key)
+            # replaces every host's channel; the others set theirs up again.
+            self._db.execute("DELETE FROM plugin_channels WHERE plugin = ?", (request.name,))
+            if channel and self.holder:
+                self._keep_channel(request.name, channel)
             self._history(request.name, assessment.score, "registered")
         state = (self.get(request.name) or {})["state"]  # the row written above
         passed("completion", f"state {state}")
@@ -434,7 +456,8 @@ class PluginRegistry:
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
     def channel(self, name: str) -> tuple[str, str, str | None, Any]:
-        """(state, endpoint, channel kid, Channel) of a registered plugin; KeyError if none."""
+        """(state, endpoint, channel kid, Channel) of a registered plugin, the channel
+        being this host's (None while it has none); KeyError if none is registered."""
         from securecore.plugin_registry.channel_client import Channel
 
         with self._lock:
@@ -443,11 +466,41 @@ class PluginRegistry:
                 "channel_core_kid FROM plugins WHERE name = ?",
                 (name,),
             ).fetchone()
+            if row is not None and self.holder:
+                own = self._db.execute(
+                    "SELECT channel_kid, channel_key, endpoint_certificate, channel_core_kid "
+                    "FROM plugin_channels WHERE plugin = ? AND holder = ?",
+                    (name, self.holder),
+                ).fetchone()
+                row = (*row[:2], *(own or (None,) * 4))
         if row is None:
             raise KeyError(name)
         state, endpoint, kid, wrapped, certificate, core_kid = row
         channel = Channel(kid, wrapped, certificate, core_kid) if kid else None
         return state, endpoint, kid, channel
+
+    def keep_channel(self, name: str, channel: Any) -> None:
+        """This host's new channel to plugin NAME (set up before its first call)."""
+        with self._lock:
+            self._keep_channel(name, channel)
+
+    def _keep_channel(self, name: str, channel: Any) -> None:
+        self._db.execute(
+            "INSERT INTO plugin_channels (plugin, holder, channel_kid, channel_key, "
+            "endpoint_certificate, channel_core_kid) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (plugin, holder) DO UPDATE SET channel_kid = excluded.channel_kid, "
+            "channel_key = excluded.channel_key, "
+            "endpoint_certificate = excluded.endpoint_certificate, "
+            "channel_core_kid = excluded.channel_core_kid",
+            (
+                name,
+                self.holder,
+                channel.kid,
+                channel.wrapped_key,
+                channel.certificate,
+                channel.core_kid,
+            ),
+        )
 
     def get(self, name: str) -> dict[str, Any] | None:
         with self._lock:

@@ -77,7 +77,11 @@ class PluginError(SecureCoreError):
 
 
 class ChannelKeys:
-    """The channel keys the core handed over, kept 0600 in the plugin's state directory."""
+    """The channel keys the core hosts handed over, kept 0600 in the plugin's state
+    directory. Each core host sets up channels of its own (its HSM wraps its keys);
+    a channel is verified with the public keys of the core host that set it up,
+    and each host's newest KEPT_CHANNEL_KEYS channels are kept, so one host's
+    channels never push out another's."""
 
     def __init__(self, state_dir: str | Path) -> None:
         self.path = Path(state_dir) / "channel.json"
@@ -95,26 +99,38 @@ class ChannelKeys:
     def newest(self) -> str | None:
         return self._data["order"][-1] if self._data["order"] else None
 
-    @property
-    def core_keys(self) -> dict[str, str]:
-        return dict(self._data["core_keys"])
+    def core_keys(self, kid: str) -> dict[str, str]:
+        """The public keys of the core host that set up channel KID ({} if none)."""
+        by_channel = self._data.get("channel_core_keys")
+        if by_channel is None:  # a file written before channels had owners
+            return dict(self._data["core_keys"]) if kid in self._data["keys"] else {}
+        return dict(by_channel.get(kid, {}))
 
     def signer_kid(self, kid: str) -> str | None:
         """Which of the plugin's certificates answers on channel KID (the one the
         core pinned when it set the channel up)."""
         return self._data.get("signers", {}).get(kid)
 
-    def store(self, kid: str, key: bytes, core_keys: dict[str, str], signer_kid: str) -> None:
+    def store(
+        self, kid: str, key: bytes, core_keys: dict[str, str], signer_kid: str, owner: str
+    ) -> None:
+        """Keep channel KID, set up by the core principal OWNER with its public keys."""
         with self._lock:
             data = json.loads(json.dumps(self._data))
+            by_channel = data.setdefault(
+                "channel_core_keys", {k: data.get("core_keys", {}) for k in data["keys"]}
+            )
+            owners = data.setdefault("owners", {})
             data["keys"][kid] = base64.b64encode(key).decode()
             data.setdefault("signers", {})[kid] = signer_kid
+            by_channel[kid], owners[kid] = core_keys, owner
             data["order"] = [k for k in data["order"] if k != kid] + [kid]
-            for old in data["order"][:-KEPT_CHANNEL_KEYS]:
-                del data["keys"][old]
-                data["signers"].pop(old, None)
-            data["order"] = data["order"][-KEPT_CHANNEL_KEYS:]
-            data["core_keys"] = core_keys
+            mine = [k for k in data["order"] if owners.get(k, owner) == owner]
+            for old in mine[:-KEPT_CHANNEL_KEYS]:
+                data["order"].remove(old)
+                for field in ("keys", "signers", "channel_core_keys", "owners"):
+                    data[field].pop(old, None)
+            data["core_keys"] = core_keys  # the newest, for readers of the older format
             temporary = self.path.with_suffix(".tmp")
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -197,8 +213,11 @@ class PluginServer:
                 public_keys_verifier(core_keys)  # every key must load
             except (ValueError, KeyError, TypeError, AttributeError) as error:
                 return _refuse(400, "bad_channel", f"channel setup refused: {error}")
-            await anyio.to_thread.run_sync(self.channel.store, kid, key, core_keys, self.signer_kid)
-            log.info("channel key %s received from the core", kid)
+            owner = principal_from_scope(request.scope, self.trust_domain).id
+            await anyio.to_thread.run_sync(
+                self.channel.store, kid, key, core_keys, self.signer_kid, owner
+            )
+            log.info("channel key %s received from %s", kid, owner)
             return Response(status_code=204)
 
         async def call(request: Request) -> Response:
@@ -206,10 +225,13 @@ class PluginServer:
             if refused:
                 return refused
             try:
+                message = await request.json()
+                # Signed by the core host that set up the channel the message names.
+                channel_kid = message.get("kid") if isinstance(message, dict) else None
                 opened = open_message(
-                    await request.json(),
+                    message,
                     keys=self.channel.key,
-                    verify=public_keys_verifier(self.channel.core_keys),
+                    verify=public_keys_verifier(self.channel.core_keys(str(channel_kid))),
                     recipient=self.address,
                     guard=self.guard,
                 )

@@ -12,7 +12,7 @@ import datetime
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from securecore.policy import ratelimit
@@ -42,6 +42,9 @@ class Decision:
     reason: str = ""
     retry_after: float = 0.0
     policy_version: str = ""
+    # The sequence number of the decision's audit record, once durable (a receipt
+    # the client is given, REQ-AUDIT-11); None when no audit log records it.
+    audit_record: int | None = None
 
 
 DEFAULT_CLIENT_LIMIT = ratelimit.Limit(rate=50, burst=100)
@@ -102,10 +105,10 @@ class PolicyEngine:
         awaited without holding a thread."""
         decision = self._evaluate(request)
         if self.audit_async is not None:
-            await self.audit_async(*self._record(request, decision))
+            seq = await self.audit_async(*self._record(request, decision))
         else:
-            self.audit(*self._record(request, decision))
-        return decision
+            seq = self.audit(*self._record(request, decision))
+        return replace(decision, audit_record=seq) if isinstance(seq, int) else decision
 
     @staticmethod
     def _record(request: RequestContext, decision: Decision) -> tuple:

@@ -11,6 +11,7 @@ Request bodies are limited per route while they are read (body_limit).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
@@ -33,6 +34,8 @@ from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.policy_middleware import PolicyMiddleware
 from securecore.server.session_routes import session_routes
 from securecore.sessions.manager import SessionManager
+
+log = logging.getLogger(__name__)
 
 
 def _lifespan(
@@ -65,14 +68,25 @@ def create_app(
     route_body_bytes: Mapping[str, int] | None = None,
 ) -> Starlette:
     checks = readiness or {}
+    # What each check last said, so that a change is logged once (the answer names
+    # only the kind of failure; the log says why, for the operator).
+    last: dict[str, str] = {}
 
     def failing_checks() -> dict[str, str]:
         failed = {}
         for name, check in checks.items():
             try:
                 check()
+                said = ""
             except Exception as error:  # a failing dependency, reported by name
                 failed[name] = type(error).__name__
+                said = f"{type(error).__name__}: {error}"
+            if last.get(name, "") != said:
+                if said:
+                    log.warning("not ready: %s: %s", name, said)
+                else:
+                    log.info("ready again: %s", name)
+                last[name] = said
         return failed
 
     async def healthz(request: Request) -> JSONResponse:

@@ -86,6 +86,29 @@ def call_path_plugin(path: str) -> str | None:
     return None
 
 
+def establish_channel(
+    caller: PluginCaller,
+    registry: PluginRegistry,
+    audit: Callable[..., Any],
+    actor: str,
+    name: str,
+    endpoint: str,
+) -> Any:
+    """A channel of this host's own to plugin NAME, kept for its next calls; audited
+    under ACTOR, whose call needed it. PluginCallError if the plugin refuses it or
+    does not answer through it."""
+    try:
+        channel = caller.establish(name, endpoint)["channel"]
+    except PluginCallError as error:
+        details = {"holder": registry.holder, "detail": str(error)}
+        audit(actor, "plugin.channel", name, "failure", details)
+        raise
+    registry.keep_channel(name, channel)
+    details = {"holder": registry.holder, "kid": channel.kid, "core_kid": channel.core_kid}
+    audit(actor, "plugin.channel", name, "success", details)
+    return channel
+
+
 def plugin_routes(
     registry: PluginRegistry,
     caller: PluginCaller,
@@ -163,10 +186,17 @@ def plugin_routes(
             _, endpoint, _, channel = registry.channel(name)
         except KeyError:
             return error_response(404, f"no plugin {name!r} is registered", "unknown_plugin")
-        if channel is None:
+        if channel is None and not registry.holder:
             return error_response(409, f"{name} has no secure channel", "no_channel")
         started = time.perf_counter()
         try:
+            if channel is None:
+                # This host's first call: a channel of its own, its key wrapped by its
+                # own HSM key (the registering host's is of no use here), checked as at
+                # registration: the plugin's certificate, then a sealed ping.
+                channel = await anyio.to_thread.run_sync(
+                    establish_channel, caller, registry, audit, principal.id, name, endpoint
+                )
             result = await anyio.to_thread.run_sync(
                 caller.call,
                 name,

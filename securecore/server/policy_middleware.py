@@ -22,6 +22,7 @@ from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.plugin_routes import call_path_plugin
 
 STATUS = {"acl": 403, "intrusion": 403, "trust": 403, "rate_limit": 429, "emergency": 503}
+RECEIPT = b"audit-record"  # the response header with the decision's audit record number
 
 
 class PolicyMiddleware:
@@ -62,10 +63,17 @@ class PolicyMiddleware:
             and scope["path"].startswith("/v1/admin/"),
         )
         decision = await self.engine.decide_async(context)
+        # Every answer names the durable audit record of its decision: a receipt the
+        # client can later have proved in the log (`securecore audit prove SEQ`).
+        receipt = (
+            [] if decision.audit_record is None else [(RECEIPT, b"%d" % decision.audit_record)]
+        )
         if not decision.allowed:
             response = error_response(STATUS[decision.stage], decision.reason, decision.stage)
             if decision.retry_after:
                 response.headers["Retry-After"] = str(max(1, round(decision.retry_after)))
+            if receipt:
+                response.headers[RECEIPT.decode()] = receipt[0][1].decode()
             await response(scope, receive, send)
             return
         moved = [0]
@@ -76,6 +84,8 @@ class PolicyMiddleware:
             return message
 
         async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and receipt:
+                message = {**message, "headers": [*message.get("headers", []), *receipt]}
             moved[0] += len(message.get("body", b""))
             await send(message)
 

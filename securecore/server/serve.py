@@ -241,6 +241,8 @@ def build_server(
         on_blocked=lambda name: sessions.revoke_where(
             principal=f"plugin/{name}", reason="plugin suspended or revoked"
         ),
+        # Each host its own channels (its HSM wraps their keys), named by its key.
+        holder=ring.signing_key,
     )
     sessions.refusal = registry.session_refusal
 
@@ -271,14 +273,16 @@ def build_server(
     app = create_app(
         trust_domain="securecore",
         readiness={
-            "audit_store": audit_store,
             "audit_writer": audit_log.check,
             "signing_key": signing_key,
-            # PostgreSQL: 503 while the database is not writable (a failover).
+            # SQLite: the file opens. PostgreSQL: 503 while the database is not writable
+            # (a failover), asked on the state's own connection - not on a new one per
+            # probe, which would cost a TLS handshake each time and fail for a moment
+            # whenever the host's client certificate and key are being replaced.
             **(
                 {"state_database": sessions_state.check_writable}
                 if isinstance(sessions_state, PostgresState)
-                else {}
+                else {"audit_store": audit_store}
             ),
         },
         sessions=sessions,

@@ -152,6 +152,9 @@ class PostgresState(StateDatabase):
         # Each role's writers queue on their own lock, like one SQLite file each.
         self._lock_key = zlib.crc32(f"securecore-state/{role}".encode())
         self._writable: tuple[float, BaseException | None] = (0.0, None)
+        self._probe: Any = None  # check_writable's own connection
+        self._probe_was_kept = False
+        self._probe_lock = threading.Lock()
 
     def _lost(self, error: BaseException) -> bool:
         """Whether ERROR means the connection is gone (then the next use reconnects)."""
@@ -209,31 +212,63 @@ class PostgresState(StateDatabase):
                 yield
             return
 
-    def check_writable(self, timeout: float = 1.0, cache: float = 1.0) -> None:
-        """Raise unless the database takes writes (readiness): the primary, reachable
-        within TIMEOUT s; the answer is kept CACHE s (a probe hits every host)."""
+    def check_writable(self, timeout: float = 2.0, cache: float = 1.0) -> None:
+        """Raise unless the database takes writes (readiness): the primary, answering
+        within TIMEOUT s; the answer is kept CACHE s (a probe hits every host).
+
+        Asked on a connection of its own that is kept while it answers from a primary:
+        a new connection per probe would cost a TLS handshake every time, and would
+        fail for a moment whenever the host's client certificate and key are being
+        replaced (a rotation) though the service's connections go on. A kept
+        connection that fails, or finds its node demoted, is dropped and the
+        question asked again at once on a new one, which libpq makes to whichever
+        node is writable then: a connection gone stale since the last probe (a
+        failover, a switchover) is not a database that takes no writes."""
         checked, failure = self._writable
         if time.monotonic() - checked >= cache:
-            failure = None
-            try:
-                with self._psycopg.connect(
-                    self.dsn, autocommit=True, connect_timeout=max(1, round(timeout))
-                ) as probe:
-                    probe.execute(f"SET statement_timeout = {int(timeout * 1000)}")
-                    row = probe.execute("SELECT pg_is_in_recovery()").fetchone()
-                    if row and row[0]:
-                        failure = StateDatabaseError("the state database is read-only (a standby)")
-            except self._psycopg.Error as error:
-                failure = StateDatabaseError(f"the state database: {first_line(error)}")
-            self._writable = (time.monotonic(), failure)
+            with self._probe_lock:
+                # A kept connection that fails (or finds a demoted node) may only be
+                # stale - the database moved since the last probe: a new one decides.
+                failure = self._probe_once(timeout)
+                if failure is not None and self._probe_was_kept:
+                    failure = self._probe_once(timeout)
+                self._writable = (time.monotonic(), failure)
         if failure is not None:
             raise failure
+
+    def _probe_once(self, timeout: float) -> StateDatabaseError | None:
+        """One readiness question on the probe connection (made if there is none);
+        the connection is dropped unless the answer is "writable"."""
+        failure = None
+        self._probe_was_kept = self._probe is not None and not self._probe.closed
+        try:
+            if not self._probe_was_kept:
+                self._probe = self._psycopg.connect(
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(2, round(timeout)),
+                    # A peer that vanished (a killed host) fails the probe within
+                    # TIMEOUT instead of leaving it waiting on TCP.
+                    tcp_user_timeout=int(timeout * 1000),
+                )
+                self._probe.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+            row = self._probe.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row and row[0]:
+                failure = StateDatabaseError("the state database is read-only (a standby)")
+        except self._psycopg.Error as error:
+            failure = StateDatabaseError(f"the state database: {first_line(error)}")
+        if failure is not None and self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        return failure
 
     def another(self) -> PostgresState:
         return PostgresState(self.dsn, self.role)
 
     def close(self) -> None:
         self._connection.close()
+        if self._probe is not None:
+            self._probe.close()
 
 
 def _is_read(sql: str) -> bool:

@@ -325,8 +325,16 @@ def test_the_state_database_reconnects_after_a_lost_connection(dsn: str, postgre
         state.execute("INSERT INTO t VALUES (?, ?)", (5, "five"))
     assert state.execute("SELECT count(*) FROM t").fetchone() == (3,)
     state.check_writable()
+    # Its probe connection ended since (as a switchover ends them): a stale connection
+    # is not an unwritable database, the probe asks again on a new one.
+    terminate(dsn, "true")
+    time.sleep(1.1)  # the answer is kept a second
+    state.check_writable()
     database = dsn.split("dbname=")[1].split(" ")[0]
     with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        # The database goes away: its sessions end (the probe's own among them) and
+        # no new one is let in.
+        terminate(dsn, "true")
         connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         time.sleep(1.1)  # the answer is kept a second
         with pytest.raises(StateDatabaseError):

@@ -308,6 +308,7 @@ def test_a_backup_whose_archive_was_replaced_does_not_count(software_config: Pat
     (real.parent / manifest["archive"]).write_bytes(b"not the archive")
     facts = json.loads(securecore("facts", "-c", str(config)).stdout)["backup"]
     assert facts == {
+        "kept_by": "host",
         "newest": None,
         "newest_age_hours": None,
         "unverified": [f"{real.name}: the archive's SHA-256 differs from the manifest's"],

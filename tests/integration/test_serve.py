@@ -13,7 +13,7 @@ import ssl
 
 import pytest
 
-from tests.support.devserver import call, dev_server, get, scrape
+from tests.support.devserver import admin, call, context, dev_server, get, scrape
 
 FORGED_HEADERS = {
     "X-Forwarded-Client-Cert": "By=spiffe://securecore/core/core-01;URI=spiffe://securecore/admin/root",
@@ -37,6 +37,39 @@ def test_the_client_certificate_names_the_caller(server) -> None:
 def test_forged_identity_headers_are_never_trusted(server) -> None:
     status, body = get(server, "/v1/whoami", headers=FORGED_HEADERS)
     assert status == 200 and body["name"] == "admin" and body["subject"] == "CN=admin"
+
+
+def receipt(server, method: str, path: str, client: str = "admin") -> tuple[int, str | None]:
+    """The answer's status and its audit-record header."""
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server["port"], context=context(server["tls"], client=client), timeout=10
+    )
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("audit-record")
+    finally:
+        connection.close()
+
+
+def test_every_audited_answer_names_its_durable_audit_record(server) -> None:
+    status, first = receipt(server, "GET", "/v1/whoami")
+    assert status == 200 and first is not None
+    status, second = receipt(server, "GET", "/no/such/thing")  # audited, then 404
+    assert status == 404 and second is not None and int(second) > int(first)
+    # The record the receipt names is this request's decision, already in the log.
+    exported = admin(server, "audit", "export").stdout.splitlines()
+    records = {
+        line["seq"]: line["record"]
+        for line in map(json.loads, exported)
+        if line.get("type") == "record"
+    }
+    record = records[int(first)]
+    assert (record["actor"], record["outcome"]) == ("admin/admin", "allowed"), record
+    assert record["action"].startswith("policy.") and record["details"]["source"] == "127.0.0.1"
+    # Unaudited paths (health, readiness) give none.
+    assert receipt(server, "GET", "/healthz") == (200, None)
 
 
 def test_health_and_readiness(server) -> None:

@@ -82,3 +82,15 @@ def test_the_audit_log_in_postgresql_verifies_after_a_graceful_stop(server) -> N
     text = b"".join(bytes(a) for a in actions)
     for action in (b"emergency.shutdown", b"emergency.recover", b"policy.acl"):
         assert action in text
+
+
+def test_facts_say_the_backups_are_the_databases(server) -> None:
+    # No backup of its own to miss: the compliance check passes it to the database's
+    # (database.backup_recent on the repository host).
+    facts = json.loads(admin(server, "facts").stdout)["backup"]
+    assert facts == {
+        "kept_by": "database",
+        "newest": None,
+        "newest_age_hours": None,
+        "unverified": [],
+    }

@@ -22,7 +22,12 @@ def test_facts_of_a_running_service_and_nothing_secret(tmp_path: Path) -> None:
     assert before["audit"]["verified"] is True and before["audit"]["records"] >= 1
     assert before["keys"]["signing_kid"] == "securecore-signing-v1"
     assert before["keys"]["signing_age_days"] == 0 and before["keys"]["kek_age_days"] == 0
-    assert before["backup"] == {"newest": None, "newest_age_hours": None, "unverified": []}
+    assert before["backup"] == {
+        "kept_by": "host",
+        "newest": None,
+        "newest_age_hours": None,
+        "unverified": [],
+    }
     assert after["backup"]["newest"].endswith(".manifest.json")
     assert after["backup"]["newest_age_hours"] < 0.1
     assert before["plugins"] == {

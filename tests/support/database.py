@@ -272,34 +272,3 @@ def wait_for_leader(
             return time.monotonic() - since
         time.sleep(0.5)
     raise AssertionError(f"{name} is not the leader {timeout} s after the failure")
-
-
-def kill_the_primary_under_load(hosts: dict) -> dict:
-    """Kill the primary's container while WRITER commits through SERVICE_DSN on the
-    other node, start it again, and wait for a healthy cluster. The figures: seconds
-    to the new primary and to the old one's return as a replica, the writes
-    acknowledged, the failed attempts and the longest wait a client saw (the window
-    it noticed), the acknowledged writes missing afterwards, the roles at the end."""
-    primary = healthy_leader(hosts)
-    survivor = next(n for n in DATA_NODES if n != primary)
-    with Load(hosts[survivor]) as load:
-        killed = time.monotonic()
-        podman("kill", SPEC.container_name(primary))
-        try:
-            promoted = wait_for_leader(hosts[survivor], survivor, killed)
-        finally:
-            # The lost host comes back by itself once its container runs again:
-            # Patroni rejoins it as a replica (pg_rewind where its history forked).
-            podman("start", SPEC.container_name(primary))
-        roles = wait_healthy(hosts)
-        rejoined = time.monotonic() - killed
-        load.wait_for_acknowledgements(50)
-        figures = load.finish()
-    return {
-        "killed": primary,
-        "promoted": survivor,
-        "new_primary_after_s": round(promoted, 1),
-        "rejoined_after_s": round(rejoined, 1),
-        **figures,
-        "roles_after": roles,
-    }

@@ -1,7 +1,8 @@
 """The audit checkpoint witnesses on the lab, after site.yml (stage 5b, playbooks/witness.yml):
-core-02 and mgmt-01 run `securecore witness serve` as their own user, every core checkpoint
-reaches both, and a log rewritten as root on core-01 (database, leaf file and checkpoints
-together) fails `securecore audit verify` against them, naming the record."""
+core-02 and mgmt-01 run `securecore witness serve` as their own user, every checkpoint of
+the core hosts' shared log reaches both, and a log rewritten in the database and on
+core-01 (records, leaf file and checkpoints together) fails `securecore audit verify`
+against them, naming the record."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import time
 
 import pytest
 
+from tests.support.database import SERVICE_DSN, SERVICE_USER, leader
 from tests.support.labhosts import lab_spec
 
 SPEC = lab_spec()
+CORE = tuple(h.name for h in SPEC.hosts if h.segment == "core")
 WITNESSES = ("core-02", "mgmt-01")
 SECURECORE = "/opt/securecore/current/venv/bin/securecore"
 AS_SERVICE = "runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm2.conf"
@@ -52,29 +55,51 @@ def test_checkpoints_reach_both_witnesses(hosts):
     assert "audit log OK" in out and "cosigned by" in out, out
 
 
-REWRITE = """
-import hashlib, pathlib, sqlite3
-db = sqlite3.connect("/var/lib/securecore/data/audit.db")
-db.execute("UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), '\\"outcome\\":', "
-           "'\\"outcome\\" :') AS BLOB) WHERE seq = 1")
-db.execute("DELETE FROM audit_checkpoints")
-db.commit()
-leaves = b"".join(hashlib.sha256(b"\\x00" + bytes(e)).digest()
-                  for (e,) in db.execute("SELECT entry FROM audit_records ORDER BY seq"))
+# Whoever holds the database (postgres on the primary) rewrites record 1 and drops
+# every checkpoint; root on core-01 rebuilds its leaf file to match and removes its
+# checkpoints: a log that agrees with itself, and only the witnesses remember.
+REWRITE_DATABASE = """
+UPDATE audit_records SET entry = convert_to(replace(convert_from(entry, 'UTF8'),
+  '"outcome":', '"outcome" :'), 'UTF8') WHERE seq = 1;
+DELETE FROM audit_checkpoints;
+"""
+REWRITE_LEAVES = """
+import hashlib, pathlib, sys
+entries = [bytes.fromhex(line) for line in sys.stdin.read().split()]
 witness = pathlib.Path("/var/lib/securecore/witness")
-(witness / "leaves").write_bytes(leaves)
+(witness / "leaves").write_bytes(b"".join(hashlib.sha256(b"\\x00" + e).digest() for e in entries))
 for sub in ("checkpoints", "cosigned"):
     for path in (witness / sub).glob("*"):
         path.unlink()
 """
+KEEP = (
+    "DROP TABLE IF EXISTS kept_records, kept_checkpoints;"
+    " CREATE TABLE kept_records AS SELECT * FROM audit_records;"
+    " CREATE TABLE kept_checkpoints AS SELECT * FROM audit_checkpoints;"
+)
+PUT_BACK = (
+    "BEGIN; DELETE FROM audit_records; DELETE FROM audit_checkpoints;"
+    " INSERT INTO audit_records SELECT * FROM kept_records;"
+    " INSERT INTO audit_checkpoints SELECT * FROM kept_checkpoints;"
+    " DROP TABLE kept_records, kept_checkpoints; COMMIT;"
+)
 
 
-def test_a_log_rewritten_as_root_fails_against_the_witnesses(hosts):
+def test_a_log_rewritten_in_the_database_and_on_a_host_fails_against_the_witnesses(hosts):
     core = hosts["core-01"]
-    core.check_output("systemctl stop securecore")
+    primary = hosts[leader(core)]
+    for name in CORE:
+        hosts[name].check_output("systemctl stop securecore")
     core.check_output(f"rm -rf /root/audit-kept && cp -a {DATA} /root/audit-kept")
+    as_owner(primary, KEEP)
     try:
-        core.check_output(f"python3 -c {shlex.quote(REWRITE)}")
+        as_owner(primary, REWRITE_DATABASE)
+        # The records read as the service reads them, piped into the rewrite on core-01.
+        select = "SELECT encode(entry, 'hex') FROM audit_records ORDER BY seq"
+        core.check_output(
+            f"cd / && sudo -u {SERVICE_USER} psql --no-psqlrc -At {shlex.quote(SERVICE_DSN)}"
+            f" -c {shlex.quote(select)} | python3 -c {shlex.quote(REWRITE_LEAVES)}"
+        )
         verify = core.run(f"{AS_SERVICE} {SECURECORE} audit verify -c {CONFIG}")
         assert verify.rc == 1, verify.stdout + verify.stderr
         assert "first bad record: 1" in verify.stderr and "cannot be proved" in verify.stderr
@@ -82,7 +107,18 @@ def test_a_log_rewritten_as_root_fails_against_the_witnesses(hosts):
         started = core.run(f"{AS_SERVICE} timeout 60 {SECURECORE} serve -c {CONFIG}")
         assert started.rc == 2 and "tampered" in started.stderr, started.stderr
     finally:
+        as_owner(primary, PUT_BACK)
         core.check_output(f"rm -rf {DATA} && cp -a /root/audit-kept {DATA}")
-        core.check_output("systemctl start securecore")
+        for name in CORE:
+            hosts[name].check_output("systemctl start securecore")
     out = core.check_output(f"{AS_SERVICE} {SECURECORE} audit verify -c {CONFIG}")
     assert "audit log OK" in out, out
+
+
+def as_owner(host, sql: str) -> str:
+    """SQL in the service's database as postgres, the database's superuser, over the
+    primary's unix socket."""
+    return host.check_output(
+        f"cd / && sudo -u postgres psql --no-psqlrc -At -v ON_ERROR_STOP=1 -d securecore"
+        f" -c {shlex.quote(sql)}"
+    )
