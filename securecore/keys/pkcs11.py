@@ -4,6 +4,12 @@ Objects are labelled NAME-vN; private and secret keys are sensitive and not
 extractable, so every operation happens on the token. SoftHSM offers
 `Mechanism.ECDSA` over a digest (not ECDSA_SHA256): we hash, the token signs,
 and the raw r||s it returns is converted to DER.
+
+SoftHSM reloads a token's object files when another process changed them
+(roles/hsm making a new key version during a rotation), and object handles
+found before the reload are then invalid: every operation that finds and uses
+objects is retried, from the search, when the token says a handle is invalid
+(or, SoftHSM's file store caught mid-write, that the function failed).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import datetime
 import hashlib
 import re
 import threading
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import pkcs11
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +33,23 @@ from securecore.keys.base import KeyBackend, KeyStoreError, key_id, parse_key_id
 
 # A data object labelled like the key records when the version was made.
 CREATED_APPLICATION = "securecore/key-created"
+# Searches and uses tried again on an invalidated handle (another process changed
+# the token meanwhile); more in a row would mean something else is wrong.
+HANDLE_ATTEMPTS = 5
+
+T = TypeVar("T")
+
+
+def _fresh_handles(operation: Callable[[], T]) -> T:
+    """OPERATION's result, OPERATION run again (its search included) while the token
+    invalidates the handles it found or fails it while another process writes."""
+    for attempt in range(1, HANDLE_ATTEMPTS + 1):
+        try:
+            return operation()
+        except (pkcs11.exceptions.ObjectHandleInvalid, pkcs11.exceptions.FunctionFailed):
+            if attempt == HANDLE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 class Pkcs11Keys(KeyBackend):
@@ -59,24 +83,31 @@ class Pkcs11Keys(KeyBackend):
 
     def versions(self, name: str) -> list[int]:
         pattern = re.compile(rf"^{re.escape(name)}-v([1-9][0-9]*)$")
-        with self._lock:
-            labels = {
-                obj[Attribute.LABEL]
-                for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.SECRET_KEY)
-                for obj in self._session.get_objects({Attribute.CLASS: cls})
-            }
-        return sorted(int(m[1]) for m in map(pattern.match, labels) if m)
+
+        def labels() -> set[str]:
+            with self._lock:
+                return {
+                    obj[Attribute.LABEL]
+                    for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.SECRET_KEY)
+                    for obj in self._session.get_objects({Attribute.CLASS: cls})
+                }
+
+        return sorted(int(m[1]) for m in map(pattern.match, _fresh_handles(labels)) if m)
 
     def created(self, kid: str) -> datetime.datetime | None:
         parse_key_id(kid)
-        with self._lock:
-            records = [
-                obj[Attribute.VALUE]
-                for obj in self._session.get_objects(
-                    {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: kid}
-                )
-                if obj[Attribute.APPLICATION] == CREATED_APPLICATION
-            ]
+
+        def found() -> list[Any]:
+            with self._lock:
+                return [
+                    obj[Attribute.VALUE]
+                    for obj in self._session.get_objects(
+                        {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: kid}
+                    )
+                    if obj[Attribute.APPLICATION] == CREATED_APPLICATION
+                ]
+
+        records = _fresh_handles(found)
         if not records:
             return None  # a version made by a tool that did not record its date
         try:
@@ -85,37 +116,57 @@ class Pkcs11Keys(KeyBackend):
             return None
 
     def public_key(self, kid: str) -> ec.EllipticCurvePublicKey:
-        public = self._find(kid, ObjectClass.PUBLIC_KEY)
-        with self._lock:
-            der = encode_ec_public_key(public)
+        def encoded() -> bytes:
+            public = self._find(kid, ObjectClass.PUBLIC_KEY)
+            with self._lock:
+                return encode_ec_public_key(public)
+
+        der = _fresh_handles(encoded)
         # The DER of the token's EC public key (encode_ec_public_key): an EC key.
         return cast(ec.EllipticCurvePublicKey, serialization.load_der_public_key(der))
 
     def sign_digest(self, kid: str, digest: bytes) -> bytes:
-        private = self._find(kid, ObjectClass.PRIVATE_KEY)
-        with self._lock:
-            raw = private.sign(digest, mechanism=Mechanism.ECDSA)
+        def signed() -> bytes:
+            private = self._find(kid, ObjectClass.PRIVATE_KEY)
+            with self._lock:
+                return cast(bytes, private.sign(digest, mechanism=Mechanism.ECDSA))
+
+        raw = _fresh_handles(signed)
         half = len(raw) // 2
         return encode_dss_signature(
             int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
         )
 
     def kek_encrypt(self, kid: str, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        secret = self._find(kid, ObjectClass.SECRET_KEY)
-        with self._lock:
-            return secret.encrypt(
-                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128)
-            )
+        def encrypted() -> bytes:
+            secret = self._find(kid, ObjectClass.SECRET_KEY)
+            with self._lock:
+                return cast(
+                    bytes,
+                    secret.encrypt(
+                        plaintext,
+                        mechanism=Mechanism.AES_GCM,
+                        mechanism_param=GCMParams(nonce, aad, 128),
+                    ),
+                )
+
+        return _fresh_handles(encrypted)
 
     def kek_decrypt(self, kid: str, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-        secret = self._find(kid, ObjectClass.SECRET_KEY)
-        try:
+        def decrypted() -> bytes:
+            secret = self._find(kid, ObjectClass.SECRET_KEY)
             with self._lock:
-                return secret.decrypt(
-                    ciphertext,
-                    mechanism=Mechanism.AES_GCM,
-                    mechanism_param=GCMParams(nonce, aad, 128),
+                return cast(
+                    bytes,
+                    secret.decrypt(
+                        ciphertext,
+                        mechanism=Mechanism.AES_GCM,
+                        mechanism_param=GCMParams(nonce, aad, 128),
+                    ),
                 )
+
+        try:
+            return _fresh_handles(decrypted)
         except pkcs11.PKCS11Error as error:
             raise KeyStoreError(
                 f"unwrapping with {kid} failed: wrong key, context or data"

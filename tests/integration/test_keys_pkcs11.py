@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.commands import ROOT, run_module
+from tests.support.softhsm import make_token
 
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 SO_PIN, USER_PIN = "so-pin-7741-2211", "user-pin-8812"
@@ -99,3 +100,69 @@ def test_sign_wrap_and_rotate_on_a_real_token(softhsm: Path) -> None:
     # Versions carry their date (roles/hsm's module and the backend both set it).
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     assert out["created"] == [today, today]
+
+
+# Reads and uses the keys for SECONDS, printing each failure's name, then "done N".
+READER = """
+import sys, time, hashlib
+from securecore.keys.pkcs11 import Pkcs11Keys
+pin = sys.stdin.readline().strip()
+backend = Pkcs11Keys(sys.argv[1], "securecore", pin)
+end, n, failures = time.monotonic() + float(sys.argv[2]), 0, []
+while time.monotonic() < end:
+    try:
+        newest = backend.versions("securecore-signing")[-1]
+        backend.sign_digest(f"securecore-signing-v{newest}", hashlib.sha256(b"x").digest())
+        backend.created(f"securecore-signing-v{newest}")
+        n += 1
+    except Exception as error:
+        failures.append(type(error).__name__)
+print(" ".join(failures), "done", n)
+"""
+# Makes COUNT new versions of another key, as roles/hsm does on a rotation (what is
+# checked is the reader: a creation the token's reload interrupts is just tried again).
+ROTATOR = """
+import sys, pkcs11
+from securecore.keys.pkcs11 import Pkcs11Keys
+pin = sys.stdin.readline().strip()
+backend = Pkcs11Keys(sys.argv[1], "securecore", pin)
+for _ in range(int(sys.argv[2])):
+    try:
+        backend.create_version("securecore-other", "ec_p256")
+    except pkcs11.exceptions.PKCS11Error as error:
+        print(type(error).__name__, file=sys.stderr)
+"""
+
+
+def test_keys_made_by_another_process_meanwhile_fail_no_operation(softhsm: Path) -> None:
+    # SoftHSM reloads its object files when another process changed the token: object
+    # handles found before the reload are then invalid. The service uses its keys
+    # while roles/hsm makes new versions (a rotation) and must not fail a request.
+    make_token("securecore", SO_PIN, USER_PIN)
+    setup = (
+        "import sys\nfrom securecore.keys.pkcs11 import Pkcs11Keys\n"
+        "b = Pkcs11Keys(sys.argv[1], 'securecore', sys.stdin.readline().strip())\n"
+        "b.create_version('securecore-signing', 'ec_p256')\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", setup, SOFTHSM], input=USER_PIN + "\n", text=True, check=True
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, SOFTHSM, "8"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    reader.stdin.write(USER_PIN + "\n")
+    reader.stdin.close()
+    subprocess.run(
+        [sys.executable, "-c", ROTATOR, SOFTHSM, "40"],
+        input=USER_PIN + "\n",
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    out = reader.stdout.read()
+    assert reader.wait(timeout=60) == 0
+    failures, _, count = out.rpartition("done")
+    assert failures.split() == [] and int(count) > 0, out
