@@ -101,6 +101,11 @@ SCHEMA: dict[str, dict[str, Option]] = {
         # A TOML file with [acl] (allow, deny, regions, allowed_regions, windows),
         # [client_limit] and [plugin_limit] (rate, burst); see securecore.policy.
         "file": Option(str, is_path=True, must_exist=True),
+        # How many hosts serve the one service (cluster mode). Rate limits are
+        # counted on each host (a shared counter per request would cost a database
+        # write), so each host enforces 1/N of every rate and burst: together they
+        # never exceed the limit; a client whose requests all reach one host gets 1/N.
+        "serving_hosts": Option(int, 1, minimum=1),
     },
     "plugins": {
         # Vendor allowlist with each vendor's reputation (0-100), e.g. {acme = 80}.

@@ -58,6 +58,23 @@ class Policy:
     plugin_limit: ratelimit.Limit = DEFAULT_PLUGIN_LIMIT
     source: dict[str, Any] = field(default_factory=dict)
 
+    def shared_by(self, hosts: int) -> Policy:
+        """The part of the rate limits each of HOSTS serving hosts enforces: 1/HOSTS of
+        every rate and burst (a burst of at least one request), so that the hosts
+        together never allow more than the limit."""
+        if hosts == 1:
+            return self
+
+        def part(limit: ratelimit.Limit) -> ratelimit.Limit:
+            return ratelimit.Limit(limit.rate / hosts, max(1.0, limit.burst / hosts))
+
+        return replace(
+            self,
+            client_limit=part(self.client_limit),
+            plugin_limit=part(self.plugin_limit),
+            source={**self.source, "serving_hosts": hosts},
+        )
+
     @property
     def version(self) -> str:
         canonical = json.dumps(self.source, sort_keys=True, separators=(",", ":"))

@@ -95,13 +95,15 @@ log = logging.getLogger("securecore.serve")
 
 
 def load_policy(config: configuration.Config) -> Policy:
+    """The policy file's rules, its rate limits this host's share of them."""
     path = config.get("policy", "file")
     if not path:
-        return Policy()
+        return Policy().shared_by(config.get("policy", "serving_hosts"))
     try:
-        return Policy.from_mapping(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+        policy = Policy.from_mapping(tomllib.loads(Path(path).read_text(encoding="utf-8")))
     except (tomllib.TOMLDecodeError, ValueError, TypeError) as error:
         raise ConfigError(f"{path} ([policy] file of {config.path}): {error}") from error
+    return policy.shared_by(config.get("policy", "serving_hosts"))
 
 
 def tls_and_address(config: configuration.Config) -> tuple[TLSPolicy, str, int]:
