@@ -62,6 +62,13 @@ def test_killing_the_primary_host_loses_no_acknowledged_write(hosts) -> None:
     assert survivor["acknowledged"] > 0
     assert survivor["longest_gap_s"] <= figures["rejoined_after_s"] + SERVICE_RECONNECT
     assert service["receipts_missing"] == []
+    # The log those records are in verifies on the survivor, anchored by the witnesses.
+    verified = hosts[figures["promoted"]].check_output(
+        "runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm2.conf"
+        " /opt/securecore/current/venv/bin/securecore audit verify"
+        " -c /etc/securecore/securecore.toml"
+    )
+    assert "audit log OK" in verified and "cosigned by" in verified, verified
 
 
 def test_a_partitioned_primary_demotes_itself_before_another_is_promoted(hosts) -> None:
