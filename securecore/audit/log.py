@@ -168,16 +168,23 @@ class AuditLog:
         # Read before the records: a checkpoint covers committed records only, so
         # one another host signs while this one reads cannot look like a removal.
         signed = max((s for s, _ in self.store.checkpoints()), default=0)
+        witnessed = self._leaves_path.stat().st_size // 32 if self._leaves_path.exists() else 0
         size = 0
         anchored_root = None
+        # The leaf hashes the leaf file lacks, from this one reading of the store: in
+        # cluster mode other hosts go on appending, and a second reading would hold
+        # records the tree does not (their leaves would then be written twice).
+        missing: list[bytes] = []
         for seq, entry in self.store.entries():
             size += 1
             if seq != size:
                 raise AuditError(f"audit store: record {size} is missing (found {seq})")
-            self._tree.append(merkle.leaf_hash(entry))
+            leaf = merkle.leaf_hash(entry)
+            self._tree.append(leaf)
+            if size > witnessed:
+                missing.append(leaf)
             if anchor is not None and size == anchor.size:
                 anchored_root = self._tree.root()
-        witnessed = self._leaves_path.stat().st_size // 32 if self._leaves_path.exists() else 0
         local = max(
             (int(p.name) for p in (self.witness / CHECKPOINT_DIR).glob("[0-9]*")), default=0
         )
@@ -203,11 +210,11 @@ class AuditLog:
                 "the one a witness cosigned; the log is not opened - run `securecore audit "
                 "verify` and restore from a verified backup"
             )
-        if witnessed < size:
-            # A crash after the commit, before the leaf hashes were written.
-            leaves = [merkle.leaf_hash(e) for _, e in self.store.entries(after=witnessed)]
+        if missing:
+            # A crash after the commit, before the leaf hashes were written (or, in
+            # cluster mode, records other hosts appended while this one was away).
             with self._leaves_path.open("ab") as handle:
-                handle.write(b"".join(leaves))
+                handle.write(b"".join(missing))
                 handle.flush()
                 os.fsync(handle.fileno())
         self._leaves = self._leaves_path.open("ab")

@@ -345,6 +345,48 @@ def test_the_state_database_reconnects_after_a_lost_connection(dsn: str, postgre
     state.close()
 
 
+def test_a_host_reopening_while_another_appends_keeps_its_leaf_file_equal_to_the_log(
+    dsn: str, tmp_path: Path
+) -> None:
+    ring_a, ring_b = host_ring(tmp_path, "a"), host_ring(tmp_path, "b")
+    a, b = open_host(dsn, tmp_path, ring_a, "a"), open_host(dsn, tmp_path, ring_b, "b")
+    for n in range(3):
+        a.append("admin/alice", "test.a", str(n), "success")
+    a.close()  # a restarts (a rotation, an upgrade) while b serves on
+    for n in range(5):
+        b.append("admin/bob", "test.b", str(n), "success")
+    raced = []
+
+    class CommittedMeanwhile(PostgresAuditStore):
+        """b commits again just after a has read the store to rebuild its tree."""
+
+        def entries(self, after: int = 0):
+            yield from super().entries(after)
+            if not raced:
+                raced.append(True)
+                for n in range(2):
+                    b.append("admin/bob", "test.b.meanwhile", str(n), "success")
+
+    a = AuditLog(
+        CommittedMeanwhile(dsn),
+        ring_a,
+        tmp_path / "a" / "witness",
+        origin=ORIGIN,
+        hmac_key=b"k" * 32,
+        cluster=True,
+        checkpoint_every=10**6,
+        checkpoint_interval=3600.0,
+    )
+    a.append("admin/alice", "test.a.after", "x", "success")  # a follows b's records first
+    b.close()
+    a.close()
+    # Every host's leaf file is the log's leaves, one per record, in order.
+    expected = b"".join(hashlib.sha256(b"\x00" + entry).digest() for _, entry in stored(dsn))
+    assert len(stored(dsn)) == 11
+    assert leaf_file(tmp_path, "a") == expected
+    assert leaf_file(tmp_path, "b") == expected
+
+
 def cluster_config(dsn: str, name: str, pins: Path) -> Callable[[str], str]:
     """The edit that makes a development setup host NAME of a cluster on DSN: its own
     signing key name (the key made here), the shared origin and pinned keys file."""
