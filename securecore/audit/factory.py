@@ -284,6 +284,7 @@ def anchored_verification(
             require_witness=bool(pinned_witnesses),
             checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
             grace=float(config.get("audit", "witness_grace_seconds")),
+            following=bool(config.get("audit", "cluster")),
         )
     finally:
         store.close()

@@ -387,6 +387,30 @@ def test_a_host_reopening_while_another_appends_keeps_its_leaf_file_equal_to_the
     assert leaf_file(tmp_path, "b") == expected
 
 
+def test_a_host_verifies_the_log_while_its_leaf_file_has_not_yet_followed_the_others(
+    dsn: str, tmp_path: Path
+) -> None:
+    ring_a, ring_b = host_ring(tmp_path, "a"), host_ring(tmp_path, "b")
+    a, b = open_host(dsn, tmp_path, ring_a, "a"), open_host(dsn, tmp_path, ring_b, "b")
+    a.append("admin/alice", "test.a", "1", "success")
+    a.close()  # a's leaf file stops here, as it would for the second before it follows
+    for n in range(3):
+        b.append("admin/bob", "test.b", str(n), "success")
+    b.close()
+    keys = {**signing_public_keys(ring_a), **signing_public_keys(ring_b)}
+    store = PostgresAuditStore(dsn)
+    try:
+        # A host of its own log: a record past its leaf file was put in behind it.
+        alone = verify_log(store, tmp_path / "a" / "witness", keys)
+        assert not alone.ok and "is not in the witness" in alone.problem
+        # A cluster host: not yet followed; still checked against the checkpoints.
+        followed = verify_log(store, tmp_path / "a" / "witness", keys, following=True)
+        assert followed.ok, followed.problem
+        assert followed.size == 4
+    finally:
+        store.close()
+
+
 def cluster_config(dsn: str, name: str, pins: Path) -> Callable[[str], str]:
     """The edit that makes a development setup host NAME of a cluster on DSN: its own
     signing key name (the key made here), the shared origin and pinned keys file."""
