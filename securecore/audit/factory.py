@@ -262,10 +262,14 @@ def self_origin_keys(config: Config, ring: KeyRing) -> dict:
 
 
 def anchored_verification(
-    config: Config, ring: KeyRing, extra_witnesses: tuple[str, ...] = ()
+    config: Config,
+    ring: KeyRing,
+    extra_witnesses: tuple[str, ...] = (),
+    restored: int | None = None,
 ) -> tuple[Verification, list[str]]:
     """verify_log against the newest checkpoint the witnesses (asked now, and the cosigned
-    notes kept) cosigned; with the problems of witnesses that could not be asked."""
+    notes kept) cosigned; with the problems of witnesses that could not be asked.
+    RESTORED: the number of records a restore brought back (verify_log says what it changes)."""
     keys = self_origin_keys(config, ring)
     pinned_witnesses = witness_keys(config)
     clients = witness_clients(config, extra_witnesses)
@@ -285,6 +289,7 @@ def anchored_verification(
             checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
             grace=float(config.get("audit", "witness_grace_seconds")),
             following=bool(config.get("audit", "cluster")),
+            restored=restored,
         )
     finally:
         store.close()

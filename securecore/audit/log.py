@@ -610,6 +610,9 @@ class Verification:
     problem: str = ""
     witnessed: int | None = None  # size of the newest witnessed checkpoint the log proves
     witnesses: tuple[str, ...] = ()
+    # A restored log (RESTORED): the witnesses cosigned more records than the restore
+    # brought back; (first missing seq, last cosigned size, the witnesses that cosigned it).
+    gap: tuple[int, int, tuple[str, ...]] | None = None
 
 
 def verify_log(
@@ -623,6 +626,7 @@ def verify_log(
     grace: float = 0.0,
     now: datetime.datetime | None = None,
     following: bool = False,
+    restored: int | None = None,
 ) -> Verification:
     """Recompute every leaf and the tree; check them against the local leaf file, the
     signed checkpoints and WITNESSED (checkpoints a pinned witness cosigned).
@@ -630,6 +634,13 @@ def verify_log(
     FOLLOWING (cluster mode): the leaf file follows a store other hosts append to,
     a second or so behind, so records past its end are not taken for insertions;
     they are checked against the checkpoints and witnesses like the others.
+
+    RESTORED (a log brought back from a backup with that many records, on a site
+    that has no leaf file of it): a witnessed checkpoint larger than that is the
+    records written after the backup's newest state, not a removal, and the result
+    names the gap; witnessed checkpoints within it must still be proved. Records
+    after it are the new site's own, checked against its signed checkpoints (a
+    drill submits none to the witnesses: they would see a fork).
 
     Records after the newest anchor (the newest witnessed checkpoint with
     REQUIRE_WITNESS, else the newest signed one) fail once they are older than
@@ -698,7 +709,7 @@ def verify_log(
                 problem = f"record {expected} carries another sequence number inside"
             return Verification(False, expected - 1, len(checkpoints), expected, problem)
         leaf = merkle.leaf_hash(entry)
-        if expected > count and not following:
+        if expected > count and not following and restored is None:
             problem = f"record {expected} is not in the witness (inserted or never witnessed)"
             return Verification(False, expected - 1, len(checkpoints), expected, problem)
         if expected <= count and leaf != witnessed_leaves[(expected - 1) * 32 : expected * 32]:
@@ -708,7 +719,7 @@ def verify_log(
         if expected - 1 in due_from:
             timestamps[expected] = entry
         anchor = anchors.get(expected)
-        if anchor is not None:
+        if anchor is not None and (restored is None or expected <= restored):
             if anchor[0] != tree.root():
                 return unprovable(
                     f"the tree of its first {expected} records is not the one witness "
@@ -720,7 +731,10 @@ def verify_log(
         if root is not None and root != tree.root():
             problem = f"the tree of size {expected} does not match its signed checkpoint"
             return Verification(False, expected, len(checkpoints), None, problem)
-    if newest_anchor > expected:
+    gap = None
+    if restored is not None and newest_anchor > restored:
+        gap = (restored + 1, newest_anchor, anchors[newest_anchor][1])
+    elif newest_anchor > expected:
         return unprovable(
             f"witness {', '.join(anchors[newest_anchor][1])} cosigned a checkpoint of "
             f"{newest_anchor} records, the log holds {expected} (records were removed)",
@@ -730,7 +744,9 @@ def verify_log(
         problem = f"the log ends at {expected}; the witness or a checkpoint knows more (truncated)"
         return Verification(False, expected, len(checkpoints), expected + 1, problem)
     covered = proved if require_witness else max(checkpoints, default=0)
-    if checkpoint_interval is not None and expected > covered:
+    # A restored log's end is what the backup kept: how long its last records waited
+    # for a witness was the lost site's matter (the gap, if any, says how it ended).
+    if checkpoint_interval is not None and expected > covered and restored is None:
         first = Record.from_entry(timestamps[covered + 1])
         written = datetime.datetime.fromisoformat(first.timestamp)
         due = written + datetime.timedelta(seconds=checkpoint_interval + grace)
@@ -752,4 +768,5 @@ def verify_log(
         "",
         proved or None,
         tuple(anchors[proved][1]) if proved else (),
+        gap,
     )

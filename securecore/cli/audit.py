@@ -29,7 +29,9 @@ def _verify(args: argparse.Namespace) -> int:
     config = configuration.load(args.config)
     ring = open_key_ring(config)
     try:
-        result, problems = anchored_verification(config, ring, tuple(args.witness or ()))
+        result, problems = anchored_verification(
+            config, ring, tuple(args.witness or ()), restored=args.restored
+        )
     finally:
         ring.backend.close()
     for problem in problems:
@@ -44,6 +46,13 @@ def _verify(args: argparse.Namespace) -> int:
         print(
             f"audit log OK: {result.size} records, {result.checkpoints} signed checkpoints{anchor}"
         )
+        if result.gap:
+            first, cosigned, names = result.gap
+            # Not a failure of the log: what the restore could not bring back, named.
+            print(
+                f"audit log GAP: records {first} to {cosigned} ({cosigned - first + 1}) were "
+                f"cosigned by {', '.join(names)} and are not in the restored log"
+            )
         return 0
     where = f" (first bad record: {result.first_bad_seq})" if result.first_bad_seq else ""
     print(f"audit log FAILED{where}: {result.problem}", file=sys.stderr)
@@ -160,6 +169,13 @@ def configure(name: str, audit: argparse.ArgumentParser) -> None:
                 metavar="URL",
                 help="also ask this witness (https://HOST:PORT; its key must "
                 "be in [audit] witness_keys); repeatable",
+            )
+            action.add_argument(
+                "--restored",
+                type=int,
+                metavar="SIZE",
+                help="the log was restored from a backup with SIZE records: records the "
+                "witnesses cosigned after them are reported as a gap, not as a removal",
             )
         if name == "export":
             action.add_argument("-o", "--output", help="file to write (default: stdout)")

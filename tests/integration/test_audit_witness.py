@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -260,6 +261,45 @@ def test_records_removed_with_their_checkpoints_fail_and_the_service_will_not_st
         text = server["config"].read_text()
         server["config"].write_text(re.sub(r"witnesses = \{.*\}\n", "", text))
         assert first_bad(verify(server, "--witness", server["witnesses"][1]["url"])) == 1
+
+
+def test_a_log_restored_from_a_backup_names_its_gap_and_still_fails_if_edited(
+    tmp_path: Path,
+) -> None:
+    with witnessed_server(tmp_path) as server:
+        for _ in range(4):
+            call(server, "GET", "/v1/whoami")
+        dev = server["config"].parent
+        until_witnessed(server, store_size(dev))
+        backup = tmp_path / "backup.db"
+        with sqlite3.connect(dev / "data/audit.db") as live, sqlite3.connect(backup) as copy:
+            live.backup(copy)
+        kept = store_size(dev)
+        for _ in range(4):
+            call(server, "GET", "/v1/whoami")
+        held = until_witnessed(server, store_size(dev))
+        kill(server)
+        # The host is lost; a new one has the backup and nothing of the old host's own.
+        for journal in dev.glob("data/audit.db-*"):
+            journal.unlink()
+        backup.replace(dev / "data/audit.db")
+        shutil.rmtree(dev / "data/witness")
+        (dev / "data/witness").mkdir()
+        # Unflagged, a log the host never wrote (no leaf file) with its end missing fails.
+        assert first_bad(verify(server)) == 1
+        restored = verify(server, f"--restored={kept}")
+        assert restored.returncode == 0, restored.stderr
+        assert f"audit log OK: {kept} records" in restored.stdout, restored.stdout
+        gap = f"records {kept + 1} to {held} ({held - kept}) were cosigned by"
+        assert gap in restored.stdout, restored.stdout
+        # The flag excuses the missing end only: an edited record still fails.
+        with sqlite3.connect(dev / "data/audit.db") as db:
+            db.execute(
+                "UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
+                "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = 2"
+            )
+        edited = verify(server, f"--restored={kept}")
+        assert edited.returncode == 1 and "does not match its signed checkpoint" in edited.stderr
 
 
 # --- (b) un-checkpointed records removed around a crash -------------------------------------
