@@ -52,7 +52,9 @@ DEFAULTS = {
     "replica_store": "/var/lib/securecore/data/replica/audit.db",
     # The shared database's backup repository (roles/postgresql_backup): a
     # configuration with a local repository path is the repository host's.
-    "pgbackrest_conf": "/etc/pgbackrest/pgbackrest.conf",
+    "pgbackrest_conf": "/etc/pgbackrest.conf",  # postgresql_backup_config
+    # Reports of the restores of those backups on the cold site (playbooks/dr-restore.yml).
+    "dr_reports": "/var/lib/securecore-dr",
     "writable_roots": ["/etc", "/usr/local", "/opt", "/var/lib"],
     "apt_sources": [
         "/etc/apt/sources.list",
@@ -404,6 +406,30 @@ def database_backup(paths: dict) -> dict:
     }
 
 
+def dr_drills(paths: dict) -> dict:
+    """The cold site's restores of the backups this host keeps: the newest report's
+    kind (drill or takeover), age, and whether it met the recovery objectives."""
+    reports = sorted(Path(paths["dr_reports"]).glob("*.json"))
+    found = []
+    for path in reports:
+        report = json.loads(read(path))
+        started = datetime.datetime.fromisoformat(report["started"].replace("Z", "+00:00"))
+        found.append((started, path.name, report))
+    if not found:
+        return {"count": 0, "newest": None, "newest_age_days": None, "newest_met": False}
+    started, name, report = max(found, key=lambda item: item[0])
+    age = (datetime.datetime.now(datetime.UTC) - started).total_seconds() / 86400
+    return {
+        "count": len(found),
+        "newest": name,
+        "newest_age_days": round(age, 2),
+        "newest_met": report.get("met") is True,
+        "rto_seconds": report.get("rto_seconds"),
+        "rpo_seconds": report.get("rpo_seconds"),
+        "audit_gap": report.get("audit_gap"),
+    }
+
+
 def is_backup_repository(paths: dict) -> bool:
     conf = Path(paths["pgbackrest_conf"])
     return conf.exists() and re.search(r"(?m)^repo1-path=", read(conf)) is not None
@@ -442,6 +468,7 @@ def gather(paths: dict) -> dict:
             facts["_errors"]["securecore"] = f"{type(error).__name__}: {error}"[:300]
     if is_backup_repository(paths):
         collect("database_backup", database_backup, paths)
+        collect("dr_drills", dr_drills, paths)
     slow.join()
     collect("logs", logs, paths, facts.get("journald"))
     try:
