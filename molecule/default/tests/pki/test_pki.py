@@ -196,5 +196,6 @@ def test_a_revoked_certificate_is_refused_and_its_holder_gets_a_new_one(hosts) -
     assert "certificate revoked" in refused.stderr, refused.stderr
     assert "HTTP/1.0 200 ok" in renewed.stdout, renewed.stderr
     # The revocation is the CA's record now: a run without the variable keeps it.
-    again = run("ansible-playbook", "playbooks/pki.yml")
+    # On the holder's host: its certificate and the CRL stay as they are.
+    again = run("ansible-playbook", "playbooks/pki.yml", "--limit", "dmz-01")
     assert all(" changed=0 " in line for line in again.stdout.splitlines() if " ok=" in line)

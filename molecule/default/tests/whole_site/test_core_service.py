@@ -516,7 +516,7 @@ def build_release(tmp_path: Path, version: str, broken: bool = False) -> Path:
     return wheelhouse
 
 
-def deploy(wheelhouse: Path, version: str, check: bool = True):
+def deploy(wheelhouse: Path, version: str, *extra: str, check: bool = True):
     return run(
         "ansible-playbook",
         "playbooks/core.yml",
@@ -524,6 +524,7 @@ def deploy(wheelhouse: Path, version: str, check: bool = True):
         f"securecore_artifacts_dir={wheelhouse}",
         "-e",
         f"securecore_version={version}",
+        *extra,
         check=check,
         timeout=900,
     )
@@ -533,7 +534,15 @@ def test_a_broken_release_is_rolled_back_on_the_first_host_and_goes_no_further(
     hosts, tmp_path
 ) -> None:
     before = {h.name: current_release(hosts[h.name]) for h in CORE}
-    proc = deploy(build_release(tmp_path, "0.0.1.post1", broken=True), "0.0.1.post1", check=False)
+    # A release that cannot start never becomes ready: 5 checks (10 s) show it as well
+    # as the role's 30 (a minute), which are for a slow start on a real host.
+    proc = deploy(
+        build_release(tmp_path, "0.0.1.post1", broken=True),
+        "0.0.1.post1",
+        "-e",
+        '{"securecore_health_retries": 5}',
+        check=False,
+    )
     assert proc.returncode != 0
     assert "failed its health check on core-01" in proc.stdout, proc.stdout
     assert f"rolled back to {before['core-01']}" in proc.stdout
