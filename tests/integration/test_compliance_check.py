@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from compliance.catalog import load_catalogs
+from compliance.checklists import load_checklist
+from compliance.checks import load_checks
+from compliance.rules import evaluate
 from securecore_lab.devsetup import development_ca, issue_development_leaf
 from tests.support.commands import ROOT, compliance
 
@@ -175,3 +179,37 @@ def test_the_fact_script_reads_the_tls_policy_certificates_and_hardening_report(
     assert facts["apt"]["unsigned_sources"] == [
         f"{sources}: deb [trusted=yes] http://mirror.internal/debian bookworm main"
     ]
+
+
+def test_the_monthly_drill_check_wants_a_recent_drill_that_met_the_objectives(
+    tmp_path: Path,
+) -> None:
+    reports = tmp_path / "dr"
+    reports.mkdir()
+    repository_conf = tmp_path / "pgbackrest.conf"
+    repository_conf.write_text("[global]\nrepo1-path=/var/lib/pgbackrest\n")
+    check = next(c for c in load_checks(load_catalogs()) if c.id == "database.dr_drill_recent")
+    monthly = load_checklist("monthly", load_catalogs(), load_checks(load_catalogs()))
+    assert "database.dr_drill_recent" in next(
+        item.checks for item in monthly.items if item.id == "monthly.dr_test"
+    )
+
+    def drill(days_ago: float, met: bool) -> None:
+        started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days_ago)
+        text = started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        name = f"drill-{started:%Y%m%dT%H%M%S}.json"
+        (reports / name).write_text(json.dumps({"kind": "drill", "started": text, "met": met}))
+
+    def outcome() -> bool:
+        overrides = {"pgbackrest_conf": str(repository_conf), "dr_reports": str(reports)}
+        command = [sys.executable, str(SCRIPT), json.dumps(overrides)]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+        return evaluate(check.rule, json.loads(out.stdout)).passed
+
+    assert not outcome()  # never drilled
+    drill(40, True)
+    assert not outcome()  # last month's is too old
+    drill(2, False)
+    assert not outcome()  # the newest missed its objectives
+    drill(1, True)
+    assert outcome()

@@ -60,9 +60,13 @@ def _rendered_defaults(role: str) -> dict[str, Any]:
 
 
 def _options(role: str) -> dict[str, dict[str, Any]]:
+    """The options of every entry point (main, and tasks_from ones such as restore)."""
     specs = _load(ROOT / "roles" / role / "meta/argument_specs.yml")
     assert "main" in specs.get("argument_specs", {}), f"{role}: no argument_specs.main"
-    return specs["argument_specs"]["main"].get("options") or {}
+    options: dict[str, dict[str, Any]] = {}
+    for entry in specs["argument_specs"].values():
+        options.update(entry.get("options") or {})
+    return options
 
 
 def test_every_role_is_checked() -> None:

@@ -43,6 +43,8 @@ ORDER = [
     "database/test_database_failover.py",
     # Backups after the failovers: the repository has followed every new primary.
     "database/test_database_backup.py",
+    # The cold site restored from those backups (a drill: it leaves the primary as it was).
+    "database/test_dr_drill.py",
     # Stops, replaces and removes the lab's containers: always last.
     "lab_manager/test_lab_manager.py",
 ]
