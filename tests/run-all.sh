@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, in the order a failure is cheapest to find: lint, type
-# check, unit tests, then the lab: one molecule scenario builds it once,
-# converges site.yml, checks idempotence and check mode, runs every lab check
-# against it (the lab manager's own tests last) and removes it; the local
-# integration tests (SoftHSM, PostgreSQL, TLS on loopback) run alongside its
-# build. A cheap failure stops the run before the lab starts.
+# check, unit tests, the local integration tests (SoftHSM, PostgreSQL, TLS on
+# loopback), then the lab: one molecule scenario builds it once, converges
+# site.yml, checks idempotence and check mode, runs every lab check against it
+# (the lab manager's own tests last) and removes it. A cheap failure stops the
+# run before the lab starts.
 # Called by `scripts/run test` with the virtualenv on PATH; arguments go to
 # the two pytest runs that need no lab (e.g. -x, -k EXPR).
 #
@@ -67,42 +67,11 @@ type_check() {
 # PYTEST_WORKERS overrides the number of workers (0: all in this one process).
 workers=${PYTEST_WORKERS:-4}
 
-# The integration tests and the lab overlap: the lab's build and its three
-# site.yml runs leave about half of the machine idle (they wait on SSH, apt and
-# the hosts), and the integration tests need nothing of the lab. They start
-# together; the integration tests' output is printed when they end, their own
-# duration is their row in the table, and a failure of either fails the run.
-integration_and_lab() {
-  local log rc=0 integration_rc
-  log=$(mktemp -d)
-  (
-    local start
-    start=$(date +%s)
-    set +e
-    pytest -m "not lab" -n "$workers" --dist loadfile --durations=25 tests/integration "$@" \
-      >"$log/output" 2>&1
-    echo $? >"$log/rc"
-    echo $(($(date +%s) - start)) >"$log/seconds"
-  ) &
-  local integration=$!
-  echo "(pytest: integration runs meanwhile; its output follows the lab's)"
-  molecule test || rc=$?
-  wait "$integration" || true
-  echo "==> pytest: integration (SoftHSM, PostgreSQL, TLS), run alongside the lab"
-  cat "$log/output"
-  integration_rc=$(cat "$log/rc" 2>/dev/null || echo 1)
-  stages+=("  of which pytest: integration (alongside)|$(cat "$log/seconds" 2>/dev/null || echo '?')")
-  rm -rf "$log"
-  if ((integration_rc != 0)); then
-    echo "pytest: integration failed (exit $integration_rc)" >&2
-    return "$integration_rc"
-  fi
-  return "$rc"
-}
-
 stage "ruff" ruff check .
 stage "ruff format" ruff format --check .
 stage "type check" type_check
 stage "ansible-lint (production profile)" ansible-lint --offline --profile production
 stage "pytest: unit" pytest tests/unit "$@"
-stage "molecule: the lab, and pytest: integration alongside" integration_and_lab "$@"
+stage "pytest: integration (SoftHSM, PostgreSQL, TLS)" \
+  pytest -m "not lab" -n "$workers" --dist loadfile --durations=25 tests/integration "$@"
+stage "molecule: the lab (site.yml once, every lab check)" molecule test
