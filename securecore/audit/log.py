@@ -731,6 +731,9 @@ def verify_log(
         if root is not None and root != tree.root():
             problem = f"the tree of size {expected} does not match its signed checkpoint"
             return Verification(False, expected, len(checkpoints), None, problem)
+    if restored is not None and not 0 <= restored <= expected:
+        problem = f"the log holds {expected} records, not the {restored} the restore brought back"
+        return Verification(False, expected, len(checkpoints), None, problem)
     gap = None
     if restored is not None and newest_anchor > restored:
         gap = (restored + 1, newest_anchor, anchors[newest_anchor][1])

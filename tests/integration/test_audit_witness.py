@@ -292,6 +292,10 @@ def test_a_log_restored_from_a_backup_names_its_gap_and_still_fails_if_edited(
         assert f"audit log OK: {kept} records" in restored.stdout, restored.stdout
         gap = f"records {kept + 1} to {held} ({held - kept}) were cosigned by"
         assert gap in restored.stdout, restored.stdout
+        # The restored count is the store's, not a number that excuses more.
+        for wrong in (kept + 1, -1):
+            refused = verify(server, f"--restored={wrong}")
+            assert refused.returncode == 1 and "the restore brought back" in refused.stderr
         # The flag excuses the missing end only: an edited record still fails.
         with sqlite3.connect(dev / "data/audit.db") as db:
             db.execute(

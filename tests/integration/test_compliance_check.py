@@ -13,6 +13,7 @@ from pathlib import Path
 from compliance.catalog import load_catalogs
 from compliance.checklists import load_checklist
 from compliance.checks import load_checks
+from compliance.gather.host_facts import dr_drills
 from compliance.rules import evaluate
 from securecore_lab.devsetup import development_ca, issue_development_leaf
 from tests.support.commands import ROOT, compliance
@@ -194,22 +195,37 @@ def test_the_monthly_drill_check_wants_a_recent_drill_that_met_the_objectives(
         item.checks for item in monthly.items if item.id == "monthly.dr_test"
     )
 
-    def drill(days_ago: float, met: bool) -> None:
+    def drill(days_ago: float, rto: float = 50.0, rpo: float = 30.0, audit: str = "OK") -> None:
         started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days_ago)
-        text = started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        report = {
+            "kind": "drill",
+            "started": started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "rto_seconds": rto,
+            "rpo_seconds": rpo,
+            "audit_verify": f"audit log {audit}: 100 records",
+            "met": True,  # what the report says of itself is not what the check goes by
+        }
         name = f"drill-{started:%Y%m%dT%H%M%S}.json"
-        (reports / name).write_text(json.dumps({"kind": "drill", "started": text, "met": met}))
+        (reports / name).write_text(json.dumps(report))
 
     def outcome() -> bool:
-        overrides = {"pgbackrest_conf": str(repository_conf), "dr_reports": str(reports)}
-        command = [sys.executable, str(SCRIPT), json.dumps(overrides)]
-        out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-        return evaluate(check.rule, json.loads(out.stdout)).passed
+        return evaluate(check.rule, {"dr_drills": dr_drills({"dr_reports": str(reports)})}).passed
 
     assert not outcome()  # never drilled
-    drill(40, True)
+    drill(40)
     assert not outcome()  # last month's is too old
-    drill(2, False)
-    assert not outcome()  # the newest missed its objectives
-    drill(1, True)
+    drill(3, rto=4000)
+    assert not outcome()  # the newest took longer than an hour
+    drill(2.5, rpo=1000)
+    assert not outcome()  # ... lost more than fifteen minutes
+    drill(2, audit="FAILED")
+    assert not outcome()  # ... its audit log did not verify
+    drill(1)
     assert outcome()
+    # The fact script gathers it on a repository host (the configuration says which).
+    overrides = {"pgbackrest_conf": str(repository_conf), "dr_reports": str(reports)}
+    command = [sys.executable, str(SCRIPT), json.dumps(overrides)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    assert evaluate(check.rule, json.loads(out.stdout)).passed
+    drill(-5)
+    assert not outcome()  # dated in the future: no drill at all

@@ -76,12 +76,17 @@ def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_cha
     assert report["audit_gap"].startswith(f"audit log GAP: records {restored + 1} to "), report
     assert f"drill on {COLD}: serving after" in drill.stdout
 
-    # The cold site is cold again; the restored cluster never archived into the repository.
+    # The cold site is cold again: nothing runs or starts at boot, no copy of the primary's
+    # data or of the restored log stays; the restored cluster never archived into the
+    # repository (no new timeline there).
     cold = hosts[COLD]
     assert not cold.service("securecore").is_running
+    assert not cold.service("securecore").is_enabled
     assert not cold.service("postgresql@15-main").is_running
-    auto_conf = cold.file("/var/lib/postgresql/15/main/postgresql.auto.conf").content_string
-    assert "archive_mode = 'off'" in auto_conf
+    # Debian's generator starts at boot only the clusters whose start.conf says auto.
+    assert cold.file("/etc/postgresql/15/main/start.conf").content_string.strip() == "manual"
+    assert cold.check_output("ls -A /var/lib/postgresql/15/main") == ""
+    assert not cold.file("/var/lib/securecore/witness").exists
     assert [a["id"] for a in archive(hosts[REPOSITORY])] == timelines
     # The primary site's log still verifies against its witnesses: the drill's own
     # checkpoints never reached them (to them, a fork of the origin).
