@@ -469,6 +469,56 @@ def test_both_hosts_write_one_audit_log_that_verifies_on_each(hosts, admin_clien
     print(f"\ncheckpoint signers: {signers.split()}")
 
 
+def newest_checkpoint_signer(host) -> tuple[int, str]:
+    """The newest signed checkpoint's size and the host whose key signed it."""
+    out = host.check_output(f"{AS_SERVICE} {SECURECORE} audit export -c {CONFIG}")
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    checkpoint = [line for line in lines if line.get("type") == "checkpoint"][-1]
+    signer = re.search(r"securecore-signing-(core-\d+)-v\d+ ", checkpoint["note"])
+    assert signer, checkpoint["note"]
+    return checkpoint["size"], signer[1]
+
+
+def test_the_sequencer_moves_when_its_host_stops_and_no_record_goes_unsigned(
+    hosts, admin_client
+) -> None:
+    """One host at a time signs checkpoints (a lock in the shared database, REQ-HA-10):
+    stopping it, the other takes over within a checkpoint interval or two and signs
+    the records written meanwhile with its own key."""
+    assert admin_client("GET", "/v1/whoami")[0] == 200
+    deadline = time.monotonic() + 30
+    while (found := newest_checkpoint_signer(hosts["core-01"]))[0] < audit_records(
+        hosts["core-01"]
+    ):
+        assert time.monotonic() < deadline, f"no checkpoint covers the log after 30 s: {found}"
+        time.sleep(1)
+    signer = found[1]
+    other = next(h for h in CORE if h.name != signer)
+    hosts[signer].check_output("systemctl stop securecore")
+    try:
+        stopped = time.monotonic()
+        status, _ = admin_client("GET", "/v1/whoami", via=other)
+        assert status == 200
+        written = audit_records(hosts[other.name])
+        while (found := newest_checkpoint_signer(hosts[other.name]))[1] != other.name or (
+            found[0] < written
+        ):
+            assert time.monotonic() - stopped < 60, f"{other.name} signs nothing: {found}"
+            time.sleep(1)
+        print(
+            f"\nsequencer: {other.name} signed {found[0]} records "
+            f"{time.monotonic() - stopped:.1f} s after {signer} stopped"
+        )
+    finally:
+        hosts[signer].check_output("systemctl start securecore")
+        address = next(h.address for h in CORE if h.name == signer)
+        for _ in range(60):
+            if readyz(hosts[signer], str(address))[0] == 200:
+                break
+            time.sleep(1)
+    assert readyz(hosts[signer], str(address))[0] == 200
+
+
 # --- releases -------------------------------------------------------------------------------
 
 
