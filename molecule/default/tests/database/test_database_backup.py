@@ -11,11 +11,13 @@ behind its back and a client it does not know.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import time
 import uuid
 
+from tests.support.commands import run
 from tests.support.database import healthy_leader, local_sql, psql_as_service
 from tests.support.labhosts import ROOT, lab_spec
 
@@ -165,3 +167,72 @@ def test_the_repository_refuses_a_certificate_it_was_not_told_of(hosts) -> None:
     answer = refused.stdout + refused.stderr
     assert refused.rc != 0 or json.loads(refused.stdout)[0]["status"]["code"] != 0, answer
     assert "access denied" in answer, answer
+
+
+# --- The configuration (roles/configuration_backup, REQ-BACKUP-3) ---------------------------
+
+CONFIGURATION_DIR = "/var/backups/securecore-configuration"
+
+
+def applied_configuration() -> tuple[str, bool]:
+    """The checkout the lab was converged from: its commit, and whether tracked files
+    have changes not committed (then the kept name is COMMIT-modified-TREE)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def test_every_backup_names_the_configuration_it_was_made_under_which_is_kept(hosts) -> None:
+    repository = hosts[REPOSITORY]
+    commit, modified = applied_configuration()
+    in_force = repository.check_output(f"cat {CONFIGURATION_DIR}/in-force.env")
+    name = in_force.rsplit("SECURECORE_CONFIGURATION=", 1)[1].strip()
+    assert name.startswith(f"{commit}-modified-") if modified else name == commit, in_force
+    # Every backup, the first one made by site.yml included, names it (pgBackRest
+    # shows a backup's annotations when asked for that backup).
+    labels = [backup["label"] for backup in info(repository)["backup"]]
+    annotated = {
+        label: json.loads(
+            repository.check_output(f"{PGBACKREST} info --output=json --set={label}")
+        )[0]["backup"][0].get("annotation", {})
+        for label in labels
+    }
+    assert {a.get("configuration") for a in annotated.values()} == {name}, annotated
+    kept = repository.file(f"{CONFIGURATION_DIR}/{name}.tar.gz")
+    assert (kept.user, kept.mode) == ("root", 0o400)
+    assert repository.file(CONFIGURATION_DIR).mode == 0o700
+    members = repository.check_output(f"tar -tzf {kept.path}").splitlines()
+    files = {m.split("/", 1)[1] for m in members if not m.endswith("/")}
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert files == set(tracked)  # the lab's secrets (.state/, ignored) are not in it
+    if not modified:  # the archive names its commit itself (git get-tar-commit-id reads it)
+        header = repository.check_output(f"zcat {kept.path} | head -c 1024 | tr -d '\\0'")
+        assert f" comment={commit}\n" in header + "\n"
+
+
+def test_a_kept_configuration_changed_behind_the_sites_back_stops_the_next_run(hosts) -> None:
+    repository = hosts[REPOSITORY]
+    name = repository.check_output(f"cat {CONFIGURATION_DIR}/in-force.env").rsplit("=", 1)[1]
+    kept, scratch = f"{CONFIGURATION_DIR}/{name}.tar.gz", f"/root/configuration-{name[:8]}"
+    repository.check_output(f"cp -p {kept} {scratch}.saved && mkdir -p {scratch}")
+    try:
+        # Someone with root on the repository host slips a line into the kept playbook.
+        repository.check_output(
+            f"tar -xzf {kept} -C {scratch}"
+            f" && echo '# changed' >> {scratch}/{name}/playbooks/site.yml"
+            f" && tar -czf {kept} -C {scratch} {name}"
+        )
+        refused = run("ansible-playbook", "playbooks/configuration.yml", check=False)
+    finally:
+        repository.check_output(f"cp -p {scratch}.saved {kept} && rm -rf {scratch}*")
+    assert refused.returncode != 0
+    assert f"mgmt-01:{kept} does not hold the configuration {name}" in refused.stdout
+    assert "1 files differ (playbooks/site.yml)" in refused.stdout
+    again = run("ansible-playbook", "playbooks/configuration.yml")
+    assert re.search(r"mgmt-01\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", again.stdout)
