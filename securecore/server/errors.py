@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from securecore.audit.log import AuditError
+from securecore.storage.state_db import StateUnavailableError
 
 CODES = {
     400: "bad_request",
@@ -38,5 +39,10 @@ async def unhandled(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, AuditError):
         # Fail closed: what cannot be recorded is not done (nor answered as done).
         return error_response(503, "the audit log cannot record this request", "audit_unavailable")
+    if isinstance(exc, StateUnavailableError):
+        # A failover longer than the state database's reconnection window: try again.
+        response = error_response(503, "the service's state is unavailable", "state_unavailable")
+        response.headers["Retry-After"] = "5"
+        return response
     # The details stay in the server's log; the client learns nothing internal.
     return error_response(500, "internal error")

@@ -24,6 +24,14 @@ finds the new primary. A statement is retried once on the new connection
 only where that is safe: a read outside a transaction, and the start of a
 write transaction before anything of it was sent; a write whose outcome is
 unknown raises.
+
+While no server takes writes (a switchover or a failover: a second or two
+without a primary when planned, up to Patroni's TTL when a host dies), the
+first use after the loss keeps trying to connect for RECONNECT_WITHIN seconds,
+so a planned switchover delays requests instead of failing them. If no primary
+is found by then, this use and every later one until a connection succeeds
+fails at once with StateUnavailableError (503), so that a longer outage does
+not hold each request for the whole window.
 """
 
 from __future__ import annotations
@@ -47,6 +55,16 @@ _PLACEHOLDER = re.compile(r"\?")
 
 class StateDatabaseError(SecureCoreError):
     """The state database cannot be opened (named in the message)."""
+
+
+class StateUnavailableError(StateDatabaseError):
+    """No server takes the state database's queries now (a failover under way)."""
+
+
+# How long the first use after a lost connection waits for a writable server:
+# longer than a planned switchover leaves the cluster without a primary.
+RECONNECT_WITHIN = 10.0
+RECONNECT_DELAYS = (0.1, 1.0)  # back-off between attempts: first, most
 
 
 class StateDatabase:
@@ -143,6 +161,7 @@ class PostgresState(StateDatabase):
         self.dsn, self.role = dsn, role
         self._psycopg = psycopg
         self._reconnecting = threading.Lock()
+        self._unavailable = False  # the last reconnection window found no server
         try:
             self._connection = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as error:
@@ -161,11 +180,28 @@ class PostgresState(StateDatabase):
         return isinstance(error, self._psycopg.OperationalError) and self._connection.closed
 
     def _connected(self) -> Any:
-        """The connection, replaced first if the last one was lost."""
+        """The connection, replaced first if the last one was lost: tried for
+        RECONNECT_WITHIN s after a loss, once per use after a window that found no
+        server (until one is found)."""
         with self._reconnecting:
-            if self._connection.closed:
-                self._connection = self._psycopg.connect(self.dsn, autocommit=True)
-            return self._connection
+            if not self._connection.closed:
+                return self._connection
+            window = 0.0 if self._unavailable else RECONNECT_WITHIN
+            deadline, delay = time.monotonic() + window, RECONNECT_DELAYS[0]
+            while True:
+                try:
+                    self._connection = self._psycopg.connect(self.dsn, autocommit=True)
+                except self._psycopg.OperationalError as error:
+                    if time.monotonic() + delay > deadline:
+                        self._unavailable = True
+                        raise StateUnavailableError(
+                            f"the state database: no server takes queries ({first_line(error)})"
+                        ) from error
+                    time.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_DELAYS[1])
+                    continue
+                self._unavailable = False
+                return self._connection
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
         statement = _PLACEHOLDER.sub("%s", sql)
@@ -177,6 +213,12 @@ class PostgresState(StateDatabase):
         except self._psycopg.OperationalError as error:
             # A read outside a transaction changed nothing: ask the new primary.
             if not (self._lost(error) and alone and _is_read(sql)):
+                if self._lost(error):
+                    raise StateUnavailableError(
+                        "the state database: the connection was lost under a statement that "
+                        "cannot be repeated safely (a write, or inside a transaction: its "
+                        f"outcome is unknown) ({first_line(error)})"
+                    ) from error
                 raise
         return self._connected().execute(statement, parameters)
 

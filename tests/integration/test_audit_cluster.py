@@ -34,7 +34,8 @@ from securecore.audit.witness import (
 from securecore.keys.base import KeyRing, signing_public_keys
 from securecore.keys.factory import open_key_ring
 from securecore.keys.software import SoftwareKeys
-from securecore.storage.state_db import PostgresState, StateDatabaseError
+from securecore.storage import state_db
+from securecore.storage.state_db import PostgresState, StateDatabaseError, StateUnavailableError
 from tests.integration.test_audit_witness import core_policy, start_witness
 from tests.support.auditlog import append_from_threads
 from tests.support.commands import securecore_lab
@@ -316,10 +317,10 @@ def test_the_state_database_reconnects_after_a_lost_connection(dsn: str, postgre
     with state.write_transaction():  # nothing was sent yet: a new connection takes it
         state.execute("INSERT INTO t VALUES (?, ?)", (2, "two"))
     terminate(dsn, "true")
-    with pytest.raises(psycopg.OperationalError):  # a write's outcome is unknown: raised
+    with pytest.raises(StateUnavailableError, match="outcome is unknown"):  # 503, not repeated
         state.execute("INSERT INTO t VALUES (?, ?)", (3, "three"))
     state.execute("INSERT INTO t VALUES (?, ?)", (3, "three"))  # the next use reconnects
-    with pytest.raises(psycopg.OperationalError), state.write_transaction():
+    with pytest.raises(StateUnavailableError), state.write_transaction():
         state.execute("INSERT INTO t VALUES (?, ?)", (4, "four"))
         terminate(dsn, "true")  # cut inside the transaction: it is not retried
         state.execute("INSERT INTO t VALUES (?, ?)", (5, "five"))
@@ -342,6 +343,52 @@ def test_the_state_database_reconnects_after_a_lost_connection(dsn: str, postgre
         connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
     time.sleep(1.1)
     state.check_writable()
+    state.close()
+
+
+def test_the_state_database_waits_out_a_switchover_and_fails_fast_in_a_longer_outage(
+    dsn: str, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_db, "RECONNECT_WITHIN", 3.0)
+    state = PostgresState(dsn, "sessions")
+    state.create("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT)")
+    state.execute("INSERT INTO t VALUES (?, ?)", (1, "one"))
+    database = dsn.split("dbname=")[1].split(" ")[0]
+
+    def away(seconds: float) -> threading.Thread:
+        """No server takes the database's sessions for SECONDS (what a switchover
+        looks like to a client: its connection ends, none is let in for a while)."""
+        terminate(dsn, "true")  # the test thread is idle: nothing reconnects in between
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+
+        def back() -> None:
+            time.sleep(seconds)
+            with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+                connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+        thread = threading.Thread(target=back)
+        thread.start()
+        return thread
+
+    # A switchover: the request waits for the new primary, and is answered.
+    returning = away(1.5)
+    started = time.monotonic()
+    assert state.execute("SELECT v FROM t WHERE k = ?", (1,)).fetchone() == ("one",)
+    assert 1.0 < time.monotonic() - started < 3.0
+    returning.join()
+    # Longer than the window: this request fails after it (503), the next ones at once.
+    returning = away(6.0)
+    started = time.monotonic()
+    with pytest.raises(StateUnavailableError, match="no server takes queries"):
+        state.execute("SELECT v FROM t WHERE k = ?", (1,))
+    assert 2.5 < time.monotonic() - started < 4.5
+    started = time.monotonic()
+    with pytest.raises(StateUnavailableError):
+        state.execute("SELECT v FROM t WHERE k = ?", (1,))
+    assert time.monotonic() - started < 1.0
+    returning.join()
+    assert state.execute("SELECT v FROM t WHERE k = ?", (1,)).fetchone() == ("one",)
     state.close()
 
 

@@ -26,6 +26,7 @@ from tests.support.database import (
 )
 from tests.support.failover import kill_the_primary_under_load
 from tests.support.labhosts import ROOT, lab_spec
+from tests.support.service_load import ServiceLoad, lab_admin_receipts_logged
 
 SPEC = lab_spec()
 NEW_PRIMARY_WITHIN = 30.0  # seconds from the loss of the primary (REQ-HA-4)
@@ -122,9 +123,13 @@ def test_a_partitioned_primary_demotes_itself_before_another_is_promoted(hosts) 
 
 
 def test_a_switchover_is_planned_maintenance_without_a_lost_write(hosts) -> None:
+    """Database clients retry (a switchover ends their sessions); the core service's
+    clients see no failure at all: it waits out the seconds without a primary."""
     primary = healthy_leader(hosts)
     candidate = next(n for n in DATA_NODES if n != primary)
-    with Load(hosts[candidate]) as load:
+    serving = [ADDRESS[n] for n in DATA_NODES]
+    with Load(hosts[candidate]) as load, ServiceLoad(hosts["dmz-01"], serving) as requests:
+        requests.wait_for_acknowledgements(20)
         playbook = ROOT / "playbooks" / "switchover.yml"
         inventory = ROOT / "inventories" / "lab"
         command = ["ansible-playbook", "-i", str(inventory), str(playbook)]
@@ -138,9 +143,15 @@ def test_a_switchover_is_planned_maintenance_without_a_lost_write(hosts) -> None
         roles = wait_healthy(hosts)
         load.wait_for_acknowledgements(50)
         figures = load.finish()
+        requests.wait_for_acknowledgements(20)
+        service = requests.finish(lambda: lab_admin_receipts_logged(hosts[candidate]))
     print(
         f"\nswitchover: {primary} -> {candidate}; {figures['errors']} failed attempts"
-        f" (retried), longest wait {figures['longest_wait']:.1f} s"
+        f" (retried), longest wait {figures['longest_wait']:.1f} s; service: {service}"
     )
     assert figures["lost"] == []
     assert roles == {candidate: "Leader", primary: "Sync Standby"}
+    for address in serving:
+        assert service[address]["errors"] == 0, service
+        assert service[address]["acknowledged"] > 10, service
+    assert service["receipts_missing"] == [], service
