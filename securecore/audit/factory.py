@@ -242,6 +242,7 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
             origin_keys,
             config.get("audit", "origin"),
             log.witness,
+            on_cosigned=log.record_cosigned,  # the writer stores them: the backups carry them
         )
         log.on_checkpoint = log.witness_pusher.submit
         latest = log.latest_checkpoint()

@@ -29,11 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from securecore import config as configuration
 from securecore.audit import merkle
 from securecore.audit.checkpoint import Checkpoint, note_key_id, parse_checkpoint, sign_checkpoint
+from securecore.audit.factory import witness_keys
 from securecore.audit.replica import AuditReplica, ReplicaError
 from securecore.audit.witness import (
     WitnessClient,
     load_origin_keys,
     origin_keys_document,
+    verified_cosigners,
     witnessed_checkpoint,
 )
 from securecore.keys.factory import open_key_ring
@@ -128,8 +130,6 @@ def witness_size(server, index: int = 0) -> int:
     if note is None:
         return 0
     keys = load_origin_keys(dev / "origin-keys.json")[ORIGIN]
-    from securecore.audit.factory import witness_keys
-
     checkpoint, _ = witnessed_checkpoint(
         note, keys, witness_keys(configuration.load(server["config"])), ORIGIN
     )
@@ -166,6 +166,34 @@ def store_size(dev: Path) -> int:
         return db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()[0]
 
 
+def stored_cosigned(database: Path) -> dict[int, str]:
+    """The cosigned notes the audit store keeps, by size."""
+    with sqlite3.connect(database) as db:
+        return dict(db.execute("SELECT size, note FROM audit_cosigned"))
+
+
+def until_stored_cosigned(server, size: int, seconds: float = 5.0) -> str:
+    """The note of SIZE records that the store keeps with every witness's cosignature,
+    once it is there; fails after SECONDS."""
+    dev = server["config"].parent
+    pinned = witness_keys(configuration.load(server["config"]))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        note = stored_cosigned(dev / "data/audit.db").get(size)
+        if note is not None and set(verified_cosigners(note, pinned)[1]) == set(pinned):
+            return note
+        time.sleep(0.1)
+    found = stored_cosigned(dev / "data/audit.db")
+    pytest.fail(f"no note of {size} records cosigned by {sorted(pinned)} stored: {found}")
+
+
+# What the tests do to a record: a readable change that keeps the entry well formed.
+EDIT_RECORD = (
+    "UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
+    "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = ?"
+)
+
+
 def rewrite_everything_on_the_host(
     dev: Path, *, change: int | None = None, keep: int | None = None, keep_cosigned: bool = False
 ) -> None:
@@ -173,11 +201,7 @@ def rewrite_everything_on_the_host(
     then make the leaf file and every local checkpoint match, signed with the real key."""
     with sqlite3.connect(dev / "data/audit.db") as db:
         if change is not None:
-            edit = (
-                "UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
-                "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = ?"
-            )
-            db.execute(edit, (change,))
+            db.execute(EDIT_RECORD, (change,))
         if keep is not None:
             db.execute("DELETE FROM audit_records WHERE seq > ?", (keep,))
         db.execute("DELETE FROM audit_checkpoints")
@@ -263,6 +287,47 @@ def test_records_removed_with_their_checkpoints_fail_and_the_service_will_not_st
         assert first_bad(verify(server, "--witness", server["witnesses"][1]["url"])) == 1
 
 
+def test_cosigned_checkpoints_reach_the_audit_store(tmp_path: Path) -> None:
+    with witnessed_server(tmp_path) as server:
+        dev = server["config"].parent
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        size = until_witnessed(server, store_size(dev))
+        # Within a few seconds of the witnesses' cosignatures, the database has them:
+        # the note as kept in the witness directory, every cosignature merged.
+        note = until_stored_cosigned(server, size)
+        assert note == (dev / f"data/witness/cosigned/{size:012d}").read_text()
+        keys = load_origin_keys(dev / "origin-keys.json")[ORIGIN]
+        pinned = witness_keys(configuration.load(server["config"]))
+        checkpoint, names = witnessed_checkpoint(note, keys, pinned, ORIGIN)
+        assert checkpoint.size == size and sorted(names) == ["w0.test", "w1.test"]
+        # The signed checkpoints stay as the origin signed them (what recovery, the
+        # replicas and the witnesses are given).
+        with sqlite3.connect(dev / "data/audit.db") as db:
+            signed = dict(db.execute("SELECT size, note FROM audit_checkpoints"))
+        assert len(parse_checkpoint(signed[size])[1]) == 1
+
+
+def test_the_final_checkpoint_s_cosignatures_are_stored_when_the_service_stops(
+    tmp_path: Path,
+) -> None:
+    with witnessed_server(tmp_path, interval=3600) as server:
+        dev = server["config"].parent
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        assert stored_cosigned(dev / "data/audit.db") == {}  # no checkpoint was due yet
+        # Stopping signs a final checkpoint; the witnesses cosign it while the service
+        # closes, after its writer has stopped: it still reaches the database.
+        server["process"].send_signal(signal.SIGTERM)
+        # (uvicorn ends with the signal it handled once it has shut down)
+        assert server["process"].wait(30) in (0, -signal.SIGTERM)
+        size = store_size(dev)
+        note = stored_cosigned(dev / "data/audit.db").get(size)
+        assert note is not None, stored_cosigned(dev / "data/audit.db")
+        pinned = witness_keys(configuration.load(server["config"]))
+        assert sorted(verified_cosigners(note, pinned)[1]) == ["w0.test", "w1.test"]
+
+
 def test_a_log_restored_from_a_backup_names_its_gap_and_still_fails_if_edited(
     tmp_path: Path,
 ) -> None:
@@ -298,10 +363,7 @@ def test_a_log_restored_from_a_backup_names_its_gap_and_still_fails_if_edited(
             assert refused.returncode == 1 and "the restore brought back" in refused.stderr
         # The flag excuses the missing end only: an edited record still fails.
         with sqlite3.connect(dev / "data/audit.db") as db:
-            db.execute(
-                "UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
-                "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = 2"
-            )
+            db.execute(EDIT_RECORD, (2,))
         edited = verify(server, f"--restored={kept}")
         assert edited.returncode == 1 and "does not match its signed checkpoint" in edited.stderr
 
