@@ -661,6 +661,9 @@ class Verification:
     # A restored log (RESTORED): the witnesses cosigned more records than the restore
     # brought back; (first missing seq, last cosigned size, the witnesses that cosigned it).
     gap: tuple[int, int, tuple[str, ...]] | None = None
+    # A restored log: how many of its records come after the witnessed checkpoint it is
+    # proved against (all of them without one), vouched for by the origin's signature only.
+    unwitnessed_tail: int | None = None
 
 
 def verify_log(
@@ -688,7 +691,13 @@ def verify_log(
     records written after the backup's newest state, not a removal, and the result
     names the gap; witnessed checkpoints within it must still be proved. Records
     after it are the new site's own, checked against its signed checkpoints (a
-    drill submits none to the witnesses: they would see a fork).
+    drill submits none to the witnesses: they would see a fork). With
+    REQUIRE_WITNESS, at least one witnessed checkpoint within the restored records
+    must be proved - the cosigned notes the backup carried (AuditStore.cosigned):
+    whoever could write the lost site's database and use its signing key could
+    have rewritten the log and re-signed every checkpoint, and the witnesses'
+    newest checkpoints, beyond the backup, cannot tell. The result counts the
+    restored records after the one proved (UNWITNESSED_TAIL).
 
     Records after the newest anchor (the newest witnessed checkpoint with
     REQUIRE_WITNESS, else the newest signed one) fail once they are older than
@@ -794,6 +803,15 @@ def verify_log(
     if expected < count or (checkpoints and max(checkpoints) > expected):
         problem = f"the log ends at {expected}; the witness or a checkpoint knows more (truncated)"
         return Verification(False, expected, len(checkpoints), expected + 1, problem)
+    tail = None if restored is None else restored - proved
+    if restored and require_witness and not proved:
+        problem = (
+            f"the restored log is NOT anchored: no checkpoint within its {restored} records "
+            "was cosigned by a pinned witness (cosigned notes missing from the backup?)"
+        )
+        return Verification(
+            False, expected, len(checkpoints), None, problem, gap=gap, unwitnessed_tail=tail
+        )
     covered = proved if require_witness else max(checkpoints, default=0)
     # A restored log's end is what the backup kept: how long its last records waited
     # for a witness was the lost site's matter (the gap, if any, says how it ended).
@@ -820,4 +838,5 @@ def verify_log(
         proved or None,
         tuple(anchors[proved][1]) if proved else (),
         gap,
+        tail,
     )
