@@ -2,7 +2,14 @@
 
 With `[audit] cluster = true` the log is one host's writer of a log shared
 in PostgreSQL: the witnesses and verification take every host's pinned key
-(`[audit] origin_keys`), which must include this host's."""
+(`[audit] origin_keys`), which must include this host's.
+
+The witnesses' cosigned notes go to the audit store as well as to
+witness_dir/cosigned (the pusher hands them to AuditLog.record_cosigned), and
+the anchors are read from both and from the witnesses: after a disaster the
+hosts and their witness directories are gone and the witnesses hold only
+their newest checkpoint, so the anchors of a restored log are those its
+backup carried."""
 
 from __future__ import annotations
 
@@ -114,15 +121,19 @@ def witness_clients(
 
 def witnessed_checkpoints(
     config: Config,
+    store: AuditStore,
     origin_keys: dict,
     clients: list[WitnessClient],
     keys: dict | None = None,
 ) -> tuple[list, list[str]]:
     """Checkpoints a pinned witness cosigned: each witness's newest (asked now) and the
-    cosigned notes kept in witness_dir; with the problems of witnesses that did not answer."""
+    cosigned notes kept in STORE and in witness_dir; with the problems of witnesses that
+    did not answer. A note counts only if its origin signature and a cosignature verify
+    with the pinned keys: whoever writes the database can put anything in it."""
     keys = witness_keys(config) if keys is None else keys
     origin = config.get("audit", "origin")
-    notes = stored_cosigned(Path(config.get("audit", "witness_dir")) / COSIGNED_DIR)
+    notes = [note for _, note in store.cosigned()]
+    notes += stored_cosigned(Path(config.get("audit", "witness_dir")) / COSIGNED_DIR)
     problems = []
     for client in clients:
         try:
@@ -217,24 +228,30 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
     cluster = config.get("audit", "cluster")
     origin_keys = cluster_keys(config, ring) if cluster else lambda: signing_public_keys(ring)
 
-    def anchor() -> Checkpoint | None:
+    store = open_store(config)
+
+    def anchor() -> Checkpoint | None:  # asked by AuditLog before its writer starts
         if not keys:
             return None
-        found, _ = witnessed_checkpoints(config, origin_keys(), clients, keys)
+        found, _ = witnessed_checkpoints(config, store, origin_keys(), clients, keys)
         return found[-1][0] if found else None
 
-    log = AuditLog(
-        open_store(config),
-        ring,
-        config.get("audit", "witness_dir"),
-        origin=config.get("audit", "origin"),
-        hmac_key=read_secret_file(config, "audit", "hmac_key_file"),
-        checkpoint_every=config.get("audit", "checkpoint_every"),
-        checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
-        anchor=anchor,
-        checkpoint_key=published_checkpoint_key(config, ring),
-        cluster=cluster,
-    )
+    try:
+        log = AuditLog(
+            store,
+            ring,
+            config.get("audit", "witness_dir"),
+            origin=config.get("audit", "origin"),
+            hmac_key=read_secret_file(config, "audit", "hmac_key_file"),
+            checkpoint_every=config.get("audit", "checkpoint_every"),
+            checkpoint_interval=float(config.get("audit", "checkpoint_interval_seconds")),
+            anchor=anchor,
+            checkpoint_key=published_checkpoint_key(config, ring),
+            cluster=cluster,
+        )
+    except BaseException:
+        store.close()  # a log refused (tampered with) or misconfigured: nothing else has it
+        raise
     if clients:
         log.witness_pusher = WitnessPusher(
             witness_clients(config),
@@ -242,6 +259,7 @@ def open_audit_log(config: Config, ring: KeyRing) -> AuditLog:
             origin_keys,
             config.get("audit", "origin"),
             log.witness,
+            on_cosigned=log.record_cosigned,  # the writer stores them: the backups carry them
         )
         log.on_checkpoint = log.witness_pusher.submit
         latest = log.latest_checkpoint()
@@ -267,8 +285,9 @@ def anchored_verification(
     extra_witnesses: tuple[str, ...] = (),
     restored: int | None = None,
 ) -> tuple[Verification, list[str]]:
-    """verify_log against the newest checkpoint the witnesses (asked now, and the cosigned
-    notes kept) cosigned; with the problems of witnesses that could not be asked.
+    """verify_log against the checkpoints the witnesses cosigned (their newest, asked now,
+    and the cosigned notes kept in the store and witness_dir); with the problems of
+    witnesses that could not be asked.
     RESTORED: the number of records a restore brought back (verify_log says what it changes)."""
     keys = self_origin_keys(config, ring)
     pinned_witnesses = witness_keys(config)
@@ -277,9 +296,9 @@ def anchored_verification(
         raise ConfigError(
             f"{config.path}: --witness needs [audit] witness_keys (the pinned witness keys)"
         )
-    witnessed, problems = witnessed_checkpoints(config, keys, clients, pinned_witnesses)
     store = open_store(config)
     try:
+        witnessed, problems = witnessed_checkpoints(config, store, keys, clients, pinned_witnesses)
         result = verify_log(
             store,
             config.get("audit", "witness_dir"),

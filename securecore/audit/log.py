@@ -13,6 +13,14 @@ database alone is detected by the local leaf file (which names the first bad
 record exactly); rewriting everything on this host is detected against the
 checkpoints the witnesses cosigned, which the service user cannot change.
 
+The cosigned notes the pusher receives come back through `record_cosigned`,
+which only queues them; the writer stores them (AuditStore.add_cosigned) in
+its rounds, after the round's appenders are answered. The witnesses keep
+only their newest checkpoint, and the copies in the witness directory go
+with the host: in the database, the backups carry the anchors, and a log
+restored from one is proved against a checkpoint a witness cosigned within
+it (verify_log's RESTORED), not only against the origin's own signatures.
+
 Recovery never shortens anything: the leaf file is only ever extended to the
 committed records (a crash between steps 1 and 2); a leaf file, a signed
 checkpoint or a witnessed checkpoint that knows MORE than the database means
@@ -68,6 +76,9 @@ LEAVES_FILE = "leaves"
 CHECKPOINT_DIR = "checkpoints"
 FOLLOW_SECONDS = 1.0  # cluster mode: how often an idle host reads the others' records
 RECONNECT_SECONDS = (0.2, 2.0)  # cluster mode: the back-off after a failover
+# Cosigned notes waiting for the writer: one a size (the newest), at most this many
+# sizes (the smallest dropped first: the newest anchor covers the most records).
+COSIGNED_QUEUED = 1024
 log = logging.getLogger("securecore.audit")
 
 
@@ -150,6 +161,7 @@ class AuditLog:
         self._checkpointed = self._last_checkpoint_size
         self._closing = False
         self._poked = False  # cluster mode: checkpoint_now wakes the writer
+        self._cosigned: dict[int, str] = {}  # cosigned notes not yet in the store, by size
         self._failed: BaseException | None = None
         self._unavailable: BaseException | None = None  # cluster mode: a failover
         self._failure_callbacks: list[Callable[[BaseException], None]] = []
@@ -368,9 +380,36 @@ class AuditLog:
         if failed is not None:
             callback(failed)
 
+    def record_cosigned(self, size: int, note: str) -> None:
+        """Queue NOTE, the checkpoint of SIZE records with every cosignature so far, for
+        the writer to store (the witness pusher's thread calls this: it never uses the
+        store itself). Never raises; a newer note of the same size replaces the queued one."""
+        with self._lock:
+            self._cosigned[size] = note
+            while len(self._cosigned) > COSIGNED_QUEUED:
+                dropped = min(self._cosigned)
+                del self._cosigned[dropped]
+                log.warning("cosigned checkpoint %d not stored: too many queued", dropped)
+            self._work.notify()
+
+    def _write_cosigned(self) -> None:
+        """Store the queued cosigned notes (the writer's thread, or close's once it is gone).
+        A note is dequeued once stored: one that fails (a failover) waits for the next
+        round, and one replaced meanwhile by a newer note of its size stays queued."""
+        with self._lock:
+            queued = sorted(self._cosigned.items())
+        for size, note in queued:
+            self.store.add_cosigned(size, note)
+            with self._lock:
+                if self._cosigned.get(size) is note:
+                    del self._cosigned[size]
+
     def _has_work(self) -> bool:
         return bool(
-            self._open.records or self._closing or self._checkpoint_wanted > self._checkpointed
+            self._open.records
+            or self._closing
+            or self._checkpoint_wanted > self._checkpointed
+            or self._cosigned
         )
 
     def _run(self) -> None:
@@ -394,6 +433,7 @@ class AuditLog:
                 self._maybe_checkpoint(force=closing or forced)
                 batch.settle()
                 batch = None
+                self._write_cosigned()  # its appenders are answered: no request waits for it
                 if self._round_done(closing):
                     return
         except BaseException as error:  # appenders, and the service, must see every failure
@@ -460,7 +500,9 @@ class AuditLog:
             while True:
                 with self._lock:
                     deadline = time.monotonic() + follow
-                    while not (self._open.records or self._closing or self._poked):
+                    while not (
+                        self._open.records or self._closing or self._poked or self._cosigned
+                    ):
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break
@@ -476,6 +518,7 @@ class AuditLog:
                     batch.settle()  # durable: the checkpoint is not theirs to wait for
                     batch = None
                     self._cluster_checkpoint(forced)
+                    self._write_cosigned()  # a failover keeps what is not stored queued
                 except StoreUnavailableError as error:
                     if batch is not None:
                         batch.error = error
@@ -594,6 +637,11 @@ class AuditLog:
         self._writer.join(timeout=60)
         if self.witness_pusher is not None:
             self.witness_pusher.close()  # bounded: the final checkpoint gets a few seconds
+        if not self._writer.is_alive():  # the store is this thread's now
+            try:
+                self._write_cosigned()  # the final checkpoint's cosignatures, above all
+            except Exception as error:  # best effort: the copies in witness_dir remain
+                log.warning("cosigned checkpoints not stored at close: %s", error)
         self._leaves.close()
         self.store.close()
 
@@ -613,6 +661,9 @@ class Verification:
     # A restored log (RESTORED): the witnesses cosigned more records than the restore
     # brought back; (first missing seq, last cosigned size, the witnesses that cosigned it).
     gap: tuple[int, int, tuple[str, ...]] | None = None
+    # A restored log: how many of its records come after the witnessed checkpoint it is
+    # proved against (all of them without one), vouched for by the origin's signature only.
+    unwitnessed_tail: int | None = None
 
 
 def verify_log(
@@ -640,7 +691,13 @@ def verify_log(
     records written after the backup's newest state, not a removal, and the result
     names the gap; witnessed checkpoints within it must still be proved. Records
     after it are the new site's own, checked against its signed checkpoints (a
-    drill submits none to the witnesses: they would see a fork).
+    drill submits none to the witnesses: they would see a fork). With
+    REQUIRE_WITNESS, at least one witnessed checkpoint within the restored records
+    must be proved - the cosigned notes the backup carried (AuditStore.cosigned):
+    whoever could write the lost site's database and use its signing key could
+    have rewritten the log and re-signed every checkpoint, and the witnesses'
+    newest checkpoints, beyond the backup, cannot tell. The result counts the
+    restored records after the one proved (UNWITNESSED_TAIL).
 
     Records after the newest anchor (the newest witnessed checkpoint with
     REQUIRE_WITNESS, else the newest signed one) fail once they are older than
@@ -746,6 +803,15 @@ def verify_log(
     if expected < count or (checkpoints and max(checkpoints) > expected):
         problem = f"the log ends at {expected}; the witness or a checkpoint knows more (truncated)"
         return Verification(False, expected, len(checkpoints), expected + 1, problem)
+    tail = None if restored is None else restored - proved
+    if restored and require_witness and not proved:
+        problem = (
+            f"the restored log is NOT anchored: no checkpoint within its {restored} records "
+            "was cosigned by a pinned witness (cosigned notes missing from the backup?)"
+        )
+        return Verification(
+            False, expected, len(checkpoints), None, problem, gap=gap, unwitnessed_tail=tail
+        )
     covered = proved if require_witness else max(checkpoints, default=0)
     # A restored log's end is what the backup kept: how long its last records waited
     # for a witness was the lost site's matter (the gap, if any, says how it ended).
@@ -772,4 +838,5 @@ def verify_log(
         proved or None,
         tuple(anchors[proved][1]) if proved else (),
         gap,
+        tail,
     )

@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 
 import psycopg
+from psycopg import sql
 
 from securecore.audit.store import AuditStore, Newer, Rows, StoreUnavailableError
 from securecore.config import first_line
@@ -37,6 +38,10 @@ CREATE TABLE IF NOT EXISTS audit_records (
     entry BYTEA NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    size BIGINT PRIMARY KEY,
+    note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_cosigned (
     size BIGINT PRIMARY KEY,
     note TEXT NOT NULL
 );
@@ -199,18 +204,29 @@ class PostgresAuditStore(AuditStore):
         return int(row[0]) if row else 0
 
     def add_checkpoint(self, size: int, note: str) -> None:
-        with self._lock, _unavailable_on_failover():
-            self._connection.execute(
-                "INSERT INTO audit_checkpoints (size, note) VALUES (%s, %s) "
-                "ON CONFLICT (size) DO UPDATE SET note = EXCLUDED.note",
-                (size, note),
-            )
+        self._upsert("audit_checkpoints", size, note)
 
     def checkpoints(self) -> list[tuple[int, str]]:
+        return self._notes("audit_checkpoints")
+
+    def add_cosigned(self, size: int, note: str) -> None:
+        self._upsert("audit_cosigned", size, note)
+
+    def cosigned(self) -> list[tuple[int, str]]:
+        return self._notes("audit_cosigned")
+
+    def _upsert(self, table: str, size: int, note: str) -> None:
+        query = sql.SQL(
+            "INSERT INTO {} (size, note) VALUES (%s, %s) "
+            "ON CONFLICT (size) DO UPDATE SET note = EXCLUDED.note"
+        ).format(sql.Identifier(table))
         with self._lock, _unavailable_on_failover():
-            rows = self._connection.execute(
-                "SELECT size, note FROM audit_checkpoints ORDER BY size"
-            ).fetchall()
+            self._connection.execute(query, (size, note))
+
+    def _notes(self, table: str) -> list[tuple[int, str]]:
+        query = sql.SQL("SELECT size, note FROM {} ORDER BY size").format(sql.Identifier(table))
+        with self._lock, _unavailable_on_failover():
+            rows = self._connection.execute(query).fetchall()
         return [(int(size), note) for size, note in rows]
 
     def close(self) -> None:

@@ -9,6 +9,14 @@ commit (many appends, one transaction, one fsync) is done by the writer in
 securecore.audit.log. Only PostgreSQL implements the cluster-mode methods
 (several writers on one database: append_sequenced, newer, reconnect,
 is_sequencer).
+
+Two kinds of checkpoint notes are kept beside the records. audit_checkpoints
+holds each checkpoint as the origin signed it (what recovery, the replicas and
+the witnesses are given). audit_cosigned holds the same notes once witnesses
+have cosigned them (the origin's signature and every cosignature so far): the
+witnesses keep only their newest checkpoint, so these are the anchors a log
+restored from a backup is proved against after the hosts that kept them in
+their witness directories are lost. A backup of the database carries them.
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ CREATE TABLE IF NOT EXISTS audit_records (
     entry BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    size INTEGER PRIMARY KEY,
+    note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_cosigned (
     size INTEGER PRIMARY KEY,
     note TEXT NOT NULL
 );
@@ -96,6 +108,15 @@ class AuditStore(ABC):
     def checkpoints(self) -> list[tuple[int, str]]: ...
 
     @abstractmethod
+    def add_cosigned(self, size: int, note: str) -> None:
+        """Keep NOTE, the checkpoint of SIZE records with its witnesses' cosignatures
+        (replacing what was kept for SIZE: the caller passes every cosignature so far)."""
+
+    @abstractmethod
+    def cosigned(self) -> list[tuple[int, str]]:
+        """The cosigned checkpoint notes kept, by size (unverified: check them)."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -128,6 +149,12 @@ class SQLiteAuditStore(AuditStore):
 
     def checkpoints(self) -> list[tuple[int, str]]:
         return list(self._db.execute("SELECT size, note FROM audit_checkpoints ORDER BY size"))
+
+    def add_cosigned(self, size: int, note: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO audit_cosigned VALUES (?, ?)", (size, note))
+
+    def cosigned(self) -> list[tuple[int, str]]:
+        return list(self._db.execute("SELECT size, note FROM audit_cosigned ORDER BY size"))
 
     def close(self) -> None:
         self._db.close()

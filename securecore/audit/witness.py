@@ -22,8 +22,13 @@ protocol of Certificate Transparency and sigsum witnesses):
 
 The core service pushes every checkpoint it signs (WitnessPusher: a
 background thread, retried with back-off, never in a request's path) and keeps
-the cosigned notes (witness_dir/cosigned). `securecore audit verify` checks
-the log against the newest checkpoint a pinned witness key cosigned.
+the cosigned notes: in witness_dir/cosigned and, written by the audit writer,
+in the audit store (audit_cosigned), so that a backup of the database carries
+the anchors of the records it holds. A witness keeps only its newest checkpoint:
+after a disaster it is beyond what the backup holds, and a log restored from
+the backup is proved against the cosigned notes the backup carried.
+`securecore audit verify` checks the log against the newest checkpoint a
+pinned witness key cosigned.
 
 Wire format of POST /add-checkpoint (text/plain, tlog-witness):
     old <size held by the witness>\\n
@@ -580,14 +585,16 @@ COSIGNED_DIR = "cosigned"
 STATUS_FILE = "witness-status.json"
 
 
-def save_cosigned(directory: Path, size: int, note: str) -> None:
-    """Keep NOTE (origin signature + cosignatures) as cosigned/<size>, merged with what is there."""
+def save_cosigned(directory: Path, size: int, note: str) -> str:
+    """Keep NOTE (origin signature + cosignatures) as cosigned/<size>, merged with what is
+    there; returns the note as now kept."""
     directory.mkdir(mode=0o700, exist_ok=True)
     path = directory / f"{size:012d}"
     if path.exists():
         known = path.read_text(encoding="utf-8")
         note = merge_signatures(known, note.rpartition("\n\n")[2].splitlines())
     atomic_write(path, note)
+    return note
 
 
 def stored_cosigned(directory: Path) -> list[str]:
@@ -611,6 +618,11 @@ class WitnessPusher:
     is retried with exponential back-off (at most RETRY_MAX s apart, well within
     the default witness_grace_seconds of 60); only the newest checkpoint is
     pushed, so the queue is bounded at one note.
+
+    Each cosigned note is kept in witness_dir/cosigned and handed, merged with the
+    cosignatures kept before, to ON_COSIGNED (the audit log's `record_cosigned`,
+    which only queues it for the audit writer: this thread never uses the store).
+    The database then carries the anchors into its backups.
     """
 
     RETRY_MIN, RETRY_MAX = 1.0, 30.0
@@ -622,12 +634,14 @@ class WitnessPusher:
         origin_keys: Callable[[], dict[str, ec.EllipticCurvePublicKey]],
         origin: str,
         witness_dir: Path,
+        on_cosigned: Callable[[int, str], None] | None = None,
     ) -> None:
         # ORIGIN_KEYS is asked each time: a key rotated in while the service
         # runs signs the next checkpoint, and the witnesses then hold one signed
         # by a version this process did not know at start.
         self.clients, self.witness_keys = clients, witness_keys
         self.origin_keys, self.origin = origin_keys, origin
+        self.on_cosigned = on_cosigned
         self.leaves_path = Path(witness_dir) / "leaves"
         self.cosigned_dir = Path(witness_dir) / COSIGNED_DIR
         self.status_path = Path(witness_dir) / STATUS_FILE
@@ -703,7 +717,9 @@ class WitnessPusher:
                 cosigned = merge_signatures(note, body.splitlines())
                 if client.name not in verified_cosigners(cosigned, self.witness_keys)[1]:
                     raise WitnessError("its cosignature does not verify with its pinned key")
-                save_cosigned(self.cosigned_dir, size, cosigned)
+                kept = save_cosigned(self.cosigned_dir, size, cosigned)
+                if self.on_cosigned is not None:
+                    self.on_cosigned(size, kept)
                 self._held[client.name] = size
                 status.size, status.cosigned_at = size, time.time()
                 status.error, status.conflict = "", False

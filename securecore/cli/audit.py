@@ -46,6 +46,15 @@ def _verify(args: argparse.Namespace) -> int:
         print(
             f"audit log OK: {result.size} records, {result.checkpoints} signed checkpoints{anchor}"
         )
+        if result.unwitnessed_tail:
+            last = result.witnessed or 0
+            # Proved against a cosigned checkpoint the backup carried, or none: what after
+            # it only the origin's signature (a key the lost site could use) vouches for.
+            print(
+                f"audit log TAIL: records {last + 1} to {last + result.unwitnessed_tail} "
+                f"({result.unwitnessed_tail}) are signed by the origin only: no witnessed "
+                "checkpoint within the restored log covers them"
+            )
         if result.gap:
             first, cosigned, names = result.gap
             # Not a failure of the log: what the restore could not bring back, named.
@@ -175,7 +184,9 @@ def configure(name: str, audit: argparse.ArgumentParser) -> None:
                 type=int,
                 metavar="SIZE",
                 help="the log was restored from a backup with SIZE records: records the "
-                "witnesses cosigned after them are reported as a gap, not as a removal",
+                "witnesses cosigned after them are reported as a gap, not as a removal; with "
+                "pinned witness keys, a checkpoint within them that a witness cosigned (kept "
+                "in the database) must be proved",
             )
         if name == "export":
             action.add_argument("-o", "--output", help="file to write (default: stdout)")

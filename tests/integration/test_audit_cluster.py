@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -20,16 +22,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from securecore import config as configuration
-from securecore.audit import merkle
+from securecore.audit import factory, merkle
 from securecore.audit.checkpoint import parse_checkpoint
-from securecore.audit.factory import anchored_verification, open_audit_log
+from securecore.audit.factory import anchored_verification, open_audit_log, witness_keys
 from securecore.audit.log import AuditError, AuditLog, verify_log
 from securecore.audit.postgres import SEQUENCE_LOCK, SEQUENCER_LOCK, PostgresAuditStore
 from securecore.audit.witness import (
     Witness,
     add_checkpoint_body,
+    load_origin_keys,
     origin_keys_document,
     read_leaves,
+    witnessed_checkpoint,
 )
 from securecore.keys.base import KeyRing, signing_public_keys
 from securecore.keys.factory import open_key_ring
@@ -97,6 +101,14 @@ def terminate(dsn: str, where: str) -> int:
             f"WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({where})"
         ).fetchall()
     return len(rows)
+
+
+def alive(dsn: str, pid: int) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def signers(dsn: str) -> list[str]:
@@ -551,9 +563,10 @@ def witnessed_host(base: Path, name: str, dsn: str, dev: Path, url: str) -> Path
     return config
 
 
-def test_a_witness_cosigns_the_checkpoints_of_whichever_host_signs(
-    dsn: str, tmp_path: Path
-) -> None:
+@contextmanager
+def witnessed_cluster(dsn: str, tmp_path: Path) -> Iterator[tuple[dict, dict, Path]]:
+    """Hosts a and b of a cluster on DSN, pushing to one real witness: their configuration
+    files, their key rings, and the file in which the witness holds its checkpoint."""
     dev = tmp_path / "dev"  # its development PKI: the core certificate, the witness's TLS
     securecore_lab("init", str(dev), "--software-keys")
     core_policy(dev)
@@ -570,35 +583,87 @@ def test_a_witness_cosigns_the_checkpoints_of_whichever_host_signs(
         (dev / "witness.vkeys").write_text(vkey + "\n")
         for path in configs.values():
             path.write_text(path.read_text().replace("https://127.0.0.1:1", url))
+        yield configs, rings, state / "origins" / hashlib.sha256(ORIGIN.encode()).hexdigest()
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+
+
+def witness_holds(held: Path, size: int) -> None:
+    wait_for(lambda: held.exists() and parse_checkpoint(held.read_text())[0].size == size)
+
+
+def test_a_witness_cosigns_the_checkpoints_of_whichever_host_signs(
+    dsn: str, tmp_path: Path
+) -> None:
+    with witnessed_cluster(dsn, tmp_path) as (configs, rings, held):
         logs = {
             name: open_audit_log(configuration.load(path), rings[name])
             for name, path in configs.items()
         }
-        held = state / "origins" / hashlib.sha256(ORIGIN.encode()).hexdigest()
-
-        def witness_holds(size: int) -> None:
-            wait_for(lambda: held.exists() and parse_checkpoint(held.read_text())[0].size == size)
-
         append_from_threads(logs["a"], 2, 5)
         assert logs["a"].checkpoint_now() == 10
-        witness_holds(10)
+        witness_holds(held, 10)
         terminate(dsn, f"pid IN (SELECT pid FROM pg_locks WHERE objid = {SEQUENCER_LOCK})")
         append_from_threads(logs["b"], 2, 5)
         assert logs["b"].checkpoint_now() == 20
-        witness_holds(20)  # b learnt the size a's checkpoint left there, and proved from it
+        witness_holds(held, 20)  # b learnt the size a's checkpoint left there, and proved from it
         logs["b"].close()
         append_from_threads(logs["a"], 1, 5)
         assert logs["a"].checkpoint_now() == 25
-        witness_holds(25)
+        witness_holds(held, 25)
         logs["a"].close()
         assert signers(dsn) == [
             f"{ORIGIN}/securecore-signing-a-v1",
             f"{ORIGIN}/securecore-signing-b-v1",
             f"{ORIGIN}/securecore-signing-a-v1",
         ]
+        # Each host's cosigned notes are in the shared database, whichever host signed.
+        assert {10, 20, 25} <= {size for size, _ in cosigned(dsn)}
         result, problems = anchored_verification(configuration.load(configs["a"]), rings["a"])
         assert result.ok and result.witnessed == 25 and not problems, (result, problems)
+
+
+def cosigned(dsn: str) -> list[tuple[int, str]]:
+    store = PostgresAuditStore(dsn)
+    try:
+        return store.cosigned()
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(10)
+        store.close()
+
+
+def test_cosigned_checkpoints_reach_the_shared_store_across_a_failover(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "securecore.audit")
+    cut: list[int] = []
+
+    class CutAtTheFirstNote(PostgresAuditStore):
+        """The writer's connection ends (a failover) as it stores its first cosigned note."""
+
+        def add_cosigned(self, size: int, note: str) -> None:
+            if not cut:
+                cut.append(self._connection.info.backend_pid)
+                terminate(dsn, f"pid = {cut[0]}")
+                wait_for(lambda: not alive(dsn, cut[0]))
+            super().add_cosigned(size, note)
+
+    monkeypatch.setattr(factory, "open_store", lambda config: CutAtTheFirstNote(dsn))
+    with witnessed_cluster(dsn, tmp_path) as (configs, rings, held):
+        config = configuration.load(configs["a"])
+        log = open_audit_log(config, rings["a"])
+        append_from_threads(log, 2, 5)
+        assert log.checkpoint_now() == 10
+        witness_holds(held, 10)
+        # Within seconds of the cosignature, after the writer reconnected: the note was
+        # kept for the next round, not lost, and the writer carries on.
+        wait_for(lambda: 10 in dict(cosigned(dsn)))
+        assert cut and "audit store unavailable, reconnecting" in caplog.text
+        pins = load_origin_keys(tmp_path / "dev" / "origin-keys.json")[ORIGIN]
+        note = dict(cosigned(dsn))[10]
+        _, names = witnessed_checkpoint(note, pins, witness_keys(config), ORIGIN)
+        assert names == ["w.test"]
+        log.check()
+        assert log.append("alice", "login", "core", "success") == 11
+        log.close()

@@ -208,3 +208,23 @@ def test_a_quiet_log_is_checkpointed_after_the_interval(tmp_path: Path, keys) ->
     assert (checkpoints / "000000000003").exists(), "no time-based checkpoint"
     log.close()
     assert verify(tmp_path, keys).ok
+
+
+def test_a_store_made_before_cosigned_notes_were_kept_gains_their_table(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    with sqlite3.connect(path) as db:  # the schema of the stores already deployed
+        db.executescript(
+            "CREATE TABLE audit_records (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL);"
+            "CREATE TABLE audit_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);"
+            "INSERT INTO audit_checkpoints VALUES (3, 'signed');"
+        )
+    db.close()
+    store = SQLiteAuditStore(path)
+    try:
+        assert store.cosigned() == []
+        for size, note in ((5, "one cosignature"), (3, "cosigned"), (5, "two cosignatures")):
+            store.add_cosigned(size, note)
+        assert store.cosigned() == [(3, "cosigned"), (5, "two cosignatures")]  # newest a size
+        assert store.checkpoints() == [(3, "signed")]  # the signed notes are apart
+    finally:
+        store.close()

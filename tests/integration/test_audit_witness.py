@@ -6,10 +6,15 @@ The attacker here can do everything the service user (or root on the core
 host) can: edit the database, the leaf file and the local checkpoints
 together, and even sign new checkpoints with the service's own key. The
 witnesses are out of reach.
+
+After a disaster the host is gone and a backup of its database is restored
+elsewhere: the witnesses' newest checkpoints are beyond it, and what anchors
+the restored log is the cosigned notes the database kept (audit_cosigned).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -24,16 +29,26 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from securecore import config as configuration
 from securecore.audit import merkle
-from securecore.audit.checkpoint import Checkpoint, note_key_id, parse_checkpoint, sign_checkpoint
+from securecore.audit.checkpoint import (
+    EM_DASH,
+    Checkpoint,
+    note_key_id,
+    parse_checkpoint,
+    sign_checkpoint,
+)
+from securecore.audit.factory import witness_keys
 from securecore.audit.replica import AuditReplica, ReplicaError
 from securecore.audit.witness import (
     WitnessClient,
+    cosignature_line,
+    cosigner_key_id,
     load_origin_keys,
     origin_keys_document,
+    verified_cosigners,
     witnessed_checkpoint,
 )
 from securecore.keys.factory import open_key_ring
@@ -128,8 +143,6 @@ def witness_size(server, index: int = 0) -> int:
     if note is None:
         return 0
     keys = load_origin_keys(dev / "origin-keys.json")[ORIGIN]
-    from securecore.audit.factory import witness_keys
-
     checkpoint, _ = witnessed_checkpoint(
         note, keys, witness_keys(configuration.load(server["config"])), ORIGIN
     )
@@ -166,6 +179,34 @@ def store_size(dev: Path) -> int:
         return db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()[0]
 
 
+def stored_cosigned(database: Path) -> dict[int, str]:
+    """The cosigned notes the audit store keeps, by size."""
+    with sqlite3.connect(database) as db:
+        return dict(db.execute("SELECT size, note FROM audit_cosigned"))
+
+
+def until_stored_cosigned(server, size: int, seconds: float = 5.0) -> str:
+    """The note of SIZE records that the store keeps with every witness's cosignature,
+    once it is there; fails after SECONDS."""
+    dev = server["config"].parent
+    pinned = witness_keys(configuration.load(server["config"]))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        note = stored_cosigned(dev / "data/audit.db").get(size)
+        if note is not None and set(verified_cosigners(note, pinned)[1]) == set(pinned):
+            return note
+        time.sleep(0.1)
+    found = stored_cosigned(dev / "data/audit.db")
+    pytest.fail(f"no note of {size} records cosigned by {sorted(pinned)} stored: {found}")
+
+
+# What the tests do to a record: a readable change that keeps the entry well formed.
+EDIT_RECORD = (
+    "UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
+    "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = ?"
+)
+
+
 def rewrite_everything_on_the_host(
     dev: Path, *, change: int | None = None, keep: int | None = None, keep_cosigned: bool = False
 ) -> None:
@@ -173,11 +214,7 @@ def rewrite_everything_on_the_host(
     then make the leaf file and every local checkpoint match, signed with the real key."""
     with sqlite3.connect(dev / "data/audit.db") as db:
         if change is not None:
-            edit = (
-                "UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
-                "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = ?"
-            )
-            db.execute(edit, (change,))
+            db.execute(EDIT_RECORD, (change,))
         if keep is not None:
             db.execute("DELETE FROM audit_records WHERE seq > ?", (keep,))
         db.execute("DELETE FROM audit_checkpoints")
@@ -263,47 +300,207 @@ def test_records_removed_with_their_checkpoints_fail_and_the_service_will_not_st
         assert first_bad(verify(server, "--witness", server["witnesses"][1]["url"])) == 1
 
 
-def test_a_log_restored_from_a_backup_names_its_gap_and_still_fails_if_edited(
+def test_cosigned_checkpoints_reach_the_audit_store(tmp_path: Path) -> None:
+    with witnessed_server(tmp_path) as server:
+        dev = server["config"].parent
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        size = until_witnessed(server, store_size(dev))
+        # Within a few seconds of the witnesses' cosignatures, the database has them:
+        # the note as kept in the witness directory, every cosignature merged.
+        note = until_stored_cosigned(server, size)
+        assert note == (dev / f"data/witness/cosigned/{size:012d}").read_text()
+        keys = load_origin_keys(dev / "origin-keys.json")[ORIGIN]
+        pinned = witness_keys(configuration.load(server["config"]))
+        checkpoint, names = witnessed_checkpoint(note, keys, pinned, ORIGIN)
+        assert checkpoint.size == size and sorted(names) == ["w0.test", "w1.test"]
+        # The signed checkpoints stay as the origin signed them (what recovery, the
+        # replicas and the witnesses are given).
+        with sqlite3.connect(dev / "data/audit.db") as db:
+            signed = dict(db.execute("SELECT size, note FROM audit_checkpoints"))
+        assert len(parse_checkpoint(signed[size])[1]) == 1
+
+
+def test_the_final_checkpoint_s_cosignatures_are_stored_when_the_service_stops(
     tmp_path: Path,
 ) -> None:
-    with witnessed_server(tmp_path) as server:
-        for _ in range(4):
-            call(server, "GET", "/v1/whoami")
+    with witnessed_server(tmp_path, interval=3600) as server:
         dev = server["config"].parent
-        until_witnessed(server, store_size(dev))
+        for _ in range(3):
+            call(server, "GET", "/v1/whoami")
+        assert stored_cosigned(dev / "data/audit.db") == {}  # no checkpoint was due yet
+        # Stopping signs a final checkpoint; the witnesses cosign it while the service
+        # closes, after its writer has stopped: it still reaches the database.
+        server["process"].send_signal(signal.SIGTERM)
+        # (uvicorn ends with the signal it handled once it has shut down)
+        assert server["process"].wait(30) in (0, -signal.SIGTERM)
+        size = store_size(dev)
+        note = stored_cosigned(dev / "data/audit.db").get(size)
+        assert note is not None, stored_cosigned(dev / "data/audit.db")
+        pinned = witness_keys(configuration.load(server["config"]))
+        assert sorted(verified_cosigners(note, pinned)[1]) == ["w0.test", "w1.test"]
+
+
+@pytest.fixture(scope="module")
+def lost_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A site backed up, then lost: {"server" (stopped; its witnesses run on), "dev",
+    "backup" (a copy of its audit database), "kept" (the records in it), "anchors" (the
+    sizes of the cosigned notes in it, two at least, the newest of all KEPT records),
+    "held" (the size the witnesses hold, beyond KEPT)}."""
+    tmp_path = tmp_path_factory.mktemp("lost-site")
+    with witnessed_server(tmp_path) as server:
+        dev = server["config"].parent
+        for _ in range(2):
+            for _ in range(3):
+                call(server, "GET", "/v1/whoami")
+            until_stored_cosigned(server, until_witnessed(server, store_size(dev)))
         backup = tmp_path / "backup.db"
         with sqlite3.connect(dev / "data/audit.db") as live, sqlite3.connect(backup) as copy:
             live.backup(copy)
         kept = store_size(dev)
+        anchors = sorted(stored_cosigned(backup))
+        assert len(anchors) >= 2 and anchors[-1] == kept, (anchors, kept)
         for _ in range(4):
             call(server, "GET", "/v1/whoami")
         held = until_witnessed(server, store_size(dev))
         kill(server)
-        # The host is lost; a new one has the backup and nothing of the old host's own.
-        for journal in dev.glob("data/audit.db-*"):
-            journal.unlink()
-        backup.replace(dev / "data/audit.db")
-        shutil.rmtree(dev / "data/witness")
-        (dev / "data/witness").mkdir()
-        # Unflagged, a log the host never wrote (no leaf file) with its end missing fails.
-        assert first_bad(verify(server)) == 1
-        restored = verify(server, f"--restored={kept}")
-        assert restored.returncode == 0, restored.stderr
-        assert f"audit log OK: {kept} records" in restored.stdout, restored.stdout
-        gap = f"records {kept + 1} to {held} ({held - kept}) were cosigned by"
-        assert gap in restored.stdout, restored.stdout
-        # The restored count is the store's, not a number that excuses more.
-        for wrong in (kept + 1, -1):
-            refused = verify(server, f"--restored={wrong}")
-            assert refused.returncode == 1 and "the restore brought back" in refused.stderr
-        # The flag excuses the missing end only: an edited record still fails.
-        with sqlite3.connect(dev / "data/audit.db") as db:
-            db.execute(
-                "UPDATE audit_records SET entry = CAST(REPLACE(CAST(entry AS TEXT), "
-                "'admin/admin', 'admin/nobody') AS BLOB) WHERE seq = 2"
-            )
-        edited = verify(server, f"--restored={kept}")
-        assert edited.returncode == 1 and "does not match its signed checkpoint" in edited.stderr
+        yield {
+            "server": server,
+            "dev": dev,
+            "backup": backup,
+            "kept": kept,
+            "anchors": anchors,
+            "held": held,
+        }
+
+
+def restore(site: dict) -> Path:
+    """The host is lost; a new one has the backup and nothing of the old host's own
+    (no leaf file, no cosigned notes in its witness directory). Its database's path."""
+    dev = site["dev"]
+    for journal in dev.glob("data/audit.db-*"):
+        journal.unlink()
+    # A file of its own (another inode): this process may still hold the lost one open.
+    shutil.copyfile(site["backup"], dev / "data/restored.db")
+    (dev / "data/restored.db").replace(dev / "data/audit.db")
+    shutil.rmtree(dev / "data/witness")
+    (dev / "data/witness").mkdir()
+    return dev / "data/audit.db"
+
+
+def rewrite_before_the_backup(database: Path, seq: int) -> None:
+    """What whoever ran the lost site's database, with the use of its signing key,
+    could do before the backup: change record SEQ and sign every checkpoint anew over
+    the changed tree. The cosigned notes they cannot make again."""
+    ring = open_key_ring(configuration.load(database.parents[1] / "config.toml"))
+    with sqlite3.connect(database) as db:
+        db.execute(EDIT_RECORD, (seq,))
+        (entry,) = db.execute("SELECT entry FROM audit_records WHERE seq = ?", (seq,)).fetchone()
+        assert b"admin/nobody" in bytes(entry)
+        leaves = [
+            merkle.leaf_hash(bytes(e))
+            for (e,) in db.execute("SELECT entry FROM audit_records ORDER BY seq")
+        ]
+        for (size,) in db.execute("SELECT size FROM audit_checkpoints").fetchall():
+            note = sign_checkpoint(ring, Checkpoint(ORIGIN, size, merkle.root(leaves[:size])))
+            db.execute("UPDATE audit_checkpoints SET note = ? WHERE size = ?", (note, size))
+
+
+def test_a_log_restored_from_a_backup_names_its_gap_and_still_fails_if_edited(
+    lost_site: dict,
+) -> None:
+    server, kept, held = lost_site["server"], lost_site["kept"], lost_site["held"]
+    database = restore(lost_site)
+    # Unflagged, a log the host never wrote (no leaf file) with its end missing fails.
+    assert first_bad(verify(server)) == 1
+    restored = verify(server, f"--restored={kept}")
+    assert restored.returncode == 0, restored.stderr
+    assert f"audit log OK: {kept} records" in restored.stdout, restored.stdout
+    # Anchored by the cosigned notes the backup carried, not by a witness's newest.
+    anchor = f"proved against the checkpoint of {kept} records cosigned by w0.test, w1.test"
+    assert anchor in restored.stdout, restored.stdout
+    assert "TAIL" not in restored.stdout, restored.stdout
+    gap = f"records {kept + 1} to {held} ({held - kept}) were cosigned by"
+    assert gap in restored.stdout, restored.stdout
+    # The restored count is the store's, not a number that excuses more.
+    for wrong in (kept + 1, -1):
+        refused = verify(server, f"--restored={wrong}")
+        assert refused.returncode == 1 and "the restore brought back" in refused.stderr
+    # The flag excuses the missing end only: an edited record still fails.
+    with sqlite3.connect(database) as db:
+        db.execute(EDIT_RECORD, (2,))
+    edited = verify(server, f"--restored={kept}")
+    assert edited.returncode == 1, edited.stdout
+    assert re.search(r"does not match its signed checkpoint|cosigned \(rewritten\)", edited.stderr)
+
+
+def test_a_restored_log_names_the_records_after_its_newest_cosigned_checkpoint(
+    lost_site: dict,
+) -> None:
+    server, kept, oldest = lost_site["server"], lost_site["kept"], lost_site["anchors"][0]
+    database = restore(lost_site)
+    with sqlite3.connect(database) as db:  # the backup was taken before the newer ones
+        db.execute("DELETE FROM audit_cosigned WHERE size > ?", (oldest,))
+    restored = verify(server, f"--restored={kept}")
+    assert restored.returncode == 0, restored.stderr
+    assert f"proved against the checkpoint of {oldest} records" in restored.stdout
+    tail = f"audit log TAIL: records {oldest + 1} to {kept} ({kept - oldest}) are signed by"
+    assert tail in restored.stdout, restored.stdout
+
+
+def test_a_log_rewritten_and_re_signed_before_the_backup_fails_against_its_cosigned_notes(
+    lost_site: dict,
+) -> None:
+    server, kept = lost_site["server"], lost_site["kept"]
+    rewrite_before_the_backup(restore(lost_site), kept)
+    proc = verify(server, f"--restored={kept}")
+    assert proc.returncode == 1, proc.stdout
+    assert "cannot be proved" in proc.stderr, proc.stderr
+    assert f"the tree of its first {kept} records is not the one witness" in proc.stderr
+
+
+def test_a_rewritten_log_restored_without_its_cosigned_notes_is_not_anchored(
+    lost_site: dict,
+) -> None:
+    server, kept = lost_site["server"], lost_site["kept"]
+    database = restore(lost_site)
+    rewrite_before_the_backup(database, kept)
+    with sqlite3.connect(database) as db:
+        db.execute("DELETE FROM audit_cosigned")
+    proc = verify(server, f"--restored={kept}")
+    assert proc.returncode == 1, proc.stdout
+    assert f"the restored log is NOT anchored: no checkpoint within its {kept} records" in (
+        proc.stderr
+    ), proc.stderr
+
+
+def test_a_forged_cosigned_note_in_a_restored_log_counts_for_nothing(lost_site: dict) -> None:
+    server, kept = lost_site["server"], lost_site["kept"]
+    database = restore(lost_site)
+    rewrite_before_the_backup(database, kept)
+    pinned = witness_keys(configuration.load(server["config"]))
+    with sqlite3.connect(database) as db:
+        (note,) = db.execute(
+            "SELECT note FROM audit_checkpoints WHERE size = ?", (kept,)
+        ).fetchone()
+        checkpoint = parse_checkpoint(note)[0]
+        stamp = int(time.time())
+        forger = ed25519.Ed25519PrivateKey.generate()
+        # A key of its own under a pinned witness's name, and the pinned key's id over a
+        # signature that key did not make: neither verifies with a pinned key.
+        own_key = cosignature_line("w0.test", forger, checkpoint, stamp)
+        message = f"cosignature/v1\ntime {stamp}\n{checkpoint.text()}".encode()
+        blob = (
+            cosigner_key_id("w1.test", pinned["w1.test"])
+            + stamp.to_bytes(8, "big")
+            + forger.sign(message)
+        )
+        borrowed_id = f"{EM_DASH} w1.test {base64.b64encode(blob).decode()}\n"
+        db.execute("DELETE FROM audit_cosigned")
+        db.execute("INSERT INTO audit_cosigned VALUES (?, ?)", (kept, note + own_key + borrowed_id))
+    proc = verify(server, f"--restored={kept}")
+    assert proc.returncode == 1, proc.stdout
+    assert "the restored log is NOT anchored" in proc.stderr, proc.stderr
 
 
 # --- (b) un-checkpointed records removed around a crash -------------------------------------
