@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import logging.config
 import multiprocessing
@@ -66,6 +67,7 @@ from securecore.operations.emergency import write_emergency_snapshot
 from securecore.plugin_registry.access import AccessConfigError, AccessPolicy, EndpointPolicy
 from securecore.plugin_registry.channel_client import PluginCaller, registration_probe
 from securecore.plugin_registry.registry import PluginRegistry
+from securecore.policy.check import policy_from_mapping
 from securecore.policy.engine import Policy, PolicyEngine
 from securecore.policy.intrusion import IntrusionDetector
 from securecore.policy.state import PolicyState
@@ -99,9 +101,11 @@ def load_policy(config: configuration.Config) -> Policy:
     path = config.get("policy", "file")
     if not path:
         return Policy().shared_by(config.get("policy", "serving_hosts"))
+    # TOML as written by hand, or JSON as roles/securecore writes the inventory's mapping.
+    parse = json.loads if path.endswith(".json") else tomllib.loads
     try:
-        policy = Policy.from_mapping(tomllib.loads(Path(path).read_text(encoding="utf-8")))
-    except (tomllib.TOMLDecodeError, ValueError, TypeError) as error:
+        policy = policy_from_mapping(parse(Path(path).read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, ValueError) as error:
         raise ConfigError(f"{path} ([policy] file of {config.path}): {error}") from error
     return policy.shared_by(config.get("policy", "serving_hosts"))
 

@@ -21,9 +21,19 @@ burst = 3
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with dev_server(tmp_path_factory.mktemp("policy") / "dev", policy=POLICY) as running:
+# The same policy as roles/securecore writes it from the inventory (securecore_policy).
+POLICY_JSON = json.dumps(
+    {
+        "acl": {"allow": ["127.0.0.0/8"], "deny": ["127.0.0.99/32"]},
+        "client_limit": {"rate": 0.01, "burst": 3},
+    },
+    indent=4,
+)
+
+
+@pytest.fixture(scope="module", params=[POLICY, POLICY_JSON], ids=["toml", "json"])
+def server(tmp_path_factory, request):
+    with dev_server(tmp_path_factory.mktemp("policy") / "dev", policy=request.param) as running:
         yield running
 
 
@@ -48,12 +58,27 @@ def test_the_rate_limit_answers_429_with_retry_after_and_everything_is_audited(s
     assert records[0]["actor"] == "admin/admin"
 
 
-def test_a_bad_policy_file_stops_the_start_naming_the_file(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("name", "text", "named"),
+    [
+        ("policy.toml", '[acl]\nallow = ["10.0.0.0/33"]\n', "acl.allow"),
+        ("policy.json", '{"acl": {"allow": ["10.0.0.0/33"]}}', "acl.allow"),
+        (
+            "policy.json",
+            '["client_limit"]',
+            "a mapping (acl, client_limit, plugin_limit) is wanted",
+        ),
+        ("policy.json", '{"client_limit": {"rate": 5,', "Expecting"),
+    ],
+)
+def test_a_bad_policy_file_stops_the_start_naming_the_file(
+    tmp_path, name: str, text: str, named: str
+) -> None:
     directory = tmp_path / "dev"
     securecore_lab("init", str(directory), "--software-keys")
-    (directory / "policy.toml").write_text('[acl]\nallow = ["10.0.0.0/33"]\n')
+    (directory / name).write_text(text)
     config = directory / "config.toml"
-    config.write_text(config.read_text() + '\n[policy]\nfile = "policy.toml"\n')
+    config.write_text(config.read_text() + f'\n[policy]\nfile = "{name}"\n')
     proc = securecore("serve", "-c", str(config), check=False)
     assert proc.returncode == 2
-    assert "policy.toml ([policy] file of" in proc.stderr and "acl.allow" in proc.stderr
+    assert f"{name} ([policy] file of" in proc.stderr and named in proc.stderr, proc.stderr

@@ -52,7 +52,8 @@ def dev_server(
 ) -> Iterator[dict]:
     """Yield {"port", "tls", "config", "process", "log"} of a running server; stop it afterwards.
 
-    `policy`: the text of a policy file ([acl], [client_limit], ...) to serve with.
+    `policy`: the text of a policy file ([acl], [client_limit], ...) to serve with
+    (JSON when it starts with "{", else TOML).
     `workers`: worker processes (more than one: a supervisor and its workers).
     `edit_config`: changes the generated config's text (e.g. to PostgreSQL).
     """
@@ -61,8 +62,10 @@ def dev_server(
     config = directory / "config.toml"
     text = config.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}")
     if policy is not None:
-        (directory / "policy.toml").write_text(policy)
-        text += '\n[policy]\nfile = "policy.toml"\n'
+        # JSON as roles/securecore writes it, TOML as an operator writes it by hand.
+        name = "policy.json" if policy.lstrip().startswith("{") else "policy.toml"
+        (directory / name).write_text(policy)
+        text += f'\n[policy]\nfile = "{name}"\n'
     config.write_text(edit_config(text))
     # Logs go to a file: a pipe that nobody reads would fill and stall the server.
     log_path = directory / "server.log"
