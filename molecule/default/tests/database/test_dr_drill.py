@@ -71,6 +71,12 @@ def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_cha
     restored = report["audit_records_restored"]
     assert restored >= before, report
     assert report["audit_verify"].startswith(f"audit log OK: {restored} records"), report
+    # Anchored by what the backup carried: a checkpoint within the restored records that
+    # a witness cosigned (the witnesses' own newest is beyond them), the rest named.
+    assert "; proved against the checkpoint of " in report["audit_verify"], report
+    assert "cosigned by mgmt-01/securecore/witness" in report["audit_verify"], report
+    if report["audit_unwitnessed_tail"]:
+        assert report["audit_unwitnessed_tail"].startswith("audit log TAIL: records "), report
     # The witnesses cosigned the requests acknowledged after the segment was closed (every
     # 10 s, under load): the restore names them, from the first record it lacks.
     assert report["audit_gap"].startswith(f"audit log GAP: records {restored + 1} to "), report
