@@ -71,6 +71,8 @@ def main() -> int:
                 "met",
                 "backup",
                 "audit_records_restored",
+                "audit_verify",
+                "audit_unwitnessed_tail",
                 "audit_gap",
             )
         }

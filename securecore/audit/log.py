@@ -71,11 +71,12 @@ from securecore.audit.store import AuditStore, Newer, StoreUnavailableError
 from securecore.audit.witness import atomic_write
 from securecore.errors import SecureCoreError
 from securecore.keys.base import KeyRing
+from securecore.storage import failover
 
 LEAVES_FILE = "leaves"
 CHECKPOINT_DIR = "checkpoints"
 FOLLOW_SECONDS = 1.0  # cluster mode: how often an idle host reads the others' records
-RECONNECT_SECONDS = (0.2, 2.0)  # cluster mode: the back-off after a failover
+RECONNECT_SECONDS = (0.1, 1.0)  # cluster mode: the back-off after a failover
 # Cosigned notes waiting for the writer: one a size (the newest), at most this many
 # sizes (the smallest dropped first: the newest anchor covers the most records).
 COSIGNED_QUEUED = 1024
@@ -89,11 +90,14 @@ class AuditError(SecureCoreError):
 class _Batch:
     """Records that commit together, and what their appenders wait on."""
 
-    __slots__ = ("done", "error", "first", "futures", "records")
+    __slots__ = ("done", "error", "first", "futures", "records", "rows")
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []  # prepared fields
         self.first = 0  # the first record's sequence number, once committed
+        # Cluster mode: the rows of the last attempt to commit it (a commit whose answer
+        # was lost is looked for in the store by these).
+        self.rows: list[tuple[int, bytes]] = []
         self.done = threading.Event()
         self.error: BaseException | None = None
         # Appenders on event loops: one wake-up per loop and batch, not per record.
@@ -520,11 +524,9 @@ class AuditLog:
                     self._cluster_checkpoint(forced)
                     self._write_cosigned()  # a failover keeps what is not stored queued
                 except StoreUnavailableError as error:
-                    if batch is not None:
-                        batch.error = error
-                        batch.settle()
-                        batch = None
-                    if not self._reconnect(error):
+                    # The batch in flight, if any: committed or not, nobody knows yet.
+                    unknown, batch = batch, None
+                    if not self._reconnect(error, unknown):
                         return  # closed while the store was away
                     continue
                 if self._round_done(closing):
@@ -535,7 +537,8 @@ class AuditLog:
     def _commit_sequenced(self, batch: _Batch) -> None:
         def build(newer: Newer) -> list[tuple[int, bytes]]:
             self._check_newer(newer)  # raising here rolls the batch back
-            return self._entries(batch, newer.size + 1)
+            batch.rows = self._entries(batch, newer.size + 1)
+            return batch.rows
 
         newer, rows = self.store.append_sequenced(self._tree.size, build)
         batch.first = rows[0][0]
@@ -577,28 +580,36 @@ class AuditLog:
         if due and self.store.is_sequencer():
             self._write_checkpoint()
 
-    def _reconnect(self, error: BaseException) -> bool:
-        """Reconnect after a failover, with back-off; appenders meanwhile fail at once.
+    def _reconnect(self, error: BaseException, unknown: _Batch | None) -> bool:
+        """Reconnect after a failover, with back-off. For failover.WAIT_SECONDS appenders
+        wait (a switchover is over by then: no request fails); after that they fail, and
+        every later one at once, until the store is back. UNKNOWN, the batch whose commit
+        was cut off, is looked for once the store is back: answered if it is there, else
+        committed again, so that it is in the log once whatever became of the first try.
         False if the log is closed before the store is back."""
-        delay = RECONNECT_SECONDS[0]
+        delay, since = RECONNECT_SECONDS[0], time.monotonic()
         log.warning("audit store unavailable, reconnecting: %s", error)
         while True:
             with self._lock:
-                self._unavailable = error
-                waiting, self._open = self._open, _Batch()
-                waiting.error = error
-                waiting.settle()  # requests fail now rather than wait for the store
+                self._unavailable = error  # readiness: 503, the balancer sends no more
+                if time.monotonic() - since >= failover.WAIT_SECONDS:
+                    for failed in (unknown, self._open):
+                        if failed is not None:
+                            failed.error = error
+                            failed.settle()
+                    unknown, self._open = None, _Batch()
                 deadline = time.monotonic() + delay
                 while not self._closing and (remaining := deadline - time.monotonic()) > 0:
                     self._work.wait(remaining)
                 if self._closing:
-                    self._open.error = error
-                    self._open.settle()
+                    for failed in (unknown, self._open):
+                        if failed is not None:
+                            failed.error = error
+                            failed.settle()
                     return False
             try:
                 self.store.reconnect()
-                # A commit whose answer was lost may or may not be there: read it.
-                self._follow(self.store.newer(self._tree.size))
+                self._settle_unknown(unknown)
             except StoreUnavailableError as again:
                 error, delay = again, min(delay * 2, RECONNECT_SECONDS[1])
                 continue
@@ -606,6 +617,27 @@ class AuditLog:
                 self._unavailable = None
             log.warning("audit store reachable again at %d records", self._tree.size)
             return True
+
+    def _settle_unknown(self, unknown: _Batch | None) -> None:
+        """Take what the store holds now into the tree; UNKNOWN (a batch whose commit's
+        answer was lost) is answered with its records' numbers if that commit is there
+        (the same rows at the same numbers), else committed again."""
+        newer = self.store.newer(self._tree.size)
+        committed = (
+            unknown is not None
+            and bool(unknown.rows)
+            and dict(newer.rows).get(unknown.rows[0][0]) == unknown.rows[0][1]
+        )
+        self._follow(newer)
+        if unknown is None:
+            return
+        if not unknown.records:  # the round was only following the others
+            pass
+        elif committed:
+            unknown.first = unknown.rows[0][0]
+        else:
+            self._commit_sequenced(unknown)
+        unknown.settle()
 
     # --- checkpoints --------------------------------------------------------------
 

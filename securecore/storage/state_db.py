@@ -25,13 +25,11 @@ only where that is safe: a read outside a transaction, and the start of a
 write transaction before anything of it was sent; a write whose outcome is
 unknown raises.
 
-While no server takes writes (a switchover or a failover: a second or two
-without a primary when planned, up to Patroni's TTL when a host dies), the
-first use after the loss keeps trying to connect for RECONNECT_WITHIN seconds,
-so a planned switchover delays requests instead of failing them. If no primary
-is found by then, this use and every later one until a connection succeeds
-fails at once with StateUnavailableError (503), so that a longer outage does
-not hold each request for the whole window.
+While no server takes writes (a switchover or a failover), the first use after
+the loss keeps trying to connect for failover.WAIT_SECONDS, so a planned
+switchover delays requests instead of failing them. If no primary is found by
+then, this use and every later one until a connection succeeds fails at once
+with StateUnavailableError (503).
 """
 
 from __future__ import annotations
@@ -48,6 +46,7 @@ from typing import Any
 
 from securecore.config import BackendError, Config, first_line
 from securecore.errors import SecureCoreError
+from securecore.storage import failover
 from securecore.storage.transactions import immediate_transaction
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -61,9 +60,6 @@ class StateUnavailableError(StateDatabaseError):
     """No server takes the state database's queries now (a failover under way)."""
 
 
-# How long the first use after a lost connection waits for a writable server:
-# longer than a planned switchover leaves the cluster without a primary.
-RECONNECT_WITHIN = 10.0
 RECONNECT_DELAYS = (0.1, 1.0)  # back-off between attempts: first, most
 
 
@@ -181,12 +177,12 @@ class PostgresState(StateDatabase):
 
     def _connected(self) -> Any:
         """The connection, replaced first if the last one was lost: tried for
-        RECONNECT_WITHIN s after a loss, once per use after a window that found no
+        failover.WAIT_SECONDS after a loss, once per use after a wait that found no
         server (until one is found)."""
         with self._reconnecting:
             if not self._connection.closed:
                 return self._connection
-            window = 0.0 if self._unavailable else RECONNECT_WITHIN
+            window = 0.0 if self._unavailable else failover.WAIT_SECONDS
             deadline, delay = time.monotonic() + window, RECONNECT_DELAYS[0]
             while True:
                 try:

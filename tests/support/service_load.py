@@ -27,28 +27,36 @@ ADMIN_DIR = "/tmp/lab-admin"  # on the DMZ host, for the length of a check
 # Prints "ok HOST SEQ T" for an acknowledged request or "error HOST T WHAT"; runs for
 # at most its given seconds, or until the stop file exists.
 CLIENT = r"""
-import http.client, json, os, ssl, sys, time
+import http.client, json, os, ssl, sys, threading, time
 a = json.loads(sys.argv[1])
 ctx = ssl.create_default_context(cafile=a["ca"])
 ctx.load_cert_chain(a["cert"], a["key"])
-end, i = time.monotonic() + a["seconds"], 0
-while time.monotonic() < end and not os.path.exists(a["stop"]):
-    host = a["addresses"][i % len(a["addresses"])]
-    i += 1
-    try:
-        c = http.client.HTTPSConnection(host, 8443, context=ctx, timeout=5)
-        c.request("GET", "/v1/whoami")
-        r = c.getresponse()
-        r.read()
-        seq = r.getheader("audit-record")
-        if r.status == 200 and seq:
-            print(f"ok {host} {seq} {time.time():.3f}", flush=True)
-        else:
-            print(f"error {host} {time.time():.3f} {r.status}", flush=True)
-        c.close()
-    except Exception as e:
-        print(f"error {host} {time.time():.3f} {type(e).__name__}", flush=True)
-    time.sleep(0.05)
+end, out = time.monotonic() + a["seconds"], threading.Lock()
+def say(line):
+    with out:
+        print(line, flush=True)
+def client(first):
+    i = first
+    while time.monotonic() < end and not os.path.exists(a["stop"]):
+        host = a["addresses"][i % len(a["addresses"])]
+        i += 1
+        try:
+            c = http.client.HTTPSConnection(host, 8443, context=ctx, timeout=5)
+            c.request("GET", "/v1/whoami")
+            r = c.getresponse()
+            r.read()
+            seq = r.getheader("audit-record")
+            if r.status == 200 and seq:
+                say(f"ok {host} {seq} {time.time():.3f}")
+            else:
+                say(f"error {host} {time.time():.3f} {r.status}")
+            c.close()
+        except Exception as e:
+            say(f"error {host} {time.time():.3f} {type(e).__name__}")
+        time.sleep(0.05)
+threads = [threading.Thread(target=client, args=(n,)) for n in range(a["clients"])]
+for t in threads: t.start()
+for t in threads: t.join()
 """
 
 
@@ -71,10 +79,11 @@ def install_admin_certificate(dmz: testinfra.host.Host, name: str = "dmz-01") ->
 
 
 class ServiceLoad:
-    """CLIENT running on the DMZ host against every core host, for at most 240 s."""
+    """CLIENT running on the DMZ host against every core host, for at most 240 s, with
+    CLIENTS threads (each one request at a time, each starting on another host)."""
 
-    def __init__(self, dmz: testinfra.host.Host, addresses: list[str]) -> None:
-        self.dmz, self.addresses = dmz, addresses
+    def __init__(self, dmz: testinfra.host.Host, addresses: list[str], clients: int = 1) -> None:
+        self.dmz, self.addresses, self.clients = dmz, addresses, clients
         self.unit = f"securecore-test-requests-{uuid.uuid4().hex[:8]}"
         self.output, self.stop_file = f"/tmp/{self.unit}.out", f"/tmp/{self.unit}.stop"
 
@@ -87,6 +96,7 @@ class ServiceLoad:
             "key": f"{ADMIN_DIR}/client.key",
             "seconds": 240,
             "stop": self.stop_file,
+            "clients": self.clients,
         }
         self.dmz.check_output(
             f"systemd-run --unit {self.unit} --collect -p WorkingDirectory=/tmp"

@@ -128,7 +128,10 @@ def test_a_switchover_is_planned_maintenance_without_a_lost_write(hosts) -> None
     primary = healthy_leader(hosts)
     candidate = next(n for n in DATA_NODES if n != primary)
     serving = [ADDRESS[n] for n in DATA_NODES]
-    with Load(hosts[candidate]) as load, ServiceLoad(hosts["dmz-01"], serving) as requests:
+    # Three clients at once (within the site's rate limit for one principal, 50/s), so
+    # that commits are in flight on the audit writers' connections when they end.
+    requests = ServiceLoad(hosts["dmz-01"], serving, clients=3)
+    with Load(hosts[candidate]) as load, requests:
         requests.wait_for_acknowledgements(20)
         playbook = ROOT / "playbooks" / "switchover.yml"
         inventory = ROOT / "inventories" / "lab"
