@@ -122,6 +122,25 @@ def signers(dsn: str) -> list[str]:
     return [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]
 
 
+def database_away(dsn: str, postgres_dsn: str, seconds: float) -> threading.Thread:
+    """No server takes DSN's database's sessions for SECONDS (what a switchover looks
+    like to a client: its connection ends, none is let in for a while); the thread
+    that lets them in again (join it)."""
+    database = dsn.split("dbname=")[1].split(" ")[0]
+    terminate(dsn, "true")  # the callers are idle: nothing reconnects in between
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+
+    def back() -> None:
+        time.sleep(seconds)
+        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+    thread = threading.Thread(target=back)
+    thread.start()
+    return thread
+
+
 def test_two_hosts_share_one_dense_log_and_the_checkpoint_signer_moves(
     dsn: str, tmp_path: Path
 ) -> None:
@@ -341,28 +360,14 @@ def test_appends_wait_out_a_short_outage_and_fail_fast_in_a_long_one(
     monkeypatch.setattr(failover, "WAIT_SECONDS", 3.0)
     log = open_host(dsn, tmp_path, host_ring(tmp_path, "a"), "a")
     assert log.append("alice", "login", "core", "success") == 1
-    database = dsn.split("dbname=")[1].split(" ")[0]
-
-    def away(seconds: float) -> threading.Thread:
-        terminate(dsn, "true")
-        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
-            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-
-        def back() -> None:
-            time.sleep(seconds)
-            with psycopg.connect(postgres_dsn, autocommit=True) as connection:
-                connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-
-        thread = threading.Thread(target=back)
-        thread.start()
-        return thread
-
-    returning = away(1.5)  # a switchover's length: the append waits and is written
+    # A switchover's length: the append waits and is written.
+    returning = database_away(dsn, postgres_dsn, 1.5)
     started = time.monotonic()
     assert log.append("alice", "login", "core", "success") == 2
     assert time.monotonic() - started < 3.0
     returning.join()
-    returning = away(7.0)  # longer than the wait: failed after it, then at once
+    # Longer than the wait: failed after it, then at once.
+    returning = database_away(dsn, postgres_dsn, 7.0)
     started = time.monotonic()
     with pytest.raises(AuditError, match="audit write failed"):
         log.append("alice", "login", "core", "success")
@@ -451,32 +456,15 @@ def test_the_state_database_waits_out_a_switchover_and_fails_fast_in_a_longer_ou
     state = PostgresState(dsn, "sessions")
     state.create("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT)")
     state.execute("INSERT INTO t VALUES (?, ?)", (1, "one"))
-    database = dsn.split("dbname=")[1].split(" ")[0]
-
-    def away(seconds: float) -> threading.Thread:
-        """No server takes the database's sessions for SECONDS (what a switchover
-        looks like to a client: its connection ends, none is let in for a while)."""
-        terminate(dsn, "true")  # the test thread is idle: nothing reconnects in between
-        with psycopg.connect(postgres_dsn, autocommit=True) as connection:
-            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-
-        def back() -> None:
-            time.sleep(seconds)
-            with psycopg.connect(postgres_dsn, autocommit=True) as connection:
-                connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-
-        thread = threading.Thread(target=back)
-        thread.start()
-        return thread
 
     # A switchover: the request waits for the new primary, and is answered.
-    returning = away(1.5)
+    returning = database_away(dsn, postgres_dsn, 1.5)
     started = time.monotonic()
     assert state.execute("SELECT v FROM t WHERE k = ?", (1,)).fetchone() == ("one",)
     assert 1.0 < time.monotonic() - started < 3.0
     returning.join()
     # Longer than the window: this request fails after it (503), the next ones at once.
-    returning = away(6.0)
+    returning = database_away(dsn, postgres_dsn, 6.0)
     started = time.monotonic()
     with pytest.raises(StateUnavailableError, match="no server takes queries"):
         state.execute("SELECT v FROM t WHERE k = ?", (1,))
