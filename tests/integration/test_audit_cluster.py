@@ -64,10 +64,17 @@ def host_ring(base: Path, name: str) -> KeyRing:
     return KeyRing(backend, f"securecore-signing-{name}", "securecore-kek")
 
 
-def open_host(dsn: str, base: Path, ring: KeyRing, name: str, **options) -> AuditLog:
+def open_host(
+    dsn: str,
+    base: Path,
+    ring: KeyRing,
+    name: str,
+    store: PostgresAuditStore | None = None,
+    **options,
+) -> AuditLog:
     options = {"checkpoint_every": 10**6, "checkpoint_interval": 3600.0, **options}
     return AuditLog(
-        PostgresAuditStore(dsn),
+        store or PostgresAuditStore(dsn),
         ring,
         base / name / "witness",
         origin=ORIGIN,
@@ -335,16 +342,7 @@ def test_a_commit_whose_answer_was_lost_is_answered_once_not_written_twice(
     dsn: str, tmp_path: Path
 ) -> None:
     store = LostAnswerStore(dsn)
-    log = AuditLog(
-        store,
-        host_ring(tmp_path, "a"),
-        tmp_path / "a" / "witness",
-        origin=ORIGIN,
-        hmac_key=b"k" * 32,
-        cluster=True,
-        checkpoint_every=10**6,
-        checkpoint_interval=3600.0,
-    )
+    log = open_host(dsn, tmp_path, host_ring(tmp_path, "a"), "a", store)
     assert log.append("alice", "login", "core", "success") == 1
     store.lose_next = True
     assert log.append("bob", "login", "core", "success") == 2  # committed before the loss
@@ -500,16 +498,7 @@ def test_a_host_reopening_while_another_appends_keeps_its_leaf_file_equal_to_the
                 for n in range(2):
                     b.append("admin/bob", "test.b.meanwhile", str(n), "success")
 
-    a = AuditLog(
-        CommittedMeanwhile(dsn),
-        ring_a,
-        tmp_path / "a" / "witness",
-        origin=ORIGIN,
-        hmac_key=b"k" * 32,
-        cluster=True,
-        checkpoint_every=10**6,
-        checkpoint_interval=3600.0,
-    )
+    a = open_host(dsn, tmp_path, ring_a, "a", CommittedMeanwhile(dsn))
     a.append("admin/alice", "test.a.after", "x", "success")  # a follows b's records first
     b.close()
     a.close()
