@@ -140,7 +140,13 @@ class PostgresAuditStore(AuditStore):
         size, checkpointed = (int(row[0]), int(row[1])) if row else (0, 0)
         if size <= after:
             return Newer(size, checkpointed, [])
-        cursor.execute("SELECT seq, entry FROM audit_records WHERE seq > %s ORDER BY seq", (after,))
+        # Up to SIZE only: outside a transaction each statement sees the newest commits,
+        # and a batch committed since the first one would make rows past SIZE, which
+        # the writer would take for records missing below it.
+        cursor.execute(
+            "SELECT seq, entry FROM audit_records WHERE seq > %s AND seq <= %s ORDER BY seq",
+            (after, size),
+        )
         rows = [(int(seq), bytes(entry)) for seq, entry in cursor.fetchall()]
         return Newer(size, checkpointed, rows)
 

@@ -221,6 +221,35 @@ def test_two_hosts_share_one_dense_log_and_the_checkpoint_signer_moves(
             assert refused in answers
 
 
+def test_a_host_reads_the_others_records_as_one_consistent_view(dsn: str) -> None:
+    """Another host commits between the two statements of a read (the size, then the
+    rows): the rows stop at the size read, or the reader would take the newer commit
+    for records missing below it and stop its writer."""
+    reader, writer = PostgresAuditStore(dsn), PostgresAuditStore(dsn)
+    writer.append_sequenced(0, lambda newer: [(1, b"one")])
+
+    class CommitBetween:
+        def __init__(self, cursor: psycopg.Cursor) -> None:
+            self.cursor, self.statements = cursor, 0
+
+        def execute(self, *args: object) -> psycopg.Cursor:
+            result = self.cursor.execute(*args)  # type: ignore[call-overload]
+            self.statements += 1
+            if self.statements == 1:
+                writer.append_sequenced(1, lambda newer: [(2, b"two")])
+            return result
+
+        def fetchall(self) -> list:
+            return self.cursor.fetchall()
+
+    with reader._connection.cursor() as cursor:
+        newer = reader._newer(CommitBetween(cursor), 0)  # type: ignore[arg-type]
+    assert newer.size == 1 and newer.rows == [(1, b"one")]
+    assert reader.newer(1).rows == [(2, b"two")]  # the next read takes it
+    reader.close()
+    writer.close()
+
+
 def test_a_host_reopened_follows_what_the_other_wrote(dsn: str, tmp_path: Path) -> None:
     ring_a, ring_b = host_ring(tmp_path, "a"), host_ring(tmp_path, "b")
     a = open_host(dsn, tmp_path, ring_a, "a")
