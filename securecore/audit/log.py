@@ -168,6 +168,9 @@ class AuditLog:
         self._cosigned: dict[int, str] = {}  # cosigned notes not yet in the store, by size
         self._failed: BaseException | None = None
         self._unavailable: BaseException | None = None  # cluster mode: a failover
+        # Cluster mode: the store has been away longer than failover.WAIT_SECONDS:
+        # appends fail at once until it is back.
+        self._failing_fast: BaseException | None = None
         self._failure_callbacks: list[Callable[[BaseException], None]] = []
         run = self._run_cluster if cluster else self._run
         self._writer = threading.Thread(target=run, name="audit-writer", daemon=True)
@@ -314,6 +317,8 @@ class AuditLog:
         """
         with self._lock:
             self._raise_if_stopped()
+            if self._failing_fast is not None:  # the store is away beyond the failover wait
+                raise AuditError(f"the audit store is unavailable: {self._failing_fast}")
             self._accepted += 1
             batch = self._open
             batch.records.append(fields)
@@ -593,6 +598,7 @@ class AuditLog:
             with self._lock:
                 self._unavailable = error  # readiness: 503, the balancer sends no more
                 if time.monotonic() - since >= failover.WAIT_SECONDS:
+                    self._failing_fast = error
                     for failed in (unknown, self._open):
                         if failed is not None:
                             failed.error = error
@@ -613,8 +619,13 @@ class AuditLog:
             except StoreUnavailableError as again:
                 error, delay = again, min(delay * 2, RECONNECT_SECONDS[1])
                 continue
+            except BaseException as fatal:  # the writer stops: its waiters hear why
+                if unknown is not None and not unknown.done.is_set():
+                    unknown.error = fatal
+                    unknown.settle()
+                raise
             with self._lock:
-                self._unavailable = None
+                self._unavailable = self._failing_fast = None
             log.warning("audit store reachable again at %d records", self._tree.size)
             return True
 
@@ -787,6 +798,7 @@ def verify_log(
 
     tree = merkle.CompactRange()
     expected = 0
+    restored_end: datetime.datetime | None = None  # when the last restored record was written
     timestamps: dict[int, bytes] = {}
     due_from = set(checkpoints) | set(anchors) | {0}
     for seq, entry in store.entries():
@@ -798,6 +810,8 @@ def verify_log(
                 problem = f"record {expected} carries another sequence number inside"
             return Verification(False, expected - 1, len(checkpoints), expected, problem)
         leaf = merkle.leaf_hash(entry)
+        if expected == restored:
+            restored_end = datetime.datetime.fromisoformat(Record.from_entry(entry).timestamp)
         if expected > count and not following and restored is None:
             problem = f"record {expected} is not in the witness (inserted or never witnessed)"
             return Verification(False, expected - 1, len(checkpoints), expected, problem)
@@ -845,19 +859,29 @@ def verify_log(
             False, expected, len(checkpoints), None, problem, gap=gap, unwitnessed_tail=tail
         )
     covered = proved if require_witness else max(checkpoints, default=0)
-    # A restored log's end is what the backup kept: how long its last records waited
-    # for a witness was the lost site's matter (the gap, if any, says how it ended).
-    if checkpoint_interval is not None and expected > covered and restored is None:
+    # A restored log is judged at its own end, not now: the lost site had until then to
+    # get its records witnessed. A record the backup holds that was due under a
+    # witnessed checkpoint before the backup's last record, with none in the backup,
+    # means the checkpoints after it were removed (or the witnesses were not answering).
+    # Records after the restored ones are the new site's own (a drill's), not judged.
+    end: datetime.datetime | None
+    if restored is None:
+        end, judged = now or datetime.datetime.now(datetime.UTC), expected
+    else:
+        end, judged = restored_end, min(expected, restored)
+    if checkpoint_interval is not None and judged > covered and end is not None:
         first = Record.from_entry(timestamps[covered + 1])
         written = datetime.datetime.fromisoformat(first.timestamp)
         due = written + datetime.timedelta(seconds=checkpoint_interval + grace)
-        if (now or datetime.datetime.now(datetime.UTC)) > due:
+        if end > due:
             kind = "witnessed" if require_witness else "signed"
             problem = (
                 f"record {covered + 1} was written at {first.timestamp} and no {kind} "
                 f"checkpoint covers it, although one was due by {due.isoformat()} "
                 "(records removed, or no checkpoint reached a witness)"
             )
+            if restored is not None:
+                problem += f", before the restored log's last record ({end.isoformat()})"
             return Verification(
                 False, expected, len(checkpoints), covered + 1, problem, proved or None
             )

@@ -345,21 +345,25 @@ def test_the_final_checkpoint_s_cosignatures_are_stored_when_the_service_stops(
 def lost_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A site backed up, then lost: {"server" (stopped; its witnesses run on), "dev",
     "backup" (a copy of its audit database), "kept" (the records in it), "anchors" (the
-    sizes of the cosigned notes in it, two at least, the newest of all KEPT records),
-    "held" (the size the witnesses hold, beyond KEPT)}."""
+    sizes of the cosigned notes in it, three at least, the newest of all KEPT records),
+    "held" (the size the witnesses hold, beyond KEPT)}. The records after the oldest
+    anchor span more than the checkpoint interval and the witness grace (1 s each):
+    3 s pass between the second and the third anchor."""
     tmp_path = tmp_path_factory.mktemp("lost-site")
     with witnessed_server(tmp_path) as server:
         dev = server["config"].parent
-        for _ in range(2):
-            for _ in range(3):
+        for calls in (3, 1, 2):
+            for _ in range(calls):
                 call(server, "GET", "/v1/whoami")
             until_stored_cosigned(server, until_witnessed(server, store_size(dev)))
+            if calls == 1:
+                time.sleep(3.0)
         backup = tmp_path / "backup.db"
         with sqlite3.connect(dev / "data/audit.db") as live, sqlite3.connect(backup) as copy:
             live.backup(copy)
         kept = store_size(dev)
         anchors = sorted(stored_cosigned(backup))
-        assert len(anchors) >= 2 and anchors[-1] == kept, (anchors, kept)
+        assert len(anchors) >= 3 and anchors[-1] == kept, (anchors, kept)
         for _ in range(4):
             call(server, "GET", "/v1/whoami")
         held = until_witnessed(server, store_size(dev))
@@ -437,15 +441,33 @@ def test_a_log_restored_from_a_backup_names_its_gap_and_still_fails_if_edited(
 def test_a_restored_log_names_the_records_after_its_newest_cosigned_checkpoint(
     lost_site: dict,
 ) -> None:
-    server, kept, oldest = lost_site["server"], lost_site["kept"], lost_site["anchors"][0]
+    server, kept, oldest = lost_site["server"], lost_site["kept"], lost_site["anchors"][-2]
     database = restore(lost_site)
-    with sqlite3.connect(database) as db:  # the backup was taken before the newer ones
+    with sqlite3.connect(database) as db:  # the backup was taken before the newest one
         db.execute("DELETE FROM audit_cosigned WHERE size > ?", (oldest,))
     restored = verify(server, f"--restored={kept}")
     assert restored.returncode == 0, restored.stderr
     assert f"proved against the checkpoint of {oldest} records" in restored.stdout
     tail = f"audit log TAIL: records {oldest + 1} to {kept} ({kept - oldest}) are signed by"
     assert tail in restored.stdout, restored.stdout
+
+
+def test_a_restored_log_whose_newer_checkpoints_were_removed_fails_at_its_own_end(
+    lost_site: dict,
+) -> None:
+    """Whoever could write the lost site's database (no signing key needed) removed the
+    checkpoints and cosigned notes after an early one, to pass off what follows as the
+    tail no witness saw yet: those records were due under a witnessed checkpoint well
+    before the backup's last record."""
+    server, kept, oldest = lost_site["server"], lost_site["kept"], lost_site["anchors"][0]
+    database = restore(lost_site)
+    with sqlite3.connect(database) as db:
+        db.execute("DELETE FROM audit_cosigned WHERE size > ?", (oldest,))
+        db.execute("DELETE FROM audit_checkpoints WHERE size > ?", (oldest,))
+    proc = verify(server, f"--restored={kept}")
+    assert proc.returncode == 1, proc.stdout
+    assert f"record {oldest + 1} was written at " in proc.stderr, proc.stderr
+    assert "before the restored log's last record" in proc.stderr, proc.stderr
 
 
 def test_a_log_rewritten_and_re_signed_before_the_backup_fails_against_its_cosigned_notes(
