@@ -402,9 +402,9 @@ def test_appends_wait_out_a_short_outage_and_fail_fast_in_a_long_one(
     with pytest.raises(AuditError, match="unavailable"):
         log.check()  # readiness: 503
     started = time.monotonic()
-    with pytest.raises(AuditError, match="audit write failed"):
+    with pytest.raises(AuditError, match="the audit store is unavailable"):
         log.append("alice", "login", "core", "success")
-    assert time.monotonic() - started < 2.5  # the next back-off step, not another wait
+    assert time.monotonic() - started < 0.5  # at once, not another wait
     returning.join()
     wait_for(lambda: log._unavailable is None, seconds=15)
     assert log.append("alice", "login", "core", "success") == 3
