@@ -136,13 +136,17 @@ UNLIMITED = {"client_limit": {"rate": 100000, "burst": 100000}}
 
 def converge_core(*extra: str) -> None:
     """playbooks/core.yml on the lab, as an operator runs it (one host at a time)."""
-    subprocess.run(
+    proc = subprocess.run(
         ["ansible-playbook", "-i", str(ROOT / "inventories" / "lab"), "playbooks/core.yml", *extra],
         cwd=ROOT,
-        check=True,
         capture_output=True,
+        text=True,
         timeout=900,
+        check=False,
     )
+    if proc.returncode:
+        print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"playbooks/core.yml {' '.join(extra)} failed ({proc.returncode})")
 
 
 def main() -> int:
@@ -155,14 +159,19 @@ def main() -> int:
     core = [str(h.address) for h in spec.hosts if h.segment == "core"]
     dmz = hosts["dmz-01"]
     install_admin_certificate(dmz)
-    converge_core("-e", json.dumps({"securecore_policy": UNLIMITED}))
     try:
+        # Inside the try: a run cut off halfway has lifted the limit on some hosts.
+        converge_core("-e", json.dumps({"securecore_policy": UNLIMITED}))
         measure(dmz, core, 3, args.clients)  # warm-up: connections, caches, JIT-free but cold
         one = measure(dmz, core[:1], args.seconds, args.clients)
         both = measure(dmz, core, args.seconds, args.clients)
     finally:
         dmz.run(f"rm -rf {ADMIN_DIR}")
         converge_core()  # the inventory's policy again
+        for name in ("core-01", "core-02"):
+            lifted = hosts[name].file("/etc/securecore/policy.json")
+            if lifted.exists and "100000" in lifted.content_string:
+                raise SystemExit(f"{name} still has the lifted limit: run playbooks/core.yml")
     result = {
         "benchmark": "core_scaleout",
         "machine": {

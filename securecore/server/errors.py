@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from securecore.audit.log import AuditError
-from securecore.storage.state_db import StateUnavailableError
+from securecore.storage.state_db import StateOutcomeUnknownError, StateUnavailableError
 
 CODES = {
     400: "bad_request",
@@ -39,8 +39,12 @@ async def unhandled(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, AuditError):
         # Fail closed: what cannot be recorded is not done (nor answered as done).
         return error_response(503, "the audit log cannot record this request", "audit_unavailable")
+    if isinstance(exc, StateOutcomeUnknownError):
+        # Cut off with the connection: it may have been done. No Retry-After - a
+        # client should look before it does it again.
+        return error_response(503, "the outcome of this request is unknown", "outcome_unknown")
     if isinstance(exc, StateUnavailableError):
-        # A failover longer than the state database's reconnection window: try again.
+        # A failover longer than the state database's reconnection wait: try again.
         response = error_response(503, "the service's state is unavailable", "state_unavailable")
         response.headers["Retry-After"] = "5"
         return response

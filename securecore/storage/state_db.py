@@ -60,6 +60,11 @@ class StateUnavailableError(StateDatabaseError):
     """No server takes the state database's queries now (a failover under way)."""
 
 
+class StateOutcomeUnknownError(StateUnavailableError):
+    """A write (or a transaction) was cut off with its connection: it may have been
+    committed. Not to be retried blindly."""
+
+
 RECONNECT_DELAYS = (0.1, 1.0)  # back-off between attempts: first, most
 
 
@@ -158,6 +163,8 @@ class PostgresState(StateDatabase):
         self._psycopg = psycopg
         self._reconnecting = threading.Lock()
         self._unavailable = False  # the last reconnection window found no server
+        host = psycopg.conninfo.conninfo_to_dict(dsn).get("host") or ""
+        self._hosts = max(1, len(str(host).split(",")))  # libpq tries each in turn
         try:
             self._connection = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as error:
@@ -185,8 +192,13 @@ class PostgresState(StateDatabase):
             window = 0.0 if self._unavailable else failover.WAIT_SECONDS
             deadline, delay = time.monotonic() + window, RECONNECT_DELAYS[0]
             while True:
+                # Each attempt within what is left of the wait (libpq's connect_timeout
+                # is per host tried): the caller, on the event loop, is held no longer.
+                left = (deadline - time.monotonic()) / self._hosts
                 try:
-                    self._connection = self._psycopg.connect(self.dsn, autocommit=True)
+                    self._connection = self._psycopg.connect(
+                        self.dsn, autocommit=True, connect_timeout=max(1, int(left))
+                    )
                 except self._psycopg.OperationalError as error:
                     if time.monotonic() + delay > deadline:
                         self._unavailable = True
@@ -210,7 +222,7 @@ class PostgresState(StateDatabase):
             # A read outside a transaction changed nothing: ask the new primary.
             if not (self._lost(error) and alone and _is_read(sql)):
                 if self._lost(error):
-                    raise StateUnavailableError(
+                    raise StateOutcomeUnknownError(
                         "the state database: the connection was lost under a statement that "
                         "cannot be repeated safely (a write, or inside a transaction: its "
                         f"outcome is unknown) ({first_line(error)})"

@@ -140,6 +140,13 @@ def test_a_kept_archive_is_compared_file_by_file(checkout: Path, tmp_path: Path)
         )
 
     assert compared(same)["differs"] == []
+    # Another controller's tar.umask (group-writable files): the same configuration.
+    umasked = tmp_path / "umasked.tar.gz"
+    with tarfile.open(made["archive"]) as source, tarfile.open(umasked, "w:gz") as tar:
+        for member in source.getmembers():
+            member.mode |= 0o020
+            tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+    assert compared(str(umasked))["differs"] == []
     assert compared(changed)["differs"] == ["extra.yml", "inventories/prod/hosts.yml"]
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(b"not an archive")

@@ -41,7 +41,12 @@ def test_a_policy_the_service_takes_passes() -> None:
             {"acl": {"windows": [{"days": ["someday"], "start": "08:00", "end": "18:00"}]}},
             "acl.windows[0].days",
         ),
-        ({"client_limit": {"rate": "fast"}}, "fast"),
+        ({"client_limit": {"rate": "fast"}}, "client_limit.rate: a positive number"),
+        ({"client_limit": {"rate": 0}}, "client_limit.rate: a positive number"),
+        ({"plugin_limit": {"burst": float("nan")}}, "plugin_limit.burst: a positive number"),
+        ({"acls": {"deny": ["10.0.0.0/8"]}}, "unknown acls"),
+        ({"acl": {"denny": ["10.0.0.0/8"]}}, "acl: unknown denny"),
+        ({"acl": {"allowed_regions": "eu"}}, "acl.allowed_regions: a list is wanted"),
         (["client_limit"], "a mapping (acl, client_limit, plugin_limit) is wanted"),
     ],
 )

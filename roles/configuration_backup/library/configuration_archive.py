@@ -124,9 +124,9 @@ def sha256(path: str) -> str:
 
 def contents(path: str) -> dict[str, tuple[str, int, bytes]]:
     """Each file and link of a tar archive, by its path below the archive's top
-    directory: its kind, mode and content (a link: its target). Directories follow
-    from the files in them."""
-    found = {}
+    directory: its kind, whether it is executable, and its content (a link: its
+    target). Directories follow from the files in them."""
+    found: dict[str, tuple[str, int, bytes]] = {}
     try:
         with tarfile.open(path) as tar:
             for member in tar:
@@ -135,7 +135,10 @@ def contents(path: str) -> dict[str, tuple[str, int, bytes]]:
                 data = (
                     tar.extractfile(member).read() if member.isfile() else member.linkname.encode()
                 )
-                found[member.name.partition("/")[2]] = (member.type.decode(), member.mode, data)
+                # Git keeps one bit of a file's mode, executable or not; the rest is
+                # the archiving controller's tar.umask, not the configuration.
+                executable = int(bool(member.mode & 0o111))
+                found[member.name.partition("/")[2]] = (member.type.decode(), executable, data)
     except (tarfile.TarError, OSError, EOFError, AttributeError) as error:
         raise GitError(f"{path}: not a readable archive ({error})") from error
     return found
