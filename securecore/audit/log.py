@@ -103,6 +103,11 @@ class _Batch:
         # Appenders on event loops: one wake-up per loop and batch, not per record.
         self.futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
 
+    def fail(self, error: BaseException) -> None:
+        """Answer every appender of the batch with ERROR."""
+        self.error = error
+        self.settle()
+
     def settle(self) -> None:
         self.done.set()
         for loop, futures in self.futures.items():
@@ -264,13 +269,21 @@ class AuditLog:
         target: str,
         outcome: str,
         details: dict[str, Any] | None = None,
+        timeout: float = 30.0,
     ) -> int:
-        """`append` for an event loop: the loop goes on while the record becomes durable."""
+        """`append` for an event loop: the loop goes on while the record becomes durable.
+
+        Bounded like `append`: a store that hangs without failing (a network
+        partition that drops packets) must not hold a request for ever.
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         fields = self._prepare(actor, action, target, outcome, details)
         index, batch = self._enqueue(fields, loop, future)
-        await future
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise AuditError(f"an audit record was not durable within {timeout} s") from None
         return batch.first + index
 
     def _prepare(
@@ -462,8 +475,7 @@ class AuditLog:
             self._failed = error
             for failed in (batch, self._open):
                 if failed is not None:
-                    failed.error = error
-                    failed.settle()
+                    failed.fail(error)
             self._durable.notify_all()
             callbacks = list(self._failure_callbacks)
         log.critical("the audit log writer stopped: %s", error, exc_info=error)
@@ -601,8 +613,7 @@ class AuditLog:
                     self._failing_fast = error
                     for failed in (unknown, self._open):
                         if failed is not None:
-                            failed.error = error
-                            failed.settle()
+                            failed.fail(error)
                     unknown, self._open = None, _Batch()
                 deadline = time.monotonic() + delay
                 while not self._closing and (remaining := deadline - time.monotonic()) > 0:
@@ -610,8 +621,7 @@ class AuditLog:
                 if self._closing:
                     for failed in (unknown, self._open):
                         if failed is not None:
-                            failed.error = error
-                            failed.settle()
+                            failed.fail(error)
                     return False
             try:
                 self.store.reconnect()
@@ -621,8 +631,7 @@ class AuditLog:
                 continue
             except BaseException as fatal:  # the writer stops: its waiters hear why
                 if unknown is not None and not unknown.done.is_set():
-                    unknown.error = fatal
-                    unknown.settle()
+                    unknown.fail(fatal)
                 raise
             with self._lock:
                 self._unavailable = self._failing_fast = None

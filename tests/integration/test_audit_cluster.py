@@ -6,6 +6,7 @@ of its own), its own witness directory (leaf file), one shared database.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -365,6 +366,44 @@ class LostAnswerStore(PostgresAuditStore):
             self._connection.close()
             raise StoreUnavailableError("audit store: the server closed the connection")
         return result
+
+
+class HangingStore(PostgresAuditStore):
+    """A real store whose commits hang once `hang` is set, neither failing nor
+    answering: what a partition that drops packets looks like to the writer."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.hang = threading.Event()
+        self.release = threading.Event()
+
+    def append_sequenced(self, after, build):  # type: ignore[no-untyped-def]
+        if self.hang.is_set():
+            self.release.wait(30)
+        return super().append_sequenced(after, build)
+
+
+def test_an_append_on_an_event_loop_gives_up_on_a_store_that_hangs(
+    dsn: str, tmp_path: Path
+) -> None:
+    store = HangingStore(dsn)
+    log = open_host(dsn, tmp_path, host_ring(tmp_path, "a"), "a", store)
+
+    async def append(timeout: float) -> int:
+        return await log.append_async("alice", "login", "core", "success", timeout=timeout)
+
+    assert asyncio.run(append(5.0)) == 1
+    store.hang.set()
+    started = time.monotonic()
+    with pytest.raises(AuditError, match=r"not durable within 1\.0 s"):
+        asyncio.run(append(1.0))
+    assert time.monotonic() - started < 3.0  # the request is answered, not held
+    store.hang.clear()
+    store.release.set()
+    # The record the caller gave up on is still written once; nothing is lost or doubled.
+    wait_for(lambda: len(stored(dsn)) == 2)
+    assert asyncio.run(append(5.0)) == 3
+    log.close()
 
 
 def test_a_commit_whose_answer_was_lost_is_answered_once_not_written_twice(
