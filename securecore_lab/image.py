@@ -104,6 +104,10 @@ printf '[Unit]\nConditionVirtualization=!container\n' \
 rm -f /etc/hostname
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+# Without lists the host must look as if it never fetched them: Ansible's apt
+# module skips an update (cache_valid_time) when the lists directory changed
+# recently, and removing the lists just now is such a change.
+touch -d @0 /var/lib/apt/lists
 """
 
 
