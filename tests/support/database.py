@@ -23,12 +23,12 @@ PATRONICTL = f"cd / && sudo -u postgres patronictl -c {PATRONI}/config.yml"
 
 # The service's connection, as the service makes it: every data node, the writable
 # one chosen by libpq, the core host's own client certificate and key (its name maps
-# to the service's role), the server's checked against the site CA and its CRLs.
+# to the service's role), the server's checked against the database CA and its CRLs.
 SERVICE_TLS = "/etc/securecore/tls"
 SERVICE_DSN = (
     f"host={','.join(ADDRESS[n] for n in DATA_NODES)} port=5432 dbname=securecore"
     f" user=securecore target_session_attrs=read-write connect_timeout=3 sslmode=verify-full"
-    f" sslrootcert={SERVICE_TLS}/ca.pem sslcrl={SERVICE_TLS}/crl-chain.pem"
+    f" sslrootcert={SERVICE_TLS}/database-ca.pem sslcrl={SERVICE_TLS}/database-crl-chain.pem"
     f" sslcert={SERVICE_TLS}/client.pem sslkey={SERVICE_TLS}/client.key"
 )
 SERVICE_USER = "securecore"
