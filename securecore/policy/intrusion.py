@@ -21,7 +21,11 @@ a response against someone else:
   the address either. Addresses are blocked by operators (`securecore acl
   block`) and by the static ACL of the policy file.
 - More than 100 MB transferred by one principal within a minute stops that
-  principal for the block time.
+  principal for the block time. Transfers are counted on each host (shared
+  memory, off the database), and with several serving hosts each stops a
+  principal at its share (1/N of the limit), as with rate limits: spread
+  over the hosts a principal never moves more than the limit unstopped; all
+  on one host, it is stopped at 1/N.
 - A privilege-escalation attempt (a non-administrator on the admin API)
   ends the principal's sessions and locks the principal until an operator
   clears the lock: it gets no new session meanwhile.
@@ -55,8 +59,14 @@ class Response:
 
 
 class IntrusionDetector:
-    def __init__(self, state: PolicyState, *, block_seconds: int = 900) -> None:
+    def __init__(
+        self, state: PolicyState, *, block_seconds: int = 900, serving_hosts: int = 1
+    ) -> None:
+        if serving_hosts < 1:
+            raise ValueError(f"serving_hosts must be at least 1, not {serving_hosts}")
         self.state, self.block_seconds = state, block_seconds
+        # This host's share of the transfer limit (see the module's docstring).
+        self.transfer_limit = TRANSFER_LIMIT / serving_hosts
 
     def login_failed(self, principal: str, source: str, now: float) -> list[Response]:
         """A credential presented by PRINCIPAL (a verified certificate identity) was refused."""
@@ -78,8 +88,12 @@ class IntrusionDetector:
     def transferred(self, principal: str, size: int, now: float) -> list[Response]:
         # A sliding window in the shared counters: every worker adds to the same total.
         total = self.state.counters.add(f"transfer:{principal}", size, now, TRANSFER_WINDOW)
-        if total > TRANSFER_LIMIT:
-            reason = f"{int(total) // (1024 * 1024)} MB within a minute (limit 100 MB)"
+        if total > self.transfer_limit:
+            mb = 1024 * 1024
+            reason = (
+                f"{int(total) // mb} MB within a minute on this host (limit"
+                f" {TRANSFER_LIMIT // mb} MB, this host's share {self.transfer_limit / mb:g} MB)"
+            )
             return [
                 self._apply("stop_transfer", "client", principal, reason, now + self.block_seconds)
             ]

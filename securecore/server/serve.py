@@ -233,7 +233,11 @@ def build_server(
     engine = PolicyEngine(
         load_policy(config), policy_state, audit=audit_decision, audit_async=audit_decision_async
     )
-    intrusion = IntrusionResponder(IntrusionDetector(policy_state), sessions, audit_log.append)
+    intrusion = IntrusionResponder(
+        IntrusionDetector(policy_state, serving_hosts=config.get("policy", "serving_hosts")),
+        sessions,
+        audit_log.append,
+    )
     access, endpoints = plugin_access(config)
     caller = PluginCaller(plugin_client_policy(config, policy), ring, endpoints=endpoints)
     registry = PluginRegistry(

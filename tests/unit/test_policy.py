@@ -133,6 +133,37 @@ def test_failing_principals_never_block_their_address_or_anyone_else(state) -> N
     assert not refused.allowed and refused.stage == "intrusion"
 
 
+def test_the_transfer_limit_holds_over_two_serving_hosts(tmp_path: Path) -> None:
+    """Two hosts on one state database, each with its own counters (as in a cluster):
+    a principal moving data through both alternately is stopped before the two
+    together pass 100 MB, and the stop holds on both; all through one host, it is
+    stopped at that host's share."""
+    mb = 1024 * 1024
+    database = tmp_path / "policy.db"
+    hosts = [
+        IntrusionDetector(PolicyState(database, tmp_path / f"{name}.counters"), serving_hosts=2)
+        for name in ("a", "b")
+    ]
+    moved, stopped = 0, []
+    for i in range(30):
+        stopped = hosts[i % 2].transferred("plugin/p", 10 * mb, MONDAY_10 + i)
+        if stopped:
+            break
+        moved += 10 * mb
+    assert stopped and stopped[0].action == "stop_transfer", moved
+    assert moved <= 100 * mb, moved
+    assert "this host's share 50 MB" in stopped[0].reason, stopped[0].reason
+    for host in hosts:
+        assert host.state.blocked("client", "plugin/p", MONDAY_10 + 40)
+    # One host alone: its share, then stopped.
+    assert hosts[0].transferred("plugin/q", 50 * mb, MONDAY_10) == []
+    assert hosts[0].transferred("plugin/q", 1, MONDAY_10 + 1)[0].action == "stop_transfer"
+    for host in hosts:
+        host.state.close()
+    with pytest.raises(ValueError, match="serving_hosts must be at least 1"):
+        IntrusionDetector(PolicyState(database, tmp_path / "c.counters"), serving_hosts=0)
+
+
 def test_more_than_100_mb_a_minute_stops_the_transfer(state) -> None:
     detector = IntrusionDetector(state)
     mb = 1024 * 1024
