@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from tests.support.commands import run
 from tests.support.database import SERVICE_TLS, healthy_leader, local_sql, psql_as_service
@@ -167,6 +170,35 @@ def test_the_repository_refuses_the_service_s_certificate(hosts) -> None:
     answer = refused.stdout + refused.stderr
     assert refused.rc != 0 or json.loads(refused.stdout)[0]["status"]["code"] != 0, answer
     assert "alert unknown ca" in answer, answer  # refused in the handshake
+
+
+def test_the_repository_refuses_a_member_certificate_it_was_not_told_of(hosts) -> None:
+    """A certificate of the database cluster's CA whose name the repository does not
+    list (mgmt-01's own, copied to a database node for the test): the handshake
+    passes, pgBackRest's tls-server-auth refuses it by name."""
+    node, scratch = hosts["core-01"], f"/tmp/backup-client-{uuid.uuid4().hex[:8]}"
+    local = Path(tempfile.mkdtemp(prefix="backup-client-"))
+    node.check_output(f"install -d -m 0700 -o postgres -g postgres {scratch}")
+    try:
+        for name in ("database.pem", "database.key"):
+            # podman cp, through a 0700 directory of the controller: the key never
+            # appears on a command line.
+            source = f"{SPEC.container_name(REPOSITORY)}:{SERVICE_TLS}/{name}"
+            subprocess.run(["podman", "cp", source, str(local / name)], check=True, timeout=60)
+            target = f"{SPEC.container_name('core-01')}:{scratch}/{name}"
+            subprocess.run(["podman", "cp", str(local / name), target], check=True, timeout=60)
+        node.check_output(f"chown postgres:postgres {scratch}/* && chmod 0600 {scratch}/*")
+        options = (
+            f"--repo1-host-cert-file={scratch}/database.pem"
+            f" --repo1-host-key-file={scratch}/database.key"
+        )
+        refused = node.run(f"{PGBACKREST} {options} info --output=json")
+    finally:
+        node.run(f"rm -rf {scratch}")
+        shutil.rmtree(local, ignore_errors=True)
+    answer = refused.stdout + refused.stderr
+    assert refused.rc != 0 or json.loads(refused.stdout)[0]["status"]["code"] != 0, answer
+    assert "access denied" in answer, answer
 
 
 # --- The configuration (roles/configuration_backup, REQ-BACKUP-3) ---------------------------
