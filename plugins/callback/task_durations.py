@@ -57,9 +57,9 @@ class CallbackModule(CallbackBase):
 
     def _start(self, task) -> None:  # type: ignore[no-untyped-def]
         self._close_current()
-        role = f"{task._role.get_name()} : " if task._role else ""
-        # Tasks of a loop or include share a name: their times add up under it.
-        self._current = (f"{role}{task.get_name().strip()}", time.monotonic())
+        # get_name() names the role too. Tasks of an include run more than once share
+        # a name: their times add up under it.
+        self._current = (task.get_name().strip(), time.monotonic())
 
     def v2_playbook_on_task_start(self, task, is_conditional) -> None:  # type: ignore[no-untyped-def]
         self._start(task)
