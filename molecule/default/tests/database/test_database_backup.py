@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.support.commands import run
 from tests.support.database import SERVICE_TLS, healthy_leader, local_sql, psql_as_service
 from tests.support.labhosts import ROOT, lab_spec
@@ -172,10 +174,12 @@ def test_the_repository_refuses_the_service_s_certificate(hosts) -> None:
     assert "alert unknown ca" in answer, answer  # refused in the handshake
 
 
-def test_the_repository_refuses_a_member_certificate_it_was_not_told_of(hosts) -> None:
+@pytest.mark.parametrize("holder", [REPOSITORY, "core-03"])
+def test_the_repository_refuses_a_member_certificate_it_does_not_admit(hosts, holder) -> None:
     """A certificate of the database cluster's CA whose name the repository does not
-    list (mgmt-01's own, copied to a database node for the test): the handshake
-    passes, pgBackRest's tls-server-auth refuses it by name."""
+    admit, copied to a database node for the test: the repository host's own, and
+    the cold site's outside a restore (admitted only while playbooks/dr-restore.yml
+    restores). The handshake passes; pgBackRest's tls-server-auth refuses it by name."""
     node, scratch = hosts["core-01"], f"/tmp/backup-client-{uuid.uuid4().hex[:8]}"
     local = Path(tempfile.mkdtemp(prefix="backup-client-"))
     node.check_output(f"install -d -m 0700 -o postgres -g postgres {scratch}")
@@ -183,7 +187,7 @@ def test_the_repository_refuses_a_member_certificate_it_was_not_told_of(hosts) -
         for name in ("database.pem", "database.key"):
             # podman cp, through a 0700 directory of the controller: the key never
             # appears on a command line.
-            source = f"{SPEC.container_name(REPOSITORY)}:{SERVICE_TLS}/{name}"
+            source = f"{SPEC.container_name(holder)}:{SERVICE_TLS}/{name}"
             subprocess.run(["podman", "cp", source, str(local / name)], check=True, timeout=60)
             target = f"{SPEC.container_name('core-01')}:{scratch}/{name}"
             subprocess.run(["podman", "cp", str(local / name), target], check=True, timeout=60)

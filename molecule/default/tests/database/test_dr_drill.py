@@ -94,6 +94,11 @@ def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_cha
     assert cold.check_output("ls -A /var/lib/postgresql/15/main") == ""
     assert not cold.file("/var/lib/securecore/witness").exists
     assert [a["id"] for a in archive(hosts[REPOSITORY])] == timelines
+    # The repository admitted the cold site for the restore only: it is refused again.
+    admitted = hosts[REPOSITORY].check_output("grep ^tls-server-auth= /etc/pgbackrest.conf")
+    assert f"database/{COLD}=" not in admitted, admitted
+    refused = cold.run("cd / && sudo -u postgres pgbackrest --stanza=securecore info")
+    assert "access denied" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
     # The primary site's log still verifies against its witnesses: the drill's own
     # checkpoints never reached them (to them, a fork of the origin).
     for name in DATA_NODES:
