@@ -249,6 +249,8 @@ def test_rotated_logs_are_kept_a_year(host):
 
 def test_aide_detects_a_new_file(probe):
     assert probe.file("/var/lib/aide/aide.db").exists
+    # One strong hash per file (hardening_aide_checksums), not Debian's every-hash default.
+    assert probe.file("/etc/aide/aide.conf").contains("^Checksums = sha512$")
     probe.check_output("echo probe > /etc/securecore-aide-probe")
     try:
         check = probe.run(
