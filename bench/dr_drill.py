@@ -1,17 +1,18 @@
 """Benchmark: the disaster-recovery drill (playbooks/dr-restore.yml) on the lab, timed.
 
 Each round runs the drill as an operator would: the cold site's host (dr_core, core-03
-in the lab) gets its HSM keys, the database restored from the pgBackRest repository, the
-core service, and the audit log verified against the witnesses; the drill then stops the
-cold site again. The primary site is under load meanwhile (an administrator's client on
-the DMZ host sending requests to both core hosts, as in the failover benchmark), so that
-the RPO is that of a busy site. Per round, from the drill's own report: the RTO (start
-to every cold-site host healthy, target 3600 s) and the RPO (start, taken as the moment
-of the disaster, less the arrival of the newest WAL segment then in the repository,
-target 900 s; REQ-HA-3), the audit records restored and the gap to the witnesses' newest
-checkpoint. The first round on a fresh lab also installs the packages (a cold host that
-has never run the service); later rounds restore again over the same host. The benchmark
-fails when a round misses a target.
+in the lab) gets its HSM keys, the database restored from the off-site pgBackRest
+repository it keeps, the core service, and the audit log verified against the cold
+site's witness; the drill then stops the cold site again. The primary site is under load
+meanwhile (an administrator's client on the DMZ host sending requests to both core
+hosts, as in the failover benchmark), so that the RPO is that of a busy site. Per round,
+from the drill's own report: the RTO (start to every cold-site host healthy, target 3600
+s) and the RPO (start, taken as the moment of the disaster, less the arrival of the
+newest WAL segment then in the off-site repository, target 900 s; REQ-HA-3), the audit
+records restored and the gap to the witness's newest checkpoint. The first round on a
+fresh lab also installs the packages (a cold host that has never run the service); later
+rounds restore again over the same host. The benchmark fails when a round misses a
+target.
 
     .venv/bin/python bench/dr_drill.py [--rounds 2]
 

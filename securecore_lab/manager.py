@@ -34,7 +34,13 @@ CONFIG_LABEL = "io.securecore_lab.config"
 CAPABILITIES = ("NET_ADMIN", "NET_RAW", "AUDIT_WRITE", "DAC_READ_SEARCH")
 SSH_WAIT_SECONDS = 90
 # Secrets the site's roles need, generated per lab (names of inventory variables).
-LAB_SECRETS = ("hsm_so_pin", "hsm_user_pin", "pki_ca_passphrase", "database_backup_passphrase")
+LAB_SECRETS = (
+    "hsm_so_pin",
+    "hsm_user_pin",
+    "pki_ca_passphrase",
+    "database_backup_passphrase",
+    "database_backup_offsite_passphrase",
+)
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 

@@ -433,7 +433,9 @@ def dr_drills(paths: dict) -> dict:
 
 def is_backup_repository(paths: dict) -> bool:
     conf = Path(paths["pgbackrest_conf"])
-    return conf.exists() and re.search(r"(?m)^repo1-path=", read(conf)) is not None
+    # A repository host names its own repository's path (repo1 on the primary site,
+    # repo2 off it); a database node names only hosts.
+    return conf.exists() and re.search(r"(?m)^repo[0-9]+-path=", read(conf)) is not None
 
 
 def gather(paths: dict) -> dict:

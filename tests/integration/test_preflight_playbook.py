@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from securecore_lab.manager import LAB_SECRETS
 from tests.support.commands import ROOT, run
 
 INVALID_PLUGIN_NETWORK_SEGMENTS = {
@@ -34,7 +35,7 @@ def test_lab_inventory_passes_once_the_lab_made_its_secrets(tmp_path: Path) -> N
     assert "host core-01: secret hsm_user_pin is not set (required by hsm" in missing.stdout
     secrets = lab / ".state" / "secrets"
     secrets.mkdir(parents=True)
-    for name in ("hsm_so_pin", "hsm_user_pin", "pki_ca_passphrase", "database_backup_passphrase"):
+    for name in LAB_SECRETS:
         (secrets / name).write_text("0123456789abcdef0123")
     proc = run("ansible-playbook", "-i", str(lab), "playbooks/preflight.yml")
     assert "Inventory OK" in proc.stdout and "0123456789abcdef" not in proc.stdout
@@ -45,14 +46,15 @@ def test_production_example_asks_for_its_vault_secrets_only() -> None:
         "ansible-playbook", "-i", "inventories/production", "playbooks/preflight.yml", check=False
     )
     assert proc.returncode != 0
-    assert "Preflight found 6 problem(s)" in proc.stdout
+    assert "Preflight found 7 problem(s)" in proc.stdout
     for host in ("core-01", "core-02"):
         for var in ("hsm_so_pin", "hsm_user_pin"):
             assert f"host {host}: secret {var} is not set (required by hsm" in proc.stdout
-    assert (
-        "host mgmt-01: secret postgresql_backup_passphrase is not set (required by"
-        " postgresql_backup" in proc.stdout
-    )
+    for host in ("mgmt-01", "core-03"):  # each repository's own
+        assert (
+            f"host {host}: secret postgresql_backup_passphrase is not set (required by"
+            " postgresql_backup" in proc.stdout
+        )
     assert "secret pki_ca_passphrase is not set (required by pki on the controller" in proc.stdout
 
 
@@ -62,9 +64,10 @@ def test_production_example_with_secrets_passes(production_copy: Path) -> None:
         (production_copy / "host_vars" / f"{host}.yml").write_text(
             "hsm_so_pin: example-so-pin\nhsm_user_pin: example-user-pin\n"
         )
-    (production_copy / "host_vars" / "mgmt-01.yml").write_text(
-        "postgresql_backup_passphrase: example-backup-passphrase\n"
-    )
+    for host in ("mgmt-01", "core-03"):
+        (production_copy / "host_vars" / f"{host}.yml").write_text(
+            f"postgresql_backup_passphrase: example-backup-passphrase-{host}\n"
+        )
     vault = production_copy / "group_vars" / "all" / "vault.yml"
     vault.write_text("pki_ca_passphrase: example-ca-passphrase\n")
     proc = run("ansible-playbook", "-i", str(production_copy), "playbooks/preflight.yml")
@@ -99,8 +102,8 @@ def test_every_problem_is_listed_in_one_message(production_copy: Path) -> None:
         check=False,
     )
     assert proc.returncode != 0
-    # Two in the segments, six for the vault secrets the example leaves to the user.
-    assert "Preflight found 8 problem(s)" in proc.stdout
+    # Two in the segments, seven for the vault secrets the example leaves to the user.
+    assert "Preflight found 9 problem(s)" in proc.stdout
     assert "site_segments.core.vlan = 5000: outside 1-4094" in proc.stdout
     assert "site_segments.plugin.cidr = '10.1.300.0/24'" in proc.stdout
 

@@ -1,5 +1,6 @@
 """The database's backups (roles/postgresql_backup, REQ-HA-12): pgBackRest's repository
-on mgmt-01, which holds no data, fed by the primary's WAL over mutual TLS, encrypted.
+on mgmt-01, which holds no data, and its off-site copy on core-03 at the cold site, both
+fed by the primary's WAL over mutual TLS, each encrypted under its own passphrase.
 
 Runs after the failover checks: the repository must have followed every new primary
 and timeline they made. A commit is then followed into the repository (the backups'
@@ -29,30 +30,36 @@ from tests.support.labhosts import ROOT, lab_spec
 SPEC = lab_spec()
 
 REPOSITORY = "mgmt-01"
+OFFSITE = "core-03"
+# pgBackRest's numbers for them (repoN), which commands run on their hosts name.
+REPO = {REPOSITORY: 1, OFFSITE: 2}
 STANZA = "securecore"
 ARCHIVE_TIMEOUT = 60  # postgresql_ha_archive_timeout: a commit is archived within it
 PGBACKREST = f"cd / && sudo -u postgres pgbackrest --stanza={STANZA} --log-level-console=warn"
 REPOSITORY_PATH = f"/var/lib/pgbackrest/archive/{STANZA}"
 
 
-def info(host) -> dict:
-    return json.loads(host.check_output(f"{PGBACKREST} info --output=json"))[0]
+def info(hosts, repository: str = REPOSITORY, *options: str) -> dict:
+    command = f"{PGBACKREST} --repo={REPO[repository]} info --output=json {' '.join(options)}"
+    return json.loads(hosts[repository].check_output(command))[0]
 
 
-def newest_archived(host) -> str:
+def newest_archived(hosts, repository: str) -> str:
     """The newest WAL segment in the repository (its 24-digit name)."""
-    return max(archive["max"] for archive in info(host)["archive"] if archive.get("max"))
+    archives = info(hosts, repository)["archive"]
+    return max(archive["max"] for archive in archives if archive.get("max"))
 
 
-def test_the_repository_has_an_encrypted_full_backup_and_the_wal_since(hosts) -> None:
-    stanza = info(hosts[REPOSITORY])
+@pytest.mark.parametrize("repository", REPO)
+def test_the_repository_has_an_encrypted_full_backup_and_the_wal_since(hosts, repository) -> None:
+    stanza = info(hosts, repository)
     assert stanza["status"]["code"] == 0, stanza["status"]
     assert stanza["cipher"] == "aes-256-cbc"
     assert [b for b in stanza["backup"] if b["type"] == "full"], stanza["backup"]
     assert stanza["archive"] and stanza["archive"][-1]["max"]
     # Every WAL segment and backed-up file is ciphertext (OpenSSL's salted format),
     # whatever pgBackRest's compression would have left readable.
-    headers = hosts[REPOSITORY].check_output(
+    headers = hosts[repository].check_output(
         "find /var/lib/pgbackrest/archive /var/lib/pgbackrest/backup -type f"
         " \\( -path '*/pg_data/*' -o -name '0000*' \\)"
         ' -exec sh -c \'printf "%s " "$1"; head -c 8 "$1"; echo\' _ {} \\;'
@@ -60,9 +67,22 @@ def test_the_repository_has_an_encrypted_full_backup_and_the_wal_since(hosts) ->
     files = [line.rsplit(" ", 1) for line in headers.splitlines()]
     assert len(files) > 10
     assert {header for _, header in files} == {"Salted__"}, [f for f in files if f[1] != "Salted__"]
-    # No database node holds the passphrase.
+    # No database node holds a passphrase.
     for node in ("core-01", "core-02"):
         assert "cipher-pass" not in hosts[node].file("/etc/pgbackrest.conf").content_string
+
+
+def test_each_repository_has_a_passphrase_of_its_own(hosts) -> None:
+    """A copy of one repository (or its host) stolen unlocks nothing of the other: the
+    passphrases differ. Compared by digest on each host: no passphrase leaves it."""
+    digests = {
+        name: hosts[name].check_output(
+            "sed -n 's/^repo[0-9]*-cipher-pass=//p' /etc/pgbackrest.conf | sha256sum"
+        )
+        for name in REPO
+    }
+    empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert empty not in digests.values() and len(set(digests.values())) == len(REPO), digests
 
 
 def test_a_commit_is_in_the_repository_within_the_archive_timeout_and_restores(hosts) -> None:
@@ -75,10 +95,13 @@ def test_a_commit_is_in_the_repository_within_the_archive_timeout_and_restores(h
     committed = time.monotonic()
     # The segment holding the commit; it is archived once full or archive_timeout old.
     segment = local_sql(hosts[primary], "SELECT pg_walfile_name(pg_current_wal_lsn())").strip()
-    while newest_archived(hosts[REPOSITORY])[8:] < segment[8:]:  # timelines aside
-        assert time.monotonic() - committed < ARCHIVE_TIMEOUT + 30, f"{segment} not archived"
-        time.sleep(2)
-    archived_after = time.monotonic() - committed
+    archived_after = {}
+    for repository in REPO:  # both, the off-site one too
+        while newest_archived(hosts, repository)[8:] < segment[8:]:  # timelines aside
+            waited = time.monotonic() - committed
+            assert waited < ARCHIVE_TIMEOUT + 30, f"{segment} not archived in {repository}"
+            time.sleep(2)
+        archived_after[repository] = time.monotonic() - committed
     scratch, socket = f"/var/lib/postgresql/restore-{table}", f"/tmp/restore-{table}"
     select = f"SELECT marker FROM {table}"  # noqa: S608 - the test's own table
     # Beside the cluster: another port, no TCP, its own socket directory, no archiving.
@@ -88,8 +111,9 @@ def test_a_commit_is_in_the_repository_within_the_archive_timeout_and_restores(h
     )
     node = hosts[restorer]
     try:
+        # From the primary site's repository (repo1); the drill restores from the other.
         node.check_output(
-            f"{PGBACKREST} restore --pg1-path={scratch} --archive-mode=off --type=default"
+            f"{PGBACKREST} --repo=1 restore --pg1-path={scratch} --archive-mode=off --type=default"
         )
         # Recovery replays the archive to its end; the restored copy is read there.
         node.check_output(
@@ -113,8 +137,9 @@ def test_a_commit_is_in_the_repository_within_the_archive_timeout_and_restores(h
             f" stop; rm -rf {scratch} {scratch}.log {socket}"
         )
         psql_as_service(hosts[primary], f"DROP TABLE IF EXISTS {table}")
-    print(f"\nbackup: a commit was in the repository {archived_after:.1f} s after it returned")
-    assert archived_after <= ARCHIVE_TIMEOUT + 30
+    for repository, seconds in archived_after.items():
+        print(f"\nbackup: a commit was in {repository}'s repository {seconds:.1f} s after")
+    assert max(archived_after.values()) <= ARCHIVE_TIMEOUT + 30
 
 
 def verify(host) -> str:
@@ -164,8 +189,8 @@ def test_the_repository_refuses_the_service_s_certificate(hosts) -> None:
             f"--repo1-host-cert-file={scratch}/client.pem"
             f" --repo1-host-key-file={scratch}/client.key"
         )
-        refused = node.run(f"{PGBACKREST} {options} info --output=json")
-        known = node.run(f"{PGBACKREST} info --output=json")
+        refused = node.run(f"{PGBACKREST} --repo=1 {options} info --output=json")
+        known = node.run(f"{PGBACKREST} --repo=1 info --output=json")
     finally:
         node.run(f"rm -rf {scratch}")
     assert known.rc == 0 and json.loads(known.stdout)[0]["status"]["code"] == 0, known.stderr
@@ -177,9 +202,9 @@ def test_the_repository_refuses_the_service_s_certificate(hosts) -> None:
 @pytest.mark.parametrize("holder", [REPOSITORY, "core-03"])
 def test_the_repository_refuses_a_member_certificate_it_does_not_admit(hosts, holder) -> None:
     """A certificate of the database cluster's CA whose name the repository does not
-    admit, copied to a database node for the test: the repository host's own, and
-    the cold site's outside a restore (admitted only while playbooks/dr-restore.yml
-    restores). The handshake passes; pgBackRest's tls-server-auth refuses it by name."""
+    admit, copied to a database node for the test: the repository host's own, and the
+    cold site's (which keeps the off-site repository and restores from it alone). The
+    handshake passes; pgBackRest's tls-server-auth refuses it by name."""
     node, scratch = hosts["core-01"], f"/tmp/backup-client-{uuid.uuid4().hex[:8]}"
     local = Path(tempfile.mkdtemp(prefix="backup-client-"))
     node.check_output(f"install -d -m 0700 -o postgres -g postgres {scratch}")
@@ -196,7 +221,7 @@ def test_the_repository_refuses_a_member_certificate_it_does_not_admit(hosts, ho
             f"--repo1-host-cert-file={scratch}/database.pem"
             f" --repo1-host-key-file={scratch}/database.key"
         )
-        refused = node.run(f"{PGBACKREST} {options} info --output=json")
+        refused = node.run(f"{PGBACKREST} --repo=1 {options} info --output=json")
     finally:
         node.run(f"rm -rf {scratch}")
         shutil.rmtree(local, ignore_errors=True)
@@ -222,19 +247,20 @@ def applied_configuration() -> tuple[str, bool]:
     return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
 
 
-def test_every_backup_names_the_configuration_it_was_made_under_which_is_kept(hosts) -> None:
-    repository = hosts[REPOSITORY]
+@pytest.mark.parametrize("kept_on", REPO)
+def test_every_backup_names_the_configuration_it_was_made_under_which_is_kept(
+    hosts, kept_on
+) -> None:
+    repository = hosts[kept_on]
     commit, modified = applied_configuration()
     in_force = repository.check_output(f"cat {CONFIGURATION_DIR}/in-force.env")
     name = in_force.rsplit("SECURECORE_CONFIGURATION=", 1)[1].strip()
     assert name.startswith(f"{commit}-modified-") if modified else name == commit, in_force
     # Every backup, the first one made by site.yml included, names it (pgBackRest
     # shows a backup's annotations when asked for that backup).
-    labels = [backup["label"] for backup in info(repository)["backup"]]
+    labels = [backup["label"] for backup in info(hosts, kept_on)["backup"]]
     annotated = {
-        label: json.loads(
-            repository.check_output(f"{PGBACKREST} info --output=json --set={label}")
-        )[0]["backup"][0].get("annotation", {})
+        label: info(hosts, kept_on, f"--set={label}")["backup"][0].get("annotation", {})
         for label in labels
     }
     assert {a.get("configuration") for a in annotated.values()} == {name}, annotated

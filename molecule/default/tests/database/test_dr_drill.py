@@ -1,40 +1,87 @@
-"""The cold site restored from the database's backups (playbooks/dr-restore.yml, REQ-HA-5,
-REQ-HA-14): a drill on core-03, a host in the dr_core segment that site.yml hardened but
-that has never run the service.
+"""The cold site restored from the database's off-site backups (playbooks/dr-restore.yml,
+REQ-HA-5, REQ-HA-14): a drill on core-03, a host in the dr_core segment that site.yml
+hardened, made the off-site repository and a witness, but that has never run the service.
 
-Runs after the backup checks (the repository has followed every failover). What the primary
-committed and the repository archived before the drill must come back; the drill must meet
-the recovery objectives, verify the restored audit log against the witnesses (the records
-written since are a gap, named), leave the primary site's log, witnesses and archive as
-they were, and leave the cold site stopped. The monthly checklist's check then passes.
+Runs after the backup checks (both repositories have followed every failover). The drill
+is run as the disaster would leave it: the cold site cut off from the primary site (its
+repository, witnesses and database nodes), so that it can use only what it keeps itself.
+What the primary committed and the off-site repository archived before the cut must come
+back; the drill must meet the recovery objectives, verify the restored audit log against
+the cold site's witness (the records it cosigned since are a gap, named), leave the primary
+site's log, witnesses and archives as they were, and leave the cold site stopped. Once the
+link is back, the off-site repository catches up; the monthly checklist's check passes.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tests.support.commands import ROOT, compliance, run
 from tests.support.database import ADDRESS, DATA_NODES, healthy_leader, local_sql
-from tests.support.labhosts import lab_spec
 from tests.support.service_load import ServiceLoad, lab_admin_receipts_logged
 
-SPEC = lab_spec()
-COLD = "core-03"
-REPOSITORY = "mgmt-01"
+COLD = "core-03"  # the cold site: the off-site repository (repo2), a witness, the restore
+REPOSITORY = "mgmt-01"  # the primary site's repository (repo1)
+PRIMARY_SITE = (*DATA_NODES, REPOSITORY)
+REPO = {REPOSITORY: 1, COLD: 2}
 PGBACKREST = "cd / && sudo -u postgres pgbackrest --stanza=securecore --log-level-console=warn"
 CONFIG = "/etc/securecore/securecore.toml"
 SECURECORE = "/opt/securecore/current/venv/bin/securecore"
 AS_SERVICE = "cd / && runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm2.conf"
+WITNESS_STATE = "/var/lib/securecore-witness/origins"
 
 
-def archive(host) -> list[dict]:
-    return json.loads(host.check_output(f"{PGBACKREST} info --output=json"))[0]["archive"]
+def archive(hosts, repository: str) -> list[dict]:
+    command = f"{PGBACKREST} --repo={REPO[repository]} info --output=json"
+    return json.loads(hosts[repository].check_output(command))[0]["archive"]
 
 
-def newest_archived(host) -> str:
+def newest_archived(hosts, repository: str) -> str:
     """The newest WAL segment in the repository (its 24-digit name)."""
-    return max(a["max"] for a in archive(host) if a.get("max"))
+    return max(a["max"] for a in archive(hosts, repository) if a.get("max"))
+
+
+def wait_until_archived(hosts, segment: str, repositories: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + 60
+    for repository in repositories:
+        while newest_archived(hosts, repository)[8:] < segment[8:]:  # timelines aside
+            assert time.monotonic() < deadline, f"{segment} not in {repository}'s archive in 60 s"
+            time.sleep(1)
+
+
+def witnessed_size(host) -> int:
+    """The size of the newest checkpoint the host's witness cosigned (a checkpoint's
+    second line)."""
+    sizes = host.check_output(f'for f in {WITNESS_STATE}/*; do sed -n 2p "$f"; done')
+    return max(int(size) for size in sizes.split())
+
+
+@contextmanager
+def cut_off(host, peers: tuple[str, ...]) -> Iterator[None]:
+    """Every packet between the host and the peers refused (a table of its own, beside the
+    site's ruleset, removed after), as a lost site would leave it, but refused at once
+    rather than left to time out. The controller's SSH comes from the lab's gateway."""
+    addresses = ", ".join(ADDRESS[peer] for peer in peers)
+    host.check_output(
+        "nft -f - <<'EOF'\n"
+        "table inet securecore_test_cut {\n"
+        "  chain input {\n"
+        "    type filter hook input priority -10; policy accept;\n"
+        f"    ip saddr {{ {addresses} }} reject\n"
+        "  }\n"
+        "  chain output {\n"
+        "    type filter hook output priority -10; policy accept;\n"
+        f"    ip daddr {{ {addresses} }} reject\n"
+        "  }\n"
+        "}\nEOF"
+    )
+    try:
+        yield
+    finally:
+        host.check_output("nft delete table inet securecore_test_cut")
 
 
 def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_changes_nothing_else(
@@ -45,16 +92,21 @@ def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_cha
     with ServiceLoad(hosts["dmz-01"], serving) as requests:
         # What the primary site acknowledged before its WAL segment was closed (at once,
         # rather than after archive_timeout) must come back; what it acknowledges after
-        # is, to the cold site, lost: the gap its witnesses prove.
+        # is, to the cold site, lost: the gap its witness proves.
         before = max(int(fields[2]) for fields in requests.lines() if fields[0] == "ok")
         segment = local_sql(hosts[primary], "SELECT pg_walfile_name(pg_switch_wal())").strip()
-        deadline = time.monotonic() + 60
-        while newest_archived(hosts[REPOSITORY])[8:] < segment[8:]:
-            assert time.monotonic() < deadline, f"{segment} was not archived within 60 s"
+        wait_until_archived(hosts, segment, (REPOSITORY, COLD))
+        timelines = {name: [a["id"] for a in archive(hosts, name)] for name in (REPOSITORY, COLD)}
+        # The cold site's witness cosigns, before the cut, records the archive does not
+        # hold yet (a checkpoint every 10 s under load).
+        acknowledged = max(int(fields[2]) for fields in requests.lines() if fields[0] == "ok")
+        deadline = time.monotonic() + 40
+        while witnessed_size(hosts[COLD]) <= acknowledged:
+            assert time.monotonic() < deadline, f"{COLD}'s witness cosigned nothing in 40 s"
             time.sleep(1)
-        timelines = [a["id"] for a in archive(hosts[REPOSITORY])]
 
-        drill = run("ansible-playbook", "playbooks/dr-restore.yml", timeout=1800)
+        with cut_off(hosts[COLD], PRIMARY_SITE):
+            drill = run("ansible-playbook", "playbooks/dr-restore.yml", timeout=1800)
 
         requests.wait_for_acknowledgements(20)
         service = requests.finish(lambda: lab_admin_receipts_logged(hosts[primary]))
@@ -74,11 +126,11 @@ def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_cha
     # Anchored by what the backup carried: a checkpoint within the restored records that
     # a witness cosigned (the witnesses' own newest is beyond them), the rest named.
     assert "; proved against the checkpoint of " in report["audit_verify"], report
-    assert "cosigned by mgmt-01/securecore/witness" in report["audit_verify"], report
+    assert f"cosigned by {COLD}/securecore/witness" in report["audit_verify"], report
     if report["audit_unwitnessed_tail"]:
         assert report["audit_unwitnessed_tail"].startswith("audit log TAIL: records "), report
-    # The witnesses cosigned the requests acknowledged after the segment was closed (every
-    # 10 s, under load): the restore names them, from the first record it lacks.
+    # The cold site's witness cosigned requests acknowledged after the segment was closed:
+    # the restore names them, from the first record it lacks.
     assert report["audit_gap"].startswith(f"audit log GAP: records {restored + 1} to "), report
     assert f"drill on {COLD}: serving after" in drill.stdout
 
@@ -93,22 +145,27 @@ def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_cha
     assert cold.file("/etc/postgresql/15/main/start.conf").content_string.strip() == "manual"
     assert cold.check_output("ls -A /var/lib/postgresql/15/main") == ""
     assert not cold.file("/var/lib/securecore/witness").exists
-    assert [a["id"] for a in archive(hosts[REPOSITORY])] == timelines
-    # The repository admitted the cold site for the restore only: it is refused again.
+    assert not cold.file("/etc/pgbackrest/restore.conf").exists
+    assert {name: [a["id"] for a in archive(hosts, name)] for name in REPO} == timelines
+    # The primary site's repository never admitted the cold site (its certificate is
+    # refused there: test_database_backup.py).
     admitted = hosts[REPOSITORY].check_output("grep ^tls-server-auth= /etc/pgbackrest.conf")
     assert f"database/{COLD}=" not in admitted, admitted
-    refused = cold.run("cd / && sudo -u postgres pgbackrest --stanza=securecore info")
-    assert "access denied" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+    # With the link back, the off-site repository catches up with what the primary
+    # archived during the cut.
+    segment = local_sql(hosts[primary], "SELECT pg_walfile_name(pg_switch_wal())").strip()
+    wait_until_archived(hosts, segment, (REPOSITORY, COLD))
     # The primary site's log still verifies against its witnesses: the drill's own
     # checkpoints never reached them (to them, a fork of the origin).
     for name in DATA_NODES:
         verified = hosts[name].run(f"{AS_SERVICE} {SECURECORE} audit verify -c {CONFIG}")
         assert verified.rc == 0 and "cosigned by" in verified.stdout, verified.stderr
 
-    # The report is where the monthly checklist's check looks, and the check passes (with
-    # the daily one on the same repository host's backups).
-    assert hosts[REPOSITORY].file(f"/var/lib/securecore-dr/{reports[-1].name}").exists
+    # The report is where the monthly checklist's check looks, on both repository hosts,
+    # and the check passes (with the daily one on the same hosts' backups).
+    for name in REPO:
+        assert hosts[name].file(f"/var/lib/securecore-dr/{reports[-1].name}").exists
     inventory = str(ROOT / "inventories" / "lab")
     check = ("--check", "database.dr_drill_recent", "--check", "database.backup_recent")
-    checked = compliance("check", "-i", inventory, *check, "--limit", REPOSITORY)
+    checked = compliance("check", "-i", inventory, *check, "--limit", ",".join(REPO))
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
