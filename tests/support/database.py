@@ -115,14 +115,28 @@ def healthy_leader(hosts: dict) -> str:
 def wait_healthy(hosts: dict, timeout: float = 180) -> dict[str, str]:
     """Wait until the data nodes are a Patroni leader and its streaming synchronous
     standby (cluster_roles); return {member: role} (AssertionError with the last
-    roles seen on timeout)."""
+    roles seen, Patroni's member list and the recent log of each node that is not
+    the leader on timeout, so that a failure in CI says why)."""
     deadline, roles = time.monotonic() + timeout, {}
     while time.monotonic() < deadline:
         roles = cluster_roles(hosts)
         if sorted(roles.values()) == ["Leader", "Sync Standby"]:
             return roles
         time.sleep(2)
-    raise AssertionError(f"the cluster is not healthy after {timeout} s: {roles}")
+
+    def said(node: str, command: str) -> str:
+        answer = _run(hosts[node], command)
+        return answer.stdout + answer.stderr if answer else f"{node} unreachable"
+
+    listed = said(DATA_NODES[0], f"{PATRONICTL} list")
+    logs = [
+        f"--- patroni on {node}:\n" + said(node, "journalctl -u patroni -n 40 --no-pager -o cat")
+        for node, role in roles.items()
+        if role != "Leader"
+    ]
+    raise AssertionError(
+        f"the cluster is not healthy after {timeout} s: {roles}\n{listed}\n" + "\n".join(logs)
+    )
 
 
 # A client of the database for the failover checks: inserts 1, 2, 3, ... through
