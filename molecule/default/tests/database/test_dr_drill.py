@@ -21,11 +21,15 @@ from contextlib import contextmanager
 
 from tests.support.commands import ROOT, compliance, run
 from tests.support.database import ADDRESS, DATA_NODES, healthy_leader, local_sql
+from tests.support.labhosts import lab_spec
 from tests.support.service_load import ServiceLoad, lab_admin_receipts_logged
 
+SPEC = lab_spec()
 COLD = "core-03"  # the cold site: the off-site repository (repo2), a witness, the restore
 REPOSITORY = "mgmt-01"  # the primary site's repository (repo1)
-PRIMARY_SITE = (*DATA_NODES, REPOSITORY)
+# Every host outside the cold site's segment: what a loss of the primary site takes.
+PRIMARY_SITE = tuple(h.name for h in SPEC.hosts if h.segment != "dr_core")
+PGBACKREST_PORT = 8432
 REPO = {REPOSITORY: 1, COLD: 2}
 PGBACKREST = "cd / && sudo -u postgres pgbackrest --stanza=securecore --log-level-console=warn"
 CONFIG = "/etc/securecore/securecore.toml"
@@ -60,28 +64,31 @@ def witnessed_size(host) -> int:
 
 
 @contextmanager
-def cut_off(host, peers: tuple[str, ...]) -> Iterator[None]:
-    """Every packet between the host and the peers refused (a table of its own, beside the
-    site's ruleset, removed after), as a lost site would leave it, but refused at once
-    rather than left to time out. The controller's SSH comes from the lab's gateway."""
+def cut_off(host, peers: tuple[str, ...], port: int | None = None) -> Iterator[None]:
+    """Every packet between the host and the peers refused (to or from PORT of the host
+    only, if given), in a table of its own beside the site's ruleset, removed after: as
+    a lost site would leave it, but refused at once rather than left to time out. The
+    controller's SSH comes from the lab's gateway."""
     addresses = ", ".join(ADDRESS[peer] for peer in peers)
+    table = f"securecore_test_cut_{port or 'all'}"
+    inbound, outbound = ("", "") if port is None else (f" tcp dport {port}", f" tcp sport {port}")
     host.check_output(
         "nft -f - <<'EOF'\n"
-        "table inet securecore_test_cut {\n"
+        f"table inet {table} {{\n"
         "  chain input {\n"
         "    type filter hook input priority -10; policy accept;\n"
-        f"    ip saddr {{ {addresses} }} reject\n"
+        f"    ip saddr {{ {addresses} }}{inbound} reject\n"
         "  }\n"
         "  chain output {\n"
         "    type filter hook output priority -10; policy accept;\n"
-        f"    ip daddr {{ {addresses} }} reject\n"
+        f"    ip daddr {{ {addresses} }}{outbound} reject\n"
         "  }\n"
         "}\nEOF"
     )
     try:
         yield
     finally:
-        host.check_output("nft delete table inet securecore_test_cut")
+        host.check_output(f"nft delete table inet {table}")
 
 
 def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_changes_nothing_else(
@@ -97,16 +104,19 @@ def test_a_drill_under_load_restores_the_cold_site_within_the_objectives_and_cha
         segment = local_sql(hosts[primary], "SELECT pg_walfile_name(pg_switch_wal())").strip()
         wait_until_archived(hosts, segment, (REPOSITORY, COLD))
         timelines = {name: [a["id"] for a in archive(hosts, name)] for name in (REPOSITORY, COLD)}
-        # The cold site's witness cosigns, before the cut, records the archive does not
-        # hold yet (a checkpoint every 10 s under load).
-        acknowledged = max(int(fields[2]) for fields in requests.lines() if fields[0] == "ok")
-        deadline = time.monotonic() + 40
-        while witnessed_size(hosts[COLD]) <= acknowledged:
-            assert time.monotonic() < deadline, f"{COLD}'s witness cosigned nothing in 40 s"
-            time.sleep(1)
-
-        with cut_off(hosts[COLD], PRIMARY_SITE):
-            drill = run("ansible-playbook", "playbooks/dr-restore.yml", timeout=1800)
+        # The off-site repository is cut off first, then the cold site's witness cosigns
+        # records the archive there does not hold (a checkpoint every 10 s under load):
+        # the gap the restore must name. Then the whole primary site is cut off.
+        with cut_off(hosts[COLD], PRIMARY_SITE, port=PGBACKREST_PORT):
+            archived = newest_archived(hosts, COLD)
+            acknowledged = max(int(f[2]) for f in requests.lines() if f[0] == "ok")
+            deadline = time.monotonic() + 40
+            while witnessed_size(hosts[COLD]) <= acknowledged:
+                assert time.monotonic() < deadline, f"{COLD}'s witness fell behind for 40 s"
+                time.sleep(1)
+            with cut_off(hosts[COLD], PRIMARY_SITE):
+                drill = run("ansible-playbook", "playbooks/dr-restore.yml", timeout=1800)
+            assert newest_archived(hosts, COLD) == archived  # nothing reached it since
 
         requests.wait_for_acknowledgements(20)
         service = requests.finish(lambda: lab_admin_receipts_logged(hosts[primary]))
