@@ -142,6 +142,46 @@ def test_a_commit_is_in_the_repository_within_the_archive_timeout_and_restores(h
     assert max(archived_after.values()) <= ARCHIVE_TIMEOUT + 30
 
 
+def unit_state(host) -> tuple[str, str]:
+    """pgbackrest-full.service's state (inactive once a run ended) and its last result."""
+    shown = host.check_output("systemctl show -p ActiveState -p Result pgbackrest-full")
+    state = dict(line.split("=", 1) for line in shown.splitlines())
+    return state["ActiveState"], state["Result"]
+
+
+def test_a_backup_that_meets_the_other_repository_s_is_tried_again(hosts) -> None:
+    """pgBackRest takes one backup of a cluster at a time (a lock on the primary): the
+    off-site repository's backup, started while the primary site's holds the lock, fails
+    once and succeeds when tried again (postgresql_backup_retry_seconds, 15 s in the lab),
+    as after a timer's catch-up or a long backup would."""
+    before = {name: len(info(hosts, name)["backup"]) for name in REPO}
+    since = {name: hosts[name].check_output("date +%s") for name in REPO}
+
+    def logged(name: str) -> str:
+        return hosts[name].check_output(
+            f"journalctl -u pgbackrest-full --since @{since[name]} --no-pager -o cat"
+        )
+
+    hosts[REPOSITORY].check_output("systemctl start --no-block pgbackrest-full")
+    # Once pgBackRest has started the backup on the primary, it holds the lock.
+    deadline = time.monotonic() + 30
+    while "backup start archive" not in logged(REPOSITORY):
+        assert time.monotonic() < deadline, "the primary site's backup did not start in 30 s"
+        time.sleep(0.2)
+    hosts[OFFSITE].check_output("systemctl start --no-block pgbackrest-full")
+    deadline = time.monotonic() + 180
+    while any(unit_state(hosts[name])[0] != "inactive" for name in REPO):
+        assert time.monotonic() < deadline, {name: unit_state(hosts[name]) for name in REPO}
+        time.sleep(2)
+    assert {name: unit_state(hosts[name])[1] for name in REPO} == dict.fromkeys(REPO, "success")
+    assert {name: len(info(hosts, name)["backup"]) for name in REPO} == {
+        name: count + 1 for name, count in before.items()
+    }
+    # The off-site backup did meet the lock, and was tried again.
+    journal = logged(OFFSITE)
+    assert "unable to acquire lock" in journal and "backup attempt 1 failed" in journal, journal
+
+
 def verify(host) -> str:
     """pgBackRest's verify report. 2.45 exits 0 whatever it finds; a stanza with a bad
     file is reported as "status: error" with the file named. No retry of a file that
