@@ -22,7 +22,7 @@ import json
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -351,6 +351,17 @@ class LiveConnections:
 LIVE_CONNECTIONS = LiveConnections()
 
 
+def file_fingerprints(paths: Iterable[Path]) -> dict[str, str | None]:
+    """Path -> SHA-256 of its content, None where it cannot be read."""
+    seen: dict[str, str | None] = {}
+    for path in paths:
+        try:
+            seen[str(path)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            seen[str(path)] = None
+    return seen
+
+
 class ReloadableServerContext:
     """A server context whose certificate, key, CA and CRL can be read again while serving.
 
@@ -371,6 +382,10 @@ class ReloadableServerContext:
     def __init__(self, policy_file: str | Path) -> None:
         self.policy_file = Path(policy_file)
         self.policy = TLSPolicy.from_file(self.policy_file)
+        # Taken before the material is read, for the watcher to start from: a
+        # file rewritten while this process starts (a CRL written as a worker
+        # comes up) is then a change, not the state it already serves.
+        self.loaded = file_fingerprints(self.watched_files())
         self.crl = self.policy.revocation_list()
         self.current = self.policy.server_context()
         self.context = self.policy.server_context()
@@ -386,6 +401,7 @@ class ReloadableServerContext:
 
     def reload(self) -> TLSPolicy:
         policy = TLSPolicy.from_file(self.policy_file)
+        loaded = file_fingerprints([self.policy_file, *policy.watched_files()])
         crl = policy.revocation_list()
         # An older CRL of the same CA put back (it lacks the newest revocations)
         # is a rollback.
@@ -404,7 +420,7 @@ class ReloadableServerContext:
         # Built whole before it is swapped in: a handshake sees the old context
         # or the new one, never a half-loaded one.
         current = policy.server_context()
-        self.current, self.policy, self.crl = current, policy, crl
+        self.current, self.policy, self.crl, self.loaded = current, policy, crl, loaded
         ended = LIVE_CONNECTIONS.end_revoked(crl) if crl is not None else 0
         if ended:
             log.warning("%d open connection(s) ended: their certificates are now revoked", ended)
@@ -432,10 +448,14 @@ class TLSFileWatcher:
         on_change: Callable[[str], None],
         interval: float,
         name: str = "tls-watch",
+        *,
+        loaded: dict[str, str | None] | None = None,
     ) -> None:
         self.files, self.on_change = files, on_change
         self.interval = min(max(float(interval), 0.05), MAX_WATCH_SECONDS)
-        self._seen = self._fingerprint()
+        # LOADED: the files as they were when the serving context read them
+        # (ReloadableServerContext.loaded); without it, as they are now.
+        self._seen = self._fingerprint() if loaded is None else dict(loaded)
         self._wake = threading.Event()
         self._forced = False
         self._stopping = False
@@ -457,13 +477,7 @@ class TLSFileWatcher:
             self._thread.join(timeout=10)
 
     def _fingerprint(self) -> dict[str, str | None]:
-        seen: dict[str, str | None] = {}
-        for path in self.files():
-            try:
-                seen[str(path)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            except OSError:
-                seen[str(path)] = None
-        return seen
+        return file_fingerprints(self.files())
 
     def check(self) -> None:
         """One look at the files (the thread does this every interval)."""

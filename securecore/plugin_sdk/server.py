@@ -319,7 +319,10 @@ class PluginServer:
     def watch(self) -> TLSFileWatcher:
         """Reload whenever a TLS file changes (and at once on reload_now())."""
         return TLSFileWatcher(
-            self.tls.watched_files, self.reload, self.tls.policy.watch_seconds
+            self.tls.watched_files,
+            self.reload,
+            self.tls.policy.watch_seconds,
+            loaded=self.tls.loaded,
         ).start()
 
     def run(self, host: str, port: int) -> None:

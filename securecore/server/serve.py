@@ -372,7 +372,9 @@ def build_server(
         end_revoked_sessions(tls, sessions, audit_log.append)
 
     end_revoked_sessions(tls, sessions, audit_log.append)  # revoked while the service was down
-    watcher = TLSFileWatcher(tls.watched_files, reload_tls, tls.policy.watch_seconds).start()
+    watcher = TLSFileWatcher(
+        tls.watched_files, reload_tls, tls.policy.watch_seconds, loaded=tls.loaded
+    ).start()
     signal.signal(signal.SIGHUP, lambda _signum, _frame: watcher.reload_now())
     return server
 

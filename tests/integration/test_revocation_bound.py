@@ -26,8 +26,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from securecore.tls import TLSPolicy, TLSPolicyError
-from securecore_lab.devsetup import development_ca, development_leaves, issue_development_leaf
+from securecore.tls import ReloadableServerContext, TLSFileWatcher, TLSPolicy, TLSPolicyError
+from securecore_lab.devsetup import development_ca, development_leaves, init, issue_development_leaf
 from tests.support.devserver import (
     admin,
     dev_server,
@@ -232,6 +232,26 @@ def test_every_worker_cuts_off_a_revoked_certificate(tmp_path: Path) -> None:
         while not all("refused" in fetch(port, alice) for _ in range(12)):
             assert time.monotonic() < deadline, "a worker still accepts the revoked certificate"
         assert all(fetch(port, client(tls, tls)).get("status") == "200" for _ in range(6))
+
+
+def test_a_crl_written_while_a_process_starts_is_not_missed(tmp_path: Path) -> None:
+    """A worker reads its TLS files, then starts its watcher: a CRL written in between
+    (pki_revoke does not wait for a worker coming up) is a change to load, not the
+    state the worker already serves."""
+    site: dict = {}
+    init(tmp_path / "dev", prefer_hsm=False, log=lambda _line: None)
+    with_crl(tmp_path / "dev", site)
+    (site["tls"] / "policy.json").write_text(
+        json.dumps({**json.loads((site["tls"] / "policy.json").read_text()), "watch_seconds": 60})
+    )
+    tls = ReloadableServerContext(site["tls"] / "policy.json")  # the worker read its files...
+    revoke(site, site["alice"] / "admin.pem")  # ...the CRL changed...
+    watcher = TLSFileWatcher(  # ...and only now does its watcher start
+        tls.watched_files, lambda _trigger: tls.reload(), 60, loaded=tls.loaded
+    )
+    assert serial_of(site["alice"] / "admin.pem") not in tls.revoked_serials
+    watcher.check()  # what the watcher's thread does every interval
+    assert serial_of(site["alice"] / "admin.pem") in tls.revoked_serials
 
 
 def test_a_bad_crl_on_disk_keeps_the_one_in_force(tmp_path: Path) -> None:
