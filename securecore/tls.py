@@ -246,23 +246,24 @@ class TLSPolicy:
         return crl
 
     def _crl_issuers(self, crl: x509.CertificateRevocationList) -> list[x509.Certificate]:
+        return [ca for ca in self.trusted_issuers() if ca.subject == crl.issuer]
+
+    def trusted_issuers(self) -> list[x509.Certificate]:
+        """The CAs this host trusts to issue certificates: those of ca_file, and the CA
+        certificates in the chains of its own certificates that one of them issued (the
+        site's intermediate, which signs the leaves and the CRL but is not in ca_file)."""
         anchors = _certificates(self.ca_file)
         chains = [
             certificate
             for key in ("server_certificate", "client_certificate")
             for certificate in _certificates(getattr(self, key))
         ]
-        issuers = [ca for ca in anchors if ca.subject == crl.issuer]
+        issuers = list(anchors)
         for candidate in chains:
-            if candidate.subject != crl.issuer or not _is_ca(candidate):
+            if candidate in issuers or not is_ca(candidate):
                 continue
-            for anchor in anchors:
-                try:
-                    candidate.verify_directly_issued_by(anchor)
-                except (ValueError, TypeError, InvalidSignature):
-                    continue
+            if issued_by(candidate, anchors) is not None:
                 issuers.append(candidate)
-                break
         return issuers
 
     def watched_files(self) -> list[Path]:
@@ -302,11 +303,24 @@ def _certificates(path: Path | None) -> list[x509.Certificate]:
         return []
 
 
-def _is_ca(certificate: x509.Certificate) -> bool:
+def is_ca(certificate: x509.Certificate) -> bool:
     try:
         return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         return False
+
+
+def issued_by(
+    certificate: x509.Certificate, issuers: Iterable[x509.Certificate]
+) -> x509.Certificate | None:
+    """The one of ISSUERS whose name and key signed CERTIFICATE, or None."""
+    for issuer in issuers:
+        try:
+            certificate.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return issuer
+    return None
 
 
 class LiveConnections:

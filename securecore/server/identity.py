@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from securecore.errors import SecureCoreError
 
 KINDS = ("admin", "core", "plugin", "dmz")
+PRINCIPAL_ID = f"KIND/NAME with KIND one of {', '.join(KINDS)}"
 
 
 class IdentityError(SecureCoreError):
@@ -61,12 +62,23 @@ def principal_from_scope(scope: Mapping[str, Any], trust_domain: str) -> Princip
     return principal_from_certificate(tls["client_cert_chain"][0], trust_domain)
 
 
+def split_principal_id(value: str) -> tuple[str, str] | None:
+    """KIND/NAME -> (KIND, NAME); None if VALUE is not PRINCIPAL_ID."""
+    parts = value.split("/")
+    if len(parts) != 2 or parts[0] not in KINDS or not parts[1]:
+        return None
+    return parts[0], parts[1]
+
+
 # Parsing a certificate costs more than the rest of a request's identity
 # check; the principal depends on the certificate's bytes only (the chain and
 # its revocation were checked in the handshake), so it is kept per certificate.
 @functools.lru_cache(maxsize=4096)
 def principal_from_certificate(pem: str, trust_domain: str) -> Principal:
-    cert = x509.load_pem_x509_certificate(pem.encode())
+    return principal_of(x509.load_pem_x509_certificate(pem.encode()), trust_domain)
+
+
+def principal_of(cert: x509.Certificate, trust_domain: str) -> Principal:
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as error:
@@ -79,12 +91,12 @@ def principal_from_certificate(pem: str, trust_domain: str) -> Principal:
     ]
     if len(ids) != 1:
         raise IdentityError(f"the client certificate must carry exactly one {prefix}... URI")
-    parts = ids[0][len(prefix) :].split("/")
-    if len(parts) != 2 or parts[0] not in KINDS or not parts[1]:
-        raise IdentityError(f"{ids[0]}: not KIND/NAME with KIND one of {', '.join(KINDS)}")
+    parsed = split_principal_id(ids[0][len(prefix) :])
+    if parsed is None:
+        raise IdentityError(f"{ids[0]}: not {PRINCIPAL_ID}")
     return Principal(
-        kind=parts[0],
-        name=parts[1],
+        kind=parsed[0],
+        name=parsed[1],
         spiffe_id=ids[0],
         subject=cert.subject.rfc4514_string(),
         serial=format(cert.serial_number, "x"),
