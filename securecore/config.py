@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from securecore.errors import SecureCoreError
+from securecore.server.identity import PRINCIPAL_ID, split_principal_id
 
 ENVIRONMENT_VARIABLE = "SECURECORE_CONFIG"
 
@@ -125,6 +126,12 @@ SCHEMA: dict[str, dict[str, Option]] = {
     },
     "backup": {
         "directory": Option(str, is_path=True),
+    },
+    "edge": {
+        # The DMZ edge's principals (dmz/HOST): only from a connection whose certificate
+        # names one of these is a client's identity relayed in the client-cert and
+        # x-forwarded-for headers (securecore.server.forwarded). Empty: none is.
+        "principals": Option(list, []),
     },
     "limits": {
         # Request bodies in bytes, enforced while they are read (413, connection
@@ -253,6 +260,7 @@ def _validate(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str,
                     continue
             values[name][key] = value
     _check_backends(sections, values, problems)
+    _check_edge(values, problems)
     return values
 
 
@@ -273,3 +281,14 @@ def _check_backends(
         # Checkpoints come from whichever host is the sequencer: verifying them on
         # any host needs every host's key, pinned.
         problems.append("[audit] origin_keys: required because [audit] cluster = true")
+
+
+def _check_edge(values: dict[str, dict[str, Any]], problems: list[str]) -> None:
+    """[edge] principals are principal ids of DMZ hosts: an edge that was a core host, an
+    administrator or a plugin would be trusted to name any client."""
+    for value in values.get("edge", {}).get("principals", []):
+        parsed = split_principal_id(value) if isinstance(value, str) else None
+        if parsed is None:
+            problems.append(f"[edge] principals: {value!r} is not a principal id ({PRINCIPAL_ID})")
+        elif parsed[0] != "dmz":
+            problems.append(f"[edge] principals: {value!r}: an edge is a DMZ host (dmz/NAME)")

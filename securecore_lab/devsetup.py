@@ -5,7 +5,8 @@ DIR/secrets/           random PINs and the audit HMAC key (0600)
 DIR/softhsm/ or keys/  a SoftHSM token with the service's keys, or key files
                        where SoftHSM is not installed (said clearly)
 DIR/tls/               a development CA, a server, an admin, a core (the service calling
-                       plugins) and a plugin ("example") certificate,
+                       plugins), a plugin ("example") and a DMZ edge (dmz/dev-edge, trusted
+                       only once [edge] principals names it) certificate,
                        and the TLS policy (TLS 1.3, mutual)
 DIR/data/              the empty audit database and its witness directory
 """
@@ -215,6 +216,12 @@ def development_leaves() -> dict[str, tuple[str, list, list]]:
             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
             [*localhost, x509.UniformResourceIdentifier("spiffe://securecore/plugin/example")],
         ),
+        # A DMZ edge, relaying its clients' certificates when [edge] principals names it.
+        "edge": (
+            "dev-edge",
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            [x509.UniformResourceIdentifier("spiffe://securecore/dmz/dev-edge")],
+        ),
     }
 
 
@@ -262,7 +269,8 @@ def issue_development_leaf(
 
 
 def _development_pki(tls: Path) -> None:
-    """A development CA, a server certificate for localhost, admin, core and plugin clients."""
+    """A development CA, a server certificate for localhost, admin, core, plugin and edge
+    clients."""
     ca, ca_key = development_ca()
     (tls / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for name in development_leaves():

@@ -33,6 +33,8 @@ class RequestContext:
     # An administrator on the admin API: still subject to ACL, intrusion and
     # rate limits, but not stopped by an emergency shutdown (they must recover).
     operator: bool = False
+    # The DMZ edge that relayed the principal's request (server/forwarded.py), if one did.
+    via: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class PolicyEngine:
                 "reason": decision.reason,
                 "policy_version": decision.policy_version,
                 "source": request.source,
+                **({"via": request.via} if request.via else {}),
             },
         )
 

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from securecore.server.api_schema import Endpoint, body, integer, read_body, string
 from securecore.server.errors import error_response
+from securecore.server.identity_middleware import relayed_by, request_source
 
 if TYPE_CHECKING:
     # For the annotations only: the routes act on what serve.py built.
@@ -149,16 +150,22 @@ def admin_routes(
                     # A non-administrator on the admin API: a privilege-escalation
                     # attempt, which ends its sessions and locks the principal.
                     detail = f"{request.method} {request.url.path}"
-                    source = request.client.host if request.client else ""
                     await anyio.to_thread.run_sync(
-                        intrusion.privilege_escalation, principal.id, detail, source
+                        intrusion.privilege_escalation,
+                        principal.id,
+                        detail,
+                        request_source(request.scope),
+                        relayed_by(request.scope).get("via"),
                     )
                 return error_response(403, "administrators only", "forbidden")
             return await handler(request, actor)
 
         return guarded
 
-    async def audited(actor: str, action: str, target: str, details: dict) -> None:
+    async def audited(
+        request: Request, actor: str, action: str, target: str, details: dict
+    ) -> None:
+        details = {**details, **relayed_by(request.scope)}  # an administrator through the edge
         await anyio.to_thread.run_sync(
             lambda: actions.audit(actor, action, target, "success", details)
         )
@@ -182,6 +189,7 @@ def admin_routes(
             reason=data.get("reason") or f"revoked by {actor}",
         )
         await audited(
+            request,
             actor,
             "session.revoke",
             data.get("session_id") or data["principal"],
@@ -206,7 +214,7 @@ def admin_routes(
             "ip", address, time.time() + minutes * 60, data.get("reason") or f"blocked by {actor}"
         )
         await audited(
-            actor, "acl.block", address, {"minutes": minutes, "reason": data.get("reason")}
+            request, actor, "acl.block", address, {"minutes": minutes, "reason": data.get("reason")}
         )
         return JSONResponse({"blocked": address, "minutes": minutes})
 
@@ -224,7 +232,9 @@ def admin_routes(
             # (transfer limit) both end.
             subject, kinds = data["principal"], ("principal", "client")
         removed = await anyio.to_thread.run_sync(actions.policy_state.unblock, kinds, subject)
-        await audited(actor, "acl.unblock", subject, {"kinds": list(kinds), "removed": removed})
+        await audited(
+            request, actor, "acl.unblock", subject, {"kinds": list(kinds), "removed": removed}
+        )
         return JSONResponse({"unblocked": subject, "removed": removed})
 
     async def plugins_list(request: Request, actor: str) -> Response:
@@ -269,7 +279,7 @@ def admin_routes(
         if actions.policy_state.mode("shutdown") != "on":
             return error_response(409, "the service is not in emergency shutdown", "conflict")
         actions.policy_state.set_mode("shutdown", "off")
-        await audited(actor, "emergency.recover", "securecore", {"note": data["note"]})
+        await audited(request, actor, "emergency.recover", "securecore", {"note": data["note"]})
         return JSONResponse({"shutdown": False})
 
     return [

@@ -2,7 +2,8 @@
 
 Every connection is mutual TLS 1.3 (the server refuses anything else); the
 identity middleware turns the verified client certificate into a Principal
-for each request and refuses requests whose certificate names none. Health
+for each request and refuses requests whose certificate names none (from a
+DMZ edge, the client certificate it relays, checked: forwarded.py). Health
 (/healthz) and readiness (/readyz) answer any verified client; readiness
 answers 503 while a dependency fails, the audit log writer included.
 Request bodies are limited per route while they are read (body_limit).
@@ -15,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -29,6 +31,7 @@ from securecore.server.admin_routes import AdminActions, admin_routes
 from securecore.server.api_schema import Endpoint, openapi
 from securecore.server.body_limit import DEFAULT_BODY_BYTES, BodyLimitMiddleware
 from securecore.server.errors import http_exception, unhandled
+from securecore.server.forwarded import EdgeTrust
 from securecore.server.identity_middleware import IdentityMiddleware
 from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.policy_middleware import PolicyMiddleware
@@ -66,6 +69,7 @@ def create_app(
     on_shutdown: Callable[[], None] | None = None,
     body_bytes: int = DEFAULT_BODY_BYTES,
     route_body_bytes: Mapping[str, int] | None = None,
+    edge: EdgeTrust | None = None,
 ) -> Starlette:
     checks = readiness or {}
     # What each check last said, so that a change is logged once (the answer names
@@ -100,7 +104,11 @@ def create_app(
         return JSONResponse({"status": "ready", "checks": sorted(checks)})
 
     async def whoami(request: Request) -> JSONResponse:
-        return JSONResponse(request.state.principal.as_dict())
+        via = request.state.via
+        answer: dict[str, Any] = request.state.principal.as_dict()
+        if via is not None:
+            answer["via"] = via.as_dict()  # the DMZ edge that relayed the request
+        return JSONResponse(answer)
 
     app = Starlette(
         routes=[
@@ -134,7 +142,7 @@ def create_app(
             plugin_view=plugin_view,
             operators=operators,
         )
-    app.add_middleware(IdentityMiddleware, trust_domain=trust_domain)
+    app.add_middleware(IdentityMiddleware, trust_domain=trust_domain, edge=edge)
     # Before identity and policy: no body is read past its limit, whoever sends it.
     app.add_middleware(BodyLimitMiddleware, default=body_bytes, routes=route_body_bytes)
     if metrics is not None:
@@ -148,7 +156,12 @@ BASE_ENDPOINTS = [
         "GET", "/readyz", "Readiness: audit store and signing key", None, (200, 503), ("service",)
     ),
     Endpoint(
-        "GET", "/v1/whoami", "The principal of the client certificate", None, (200,), ("service",)
+        "GET",
+        "/v1/whoami",
+        "The principal of the client certificate (and the edge that relayed it)",
+        None,
+        (200,),
+        ("service",),
     ),
     Endpoint("GET", "/metrics", "Prometheus metrics", None, (200,), ("service",)),
 ]

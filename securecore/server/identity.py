@@ -2,7 +2,9 @@
 
 Site certificates (roles/pki, `securecore-lab init`) carry a URI SAN
 spiffe://TRUST_DOMAIN/KIND/NAME - admin/NAME, core/HOST, plugin/HOST,
-dmz/HOST. Nothing else (headers, subject CN alone) names a principal.
+dmz/HOST. Nothing else (headers, subject CN alone) names a principal; the one
+header that can, a client's certificate relayed by the DMZ edge, is read from
+edge principals only and checked like a handshake's (forwarded.py, REQ-EDGE-5).
 """
 
 from __future__ import annotations

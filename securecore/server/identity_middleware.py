@@ -1,7 +1,14 @@
 """The identity middleware: the verified client certificate becomes the request's Principal.
 
 A request whose certificate names no principal is refused (403), except on the
-open paths (health and readiness), which answer any verified client.
+open paths (health and readiness), which answer any verified client. From a
+DMZ edge of `[edge] principals`, the client it relays is the principal
+instead (forwarded.py; a relayed identity that does not parse or is refused
+answers 400 or 403 and is audited).
+
+The request's state then holds `principal`, `via` (the edge that relayed it,
+or None) and `source` (the client's address: the edge's x-forwarded-for, or
+the socket peer); request_source() and relayed_by() read them.
 """
 
 from __future__ import annotations
@@ -9,14 +16,15 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from securecore.server.errors import error_response
+from securecore.server.forwarded import EdgeTrust, ForwardedIdentityError
 from securecore.server.identity import IdentityError, principal_from_scope
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class IdentityMiddleware:
-    def __init__(self, app: ASGIApp, trust_domain: str) -> None:
-        self.app, self.trust_domain = app, trust_domain
+    def __init__(self, app: ASGIApp, trust_domain: str, edge: EdgeTrust | None = None) -> None:
+        self.app, self.trust_domain, self.edge = app, trust_domain, edge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -29,5 +37,36 @@ class IdentityMiddleware:
                 await error_response(403, str(error), "identity_unknown")(scope, receive, send)
                 return
             principal = None
-        scope.setdefault("state", {})["principal"] = principal
+        client = scope.get("client")
+        source, via = client[0] if client else "", None
+        # Only an edge's headers are looked at, and only here.
+        if principal is not None and self.edge is not None and self.edge.trusts(principal):
+            try:
+                caller = self.edge.resolve(principal, scope["headers"], source)
+            except ForwardedIdentityError as error:
+                if self.edge.audit is not None:
+                    details = {"code": error.code, "reason": str(error), "source": source}
+                    await self.edge.audit(
+                        principal.id, "edge.forwarded_identity", "securecore", "denied", details
+                    )
+                await error_response(error.status, str(error), error.code)(scope, receive, send)
+                return
+            principal, source, via = caller.principal, caller.source, caller.via
+        state = scope.setdefault("state", {})
+        state["principal"], state["via"], state["source"] = principal, via, source
         await self.app(scope, receive, send)
+
+
+def request_source(scope: Scope) -> str:
+    """The client's address: as the identity middleware found it, else the socket peer."""
+    state = scope.get("state", {})
+    if "source" in state:
+        return state["source"]
+    client = scope.get("client")
+    return client[0] if client else ""
+
+
+def relayed_by(scope: Scope) -> dict[str, str]:
+    """{"via": EDGE} for an audit record's details when an edge relayed the request, else {}."""
+    via = scope.get("state", {}).get("via")
+    return {"via": via.id} if via is not None else {}

@@ -37,11 +37,19 @@ class IntrusionResponder:
     ) -> None:
         self.detector, self.sessions, self.audit, self.clock = detector, sessions, audit, clock
 
-    def authentication_failed(self, principal: str, source: str, code: str) -> None:
+    def authentication_failed(
+        self, principal: str, source: str, code: str, via: str | None = None
+    ) -> None:
+        """VIA: the DMZ edge that relayed the principal's request, if one did."""
+        relayed = {"via": via} if via else {}
         self.audit(
-            principal, "auth.failure", "securecore", "failure", {"code": code, "source": source}
+            principal,
+            "auth.failure",
+            "securecore",
+            "failure",
+            {"code": code, "source": source, **relayed},
         )
-        evidence = {"principal": principal, "source": source, "code": code}
+        evidence = {"principal": principal, "source": source, "code": code, **relayed}
         self.apply(self.detector.login_failed(principal, source, self.clock()), evidence)
 
     def transferred(self, principal: str, size: int) -> None:
@@ -51,9 +59,12 @@ class IntrusionResponder:
         """Count the bytes (microseconds, safe on the event loop); the responses due."""
         return self.detector.transferred(principal, size, self.clock()) if size else []
 
-    def privilege_escalation(self, principal: str, detail: str, source: str = "") -> None:
+    def privilege_escalation(
+        self, principal: str, detail: str, source: str = "", via: str | None = None
+    ) -> None:
         responses = self.detector.privilege_escalation(principal, detail, self.clock())
-        self.apply(responses, {"principal": principal, "request": detail, "source": source})
+        evidence = {"principal": principal, "request": detail, "source": source}
+        self.apply(responses, {**evidence, **({"via": via} if via else {})})
 
     def apply(self, responses: list[Response], evidence: dict | None = None) -> None:
         for response in responses:

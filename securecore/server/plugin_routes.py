@@ -29,6 +29,7 @@ from securecore.plugin_registry.channel_client import PluginCaller, PluginCallEr
 from securecore.plugin_registry.registry import PluginRegistry, RegistrationRequest
 from securecore.server.api_schema import Endpoint, body, integer, read_body, string
 from securecore.server.errors import error_response
+from securecore.server.identity_middleware import relayed_by
 from securecore.server.session_routes import bearer, token_pair_json
 from securecore.sessions.manager import SessionManager
 from securecore.sessions.tokens import TokenError
@@ -168,6 +169,7 @@ def plugin_routes(
         data, invalid = await read_body(request, CALL)
         if invalid:
             return invalid
+        relayed = relayed_by(request.scope)  # the DMZ edge's name, if one relayed the call
         # Before the registry is asked: a caller not allowed learns nothing about the plugin.
         rule = access.decide(principal.id, name, data["op"])
         if rule is None:
@@ -177,7 +179,7 @@ def plugin_routes(
                 "plugin.authorize",
                 name,
                 "denied",
-                {"op": data["op"], "reason": "no access rule allows it"},
+                {"op": data["op"], "reason": "no access rule allows it", **relayed},
             )
             return error_response(
                 403, f"{principal.id} may not call {data['op']} of plugin {name}", "forbidden"
@@ -238,6 +240,7 @@ def plugin_routes(
                 "ms": latency,
                 "trust": assessment.score,
                 "access_rule": rule,
+                **relayed,
             },
         )
         if code == "plugin_error":

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from securecore.policy.engine import PolicyEngine, RequestContext
 from securecore.server.errors import error_response
-from securecore.server.identity_middleware import OPEN_PATHS
+from securecore.server.identity_middleware import OPEN_PATHS, request_source
 from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.plugin_routes import call_path_plugin
 
@@ -46,13 +46,15 @@ class PolicyMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        principal = scope.get("state", {}).get("principal")
-        client = scope.get("client") or ("", 0)
+        state = scope.get("state", {})
+        principal, via = state.get("principal"), state.get("via")
         plugin = call_path_plugin(scope["path"]) if self.plugin_view else None
         view = self.plugin_view(plugin) if plugin and self.plugin_view else None
         context = RequestContext(
-            source=client[0],
+            # The client's address and identity, also when the DMZ edge relayed them.
+            source=request_source(scope),
             principal=principal.id if principal else "unknown",
+            via=via.id if via else None,
             plugin=plugin if view else None,
             plugin_state=view[0] if view else None,
             trust_actions=view[1] if view else frozenset(),

@@ -73,6 +73,7 @@ from securecore.policy.intrusion import IntrusionDetector
 from securecore.policy.state import PolicyState
 from securecore.server.admin_routes import AdminActions
 from securecore.server.app import create_app
+from securecore.server.forwarded import EdgeTrust
 from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.server.live_metrics import live_state
 from securecore.server.local_admin import ServerWithLocalAdmin
@@ -280,8 +281,17 @@ def build_server(
         status=status,
     )
     metrics.add_collector(live_state(registry, sessions, audit_log, policy))
+    trust_domain = "securecore"
+    # The DMZ edges whose relayed client identities are trusted, checked against the
+    # serving context's CAs and CRL (securecore.server.forwarded).
+    edges = config.get("edge", "principals")
+    edge = (
+        EdgeTrust(edges, tls, trust_domain, operators=operators, audit=audit_log.append_async)
+        if edges
+        else None
+    )
     app = create_app(
-        trust_domain="securecore",
+        trust_domain=trust_domain,
         readiness={
             "audit_writer": audit_log.check,
             "signing_key": signing_key,
@@ -320,6 +330,7 @@ def build_server(
         on_shutdown=audit_log.close,
         body_bytes=body_bytes,
         route_body_bytes=route_body_bytes,
+        edge=edge,
     )
     settings = uvicorn.Config(
         app,
@@ -331,7 +342,9 @@ def build_server(
         log_config=log_config(),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
-        proxy_headers=False,  # no header may change who the client is
+        # No header may change who the client is, except what a configured DMZ edge
+        # relays, checked by the application (securecore.server.forwarded).
+        proxy_headers=False,
     )
     server = ServerWithLocalAdmin(settings, admin, local_admin)
     if own_log is not None:

@@ -1,5 +1,8 @@
 """/v1/sessions: tokens for the principal of the client certificate.
 
+Through the DMZ edge, that is the client certificate the edge relays: the
+tokens are bound to it (cnf x5t#S256), not to the edge's.
+
 POST   /v1/sessions          a new session (access + refresh token), bound to the certificate
 POST   /v1/sessions/refresh  {"refresh_token": ...} -> a new pair; the old refresh token retires
 DELETE /v1/sessions/current  revoke the session of the presented access token
@@ -15,6 +18,7 @@ from starlette.routing import Route
 
 from securecore.server.api_schema import Endpoint, body, read_body, string
 from securecore.server.errors import error_response
+from securecore.server.identity_middleware import relayed_by, request_source
 from securecore.server.intrusion_hooks import IntrusionResponder
 from securecore.sessions.manager import SessionManager, TokenPair
 from securecore.sessions.tokens import TokenError
@@ -99,9 +103,12 @@ def session_routes(
 ) -> list[Route]:
     async def refused(request: Request, error: TokenError) -> JSONResponse:
         if intrusion is not None and error.code in FAILED_AUTHENTICATION:
-            source = request.client.host if request.client else ""
             await anyio.to_thread.run_sync(
-                intrusion.authentication_failed, request.state.principal.id, source, error.code
+                intrusion.authentication_failed,
+                request.state.principal.id,
+                request_source(request.scope),
+                error.code,
+                relayed_by(request.scope).get("via"),
             )
         return _refused(error)
 

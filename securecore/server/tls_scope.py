@@ -4,8 +4,9 @@ uvicorn does not put the peer certificate into the ASGI scope. This protocol
 class adds `scope["extensions"]["tls"]` (ASGI TLS extension, asgiref
 specs/tls) for every request on a TLS connection, taken from the connection's
 SSL object after the handshake verified the chain against the site's CA. The
-application reads identity from there only: a client cannot forge it with
-a header, since no header is ever consulted.
+application reads identity from there: a client cannot forge it with a
+header, since no header of a client's is consulted (a configured DMZ edge's
+relayed certificate is, and is checked like a handshake's: forwarded.py).
 """
 
 from __future__ import annotations
