@@ -51,6 +51,22 @@ def test_any_source_has_no_address_match() -> None:
     assert compile_for("dmz", zones=zones)["input"] == ['tcp dport { 443 } accept comment "https"']
 
 
+def test_a_rule_from_an_empty_list_admits_nobody() -> None:
+    """The edge's addresses when the edge group has no hosts: the rule is left out,
+    never widened to any source."""
+    zones = {
+        "core": {
+            "rules": [
+                {"name": "from-edge", "ports": [8443], "from": []},
+                {"name": "from-one-edge", "ports": [8443], "from": ["10.1.100.10/32"]},
+            ]
+        }
+    }
+    assert compile_for("core", zones=zones)["input"] == [
+        'ip saddr { 10.1.100.10/32 } tcp dport { 8443 } accept comment "from-one-edge"'
+    ]
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [

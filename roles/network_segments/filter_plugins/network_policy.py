@@ -77,8 +77,10 @@ def _set(items: Iterable[str]) -> str:
     return "{ " + ", ".join(items) + " }"
 
 
-def compile_rule(rule: Any, segments: Mapping[str, Any], where: str) -> dict[str, str]:
-    """One rule as {'chain': 'input'|'output', 'statement': nft text}."""
+def compile_rule(rule: Any, segments: Mapping[str, Any], where: str) -> dict[str, str] | None:
+    """One rule as {'chain': 'input'|'output', 'statement': nft text}; None for a rule
+    whose peers are an empty list (e.g. the addresses of a group with no hosts): it
+    admits nobody, so it is left out rather than widened."""
     if not isinstance(rule, Mapping):
         raise PolicyError(f"{where}: a rule must be a mapping, got {rule!r}")
     unknown = sorted(set(rule) - RULE_KEYS)
@@ -104,6 +106,8 @@ def compile_rule(rule: Any, segments: Mapping[str, Any], where: str) -> dict[str
         raise PolicyError(f"{where}: an outbound rule takes 'to', not 'from'")
     peer_key, addr_field = ("from", "saddr") if direction == "in" else ("to", "daddr")
     peers = _networks(rule.get(peer_key), segments, f"{where}.{peer_key}")
+    if peers == []:
+        return None
     parts = []
     if peers is not None:
         parts.append(f"ip {addr_field} {_set(str(n) for n in peers)}")
@@ -149,7 +153,8 @@ def compile_firewall(
     for layer, rules in layers:
         for index, rule in enumerate(rules):
             compiled = compile_rule(rule, site_segments, f"{layer}[{index}]")
-            chains[compiled["chain"]].append(compiled["statement"])
+            if compiled is not None:
+                chains[compiled["chain"]].append(compiled["statement"])
     return {
         "zone": zone,
         "egress": egress,

@@ -226,21 +226,37 @@ def _quorum_problems(
     return problems
 
 
+def _edge_problems(groups: Mapping[str, Iterable[str]], edge_group: str) -> list[str]:
+    """The edge's hosts are DMZ hosts: the core trusts relayed identities from dmz/HOST
+    principals only (roles/pki names a host's principal after its segment)."""
+    dmz = set(groups.get("dmz") or [])
+    outside = [host for host in groups.get(edge_group) or [] if host not in dmz]
+    if not outside:
+        return []
+    return [
+        f"group {edge_group}: {', '.join(outside)} not in the dmz segment; the DMZ edge "
+        "runs on DMZ hosts (the core trusts relayed identities from dmz/HOST only)"
+    ]
+
+
 def site_inventory_problems(
     site_segments: Any,
     hostvars: Mapping[str, Mapping[str, Any]],
     groups: Mapping[str, Iterable[str]],
     required_secrets: Any = None,
     database_groups: Sequence[str] = ("database", "database_consensus"),
+    edge_group: str = "edge",
 ) -> list[str]:
-    """Every problem of the site's segments, hosts, secrets and database quorum, in a
-    stable order. DATABASE_GROUPS: the groups of the database nodes and of the
-    consensus members (roles/postgresql_ha's postgresql_ha_*_group)."""
+    """Every problem of the site's segments, hosts, secrets, database quorum and edge,
+    in a stable order. DATABASE_GROUPS: the groups of the database nodes and of the
+    consensus members (roles/postgresql_ha's postgresql_ha_*_group); EDGE_GROUP: the
+    DMZ edge's (roles/edge)."""
     problems, networks = _segment_problems(site_segments)
     segments = site_segments if isinstance(site_segments, Mapping) else {}
     problems += _host_problems(hostvars, groups, segments, networks)
     problems += _secret_problems(hostvars, groups, required_secrets)
     problems += _quorum_problems(groups, *database_groups)
+    problems += _edge_problems(groups, edge_group)
     return problems
 
 
