@@ -12,7 +12,7 @@ APT_PACKAGES=(
   # the lab: rootful podman with runc (crun fails on cgroups v1 hybrid hosts)
   podman runc netavark aardvark-dns iptables debootstrap
   # controller tooling
-  python3 python3-venv python3-dev gcc openssh-client git
+  python3 python3-venv python3-dev gcc openssh-client git curl
   # HSM (SoftHSM2 is the lab's PKCS#11 token) and firewall tooling
   softhsm2 opensc nftables openssl
   # independent checks used by the tests (SSH configuration audit; the evidence
