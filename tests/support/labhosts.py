@@ -157,7 +157,7 @@ a = json.loads(sys.argv[1])
 ctx = ssl.create_default_context(cafile=a["ca"])
 if a.get("cert"):
     ctx.load_cert_chain(a["cert"], a["key"])
-headers = {"Content-Type": "application/json"}
+headers = {"Content-Type": "application/json", **a.get("headers", {})}
 if a.get("token"):
     headers["Authorization"] = "Bearer " + a["token"]
 body = json.dumps(a["body"]) if a.get("body") is not None else None
@@ -182,11 +182,15 @@ def https(
     client: str | None = f"{TLS}/client",
     token: str | None = None,
     body: dict | None = None,
+    headers: dict[str, str] | None = None,
+    port: int = 8443,
 ) -> tuple[int, object]:
-    """(status, JSON answer) of a request from HOST; status 0 if no HTTP answer came."""
+    """(status, JSON answer) of a request from HOST; status 0 if no HTTP answer came.
+    PORT: the core service's by default (443: the DMZ edge's)."""
     request = {
         "host": address,
-        "port": 8443,
+        "port": port,
+        "headers": headers or {},
         "ca": f"{TLS}/ca.pem",
         "method": method,
         "path": path,

@@ -36,6 +36,8 @@ ORDER = [
     # Change the hosts: the PKI's refusals (the core service stopped on core-01 for the
     # length of each TLS exchange, started again after) and a revoked client certificate.
     "pki/test_pki.py",
+    # The DMZ edge: kills core-01's service under load through it, starts it again.
+    "edge/test_edge.py",
     # Shutdown and recovery, key and certificate rotation, backup and restore, upgrades.
     "whole_site/test_core_service.py",
     "whole_site/test_revocation.py",

@@ -39,11 +39,12 @@ def test_core_reaches_plugin_service_port(hosts):
 
 
 def test_plugin_cannot_reach_dmz_or_other_ports(hosts):
-    with Listener(hosts["dmz-01"], 443), Listener(hosts["core-01"], UNLISTED_PORT):
+    # The edge (HAProxy) serves the DMZ's public port.
+    with served(hosts["dmz-01"], 443), Listener(hosts["core-01"], UNLISTED_PORT):
         # The DMZ's public port is open to everyone but the plugin zone, whose
         # egress is closed: the packet never leaves plugin-01.
-        assert can_connect(hosts["core-01"], ip("dmz-01"), 443)
-        assert not can_connect(hosts["plugin-01"], ip("dmz-01"), 443)
+        assert can_connect(hosts["core-01"], ip("dmz-01"), 443, banner=False)
+        assert not can_connect(hosts["plugin-01"], ip("dmz-01"), 443, banner=False)
         assert not can_connect(hosts["plugin-01"], ip("core-01"), UNLISTED_PORT)
         assert not can_connect(hosts["plugin-01"], ip("core-01"), 22)
 
@@ -51,6 +52,15 @@ def test_plugin_cannot_reach_dmz_or_other_ports(hosts):
 def test_plugin_may_call_the_core_api_only(hosts):
     with served(hosts["core-01"], CORE_PORT):
         assert can_connect(hosts["plugin-01"], ip("core-01"), CORE_PORT, banner=False)
+
+
+def test_in_the_dmz_only_the_edge_s_hosts_may_reach_the_core_api(hosts):
+    """The core zone's rule names dmz-01 (the edge group's host), not the DMZ segment:
+    another DMZ host would not get through (REQ-EDGE-8)."""
+    ruleset = hosts["core-01"].check_output("nft list ruleset")
+    rule = next(line for line in ruleset.splitlines() if '"core-api-from-edge"' in line)
+    assert f"ip saddr {ip('dmz-01')} " in rule and "tcp dport 8443" in rule, rule
+    assert "10.210.100.0/24" not in ruleset, ruleset
 
 
 def test_dmz_reaches_core_only_on_the_core_service_port(hosts):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.commands import ROOT, run
+from tests.support.edge import EDGE_ADDRESS, EDGE_PORT
 from tests.support.labhosts import TLS, https, lab_spec
 from tests.support.service_load import install_admin_certificate
 
@@ -114,21 +115,25 @@ def test_the_audit_log_on_the_host_verifies_with_the_hsm_key(hosts, name) -> Non
 @pytest.fixture(scope="module")
 def admin_client(hosts):
     """Requests from dmz-01 with the lab administrator's certificate (copied for the test
-    only), to core-01 or to the core host VIA."""
+    only): through the DMZ edge on its public port, as every client of the site comes -
+    so every API check here also shows the edge lets the service's own traffic through
+    (no false positive of its WAF, its token check or its limits) - or straight to the
+    core host VIA."""
     dmz = hosts["dmz-01"]
     install_admin_certificate(dmz)
 
     def request(
-        method: str, path: str, token: str | None = None, body: dict | None = None, via=CORE[0]
+        method: str, path: str, token: str | None = None, body: dict | None = None, via=None
     ):
         return https(
             dmz,
-            str(via.address),
+            EDGE_ADDRESS if via is None else str(via.address),
             method,
             path,
             client="/tmp/lab-admin/client",
             token=token,
             body=body,
+            port=EDGE_PORT if via is None else 8443,
         )
 
     yield request
@@ -288,7 +293,7 @@ while time.monotonic() < deadline and not os.path.exists(a["stop"]):
     for method, path, body in (("GET", "/readyz", None),
                                ("POST", "/v1/plugins/plugin-01/call", call)):
         try:
-            c = http.client.HTTPSConnection(a["host"], 8443, context=ctx, timeout=10)
+            c = http.client.HTTPSConnection(a["host"], a["port"], context=ctx, timeout=10)
             c.request(method, path, body=body, headers={
                 "Authorization": "Bearer " + a["token"], "Content-Type": "application/json"})
             r = c.getresponse()
@@ -300,7 +305,7 @@ while time.monotonic() < deadline and not os.path.exists(a["stop"]):
                 # Access tokens live 5 minutes and a rotation on a busy machine takes
                 # longer: a client signs in again, as any client does; not a failure.
                 c.close()
-                c = http.client.HTTPSConnection(a["host"], 8443, context=ctx, timeout=10)
+                c = http.client.HTTPSConnection(a["host"], a["port"], context=ctx, timeout=10)
                 c.request("POST", "/v1/sessions", body="{}",
                           headers={"Content-Type": "application/json"})
                 renewed = c.getresponse()
@@ -332,8 +337,10 @@ def test_keys_and_certificates_rotate_without_downtime(hosts, admin_client) -> N
     before = plugin_record(admin_client)
     out, stop = "/tmp/rotation-traffic.json", "/tmp/rotation-traffic.stop"
     dmz.run(f"rm -f {out} {stop}")
+    # Through the edge: its certificates and the token keys it checks rotate too.
     traffic = {
-        "host": str(CORE[0].address),
+        "host": EDGE_ADDRESS,
+        "port": EDGE_PORT,
         "ca": f"{TLS}/ca.pem",
         "token": token,
         "cert": "/tmp/lab-admin/client.pem",

@@ -1,6 +1,7 @@
 """Revocation on the lab: a certificate revoked with `pki_revoke` is refused by every core
-host and its sessions end within the TLS policy's watch_seconds, with no restart
-(the role's handler reloads the services too); the holder works with its new one."""
+host and by the DMZ edge, and its sessions end within the TLS policy's watch_seconds,
+with no restart (the role's handler reloads the services too); the holder works with
+its new one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import time
 
 from tests.support.commands import run
+from tests.support.edge import EDGE_ADDRESS, EDGE_PORT
 from tests.support.labhosts import TLS, connect, https, lab_spec
 
 BOUND = 60  # seconds: the most watch_seconds may be (the default is 5)
@@ -44,6 +46,11 @@ def test_a_revoked_certificate_is_refused_by_every_core_host_and_its_sessions_en
             time.sleep(2)
         # The re-issued certificate of the same host is accepted.
         assert https(dmz, str(host.address), "GET", "/v1/whoami")[0] == 200
+    # The DMZ edge refuses it too (HAProxy reloads for the new CRL).
+    deadline = max(time.monotonic(), started) + BOUND
+    while https(dmz, EDGE_ADDRESS, "GET", "/v1/whoami", client=OLD, port=EDGE_PORT)[0] != 0:
+        assert time.monotonic() < deadline, "the edge still accepts the revoked certificate"
+        time.sleep(2)
     if token:
         status, answer = https(dmz, core, "GET", "/v1/sessions/current", token=token)
         assert status == 401, answer  # from the new certificate: the session ended anyway

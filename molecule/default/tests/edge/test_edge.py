@@ -1,0 +1,392 @@
+"""The DMZ edge on the lab (roles/edge on dmz-01), from the outside: the controller is an
+API client with the lab administrator's certificate. What the edge refuses never
+reaches the core (no audit receipt in the answer, and the edge's log names the
+refusal); what it passes reaches a ready core instance with the client's verified
+identity; an instance that stops is out of the balance within seconds, and no
+idempotent request fails for it."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.client
+import json
+import re
+import shlex
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from tests.support.commands import ROOT
+from tests.support.edge import (
+    EDGE_ADDRESS,
+    Answer,
+    client_context,
+    forged_client,
+    raw_exchange,
+    request,
+)
+from tests.support.labhosts import TLS, https, lab_spec
+from tests.support.service_load import ADMIN_DIR, install_admin_certificate
+
+SPEC = lab_spec()
+CORE = [h for h in SPEC.hosts if h.segment == "core"]
+FIGURES = ROOT / "output" / "edge"
+SECURECORE = (
+    "runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm2.conf "
+    "/opt/securecore/current/venv/bin/securecore"
+)
+
+
+def since(host) -> str:
+    return host.check_output("date -u '+%Y-%m-%d %H:%M:%S'")
+
+
+def journal(host, tag: str, start: str) -> str:
+    """Lines logged under TAG since START: haproxy (one per request) or edge_waf
+    (nginx's error log: ModSecurity's blocks)."""
+    return host.check_output(f"journalctl -q -o cat -t {tag} --since {shlex.quote(start + ' UTC')}")
+
+
+def balanced(dmz) -> dict[str, str]:
+    """Each core instance's state in the balancer, from HAProxy's statistics."""
+    fetch = "import urllib.request as u;print(u.urlopen('http://127.0.0.1:8405/stats;csv;norefresh').read().decode())"
+    states = {}
+    for line in dmz.check_output(f"python3 -c {shlex.quote(fetch)}").splitlines():
+        fields = line.split(",")
+        if len(fields) > 17 and fields[0] == "be_core" and fields[1] != "BACKEND":
+            states[fields[1]] = fields[17]
+    return states
+
+
+def wait_state(dmz, name: str, state: str, seconds: float) -> float:
+    """Seconds until the balancer shows NAME in STATE (at most SECONDS)."""
+    started = time.monotonic()
+    while balanced(dmz).get(name) != state:
+        assert time.monotonic() - started < seconds, f"{name} not {state}: {balanced(dmz)}"
+        time.sleep(0.25)
+    return round(time.monotonic() - started, 1)
+
+
+def der_base64(pem: str) -> str:
+    """The first certificate of PEM, as RFC 9440's Client-Cert header carries it."""
+    certificate = x509.load_pem_x509_certificate(pem.encode())
+    return base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()
+
+
+def forged_token(kid: str, subject: str = "admin/lab-admin") -> str:
+    """An ES256 JWT naming a pinned key id, signed with a key of the forger's own."""
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    header = b64(json.dumps({"alg": "ES256", "typ": "at+jwt", "kid": kid}).encode())
+    claims = b64(json.dumps({"sub": subject, "exp": int(time.time()) + 300}).encode())
+    r, s = decode_dss_signature(key.sign(header + b"." + claims, ec.ECDSA(hashes.SHA256())))
+    signature = b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    return (header + b"." + claims + b"." + signature).decode()
+
+
+def kid_of(token: str) -> str:
+    header = token.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
+
+
+def audit_record(core, seq: int) -> dict:
+    """Record SEQ of the shared audit log, as core-01 exports it."""
+    export = f"{SECURECORE} audit export -c /etc/securecore/securecore.toml | tail -n 500"
+    for _ in range(20):
+        for line in core.check_output(export).splitlines():
+            entry = json.loads(line)
+            if entry["type"] == "record" and entry["seq"] == seq:
+                return entry["record"]
+        time.sleep(0.5)
+    raise AssertionError(f"audit record {seq} is not in the log")
+
+
+def refused_at_the_edge(answer: Answer, status: int) -> None:
+    assert answer.status == status, answer
+    assert answer.receipt is None, f"the core decided on it: {answer}"
+
+
+# --- who gets in, as whom -------------------------------------------------------------------
+
+
+def test_only_tls13_clients_with_a_certificate_of_the_site_get_in(tmp_path: Path) -> None:
+    answer = request("GET", "/v1/whoami")
+    assert answer.status == 200 and answer.receipt, answer
+    assert answer.body["spiffe_id"] == "spiffe://securecore/admin/lab-admin", answer.body
+    assert answer.body["via"]["spiffe_id"] == "spiffe://securecore/dmz/dmz-01", answer.body
+    assert "server" not in answer.headers  # no product or version given away
+    assert request("GET", "/v1/whoami", context=client_context(None)).status == 0
+    # A certificate of another CA under the site's names.
+    assert request("GET", "/v1/whoami", context=client_context(forged_client(tmp_path))).status == 0
+    with pytest.raises(ssl.SSLError):
+        raw_exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", client_context(tls12=True))
+
+
+def test_the_curl_command_scripts_run_lab_prints_works() -> None:
+    printed = (ROOT / "scripts" / "run").read_text()
+    command = re.search(r"curl --cacert .*?/v1/whoami", printed, re.S)
+    assert command, "scripts/run lab prints no curl command for the edge"
+    argv = shlex.split(command.group(0).replace("\\\\\n", " ").replace("\\\n", " "))
+    answer = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)["spiffe_id"] == "spiffe://securecore/admin/lab-admin"
+
+
+def test_a_client_cannot_choose_the_identity_or_the_source_the_core_sees(hosts) -> None:
+    other = hosts["core-01"].file(f"{TLS}/client.pem").content_string
+    answer = request(
+        "GET",
+        "/v1/whoami",
+        headers={
+            "Client-Cert": f":{der_base64(other)}:",
+            "X-Forwarded-For": "203.0.113.7",
+            "Forwarded": "for=203.0.113.7",
+        },
+    )
+    assert answer.status == 200 and answer.receipt, answer
+    assert answer.body["spiffe_id"] == "spiffe://securecore/admin/lab-admin", answer.body
+    # The core's record of the decision names both identities and the real source.
+    record = audit_record(hosts["core-01"], int(answer.receipt))
+    assert record["actor"] == "admin/lab-admin", record
+    assert record["details"]["via"] == "dmz/dmz-01", record
+    assert record["details"]["source"] not in ("203.0.113.7", "", None), record
+
+
+def test_around_the_edge_the_core_trusts_no_forwarded_identity(hosts, tmp_path: Path) -> None:
+    """From the DMZ straight to the core: a principal that is not the edge gets its own
+    identity whatever it forwards; the edge's own certificate with a forged forwarded
+    certificate gets nothing."""
+    dmz, core = hosts["dmz-01"], str(CORE[0].address)
+    install_admin_certificate(dmz)
+    try:
+        core_client = der_base64(hosts["core-01"].file(f"{TLS}/client.pem").content_string)
+        status, who = https(
+            dmz,
+            core,
+            "GET",
+            "/v1/whoami",
+            client=f"{ADMIN_DIR}/client",
+            headers={"Client-Cert": f":{core_client}:", "X-Forwarded-For": "203.0.113.7"},
+        )
+        assert status == 200, who
+        assert who["spiffe_id"] == "spiffe://securecore/admin/lab-admin" and not who.get("via")
+        # dmz-01's own certificate (the edge's principal) forwarding a certificate the
+        # site's CA never issued, under the administrator's names.
+        forged = (forged_client(tmp_path) / "client.pem").read_text()
+        status, refused = https(
+            dmz, core, "GET", "/v1/whoami", headers={"Client-Cert": f":{der_base64(forged)}:"}
+        )
+        assert status == 403, refused
+        assert refused["error"]["code"] == "forwarded_identity_refused", refused
+    finally:
+        dmz.run(f"rm -rf {ADMIN_DIR}")
+
+
+# --- refused early ---------------------------------------------------------------------------
+
+
+def test_session_routes_need_a_token_the_edge_can_verify(hosts) -> None:
+    dmz = hosts["dmz-01"]
+    start = since(dmz)
+    made = request("POST", "/v1/sessions")
+    assert made.status == 201, made
+    token = made.body["access_token"]
+    call = "/v1/plugins/plugin-01/call"
+    refused_at_the_edge(request("GET", "/v1/sessions/current"), 401)
+    refused_at_the_edge(request("GET", "/v1/sessions/current", token=token[:-4] + "AAAA"), 401)
+    # A pinned key id, the forger's own key.
+    refused_at_the_edge(
+        request("GET", "/v1/sessions/current", token=forged_token(kid_of(token))), 401
+    )
+    refused_at_the_edge(request("POST", call, body={"op": "tickets.list", "args": {}}), 401)
+    assert request("GET", "/v1/sessions/current", token=token).status == 200
+    assert request("DELETE", "/v1/sessions/current", token=token).status == 204
+    log = journal(dmz, "haproxy", start)
+    assert log.count("refused=token") >= 4, log
+    assert token not in log and token.split(".")[2] not in log  # tokens are never logged
+
+
+# What each sends, the edge's answer, and (for the WAF's) the Core Rule Set's family of
+# rules that must have scored it: 942 SQL injection, 941 XSS, 930 local file
+# inclusion, 913 scanners.
+ATTACKS = {
+    "sql injection": ("GET", "/v1/whoami?id=1%27%20OR%20%271%27=%271%27--", {}, 403, "942"),
+    "cross-site scripting": (
+        "GET",
+        "/v1/whoami?q=%3Cscript%3Ealert(document.cookie)%3C/script%3E",
+        {},
+        403,
+        "941",
+    ),
+    "path traversal": ("GET", "/v1/whoami?file=../../../../etc/passwd", {}, 403, "930"),
+    "scanner": ("GET", "/v1/whoami", {"User-Agent": "sqlmap/1.7.2#stable"}, 403, "913"),
+    "oversized header": ("GET", "/v1/whoami", {"X-Padding": "a" * 20000}, 400, None),
+    "method": ("PUT", "/v1/whoami", {}, 405, None),
+}
+WAF_AUDIT_LOG = "/var/log/modsecurity/audit.log"
+
+
+def waf_blocks(dmz, after_line: int) -> list[dict]:
+    """The WAF's audit log entries after line AFTER_LINE that block (403): the rule
+    ids that matched, and every field the log has."""
+    lines = dmz.check_output(f"tail -n +{after_line + 1} {WAF_AUDIT_LOG}").splitlines()
+    entries = [json.loads(line)["transaction"] for line in lines if line.strip()]
+    return [e for e in entries if e["response"]["http_code"] == 403]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_attacks_are_refused_at_the_edge_and_never_reach_the_core(hosts, attack) -> None:
+    dmz = hosts["dmz-01"]
+    start = since(dmz)
+    logged = int(dmz.check_output(f"wc -l < {WAF_AUDIT_LOG}"))
+    method, path, headers, status, rules = ATTACKS[attack]
+    answer = request(method, path, headers=headers)
+    refused_at_the_edge(answer, status)
+    if rules:
+        assert answer.body["error"]["code"] == "waf_blocked", answer
+        # The block, with the ids of the rules that scored it, and the verdict in
+        # the edge's request log.
+        blocks = waf_blocks(dmz, logged)
+        assert len(blocks) == 1, blocks
+        ids = {m["details"]["ruleId"] for m in blocks[0]["messages"]}
+        assert "949110" in ids and any(i.startswith(rules) for i in ids), ids
+        assert "headers" not in blocks[0]["request"]  # no token or certificate kept
+        assert "waf=blocked" in journal(dmz, "haproxy", start)
+
+
+def test_request_smuggling_and_oversized_bodies_are_refused_at_the_edge() -> None:
+    smuggling = (
+        b"POST /v1/sessions HTTP/1.1\r\nHost: edge\r\nContent-Length: 44\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /v1/admin/status HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    for attempt in (
+        smuggling,
+        b"POST /v1/sessions HTTP/1.1\r\nHost: edge\r\n"
+        b"Content-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        b"POST /v1/sessions HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    ):
+        answer = raw_exchange(attempt)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+        assert answer.count(b"HTTP/1.1 ") == 1 and b"audit-record" not in answer, answer[:600]
+    refused_at_the_edge(
+        request("POST", "/v1/sessions/refresh", body={"refresh_token": "r" * 5000}), 413
+    )
+
+
+def test_rates_over_the_edge_limit_get_429_with_retry_after() -> None:
+    """Over the limit per client certificate (1000 requests per 10 s): refused requests
+    count too, so PUTs (405 at the edge) make the flood and never load the core."""
+
+    def flood(count: int) -> list[int]:
+        connection = http.client.HTTPSConnection(
+            EDGE_ADDRESS, 443, context=client_context(), timeout=10
+        )
+        statuses = []
+        for _ in range(count):
+            connection.request("PUT", "/v1/whoami")
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+            if response.getheader("connection") == "close":
+                connection.close()
+        connection.close()
+        return statuses
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = [s for statuses in pool.map(flood, [260] * 4) for s in statuses]
+    assert set(answers) == {405, 429}, sorted(set(answers))
+    limited = request("GET", "/v1/whoami")
+    refused_at_the_edge(limited, 429)
+    assert int(limited.headers["retry-after"]) > 0
+    deadline = time.monotonic() + 30  # the window (10 s) passes; the client is let in again
+    while request("GET", "/v1/whoami").status != 200:
+        assert time.monotonic() < deadline, "still limited"
+        time.sleep(1)
+
+
+# --- balancing and failover ------------------------------------------------------------------
+
+
+def test_every_core_instance_is_balanced_and_the_edge_exports_metrics(hosts) -> None:
+    dmz = hosts["dmz-01"]
+    assert balanced(dmz) == {h.name: "UP" for h in CORE}
+    served = {request("GET", "/v1/whoami").status for _ in range(10)}
+    assert served == {200}
+    fetch = "import urllib.request as u;print(u.urlopen('http://127.0.0.1:8405/metrics').read().decode())"
+    metrics = dmz.check_output(f"python3 -c {shlex.quote(fetch)}")
+    for core in CORE:
+        assert (
+            f'haproxy_server_status{{proxy="be_core",server="{core.name}",state="UP"}} 1' in metrics
+        )
+    # Not on the public address.
+    assert dmz.run(f"python3 -c {shlex.quote(fetch.replace('127.0.0.1', EDGE_ADDRESS))}").rc != 0
+
+
+def test_a_core_instance_that_fails_is_out_within_seconds_and_no_idempotent_request_fails(
+    hosts,
+) -> None:
+    """Load from the controller (GETs, which the edge may retry, and plugin calls, POSTs
+    it must not), core-01's service killed and kept down, then started again. Under
+    the core's rate limit for one client (50/s)."""
+    dmz, victim = hosts["dmz-01"], hosts["core-01"]
+    made = request("POST", "/v1/sessions")
+    assert made.status == 201, made
+    token = made.body["access_token"]
+    results: dict[str, list[int]] = {"GET": [], "POST": []}
+    stop = threading.Event()
+    call = {"op": "tickets.list", "args": {}}
+
+    def client(method: str, path: str) -> None:
+        while not stop.is_set():
+            body = call if method == "POST" else None
+            results[method].append(request(method, path, token=token, body=body, timeout=10).status)
+            time.sleep(0.15)
+
+    workers = [threading.Thread(target=client, args=("GET", "/v1/whoami")) for _ in range(4)] + [
+        threading.Thread(target=client, args=("POST", "/v1/plugins/plugin-01/call"))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(3)
+        victim.check_output("systemctl kill -s KILL securecore && systemctl stop securecore")
+        out_after = wait_state(dmz, "core-01", "DOWN", 15)
+        time.sleep(3)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+        victim.check_output("systemctl start securecore")
+    back_after = wait_state(dmz, "core-01", "UP", 60)
+    figures = {
+        "idempotent": {
+            "sent": len(results["GET"]),
+            "failed": sum(s != 200 for s in results["GET"]),
+        },
+        "non_idempotent": {
+            "sent": len(results["POST"]),
+            "failed": sum(s != 200 for s in results["POST"]),
+        },
+        "out_of_balance_after_s": out_after,
+        "back_after_start_s": back_after,
+    }
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    (FIGURES / "failover.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print("edge failover:", json.dumps(figures))
+    assert figures["idempotent"]["sent"] > 50 and figures["idempotent"]["failed"] == 0, figures
+    assert out_after <= 5, figures
+    assert request("DELETE", "/v1/sessions/current", token=token).status == 204
