@@ -54,7 +54,7 @@ lock, latencies, failures, per_host = threading.Lock(), [], [0], {}
 start = time.monotonic() + 1.0  # every client connected before the clock starts
 end = start + a["seconds"]
 def client(address):
-    c = http.client.HTTPSConnection(address, 8443, context=ctx, timeout=10)
+    c = http.client.HTTPSConnection(address, a.get("port", 8443), context=ctx, timeout=10)
     c.connect()
     mine, failed = [], 0
     while time.monotonic() < start:
@@ -72,7 +72,7 @@ def client(address):
         except Exception:
             failed += 1
             c.close()
-            c = http.client.HTTPSConnection(address, 8443, context=ctx, timeout=10)
+            c = http.client.HTTPSConnection(address, a.get("port", 8443), context=ctx, timeout=10)
     with lock:
         latencies.extend(mine)
         failures[0] += failed
@@ -91,9 +91,10 @@ def percentile(values: list[float], share: float) -> float:
     return round(values[min(len(values) - 1, int(share * len(values)))], 1) if values else 0.0
 
 
-def measure(dmz, addresses: list[str], seconds: int, clients: int) -> dict:
+def measure(dmz, addresses: list[str], seconds: int, clients: int, port: int = 8443) -> dict:
     settings = {
         "addresses": addresses,
+        "port": port,
         "ca": f"{TLS}/ca.pem",
         "cert": f"{ADMIN_DIR}/client.pem",
         "key": f"{ADMIN_DIR}/client.key",
