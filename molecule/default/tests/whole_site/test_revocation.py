@@ -51,6 +51,10 @@ def test_a_revoked_certificate_is_refused_by_every_core_host_and_its_sessions_en
     while https(dmz, EDGE_ADDRESS, "GET", "/v1/whoami", client=OLD, port=EDGE_PORT)[0] != 0:
         assert time.monotonic() < deadline, "the edge still accepts the revoked certificate"
         time.sleep(2)
+    # ...while it serves: the re-issued certificate gets through it (to the core, which
+    # refuses a DMZ host's identity relayed by the edge, and says so).
+    status, answer = https(dmz, EDGE_ADDRESS, "GET", "/v1/whoami", port=EDGE_PORT)
+    assert status == 403 and answer["error"]["code"] == "forwarded_identity_refused", answer
     if token:
         status, answer = https(dmz, core, "GET", "/v1/sessions/current", token=token)
         assert status == 401, answer  # from the new certificate: the session ended anyway
