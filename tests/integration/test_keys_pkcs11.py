@@ -108,6 +108,7 @@ import sys, time, hashlib
 from securecore.keys.pkcs11 import Pkcs11Keys
 pin = sys.stdin.readline().strip()
 backend = Pkcs11Keys(sys.argv[1], "securecore", pin)
+print("open", flush=True)
 end, n, failures = time.monotonic() + float(sys.argv[2]), 0, []
 while time.monotonic() < end:
     try:
@@ -155,6 +156,10 @@ def test_keys_made_by_another_process_meanwhile_fail_no_operation(softhsm: Path)
     )
     reader.stdin.write(USER_PIN + "\n")
     reader.stdin.close()
+    # The reader has its session before the rotation starts: what is checked is the
+    # operations meanwhile (opening the token while another process rewrites its
+    # files can fail with NoSuchToken, seen once in CI).
+    assert reader.stdout.readline().strip() == "open"
     subprocess.run(
         [sys.executable, "-c", ROTATOR, SOFTHSM, "40"],
         input=USER_PIN + "\n",
