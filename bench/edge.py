@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.core_scaleout import UNLIMITED, measure  # noqa: E402
+from bench.core_scaleout import converge as converge_stages  # noqa: E402
 from tests.support.labhosts import TLS, connect, lab_spec  # noqa: E402
 from tests.support.service_load import ADMIN_DIR, install_admin_certificate  # noqa: E402
 
@@ -93,24 +93,7 @@ print(json.dumps(sorted(seen)))
 
 def converge(*extra: str) -> None:
     """The core and edge stages on the lab, as an operator runs them."""
-    proc = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            str(ROOT / "inventories" / "lab"),
-            "playbooks/core.yml",
-            "playbooks/edge.yml",
-            *extra,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    if proc.returncode:
-        print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n", file=sys.stderr)
-        raise SystemExit(f"core.yml and edge.yml {' '.join(extra)} failed ({proc.returncode})")
+    converge_stages(*extra, playbooks=("playbooks/core.yml", "playbooks/edge.yml"))
 
 
 def failover(load, core_01, edge: str, seconds: int, clients: int) -> dict:
