@@ -198,6 +198,28 @@ def test_around_the_edge_the_core_trusts_no_forwarded_identity(hosts, tmp_path: 
         dmz.run(f"rm -rf {ADMIN_DIR}")
 
 
+def test_only_haproxy_and_the_waf_reach_the_sockets_behind_the_edge(hosts) -> None:
+    """The second hop (core.sock) relays whatever it gets under dmz-01's certificate,
+    client-cert included: a local user outside the edge's group cannot connect to it,
+    nor to the WAF's socket."""
+    dmz = hosts["dmz-01"]
+    for socket_name in ("core.sock", "waf.sock"):
+        probe = (
+            "import socket;s=socket.socket(socket.AF_UNIX);"
+            f"s.connect('/var/lib/haproxy/edge/{socket_name}')"
+        )
+        refused = dmz.run(f"runuser -u nobody -- python3 -c {shlex.quote(probe)}")
+        assert refused.rc != 0 and "PermissionError" in refused.stderr, refused.stderr
+    # The WAF's own user does reach the core hop (the probe itself works).
+    probe = (
+        "import socket;s=socket.socket(socket.AF_UNIX);s.connect('/var/lib/haproxy/edge/core.sock')"
+    )
+    allowed = dmz.run(
+        f"runuser -u securecore-waf -g securecore-edge -- python3 -c {shlex.quote(probe)}"
+    )
+    assert allowed.rc == 0, allowed.stderr
+
+
 # --- refused early ---------------------------------------------------------------------------
 
 
