@@ -296,9 +296,11 @@ while time.monotonic() < deadline and not os.path.exists(a["stop"]):
             c = http.client.HTTPSConnection(a["host"], a["port"], context=ctx, timeout=10)
             c.request(method, path, body=body, headers={
                 "Authorization": "Bearer " + a["token"], "Content-Type": "application/json"})
+            # Before the answer: one that says "Connection: close" (the edge's old
+            # process after a reload) leaves the client without its socket.
+            served = hashlib.sha256(c.sock.getpeercert(binary_form=True)).hexdigest()
             r = c.getresponse()
             answer = r.read().decode()
-            served = hashlib.sha256(c.sock.getpeercert(binary_form=True)).hexdigest()
             if served not in seen["certificates"]:
                 seen["certificates"].append(served)
             if r.status == 401 and '"expired"' in answer:
