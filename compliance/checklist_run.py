@@ -3,7 +3,10 @@
 An item's checks pass when every applicable host passes them (a waived
 failure counts as waived, not failed); its attestation is `attested` when a
 person recorded one in the checklist's current period, else `pending`. The
-item's status is the worst of its parts: error, fail, pending, waived, pass.
+item's status is the worst of its parts: error, fail, pending, waived, pass,
+not_applicable. A check that does not apply to a host (REQ-COMP-17) leaves the
+item done, and never outweighs a failure of another host or check; an item is
+not_applicable only when nothing of it applied anywhere.
 Only an attestation signed by the key the attesters file pins for its name
 counts; any other record of the period is listed as not counted, with why.
 """
@@ -21,7 +24,7 @@ from compliance.checklists import Checklist
 from compliance.engine import Result
 from compliance.report_sections import Section, check_rationales, markdown_sections
 
-ORDER = ("error", "fail", "pending", "waived", "pass")
+ORDER = ("error", "fail", "pending", "waived", "pass", "not_applicable")
 
 
 @dataclass
@@ -32,6 +35,7 @@ class ItemResult:
     status: str
     checks: dict[str, dict[str, int]] = field(default_factory=dict)  # check -> status counts
     failing: list[str] = field(default_factory=list)  # "check on host: detail"
+    not_applicable: list[str] = field(default_factory=list)  # "check on host: why"
     attestation: dict[str, Any] | None = None
     not_counted: list[str] = field(default_factory=list)  # attestations refused, and why
 
@@ -61,6 +65,9 @@ def run_items(
                 outcome.failing.append(f"{check}: no host it applies to was checked")
             outcome.failing += [
                 f"{check} on {r.host}: {r.detail}" for r in found if r.status in ("fail", "error")
+            ]
+            outcome.not_applicable += [
+                f"{check} on {r.host}: {r.detail}" for r in found if r.status == "not_applicable"
             ]
         if item.attested_controls is not None:
             attestation, outcome.not_counted = current(
@@ -126,6 +133,10 @@ def markdown(
     if problems:
         lines += ["", "## What failed", ""]
         lines += [f"- {item}: {failure}" for item, failure in problems]
+    unapplied = [(i.id, why) for i in items for why in i.not_applicable]
+    if unapplied:
+        lines += ["", "## Not applicable (why)", ""]
+        lines += [f"- {item}: {why}" for item, why in unapplied]
     refused = [(i.id, why) for i in items for why in i.not_counted]
     if refused:
         lines += ["", "## Attestations not counted (unverified)", ""]

@@ -4,8 +4,18 @@ A check has an id, a title, a rationale, a scope (`host`: facts gathered
 read-only from each host; `service`: facts the core service reports), a
 severity, a rule over the facts (compliance.rules), the controls it supports
 in each framework (many to many), and a remediation hint. Loading refuses a
-check whose rule is malformed or that names a control its framework does not
-have, naming the file and the check.
+check whose rule is malformed, that names a control its framework does not
+have or that has a key it does not know, naming the file and the check.
+
+A check may say when it does not apply to a host, decided from that host's
+gathered facts by a rule of the same language, and why (REQ-COMP-17):
+
+  not_applicable:
+    when: {fact: system.container, equals: true}
+    reason: "In a container the clock belongs to the container host ..."
+
+A fact the gatherer could not read never makes a check not applicable (a rule
+over a missing fact does not hold), so the check then runs as usual.
 
 A rationale begins with the ids of the project requirements (docs/requirements.md)
 the check enforces, then says why: "REQ-SVC-12, REQ-SVC-13 - keys rotate; ...".
@@ -27,6 +37,7 @@ CHECK_DIR = Path(__file__).parent / "checks"
 SCOPES = ("host", "service")
 SEVERITIES = ("critical", "high", "medium", "low")
 REQUIRED = ("id", "title", "rationale", "scope", "severity", "rule", "controls", "remediation")
+OPTIONAL = ("groups", "not_applicable")
 # The ids a rationale opens with: one, or several joined by commas or "and".
 LEADING_IDS = re.compile(r"\s*(REQ-[A-Z]+-[1-9][0-9]*)\b(?:\s*(?:,|and\b))?")
 
@@ -44,6 +55,12 @@ def requirement_ids(rationale: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class NotApplicable:
+    when: dict[str, Any]  # a rule over the host's facts
+    reason: str
+
+
+@dataclass(frozen=True)
 class Check:
     id: str
     title: str
@@ -56,6 +73,7 @@ class Check:
     facts: tuple[str, ...] = field(default=())
     groups: tuple[str, ...] = ("all",)  # inventory groups whose hosts it applies to
     source: str = ""
+    not_applicable: NotApplicable | None = None
 
     @property
     def requirements(self) -> tuple[str, ...]:
@@ -69,6 +87,9 @@ def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
     if missing:
         raise CatalogError(f"{where}: {', '.join(missing)}: required")
     where = f"{where} ({item['id']})"
+    unknown = sorted(set(item) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {', '.join(map(str, unknown))}")
     if item["scope"] not in SCOPES:
         raise CatalogError(f"{where}: scope {item['scope']!r}: one of {', '.join(SCOPES)}")
     if item["severity"] not in SEVERITIES:
@@ -79,6 +100,7 @@ def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
     except RuleError as error:
         raise CatalogError(str(error)) from error
     mapped = mapped_controls(item["controls"], where, catalogs)
+    not_applicable = _not_applicable(item.get("not_applicable"), where)
     # Service facts come from the core hosts only.
     groups = item.get("groups", ["all"] if item["scope"] == "host" else ["core"])
     return Check(
@@ -93,7 +115,29 @@ def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
         tuple(dict.fromkeys(facts)),
         tuple(groups),
         str(where.split(" (")[0]),
+        not_applicable,
     )
+
+
+def _not_applicable(value: Any, where: str) -> NotApplicable | None:
+    if value is None:
+        return None
+    where = f"{where}: not_applicable"
+    if not isinstance(value, dict):
+        raise CatalogError(f"{where}: a mapping with when (a rule) and reason")
+    unknown = sorted(set(value) - {"when", "reason"})
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {', '.join(map(str, unknown))}")
+    reason = value.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise CatalogError(f"{where}: reason: why the check does not apply is required")
+    if "when" not in value:
+        raise CatalogError(f"{where}: when: the rule that decides it is required")
+    try:
+        validate(value["when"], f"{where}.when")
+    except RuleError as error:
+        raise CatalogError(str(error)) from error
+    return NotApplicable(value["when"], " ".join(reason.split()))
 
 
 def load_checks(catalogs: dict[str, Catalog], directory: Path = CHECK_DIR) -> list[Check]:

@@ -49,7 +49,7 @@ from compliance.checklist_run import markdown, run_items
 from compliance.checklists import NAMES, Checklist, load_checklist, load_checklists
 from compliance.checks import CHECK_DIR, Check, load_checks
 from compliance.coverage import coverage, load_applicability
-from compliance.engine import Result, load_waivers, run_checks
+from compliance.engine import STATUSES, Result, load_waivers, run_checks
 from compliance.errors import ComplianceError
 from compliance.evidence import (
     EvidenceError,
@@ -283,9 +283,7 @@ def _check(args: argparse.Namespace) -> int:
         for host in document["hosts"]:
             mine = [r for r in results if r.host == host["host"]]
             counts = Counter(r.status for r in mine)
-            summary = ", ".join(
-                f"{counts[s]} {s}" for s in ("pass", "fail", "waived", "error") if counts[s]
-            )
+            summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
             print(f"{host['host']} ({host['seconds']} s): {summary}")
             for r in mine:
                 if r.status != "pass":

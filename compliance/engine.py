@@ -2,7 +2,10 @@
 
 Statuses: `pass`, `fail`, `waived` (a failure an unexpired waiver covers - still
 shown, with the waiver), `error` (the host could not be reached or gathered:
-never a pass). A waiver that expired no longer applies and the result says so.
+never a pass), `not_applicable` (the check's own `not_applicable` rule holds for
+the host's gathered facts: the detail gives the reason, the facts that decided
+it and what the check itself found; REQ-COMP-17). A waiver that expired no
+longer applies and the result says so.
 Each result carries its check's rationale and the requirement ids it begins with,
 so every report made from the results can say why the check exists.
 """
@@ -18,6 +21,8 @@ from compliance.catalog import CatalogError, load_yaml
 from compliance.checks import Check
 from compliance.gather.runner import HostFacts
 from compliance.rules import evaluate
+
+STATUSES = ("error", "fail", "waived", "pass", "not_applicable")  # the worst first
 
 
 @dataclass(frozen=True)
@@ -122,17 +127,28 @@ def run_checks(
                 )
                 continue
             outcome = evaluate(check.rule, host.facts)
+            status, detail = ("pass" if outcome.passed else "fail"), outcome.detail
+            if check.not_applicable is not None:
+                decided = evaluate(check.not_applicable.when, host.facts)
+                if decided.passed:
+                    # What the check found stays in the detail: not applicable is
+                    # a reason shown, never a result hidden.
+                    status = "not_applicable"
+                    detail = (
+                        f"not applicable: {check.not_applicable.reason} "
+                        f"[{decided.detail}; found: {outcome.detail}]"
+                    )
             result = Result(
                 check.id,
                 host.host,
-                "pass" if outcome.passed else "fail",
-                outcome.detail,
+                status,
+                detail,
                 check.severity,
                 controls,
                 rationale=why,
                 requirements=list(check.requirements),
             )
-            if not outcome.passed:
+            if status == "fail":
                 waiver = next(
                     (w for w in waivers if w.covers(check.id, host.host, host.groups)), None
                 )

@@ -149,6 +149,8 @@ def junit(results: list[dict[str, Any]], name: str) -> bytes:
             body = f"<error message={quoteattr(r['detail'])}/>"
         elif r["status"] == "waived":
             body = f"<skipped message={quoteattr('waived: ' + r['waiver']['reason'])}/>"
+        elif r["status"] == "not_applicable":
+            body = f"<skipped message={quoteattr(r['detail'])}/>"
         cases.append(
             f"  <testcase classname={quoteattr(r['host'])} name={quoteattr(r['check'])}>"
             f"{body}</testcase>"

@@ -13,6 +13,7 @@ from collections import Counter
 from html import escape
 from typing import Any
 
+from compliance.checklist_run import ORDER
 from compliance.report_sections import Section
 
 STYLE = """
@@ -24,10 +25,10 @@ th { background: #f3f3f3; }
 .status { font-weight: bold; white-space: nowrap; }
 .pass { color: #17662b; } .fail, .error { color: #a30d0d; }
 .pending, .waived { color: #8a5a00; }
+.not_applicable { color: #555; }
 code { font-size: .92em; }
 .rationale { color: #555; font-size: .92em; }
 """
-ORDER = ("error", "fail", "pending", "waived", "pass")
 
 
 def _status(status: str) -> str:

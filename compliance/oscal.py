@@ -15,7 +15,14 @@ The mapping, for a reader who knows OSCAL:
 - one `finding` per control: `satisfied` only when every related observation
   passed; a waived failure is `not-satisfied` with the waiver in its remarks,
   an error (host not gathered) is `not-satisfied` with reason `other`; its
-  `requirement` props are those of the checks behind it.
+  `requirement` props are those of the checks behind it;
+- a check that does not apply to a host (REQ-COMP-17) is still observed, with
+  the reason in its remarks; it neither satisfies nor fails a control. A control
+  whose every observation is not applicable has a finding whose target's
+  `implementation-status` is `not-applicable`, the reasons in its remarks; the
+  schema requires an objective status of two states, and such a control has
+  nothing left to satisfy: `satisfied`, reason `other`, never `pass`. Beside
+  other observations, the others decide.
 
 OSCAL has no assessment plan of ours to import, so `import-ap` points at a
 back-matter resource describing the check definitions and their SHA-256.
@@ -84,6 +91,8 @@ def _observation(result: dict[str, Any], subject: str, tool: str, collected: str
         ],
         "collected": collected,
     }
+    if status == "not_applicable":
+        observation["remarks"] = result["detail"]
     if result.get("waiver"):
         waiver = result["waiver"]
         observation["remarks"] = (
@@ -115,9 +124,11 @@ def _item_observation(item: dict[str, Any], tool: str, collected: str) -> dict:
 
 
 def _finding(framework: str, control: str, related: list[dict[str, Any]]) -> dict:
-    statuses = {r["status"] for r in related}
+    statuses = {r["status"] for r in related} - {"not_applicable"}
     requirements = sorted({i for r in related for i in r["requirements"]})
-    if statuses <= {"pass"}:
+    if not statuses:
+        state, reason = "satisfied", "other"
+    elif statuses <= {"pass"}:
         state, reason = "satisfied", "pass"
     elif statuses & {"error", "pending"}:  # not (fully) assessed: never satisfied
         state, reason = "not-satisfied", "other"
@@ -125,9 +136,19 @@ def _finding(framework: str, control: str, related: list[dict[str, Any]]) -> dic
         state, reason = "not-satisfied", "fail"
     counts = ", ".join(
         f"{sum(r['status'] == s for r in related)} {s}"
-        for s in ("pass", "fail", "waived", "error", "pending")
+        for s in ("pass", "fail", "waived", "error", "pending", "not_applicable")
         if any(r["status"] == s for r in related)
     )
+    target: dict[str, Any] = {
+        "type": "objective-id",
+        "target-id": f"{control}_obj",
+        "status": {"state": state, "reason": reason},
+    }
+    if not statuses:
+        target["implementation-status"] = {
+            "state": "not-applicable",
+            "remarks": "; ".join(sorted({r["detail"] for r in related})),
+        }
     finding = {
         "uuid": _uuid(),
         "title": f"{FRAMEWORK_TITLES.get(framework, framework)} {control}",
@@ -136,11 +157,7 @@ def _finding(framework: str, control: str, related: list[dict[str, Any]]) -> dic
             _prop("framework", framework),
             *(_prop("requirement", i) for i in requirements),
         ],
-        "target": {
-            "type": "objective-id",
-            "target-id": f"{control}_obj",
-            "status": {"state": state, "reason": reason},
-        },
+        "target": target,
         "related-observations": [{"observation-uuid": r["observation"]} for r in related],
     }
     if "waived" in statuses:
@@ -175,6 +192,7 @@ def assessment_results(
                         "status": result["status"],
                         "observation": observation["uuid"],
                         "requirements": result.get("requirements", []),
+                        "detail": f"{result['check']} on {result['host']}: {result['detail']}",
                     }
                 )
     # A checklist item's attestation part (its checks are already results above).
@@ -188,7 +206,12 @@ def assessment_results(
         for framework, controls in attested.items():
             for control in controls:
                 by_control[framework, control].append(
-                    {"status": status, "observation": observation["uuid"], "requirements": []}
+                    {
+                        "status": status,
+                        "observation": observation["uuid"],
+                        "requirements": [],
+                        "detail": f"{item['id']}: {status}",
+                    }
                 )
     selections = []
     for framework in sorted({f for f, _ in by_control}):

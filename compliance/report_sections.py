@@ -95,7 +95,9 @@ def alert_statistics(run: RunData) -> Section:
 def security_posture(run: RunData) -> Section:
     section = _counts(run, "31d", "Security posture of the month")
     passed = sum(r["status"] == "pass" for r in run.results)
-    section.note += f". Checks passed: {passed} of {len(run.results)}."
+    unapplied = sum(r["status"] == "not_applicable" for r in run.results)
+    section.note += f". Checks passed: {passed} of {len(run.results) - unapplied}"
+    section.note += f" ({unapplied} not applicable)." if unapplied else "."
     return section
 
 
@@ -216,7 +218,8 @@ def risk_assessment(run: RunData) -> Section:
 
 def compliance_status(run: RunData) -> Section:
     section = Section(
-        "Compliance status", ["framework", "controls reviewed", "satisfied", "not satisfied"]
+        "Compliance status",
+        ["framework", "controls reviewed", "satisfied", "not satisfied", "not applicable"],
     )
     by_control: dict[tuple[str, str], set[str]] = {}
     for r in run.results:
@@ -225,8 +228,18 @@ def compliance_status(run: RunData) -> Section:
                 by_control.setdefault((framework, control), set()).add(r["status"])
     for framework in sorted({f for f, _ in by_control}):
         mine = {c: s for (f, c), s in by_control.items() if f == framework}
-        satisfied = sum(statuses <= {"pass"} for statuses in mine.values())
-        section.rows.append([framework, str(len(mine)), str(satisfied), str(len(mine) - satisfied)])
+        # What does not apply neither satisfies a control nor fails it (REQ-COMP-17).
+        applied = {c: s - {"not_applicable"} for c, s in mine.items() if s - {"not_applicable"}}
+        satisfied = sum(statuses <= {"pass"} for statuses in applied.values())
+        section.rows.append(
+            [
+                framework,
+                str(len(mine)),
+                str(satisfied),
+                str(len(applied) - satisfied),
+                str(len(mine) - len(applied)),
+            ]
+        )
     counted = Counter(i["status"] for i in run.items)
     listed = ", ".join(f"{n} {s}" for s, n in sorted(counted.items()))
     section.note = f"Checklist items: {listed or 'none'}."

@@ -5,7 +5,8 @@ Standard library only (Debian 12's python3): Ansible copies this file to the
 host and runs it once per gathering pass (`ansible.builtin.script`), as root
 so that it can read what the checks need. It changes nothing: it reads
 files and runs commands that only report (`sshd -T`, `nft -j list ruleset`,
-`timedatectl show`, `auditctl -l`, `apt-get -s upgrade`, `openssl x509`).
+`timedatectl show`, `auditctl -l`, `apt-get -s upgrade`, `openssl x509`,
+`systemd-detect-virt`).
 
 It prints one JSON object. A group of facts that cannot be read (a tool not
 installed, a file missing) is left out and named under "_errors": a check
@@ -61,6 +62,15 @@ DEFAULTS = {
         "/etc/apt/sources.list.d/*.list",
         "/etc/apt/sources.list.d/*.sources",
     ],
+    # Whether the host is a container (checks that do not apply there, REQ-COMP-17):
+    # systemd's own answer, else the files container managers leave (file -> its
+    # type; null: the file names the type, as systemd's does).
+    "detect_virt": "systemd-detect-virt",
+    "container_markers": {
+        "/run/systemd/container": None,
+        "/run/.containerenv": "podman",
+        "/.dockerenv": "docker",
+    },
 }
 
 
@@ -172,6 +182,40 @@ def network(paths: dict) -> dict:
             if address.get("family") == "inet":
                 addresses.append(address["local"])
     return {"addresses": addresses}
+
+
+def virtualization(paths: dict) -> dict:
+    """The container (and virtual machine) the host runs in, and how that is known."""
+    tool = paths["detect_virt"] and shutil.which(paths["detect_virt"])
+    if tool:
+        found = {}
+        for kind in ("container", "vm"):
+            # Exit 1 with "none" is an answer too: not in one.
+            answer = subprocess.run(
+                [tool, f"--{kind}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+                env={**os.environ, "LC_ALL": "C"},
+            )
+            found[kind] = answer.stdout.strip()
+            if answer.returncode not in (0, 1) or not found[kind]:
+                raise ValueError(f"{tool} --{kind}: exit {answer.returncode} {answer.stderr!r}")
+        container, vm, source = found["container"], found["vm"], f"{tool} --container --vm"
+    else:
+        container, vm, source = "none", None, "files"
+        for marker, kind in paths["container_markers"].items():
+            if Path(marker).exists():
+                container = kind or read(marker).strip() or "unknown"
+                source = marker
+                break
+    return {
+        "container": container != "none",
+        "container_type": None if container == "none" else container,
+        "vm": None if vm in (None, "none") else vm,
+        "source": source,
+    }
 
 
 def time_sync(paths: dict) -> dict:
@@ -451,6 +495,7 @@ def gather(paths: dict) -> dict:
     slow = threading.Thread(target=collect, args=("apt", apt, paths))
     slow.start()
     for name, function in (
+        ("system", virtualization),
         ("sshd", sshd),
         ("pam", pam),
         ("login_defs", login_defs),

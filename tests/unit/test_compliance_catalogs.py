@@ -185,6 +185,24 @@ def test_every_check_says_which_requirements_it_verifies(checks) -> None:
         ({"severity": "urgent"}, "severity 'urgent'"),
         ({"rule": {"fact": "x", "greater": 1}}, r"\(ssh.root_login_disabled\): rule: one test"),
         ({"controls": {"nist": ["AC-1"]}}, "no framework 'nist'"),
+        ({"not_applicble": {}}, r"\(ssh.root_login_disabled\): unknown keys not_applicble"),
+        (
+            {"not_applicable": {"when": {"fact": "system.container", "equals": True}}},
+            r"\(ssh.root_login_disabled\): not_applicable: reason: why",
+        ),
+        (
+            {"not_applicable": {"when": {"fact": "x", "is": 1}, "reason": "r"}},
+            r"\(ssh.root_login_disabled\): not_applicable.when: one test",
+        ),
+        (
+            {"not_applicable": {"reason": "r"}},
+            r"\(ssh.root_login_disabled\): not_applicable: when: the rule",
+        ),
+        (
+            {"not_applicable": {"when": {"fact": "x", "equals": 1}, "reason": "r", "until": 1}},
+            r"\(ssh.root_login_disabled\): not_applicable: unknown keys until",
+        ),
+        ({"not_applicable": "containers"}, r"not_applicable: a mapping with when"),
     ],
 )
 def test_a_broken_check_is_named_with_its_file(tmp_path, catalogs, change, message) -> None:
