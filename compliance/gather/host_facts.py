@@ -3,9 +3,10 @@
 
 Standard library only (Debian 12's python3): Ansible copies this file to the
 host and runs it once per gathering pass (`ansible.builtin.script`), as root
-so that it can read what the checks need. It changes nothing: it reads
-files and runs commands that only report (`sshd -T`, `nft -j list ruleset`,
-`timedatectl show`, `auditctl -l`, `apt-get -s upgrade`, `openssl x509`,
+so that it can read what the checks need. It changes nothing but its own
+state file (when it first saw each pending security update, "apt_state"): it
+reads files and runs commands that only report (`sshd -T`, `nft -j list ruleset`,
+`timedatectl show`, `auditctl -l`, `apt-get -s dist-upgrade`, `openssl x509`,
 `systemd-detect-virt`).
 
 It prints one JSON object. A group of facts that cannot be read (a tool not
@@ -62,6 +63,18 @@ DEFAULTS = {
         "/etc/apt/sources.list.d/*.list",
         "/etc/apt/sources.list.d/*.sources",
     ],
+    # apt (REQ-HARD-12). Options for apt-get and apt-config beyond the host's own
+    # configuration: tests give their own package lists, dpkg status and sources.
+    "apt_options": [],
+    # The first time this host saw each pending security update pending: Debian's
+    # indexes carry no date per package, so an update's age is how long it has waited
+    # here. The only file the gatherer writes (root's, 0600, in a 0700 directory).
+    "apt_state": "/var/lib/securecore-compliance/security-updates.json",
+    # How long a security update may wait, by urgency (REQ-HARD-12), and the urgency
+    # of one from the security suite: the changelog's urgency= cannot be had offline
+    # (`apt-get changelog` asks a server), so every one is taken as "high".
+    "patch_sla_hours": {"critical": 24, "high": 7 * 24, "medium": 30 * 24, "low": 90 * 24},
+    "security_update_class": "high",
     # Whether the host is a container (checks that do not apply there, REQ-COMP-17):
     # systemd's own answer, else the files container managers leave (file -> its
     # type; null: the file names the type, as systemd's does).
@@ -292,16 +305,28 @@ def aide(paths: dict) -> dict:
     }
 
 
+# `Inst PACKAGE [INSTALLED] (CANDIDATE ORIGIN:VERSION/ARCHIVE, ... [ARCH])`
+UPGRADE = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ([^\[]*)\[", re.MULTILINE)
+
+
 def apt(paths: dict) -> dict:
-    simulated = run("apt-get", "-s", "-o", "Debug::NoLocking=1", "upgrade", timeout=120)
-    pending = [line.split()[1] for line in simulated.splitlines() if line.startswith("Inst ")]
-    security = [
-        line.split()[1]
-        for line in simulated.splitlines()
-        if line.startswith("Inst ") and "-security" in line
+    # In memory: no cache file written, no lock taken.
+    options = [
+        "-o",
+        "Debug::NoLocking=1",
+        "-o",
+        "Dir::Cache::pkgcache=",
+        "-o",
+        "Dir::Cache::srcpkgcache=",
+        *paths["apt_options"],
     ]
-    periodic = key_values(run("apt-config", "dump"), r"\s+")
-    unattended = periodic.get("apt::periodic::unattended-upgrade", "").strip('";') == "1"
+    # dist-upgrade, not upgrade: a security update that needs a new package (a
+    # kernel's new ABI) is held back by upgrade and would not be seen.
+    simulated = run("apt-get", "-s", *options, "dist-upgrade", timeout=120)
+    upgrades = UPGRADE.findall(simulated)
+    security = [(name, version) for name, version, origins in upgrades if "-security" in origins]
+    config = key_values(run("apt-config", *options, "dump"), r"\s+")
+    unattended = config.get("apt::periodic::unattended-upgrade", "").strip('";') == "1"
     insecure = [
         name
         for name in (
@@ -309,16 +334,138 @@ def apt(paths: dict) -> dict:
             "acquire::allowinsecurerepositories",
             "acquire::allowdowngradetoinsecurerepositories",
         )
-        if periodic.get(name, "").strip('";').lower() in ("1", "true", "yes")
+        if config.get(name, "").strip('";').lower() in ("1", "true", "yes")
     ]
-    return {
-        "pending_updates": len(pending),
+    located = key_values(
+        run(
+            "apt-config", *options, "shell", "LISTS", "Dir::State::Lists/d", "STATE", "Dir::State/d"
+        ),
+        "=",
+    )
+    lists, state = (Path(located[k].strip("'")) for k in ("lists", "state"))
+    now = time.time()
+    freshness = security_lists(lists, state, now)
+    facts = {
+        "pending_updates": len(upgrades),
         "pending_security_updates": len(security),
-        "security_packages": security,
+        "security_packages": [name for name, _ in security],
         "unattended_upgrades": unattended,
         "unsigned_sources": unsigned_sources(paths),
         "insecure_options": insecure,
+        **freshness,
     }
+    return {**facts, **security_update_ages(paths, security, freshness["lists_age_hours"], now)}
+
+
+def security_lists(lists: Path, state: Path, now: float) -> dict:
+    """How old what apt knows of the security suite is: the newest of its Release
+    files (apt dates them with the server's Last-Modified, so the lists were fetched
+    after it) and of the stamps of a successful `apt-get update` (apt's periodic
+    job, and the success stamp where one is configured). None without the suite's
+    lists: then nothing pending proves nothing."""
+    releases = [
+        p for p in lists.glob("*-security_*Release") if p.name.endswith(("_InRelease", "_Release"))
+    ]
+    if not releases:
+        return {"lists_age_hours": None, "lists_newest": None, "security_lists": []}
+    stamps = [state / "periodic" / name for name in ("update-success-stamp", "update-stamp")]
+    dated = [(p.stat().st_mtime, str(p)) for p in [*releases, *stamps] if p.is_file()]
+    newest, where = max(dated)
+    return {
+        "lists_age_hours": round((now - newest) / 3600, 1),
+        "lists_newest": where,
+        "security_lists": sorted(p.name for p in releases),
+    }
+
+
+def security_update_ages(
+    paths: dict, pending: list[tuple[str, str]], lists_age: float | None, now: float
+) -> dict:
+    """Each pending security update with its class, age and deadline (REQ-HARD-12),
+    and those past it. The age is kept in the state file: the first time this host saw
+    the package pending, carried over when a newer version replaces the pending one (the
+    older fix is still not installed). An update no longer pending is forgotten, unless
+    the lists are missing (then nothing is known to be applied)."""
+    path = Path(paths["apt_state"])
+    cls = paths["security_update_class"]
+    deadline = paths["patch_sla_hours"][cls]
+    try:
+        known = read_state(path)
+        seen = {}
+        for package, version in pending:
+            earlier = [t for k, t in known.items() if k.split("=", 1)[0] == package]
+            seen[f"{package}={version}"] = known.get(
+                f"{package}={version}", min(earlier, default=now)
+            )
+        kept = seen if lists_age is not None else {**known, **seen}
+        if kept != known:
+            write_state(path, kept)
+    except (OSError, ValueError) as error:
+        # Without the state no age is known: no verdict on the deadlines (the check fails).
+        return {
+            "security_updates": [{"package": p, "version": v} for p, v in pending],
+            "overdue_security_updates": None,
+            "security_update_state": f"{type(error).__name__}: {error}"[:300],
+        }
+    updates = []
+    for package, version in pending:
+        first = seen[f"{package}={version}"]
+        updates.append(
+            {
+                "package": package,
+                "version": version,
+                "class": cls,
+                "first_seen": datetime.datetime.fromtimestamp(first, datetime.UTC).isoformat(),
+                "age_hours": round((now - first) / 3600, 1),
+                "sla_hours": deadline,
+            }
+        )
+    return {
+        "security_updates": updates,
+        "overdue_security_updates": [
+            {k: u[k] for k in ("package", "version", "class", "age_hours", "sla_hours")}
+            for u in updates
+            if u["age_hours"] > u["sla_hours"]
+        ],
+        "security_update_state": str(path),
+        # Where the class came from: every update of the security suite gets the default.
+        "security_update_class": f"{cls} (the default: no urgency is known offline)",
+    }
+
+
+def read_state(path: Path) -> dict[str, float]:
+    if not path.exists() and not path.is_symlink():
+        return {}
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(descriptor, encoding="utf-8") as handle:
+        data = json.load(handle)
+    first_seen = data.get("first_seen") if isinstance(data, dict) else None
+    if not isinstance(first_seen, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) for k, v in first_seen.items()
+    ):
+        raise ValueError(f"{path}: not a state file of this gatherer")
+    return first_seen
+
+
+def write_state(path: Path, first_seen: dict[str, float]) -> None:
+    """Atomically, 0600 in a 0700 directory of root's: no one else may age an update."""
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.lstat()
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.geteuid()
+        or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise OSError(f"{directory}: not a directory only this user may write")
+    staging = directory / f".{path.name}.{os.getpid()}"
+    staging.unlink(missing_ok=True)  # left by a run that died here (the pid came back)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(staging, flags, 0o600), "w", encoding="utf-8") as handle:
+        json.dump({"first_seen": first_seen}, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    staging.replace(path)
 
 
 def unsigned_sources(paths: dict) -> list[str]:
