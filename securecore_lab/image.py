@@ -47,6 +47,7 @@ SERVER_PACKAGES = (
     "libpam-pwquality",
     "libpam-tmpdir",
     "logrotate",
+    "needrestart",
     "nftables",
     "opensc",
     "procps",
@@ -84,6 +85,9 @@ printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
 chmod 0755 /usr/sbin/policy-rc.d
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {server_packages}
+# Built current: the updates published since the point release, security
+# updates among them, are in the image (site.yml applies later ones).
+DEBIAN_FRONTEND=noninteractive apt-get dist-upgrade -y -qq
 rm -f /usr/sbin/policy-rc.d
 id ansible >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ansible
 install -d -m 0700 -o ansible -g ansible /home/ansible/.ssh
