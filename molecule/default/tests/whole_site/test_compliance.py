@@ -33,6 +33,8 @@ ESTABLISHED = [
     "hardening.controls",
     "files.no_world_writable",
     "software.signed_sources",
+    # The lists are refreshed and pending security updates applied by site.yml (REQ-HARD-12).
+    "patches.security_updates",
 ]
 SERVICE = [
     "service.ready",
@@ -42,11 +44,8 @@ SERVICE = [
     "service.no_suspended_plugins",
     "service.key_ages",
     "service.standby_copy",
+    "service.backup_recent",
 ]
-# Up to the lab's surroundings (the mirror's updates and whether the host reached it
-# within a day, whether the daily backup has run yet): reported with what was found,
-# never an error.
-CIRCUMSTANTIAL = ["patches.security_updates", "service.backup_recent"]
 
 
 def configuration_state(host) -> str:
@@ -106,7 +105,6 @@ def test_the_service_checks_pass_on_the_core_hosts(checked, name) -> None:
     results = results_of(checked[0], name)
     failed = {c: results[c]["detail"] for c in SERVICE if results[c]["status"] != "pass"}
     assert failed == {}
-    assert all(results[c]["status"] in ("pass", "fail") for c in CIRCUMSTANTIAL)
 
 
 @pytest.mark.parametrize("name", [h.name for h in SPEC.hosts])

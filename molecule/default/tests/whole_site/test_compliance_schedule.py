@@ -23,6 +23,9 @@ HOME = "/var/lib/securecore-compliance"
 TOOL = "/opt/securecore-compliance/current/venv/bin/compliance"
 METRICS = "/var/lib/prometheus/node-exporter/securecore_compliance.prom"
 PUBLIC = f"{HOME}/evidence.key.pub"
+# An item's states that leave nothing to fix: done, not applicable here (with the reason),
+# or waiting for a person's attestation.
+ATTAINED = ("pass", "not_applicable", "pending")
 HEADS = f"{HOME}/heads"
 
 
@@ -54,6 +57,17 @@ def test_a_scheduled_run_reaches_every_host_and_writes_signed_evidence(mgmt) -> 
     assert gathered == {h.name: None for h in SPEC.hosts}
     checks = {(r["check"], r["host"]): r["status"] for r in document["results"]}
     assert checks["firewall.default_drop", "plugin-01"] == "pass"
+    # A site just deployed passes its own daily checklist: nothing failed, only the
+    # items a person attests wait (REQ-COMP-8).
+    items = json.loads(mgmt.file(f"{newest}/checklist.json").content_string)
+    unmet = {i["id"]: i["failing"] for i in items if i["status"] not in ATTAINED}
+    assert unmet == {}
+    pending = {i["id"] for i in items if i["status"] == "pending"}
+    assert pending == {
+        "daily.security_alerts",
+        "daily.performance_metrics",
+        "daily.report_and_plan",
+    }
     assert checks["service.ready", "core-01"] == "pass"
     verified = mgmt.run(
         f"{TOOL} verify {HOME}/evidence/daily --trusted-key {PUBLIC} --head {HEADS}/daily.json"
