@@ -9,9 +9,8 @@ from pathlib import Path
 
 import yaml
 
-RULES = yaml.safe_load(
-    (Path(__file__).resolve().parents[2] / "roles/monitoring/files/securecore.rules.yml").read_text()
-)
+ROOT = Path(__file__).resolve().parents[2]
+RULES = yaml.safe_load((ROOT / "roles/monitoring/files/securecore.rules.yml").read_text())
 # Every series the service exports (securecore/monitoring, securecore/server/live_metrics.py).
 EXPORTED = {
     "securecore_plugin_trust_score",
