@@ -5,6 +5,10 @@
 # the signed archive, as for an install) and only their binaries are unpacked
 # into DIR/bin (scripts/bootstrap.sh: .venv/lib/securecore-tools). Run again,
 # it does nothing while DIR holds the pinned versions.
+#
+# Debian's Alertmanager reads its notification templates from the one path the
+# package installs them to (/usr/share/prometheus/alertmanager, built in): they
+# are put there too (data files, no service), unless the package owns them.
 # Usage: scripts/install-monitoring-tools.sh DIR
 set -euo pipefail
 
@@ -38,4 +42,9 @@ for spec in "${!PINNED[@]}"; do
     install -m 0755 "$work/x-$package/$binary" "$dir/bin/$(basename "$binary")"
   done
 done
+templates=/usr/share/prometheus/alertmanager
+if ! dpkg-query -W -f='${Status}' prometheus-alertmanager 2>/dev/null | grep -q 'install ok installed'; then
+  mkdir -p "$templates"
+  install -m 0644 "$work/x-prometheus-alertmanager$templates/"*.tmpl "$templates/"
+fi
 echo "$want" > "$stamp"

@@ -38,3 +38,43 @@ def tool(name: str) -> str:
         f"{name} is missing: not in {tools_dir()} nor on PATH; run scripts/bootstrap.sh "
         "(scripts/install-monitoring-tools.sh DIR, SECURECORE_TOOLS_DIR=DIR/bin)"
     )
+
+
+def render_monitoring(directory: Path, **extra: object) -> Path:
+    """roles/monitoring's configuration files for the lab's hosts, rendered by Ansible
+    with the role's defaults and EXTRA (extra variables) into DIRECTORY."""
+    import json
+
+    from tests.support.commands import run
+
+    hosts = {
+        "mgmt-01": ("management", "10.210.10.10"),
+        "core-01": ("core", "10.210.200.11"),
+        "core-02": ("core", "10.210.200.12"),
+        "dmz-01": ("dmz", "10.210.100.10"),
+    }
+    inventory = {
+        "all": {
+            "hosts": {
+                name: {"segment_ip": ip, "ansible_python_interpreter": sys.executable}
+                for name, (_, ip) in hosts.items()
+            },
+            "children": {
+                "monitoring": {"hosts": {"mgmt-01": {}}},
+                "core": {"hosts": {"core-01": {}, "core-02": {}}},
+                "edge": {"hosts": {"dmz-01": {}}},
+            },
+        }
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "inventory.json").write_text(json.dumps(inventory))
+    variables = {"render_dir": str(directory), **extra}
+    run(
+        "ansible-playbook",
+        "-i",
+        str(directory / "inventory.json"),
+        "-e",
+        json.dumps(variables),
+        str(ROOT / "tests/monitoring/render.yml"),
+    )
+    return directory

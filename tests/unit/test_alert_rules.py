@@ -25,8 +25,8 @@ EXPORTED = {
     "securecore_audit_witness_cosigned_size",
     "securecore_audit_witness_cosigned_timestamp_seconds",
     "securecore_audit_witness_deadline_seconds",
-    # written to node_exporter's textfile collector (compliance/schedule.py, roles/monitoring,
-    # roles/postgresql_backup)
+    # node_exporter's textfile collector: compliance/schedule.py, roles/monitoring's relays,
+    # and (not written yet: roles/monitoring's README) the backup services
     "securecore_compliance_run_missed",
     "securecore_compliance_last_run_status",
     "securecore_compliance_evidence_broken",
