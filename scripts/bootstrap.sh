@@ -61,3 +61,6 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
 else
   log "virtualenv up to date"
 fi
+
+# promtool, amtool and Alertmanager for the monitoring tests (binaries only, no server).
+"$root/scripts/install-monitoring-tools.sh" "$venv/lib/securecore-tools"

@@ -67,6 +67,14 @@ class ServiceMetrics:
             ["step", "outcome"],
             registry=self.registry,
         )
+        # REQ-IDS-4: each automatic response of the intrusion detector (lock_principal,
+        # stop_transfer, end_session), as it is audited; alerted by roles/monitoring.
+        self.intrusion_responses = Counter(
+            "securecore_intrusion_responses_total",
+            "Automatic intrusion responses applied, by action",
+            ["action"],
+            registry=self.registry,
+        )
         self.up = Gauge(
             "securecore_up",
             "1 while the service runs",

@@ -59,7 +59,7 @@ SF_BINARY = re.compile(rb":([A-Za-z0-9+/]*={0,2}):")
 # trust nobody configured. A client whose stolen or replayed certificate names either
 # gains nothing by going through the edge; the certificates the service itself acts
 # with as a local operator (`operators`, fingerprints) are refused for the same reason.
-FORBIDDEN_KINDS = frozenset({"core", "dmz"})
+FORBIDDEN_KINDS = frozenset({"core", "dmz", "monitoring"})
 MALFORMED, SOURCE_MALFORMED = "forwarded_identity_malformed", "forwarded_source_malformed"
 REFUSED = "forwarded_identity_refused"
 

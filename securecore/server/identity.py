@@ -2,7 +2,9 @@
 
 Site certificates (roles/pki, `securecore-lab init`) carry a URI SAN
 spiffe://TRUST_DOMAIN/KIND/NAME - admin/NAME, core/HOST, plugin/HOST,
-dmz/HOST. Nothing else (headers, subject CN alone) names a principal; the one
+dmz/HOST, and monitoring/HOST (the site's Prometheus, which reads /metrics and
+nothing else: identity_middleware.MONITORING_PATHS). Nothing else (headers,
+subject CN alone) names a principal; the one
 header that can, a client's certificate relayed by the DMZ edge, is read from
 edge principals only and checked like a handshake's (forwarded.py, REQ-EDGE-5).
 """
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 
 from securecore.errors import SecureCoreError
 
-KINDS = ("admin", "core", "plugin", "dmz")
+KINDS = ("admin", "core", "plugin", "dmz", "monitoring")
 PRINCIPAL_ID = f"KIND/NAME with KIND one of {', '.join(KINDS)}"
 
 

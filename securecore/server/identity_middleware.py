@@ -20,6 +20,9 @@ from securecore.server.forwarded import EdgeTrust, ForwardedIdentityError
 from securecore.server.identity import IdentityError, principal_from_scope
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# What a monitoring principal (the site's Prometheus, REQ-MON-8) may read: its
+# certificate opens no session, no plugin and no admin route.
+MONITORING_PATHS = OPEN_PATHS | {"/metrics"}
 
 
 class IdentityMiddleware:
@@ -52,6 +55,15 @@ class IdentityMiddleware:
                 await error_response(error.status, str(error), error.code)(scope, receive, send)
                 return
             principal, source, via = caller.principal, caller.source, caller.via
+        if (
+            principal is not None
+            and principal.kind == "monitoring"
+            and scope["path"] not in MONITORING_PATHS
+        ):
+            await error_response(403, "monitoring principals read /metrics only", "forbidden")(
+                scope, receive, send
+            )
+            return
         state = scope.setdefault("state", {})
         state["principal"], state["via"], state["source"] = principal, via, source
         await self.app(scope, receive, send)

@@ -34,8 +34,11 @@ class IntrusionResponder:
         sessions: SessionManager | None,
         audit: Callable[..., Any],
         clock: Callable[[], float] = time.time,
+        counted: Callable[[str], None] | None = None,
     ) -> None:
         self.detector, self.sessions, self.audit, self.clock = detector, sessions, audit, clock
+        # Told the action of each response applied (the service counts them for /metrics).
+        self.counted = counted
 
     def authentication_failed(
         self, principal: str, source: str, code: str, via: str | None = None
@@ -82,3 +85,5 @@ class IntrusionResponder:
             self.audit(
                 "securecore", f"intrusion.{response.action}", response.subject, "success", details
             )
+            if self.counted is not None:
+                self.counted(response.action)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cryptography import x509
@@ -25,11 +26,28 @@ def _certificate_ends(policy: TLSPolicy) -> dict[tuple[str, ...], float]:
     return ends
 
 
+def witness_cosignatures(status: Path | None) -> dict[str, dict[tuple[str, ...], float]]:
+    """Per witness, the size and time of the newest checkpoint it cosigned, as this host's
+    witness pusher last wrote them (witness-status.json; nothing before its first push)."""
+    found: dict[str, dict[tuple[str, ...], float]] = {"size": {}, "time": {}}
+    try:
+        document = json.loads(status.read_text(encoding="utf-8")) if status else {}
+    except (OSError, ValueError):
+        document = {}
+    for name, entry in document.items() if isinstance(document, dict) else ():
+        if isinstance(entry, dict) and entry.get("size") is not None:
+            found["size"][(name,)] = float(entry["size"])
+            found["time"][(name,)] = float(entry.get("cosigned_at") or 0)
+    return found
+
+
 def live_state(
     registry: PluginRegistry,
     sessions: SessionManager,
     audit: AuditLog | RemoteAuditLog,
     policy: TLSPolicy,
+    witness_status: Path | None = None,
+    witness_deadline: float = 0.0,
 ) -> LiveState:
     def by_plugin(key: str) -> dict[tuple[str, ...], float]:
         return {(plugin["name"],): float(plugin[key]) for plugin in registry.summary()}
@@ -56,6 +74,13 @@ def live_state(
             "securecore_audit_records": lambda: float(audit.size),
             "securecore_audit_uncheckpointed_records": lambda: float(audit.uncheckpointed),
             "securecore_certificate_not_after_seconds": lambda: _certificate_ends(policy),
+            "securecore_audit_witness_cosigned_size": lambda: witness_cosignatures(witness_status)[
+                "size"
+            ],
+            "securecore_audit_witness_cosigned_timestamp_seconds": lambda: witness_cosignatures(
+                witness_status
+            )["time"],
+            "securecore_audit_witness_deadline_seconds": lambda: witness_deadline,
         },
         labels={
             "securecore_plugin_trust_score": ["plugin"],
@@ -63,6 +88,8 @@ def live_state(
             "securecore_plugin_success_ratio": ["plugin"],
             "securecore_plugins": ["state"],
             "securecore_certificate_not_after_seconds": ["name"],
+            "securecore_audit_witness_cosigned_size": ["witness"],
+            "securecore_audit_witness_cosigned_timestamp_seconds": ["witness"],
         },
         help_text={
             "securecore_plugin_trust_score": "Trust score of each plugin (0-100)",
@@ -73,5 +100,11 @@ def live_state(
             "securecore_audit_records": "Records in the audit log",
             "securecore_audit_uncheckpointed_records": "Records not yet in a signed checkpoint",
             "securecore_certificate_not_after_seconds": "End of validity of the TLS certificates",
+            "securecore_audit_witness_cosigned_size": "Size of the newest checkpoint each "
+            "witness cosigned for this host",
+            "securecore_audit_witness_cosigned_timestamp_seconds": "When each witness last "
+            "cosigned a checkpoint of this host",
+            "securecore_audit_witness_deadline_seconds": "How long a record may wait for a "
+            "witnessed checkpoint: the checkpoint interval plus the grace period (REQ-AUDIT-6)",
         },
     )

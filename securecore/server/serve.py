@@ -58,6 +58,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from securecore import config as configuration
 from securecore.audit.factory import open_audit_log, open_store
 from securecore.audit.log import AuditLog
+from securecore.audit.witness import STATUS_FILE as WITNESS_STATUS_FILE
 from securecore.audit.writer_service import AuditWriterServer, RemoteAuditLog
 from securecore.config import ConfigError
 from securecore.keys import signing_public_keys
@@ -238,6 +239,7 @@ def build_server(
         IntrusionDetector(policy_state, serving_hosts=config.get("policy", "serving_hosts")),
         sessions,
         audit_log.append,
+        counted=lambda action: metrics.intrusion_responses.labels(action).inc(),
     )
     access, endpoints = plugin_access(config)
     caller = PluginCaller(plugin_client_policy(config, policy), ring, endpoints=endpoints)
@@ -280,7 +282,18 @@ def build_server(
         snapshot=lambda **why: write_emergency_snapshot(config, ring, audit_log, **why),
         status=status,
     )
-    metrics.add_collector(live_state(registry, sessions, audit_log, policy))
+    metrics.add_collector(
+        live_state(
+            registry,
+            sessions,
+            audit_log,
+            policy,
+            witness_status=Path(config.get("audit", "witness_dir")) / WITNESS_STATUS_FILE,
+            # REQ-AUDIT-6: a record must be under a witnessed checkpoint this long after it.
+            witness_deadline=float(config.get("audit", "checkpoint_interval_seconds"))
+            + float(config.get("audit", "witness_grace_seconds")),
+        )
+    )
     trust_domain = "securecore"
     # The DMZ edges whose relayed client identities are trusted, checked against the
     # serving context's CAs and CRL (securecore.server.forwarded).

@@ -139,6 +139,8 @@ def test_metrics_are_prometheus_text_with_the_alerted_series(server) -> None:
     assert "securecore_audit_uncheckpointed_records" in text
     assert 'securecore_certificate_not_after_seconds{name="server_certificate"}' in text
     assert 'securecore_plugins{state="active"} 0.0' in text
+    # REQ-AUDIT-6's bound for the monitoring (checkpoint interval plus grace period).
+    assert "securecore_audit_witness_deadline_seconds " in text
 
 
 def test_the_openapi_document_is_served_and_bodies_are_validated(server) -> None:

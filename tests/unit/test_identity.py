@@ -97,6 +97,19 @@ def test_a_good_certificate_names_its_principal(tmp_path: Path) -> None:
     assert status == 200 and b'"kind":"plugin"' in body and b'"name":"plugin-01"' in body
 
 
+def test_the_monitoring_principal_reads_metrics_and_nothing_else() -> None:
+    from securecore.monitoring.metrics import ServiceMetrics
+
+    prometheus = certificate("spiffe://securecore/monitoring/mgmt-01")
+    status, body = call(scope("/metrics", prometheus), metrics=ServiceMetrics())
+    assert status == 200 and b"securecore_up" in body
+    status, _ = call(scope("/readyz", prometheus))
+    assert status in (200, 503)  # the open paths answer any verified client
+    for path in ("/v1/whoami", "/v1/sessions", "/v1/admin/status", "/openapi.json"):
+        status, body = call(scope(path, prometheus), metrics=ServiceMetrics())
+        assert status == 403 and b"monitoring principals read /metrics only" in body, path
+
+
 def test_only_administrators_reach_the_admin_api() -> None:
     untouched = AdminActions(
         audit=None,
