@@ -31,11 +31,12 @@ PACKAGES = (
     "sudo",
     "systemd",
 )
-# The site's standard server build, which the roles require. It is in the
-# image because the plugin zone has no route to a package mirror once its
-# firewall is up (production sites point apt at an internal mirror); the roles
-# still install these where they are missing. Installed with apt-get inside
-# the new root, which resolves dependencies better than debootstrap does.
+# The site's standard server build, which the roles require (node_exporter and
+# curl: roles/monitoring, on every host). It is in the image so that a converge
+# does not fetch it on every host, the plugin zone's through the package proxy
+# (roles/package_proxy); the roles still install these where they are missing.
+# Installed with apt-get inside the new root, which resolves dependencies
+# better than debootstrap does.
 SERVER_PACKAGES = (
     "aide",
     "aide-common",
@@ -43,6 +44,7 @@ SERVER_PACKAGES = (
     "auditd",
     "chrony",
     "cracklib-runtime",
+    "curl",
     "debsums",
     "libpam-pwquality",
     "libpam-tmpdir",
@@ -51,6 +53,7 @@ SERVER_PACKAGES = (
     "nftables",
     "opensc",
     "procps",
+    "prometheus-node-exporter",
     "python3-asn1crypto",
     "python3-cryptography",
     "python3-packaging",
@@ -89,6 +92,9 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {s
 # updates among them, are in the image (site.yml applies later ones).
 DEBIAN_FRONTEND=noninteractive apt-get dist-upgrade -y -qq
 rm -f /usr/sbin/policy-rc.d
+# node_exporter starts only once roles/monitoring has given it its TLS and its
+# address (until then it would serve plain HTTP on every address).
+systemctl disable prometheus-node-exporter.service >/dev/null 2>&1
 id ansible >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ansible
 install -d -m 0700 -o ansible -g ansible /home/ansible/.ssh
 echo 'ansible ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/90-lab-ansible

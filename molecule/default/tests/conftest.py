@@ -38,6 +38,8 @@ ORDER = [
     "pki/test_pki.py",
     # The DMZ edge: kills core-01's service under load through it, starts it again.
     "edge/test_edge.py",
+    # Monitoring: reads the targets, then stops core-02's service until its page resolves.
+    "monitoring/test_monitoring.py",
     # Shutdown and recovery, key and certificate rotation, backup and restore, upgrades.
     "whole_site/test_core_service.py",
     "whole_site/test_revocation.py",

@@ -1,0 +1,173 @@
+"""Monitoring and alerting on the lab (roles/monitoring; REQ-MON-6 to REQ-MON-8):
+Prometheus on mgmt-01 scrapes every host's node_exporter and the core instances over
+mutual TLS, the database's and the edge's metrics arrive relayed, node_exporter and the
+core's /metrics answer Prometheus's certificate and nothing else, and a core instance
+that stops is paged through Alertmanager to a real HTTP receiver, then resolved."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from urllib.parse import quote
+
+import pytest
+
+from tests.support.labhosts import can_connect, lab_spec
+
+SPEC = lab_spec()
+HOSTS = {h.name: h for h in SPEC.hosts}
+MGMT = "mgmt-01"
+PROMETHEUS = f"http://{HOSTS[MGMT].address}:9090"
+NODE_PORT, CORE_PORT = 9100, 8443
+TLS = "/etc/securecore/tls"
+# The lab's webhook (inventories/lab/group_vars/monitoring): a receiver this module starts.
+RECEIVER_PORT, RECEIVED = 9095, "/run/securecore-test-alerts.jsonl"
+
+
+def api(mgmt, path: str) -> dict:
+    """Prometheus's HTTP API, asked on mgmt-01 (its port is the management segment's)."""
+    url = PROMETHEUS + path
+    client = (
+        "import urllib.request,sys;"
+        f"sys.stdout.write(urllib.request.urlopen({url!r},timeout=20).read().decode())"
+    )
+    answer = json.loads(mgmt.check_output(f"python3 -c {shlex.quote(client)}"))
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def series(mgmt, expression: str) -> list[dict]:
+    return api(mgmt, "/api/v1/query?query=" + quote(expression, safe=""))["result"]
+
+
+def tls_status(source, address: str, port: int, path: str, certificate: str | None) -> str:
+    """The HTTP status SOURCE gets for PATH over TLS (the site's CA) with CERTIFICATE
+    (PEM file and key, on SOURCE) or without one; "refused: ..." when the handshake or
+    the connection fails."""
+    identity = f"c.load_cert_chain('{certificate}.pem','{certificate}.key');" if certificate else ""
+    client = (
+        "import ssl,http.client\n"
+        f"c=ssl.create_default_context(cafile='{TLS}/ca.pem');c.check_hostname=False;{identity}\n"
+        "try:\n"
+        f" h=http.client.HTTPSConnection('{address}',{port},context=c,timeout=10)\n"
+        f" h.request('GET','{path}');print(h.getresponse().status)\n"
+        "except Exception as e:\n print('refused:',type(e).__name__)"
+    )
+    return source.check_output(f"python3 -c {shlex.quote(client)}")
+
+
+@pytest.fixture(scope="module")
+def mgmt(hosts):
+    return hosts[MGMT]
+
+
+def test_every_host_and_core_instance_is_scraped(mgmt) -> None:
+    targets = api(mgmt, "/api/v1/targets?state=active")["activeTargets"]
+    health = {(t["labels"]["job"], t["labels"]["host"]): t["health"] for t in targets}
+    wanted = {("node", name) for name in HOSTS}
+    wanted |= {("securecore", "core-01"), ("securecore", "core-02")}
+    wanted |= {("prometheus", MGMT), ("alertmanager", MGMT)}
+    assert set(health) == wanted
+    assert {target for target, state in health.items() if state != "up"} == set()
+    # The core's scrape is the TLS 1.3 one with Prometheus's own certificate.
+    core = next(t for t in targets if t["labels"]["job"] == "securecore")
+    assert core["scrapeUrl"].startswith("https://")
+
+
+def test_the_database_and_edge_metrics_arrive_relayed(mgmt) -> None:
+    primaries = {s["metric"]["host"]: s["value"][1] for s in series(mgmt, "patroni_primary")}
+    assert sorted(primaries) == ["core-01", "core-02"] and sorted(primaries.values()) == ["0", "1"]
+    leaders = {s["metric"]["host"] for s in series(mgmt, "etcd_server_has_leader == 1")}
+    assert leaders == {"core-01", "core-02", MGMT}
+    backends = series(mgmt, 'haproxy_server_status{proxy="be_core",state="UP"} == 1')
+    assert {s["metric"]["server"] for s in backends} == {"core-01", "core-02"}
+    relays = series(mgmt, "securecore_metrics_relay_up")
+    assert relays and all(s["value"][1] == "1" for s in relays)
+    assert series(mgmt, "node_textfile_scrape_error == 1") == []
+
+
+@pytest.mark.parametrize("name", ["core-01", "plugin-01", "dmz-01"])
+def test_node_exporter_answers_prometheus_only(hosts, mgmt, name) -> None:
+    address = str(HOSTS[name].address)
+    # From another zone the port is closed (the firewall: management only).
+    other = "core-02" if name != "core-01" else "dmz-01"
+    assert not can_connect(hosts[other], address, NODE_PORT, banner=False)
+    # From the management segment: a client certificate of the site's CA is required.
+    assert tls_status(mgmt, address, NODE_PORT, "/metrics", None).startswith("refused")
+    assert tls_status(mgmt, address, NODE_PORT, "/metrics", f"{TLS}/monitoring") == "200"
+
+
+def test_the_core_gives_prometheus_its_metrics_and_nothing_else(mgmt) -> None:
+    core = str(HOSTS["core-01"].address)
+    assert tls_status(mgmt, core, CORE_PORT, "/metrics", f"{TLS}/monitoring") == "200"
+    assert tls_status(mgmt, core, CORE_PORT, "/v1/whoami", f"{TLS}/monitoring") == "403"
+
+
+def received(mgmt) -> list[dict]:
+    text = mgmt.run(f"cat {RECEIVED}").stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def alerts_of(notifications: list[dict], name: str, host: str, status: str) -> list[dict]:
+    return [
+        a
+        for n in notifications
+        for a in n["alerts"]
+        if a["labels"]["alertname"] == name
+        and a["labels"].get("host") == host
+        and a["status"] == status
+    ]
+
+
+def wait_for(mgmt, name: str, host: str, status: str, seconds: float) -> list[dict]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        notifications = received(mgmt)
+        if alerts_of(notifications, name, host, status):
+            return notifications
+        time.sleep(2)
+    raise AssertionError(f"no {status} {name} for {host} within {seconds} s: {received(mgmt)}")
+
+
+def test_a_core_instance_that_stops_is_paged_once_and_resolved(hosts, mgmt) -> None:
+    """The receiver is the lab's webhook (a real HTTP server on mgmt-01's loopback): the
+    page is Alertmanager's JSON, on the critical receiver, and its resolution follows the
+    restart. The instance's readiness alert (the edge's view) is inhibited meanwhile."""
+    unit = "securecore-test-alert-receiver"
+    server = (
+        "import http.server\n"
+        "class R(http.server.BaseHTTPRequestHandler):\n"
+        " def do_POST(self):\n"
+        "  body=self.rfile.read(int(self.headers['Content-Length']))\n"
+        f"  open('{RECEIVED}','ab').write(body.replace(b'\\n',b' ')+b'\\n')\n"
+        "  self.send_response(200);self.end_headers()\n"
+        " def log_message(self,*a):pass\n"
+        f"http.server.HTTPServer(('127.0.0.1',{RECEIVER_PORT}),R).serve_forever()"
+    )
+    mgmt.run(f"systemctl stop {unit} 2>/dev/null; rm -f {RECEIVED}")
+    mgmt.check_output(
+        f"systemd-run --unit {unit} --collect timeout 300 python3 -c {shlex.quote(server)}"
+    )
+    core = hosts["core-02"]
+    try:
+        core.check_output("systemctl stop securecore")
+        notifications = wait_for(mgmt, "SecureCoreDown", "core-02", "firing", 120)
+        page = next(
+            n for n in notifications if alerts_of([n], "SecureCoreDown", "core-02", "firing")
+        )
+        assert page["receiver"] == "securecore-critical" and page["version"] == "4"
+        core.check_output("systemctl start securecore")
+        notifications = wait_for(mgmt, "SecureCoreDown", "core-02", "resolved", 120)
+        # One outage, one page: of core-02's alerts only this one was sent (the edge's
+        # view of the same instance, SecureCoreNotReady, is inhibited by it).
+        about_core_02 = {
+            a["labels"]["alertname"]
+            for n in notifications
+            for a in n["alerts"]
+            if a["labels"].get("host") == "core-02"
+        }
+        assert about_core_02 == {"SecureCoreDown"}
+    finally:
+        core.run("systemctl start securecore")
+        mgmt.run(f"systemctl stop {unit}")
