@@ -113,11 +113,11 @@ printf '[Unit]\nConditionVirtualization=!container\n' \
 : > /etc/machine-id
 rm -f /etc/hostname
 apt-get clean
-rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
-# Without lists the host must look as if it never fetched them: Ansible's apt
-# module skips an update (cache_valid_time) when the lists directory changed
-# recently, and removing the lists just now is such a change.
-touch -d @0 /var/lib/apt/lists
+# The package lists stay: a converge's update of them then fetches only what
+# changed since the image was built, instead of every list on every host. They
+# carry no stamp of a successful update (roles/hardening's), so site.yml still
+# refreshes them on its first run.
+rm -f /var/cache/apt/*.bin
 """
 
 
