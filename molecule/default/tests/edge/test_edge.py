@@ -470,3 +470,46 @@ def test_a_core_instance_that_fails_is_out_within_seconds_and_no_idempotent_requ
     assert figures["idempotent"]["sent"] > 50 and figures["idempotent"]["failed"] == 0, figures
     assert out_after <= 5, figures
     assert request("DELETE", "/v1/sessions/current", token=token).status == 204
+
+
+def test_reloads_of_the_edge_under_load_lose_no_request(hosts) -> None:
+    """HAProxy reloads whenever its certificates, keys or CRLs change (a rotation
+    reloads it several times): a reload must not fail a request in flight or one that
+    arrives just then, a plugin call (which nobody may retry) included. Fails when a
+    hop keeps idle connections that the old process closes at its reload."""
+    dmz = hosts["dmz-01"]
+    made = request("POST", "/v1/sessions")
+    assert made.status == 201, made
+    token = made.body["access_token"]
+    failures: list[str] = []
+    sent = {"count": 0}
+    stop = threading.Event()
+    call = {"op": "tickets.list", "args": {}}
+
+    def client(method: str, path: str) -> None:
+        while not stop.is_set():
+            answer = request(method, path, token=token, body=call if method == "POST" else None)
+            sent["count"] += 1
+            if answer.status != 200:
+                failures.append(f"{method} {path}: {answer.status} {answer.refused or answer.body}")
+            time.sleep(0.1)
+
+    workers = [threading.Thread(target=client, args=("GET", "/v1/whoami")) for _ in range(2)] + [
+        threading.Thread(target=client, args=("POST", "/v1/plugins/plugin-01/call"))
+        for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for _ in range(12):
+            time.sleep(0.7)
+            dmz.check_output("systemctl reload haproxy")
+        time.sleep(1)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+        # The administrator may hold 5 live sessions: later checks sign in too.
+        signed_out = request("DELETE", "/v1/sessions/current", token=token)
+    assert sent["count"] > 100 and failures == [], (sent, failures[:5])
+    assert signed_out.status == 204, signed_out

@@ -369,7 +369,7 @@ def test_keys_and_certificates_rotate_without_downtime(hosts, admin_client) -> N
     assert len(seen["certificates"]) == 2, seen  # the old certificate, then the new one
     # HSM: new sessions are signed with the new key version, the earlier one still verifies.
     status, fresh = admin_client("POST", "/v1/sessions")
-    assert status == 201 and token_kid(fresh["access_token"]) != token_kid(token)
+    assert status == 201 and token_kid(fresh["access_token"]) != token_kid(token), fresh
     assert admin_client("GET", "/v1/sessions/current", token)[0] == 200
     # The plugin registered again (new channel) and lost nothing meanwhile.
     after = plugin_record(admin_client)
