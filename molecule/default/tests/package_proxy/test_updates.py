@@ -82,6 +82,12 @@ def test_the_plugin_zone_gets_its_lists_through_the_proxy_only(hosts) -> None:
         "GET http://example.org/ HTTP/1.1\r\nHost: example.org",  # another site
         "CONNECT deb.debian.org:443 HTTP/1.1\r\nHost: deb.debian.org:443",  # a tunnel
         "GET http://pypi.org/simple/ HTTP/1.1\r\nHost: pypi.org",  # another package registry
+        # Repositories Debian's own acng.conf remaps: another distribution, and a file
+        # host anyone can upload to.
+        "GET http://archive.ubuntu.com/ubuntu/dists/jammy/InRelease HTTP/1.1\r\n"
+        "Host: archive.ubuntu.com",
+        "GET http://downloads.sourceforge.net/project/x/x HTTP/1.1\r\n"
+        "Host: downloads.sourceforge.net",
     ],
 )
 def test_the_proxy_is_no_way_out_of_the_zone(hosts, request_line) -> None:
@@ -89,3 +95,12 @@ def test_the_proxy_is_no_way_out_of_the_zone(hosts, request_line) -> None:
     egress that asks it for anything else is refused."""
     status = proxied(hosts["plugin-01"], request_line)
     assert status.split()[1] in ("403", "405"), status
+
+
+def test_the_proxy_maintenance_needs_its_login(hosts) -> None:
+    """The report page's maintenance actions (expire, delete, truncate the cache) are not
+    for the zone that uses the proxy: without AdminAuth's login, 401."""
+    host = f"{HOSTS[PROXY_HOST].address}:{PROXY_PORT}"
+    expire = "/acng-report.html?doExpire=Start+Scan+and%2For+Expiration&abortOnErrors=aOe"
+    status = proxied(hosts["plugin-01"], f"GET {expire} HTTP/1.1\r\nHost: {host}")
+    assert status.split()[1] == "401", status
