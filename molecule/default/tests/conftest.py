@@ -40,6 +40,9 @@ ORDER = [
     "edge/test_edge.py",
     # Monitoring: reads the targets, then stops core-02's service until its page resolves.
     "monitoring/test_monitoring.py",
+    # Central logs: cuts plugin-01's link to the collector (an nft table of its own,
+    # removed in finally:) and writes markers to every host's journal.
+    "central_logs/test_central_logs.py",
     # Shutdown and recovery, key and certificate rotation, backup and restore, upgrades.
     "whole_site/test_core_service.py",
     "whole_site/test_revocation.py",
