@@ -32,7 +32,8 @@ PACKAGES = (
     "systemd",
 )
 # The site's standard server build, which the roles require (node_exporter and
-# curl: roles/monitoring, on every host). It is in the image so that a converge
+# curl: roles/monitoring, on every host; journal-remote and stunnel:
+# roles/central_logs). It is in the image so that a converge
 # does not fetch it on every host, the plugin zone's through the package proxy
 # (roles/package_proxy); the roles still install these where they are missing.
 # Installed with apt-get inside the new root, which resolves dependencies
@@ -59,6 +60,8 @@ SERVER_PACKAGES = (
     "python3-packaging",
     "python3-venv",
     "softhsm2",
+    "stunnel4",
+    "systemd-journal-remote",
     "unattended-upgrades",
 )
 RECIPE_LABEL = "io.securecore_lab.recipe"
@@ -95,6 +98,10 @@ rm -f /usr/sbin/policy-rc.d
 # node_exporter starts only once roles/monitoring has given it its TLS and its
 # address (until then it would serve plain HTTP on every address).
 systemctl disable prometheus-node-exporter.service >/dev/null 2>&1
+# The central logs' daemons (roles/central_logs) wait for their certificates and
+# addresses too: until then journal-remote would listen on every address unchecked.
+systemctl disable systemd-journal-remote.socket systemd-journal-upload.service \\
+    >/dev/null 2>&1 || true
 id ansible >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ansible
 install -d -m 0700 -o ansible -g ansible /home/ansible/.ssh
 echo 'ansible ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/90-lab-ansible
