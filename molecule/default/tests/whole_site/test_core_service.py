@@ -381,6 +381,19 @@ def test_keys_and_certificates_rotate_without_downtime(hosts, admin_client) -> N
     for h in CORE:
         assert audit_records(hosts[h.name]) > 0
         assert readyz(hosts[h.name], str(h.address))[0] == 200
+    # The daemons that read copies of the host's certificates serve the new ones:
+    # node_exporter (as Prometheus sees it, from mgmt-01) and the journal's uploader.
+    core, address = hosts["core-01"], next(h.address for h in CORE if h.name == "core-01")
+    issued = core.check_output(f"openssl x509 -in {TLS}/server.pem -noout -fingerprint")
+    served = hosts["mgmt-01"].check_output(
+        f"openssl s_client -connect {address}:9100 </dev/null 2>/dev/null"
+        " | openssl x509 -noout -fingerprint"
+    )
+    assert served == issued, (served, issued)
+    assert core.run(f"cmp {TLS}/client.pem /etc/systemd/journal-upload-tls/client.pem").rc == 0
+    # The administrator may hold 5 live sessions: later checks sign in too.
+    for signed_in in (token, fresh["access_token"]):
+        assert admin_client("DELETE", "/v1/sessions/current", signed_in)[0] == 204
 
 
 def test_backup_by_playbook_backs_up_the_shared_database(hosts) -> None:
