@@ -8,52 +8,29 @@ user outside the operators' group. Bounded polling, no fixed sleeps."""
 from __future__ import annotations
 
 import json
-import shlex
 import time
 import uuid
 
+from tests.support.central_logs import REMOTE, find_markers
 from tests.support.labhosts import lab_spec
 
 SPEC = lab_spec()
 HOSTS = {h.name: h for h in SPEC.hosts}
 MGMT = "mgmt-01"
 PORT = 19532
-REMOTE = "/var/log/journal/remote"
+TAG = "securecore-marker"
 # The host whose link is cut: the plugin zone, whose only ways out are rules.
 CUT = "plugin-01"
 CUT_TABLE = "securecore_test_logcut"
 
-# Polls journalctl on mgmt-01 until every marker given is there (or the deadline) and
-# prints, per marker, its source timestamp (__REALTIME_TIMESTAMP, the writing host's
-# clock; the lab's containers share the machine's) and the time mgmt-01 first saw it.
-FINDER = r"""
-import json, subprocess, sys, time
-markers = set(sys.argv[4:]); deadline = time.time() + float(sys.argv[2]); found = {}
-while True:
-    out = subprocess.run(["journalctl", "--directory=" + sys.argv[3], "-o", "json",
-                          "SYSLOG_IDENTIFIER=securecore-marker"],
-                         capture_output=True, text=True).stdout
-    now = time.time()
-    for line in out.splitlines():
-        entry = json.loads(line)
-        message = entry.get("MESSAGE")
-        if message in markers and message not in found:
-            found[message] = {"written": int(entry["__REALTIME_TIMESTAMP"]) / 1e6,
-                              "seen": now, "host": entry.get("_HOSTNAME")}
-    if set(found) == markers or now > deadline:
-        break
-    time.sleep(0.1)
-print(json.dumps(found))
-"""
-
 
 def find(mgmt, markers: list[str], timeout: float) -> dict[str, dict]:
-    command = f"python3 -c {shlex.quote(FINDER)} - {timeout} {REMOTE} " + " ".join(markers)
-    return json.loads(mgmt.check_output(command))
+    """Per marker found on mgmt-01 (tests/support/central_logs.py): written, seen, host."""
+    return find_markers(mgmt, TAG, markers, timeout)["found"]
 
 
 def mark(host, marker: str) -> None:
-    host.check_output(f"logger -t securecore-marker {marker}")
+    host.check_output(f"logger -t {TAG} {marker}")
 
 
 def test_a_marker_of_every_host_reaches_mgmt_01_and_its_delay_is_reported(hosts) -> None:
@@ -96,8 +73,7 @@ def test_a_host_cut_off_loses_nothing_and_keeps_the_order(hosts) -> None:
     assert written == sorted(written)
     # In the collector's order too.
     order = mgmt.check_output(
-        f"journalctl --directory={REMOTE} -o cat "
-        f"SYSLOG_IDENTIFIER=securecore-marker _HOSTNAME={CUT}"
+        f"journalctl --directory={REMOTE} -o cat SYSLOG_IDENTIFIER={TAG} _HOSTNAME={CUT}"
     ).split()
     assert [m for m in order if m in markers] == markers
 
