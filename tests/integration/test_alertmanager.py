@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support.devserver import free_port, wait_for_port
-from tests.support.monitoring import render_monitoring, tool
+from tests.support.monitoring import render_monitoring, stop, tool
 
 WAIT_SECONDS = 30
 
@@ -80,12 +80,7 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         assert wait_for_port(port, WAIT_SECONDS), (directory / "alertmanager.log").read_text()
         yield f"http://127.0.0.1:{port}", receiver
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)
         receiver.server.shutdown()
 
 

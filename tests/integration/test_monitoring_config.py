@@ -45,7 +45,7 @@ def test_every_host_is_scraped_over_mutual_tls_and_the_core_hosts_service_too(
     config = yaml.safe_load((rendered / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     node_hosts = {c["labels"]["host"] for c in jobs["node"]["static_configs"]}
-    assert node_hosts == {"mgmt-01", "core-01", "core-02", "dmz-01"}
+    assert node_hosts == {"mgmt-01", "core-01", "core-02", "dmz-01", "plugin-01"}
     core = {c["labels"]["host"]: c["targets"] for c in jobs["securecore"]["static_configs"]}
     assert core == {"core-01": ["10.210.200.11:8443"], "core-02": ["10.210.200.12:8443"]}
     for name in ("node", "securecore"):
