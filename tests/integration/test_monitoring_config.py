@@ -36,7 +36,7 @@ def check(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_prometheus_configuration_passes_promtool(rendered: Path) -> None:
     proc = check(tool("promtool"), "check", "config", str(rendered / "prometheus.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "28 rules found" in proc.stdout
+    assert "29 rules found" in proc.stdout
 
 
 def test_every_host_is_scraped_over_mutual_tls_and_the_core_hosts_service_too(
@@ -52,9 +52,15 @@ def test_every_host_is_scraped_over_mutual_tls_and_the_core_hosts_service_too(
         assert jobs[name]["scheme"] == "https"
         tls = jobs[name]["tls_config"]
         assert tls["min_version"] == "TLS13" and tls["cert_file"].endswith("client.pem")
-    # Alerts go to Alertmanager on loopback.
-    targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
-    assert targets == ["127.0.0.1:9093"]
+    # Alerts go to Alertmanager on loopback, with the host's password (REQ-MON-11), and
+    # so does the scrape of Alertmanager's metrics.
+    alerting = config["alerting"]["alertmanagers"][0]
+    assert alerting["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+    for auth in (alerting["basic_auth"], jobs["alertmanager"]["basic_auth"]):
+        assert auth == {
+            "username": "prometheus",
+            "password_file": str(rendered / "alertmanager.password"),
+        }
 
 
 def test_the_alertmanager_configuration_passes_amtool(rendered: Path) -> None:
