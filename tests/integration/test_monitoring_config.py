@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.monitoring import RULES, render_monitoring, tool
+from tests.support.commands import ROOT
+from tests.support.monitoring import RULES, planted_textfile_dir, render_monitoring, tool
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,42 @@ def test_node_exporter_requires_a_client_certificate(rendered: Path) -> None:
     web = yaml.safe_load((rendered / "node-exporter-web.yml").read_text())["tls_server_config"]
     assert web["client_auth_type"] == "RequireAndVerifyClientCert"
     assert web["min_version"] == "TLS13"
+
+
+def test_every_scrape_is_limited_in_series_and_size(rendered: Path) -> None:
+    """Beyond either limit the scrape fails (up 0) rather than storing a flood."""
+    config = yaml.safe_load((rendered / "prometheus.yml").read_text())
+    limits = {
+        job["job_name"]: (job["sample_limit"], job["body_size_limit"])
+        for job in config["scrape_configs"]
+    }
+    assert limits == {
+        "node": (20000, "16MB"),
+        "securecore": (20000, "16MB"),
+        "prometheus": (10000, "8MB"),
+        "alertmanager": (5000, "4MB"),
+    }
+
+
+RELAY = ROOT / "roles/monitoring/files/securecore-metrics-relay"
+
+
+def test_the_relay_writes_through_a_fresh_staging_file(tmp_path: Path) -> None:
+    """The textfile directory has other writers: a link another writer placed at a
+    predictable staging name is never written through, and nothing is left behind."""
+    source = tmp_path / "endpoint"
+    source.write_text("patroni_primary 1\ngo_goroutines 7\n")
+    textfiles, victim = planted_textfile_dir(tmp_path, ".securecore_relay_patroni.prom.partial")
+    out = textfiles / "securecore_relay_patroni.prom"
+    for url, up in ((f"file://{source}", "1"), (f"file://{tmp_path}/missing", "0")):
+        proc = check("sh", str(RELAY), "patroni", "patroni_", url, str(out))
+        assert proc.returncode == (0 if up == "1" else 1), proc.stderr
+        text = out.read_text()
+        assert f'securecore_metrics_relay_up{{source="patroni"}} {up}' in text
+        assert ("patroni_primary 1" in text) == (up == "1") and "go_goroutines" not in text
+        assert out.stat().st_mode & 0o777 == 0o644
+        assert sorted(p.name for p in textfiles.iterdir()) == [
+            ".securecore_relay_patroni.prom.partial",
+            "securecore_relay_patroni.prom",
+        ]
+    assert victim.read_text() == "untouched\n"

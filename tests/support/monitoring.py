@@ -96,3 +96,14 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+def planted_textfile_dir(tmp_path: Path, staging: str) -> tuple[Path, Path]:
+    """A textfile directory where another writer placed a link at STAGING (a staging
+    name of old) to a file outside: (the directory, the file, which must stay as is)."""
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (textfiles / staging).symlink_to(victim)
+    return textfiles, victim

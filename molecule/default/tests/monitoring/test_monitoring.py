@@ -106,6 +106,15 @@ def test_node_exporter_answers_prometheus_only(hosts, mgmt, name) -> None:
     assert tls_status(mgmt, address, NODE_PORT, "/metrics", f"{TLS}/monitoring") == "200"
 
 
+@pytest.mark.parametrize("name", ["core-01", "mgmt-01", "dmz-01"])
+def test_the_textfile_directory_is_sticky_and_not_world_writable(hosts, name) -> None:
+    """Its writers (root's relays, the compliance scheduler's user on mgmt-01) cannot
+    remove or replace one another's files, and nobody else writes it."""
+    directory = hosts[name].file("/var/lib/prometheus/node-exporter")
+    assert directory.is_directory
+    assert directory.mode & 0o1000 and not directory.mode & 0o002, oct(directory.mode)
+
+
 def test_the_core_gives_prometheus_its_metrics_and_nothing_else(mgmt) -> None:
     core = str(HOSTS["core-01"].address)
     assert tls_status(mgmt, core, CORE_PORT, "/metrics", f"{TLS}/monitoring") == "200"
