@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -216,7 +217,16 @@ def write_metrics(path: Path, lines: dict[str, float]) -> None:
     ]
     body = "\n".join(header + [f"{n} {v}" for n, v in sorted(current.items())]) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial")
-    staging.write_text(body)
-    os.chmod(staging, 0o644)  # node_exporter runs as its own user  # noqa: PTH101
-    staging.replace(path)
+    # The textfile directory has other writers (roles/monitoring's relays, as root): a
+    # new staging name created exclusively, never one another writer could have placed
+    # a file or link at.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    staging = Path(name)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(body)
+        os.chmod(staging, 0o644)  # node_exporter runs as its own user  # noqa: PTH101
+        staging.replace(path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise

@@ -23,6 +23,14 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 # What a monitoring principal (the site's Prometheus, REQ-MON-8) may read: its
 # certificate opens no session, no plugin and no admin route.
 MONITORING_PATHS = OPEN_PATHS | {"/metrics"}
+# Who may read /metrics (REQ-MON-9): the site's Prometheus and the administrators.
+# The series name plugins, principals' intrusion responses, the audit log's size and
+# the witnesses' state: nothing a plugin, a core or edge host, or a client relayed by
+# the edge needs, and a map of the site for one that is compromised. Read on a direct
+# connection only: the edge routes no /metrics (REQ-EDGE-3), so a relayed request for it
+# is refused here as well.
+METRICS_PATH = "/metrics"
+METRICS_READERS = frozenset({"monitoring", "admin"})
 
 
 class IdentityMiddleware:
@@ -63,6 +71,13 @@ class IdentityMiddleware:
             await error_response(403, "monitoring principals read /metrics only", "forbidden")(
                 scope, receive, send
             )
+            return
+        if scope["path"] == METRICS_PATH and (
+            principal is None or principal.kind not in METRICS_READERS or via is not None
+        ):
+            await error_response(
+                403, "/metrics is read by the monitoring and administrators only", "forbidden"
+            )(scope, receive, send)
             return
         state = scope.setdefault("state", {})
         state["principal"], state["via"], state["source"] = principal, via, source

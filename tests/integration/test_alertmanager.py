@@ -1,24 +1,35 @@
 """roles/monitoring's Alertmanager configuration in the real Alertmanager (0.25, from the
-pinned Debian package) on loopback: alerts posted to its API (v2) reach a local webhook
-receiver routed by severity, grouped by alert name, with an outage's consequences held
-back (inhibition), and are sent again when resolved (REQ-MON-7)."""
+pinned Debian package) on loopback, started with the ARGS of the rendered
+/etc/default/prometheus-alertmanager and the credential the role's script makes: its
+API refuses whoever lacks the password (REQ-MON-11), and alerts posted to its API (v2)
+reach a local webhook receiver routed by severity, grouped by alert name, with an
+outage's consequences held back (inhibition), and are sent again when resolved
+(REQ-MON-7)."""
 
 from __future__ import annotations
 
+import base64
 import datetime
+import grp
 import json
+import os
+import shlex
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.commands import ROOT
 from tests.support.devserver import free_port, wait_for_port
-from tests.support.monitoring import render_monitoring, tool
+from tests.support.monitoring import render_monitoring, stop, tool
 
 WAIT_SECONDS = 30
 
@@ -53,52 +64,95 @@ class Receiver:
         pytest.fail(f"{what}: not within {WAIT_SECONDS} s; received {self.notifications}")
 
 
+CREDENTIAL = ROOT / "roles/monitoring/files/securecore-alertmanager-credential"
+
+
+def rendered_args(directory: Path) -> list[str]:
+    """The ARGS of the rendered /etc/default/prometheus-alertmanager (Debian's unit
+    starts `prometheus-alertmanager $ARGS`)."""
+    for line in (directory / "prometheus-alertmanager.default").read_text().splitlines():
+        if line.startswith("ARGS="):
+            return shlex.split(shlex.split(line.removeprefix("ARGS="))[0])
+    raise AssertionError("no ARGS in the rendered defaults")
+
+
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Receiver]]:
     receiver = Receiver()
-    directory = render_monitoring(
-        tmp_path_factory.mktemp("alertmanager"),
+    port = free_port()
+    directory = tmp_path_factory.mktemp("alertmanager")
+    render_monitoring(
+        directory,
         monitoring_webhook_url=receiver.url,
+        monitoring_config_dir=str(directory),
+        monitoring_alertmanager_port=port,
         # The role's timings, shortened so that the test waits seconds.
         monitoring_group_wait="1s",
         monitoring_group_interval="2s",
         monitoring_resolve_timeout="1m",
     )
-    port = free_port()
-    process = subprocess.Popen(
+    # The role's script makes the password and the web configuration, as on the host
+    # (the group: this user's own).
+    made = subprocess.run(
         [
-            tool("prometheus-alertmanager"),
-            f"--config.file={directory / 'alertmanager.yml'}",
-            f"--storage.path={directory / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",  # no gossip port: one Alertmanager
+            sys.executable,
+            str(CREDENTIAL),
+            str(directory / "alertmanager.password"),
+            str(directory / "alertmanager-web.yml"),
+            "prometheus",
+            grp.getgrgid(os.getgid()).gr_name,
         ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert made.stdout.strip() == "changed"
+    args = rendered_args(directory)
+    assert f"--web.config.file={directory / 'alertmanager-web.yml'}" in args
+    assert "--cluster.listen-address=" in args  # no gossip port: one Alertmanager
+    process = subprocess.Popen(
+        [tool("prometheus-alertmanager"), *args, f"--storage.path={directory / 'data'}"],
         stdout=subprocess.DEVNULL,
         stderr=(directory / "alertmanager.log").open("w"),
     )
     try:
         assert wait_for_port(port, WAIT_SECONDS), (directory / "alertmanager.log").read_text()
+        PASSWORD.append((directory / "alertmanager.password").read_text().strip())
         yield f"http://127.0.0.1:{port}", receiver
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)
         receiver.server.shutdown()
 
 
-def post(base: str, alerts: list[dict[str, Any]]) -> None:
+# The password the fixture's Alertmanager was given (the role's script made it).
+PASSWORD: list[str] = []
+
+
+def request(
+    base: str, path: str, body: object, *, authenticated: bool = True, method: str = "POST"
+) -> tuple[int, bytes]:
+    """The status and body of Alertmanager's answer, with Prometheus's credential or none."""
+    headers = {"Content-Type": "application/json"}
+    if authenticated:
+        token = base64.b64encode(f"prometheus:{PASSWORD[-1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
     # BASE is the test's own http://127.0.0.1 URL.
-    request = urllib.request.Request(  # noqa: S310
-        f"{base}/api/v2/alerts",
-        data=json.dumps(alerts).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
+    sent = urllib.request.Request(  # noqa: S310
+        f"{base}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers=headers,
     )
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-        assert answer.status == 200
+    try:
+        with urllib.request.urlopen(sent, timeout=10) as answer:  # noqa: S310
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def post(base: str, alerts: list[dict[str, Any]]) -> None:
+    status, body = request(base, "/api/v2/alerts", alerts)
+    assert status == 200, body
 
 
 def alert(name: str, severity: str, host: str, ends: str | None = None, **labels: str) -> dict:
@@ -152,15 +206,21 @@ EXPECTED = {
 }
 
 
-def test_an_outage_is_routed_by_severity_grouped_and_its_consequences_held_back(
-    alertmanager: tuple[str, Receiver],
-) -> None:
-    base, receiver = alertmanager
+def fire(base: str, receiver: Receiver) -> None:
+    """The outage posted and its groups delivered (again: a worker of pytest-xdist that
+    runs the resolution's test alone has its own Alertmanager, which saw no outage)."""
     post(base, [alert(n, s, h, **labels) for n, s, h, labels in OUTAGE])
     receiver.wait_for(
         lambda notes: delivered(notes, "firing").keys() >= EXPECTED.keys(),
         "every expected group delivered",
     )
+
+
+def test_an_outage_is_routed_by_severity_grouped_and_its_consequences_held_back(
+    alertmanager: tuple[str, Receiver],
+) -> None:
+    base, receiver = alertmanager
+    fire(base, receiver)
     time.sleep(3)  # a group interval more: anything held back would have come by now
     assert delivered(receiver.notifications, "firing") == EXPECTED
     # One notification per group: core-02's two intrusion responses came together.
@@ -175,6 +235,7 @@ def test_resolved_alerts_are_sent_as_resolved(alertmanager: tuple[str, Receiver]
     ended nothing holds core-01's alerts back, and Alertmanager lists them, resolved, in
     their groups' last notification: no page, they are resolved.)"""
     base, receiver = alertmanager
+    fire(base, receiver)
     now = datetime.datetime.now(datetime.UTC).isoformat()
     post(base, [alert(n, s, h, ends=now, **labels) for n, s, h, labels in OUTAGE])
     notes = receiver.wait_for(
@@ -189,3 +250,80 @@ def test_resolved_alerts_are_sent_as_resolved(alertmanager: tuple[str, Receiver]
     for name, told in EXPECTED.items():
         assert resolved[name]["receiver"] == told["receiver"]
     assert "SecureCoreAuthLatencyHigh" not in delivered(notes, "firing")
+
+
+SILENCE = {
+    "matchers": [{"name": "alertname", "value": ".+", "isRegex": True}],
+    "createdBy": "test",
+    "comment": "mute every page",
+}
+
+
+def silence(minutes: int = 10) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.UTC)
+    ends = now + datetime.timedelta(minutes=minutes)
+    return {**SILENCE, "startsAt": now.isoformat(), "endsAt": ends.isoformat()}
+
+
+def test_without_the_password_nobody_silences_or_reads_alertmanager(
+    alertmanager: tuple[str, Receiver],
+) -> None:
+    """REQ-MON-11: any local user reaches loopback; the password is root's and
+    Prometheus's. Without it: no silence, no alert posted, nothing read (401)."""
+    base, _ = alertmanager
+    status, _ = request(base, "/api/v2/silences", silence(), authenticated=False)
+    assert status == 401
+    status, _ = request(base, "/api/v2/alerts", [], authenticated=False)
+    assert status == 401
+    for path in ("/api/v2/silences", "/api/v2/alerts", "/metrics"):
+        status, _ = request(base, path, None, authenticated=False, method="GET")
+        assert status == 401, path
+    # A wrong password is no better.
+    PASSWORD.append("not-the-password")
+    try:
+        status, _ = request(base, "/api/v2/silences", silence())
+    finally:
+        PASSWORD.pop()
+    assert status == 401
+    status, body = request(base, "/api/v2/silences", None, method="GET")
+    assert status == 200 and json.loads(body) == []
+
+
+def test_with_the_password_a_silence_is_set_and_counted_active(
+    alertmanager: tuple[str, Receiver],
+) -> None:
+    """What AlertmanagerSilenceActive reads: alertmanager_silences{state="active"}."""
+    base, _ = alertmanager
+    status, body = request(base, "/api/v2/silences", silence())
+    assert status == 200, body
+    identifier = json.loads(body)["silenceID"]
+    try:
+        status, metrics = request(base, "/metrics", None, method="GET")
+        assert status == 200
+        assert 'alertmanager_silences{state="active"} 1' in metrics.decode()
+    finally:
+        status, _ = request(base, f"/api/v2/silence/{identifier}", None, method="DELETE")
+        assert status == 200
+
+
+def test_the_credential_is_made_once_and_kept(tmp_path: Path) -> None:
+    """A second run changes nothing; a web configuration that does not verify the
+    password is written again, the password kept; neither is in the output."""
+    group = grp.getgrgid(os.getgid()).gr_name
+    files = [str(tmp_path / "password"), str(tmp_path / "web.yml")]
+
+    def run() -> str:
+        command = [sys.executable, str(CREDENTIAL), *files, "prometheus", group]
+        made = subprocess.run(command, capture_output=True, text=True, check=True)
+        return made.stdout.strip() + made.stderr
+
+    assert run() == "changed"
+    password = (tmp_path / "password").read_text()
+    assert len(password.strip()) >= 32
+    assert all(Path(f).stat().st_mode & 0o777 == 0o640 for f in files)
+    assert run() == "unchanged"
+    (tmp_path / "web.yml").write_text('{"basic_auth_users": {"prometheus": "$2b$12$x"}}\n')
+    output = run()
+    assert output == "changed" and password.strip() not in output
+    assert (tmp_path / "password").read_text() == password
+    assert "$2b$" in (tmp_path / "web.yml").read_text()

@@ -262,3 +262,21 @@ def test_a_scheduled_run_alerts_on_errors_and_writes_metrics(
     [broken] = [a for a in received if a["event"] == "evidence_broken"]
     assert f"names {bundle.name} as the newest" in broken["message"]
     assert 'securecore_compliance_evidence_broken{checklist="daily"} 1' in metrics.read_text()
+
+
+def test_the_metrics_textfile_is_never_written_through_a_placed_link(tmp_path: Path) -> None:
+    """node_exporter's textfile directory has other writers (roles/monitoring's relays):
+    a link at the staging name of old is left alone, and nothing is left behind."""
+    from compliance.schedule import write_metrics
+    from tests.support.monitoring import planted_textfile_dir
+
+    textfiles, victim = planted_textfile_dir(tmp_path, ".securecore_compliance.prom.partial")
+    path = textfiles / "securecore_compliance.prom"
+    write_metrics(path, {'securecore_compliance_run_missed{checklist="daily"}': 0})
+    assert 'securecore_compliance_run_missed{checklist="daily"} 0' in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert victim.read_text() == "untouched\n"
+    assert sorted(p.name for p in textfiles.iterdir()) == [
+        ".securecore_compliance.prom.partial",
+        "securecore_compliance.prom",
+    ]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.monitoring import RULES, render_monitoring, tool
+from tests.support.commands import ROOT
+from tests.support.monitoring import RULES, planted_textfile_dir, render_monitoring, tool
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def check(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_prometheus_configuration_passes_promtool(rendered: Path) -> None:
     proc = check(tool("promtool"), "check", "config", str(rendered / "prometheus.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "28 rules found" in proc.stdout
+    assert "29 rules found" in proc.stdout
 
 
 def test_every_host_is_scraped_over_mutual_tls_and_the_core_hosts_service_too(
@@ -45,16 +46,22 @@ def test_every_host_is_scraped_over_mutual_tls_and_the_core_hosts_service_too(
     config = yaml.safe_load((rendered / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     node_hosts = {c["labels"]["host"] for c in jobs["node"]["static_configs"]}
-    assert node_hosts == {"mgmt-01", "core-01", "core-02", "dmz-01"}
+    assert node_hosts == {"mgmt-01", "core-01", "core-02", "dmz-01", "plugin-01"}
     core = {c["labels"]["host"]: c["targets"] for c in jobs["securecore"]["static_configs"]}
     assert core == {"core-01": ["10.210.200.11:8443"], "core-02": ["10.210.200.12:8443"]}
     for name in ("node", "securecore"):
         assert jobs[name]["scheme"] == "https"
         tls = jobs[name]["tls_config"]
         assert tls["min_version"] == "TLS13" and tls["cert_file"].endswith("client.pem")
-    # Alerts go to Alertmanager on loopback.
-    targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
-    assert targets == ["127.0.0.1:9093"]
+    # Alerts go to Alertmanager on loopback, with the host's password (REQ-MON-11), and
+    # so does the scrape of Alertmanager's metrics.
+    alerting = config["alerting"]["alertmanagers"][0]
+    assert alerting["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+    for auth in (alerting["basic_auth"], jobs["alertmanager"]["basic_auth"]):
+        assert auth == {
+            "username": "prometheus",
+            "password_file": str(rendered / "alertmanager.password"),
+        }
 
 
 def test_the_alertmanager_configuration_passes_amtool(rendered: Path) -> None:
@@ -83,3 +90,42 @@ def test_node_exporter_requires_a_client_certificate(rendered: Path) -> None:
     web = yaml.safe_load((rendered / "node-exporter-web.yml").read_text())["tls_server_config"]
     assert web["client_auth_type"] == "RequireAndVerifyClientCert"
     assert web["min_version"] == "TLS13"
+
+
+def test_every_scrape_is_limited_in_series_and_size(rendered: Path) -> None:
+    """Beyond either limit the scrape fails (up 0) rather than storing a flood."""
+    config = yaml.safe_load((rendered / "prometheus.yml").read_text())
+    limits = {
+        job["job_name"]: (job["sample_limit"], job["body_size_limit"])
+        for job in config["scrape_configs"]
+    }
+    assert limits == {
+        "node": (20000, "16MB"),
+        "securecore": (20000, "16MB"),
+        "prometheus": (10000, "8MB"),
+        "alertmanager": (5000, "4MB"),
+    }
+
+
+RELAY = ROOT / "roles/monitoring/files/securecore-metrics-relay"
+
+
+def test_the_relay_writes_through_a_fresh_staging_file(tmp_path: Path) -> None:
+    """The textfile directory has other writers: a link another writer placed at a
+    predictable staging name is never written through, and nothing is left behind."""
+    source = tmp_path / "endpoint"
+    source.write_text("patroni_primary 1\ngo_goroutines 7\n")
+    textfiles, victim = planted_textfile_dir(tmp_path, ".securecore_relay_patroni.prom.partial")
+    out = textfiles / "securecore_relay_patroni.prom"
+    for url, up in ((f"file://{source}", "1"), (f"file://{tmp_path}/missing", "0")):
+        proc = check("sh", str(RELAY), "patroni", "patroni_", url, str(out))
+        assert proc.returncode == (0 if up == "1" else 1), proc.stderr
+        text = out.read_text()
+        assert f'securecore_metrics_relay_up{{source="patroni"}} {up}' in text
+        assert ("patroni_primary 1" in text) == (up == "1") and "go_goroutines" not in text
+        assert out.stat().st_mode & 0o777 == 0o644
+        assert sorted(p.name for p in textfiles.iterdir()) == [
+            ".securecore_relay_patroni.prom.partial",
+            "securecore_relay_patroni.prom",
+        ]
+    assert victim.read_text() == "untouched\n"

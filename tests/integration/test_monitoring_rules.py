@@ -54,7 +54,8 @@ def test_the_rule_unit_tests_pass(path: Path) -> None:
 def test_a_changed_threshold_fails_its_unit_test(tmp_path: Path) -> None:
     """The unit tests hold the thresholds: the trust alert at 29 instead of 30 fails."""
     changed = RULES.read_text().replace(
-        "securecore_plugin_trust_score <= 30", "securecore_plugin_trust_score <= 29"
+        'securecore_plugin_trust_score{job="securecore"} <= 30',
+        'securecore_plugin_trust_score{job="securecore"} <= 29',
     )
     assert changed != RULES.read_text()
     rules = tmp_path / "roles/monitoring/files/securecore.rules.yml"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def tool(name: str) -> str:
 
 
 def render_monitoring(directory: Path, **extra: object) -> Path:
-    """roles/monitoring's configuration files for the lab's hosts, rendered by Ansible
+    """roles/monitoring's configuration files for the lab's hosts (and groups), rendered by Ansible
     with the role's defaults and EXTRA (extra variables) into DIRECTORY."""
     import json
 
@@ -52,6 +53,7 @@ def render_monitoring(directory: Path, **extra: object) -> Path:
         "core-01": ("core", "10.210.200.11"),
         "core-02": ("core", "10.210.200.12"),
         "dmz-01": ("dmz", "10.210.100.10"),
+        "plugin-01": ("plugin", "10.210.30.21"),
     }
     inventory = {
         "all": {
@@ -63,6 +65,12 @@ def render_monitoring(directory: Path, **extra: object) -> Path:
                 "monitoring": {"hosts": {"mgmt-01": {}}},
                 "core": {"hosts": {"core-01": {}, "core-02": {}}},
                 "edge": {"hosts": {"dmz-01": {}}},
+                "plugin": {"hosts": {"plugin-01": {}}},
+                # The lab's producers of relayed and textfile series (inventories/lab).
+                "database": {"hosts": {"core-01": {}, "core-02": {}}},
+                "database_consensus": {"hosts": {"core-01": {}, "core-02": {}, "mgmt-01": {}}},
+                "compliance_scheduler": {"hosts": {"mgmt-01": {}}},
+                "database_backup": {"hosts": {"mgmt-01": {}}},
             },
         }
     }
@@ -78,3 +86,24 @@ def render_monitoring(directory: Path, **extra: object) -> Path:
         str(ROOT / "tests/monitoring/render.yml"),
     )
     return directory
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a tool's PROCESS started by a test: SIGTERM, then SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def planted_textfile_dir(tmp_path: Path, staging: str) -> tuple[Path, Path]:
+    """A textfile directory where another writer placed a link at STAGING (a staging
+    name of old) to a file outside: (the directory, the file, which must stay as is)."""
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (textfiles / staging).symlink_to(victim)
+    return textfiles, victim

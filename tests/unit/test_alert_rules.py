@@ -55,3 +55,26 @@ def test_the_required_thresholds_are_the_ones_alerted() -> None:
     assert "<= 0.90" in by_name["SecureCorePluginSuccessRateLow"]["expr"]
     assert by_name["SecureCorePluginRegistered"]["labels"]["severity"] == "info"
     assert "<= 30 * 86400" in by_name["SecureCoreCertificateExpiresSoon"]["expr"]
+
+
+def test_every_selector_names_the_job_that_produces_its_series() -> None:
+    """REQ-MON-10: a series of the same name served by another job (a textfile on any
+    host is node_exporter's) neither fires nor hides an alert: the core's series are job
+    securecore's, the hosts', relayed and textfile ones job node's."""
+    node = re.compile(r"(patroni|etcd|haproxy|node)_|securecore_(compliance|backup|metrics_relay)_")
+    for rule in rules():
+        # Names in strings (a textfile's file name) are no selectors.
+        expr = re.sub(r'"[^"]*"', '""', rule["expr"])
+        for name, brace in re.findall(
+            r"\b((?:securecore|patroni|etcd|haproxy|node)_[a-z_]+|up)\b(\{?)", expr
+        ):
+            assert brace, (rule["alert"], name, "no job")
+        for name, job in re.findall(
+            r"\b((?:securecore|patroni|etcd|haproxy|node)_[a-z_]+|up)\{job=\"(\w+)\"", rule["expr"]
+        ):
+            if name != "up":
+                assert job == ("node" if node.match(name) else "securecore"), (rule["alert"], name)
+        selectors = re.findall(
+            r"\b(?:securecore|patroni|etcd|haproxy|node)_[a-z_]+\{([^}]*)\}", rule["expr"]
+        )
+        assert all(s.startswith('job="') for s in selectors), rule["alert"]

@@ -110,6 +110,26 @@ def test_the_monitoring_principal_reads_metrics_and_nothing_else() -> None:
         assert status == 403 and b"monitoring principals read /metrics only" in body, path
 
 
+@pytest.mark.parametrize(
+    ("spiffe_id", "expected"),
+    [
+        ("spiffe://securecore/monitoring/mgmt-01", 200),
+        ("spiffe://securecore/admin/alice", 200),
+        ("spiffe://securecore/plugin/plugin-01", 403),
+        ("spiffe://securecore/core/core-02", 403),
+        ("spiffe://securecore/dmz/dmz-01", 403),
+    ],
+)
+def test_only_the_monitoring_and_administrators_read_metrics(spiffe_id, expected) -> None:
+    """REQ-MON-9: the series map the site's plugins, principals and audit log."""
+    from securecore.monitoring.metrics import ServiceMetrics
+
+    status, body = call(scope("/metrics", certificate(spiffe_id)), metrics=ServiceMetrics())
+    assert status == expected, body
+    if expected == 403:
+        assert b"monitoring and administrators only" in body and b"securecore_" not in body
+
+
 def test_only_administrators_reach_the_admin_api() -> None:
     untouched = AdminActions(
         audit=None,

@@ -1,8 +1,9 @@
 """Monitoring and alerting on the lab (roles/monitoring; REQ-MON-6 to REQ-MON-8):
 Prometheus on mgmt-01 scrapes every host's node_exporter and the core instances over
 mutual TLS, the database's and the edge's metrics arrive relayed, node_exporter and the
-core's /metrics answer Prometheus's certificate and nothing else, and a core instance
-that stops is paged through Alertmanager to a real HTTP receiver, then resolved."""
+core's /metrics answer Prometheus's certificate and nothing else, Alertmanager refuses
+whoever lacks its password (REQ-MON-11), and a core instance that stops is paged through
+Alertmanager to a real HTTP receiver, then resolved."""
 
 from __future__ import annotations
 
@@ -105,10 +106,77 @@ def test_node_exporter_answers_prometheus_only(hosts, mgmt, name) -> None:
     assert tls_status(mgmt, address, NODE_PORT, "/metrics", f"{TLS}/monitoring") == "200"
 
 
+@pytest.mark.parametrize("name", ["core-01", "mgmt-01", "dmz-01"])
+def test_the_textfile_directory_is_sticky_and_not_world_writable(hosts, name) -> None:
+    """Its writers (root's relays, the compliance scheduler's user on mgmt-01) cannot
+    remove or replace one another's files, and nobody else writes it."""
+    directory = hosts[name].file("/var/lib/prometheus/node-exporter")
+    assert directory.is_directory
+    assert directory.mode & 0o1000 and not directory.mode & 0o002, oct(directory.mode)
+
+
 def test_the_core_gives_prometheus_its_metrics_and_nothing_else(mgmt) -> None:
     core = str(HOSTS["core-01"].address)
     assert tls_status(mgmt, core, CORE_PORT, "/metrics", f"{TLS}/monitoring") == "200"
     assert tls_status(mgmt, core, CORE_PORT, "/v1/whoami", f"{TLS}/monitoring") == "403"
+
+
+ALERTMANAGER = "http://127.0.0.1:9093"
+ALERTMANAGER_CREDENTIAL_FILE = "/etc/prometheus/alertmanager.password"
+
+
+def alertmanager_status(mgmt, method: str, path: str, body: str, authenticated: bool) -> str:
+    """The HTTP status of Alertmanager's answer on mgmt-01's loopback, with the host's
+    password (read from its file by the client, as root: never on a command line) or
+    without; the answer's body after the status when it is 200."""
+    auth = (
+        f"p=open('{ALERTMANAGER_CREDENTIAL_FILE}').read().strip();"
+        "h['Authorization']='Basic '+base64.b64encode(('prometheus:'+p).encode()).decode()\n"
+        if authenticated
+        else ""
+    )
+    client = (
+        "import base64,sys,urllib.request,urllib.error\n"
+        "h={'Content-Type':'application/json'}\n"
+        f"{auth}"
+        f"r=urllib.request.Request('{ALERTMANAGER}{path}',data={body!r}.encode() or None,"
+        f"method='{method}',headers=h)\n"
+        "try:\n"
+        " a=urllib.request.urlopen(r,timeout=10);print(a.status,a.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n print(e.code)"
+    )
+    return mgmt.check_output(f"python3 -c {shlex.quote(client)}")
+
+
+def test_alertmanager_refuses_whoever_lacks_its_password(mgmt) -> None:
+    """REQ-MON-11: any local user reaches Alertmanager's loopback port; without the
+    password no silence is set (401); with it (root reads it) one is, and is expired."""
+    # The credential's files: root's and the services' user's only.
+    for path in (ALERTMANAGER_CREDENTIAL_FILE, "/etc/prometheus/alertmanager-web.yml"):
+        assert mgmt.file(path).mode == 0o640 and mgmt.file(path).user == "root"
+        assert mgmt.file(path).group == "prometheus"
+    now = time.time()
+    silence = json.dumps(
+        {
+            "matchers": [{"name": "alertname", "value": "LabSilenceTest", "isRegex": False}],
+            "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "endsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 300)),
+            "createdBy": "lab test",
+            "comment": "REQ-MON-11 check",
+        }
+    )
+    assert alertmanager_status(mgmt, "POST", "/api/v2/silences", silence, False) == "401"
+    assert alertmanager_status(mgmt, "GET", "/api/v2/alerts", "", False) == "401"
+    answer = alertmanager_status(mgmt, "POST", "/api/v2/silences", silence, True)
+    status, _, body = answer.partition(" ")
+    assert status == "200", answer
+    identifier = json.loads(body)["silenceID"]
+    expired = alertmanager_status(mgmt, "DELETE", f"/api/v2/silence/{identifier}", "", True)
+    assert expired.startswith("200")
+    # Prometheus authenticates too: its scrape of Alertmanager is up (the check above
+    # of every target) and it reaches Alertmanager with its alerts.
+    reached = api(mgmt, "/api/v1/alertmanagers")["activeAlertmanagers"]
+    assert [a["url"] for a in reached] == [f"{ALERTMANAGER}/api/v2/alerts"]
 
 
 def received(mgmt) -> list[dict]:
