@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import http.client
 import ipaddress
 import json
@@ -19,6 +20,7 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -415,6 +417,38 @@ def test_every_core_instance_is_balanced_and_the_edge_exports_metrics(hosts) -> 
     assert dmz.run(f"python3 -c {shlex.quote(fetch.replace('127.0.0.1', EDGE_ADDRESS))}").rc != 0
 
 
+@contextlib.contextmanager
+def load_through_the_edge(
+    token: str, *, gets: int, posts: int, pause: float
+) -> Iterator[dict[str, list[Answer]]]:
+    """Clients through the edge for as long as the block runs: GETS threads asking for
+    /v1/whoami (a request the edge may retry) and POSTS threads calling the plugin (one
+    it must not), each pausing PAUSE seconds between requests. Yields their answers by
+    method, complete once the block has ended."""
+    answers: dict[str, list[Answer]] = {"GET": [], "POST": []}
+    stop = threading.Event()
+    call = {"op": "tickets.list", "args": {}}
+
+    def client(method: str, path: str) -> None:
+        while not stop.is_set():
+            body = call if method == "POST" else None
+            answers[method].append(request(method, path, token=token, body=body, timeout=10))
+            time.sleep(pause)
+
+    workers = [threading.Thread(target=client, args=("GET", "/v1/whoami")) for _ in range(gets)] + [
+        threading.Thread(target=client, args=("POST", "/v1/plugins/plugin-01/call"))
+        for _ in range(posts)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+
+
 def test_a_core_instance_that_fails_is_out_within_seconds_and_no_idempotent_request_fails(
     hosts,
 ) -> None:
@@ -425,32 +459,15 @@ def test_a_core_instance_that_fails_is_out_within_seconds_and_no_idempotent_requ
     made = request("POST", "/v1/sessions")
     assert made.status == 201, made
     token = made.body["access_token"]
-    results: dict[str, list[int]] = {"GET": [], "POST": []}
-    stop = threading.Event()
-    call = {"op": "tickets.list", "args": {}}
-
-    def client(method: str, path: str) -> None:
-        while not stop.is_set():
-            body = call if method == "POST" else None
-            results[method].append(request(method, path, token=token, body=body, timeout=10).status)
-            time.sleep(0.15)
-
-    workers = [threading.Thread(target=client, args=("GET", "/v1/whoami")) for _ in range(4)] + [
-        threading.Thread(target=client, args=("POST", "/v1/plugins/plugin-01/call"))
-        for _ in range(2)
-    ]
-    for worker in workers:
-        worker.start()
     try:
-        time.sleep(3)
-        victim.check_output("systemctl kill -s KILL securecore && systemctl stop securecore")
-        out_after = wait_state(dmz, "core-01", "DOWN", 15)
-        time.sleep(3)
+        with load_through_the_edge(token, gets=4, posts=2, pause=0.15) as answers:
+            time.sleep(3)
+            victim.check_output("systemctl kill -s KILL securecore && systemctl stop securecore")
+            out_after = wait_state(dmz, "core-01", "DOWN", 15)
+            time.sleep(3)
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
         victim.check_output("systemctl start securecore")
+    results = {method: [answer.status for answer in sent] for method, sent in answers.items()}
     back_after = wait_state(dmz, "core-01", "UP", 60)
     figures = {
         "idempotent": {
@@ -481,35 +498,16 @@ def test_reloads_of_the_edge_under_load_lose_no_request(hosts) -> None:
     made = request("POST", "/v1/sessions")
     assert made.status == 201, made
     token = made.body["access_token"]
-    failures: list[str] = []
-    sent = {"count": 0}
-    stop = threading.Event()
-    call = {"op": "tickets.list", "args": {}}
-
-    def client(method: str, path: str) -> None:
-        while not stop.is_set():
-            answer = request(method, path, token=token, body=call if method == "POST" else None)
-            sent["count"] += 1
-            if answer.status != 200:
-                failures.append(f"{method} {path}: {answer.status} {answer.refused or answer.body}")
-            time.sleep(0.1)
-
-    workers = [threading.Thread(target=client, args=("GET", "/v1/whoami")) for _ in range(2)] + [
-        threading.Thread(target=client, args=("POST", "/v1/plugins/plugin-01/call"))
-        for _ in range(3)
-    ]
-    for worker in workers:
-        worker.start()
     try:
-        for _ in range(12):
-            time.sleep(0.7)
-            dmz.check_output("systemctl reload haproxy")
-        time.sleep(1)
+        with load_through_the_edge(token, gets=2, posts=3, pause=0.1) as answers:
+            for _ in range(12):
+                time.sleep(0.7)
+                dmz.check_output("systemctl reload haproxy")
+            time.sleep(1)
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
         # The administrator may hold 5 live sessions: later checks sign in too.
         signed_out = request("DELETE", "/v1/sessions/current", token=token)
-    assert sent["count"] > 100 and failures == [], (sent, failures[:5])
+    sent = answers["GET"] + answers["POST"]
+    failed = [answer for answer in sent if answer.status != 200]
+    assert len(sent) > 100 and failed == [], (len(sent), failed[:5])
     assert signed_out.status == 204, signed_out
