@@ -217,19 +217,22 @@ def build_server(
     else:
         audit_log = audit
     metrics = ServiceMetrics()
+    # Every audit write the service waits for is timed (REQ-PERF-3).
+    append = metrics.timed_audit(audit_log.append)
+    append_async = metrics.timed_audit_async(audit_log.append_async)
 
     def audit_decision(
         actor: str, action: str, target: str, outcome: str, details: dict[str, Any] | None
     ) -> int:
         # A policy decision is counted for /metrics, then made durable.
         metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
-        return audit_log.append(actor, action, target, outcome, details)
+        return append(actor, action, target, outcome, details)
 
     async def audit_decision_async(
         actor: str, action: str, target: str, outcome: str, details: dict[str, Any] | None
     ) -> int:
         metrics.decisions.labels(action.removeprefix("policy."), outcome).inc()
-        return await audit_log.append_async(actor, action, target, outcome, details)
+        return await append_async(actor, action, target, outcome, details)
 
     policy_state = PolicyState(open_state(config, "policy"), data_dir / "policy.counters")
     engine = PolicyEngine(
@@ -238,7 +241,7 @@ def build_server(
     intrusion = IntrusionResponder(
         IntrusionDetector(policy_state, serving_hosts=config.get("policy", "serving_hosts")),
         sessions,
-        audit_log.append,
+        append,
         counted=lambda action: metrics.intrusion_responses.labels(action).inc(),
     )
     access, endpoints = plugin_access(config)
@@ -248,7 +251,7 @@ def build_server(
         vendors=config.get("plugins", "vendors") or {},
         minimum_security_level=config.get("plugins", "minimum_security_level"),
         probe=registration_probe(caller),
-        audit=audit_log.append,
+        audit=append,
         endpoints=endpoints,
         # A plugin suspended or revoked loses its sessions, and gets no new one.
         on_blocked=lambda name: sessions.revoke_where(
@@ -275,7 +278,7 @@ def build_server(
     operators = {own_certificate_fingerprint(plugin_client_policy(config, policy))}
     admin = AdminActions(
         operators=operators,
-        audit=audit_log.append,
+        audit=append,
         sessions=sessions,
         policy_state=policy_state,
         registry=registry,
@@ -299,7 +302,7 @@ def build_server(
     # serving context's CAs and CRL (securecore.server.forwarded).
     edges = config.get("edge", "principals")
     edge = (
-        EdgeTrust(edges, tls, trust_domain, operators=operators, audit=audit_log.append_async)
+        EdgeTrust(edges, tls, trust_domain, operators=operators, audit=append_async)
         if edges
         else None
     )
@@ -327,7 +330,7 @@ def build_server(
             registry,
             caller,
             sessions,
-            audit_log.append,
+            append,
             observe=metrics.observe_plugin_step,
             access=access,
         ),
@@ -373,7 +376,7 @@ def build_server(
             own = {own_certificate_fingerprint(client_policy)}
         except (TLSPolicyError, ConfigError, OSError, ValueError) as error:
             log.error("TLS reload failed, the current certificates stay: %s", error)
-            audit_log.append(
+            append(
                 "securecore",
                 "service.tls_reload",
                 str(tls.policy_file),
@@ -388,16 +391,16 @@ def build_server(
         log.info(
             "TLS reloaded (%s): serving certificate %s", trigger, served["serial"], extra=served
         )
-        audit_log.append(
+        append(
             "securecore",
             "service.tls_reload",
             str(tls.policy_file),
             "success",
             {**served, "trigger": trigger},
         )
-        end_revoked_sessions(tls, sessions, audit_log.append)
+        end_revoked_sessions(tls, sessions, append)
 
-    end_revoked_sessions(tls, sessions, audit_log.append)  # revoked while the service was down
+    end_revoked_sessions(tls, sessions, append)  # revoked while the service was down
     watcher = TLSFileWatcher(
         tls.watched_files, reload_tls, tls.policy.watch_seconds, loaded=tls.loaded
     ).start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import ssl
 
@@ -141,6 +142,9 @@ def test_metrics_are_prometheus_text_with_the_alerted_series(server) -> None:
     assert 'securecore_plugins{state="active"} 0.0' in text
     # REQ-AUDIT-6's bound for the monitoring (checkpoint interval plus grace period).
     assert "securecore_audit_witness_deadline_seconds " in text
+    # REQ-PERF-3: the policy decisions above were audited, each write timed.
+    written = re.search(r"(?m)^securecore_audit_write_seconds_count (\S+)$", text)
+    assert written is not None and float(written[1]) >= 1, text
 
 
 def test_the_openapi_document_is_served_and_bodies_are_validated(server) -> None:

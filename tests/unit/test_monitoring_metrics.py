@@ -3,9 +3,12 @@ responses and the witnesses' cosignatures."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from unittest import mock
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from securecore.monitoring.metrics import ServiceMetrics
@@ -58,3 +61,31 @@ def test_the_witnesses_cosignatures_come_from_the_pusher_s_status(tmp_path: Path
     assert found["time"] == {("mgmt-01/securecore/witness",): 1700000000.5}
     status.write_text("{not json")
     assert witness_cosignatures(status) == {"size": {}, "time": {}}
+
+
+def test_every_audit_write_is_timed_failures_included() -> None:
+    # REQ-PERF-3: the daily check holds the p99 of securecore_audit_write_seconds to 50 ms.
+    metrics = ServiceMetrics()
+    clock = iter([10.0, 10.004, 20.0, 20.2, 30.0, 30.03])
+
+    def durable(*record: object) -> int:
+        return 7
+
+    def failing(*record: object) -> int:
+        raise OSError("disk full")
+
+    async def durable_async(*record: object) -> int:
+        return 8
+
+    with mock.patch("securecore.monitoring.metrics.time.perf_counter", lambda: next(clock)):
+        assert metrics.timed_audit(durable)("a", "b", "c", "success", None) == 7
+        with pytest.raises(OSError):
+            metrics.timed_audit(failing)("a", "b", "c", "success", None)
+        timed = metrics.timed_audit_async(durable_async)
+        assert asyncio.run(timed("a", "b", "c", "success", None)) == 8
+    buckets = {
+        dict(labels)["le"]: value
+        for labels, value in samples(metrics, "securecore_audit_write_seconds_bucket").items()
+    }
+    assert (buckets["0.005"], buckets["0.05"], buckets["0.25"], buckets["+Inf"]) == (1, 2, 3, 3)
+    assert samples(metrics, "securecore_audit_write_seconds_count") == {(): 3.0}
