@@ -7,7 +7,8 @@ so that it can read what the checks need. It changes nothing but its own
 state file (when it first saw each pending security update, "apt_state"): it
 reads files and runs commands that only report (`sshd -T`, `nft -j list ruleset`,
 `timedatectl show`, `auditctl -l`, `apt-get -s dist-upgrade`, `openssl x509`,
-`systemd-detect-virt`).
+`systemd-detect-virt`); on a monitoring host it asks the local Prometheus's HTTP API
+for the service's figures of the last day (read-only queries).
 
 It prints one JSON object. A group of facts that cannot be read (a tool not
 installed, a file missing) is left out and named under "_errors": a check
@@ -20,7 +21,9 @@ of their own): {"tls_dir": ..., "hardening_report": ..., "securecore_dir": ...}.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
+import math
 import os
 import re
 import shutil
@@ -29,6 +32,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,6 +90,12 @@ DEFAULTS = {
         "/run/.containerenv": "podman",
         "/.dockerenv": "docker",
     },
+    # Prometheus's own start-up arguments (roles/monitoring writes --web.listen-address
+    # there; Debian's package ships the file): a host with it runs the site's Prometheus,
+    # asked for the service's performance over the period (REQ-PERF-1 to 3, REQ-COMP-8).
+    "prometheus_default": "/etc/default/prometheus",
+    "performance_hours": 24,
+    "prometheus_timeout": 10,
 }
 
 
@@ -622,6 +634,237 @@ def dr_drills(paths: dict) -> dict:
     }
 
 
+# --- performance, from the site's Prometheus (monitoring hosts) ----------------------------
+
+# The core's series (securecore/monitoring/metrics.py) as roles/monitoring scrapes them.
+CORE = 'job="securecore"'
+AUTH = f'{CORE},route="/v1/sessions"'  # POST only: the route has no other method
+PLUGIN_CALL = f'{CORE},route="/v1/plugins/{{name}}/call"'
+CLIENT = f'{CORE},route=~"/v1/.+"'  # the clients' requests: not /healthz, /readyz, /metrics
+
+
+def prometheus_url(paths: dict) -> str:
+    """The address Prometheus listens on, from the arguments it is started with (its
+    default :9090 without the option; a wildcard address is asked on loopback)."""
+    args = key_values(read(paths["prometheus_default"]), r"\s*=\s*").get("args", "")
+    if "--web.config.file" in args:
+        raise ValueError(
+            f"{paths['prometheus_default']}: Prometheus serves TLS or asks for "
+            "credentials (--web.config.file): not read by this gatherer"
+        )
+    found = re.search(r"--web\.listen-address[= ]['\"]?([^\s'\"]+)", args)
+    host, _, port = (found[1] if found else ":9090").rpartition(":")
+    try:
+        wildcard = not host or ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        wildcard = False  # a name
+    if wildcard:
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def prometheus_query(base: str, query: str, at: float, timeout: float) -> list[dict]:
+    """The instant vector QUERY gives at AT: [{"metric": labels, "value": float}]."""
+    request = urllib.request.Request(  # noqa: S310 (http:// always: prometheus_url)
+        f"{base}/api/v1/query",
+        data=urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"}).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    # Never through a proxy of the environment: the question is for this host's Prometheus.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as answer:
+            document = json.load(answer)
+    except urllib.error.HTTPError as error:
+        document = json.loads(error.read() or b"{}")
+    if document.get("status") != "success":
+        raise ValueError(f"{query}: {document.get('errorType')}: {document.get('error')}")
+    if document["data"]["resultType"] != "vector":
+        raise ValueError(f"{query}: a {document['data']['resultType']}, not a vector")
+    return [
+        {"metric": r["metric"], "value": float(r["value"][1])}
+        for r in document["data"]["result"]
+        if r["value"][1] not in ("NaN", "+Inf", "-Inf")
+    ]
+
+
+# What the service's availability is judged on (REQ-PERF-8). The core exports no
+# readiness series: securecore_up is 1 whenever the process answers, which up already
+# says, and /readyz's verdict reaches Prometheus only as the edge's view of it
+# (haproxy_server_status, relayed through node_exporter's textfile directory on the edge
+# hosts, job "node"): a series of another job, from another host, which a stalled relay
+# leaves stale. So the service is available while at least one core instance answers
+# Prometheus's own mutual-TLS scrape of it, up{job="securecore"} = 1, measured where the
+# figure is kept. One instance's restart (a rolling release, a lab test) while another
+# serves is no outage of the service; each instance's share is reported, not judged.
+SERVICE_UP = f"max(up{{{CORE}}})"
+
+# The figures with a target: (name, metric, selector, quantile, its label, what it counts).
+FIGURES = (
+    (
+        "auth",
+        "securecore_request_duration_seconds",
+        AUTH,
+        0.95,
+        "p95",
+        "authentication requests (POST /v1/sessions)",
+    ),
+    (
+        "plugin",
+        "securecore_request_duration_seconds",
+        PLUGIN_CALL,
+        0.95,
+        "p95",
+        "plugin calls (POST /v1/plugins/{name}/call)",
+    ),
+    ("audit", "securecore_audit_write_seconds", CORE, 0.99, "p99", "audit writes"),
+)
+
+
+def performance(paths: dict) -> dict:
+    """The core's figures over the last PERFORMANCE_HOURS, or since Prometheus's first
+    sample of the core on a site monitored for less (the window, its length reported):
+    authentication and plugin-call p95, audit-write p99, the share of client requests
+    answered 5xx, and the service's availability (the share of the window in which at
+    least one core instance answered), each instance's own share for information.
+
+    A figure with nothing to measure (no request of its kind in the window: a site with
+    no user yet) is null, its count 0 and its reason in not_measured: no traffic is no
+    breach of a latency target. A Prometheus that does not answer, or that has no sample
+    of the core at all, is a failure of the monitoring: monitoring_error says which, with
+    Prometheus's address, and no summary is made."""
+    base = prometheus_url(paths)
+    now = time.time()
+    hours = float(paths["performance_hours"])
+    timeout = float(paths["prometheus_timeout"])
+    facts: dict[str, Any] = {
+        "prometheus": base,
+        "monitoring_error": None,
+        "window_hours": None,
+        "period": None,
+        "scrape_step_seconds": None,
+        "not_measured": [],
+        "availability_percent": None,
+        "instance_availability_percent": {},
+        "requests": None,
+        "server_errors": None,
+        "error_percent": None,
+    }
+    for name, *_ in FIGURES:
+        facts[f"{name}_count"] = None
+    facts.update(dict.fromkeys(("auth_p95_ms", "plugin_p95_ms", "audit_p99_ms")))
+
+    def vector(query: str) -> list[dict]:
+        return prometheus_query(base, query, now, timeout)
+
+    def value(query: str) -> float | None:
+        found = vector(query)
+        return found[0]["value"] if found else None
+
+    try:
+        # The window: the last day, or less on a site monitored for less (a site just
+        # deployed is judged on what there is, and the detail says how long that is).
+        first = value(f"min(min_over_time(timestamp(up{{{CORE}}})[{hours:g}h:1m]))")
+        if first is None:
+            facts["monitoring_error"] = (
+                f"Prometheus at {base} has no sample of the core instances "
+                f"(up{{{CORE}}}) in the last {hours:g} h: it does not scrape the core"
+            )
+            return facts
+        # The first sample is at most a subquery step (1 min) inside the day looked at: a
+        # site monitored for longer is judged on the whole day. Otherwise from a second
+        # before its first sample, so that the window holds it on either edge convention.
+        if now - first >= hours * 3600 - 120:
+            seconds, period = int(hours * 3600), f"the last {hours:g} h"
+        else:
+            seconds = int(max(60, now - first + 1))
+            period = f"since Prometheus's first sample of the core, less than {hours:g} h ago"
+        window = f"[{seconds}s]"
+        facts["window_hours"], facts["period"] = round(seconds / 3600, 2), period
+
+        # Each instance's share of the scrapes it answered: information, not judged.
+        for instance in vector(f"avg_over_time(up{{{CORE}}}{window})"):
+            labels = instance["metric"]
+            name = labels.get("host") or labels.get("instance", "?")
+            facts["instance_availability_percent"][name] = floored(instance["value"] * 100)
+        # The service's availability: max over the instances at every scrape, averaged over
+        # the window. The subquery's step is the scrape interval the data shows (the window
+        # over the most scrapes of one instance, 1 s to 60 s): no scrape is skipped, none
+        # counted twice over. Steps where Prometheus has no sample (it was stopped for
+        # longer than its 5 min look-back) have no value and do not count.
+        scrapes = value(f"max(count_over_time(up{{{CORE}}}{window}))") or 1
+        step = int(min(60, max(1, seconds // scrapes)))
+        facts["scrape_step_seconds"] = step
+        service = value(f"avg_over_time({SERVICE_UP}[{seconds}s:{step}s])")
+        facts["availability_percent"] = None if service is None else floored(service * 100)
+
+        for name, metric, labels, quantile, label, what in FIGURES:
+            count = round(value(f"sum(increase({metric}_count{{{labels}}}{window}))") or 0)
+            facts[f"{name}_count"] = count
+            if count == 0:
+                facts["not_measured"].append(f"no {what} in the window")
+                continue
+            found = value(
+                f"histogram_quantile({quantile}, sum by (le) "
+                f"(increase({metric}_bucket{{{labels}}}{window})))"
+            )
+            facts[f"{name}_{label}_ms"] = None if found is None else round(found * 1000, 1)
+
+        requests = round(
+            value(f"sum(increase(securecore_requests_total{{{CLIENT}}}{window}))") or 0
+        )
+        errors = value(
+            f'sum(increase(securecore_requests_total{{{CLIENT},status=~"5.."}}{window}))'
+        )
+        facts["requests"], facts["server_errors"] = requests, round(errors or 0)
+        if requests == 0:
+            facts["not_measured"].append("no client requests (/v1/...) in the window")
+        else:
+            # Rounded up: a share just over 1 % is never shown as 1.
+            facts["error_percent"] = math.ceil(100_000 * (errors or 0) / requests) / 1000
+    except (OSError, ValueError, KeyError) as error:
+        reason = getattr(error, "reason", None) or error
+        facts["monitoring_error"] = f"Prometheus at {base} did not answer: {reason}"[:300]
+        return facts
+    facts["summary"] = performance_summary(facts)
+    return facts
+
+
+def floored(percent: float) -> float:
+    """PERCENT to 3 decimals, rounded down: 99.8996 is never shown, nor judged, as 99.9."""
+    return math.floor(percent * 1000) / 1000
+
+
+def performance_summary(facts: dict) -> str:
+    def figure(name: str, label: str, noun: str) -> str:
+        count, ms = facts[f"{name}_count"], facts[f"{name}_{label}_ms"]
+        if count == 0:
+            what = next(w for n, *_, w in FIGURES if n == name)
+            return f"{name} {label} not measured: no {what} in the window (0 {noun})"
+        shown = "not found" if ms is None else f"{ms:g} ms"
+        return f"{name} {label} {shown} ({count} {noun})"
+
+    if facts["requests"] == 0:
+        errors = "errors not measured: no client requests (/v1/...) in the window (0 requests)"
+    else:
+        errors = (
+            f"errors {facts['error_percent']:g} % ({facts['server_errors']} of "
+            f"{facts['requests']} client requests answered 5xx)"
+        )
+    service = facts["availability_percent"]
+    instances = ", ".join(
+        f"{host} {value:g} %"
+        for host, value in sorted(facts["instance_availability_percent"].items())
+    )
+    return (
+        f"window {facts['window_hours']:g} h ({facts['period']}): "
+        f"{figure('auth', 'p95', 'requests')}; {figure('plugin', 'p95', 'calls')}; "
+        f"{figure('audit', 'p99', 'writes')}; {errors}; "
+        f"service availability {'not found' if service is None else f'{service:g} %'} "
+        f"(at least one core instance up; each instance, for information: {instances})"
+    )
+
+
 def is_backup_repository(paths: dict) -> bool:
     conf = Path(paths["pgbackrest_conf"])
     # A repository host names its own repository's path (repo1 on the primary site,
@@ -664,6 +907,8 @@ def gather(paths: dict) -> dict:
     if is_backup_repository(paths):
         collect("database_backup", database_backup, paths)
         collect("dr_drills", dr_drills, paths)
+    if Path(paths["prometheus_default"]).exists():
+        collect("performance", performance, paths)
     slow.join()
     collect("logs", logs, paths, facts.get("journald"))
     try:

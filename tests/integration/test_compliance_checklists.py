@@ -152,16 +152,13 @@ def test_a_checklist_run_reports_attested_and_pending_items(inventory, tmp_path:
     assert len(items) == 9
     assert items["daily.security_alerts"]["status"] == "pass"
     assert items["daily.security_alerts"]["attestation"]["by"] == "alice"
-    assert items["daily.performance_metrics"]["status"] == "pending"
+    assert items["daily.report_and_plan"]["status"] == "pending"
     assert items["daily.plugins"]["status"] == "error"
     assert "no host it applies to was checked" in items["daily.plugins"]["failing"][0]
     [made] = evidence.iterdir()
     report = (made / "report.md").read_text()
     assert "# Daily operations check - " in report and "attested by alice" in report
-    assert (
-        "| daily.performance_metrics Performance metrics within their targets | **pending**"
-        in report
-    )
+    assert "| daily.report_and_plan Daily report sent, next day planned | **pending**" in report
     assert json.loads((made / "checklist.json").read_text())[0]["id"] == "daily.system_status"
     page = (made / "report.html").read_text()
     assert "Daily operations check" in page and "quiet night" in page

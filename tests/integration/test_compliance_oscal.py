@@ -142,10 +142,10 @@ def test_a_checklist_run_shows_attestations_and_never_passes_a_pending_one(
         o["title"].split(":")[0]: o for o in result["observations"] if o["methods"] == ["EXAMINE"]
     }
     assert "attested by alice" in examined["daily.security_alerts"]["description"]
-    assert "pending" in examined["daily.performance_metrics"]["description"]
+    assert "pending" in examined["daily.report_and_plan"]["description"]
     findings = {f["target"]["target-id"]: f for f in result["findings"]}
-    # daily.performance_metrics (pending) supports A.8.6: not satisfied, reason other.
-    assert findings["A.8.6_obj"]["target"]["status"] == {
+    # daily.report_and_plan (pending) supports A.5.37: not satisfied, reason other.
+    assert findings["A.5.37_obj"]["target"]["status"] == {
         "state": "not-satisfied",
         "reason": "other",
     }

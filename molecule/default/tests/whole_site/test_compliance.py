@@ -116,6 +116,24 @@ def test_the_clock_is_the_container_host_s_and_the_report_says_so(checked, name)
     assert "container host" in clock["detail"] and "system.container = True" in clock["detail"]
 
 
+def test_the_performance_figures_come_from_mgmt_01_s_prometheus_and_pass(checked) -> None:
+    # A site just deployed meets its performance targets (REQ-COMP-8, REQ-PERF-8): a figure
+    # with nothing to measure yet (no user has signed in) is "not measured", no failure;
+    # Prometheus answered, found from its own start-up arguments, with the core's series
+    # for the time it has scraped them (less than a day), and the service has been up.
+    result = results_of(checked[0], "mgmt-01")["performance.targets_24h"]
+    assert result["status"] == "pass", result["detail"]
+    detail = result["detail"]
+    assert "window " in detail and "since Prometheus's first sample of the core" in detail
+    assert "service availability 100 %" in detail, detail
+    assert "core-01 " in detail and "core-02 " in detail  # each instance's share, reported
+    assert all(
+        "performance.targets_24h" not in results_of(checked[0], h.name)
+        for h in SPEC.hosts
+        if h.name != "mgmt-01"
+    )
+
+
 def test_service_checks_run_on_core_hosts_only(checked) -> None:
     assert "service.ready" not in results_of(checked[0], "dmz-01")
 
