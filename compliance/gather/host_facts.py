@@ -720,6 +720,14 @@ FIGURES = (
     ("audit", "securecore_audit_write_seconds", CORE, 0.99, "p99", "audit writes"),
 )
 
+# The fewest samples a figure is judged on (REQ-PERF-8). Below them the figure is
+# reported, not judged: a p99 of 12 writes is their slowest one, a 5xx share of 20
+# requests moves by 5 % with one error, and 0.1 % of downtime cannot be told from
+# fewer than a thousand scrapes - a site just deployed would pass or fail on one
+# sample, as a machine busy at that moment decides.
+MIN_SAMPLES = {"p95": 20, "p99": 100, "requests": 100, "scrapes": 1000}
+JUDGED = {"p95": "a p95", "p99": "a p99", "requests": "a 1 % share", "scrapes": "99.9 %"}
+
 
 def performance(paths: dict) -> dict:
     """The core's figures over the last PERFORMANCE_HOURS, or since Prometheus's first
@@ -752,6 +760,9 @@ def performance(paths: dict) -> dict:
     }
     for name, *_ in FIGURES:
         facts[f"{name}_count"] = None
+        facts[f"{name}_judged"] = False
+    facts["errors_judged"] = facts["availability_judged"] = False
+    facts["availability_scrapes"] = None
     facts.update(dict.fromkeys(("auth_p95_ms", "plugin_p95_ms", "audit_p99_ms")))
 
     def vector(query: str) -> list[dict]:
@@ -797,6 +808,8 @@ def performance(paths: dict) -> dict:
         facts["scrape_step_seconds"] = step
         service = value(f"avg_over_time({SERVICE_UP}[{seconds}s:{step}s])")
         facts["availability_percent"] = None if service is None else floored(service * 100)
+        facts["availability_scrapes"] = round(scrapes)
+        facts["availability_judged"] = scrapes >= MIN_SAMPLES["scrapes"]
 
         for name, metric, labels, quantile, label, what in FIGURES:
             count = round(value(f"sum(increase({metric}_count{{{labels}}}{window}))") or 0)
@@ -809,6 +822,7 @@ def performance(paths: dict) -> dict:
                 f"(increase({metric}_bucket{{{labels}}}{window})))"
             )
             facts[f"{name}_{label}_ms"] = None if found is None else round(found * 1000, 1)
+            facts[f"{name}_judged"] = count >= MIN_SAMPLES[label]
 
         requests = round(
             value(f"sum(increase(securecore_requests_total{{{CLIENT}}}{window}))") or 0
@@ -822,6 +836,7 @@ def performance(paths: dict) -> dict:
         else:
             # Rounded up: a share just over 1 % is never shown as 1.
             facts["error_percent"] = math.ceil(100_000 * (errors or 0) / requests) / 1000
+            facts["errors_judged"] = requests >= MIN_SAMPLES["requests"]
     except (OSError, ValueError, KeyError) as error:
         reason = getattr(error, "reason", None) or error
         facts["monitoring_error"] = f"Prometheus at {base} did not answer: {reason}"[:300]
@@ -842,14 +857,20 @@ def performance_summary(facts: dict) -> str:
             what = next(w for n, *_, w in FIGURES if n == name)
             return f"{name} {label} not measured: no {what} in the window (0 {noun})"
         shown = "not found" if ms is None else f"{ms:g} ms"
-        return f"{name} {label} {shown} ({count} {noun})"
+        return f"{name} {label} {shown} ({count} {noun}{too_few(name, label)})"
+
+    def too_few(name: str, label: str) -> str:
+        if facts[f"{name}_judged"]:
+            return ""
+        return f": too few to judge {JUDGED[label]}, at least {MIN_SAMPLES[label]}"
 
     if facts["requests"] == 0:
         errors = "errors not measured: no client requests (/v1/...) in the window (0 requests)"
     else:
         errors = (
             f"errors {facts['error_percent']:g} % ({facts['server_errors']} of "
-            f"{facts['requests']} client requests answered 5xx)"
+            f"{facts['requests']} client requests answered 5xx"
+            f"{too_few('errors', 'requests')})"
         )
     service = facts["availability_percent"]
     instances = ", ".join(
@@ -861,7 +882,8 @@ def performance_summary(facts: dict) -> str:
         f"{figure('auth', 'p95', 'requests')}; {figure('plugin', 'p95', 'calls')}; "
         f"{figure('audit', 'p99', 'writes')}; {errors}; "
         f"service availability {'not found' if service is None else f'{service:g} %'} "
-        f"(at least one core instance up; each instance, for information: {instances})"
+        f"(at least one core instance up, {facts['availability_scrapes']} scrapes"
+        f"{too_few('availability', 'scrapes')}; each instance, for information: {instances})"
     )
 
 

@@ -246,8 +246,38 @@ def test_a_good_day_passes_with_its_figures_in_the_evidence(prometheus, check) -
     status, detail = judged(check, facts)
     assert status == "pass", detail
     assert "window 24 h (the last 24 h): auth p95 " in detail
-    assert "service availability 100 % (at least one core instance up; " in detail
-    assert "core-01 100 %, core-02 99.93" in detail
+    assert "service availability 100 % (at least one core instance up, 144" in detail
+    assert "core-01 100 %, core-02 99.93" in detail and "too few" not in detail
+    assert all(facts[f"{name}_judged"] for name in ("auth", "plugin", "audit", "errors"))
+    assert facts["availability_judged"]
+
+
+def test_a_site_just_deployed_is_not_judged_on_too_few_samples(prometheus, check) -> None:
+    """Twenty minutes of a site just deployed: 10 sign-ins, all slow; 10 client requests, one
+    answered 5xx; one scrape both instances missed together (a busy machine). Each figure is
+    over its target, on too few samples to tell: reported, not judged."""
+    series = Series(20)
+    for host in ("core-01", "core-02"):
+        series.up(host, down_minutes=1, from_minute=10)
+    core = {"job": "securecore", "instance": "core-01:8443", "host": "core-01"}
+    duration = "securecore_request_duration_seconds"
+    series.histogram(duration, {**core, "route": AUTH}, 0.5, SLOW_AUTH, LATENCY_BUCKETS)
+    status_201 = {**core, "route": AUTH, "method": "POST", "status": "201"}
+    series.counter("securecore_requests_total", status_201, 0.5)
+    status_502 = {**core, "route": CALL, "method": "POST", "status": "502"}
+    series.counter("securecore_requests_total", status_502, 0.05)
+    facts = prometheus(series).facts()
+    assert facts["auth_p95_ms"] > 100 and not facts["auth_judged"], facts
+    assert facts["error_percent"] > 1 and not facts["errors_judged"], facts
+    assert facts["availability_percent"] < 99.9 and not facts["availability_judged"], facts
+    status, detail = judged(check, facts)
+    assert status == "pass", detail
+    for said in (
+        "requests: too few to judge a p95, at least 20)",
+        "client requests answered 5xx: too few to judge a 1 % share, at least 100)",
+        "scrapes: too few to judge 99.9 %, at least 1000;",
+    ):
+        assert said in detail, detail
 
 
 def test_a_slow_authentication_p95_fails_with_the_figure(prometheus, check) -> None:

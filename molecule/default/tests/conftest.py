@@ -29,14 +29,9 @@ ORDER = [
     "hardening/test_compliance_before_after.py",
     "hsm/test_hsm.py",  # before the key rotation in whole_site/test_core_service.py
     "network_segments/test_zones.py",
-    # The site as converged: the daily checklist judges the service's availability since
-    # Prometheus's first scrape of the core (REQ-PERF-8), so nothing before these two
-    # stops both core instances.
+    "whole_site/test_audit_witness.py",
     "whole_site/test_compliance.py",
     "whole_site/test_compliance_schedule.py",
-    # Stops the service on both core instances (restarted in its finally:): a whole-service
-    # outage, which the compliance checks above would rightly fail on a young site.
-    "whole_site/test_audit_witness.py",
     None,  # every module not listed
     # Change the hosts: the PKI's refusals (the core service stopped on core-01 for the
     # length of each TLS exchange, started again after) and a revoked client certificate.
