@@ -18,8 +18,9 @@ APT_PACKAGES=(
   # independent checks used by the tests (SSH configuration audit; the evidence
   # report rendered in a real headless browser)
   ssh-audit chromium
-  # the second audit store (the tests start their own server from its binaries)
-  postgresql
+  # the second audit store (the tests start their own server from its binaries),
+  # and the backup metrics' writer read against a real pgBackRest repository
+  postgresql pgbackrest
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ def check(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_prometheus_configuration_passes_promtool(rendered: Path) -> None:
     proc = check(tool("promtool"), "check", "config", str(rendered / "prometheus.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "29 rules found" in proc.stdout
+    assert "30 rules found" in proc.stdout
 
 
 def test_every_host_is_scraped_over_mutual_tls_and_the_core_hosts_service_too(
@@ -47,6 +47,13 @@ def test_every_host_is_scraped_over_mutual_tls_and_the_core_hosts_service_too(
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     node_hosts = {c["labels"]["host"] for c in jobs["node"]["static_configs"]}
     assert node_hosts == {"mgmt-01", "core-01", "core-02", "dmz-01", "plugin-01"}
+    # The hosts that make backups carry backups (BackupMetricsAbsent reads it on up); no
+    # scraped series keeps it.
+    backups = {
+        c["labels"]["host"]: c["labels"].get("backups") for c in jobs["node"]["static_configs"]
+    }
+    assert {host: made for host, made in backups.items() if made} == {"mgmt-01": "pgbackrest"}
+    assert jobs["node"]["metric_relabel_configs"][0] == {"regex": "backups", "action": "labeldrop"}
     core = {c["labels"]["host"]: c["targets"] for c in jobs["securecore"]["static_configs"]}
     assert core == {"core-01": ["10.210.200.11:8443"], "core-02": ["10.210.200.12:8443"]}
     for name in ("node", "securecore"):

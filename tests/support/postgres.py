@@ -31,6 +31,14 @@ def _as_postgres(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def pg_ctl_start(binaries: Path, data: Path, log: Path, options: str) -> None:
+    """Start the cluster in DATA (as postgres) with the server OPTIONS; fail with its log."""
+    started = _as_postgres(
+        str(binaries / "pg_ctl"), "-D", str(data), "-w", "-l", str(log), "-o", options, "start"
+    )
+    assert started.returncode == 0, started.stderr + (log.read_text() if log.exists() else "")
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield a DSN for a fresh database on a private server; stop and remove it afterwards."""
@@ -47,18 +55,9 @@ def postgres_server() -> Iterator[str]:
         )
         assert made.returncode == 0, made.stderr
         _as_postgres("mkdir", "-m", "0700", str(sockets))
-        started = _as_postgres(
-            str(binaries / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(base / "server.log"),
-            "-o",
-            f"-k {sockets} -c listen_addresses='' -c fsync=on",
-            "start",
+        pg_ctl_start(
+            binaries, data, base / "server.log", f"-k {sockets} -c listen_addresses='' -c fsync=on"
         )
-        assert started.returncode == 0, started.stderr + (base / "server.log").read_text()
         created = _as_postgres(str(binaries / "createdb"), "-h", str(sockets), "securecore")
         assert created.returncode == 0, created.stderr
         yield f"host={sockets} dbname=securecore user=postgres"

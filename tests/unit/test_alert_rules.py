@@ -26,7 +26,7 @@ EXPORTED = {
     "securecore_audit_witness_cosigned_timestamp_seconds",
     "securecore_audit_witness_deadline_seconds",
     # node_exporter's textfile collector: compliance/schedule.py, roles/monitoring's relays,
-    # and (not written yet: roles/monitoring's README) the backup services
+    # and roles/postgresql_backup's securecore-backup-metrics (the pgBackRest repositories)
     "securecore_compliance_run_missed",
     "securecore_compliance_last_run_status",
     "securecore_compliance_evidence_broken",

@@ -95,6 +95,37 @@ def test_the_database_and_edge_metrics_arrive_relayed(mgmt) -> None:
     assert series(mgmt, "node_textfile_scrape_error == 1") == []
 
 
+def test_each_repository_reports_its_newest_backup(hosts, mgmt) -> None:
+    """The site's converge made the first verified backup in each pgBackRest repository
+    (repo1 on mgmt-01, repo2 on core-03, where pgbackrest-full.timer runs); each host's
+    securecore-backup-metrics wrote it from the repository: Prometheus has it, recent
+    (within the 26 hours of BackupTooOld), labelled backup and repo only, from those hosts
+    only, and neither BackupTooOld nor BackupMetricsAbsent has a host pending or firing."""
+    expected = {MGMT: "repo1", "core-03": "repo2"}
+    found = series(mgmt, 'securecore_backup_last_success_timestamp_seconds{job="node"}')
+    assert {s["metric"]["host"]: s["metric"]["repo"] for s in found} == expected
+    for sample in found:
+        assert set(sample["metric"]) == {"__name__", "job", "host", "instance", "backup", "repo"}
+        assert sample["metric"]["backup"] == "pgbackrest"
+        when, value = sample["value"]
+        assert 0 <= float(when) - float(value) < 26 * 3600, sample
+    # The truth is the repository: the value is its newest full backup's stop time.
+    for host, repo in expected.items():
+        command = f"pgbackrest --stanza=securecore --repo={repo[-1]} --output=json info"
+        info = json.loads(hosts[host].check_output(f"runuser -u postgres -- {command}"))
+        stop = max(b["timestamp"]["stop"] for b in info[0]["backup"] if b["type"] == "full")
+        mine = next(s for s in found if s["metric"]["host"] == host)
+        assert int(float(mine["value"][1])) == stop
+        unit = hosts[host].run("systemctl show -p Result --value pgbackrest-full-metrics.service")
+        assert unit.stdout.strip() == "success"
+    expecting = series(mgmt, 'up{job="node", backups!=""}')
+    assert {s["metric"]["host"] for s in expecting} == set(expected)
+    alerts = api(mgmt, "/api/v1/alerts")["alerts"]
+    assert [
+        a for a in alerts if a["labels"]["alertname"] in ("BackupTooOld", "BackupMetricsAbsent")
+    ] == []
+
+
 @pytest.mark.parametrize("name", ["core-01", "plugin-01", "dmz-01"])
 def test_node_exporter_answers_prometheus_only(hosts, mgmt, name) -> None:
     address = str(HOSTS[name].address)
