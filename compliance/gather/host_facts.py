@@ -723,8 +723,11 @@ FIGURES = (
 # The fewest samples a figure is judged on (REQ-PERF-8). Below them the figure is
 # reported, not judged: a p99 of 12 writes is their slowest one, a 5xx share of 20
 # requests moves by 5 % with one error, and 0.1 % of downtime cannot be told from
-# fewer than a thousand scrapes - a site just deployed would pass or fail on one
-# sample, as a machine busy at that moment decides.
+# fewer than a thousand scrapes - a site would pass or fail on one sample, as a
+# machine busy at that moment decides. The figures are also judged on a whole day
+# only: a site monitored for less is reported, not judged, since its hours are its
+# deployment's, whose own load (packages installed, services restarted beside the
+# core) would be most of a young site's slowest writes and none of a day's.
 MIN_SAMPLES = {"p95": 20, "p99": 100, "requests": 100, "scrapes": 1000}
 JUDGED = {"p95": "a p95", "p99": "a p99", "requests": "a 1 % share", "scrapes": "99.9 %"}
 
@@ -738,7 +741,9 @@ def performance(paths: dict) -> dict:
 
     A figure with nothing to measure (no request of its kind in the window: a site with
     no user yet) is null, its count 0 and its reason in not_measured: no traffic is no
-    breach of a latency target. A Prometheus that does not answer, or that has no sample
+    breach of a latency target. A figure is judged (its *_judged true) on a whole window
+    of PERFORMANCE_HOURS with enough samples only (MIN_SAMPLES); otherwise reported. A
+    Prometheus that does not answer, or that has no sample
     of the core at all, is a failure of the monitoring: monitoring_error says which, with
     Prometheus's address, and no summary is made."""
     base = prometheus_url(paths)
@@ -750,6 +755,7 @@ def performance(paths: dict) -> dict:
         "monitoring_error": None,
         "window_hours": None,
         "period": None,
+        "full_window": False,
         "scrape_step_seconds": None,
         "not_measured": [],
         "availability_percent": None,
@@ -772,6 +778,9 @@ def performance(paths: dict) -> dict:
         found = vector(query)
         return found[0]["value"] if found else None
 
+    def judged(samples: float, kind: str) -> bool:
+        return bool(facts["full_window"]) and samples >= MIN_SAMPLES[kind]
+
     try:
         # The window: the last day, or less on a site monitored for less (a site just
         # deployed is judged on what there is, and the detail says how long that is).
@@ -785,7 +794,8 @@ def performance(paths: dict) -> dict:
         # The first sample is at most a subquery step (1 min) inside the day looked at: a
         # site monitored for longer is judged on the whole day. Otherwise from a second
         # before its first sample, so that the window holds it on either edge convention.
-        if now - first >= hours * 3600 - 120:
+        facts["full_window"] = now - first >= hours * 3600 - 120
+        if facts["full_window"]:
             seconds, period = int(hours * 3600), f"the last {hours:g} h"
         else:
             seconds = int(max(60, now - first + 1))
@@ -809,7 +819,7 @@ def performance(paths: dict) -> dict:
         service = value(f"avg_over_time({SERVICE_UP}[{seconds}s:{step}s])")
         facts["availability_percent"] = None if service is None else floored(service * 100)
         facts["availability_scrapes"] = round(scrapes)
-        facts["availability_judged"] = scrapes >= MIN_SAMPLES["scrapes"]
+        facts["availability_judged"] = judged(scrapes, "scrapes")
 
         for name, metric, labels, quantile, label, what in FIGURES:
             count = round(value(f"sum(increase({metric}_count{{{labels}}}{window}))") or 0)
@@ -822,7 +832,7 @@ def performance(paths: dict) -> dict:
                 f"(increase({metric}_bucket{{{labels}}}{window})))"
             )
             facts[f"{name}_{label}_ms"] = None if found is None else round(found * 1000, 1)
-            facts[f"{name}_judged"] = count >= MIN_SAMPLES[label]
+            facts[f"{name}_judged"] = judged(count, label)
 
         requests = round(
             value(f"sum(increase(securecore_requests_total{{{CLIENT}}}{window}))") or 0
@@ -836,7 +846,7 @@ def performance(paths: dict) -> dict:
         else:
             # Rounded up: a share just over 1 % is never shown as 1.
             facts["error_percent"] = math.ceil(100_000 * (errors or 0) / requests) / 1000
-            facts["errors_judged"] = requests >= MIN_SAMPLES["requests"]
+            facts["errors_judged"] = judged(requests, "requests")
     except (OSError, ValueError, KeyError) as error:
         reason = getattr(error, "reason", None) or error
         facts["monitoring_error"] = f"Prometheus at {base} did not answer: {reason}"[:300]
@@ -862,6 +872,8 @@ def performance_summary(facts: dict) -> str:
     def too_few(name: str, label: str) -> str:
         if facts[f"{name}_judged"]:
             return ""
+        if not facts["full_window"]:
+            return f": not judged, {facts['window_hours']:g} h of data, judged on a whole day"
         return f": too few to judge {JUDGED[label]}, at least {MIN_SAMPLES[label]}"
 
     if facts["requests"] == 0:

@@ -252,10 +252,10 @@ def test_a_good_day_passes_with_its_figures_in_the_evidence(prometheus, check) -
     assert facts["availability_judged"]
 
 
-def test_a_site_just_deployed_is_not_judged_on_too_few_samples(prometheus, check) -> None:
+def test_twenty_minutes_of_a_site_just_deployed_are_reported_not_judged(prometheus, check) -> None:
     """Twenty minutes of a site just deployed: 10 sign-ins, all slow; 10 client requests, one
     answered 5xx; one scrape both instances missed together (a busy machine). Each figure is
-    over its target, on too few samples to tell: reported, not judged."""
+    over its target, in the deployment's own minutes: reported, not judged."""
     series = Series(20)
     for host in ("core-01", "core-02"):
         series.up(host, down_minutes=1, from_minute=10)
@@ -270,14 +270,53 @@ def test_a_site_just_deployed_is_not_judged_on_too_few_samples(prometheus, check
     assert facts["auth_p95_ms"] > 100 and not facts["auth_judged"], facts
     assert facts["error_percent"] > 1 and not facts["errors_judged"], facts
     assert facts["availability_percent"] < 99.9 and not facts["availability_judged"], facts
+    assert not facts["full_window"]
     status, detail = judged(check, facts)
     assert status == "pass", detail
+    young = "not judged, 0.33 h of data, judged on a whole day"
     for said in (
-        "requests: too few to judge a p95, at least 20)",
-        "client requests answered 5xx: too few to judge a 1 % share, at least 100)",
-        "scrapes: too few to judge 99.9 %, at least 1000;",
+        f"(10 requests: {young})",
+        f"(1 of 11 client requests answered 5xx: {young})",
+        f" 20 scrapes: {young};",
     ):
         assert said in detail, detail
+
+
+def test_a_day_is_not_judged_on_too_few_samples(prometheus, check) -> None:
+    """A whole day with a dozen sign-ins, all slow: a p95 of twelve is their slowest but
+    one, too few to tell. Reported, not judged; the day's other figures are."""
+    series = core_day(auth=None)
+    core = {"job": "securecore", "instance": "core-01:8443", "host": "core-01"}
+    duration = "securecore_request_duration_seconds"
+    series.histogram(duration, {**core, "route": AUTH}, 0.01, SLOW_AUTH, LATENCY_BUCKETS)
+    facts = prometheus(series).facts()
+    assert facts["full_window"] and facts["auth_p95_ms"] > 100 and not facts["auth_judged"]
+    assert facts["audit_judged"] and facts["availability_judged"], facts
+    status, detail = judged(check, facts)
+    assert status == "pass", detail
+    assert "requests: too few to judge a p95, at least 20)" in detail, detail
+
+
+def test_a_site_monitored_for_less_than_a_day_is_reported_not_judged(prometheus, check) -> None:
+    """Three hours of a site whose deployment made it slow: every figure over its target on
+    samples enough to judge a day. Reported, not judged - the same hours in a whole day are
+    judged (test_a_slow_authentication_p95_fails_with_the_figure)."""
+    series = core_day(
+        minutes=180,
+        auth=SLOW_AUTH,
+        errors_per_minute=1.0,
+        down={"core-01": (60, 5), "core-02": (60, 5)},
+    )
+    facts = prometheus(series).facts()
+    assert not facts["full_window"] and 2.95 < facts["window_hours"] <= 3, facts
+    assert facts["auth_count"] > 3000 and facts["auth_p95_ms"] > 100, facts
+    assert facts["error_percent"] > 6 and facts["availability_percent"] < 99.9, facts
+    assert not any(
+        facts[f"{name}_judged"] for name in ("auth", "plugin", "audit", "errors", "availability")
+    )
+    status, detail = judged(check, facts)
+    assert status == "pass", detail
+    assert "requests: not judged, 2.99 h of data, judged on a whole day)" in detail, detail
 
 
 def test_a_slow_authentication_p95_fails_with_the_figure(prometheus, check) -> None:

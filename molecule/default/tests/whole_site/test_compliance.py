@@ -117,16 +117,17 @@ def test_the_clock_is_the_container_host_s_and_the_report_says_so(checked, name)
 
 
 def test_the_performance_figures_come_from_mgmt_01_s_prometheus_and_pass(checked) -> None:
-    # A site just deployed meets its performance targets (REQ-COMP-8, REQ-PERF-8): a figure
-    # with nothing to measure yet (no user has signed in) is "not measured", no failure;
+    # A site just deployed passes its performance item (REQ-COMP-8, REQ-PERF-8): its figures
+    # are reported, judged from its first whole day; a figure with nothing to measure yet
+    # (no user has signed in) is "not measured";
     # Prometheus answered, found from its own start-up arguments, with the core's series
     # for the time it has scraped them (less than a day).
     result = results_of(checked[0], "mgmt-01")["performance.targets_24h"]
     assert result["status"] == "pass", result["detail"]
     detail = result["detail"]
     assert "window " in detail and "since Prometheus's first sample of the core" in detail
-    # Minutes of scrapes: the availability is reported, too few to judge against 99.9 %.
-    assert "scrapes: too few to judge 99.9 %, at least 1000" in detail, detail
+    # Less than a day of data, the deployment's own hours: reported, not judged.
+    assert "scrapes: not judged, " in detail and "h of data, judged on a whole day" in detail
     assert "core-01 " in detail and "core-02 " in detail  # each instance's share, reported
     assert all(
         "performance.targets_24h" not in results_of(checked[0], h.name)
