@@ -33,20 +33,24 @@ PACKAGES = (
 )
 # The site's standard server build, which the roles require (node_exporter and
 # curl: roles/monitoring, on every host; journal-remote and stunnel:
-# roles/central_logs). It is in the image so that a converge
+# roles/central_logs; acct, chkrootkit, fail2ban with python3-systemd and sysstat:
+# roles/hardening's detection and accounting controls). It is in the image so that a converge
 # does not fetch it on every host, the plugin zone's through the package proxy
 # (roles/package_proxy); the roles still install these where they are missing.
 # Installed with apt-get inside the new root, which resolves dependencies
 # better than debootstrap does.
 SERVER_PACKAGES = (
+    "acct",
     "aide",
     "aide-common",
     "apt-show-versions",
     "auditd",
+    "chkrootkit",
     "chrony",
     "cracklib-runtime",
     "curl",
     "debsums",
+    "fail2ban",
     "libpam-pwquality",
     "libpam-tmpdir",
     "logrotate",
@@ -58,9 +62,11 @@ SERVER_PACKAGES = (
     "python3-asn1crypto",
     "python3-cryptography",
     "python3-packaging",
+    "python3-systemd",
     "python3-venv",
     "softhsm2",
     "stunnel4",
+    "sysstat",
     "systemd-journal-remote",
     "unattended-upgrades",
 )

@@ -279,6 +279,7 @@ class Lab:
             "caps": CAPABILITIES,
             "ulimits": ULIMITS,
             "names": self._host_names(),
+            "sysctls": self.spec.network_sysctls,
         }
         return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -348,6 +349,8 @@ class Lab:
                 args += ["--add-host", name]
         for cap in CAPABILITIES:
             args += ["--cap-add", cap]
+        for key, value in self.spec.network_sysctls.items():
+            args += ["--sysctl", f"{key}={value}"]
         args += [self.spec.image, "/lib/systemd/systemd"]
         proc = self.podman.run(args, check=False)
         if proc.returncode != 0:

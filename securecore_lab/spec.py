@@ -13,13 +13,22 @@ import ipaddress
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from securecore_lab.errors import LabError
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# The hardening role's kernel parameters (hardening_sysctl), for those that belong to
+# a network namespace: a container's /proc/sys is read-only, so the role's sysctl.d
+# file cannot apply them there, and the container manager sets them instead, in the
+# container's own namespace, when it creates the container (podman run --sysctl).
+# The rest (kernel.*, fs.*, net.core.*) are the container host's kernel's.
+HARDENING_DEFAULTS = Path(__file__).resolve().parents[1] / "roles/hardening/defaults/main.yml"
+NAMESPACED_SYSCTLS = ("net.ipv4.", "net.ipv6.")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class LabSpec:
     mirror: str
     segments: dict[str, Segment]
     hosts: list[LabHost]
+    # The network parameters every container is created with (NAMESPACED_SYSCTLS).
+    network_sysctls: dict[str, str] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -154,7 +165,29 @@ def load_spec(inventory: Path) -> LabSpec:
         mirror=str(some_host.get("lab_debian_mirror") or DEFAULT_MIRROR),
         segments=segments,
         hosts=hosts,
+        network_sysctls=network_sysctls(inventory, some_host.get("hardening_sysctl")),
     )
+
+
+def network_sysctls(inventory: Path, from_inventory: Any) -> dict[str, str]:
+    """The per-namespace network parameters of hardening_sysctl: the inventory's, when it
+    sets the variable, else the hardening role's defaults."""
+    where = f"{inventory}: hardening_sysctl"
+    if from_inventory is None:
+        where = f"{HARDENING_DEFAULTS}: hardening_sysctl"
+        try:
+            from_inventory = yaml.safe_load(HARDENING_DEFAULTS.read_text())["hardening_sysctl"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+            raise LabError(f"{where} could not be read ({exc})") from exc
+    if not isinstance(from_inventory, dict):
+        raise LabError(f"{where} must be a mapping of parameter: value")
+    wanted = {}
+    for key, value in sorted(from_inventory.items()):
+        if str(key).startswith(NAMESPACED_SYSCTLS):
+            if isinstance(value, (dict, list)) or value is None:
+                raise LabError(f"{where}.{key}: {value!r} is not a value for a kernel parameter")
+            wanted[str(key)] = str(value)
+    return wanted
 
 
 def _group_hosts(data: dict[str, Any], group: str) -> set[str]:

@@ -216,6 +216,23 @@ def test_kernel_settings_are_configured(host):
     assert modules.contains("^install usb-storage /bin/false$")
 
 
+def test_network_parameters_are_in_effect(host):
+    # The network namespace's parameters the role writes are in force, not only on file:
+    # on a real host sysctl.d applies them at boot and the role's handler at once; in a
+    # lab container, whose /proc/sys is read-only, the lab manager sets the same values
+    # when it creates the container (securecore_lab.spec.network_sysctls). A martian
+    # packet logged, a redirect refused, no forwarding between segments.
+    written = host.file("/etc/sysctl.d/60-securecore-hardening.conf").content_string
+    wanted = dict(
+        line.split(" = ", 1)
+        for line in written.splitlines()
+        if line.startswith(("net.ipv4.", "net.ipv6."))
+    )
+    assert "net.ipv4.ip_forward" in wanted and "net.ipv4.conf.all.log_martians" in wanted
+    effective = {key: str(host.sysctl(key)) for key in wanted}
+    assert effective == wanted
+
+
 def test_audit_rules_cover_the_required_events(host):
     rules = host.file("/etc/audit/rules.d/60-securecore.rules").content_string
     for key in (
