@@ -11,6 +11,8 @@ venv="$root/.venv"
 APT_PACKAGES=(
   # the lab: rootful podman with runc (crun fails on cgroups v1 hybrid hosts)
   podman runc netavark aardvark-dns iptables debootstrap
+  # the lab containers' network parameters, set in each one's namespace (nsenter, sysctl)
+  util-linux procps
   # controller tooling
   python3 python3-venv python3-dev gcc openssh-client git curl
   # HSM (SoftHSM2 is the lab's PKCS#11 token) and firewall tooling

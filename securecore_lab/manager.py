@@ -31,6 +31,8 @@ CONFIG_LABEL = "io.securecore_lab.config"
 # sshd/PAM (AUDIT_WRITE), AIDE reading every file as its own user
 # (DAC_READ_SEARCH). Never SYS_TIME or SYS_ADMIN: those would reach the
 # machine the lab runs on.
+# The parameters whose change resets others (set first; see _set_network_sysctls).
+FORWARDING_KEYS = ("ip_forward", ".forwarding")
 CAPABILITIES = ("NET_ADMIN", "NET_RAW", "AUDIT_WRITE", "DAC_READ_SEARCH")
 SSH_WAIT_SECONDS = 90
 # Secrets the site's roles need, generated per lab (names of inventory variables).
@@ -303,11 +305,14 @@ class Lab:
                 self._ok(
                     f"container {name} running ({host.address}, ssh 127.0.0.1:{host.ssh_port})"
                 )
+                # Again, in case it was restarted by other means than this (a new namespace).
+                self._set_network_sysctls(name)
                 self._ensure_authorized_key(host)
                 return
             elif self.podman.run(["start", name], check=False).returncode == 0:
                 self._changed(f"started stopped container {name} (was {state})")
                 self._started.add(host.name)
+                self._set_network_sysctls(name)
                 self._ensure_authorized_key(host)
                 return
             else:
@@ -349,8 +354,6 @@ class Lab:
                 args += ["--add-host", name]
         for cap in CAPABILITIES:
             args += ["--cap-add", cap]
-        for key, value in self.spec.network_sysctls.items():
-            args += ["--sysctl", f"{key}={value}"]
         args += [self.spec.image, "/lib/systemd/systemd"]
         proc = self.podman.run(args, check=False)
         if proc.returncode != 0:
@@ -361,6 +364,34 @@ class Lab:
             )
         self._changed(f"created container {name} ({host.address}, ssh 127.0.0.1:{host.ssh_port})")
         self._started.add(host.name)
+        self._set_network_sysctls(name)
+
+    def _set_network_sysctls(self, name: str) -> None:
+        """The hardening role's network parameters in the container's network namespace
+        (spec.network_sysctls), from this side: its /proc/sys is read-only inside. Set in
+        order, forwarding first: the kernel resets conf.all.accept_redirects whenever
+        forwarding changes (a new namespace inherits the host's forwarding, on), so set
+        after, in an order of podman run --sysctl's choosing, it would undo that one."""
+        wanted = self.spec.network_sysctls
+        if not wanted:
+            return
+        info = self.podman.inspect("container", name) or {}
+        pid = (info.get("State") or {}).get("Pid")
+        if not pid:
+            raise LabError(f"container {name} is not running: its network parameters cannot be set")
+        ordered = sorted(wanted, key=lambda key: (not key.endswith(FORWARDING_KEYS), key))
+        command = ["nsenter", "--target", str(pid), "--net", "--", "sysctl", "-q", "-w"]
+        proc = subprocess.run(
+            [*command, *(f"{key}={wanted[key]}" for key in ordered)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LabError(
+                f"could not set the network parameters of {name} (hardening_sysctl): "
+                f"{proc.stderr.strip() or proc.stdout.strip()}"
+            )
 
     def _ensure_authorized_key(self, host: LabHost) -> None:
         name = self.spec.container_name(host.name)

@@ -24,8 +24,8 @@ from securecore_lab.errors import LabError
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # The hardening role's kernel parameters (hardening_sysctl), for those that belong to
 # a network namespace: a container's /proc/sys is read-only, so the role's sysctl.d
-# file cannot apply them there, and the container manager sets them instead, in the
-# container's own namespace, when it creates the container (podman run --sysctl).
+# file cannot apply them there, and the lab manager sets them instead, in the
+# container's own namespace, from outside (manager._set_network_sysctls).
 # The rest (kernel.*, fs.*, net.core.*) are the container host's kernel's.
 HARDENING_DEFAULTS = Path(__file__).resolve().parents[1] / "roles/hardening/defaults/main.yml"
 NAMESPACED_SYSCTLS = ("net.ipv4.", "net.ipv6.")
