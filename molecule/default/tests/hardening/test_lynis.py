@@ -54,8 +54,10 @@ def _scan(lab_host: Any) -> dict[str, Any]:
     report = f"{workdir}/report.dat"
     try:
         host.check_output(
-            "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && "
-            "apt-get install -y -qq --no-install-recommends lynis"
+            # Retried as apt retries a mirror: plugin-01's fetches go through the proxy,
+            # which once stalled on a fresh lab's first requests.
+            "export DEBIAN_FRONTEND=noninteractive; apt-get -o Acquire::Retries=3 update -qq && "
+            "apt-get -o Acquire::Retries=3 install -y -qq --no-install-recommends lynis"
         )
         scan = host.run(
             f"cd {shlex.quote(workdir)} && timeout {SCAN_SECONDS} lynis audit system --quick "
