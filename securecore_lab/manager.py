@@ -349,9 +349,9 @@ class Lab:
         ]
         for ulimit in ULIMITS:
             args += ["--ulimit", ulimit]
-        for name in self._host_names():
-            if not name.startswith(f"{host.name}:"):  # its own name is podman's entry
-                args += ["--add-host", name]
+        for entry in self._host_names():
+            if not entry.startswith(f"{host.name}:"):  # its own name is podman's entry
+                args += ["--add-host", entry]
         for cap in CAPABILITIES:
             args += ["--cap-add", cap]
         args += [self.spec.image, "/lib/systemd/systemd"]
