@@ -42,8 +42,7 @@ def in_files_of(mgmt, sender: str) -> list[str]:
     """The markers in SENDER's own files on the collector (SENDER.journal and its
     archives), which hold what SENDER's certificate sent."""
     return mgmt.check_output(
-        f"journalctl --file='{REMOTE}/{sender}.journal' --file='{REMOTE}/{sender}@*.journal' "
-        f"-o cat SYSLOG_IDENTIFIER={TAG} 2>/dev/null || true"
+        f"journalctl --file='{REMOTE}/{sender}[.@]*' -o cat SYSLOG_IDENTIFIER={TAG}"
     ).split()
 
 
