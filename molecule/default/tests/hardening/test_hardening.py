@@ -280,6 +280,19 @@ def test_aide_detects_a_new_file(probe):
     assert probe.service("dailyaidecheck.timer").is_enabled
 
 
+def test_the_rootkit_scan_is_this_roles_timer_and_debians_is_off(lab_host):
+    """One daily scan, the role's, whose findings reach the journal and its log. Debian's
+    own timer would mail its findings to root (no mail on these hosts: its unit would
+    fail each day, 30 minutes after boot) and reset the log directory's mode."""
+    name, host = lab_host
+    ours, debians = (
+        host.service(f"{unit}.timer") for unit in ("securecore-rootkit-scan", "chkrootkit")
+    )
+    assert ours.is_enabled and ours.is_running, name
+    assert not debians.is_enabled and not debians.is_running, name
+    assert host.file("/var/log/chkrootkit").mode == 0o750, name
+
+
 def test_updates_and_time_sync(host):
     assert 'APT::Periodic::Unattended-Upgrade "1";' in host.check_output("apt-config dump")
     assert host.service("apt-daily-upgrade.timer").is_enabled
