@@ -122,6 +122,18 @@ class Lab:
             self.podman.run(["rmi", self._outdated_image], check=False)
         return self.changes
 
+    def start(self, host_name: str) -> None:
+        """Start the stopped container of one host as `up` starts one: its network
+        parameters set again, since it comes back in a new network namespace (as a
+        host applies its sysctl.d when it boots). For a host stopped on purpose, such
+        as a failover test's killed primary, brought back at a moment of its choosing."""
+        if host_name not in {h.name for h in self.spec.hosts}:
+            raise LabError(f"no host '{host_name}' in the lab inventory")
+        name = self.spec.container_name(host_name)
+        self.podman.run(["start", name])
+        self._changed(f"started container {name}")
+        self._set_network_sysctls(name)
+
     def _ensure_image(self) -> None:
         if image.image_is_current(self.podman, self.spec.image, self.spec.mirror):
             self._ok(f"image {self.spec.image} is built and current")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from securecore_lab.manager import Lab
 from tests.support.database import (
     ADDRESS,
     DATA_NODES,
@@ -39,7 +40,7 @@ def kill_the_primary_under_load(hosts: dict) -> dict:
         finally:
             # The lost host comes back by itself once its container runs again:
             # Patroni rejoins it as a replica (pg_rewind where its history forked).
-            podman("start", SPEC.container_name(primary))
+            Lab(SPEC, log=lambda _message: None).start(primary)
         roles = wait_healthy(hosts)
         rejoined = time.monotonic() - killed
         load.wait_for_acknowledgements(50)

@@ -63,6 +63,11 @@ def test_killing_the_primary_host_loses_no_acknowledged_write(hosts) -> None:
     assert survivor["acknowledged"] > 0
     assert survivor["longest_gap_s"] <= figures["rejoined_after_s"] + SERVICE_RECONNECT
     assert service["receipts_missing"] == []
+    # The killed host came back as a lab host boots: in a new network namespace, with
+    # the hardening role's network parameters set again (securecore_lab's Lab.start).
+    back = hosts[figures["killed"]]
+    assert back.sysctl("net.ipv4.ip_forward") == 0
+    assert back.sysctl("net.ipv4.conf.all.log_martians") == 1
     # The log those records are in verifies on the survivor, anchored by the witnesses.
     verified = hosts[figures["promoted"]].check_output(
         "runuser -u securecore -- env SOFTHSM2_CONF=/etc/securecore/softhsm2.conf"
