@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import background
 from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
@@ -23,19 +24,28 @@ HERE = Path(__file__).resolve().parent
 # read-only ones and before the ones that change the hosts, so a new read-only check
 # needs no entry; one that changes a host must be placed here.
 ORDER = [
-    # Read the hosts only (a test that writes restores what it wrote in a finally:).
+    # Read the hosts only. A test here may write only what site.yml does not manage,
+    # and removes it in a finally: the site runs of whole_site/test_site_runs.py go on
+    # beside these checks, and would see (and a real run would undo) anything else.
     "test_lab_hosts.py",
     "hardening/test_hardening.py",
     "hardening/test_compliance_before_after.py",
     "hsm/test_hsm.py",  # before the key rotation in whole_site/test_core_service.py
     "network_segments/test_zones.py",
-    "whole_site/test_audit_witness.py",
     "whole_site/test_compliance.py",
-    "whole_site/test_compliance_schedule.py",
     None,  # every module not listed
-    # Installs Lynis from Debian on every host, scans, and purges it with what it pulled
-    # in (REQ-HARD-17): the dpkg database changes (AIDE would see it), hence not read-only.
+    # Their work (tests/support/background.py) starts with the session and runs beside
+    # the checks above, reading the hosts only: Lynis unpacked in a temporary directory
+    # (REQ-HARD-17), site.yml run again and in check mode (REQ-OPS-2). Their tests wait
+    # for it here, before anything below changes a host.
     "hardening/test_lynis.py",
+    "whole_site/test_site_runs.py",
+    # Scheduled runs write new evidence and series heads, which site.yml copies to the
+    # controller: after the site runs above. Tampering with the series is put back.
+    "whole_site/test_compliance_schedule.py",
+    # Stops the core service on both core hosts, rewrites the audit log behind it and
+    # puts it back.
+    "whole_site/test_audit_witness.py",
     # Change the hosts: the PKI's refusals (the core service stopped on core-01 for the
     # length of each TLS exchange, started again after) and a revoked client certificate.
     "pki/test_pki.py",
@@ -73,6 +83,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.lab)
     items.sort(key=_rank)  # stable: a module's tests keep their order
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background work of every selected module that has some."""
+    modules = {item.module for item in session.items if isinstance(item, pytest.Function)}
+    for module in sorted(modules, key=lambda m: m.__name__):
+        work = getattr(module, "BACKGROUND", None)
+        if work is not None:
+            background.start(module.__name__, work)
 
 
 @pytest.fixture(params=SPEC.hosts, ids=[h.name for h in SPEC.hosts])
