@@ -22,28 +22,24 @@ import configparser
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECAP = re.compile(
-    r"^(?P<host>\S+)\s+: ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)"
-    r"\s+unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)",
-    re.MULTILINE,
-)
+sys.path.insert(0, str(ROOT))
+
+from tests.support.commands import ansible_env, play_recap  # noqa: E402
 
 
 def site_run(inventory: Path) -> tuple[float, str]:
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    env.pop("ANSIBLE_FORCE_COLOR", None)
     started = time.perf_counter()
     proc = subprocess.run(
         ["ansible-playbook", "-i", str(inventory), str(ROOT / "playbooks" / "site.yml")],
         cwd=ROOT,
-        env=env,
+        env=ansible_env(),
         capture_output=True,
         text=True,
         check=False,
@@ -52,14 +48,6 @@ def site_run(inventory: Path) -> tuple[float, str]:
     if proc.returncode != 0:
         raise SystemExit(f"site.yml failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
     return elapsed, proc.stdout
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    text = output.rsplit("PLAY RECAP", 1)[-1]
-    return {
-        m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
-        for m in RECAP.finditer(text)
-    }
 
 
 def settings() -> dict[str, str]:
@@ -87,7 +75,7 @@ def main() -> None:
     hosts: dict[str, dict[str, int]] = {}
     for _ in range(args.rounds):
         elapsed, output = site_run(args.inventory)
-        hosts = recap(output)
+        hosts = play_recap(output)
         changed = {h: r["changed"] for h, r in hosts.items() if r["changed"]}
         if changed or not hosts:
             raise SystemExit(f"the second run changed something: {changed or output[-2000:]}")

@@ -21,16 +21,38 @@ from cryptography.hazmat.primitives.asymmetric import ec
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def ansible_env(**extra: str) -> dict[str, str]:
+    """The environment for an Ansible command whose output is read: the project's
+    ansible.cfg, plain text (molecule exports ANSIBLE_FORCE_COLOR for its own runs),
+    and `extra` on top."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    env.pop("ANSIBLE_FORCE_COLOR", None)
+    return {**env, **extra}
+
+
+# A host's line of a play recap: "core-01 : ok=230 changed=0 unreachable=0 failed=0 ..."
+RECAP_LINE = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$")
+
+
+def play_recap(output: str) -> dict[str, dict[str, int]]:
+    """Each host's counts (ok, changed, failed, ...) from the last PLAY RECAP of an
+    ansible-playbook run's output; empty if it has none."""
+    _, found, recap = output.rpartition("PLAY RECAP")
+    hosts: dict[str, dict[str, int]] = {}
+    for line in recap.splitlines() if found else []:
+        match = RECAP_LINE.match(line.strip())
+        if match:
+            counts = dict(pair.split("=") for pair in match.group(2).split())
+            hosts[match.group(1)] = {key: int(value) for key, value in counts.items()}
+    return hosts
+
+
 def run(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """Run a command from the project root with the project's ansible.cfg."""
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    # Molecule exports ANSIBLE_FORCE_COLOR for its own runs; output that tests
-    # read must be plain text.
-    env.pop("ANSIBLE_FORCE_COLOR", None)
     proc = subprocess.run(
         list(args),
         cwd=ROOT,
-        env=env,
+        env=ansible_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -10,45 +10,25 @@ output/logs/site-{again,check}-*.log, with its slowest tasks at the end.
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import time
 from pathlib import Path
 
 from tests.support import background
-from tests.support.commands import ROOT
+from tests.support.commands import ROOT, ansible_env, play_recap
 
 RUN_SECONDS = 1200
-# A host's line of the play recap: "core-01 : ok=230 changed=0 unreachable=0 failed=0 ..."
-RECAP_LINE = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$")
 RUNS = {"again": [], "check": ["--check"]}
-
-
-def _recap(output: str) -> dict[str, dict[str, int]]:
-    """Each host's counts from the last PLAY RECAP of an ansible-playbook run."""
-    _, _, recap = output.rpartition("PLAY RECAP")
-    hosts: dict[str, dict[str, int]] = {}
-    for line in recap.splitlines():
-        match = RECAP_LINE.match(line.strip())
-        if match:
-            counts = dict(pair.split("=") for pair in match.group(2).split())
-            hosts[match.group(1)] = {key: int(value) for key, value in counts.items()}
-    return hosts
 
 
 def _site_run(name: str) -> tuple[int, Path]:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     log = ROOT / "output" / "logs" / f"site-{name}-{stamp}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_CALLBACK_PLUGINS": str(ROOT / "plugins" / "callback"),
-        "ANSIBLE_CALLBACKS_ENABLED": "task_durations",
-    }
-    env.pop("ANSIBLE_FORCE_COLOR", None)  # molecule's, for its own runs; this log is read
+    env = ansible_env(
+        ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "plugins" / "callback"),
+        ANSIBLE_CALLBACKS_ENABLED="task_durations",
+    )
     command = ["ansible-playbook", *RUNS[name], "-i", "inventories/lab", "playbooks/site.yml"]
     with log.open("w") as out:
         proc = subprocess.run(
@@ -75,7 +55,7 @@ def _assert_clean(name: str, what: str) -> None:
     runs = background.result(__name__, _site_runs, timeout=2 * RUN_SECONDS + 60)
     returncode, log = runs[name]
     output = log.read_text()
-    recap = _recap(output)
+    recap = play_recap(output)
     assert returncode == 0, f"{what} exited {returncode} (see {log}):\n{output[-4000:]}"
     assert recap, f"no play recap in {log}"
     troubled = {
