@@ -15,6 +15,10 @@ and kind, so bundles sort in the order they were made):
   signature.json  an ECDSA P-256 / SHA-256 signature of manifest.json, the key
                   id (SHA-256 of the public key) and the public key itself
 
+A period bundle (compliance.period) is written the same way over its own
+files (`write_signed_bundle`: the manifest with the signed time, the
+signature), so `verify_bundles` checks it as it checks a run's.
+
 `archive` also writes BUNDLE.tar.gz (reproducible). `verify_bundles` checks,
 offline, every file's hash, the signature against a trust anchor (pinned
 public keys, or a key list with validity periods checked against the signed
@@ -185,13 +189,15 @@ def write_bundle(
     signing_key: SigningKey,
     extra: dict[str, bytes] | None = None,
     previous: dict[str, str] | bool | None = False,
+    now: datetime.datetime | None = None,
 ) -> Path:
     """A new signed bundle in DIRECTORY. PREVIOUS is the predecessor to name (what the
-    series head says, see `SeriesHead`); False: the newest bundle in DIRECTORY."""
+    series head says, see `SeriesHead`); False: the newest bundle in DIRECTORY. NOW is
+    the signed time (tests give their own clock)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     if previous is False:
         previous = previous_bundle(directory)
-    now = datetime.datetime.now(datetime.UTC)
+    now = now or datetime.datetime.now(datetime.UTC)
     bundle_id = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{kind}"
     files: dict[str, bytes] = {
         "run.json": _json(
@@ -212,8 +218,16 @@ def write_bundle(
         **{f"facts/{escape(host)}.json": _json(masked(found)) for host, found in facts.items()},
         **(extra or {}),
     }
-    target = directory / bundle_id
-    staging = directory / f".{bundle_id}.partial"
+    return write_signed_bundle(directory / bundle_id, files, signing_key, now)
+
+
+def write_signed_bundle(
+    target: Path, files: dict[str, bytes], signing_key: SigningKey, now: datetime.datetime
+) -> Path:
+    """TARGET, a new directory holding FILES (relative name -> bytes), the manifest of
+    their SHA-256 and sizes with the signed time NOW, and its signature: what every
+    bundle is (a run's, a period's), and what `verify_bundles` checks."""
+    staging = target.with_name(f".{target.name}.partial")
     for name, data in files.items():
         path = staging / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +237,7 @@ def write_bundle(
     manifest = _json(
         {
             "format": FORMAT,
-            "id": bundle_id,
+            "id": target.name,
             "signed_at": now.isoformat(),
             "files": {
                 name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -621,13 +635,15 @@ def series_start(
     )
 
 
-def write_head(head: Path, key: SigningKey, bundle: Path, count: int) -> None:
+def write_head(
+    head: Path, key: SigningKey, bundle: Path, count: int, now: datetime.datetime | None = None
+) -> None:
     record = {
         "format": HEAD_FORMAT,
         "series": bundle.parent.name,
         "newest": {"id": bundle.name, "manifest_sha256": manifest_digest(bundle)},
         "count": count,
-        "signed_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "signed_at": (now or datetime.datetime.now(datetime.UTC)).isoformat(),
     }
     _write_atomically(head, signed_record(record, key))
 
