@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import serialization
 from compliance import __version__
 from compliance.attestations import AttestationError, load_attesters, record
 from compliance.catalog import Catalog, CatalogError, load_catalogs
-from compliance.checklist_run import markdown, run_items
+from compliance.checklist_bundle import checklist_files, oscal_json
 from compliance.checklists import NAMES, Checklist, load_checklist, load_checklists
 from compliance.checks import CHECK_DIR, Check, load_checks
 from compliance.coverage import coverage, load_applicability
@@ -67,7 +67,6 @@ from compliance.evidence import (
 )
 from compliance.html_report import render
 from compliance.oscal import assessment_results
-from compliance.report_sections import RunData, build_sections
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 from compliance.signing import generate_token_key, is_pkcs11, load_key
 
@@ -189,10 +188,6 @@ def _selected_checks(args: argparse.Namespace, wanted: set[str] | None = None) -
     return checks
 
 
-def _oscal_json(document: dict) -> bytes:
-    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
-
-
 def _progress(host: HostFacts, done: int, total: int) -> None:
     state = f"error: {host.error}" if host.error else "gathered"
     print(f"  [{done}/{total}] {host.host} {state} ({host.seconds} s)", file=sys.stderr)
@@ -254,7 +249,7 @@ def _gather_and_check(
         added["report.html"] = page.encode()
     if "assessment-results.json" not in added:
         oscal = assessment_results("compliance check", run, document["hosts"], document["results"])
-        added["assessment-results.json"] = _oscal_json(oscal)
+        added["assessment-results.json"] = oscal_json(oscal)
     if start is not None and signing_key is not None:  # exactly when --evidence is given
         bundle = write_bundle(
             args.evidence,
@@ -312,39 +307,11 @@ def _checklist_run(args: argparse.Namespace) -> int:
     def report(
         document: dict[str, Any], results: list[Result], run: dict[str, Any], facts: dict[str, Any]
     ) -> dict[str, bytes]:
-        outcome["items"] = run_items(checklist, results, args.store, attesters=attesters)
-        items = [i.as_dict() for i in outcome["items"]]
-        data = RunData(
-            document["hosts"],
-            facts,
-            document["results"],
-            items,
-            {c.id: c for c in checks},
-            document["started"],
+        made = checklist_files(
+            checklist, checks, document, results, run, facts, args.store, attesters
         )
-        sections = build_sections(checklist.report_sections, data)
-        text = markdown(
-            checklist,
-            outcome["items"],
-            document["hosts"],
-            document["started"],
-            sections,
-            document["results"],
-        )
-        outcome["markdown"] = text
-        page = render(checklist.title, run, document["hosts"], document["results"], items, sections)
-        attested = {
-            i.id: i.attested_controls for i in checklist.items if i.attested_controls is not None
-        }
-        oscal = assessment_results(
-            checklist.title, run, document["hosts"], document["results"], items, attested
-        )
-        return {
-            "report.md": text.encode(),
-            "report.html": page.encode(),
-            "assessment-results.json": _oscal_json(oscal),
-            "checklist.json": (json.dumps(items, indent=2) + "\n").encode(),
-        }
+        outcome["items"], outcome["markdown"] = made.items, made.markdown
+        return made.files
 
     _gather_and_check(args, _selected_checks(args, wanted), args.name, extra=report)
     if args.format == "json":
