@@ -17,6 +17,14 @@ gathered facts by a rule of the same language, and why (REQ-COMP-17):
 A fact the gatherer could not read never makes a check not applicable (a rule
 over a missing fact does not hold), so the check then runs as usual.
 
+A check may say how soon a failure of it must be fixed (`remediate_within`):
+a time such as `72h` or `14d`, or `patch_sla` for a check of security
+updates, whose deadline is REQ-HARD-12's for the check's severity (critical
+24 hours, high 7 days, medium 30 days, low 90 days; the gatherer's own table).
+A check that says nothing gets the same deadlines by its severity: the
+project's one stated remediation policy. The period report measures each
+failure episode against it.
+
 A rationale begins with the ids of the project requirements (docs/requirements.md)
 the check enforces, then says why: "REQ-SVC-12, REQ-SVC-13 - keys rotate; ...".
 Those leading ids are the check's `requirements`, carried into every report as
@@ -31,13 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from compliance.catalog import Catalog, CatalogError, load_yaml, mapped_controls
+from compliance.gather.host_facts import PATCH_SLA_HOURS
 from compliance.rules import RuleError, validate
 
 CHECK_DIR = Path(__file__).parent / "checks"
 SCOPES = ("host", "service")
 SEVERITIES = ("critical", "high", "medium", "low")
 REQUIRED = ("id", "title", "rationale", "scope", "severity", "rule", "controls", "remediation")
-OPTIONAL = ("groups", "not_applicable")
+OPTIONAL = ("groups", "not_applicable", "remediate_within")
+PATCH_SLA = "patch_sla"
+REMEDIATION_TIME = re.compile(r"(?P<count>[1-9][0-9]*)(?P<unit>[hd])")
 # The ids a rationale opens with: one, or several joined by commas or "and".
 LEADING_IDS = re.compile(r"\s*(REQ-[A-Z]+-[1-9][0-9]*)\b(?:\s*(?:,|and\b))?")
 
@@ -74,10 +85,41 @@ class Check:
     groups: tuple[str, ...] = ("all",)  # inventory groups whose hosts it applies to
     source: str = ""
     not_applicable: NotApplicable | None = None
+    remediate_within: str | None = None  # "72h", "14d", "patch_sla"; None: by severity
 
     @property
     def requirements(self) -> tuple[str, ...]:
         return requirement_ids(self.rationale)
+
+    def remediation_time(self) -> RemediationTime:
+        return remediation_time(self.severity, self.remediate_within)
+
+
+@dataclass(frozen=True)
+class RemediationTime:
+    hours: int
+    basis: str  # where the time comes from, in words
+
+    def __str__(self) -> str:
+        return f"{self.hours // 24} d" if self.hours % 24 == 0 else f"{self.hours} h"
+
+
+def remediation_time(severity: str, remediate_within: str | None = None) -> RemediationTime:
+    """How soon a failure of a check of SEVERITY must be fixed, and on what basis."""
+    if remediate_within == PATCH_SLA:
+        return RemediationTime(
+            PATCH_SLA_HOURS[severity], f"REQ-HARD-12 patch deadline for {severity} severity"
+        )
+    if remediate_within:
+        match = REMEDIATION_TIME.fullmatch(remediate_within)
+        if match is None:
+            raise CatalogError(f"remediate_within {remediate_within!r}: e.g. 72h, 14d, patch_sla")
+        count = int(match["count"]) * (24 if match["unit"] == "d" else 1)
+        return RemediationTime(count, "the check's own remediation time")
+    return RemediationTime(
+        PATCH_SLA_HOURS[severity],
+        f"REQ-HARD-12's deadline for {severity} severity, for a check without its own",
+    )
 
 
 def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
@@ -101,6 +143,13 @@ def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
         raise CatalogError(str(error)) from error
     mapped = mapped_controls(item["controls"], where, catalogs)
     not_applicable = _not_applicable(item.get("not_applicable"), where)
+    within = item.get("remediate_within")
+    if within is not None and not (
+        within == PATCH_SLA or (isinstance(within, str) and REMEDIATION_TIME.fullmatch(within))
+    ):
+        raise CatalogError(
+            f"{where}: remediate_within {within!r}: a time (72h, 14d) or {PATCH_SLA}"
+        )
     # Service facts come from the core hosts only.
     groups = item.get("groups", ["all"] if item["scope"] == "host" else ["core"])
     return Check(
@@ -116,6 +165,7 @@ def _check(item: Any, where: str, catalogs: dict[str, Catalog]) -> Check:
         tuple(groups),
         str(where.split(" (")[0]),
         not_applicable,
+        within,
     )
 
 

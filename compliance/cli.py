@@ -145,6 +145,10 @@ def _checks(args: argparse.Namespace) -> int:
                     "controls": {f: list(i) for f, i in c.controls.items()},
                     "rule": c.rule,
                     "remediation": c.remediation,
+                    "remediation_time": {
+                        "hours": c.remediation_time().hours,
+                        "basis": c.remediation_time().basis,
+                    },
                 }
                 for c in checks
             ],

@@ -39,6 +39,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# How long a security update may wait, by its urgency (REQ-HARD-12). The compliance
+# package reads the same table for the period report's deadlines (compliance.checks).
+PATCH_SLA_HOURS = {"critical": 24, "high": 7 * 24, "medium": 30 * 24, "low": 90 * 24}
+
 DEFAULTS = {
     "tls_dir": "/etc/securecore/tls",
     "hardening_report": "/var/lib/securecore/hardening.json",
@@ -79,7 +83,7 @@ DEFAULTS = {
     # How long a security update may wait, by urgency (REQ-HARD-12), and the urgency
     # of one from the security suite: the changelog's urgency= cannot be had offline
     # (`apt-get changelog` asks a server), so every one is taken as "high".
-    "patch_sla_hours": {"critical": 24, "high": 7 * 24, "medium": 30 * 24, "low": 90 * 24},
+    "patch_sla_hours": PATCH_SLA_HOURS,
     "security_update_class": "high",
     # Whether the host is a container (checks that do not apply there, REQ-COMP-17):
     # systemd's own answer, else the files container managers leave (file -> its
