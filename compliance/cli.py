@@ -10,6 +10,10 @@
   compliance verify BUNDLE_OR_DIR (--trusted-key PEM... | --key-list FILE)
       [--head FILE]   hashes, signature, chain, archives, the series head
   compliance verify BUNDLE_OR_DIR --trust-embedded-key   inspection only: UNVERIFIED
+  compliance period EVIDENCE_DIR --from DATE --to DATE (--trusted-key PEM... |
+      --key-list FILE) [--head FILE... | --head-dir DIR] [--framework F]
+      [--sample N | --dates D,...] [--seed S] --signing-key KEY --out DIR
+      the evidence over an audit period, verified first: a signed period bundle
   compliance checklist run daily|weekly|monthly -i INVENTORY [--store DIR]
       [--attesters FILE] [...]   the checklist's checks and signed attestations,
       a Markdown report in the bundle
@@ -20,10 +24,11 @@
   compliance checklists [NAME]                the daily, weekly and monthly items
 
 Exit codes: 0 all well, 1 a finding (a coverage gap, a failed check, evidence that
-does not verify), 2 an error (an unreachable host, bad input, a broken catalog,
-check or checklist file, no trust anchor, nothing to verify - named with what is
-wrong), 3 `verify --trust-embedded-key` found no problem but proved nothing (the
-output's first line says UNVERIFIED).
+does not verify - for `period`, its report's first line then says NOT VERIFIED), 2 an
+error (an unreachable host, bad input, a broken catalog, check or checklist file, no
+trust anchor, nothing to verify - named with what is wrong), 3 `verify
+--trust-embedded-key` found no problem but proved nothing (the output's first line says
+UNVERIFIED).
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ from compliance.evidence import (
 )
 from compliance.html_report import render
 from compliance.oscal import assessment_results
+from compliance.period import period_report, write_period_bundle
+from compliance.period_report import markdown as period_markdown
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 from compliance.signing import generate_token_key, is_pkcs11, load_key
 
@@ -410,6 +417,60 @@ def _verify(args: argparse.Namespace) -> int:
     return 3 if outcome.unverified else 0
 
 
+def _period(args: argparse.Namespace) -> int:
+    """The evidence over an audit period, verified first, as a signed period bundle."""
+    anchor = TrustAnchor.from_options(args.trusted_key, args.key_list)
+    if args.sample is not None and args.dates:
+        raise EvidenceError("--sample picks runs at random, --dates on given days: one of them")
+    catalogs, checks, checklists = _loaded()
+    frameworks = [_framework(args.framework, catalogs)] if args.framework else None
+    signing_key = load_key(args.signing_key)  # before the work: a key that fails, fails now
+    report = period_report(
+        args.evidence,
+        args.first,
+        args.last,
+        anchor,
+        catalogs,
+        checks,
+        checklists,
+        coverage(catalogs, checks, checklists, load_applicability(catalogs)),
+        heads=args.head or [],
+        head_dir=args.head_dir,
+        frameworks=frameworks,
+        sample=args.sample,
+        dates=args.dates,
+        seed=args.seed,
+    )
+    if report.seed is not None and args.seed is None:
+        print(f"sample seed: {report.seed} (recorded; --seed {report.seed} picks the same runs)")
+    text = period_markdown(report)
+    bundle = write_period_bundle(report, text, args.out, signing_key, anchor)
+    print(report.verdict())
+    print(f"period bundle: {bundle} ({len(report.samples)} sampled runs)")
+    return 0 if report.verified else 1
+
+
+def _framework(name: str, catalogs: dict[str, Catalog]) -> str:
+    """A catalog's id, or the start of exactly one (soc2 for soc2-tsc)."""
+    if name in catalogs:
+        return name
+    matches = [f for f in catalogs if f.startswith(name)]
+    if len(matches) != 1:
+        raise CatalogError(f"--framework {name}: one of {', '.join(catalogs)}")
+    return matches[0]
+
+
+def _date(value: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{value!r}: a date, YYYY-MM-DD") from error
+
+
+def _dates(value: str) -> list[datetime.date]:
+    return [_date(part.strip()) for part in value.split(",") if part.strip()]
+
+
 def _alert(
     args: argparse.Namespace, event: str, checklist: str, message: str, **details: object
 ) -> None:
@@ -698,6 +759,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--head", type=Path, help="the series head: a missing newest run is found")
     verify.set_defaults(handler=_verify)
+    period = commands.add_parser(
+        "period",
+        help="the evidence over an audit period (population, exceptions, controls, samples), "
+        "verified first: a signed period bundle",
+    )
+    period.add_argument(
+        "evidence",
+        type=Path,
+        help="one evidence series, or one directory of bundles per checklist (daily, ...)",
+    )
+    period.add_argument("--from", dest="first", type=_date, required=True, help="YYYY-MM-DD")
+    period.add_argument(
+        "--to", dest="last", type=_date, required=True, help="YYYY-MM-DD (included)"
+    )
+    _trust_options(period)
+    period.add_argument(
+        "--head",
+        type=Path,
+        action="append",
+        help="a series head (repeatable; each names its series)",
+    )
+    period.add_argument(
+        "--head-dir", type=Path, help="the series heads as the scheduler keeps them (NAME.json)"
+    )
+    period.add_argument("--framework", help="one framework (iso27001-2022, soc2)")
+    period.add_argument(
+        "--sample",
+        type=int,
+        help="runs to sample per checklist (default: 25 daily, 5 weekly, 2 monthly)",
+    )
+    period.add_argument("--dates", type=_dates, help="sample the runs due on these dates (D,...)")
+    period.add_argument(
+        "--seed", type=int, help="the sampling seed (default: a random one, printed and recorded)"
+    )
+    period.add_argument(
+        "--signing-key",
+        required=True,
+        help="signs the period bundle: a file, or pkcs11:token=...;object=...",
+    )
+    period.add_argument(
+        "--out", type=Path, required=True, help="the period bundle (a new directory)"
+    )
+    period.set_defaults(handler=_period)
     schedule = commands.add_parser("schedule", help="what the scheduler's timers run")
     schedule_actions = schedule.add_subparsers(dest="action", required=True, metavar="ACTION")
     scheduled = schedule_actions.add_parser(

@@ -1,0 +1,425 @@
+"""report.md of a period bundle: compliance.period's report, for a person.
+
+Its first line is the verdict on the evidence: VERIFIED, or NOT VERIFIED with
+the problems first - a series without a head, newest runs missing, a bundle
+that does not verify - so that nobody reads a clean report of evidence that
+is not. It cites only the project's requirement ids and the frameworks'
+control ids, and says in words what is absent ("no waivers", "none").
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+
+from compliance import __version__
+from compliance.period import (
+    BEFORE_KEPT,
+    DAY_STATUSES,
+    DUE_STATUSES,
+    LATE,
+    MISSING,
+    NOT_VERIFIED,
+    NOT_YET_DUE,
+    SAMPLING,
+    ControlView,
+    Episode,
+    PeriodReport,
+    SeriesRead,
+    WaiverUse,
+    sample_path,
+    when,
+)
+
+
+def length(span: datetime.timedelta) -> str:
+    """A duration in words: 4 d, 1 d 2 h, 8 h 30 min, 0 min."""
+    minutes = int(span.total_seconds() // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else ""]
+    parts.append(f"{minutes} min" if minutes or not (days or hours) else "")
+    return " ".join(p for p in parts if p)
+
+
+def _heading(title: str, introduction: str = "") -> list[str]:
+    return ["", f"## {title}", "", *([introduction, ""] if introduction else [])]
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
+
+
+def _at(text: str) -> str:
+    """An ISO time from a record, as the report writes times (as it is if it is not one)."""
+    try:
+        return when(datetime.datetime.fromisoformat(text))
+    except ValueError:
+        return text
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(columns: list[str], rows: Iterable[list[str]], empty: str) -> list[str]:
+    rows = list(rows)
+    if not rows:
+        return [f"_{empty}_"]
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
+        *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def markdown(report: PeriodReport) -> str:
+    lines = [
+        report.verdict(),
+        "",
+        f"# Evidence over the period {report.first} to {report.last}",
+        "",
+        f"Made {when(report.made)} by compliance {__version__} from {report.evidence} "
+        f"({len(report.series)} series). Times are UTC; a run is late when it was signed more "
+        f"than {length(report.grace)} after its due time (the scheduler's grace). This report "
+        "serves REQ-COMP-18 to REQ-COMP-23.",
+        *_verification(report),
+        *_population(report),
+        *_exceptions(report),
+        *_attestations(report),
+        *_samples(report),
+        *_controls(report),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- the evidence read -----------------------------------------------------------------
+
+
+def _verification(report: PeriodReport) -> list[str]:
+    lines = _heading("The evidence and its verification (REQ-COMP-18)")
+    problems = report.problems
+    if problems:
+        lines += [f"The evidence does NOT verify: {len(problems)} problems.", ""]
+        lines += [f"- {p}" for p in problems]
+    else:
+        lines.append(
+            "Every bundle verifies against the trust anchor, every chain is whole, and every "
+            "series head shows the newest runs are all here."
+        )
+    lines.append("")
+    lines += _table(
+        ["series", "bundles", "series head", "removed by retention"],
+        ([s.name, str(s.bundles), _head(s), _pruned(s)] for s in report.series),
+        "no series",
+    )
+    lines += ["", "Signing keys, each trusted for its period by the trust anchor:", ""]
+    lines += _table(
+        ["series", "key", "bundles", "first signed", "last signed", "trusted"],
+        (
+            [s.name, f"{k.key_id[:16]}...", str(k.bundles), when(k.first), when(k.last), k.trusted]
+            for s in report.series
+            for k in s.keys
+        ),
+        "no bundle verified",
+    )
+    return lines
+
+
+def _head(series: SeriesRead) -> str:
+    if series.head is None:
+        return "NONE: the newest runs cannot be shown to be here"
+    if any("series head" in p for p in series.problems):
+        return f"{series.head}: does NOT match (see the problems)"
+    return f"{series.head}: the newest runs are all here"
+
+
+def _pruned(series: SeriesRead) -> str:
+    if not series.pruned_through:
+        return "none"
+    last = series.pruned_through
+    plural = "s" if series.pruned_count != 1 else ""
+    return (
+        f"{series.pruned_count} bundle{plural}, the last {last.get('id')} "
+        f"(signed {when(datetime.datetime.fromisoformat(last['signed_at']))})"
+    )
+
+
+# --- the population --------------------------------------------------------------------
+
+
+def _population(report: PeriodReport) -> list[str]:
+    lines = _heading(
+        "Population: the runs expected and found (REQ-COMP-18)",
+        "Each checklist's runs expected from its schedule against the runs found. A run "
+        "belongs to the due time it follows; the first after it is that due time's run, "
+        "any other before the next due time an additional run.",
+    )
+    statuses = [s for s in DUE_STATUSES if s != NOT_YET_DUE]
+    rows = []
+    for made in report.populations.values():
+        counts = made.counts()
+        extra = sum(len(d.extra) for d in made.dues)
+        rows.append(
+            [
+                made.checklist,
+                made.schedule,
+                str(made.expected),
+                str(len(made.found)),
+                *(str(counts[s]) for s in statuses),
+                str(extra),
+            ]
+        )
+    lines += _table(
+        ["checklist", "schedule (UTC)", "expected", "found", *statuses, "additional runs"],
+        rows,
+        "no checklist series in the evidence",
+    )
+    later = sum(made.counts()[NOT_YET_DUE] for made in report.populations.values())
+    if later:
+        lines += ["", f"Not yet due when this report was made: {_runs(later)} (not counted)."]
+    if report.unscheduled:
+        lines += ["", f"Runs of no checklist (not in the population): {_runs(report.unscheduled)}."]
+    populations = list(report.populations.values())
+    lines += ["", "### Missing runs", ""]
+    lines += [
+        f"- {d.checklist}: due {when(d.due)}: no run"
+        for p in populations
+        for d in p.dues
+        if d.status == MISSING
+    ] or ["_none_"]
+    lines += ["", "### Late runs", ""]
+    end = datetime.datetime.combine(report.last, datetime.time(), datetime.UTC)
+    end += datetime.timedelta(days=1)
+    late = [d for p in populations for d in p.dues if d.status == LATE]
+    lines += [
+        f"- {d.checklist}: due {when(d.due)}, signed {when(d.run.signed_at)}: "
+        f"{length(d.late_by or datetime.timedelta())} late (grace {length(report.grace)}; "
+        f"bundle {d.run.bundle})" + (", after the period's end" if d.run.signed_at >= end else "")
+        for d in late
+        if d.run is not None
+    ] or ["_none_"]
+    lines += ["", "### Runs that do not verify", ""]
+    lines += [
+        f"- {d.checklist}: due {when(d.due)}: bundle {d.unverified.bundle}: {d.unverified.problem}"
+        for p in populations
+        for d in p.dues
+        if d.unverified is not None and d.status == NOT_VERIFIED
+    ] or ["_none_"]
+    lines += ["", "### Runs before the evidence kept", ""]
+    lines += [
+        f"- {p.checklist}: {_runs(len(kept))} due {when(kept[0].due)}"
+        + (f" to {when(kept[-1].due)}" if len(kept) > 1 else "")
+        + ": removed by retention (the signed record of removed bundles), not missing"
+        for p in populations
+        if (kept := [d for d in p.dues if d.status == BEFORE_KEPT])
+    ] or ["_none_"]
+    lines += ["", "### Additional runs", ""]
+    lines += [
+        f"- {d.checklist}: bundle {r.bundle} signed {when(r.signed_at)}, after the run due "
+        f"{when(d.due)}"
+        for p in populations
+        for d in p.dues
+        for r in d.extra
+    ] or ["_none_"]
+    return lines
+
+
+# --- exceptions ------------------------------------------------------------------------
+
+
+def _exceptions(report: PeriodReport) -> list[str]:
+    return _heading(
+        "Exceptions: failure episodes (REQ-COMP-20)",
+        "Each episode of a check failing on a host (failed, waived or not checked in "
+        "consecutive runs): first and last seen, fixed by the first later run in which it "
+        "passed, its length from first seen against the check's remediation deadline, and "
+        "the waivers in force during it.",
+    ) + _table(
+        [
+            "check",
+            "host",
+            "severity",
+            "first seen",
+            "last seen",
+            "fixed",
+            "took",
+            "deadline",
+            "against the deadline",
+            "runs",
+            "waivers",
+        ],
+        (_episode_row(e, report.end) for e in report.episodes),
+        "no check failed in the period",
+    )
+
+
+def _episode_row(episode: Episode, until: datetime.datetime) -> list[str]:
+    took = episode.duration(until)
+    deadline = datetime.timedelta(hours=episode.deadline.hours)
+    if episode.fixed is None:
+        fixed = "open at the end of the period"
+        against = (
+            "open, within so far"
+            if took <= deadline
+            else f"open, EXCEEDED by {length(took - deadline)}"
+        )
+    else:
+        fixed = f"{when(episode.fixed)} ({episode.fixed_how}, bundle {episode.fixed_bundle})"
+        against = "within" if took <= deadline else f"EXCEEDED by {length(took - deadline)}"
+    runs = ", ".join(f"{n} {s}" for s, n in sorted(episode.runs.items()))
+    return [
+        episode.check,
+        episode.host,
+        episode.severity,
+        when(episode.first_seen),
+        when(episode.last_seen),
+        fixed,
+        length(took),
+        f"{episode.deadline} ({episode.deadline.basis})",
+        against,
+        runs,
+        "; ".join(_waiver(w) for w in episode.waivers) or "no waivers",
+    ]
+
+
+def _waiver(use: WaiverUse) -> str:
+    text = f"approved by {use.approver} until {use.expires} ({use.reason})"
+    if use.waived and use.first_waived and use.last_waived:
+        text += f": waived {_runs(use.waived)}, {when(use.first_waived)} to {when(use.last_waived)}"
+    if use.not_waived_from is not None:
+        text += (
+            f"; expired during the episode: not waived from {when(use.not_waived_from)} "
+            f"({_runs(use.not_waived)})"
+        )
+    return text
+
+
+# --- attestations ----------------------------------------------------------------------
+
+
+def _attestations(report: PeriodReport) -> list[str]:
+    people = sorted({a.by for a in report.attested})
+    lines = _heading(
+        "Attestations (REQ-COMP-21)",
+        "An attestation counts for the run due at the end of its window: the run that "
+        "recorded it. One that only a later run shows never turns that run's signed pending "
+        "result into a pass.",
+    )
+    lines += [
+        f"{len(report.attested)} attestations counted, by "
+        + (", ".join(people) if people else "nobody")
+        + ".",
+        "",
+        "### Pending past their due time",
+        "",
+    ]
+    lines += _table(
+        ["item", "due", "run", "recorded later (not counted)"],
+        (
+            [
+                f"{p.item} {p.title}",
+                when(p.due),
+                p.bundle,
+                "; ".join(f"by {a.by}: {a.remark}" for a in p.later) or "nothing",
+            ]
+            for p in report.pending
+        ),
+        "no item stayed pending past its due time",
+    )
+    lines += ["", "### Attested", ""]
+    lines += _table(
+        ["item", "by", "made", "counted for the run due", "note", "files shown"],
+        (
+            [a.item, a.by, _at(a.at), when(a.due), a.note, str(a.files) if a.files else "none"]
+            for a in report.attested
+        ),
+        "nothing was attested in the period",
+    )
+    return lines
+
+
+# --- samples ---------------------------------------------------------------------------
+
+
+def _samples(report: PeriodReport) -> list[str]:
+    lines = _heading("Samples (REQ-COMP-22)")
+    if report.seed is not None:
+        lines.append(
+            f"Seed {report.seed}: {SAMPLING}. `compliance period ... --seed {report.seed}` "
+            "picks the same runs."
+        )
+    else:
+        lines.append("The runs due on the dates asked for.")
+    lines += ["", "Each sampled bundle is copied here, verified, under samples/.", ""]
+    lines += _table(
+        ["checklist", "due", "bundle", "chosen", "copy in this bundle"],
+        ([s.checklist, when(s.due), s.bundle, s.chosen, sample_path(s)] for s in report.samples),
+        "no run was sampled",
+    )
+    if report.not_sampled:
+        lines += ["", "Asked for and not found:", ""]
+        lines += [f"- {text}" for text in report.not_sampled]
+    return lines
+
+
+# --- controls --------------------------------------------------------------------------
+
+
+def _controls(report: PeriodReport) -> list[str]:
+    lines = _heading(
+        "Controls (REQ-COMP-19)",
+        "Each control's status on each day, from the runs whose period holds the day (the "
+        "day's daily run, the week's weekly run, the month's monthly run), the worst of "
+        f"them: {', '.join(DAY_STATUSES)}. The share counts the runs due in the period that "
+        "judge the control, a missing run or one that does not verify as not satisfied.",
+    )
+    for framework, title in report.frameworks.items():
+        heading = f"### {title} ({framework})"
+        lines += [heading] if lines[-1] == "" else ["", heading]
+        for view in report.controls:
+            if view.framework == framework:
+                lines += _control(view, report.end)
+    return lines
+
+
+def _control(view: ControlView, until: datetime.datetime) -> list[str]:
+    if view.not_applicable:
+        covered = f"not applicable: {view.not_applicable}"
+    elif view.coverage == "gap":
+        covered = "NOT COVERED (a gap)"
+    else:
+        ways = []
+        if view.checks:
+            ways.append(f"checks {', '.join(view.checks)}")
+        if view.attestations:
+            ways.append(f"attestations {', '.join(view.attestations)}")
+        runs = f"; judged by the {', '.join(view.checklists)} runs" if view.checklists else ""
+        covered = " and ".join(ways) + runs
+    if view.judged:
+        share = (
+            f"satisfied in {view.satisfied} of {view.judged} runs "
+            f"({100 * view.satisfied / view.judged:.1f} %)"
+        )
+    else:
+        share = "no run in the period judged it"
+    days = "; ".join(
+        f"{s.first}{'' if s.first == s.last else f' to {s.last}'} {s.status}" for s in view.timeline
+    )
+    exceptions = [
+        f"{e.check} on {e.host} from {when(e.first_seen)}, "
+        + (f"fixed {when(e.fixed)}" if e.fixed else "open")
+        + f" ({'within' if e.within_deadline(until) else 'beyond'} its deadline)"
+        for e in view.exceptions
+    ]
+    if view.pending:
+        exceptions.append(f"its attestation was pending in {_runs(view.pending)}")
+    return [
+        "",
+        f"#### {view.id} {view.title}",
+        "",
+        f"- Covered by: {covered}",
+        f"- Runs: {share}",
+        f"- Days: {days or 'none'}",
+        f"- Exceptions: {'; '.join(exceptions) or 'none'}",
+    ]

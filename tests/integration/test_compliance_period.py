@@ -1,0 +1,306 @@
+"""`compliance period` over a year of real evidence (REQ-COMP-18 to REQ-COMP-23).
+
+The year (tests.support.period) is made once for the module: 2025's daily, weekly and
+monthly runs over two hosts, each a bundle written by the writer the commands use on
+the test's clock, from the real checks over recorded facts, with a missing day, a late
+run (and one late across the period's end), a failure fixed within its deadline and one
+fixed after it, a waiver that expires during an episode, an attestation left pending
+(and recorded afterwards, backdated), the evidence key rotated on 1 July and the first
+days removed by retention. Each test runs the command as an auditor would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.commands import compliance
+from tests.support.period import Year, make_year
+
+
+@pytest.fixture(scope="module")
+def year(tmp_path_factory: pytest.TempPathFactory) -> Year:
+    made = make_year(tmp_path_factory.mktemp("year"))
+    print(f"\na year of evidence made in {made.seconds} s")
+    return made
+
+
+def period(year: Year, evidence: Path, out: Path, *extra: str, heads: bool = True):
+    return compliance(
+        "period",
+        str(evidence),
+        "--from",
+        "2025-01-01",
+        "--to",
+        "2025-12-31",
+        "--key-list",
+        str(year.key_list),
+        *(("--head-dir", str(year.heads)) if heads else ()),
+        "--signing-key",
+        str(year.period_key),
+        "--out",
+        str(out),
+        *extra,
+    )
+
+
+def copied(year: Year, tmp_path: Path) -> Path:
+    target = tmp_path / "evidence"
+    shutil.copytree(year.root, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def reported(year: Year, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("period") / "period-2025"
+    done = period(year, year.root, out, "--seed", "7")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, (out / "report.md").read_text()
+
+
+def test_the_report_states_the_population_exactly(year: Year, reported) -> None:
+    _, report = reported
+    assert report.splitlines()[0] == (
+        "VERIFIED: 418 bundles in 3 series (daily, weekly, monthly) verify against the trust "
+        "anchor, their chains and their series heads."
+    )
+    rows = [
+        "| daily | *-*-* 09:00:00 | 365 | 355 | 353 | 2 | 1 | 0 | 9 | 1 |",
+        "| weekly | Mon *-*-* 10:00:00 | 52 | 51 | 51 | 0 | 0 | 0 | 1 | 0 |",
+        "| monthly | *-*-01 14:00:00 | 12 | 11 | 11 | 0 | 0 | 0 | 1 | 0 |",
+    ]
+    for row in rows:
+        assert row in report
+    assert "\n- daily: due 2025-03-10 09:00 UTC: no run\n" in report
+    assert (
+        "- daily: due 2025-04-15 09:00 UTC, signed 2025-04-15 17:30 UTC: 8 h 30 min late "
+        "(grace 6 h; bundle 20250415T173000.000000Z-daily)\n"
+    ) in report
+    assert (
+        "- daily: due 2025-12-31 09:00 UTC, signed 2026-01-01 01:00 UTC: 16 h late (grace 6 h; "
+        "bundle 20260101T010000.000000Z-daily), after the period's end\n"
+    ) in report
+    assert (
+        "- daily: 9 runs due 2025-01-01 09:00 UTC to 2025-01-09 09:00 UTC: removed by retention "
+        "(the signed record of removed bundles), not missing"
+    ) in report
+    assert (
+        "- daily: bundle 20250820T150000.000000Z-daily signed 2025-08-20 15:00 UTC, after the "
+        "run due 2025-08-20 09:00 UTC"
+    ) in report
+
+
+def test_the_report_states_each_exception_against_its_deadline(reported) -> None:
+    _, report = reported
+    within = (
+        "| patches.security_updates | dmz-01 | high | 2025-05-06 09:00 UTC | 2025-05-09 09:00 UTC "
+        "| 2025-05-10 09:00 UTC (passed, bundle 20250510T090000.000000Z-daily) | 4 d "
+        "| 7 d (REQ-HARD-12 patch deadline for high severity) | within | 4 fail | no waivers |"
+    )
+    after = (
+        "| firewall.default_drop | core-01 | critical | 2025-06-10 09:00 UTC "
+        "| 2025-06-12 09:00 UTC | 2025-06-13 09:00 UTC (passed, bundle "
+        "20250613T090000.000000Z-daily) | 3 d | 1 d (REQ-HARD-12's deadline for critical "
+        "severity, for a check without its own) | EXCEEDED by 2 d | 3 fail | no waivers |"
+    )
+    waived = (
+        "| integrity.aide | dmz-01 | medium | 2025-07-01 09:00 UTC | 2025-07-20 09:00 UTC "
+        "| 2025-07-21 09:00 UTC (passed, bundle 20250721T090000.000000Z-daily) | 20 d "
+        "| 30 d (REQ-HARD-12's deadline for medium severity, for a check without its own) "
+        "| within | 10 fail, 10 waived | approved by ciso until 2025-07-10 (AIDE database "
+        "rebuilt after the upgrade): waived 10 runs, 2025-07-01 09:00 UTC to 2025-07-10 09:00 "
+        "UTC; expired during the episode: not waived from 2025-07-11 09:00 UTC (10 runs) |"
+    )
+    exceptions = report.split("## Exceptions", 1)[1].split("\n## ", 1)[0]
+    assert [
+        line for line in exceptions.splitlines() if line.startswith("| ") and "UTC" in line
+    ] == [
+        within,
+        after,
+        waived,
+    ]
+
+
+def test_the_report_states_the_attestations_and_the_key_rotation(reported) -> None:
+    _, report = reported
+    assert "1103 attestations counted, by alice." in report
+    assert (
+        "| daily.security_alerts Security alerts reviewed and each one handled "
+        "| 2025-08-20 09:00 UTC | 20250820T090000.000000Z-daily | by alice: dated 2025-08-20 "
+        "08:00 UTC, before the run signed 2025-08-20 09:00 UTC found the item pending, but "
+        "recorded only in the later run 20250820T150000.000000Z-daily: backdated, not counted "
+        "(a signed pending result stands) |"
+    ) in report
+    pending = report.split("### Pending past their due time", 1)[1].split("###", 1)[0]
+    assert pending.count("\n| daily.") == 1  # that one, and no other
+    assert (
+        "| daily.security_alerts | alice | 2025-08-21 08:00 UTC | 2025-08-21 09:00 UTC "
+        "| daily.security_alerts done 2025-08-21 | none |"
+    ) in report
+    keys = [line for line in report.splitlines() if line.startswith("| daily | ") and "..." in line]
+    assert len(keys) == 2
+    old, new = (line.split(" | ") for line in keys)
+    assert old[2:] == [
+        "171",
+        "2025-01-10 09:00 UTC",
+        "2025-06-30 09:00 UTC",
+        "from 2024-12-01T00:00:00+00:00 to 2025-07-01T00:00:00+00:00 |",
+    ]
+    assert new[2:] == [
+        "185",
+        "2025-07-01 09:00 UTC",
+        "2026-01-01 01:00 UTC",
+        "from 2025-07-01T00:00:00+00:00 |",
+    ]
+
+
+def test_the_report_states_each_control_day_by_day(reported) -> None:
+    _, report = reported
+    aide = report.split("#### A.8.7 Protection against malware\n", 1)[1].split("\n\n####", 1)[0]
+    assert aide.splitlines()[1:] == [
+        "- Covered by: checks integrity.aide; judged by the daily runs",
+        "- Runs: satisfied in 335 of 356 runs (94.1 %)",
+        "- Days: 2025-01-01 to 2025-01-09 before evidence kept; 2025-01-10 to 2025-03-09 "
+        "satisfied; 2025-03-10 no run; 2025-03-11 to 2025-06-30 satisfied; 2025-07-01 to "
+        "2025-07-20 failed; 2025-07-21 to 2025-12-31 satisfied",
+        "- Exceptions: integrity.aide on dmz-01 from 2025-07-01 09:00 UTC, fixed 2025-07-21 "
+        "09:00 UTC (within its deadline)",
+    ]
+    alerts = report.split("#### A.5.25 ", 1)[1].split("\n\n####", 1)[0]
+    assert "2025-08-20 pending" in alerts and "pending in 1 run" in alerts
+    assert "- Runs: satisfied in 354 of 356 runs (99.4 %)" in alerts
+    assert "#### CC6.6 " in report and "### SOC 2" in report
+    assert "None" not in report
+
+
+def test_the_period_bundle_verifies_and_a_changed_byte_is_named(
+    year: Year, reported, tmp_path: Path
+) -> None:
+    out, _ = reported
+    document = json.loads((out / "period.json").read_text())
+    assert document["verified"] is True and document["problems"] == []
+    assert document["samples"]["seed"] == 7
+    picked = document["samples"]["picked"]
+    assert [p["checklist"] for p in picked].count("daily") == 25
+    assert [p["checklist"] for p in picked].count("weekly") == 5
+    assert [p["checklist"] for p in picked].count("monthly") == 2
+    for sample in picked:  # each copy is its bundle, whole
+        copy, source = out / sample["copy"], year.root / sample["series"] / sample["bundle"]
+        assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == sorted(
+            p.relative_to(source) for p in source.rglob("*")
+        )
+        assert (copy / "manifest.json").read_bytes() == (source / "manifest.json").read_bytes()
+    # and verifies on its own with the evidence keys, signed before the rotation or after
+    for sample in (picked[0], picked[24]):
+        copy = out / sample["copy"]
+        assert compliance("verify", str(copy), "--key-list", str(year.key_list)).returncode == 0
+    pinned = ("--trusted-key", f"{year.period_key}.pub")
+    whole = compliance("verify", str(out), *pinned)
+    assert whole.returncode == 0 and f"OK     {out.name}" in whole.stdout, whole.stdout
+    changed = tmp_path / out.name
+    shutil.copytree(out, changed)
+    path = changed / picked[0]["copy"] / "results.json"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 1
+    path.write_bytes(bytes(data))
+    broken = compliance("verify", str(changed), *pinned)
+    assert broken.returncode == 1
+    assert f"{picked[0]['copy']}/results.json: changed" in broken.stdout
+
+
+def test_the_same_seed_picks_the_same_runs_and_dates_pick_theirs(
+    year: Year, reported, tmp_path: Path
+) -> None:
+    out, _ = reported
+    first = json.loads((out / "period.json").read_text())["samples"]["picked"]
+    again = period(year, year.root, tmp_path / "again", "--seed", "7", "--sample", "3")
+    assert again.returncode == 0, again.stderr
+    picked = json.loads((tmp_path / "again" / "period.json").read_text())["samples"]["picked"]
+    # Three of each checklist: not the first three of its 25, 5 and 2 - a size of 3
+    # draws anew, from the same seed, the same way every time.
+    assert len(picked) == 3 + 3 + 3
+    assert {p["bundle"] for p in first} != {p["bundle"] for p in picked}
+    repeat = period(year, year.root, tmp_path / "repeat", "--seed", "7", "--sample", "3")
+    assert repeat.returncode == 0
+    assert (
+        json.loads((tmp_path / "repeat" / "period.json").read_text())["samples"]["picked"] == picked
+    )
+    dated = period(year, year.root, tmp_path / "dated", "--dates", "2025-03-10,2025-09-01")
+    assert dated.returncode == 0, dated.stderr
+    samples = json.loads((tmp_path / "dated" / "period.json").read_text())["samples"]
+    assert [(p["checklist"], p["due"]) for p in samples["picked"]] == [
+        ("weekly", "2025-03-10T10:00:00+00:00"),  # a Monday: its weekly run is there
+        ("daily", "2025-09-01T09:00:00+00:00"),
+        ("weekly", "2025-09-01T10:00:00+00:00"),
+        ("monthly", "2025-09-01T14:00:00+00:00"),
+    ]
+    assert samples["not_found"] == ["2025-03-10: the daily run is missing"]
+    assert (tmp_path / "dated" / "samples" / "monthly" / "20250901T140000.000000Z-monthly").is_dir()
+
+
+def test_a_tampered_bundle_is_reported_and_the_period_not_verified(
+    year: Year, tmp_path: Path
+) -> None:
+    evidence = copied(year, tmp_path)
+    bundle = "20250602T090000.000000Z-daily"
+    results = evidence / "daily" / bundle / "results.json"
+    results.write_text(results.read_text().replace('"fail"', '"pass"').replace("dmz-01", "dmz-02"))
+    done = period(year, evidence, tmp_path / "out", "--seed", "1")
+    assert done.returncode == 1, done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.splitlines()[0] == (
+        f"NOT VERIFIED: daily/{bundle}: results.json: changed (its SHA-256 differs from the "
+        "manifest's)"
+    )
+    assert f"- daily: due 2025-06-02 09:00 UTC: bundle {bundle}: results.json: changed" in report
+    assert "| daily | *-*-* 09:00:00 | 365 | 354 | 352 | 2 | 1 | 1 | 9 | 1 |" in report
+    document = json.loads((tmp_path / "out" / "period.json").read_text())
+    assert document["verified"] is False
+    # The period bundle itself is signed and whole: it says the evidence is not.
+    assert (
+        compliance(
+            "verify", str(tmp_path / "out"), "--trusted-key", f"{year.period_key}.pub"
+        ).returncode
+        == 0
+    )
+
+
+def test_a_truncated_series_or_none_of_its_heads_is_reported(year: Year, tmp_path: Path) -> None:
+    evidence = copied(year, tmp_path)
+    newest = sorted(p for p in (evidence / "daily").iterdir() if p.is_dir())[-2:]
+    for bundle in newest:
+        shutil.rmtree(bundle)
+    done = period(year, evidence, tmp_path / "out", "--seed", "1")
+    assert done.returncode == 1
+    first = (tmp_path / "out" / "report.md").read_text().splitlines()[0]
+    assert first.startswith(
+        "NOT VERIFIED: daily: the series head (signed 2026-01-01T01:00:00+00:00) names "
+        "20260101T010000.000000Z-daily as the newest of 365 bundles, but "
+        "20260101T010000.000000Z-daily is not here (the newest here is "
+        "20251229T090000.000000Z-daily): the newest runs were removed"
+    ), first
+    assert json.loads((tmp_path / "out" / "period.json").read_text())["verified"] is False
+    headless = period(year, year.root, tmp_path / "headless", "--seed", "1", heads=False)
+    assert headless.returncode == 1
+    first = (tmp_path / "headless" / "report.md").read_text().splitlines()[0]
+    assert first == (
+        "NOT VERIFIED: NO SERIES HEADS for daily, weekly, monthly: whether the newest runs "
+        "are all here cannot be shown (give --head or --head-dir)"
+    )
+
+
+def test_a_period_needs_a_trust_anchor_and_sensible_dates(year: Year, tmp_path: Path) -> None:
+    base = ("period", str(year.root), "--signing-key", str(year.period_key))
+    none = compliance(
+        *base, "--from", "2025-01-01", "--to", "2025-01-31", "--out", str(tmp_path / "a")
+    )
+    assert none.returncode == 2 and "no trust anchor" in none.stderr
+    anchor = ("--key-list", str(year.key_list))
+    backwards = compliance(
+        *base, *anchor, "--from", "2025-02-01", "--to", "2025-01-31", "--out", str(tmp_path / "b")
+    )
+    assert backwards.returncode == 2 and "is before --from" in backwards.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
