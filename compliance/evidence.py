@@ -678,7 +678,10 @@ def _verify_signature(path: Path, anchor: TrustAnchor) -> BundleCheck:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, EvidenceError) as error:
         check.problems.append(f"manifest or signature unreadable ({error})")
         return check
-    if not isinstance(manifest, dict) or manifest.get("id") != path.name:
+    if not isinstance(manifest, dict):
+        check.problems.append("manifest.json: not a JSON object")
+        return check
+    if manifest.get("id") != path.name:
         check.problems.append(
             f"the manifest is of bundle {manifest.get('id')!r}, not of {path.name} (renamed)"
         )
@@ -700,9 +703,17 @@ def _verify_one(path: Path, anchor: TrustAnchor) -> BundleCheck:
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return check  # said already
+    if not isinstance(files, dict):
+        check.problems.append("manifest.json: not a list of files (name -> SHA-256, size)")
+        return check
     for name, expected in sorted(files.items()):
         member = path / name
-        if not member.is_file():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            # Never read: a crafted manifest could name any file of the machine.
+            check.problems.append(f"{name}: outside the bundle (a crafted manifest)")
+        elif not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str):
+            check.problems.append(f"{name}: no SHA-256 in the manifest")
+        elif not member.is_file():
             check.problems.append(f"{name}: missing")
         elif hashlib.sha256(member.read_bytes()).hexdigest() != expected["sha256"]:
             check.problems.append(f"{name}: changed (its SHA-256 differs from the manifest's)")
@@ -738,6 +749,17 @@ def _chain(bundles: list[Path], record: dict[str, Any] | None, directory: Path) 
             named = json.loads((path / "run.json").read_text()).get("previous")
         except (OSError, ValueError, AttributeError):
             chain.append(f"{path.name}: run.json unreadable, its place in the chain unknown")
+            previous = path
+            continue
+        if named is not None and not (
+            isinstance(named, dict)
+            and isinstance(named.get("id"), str)
+            and isinstance(named.get("manifest_sha256"), str)
+        ):
+            chain.append(
+                f"{path.name}: run.json names its predecessor unreadably ({named!r}), its "
+                "place in the chain unknown"
+            )
             previous = path
             continue
         if previous is None:

@@ -3,12 +3,15 @@ file, a removed or inserted bundle and a wrong signature are each found and name
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from compliance.evidence import archive, generate_key, load_signing_key, masked, write_bundle
 from tests.support.commands import compliance
@@ -152,6 +155,47 @@ def test_a_removed_or_inserted_day_breaks_the_chain(tmp_path: Path, key, pub) ->
     shutil.move(other, days[1])
     replaced = verify(evidence, "--trusted-key", pub)
     assert replaced.returncode == 1 and "was replaced" in replaced.stdout
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "named"),
+    [
+        ("run.json", {"previous": "yesterday"}, "names its predecessor unreadably"),
+        ("run.json", {"previous": {"manifest_sha256": "00"}}, "names its predecessor unreadably"),
+        ("manifest.json", {"id": "X", "files": ["results.json"]}, "not a list of files"),
+        ("manifest.json", {"id": "X", "files": {"results.json": "00"}}, "no SHA-256"),
+        ("manifest.json", {"id": "X", "files": {"/etc/hostname": {"sha256": "00"}}}, "outside"),
+        ("manifest.json", ["X"], "not a JSON object"),  # signed by the attacker's own key
+    ],
+)
+def test_a_crafted_bundle_is_named_not_a_traceback(
+    tmp_path: Path, key, pub, file: str, content: Any, named: str
+) -> None:
+    # Whoever can write the evidence directory can write anything into it: verify names
+    # the bundle and what is wrong, never stops on it.
+    evidence = tmp_path / "evidence"
+    _, crafted, _ = (bundle(evidence, key, day) for day in (1, 2, 3))
+    if file == "manifest.json" and isinstance(content, dict):
+        content["id"] = crafted.name
+    (crafted / file).write_text(json.dumps(content))
+    if isinstance(content, list):
+        other = tmp_path / "attacker.key"
+        generate_key(other)
+        signer = load_signing_key(other)
+        signature = json.loads((crafted / "signature.json").read_text())
+        signature["public_key"] = Path(f"{other}.pub").read_text()
+        data = (crafted / "manifest.json").read_bytes()
+        signed = signer.sign(data, ec.ECDSA(hashes.SHA256()))
+        signature["signature"] = base64.b64encode(signed).decode()
+        (crafted / "signature.json").write_text(json.dumps(signature))
+        alone = verify(crafted, "--trust-embedded-key")
+        assert alone.returncode == 1 and "Traceback" not in alone.stderr, alone.stderr
+        assert named in alone.stdout, alone.stdout
+    checked = verify(evidence, "--trusted-key", pub)
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr, checked.stderr
+    assert crafted.name in checked.stdout, checked.stdout
+    if not isinstance(content, list):
+        assert named in checked.stdout, checked.stdout
 
 
 def test_a_wrong_signature_is_found(tmp_path: Path, key, pub) -> None:
