@@ -72,7 +72,7 @@ from compliance.evidence import (
 )
 from compliance.html_report import render
 from compliance.oscal import assessment_results
-from compliance.period import period_report, write_period_bundle
+from compliance.period import DEFAULT_SAMPLE, period_report, write_period_bundle
 from compliance.period_report import markdown as period_markdown
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 from compliance.signing import generate_token_key, is_pkcs11, load_key
@@ -467,6 +467,16 @@ def _date(value: str) -> datetime.date:
         raise argparse.ArgumentTypeError(f"{value!r}: a date, YYYY-MM-DD") from error
 
 
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{value}: a number of runs, 1 or more")
+    return count
+
+
 def _dates(value: str) -> list[datetime.date]:
     return [_date(part.strip()) for part in value.split(",") if part.strip()]
 
@@ -786,8 +796,10 @@ def build_parser() -> argparse.ArgumentParser:
     period.add_argument("--framework", help="one framework (iso27001-2022, soc2)")
     period.add_argument(
         "--sample",
-        type=int,
-        help="runs to sample per checklist (default: 25 daily, 5 weekly, 2 monthly)",
+        type=_count,
+        help="runs to sample per checklist (default: "
+        + ", ".join(f"{n} {name}" for name, n in DEFAULT_SAMPLE.items())
+        + ")",
     )
     period.add_argument("--dates", type=_dates, help="sample the runs due on these dates (D,...)")
     period.add_argument(

@@ -59,6 +59,7 @@ from compliance import __version__
 from compliance.errors import ComplianceError
 
 FORMAT = "securecore-evidence/1"
+BUNDLE_TIME = "%Y%m%dT%H%M%S.%fZ"  # a bundle id is its signed UTC time, then -KIND
 SECRET_KEYS = re.compile(r"(pin|password|passphrase|secret|token|private|hmac)", re.IGNORECASE)
 MASK = "***"
 
@@ -198,7 +199,7 @@ def write_bundle(
     if previous is False:
         previous = previous_bundle(directory)
     now = now or datetime.datetime.now(datetime.UTC)
-    bundle_id = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{kind}"
+    bundle_id = f"{now.strftime(BUNDLE_TIME)}-{kind}"
     files: dict[str, bytes] = {
         "run.json": _json(
             {

@@ -60,6 +60,7 @@ from compliance.checks import Check, RemediationTime, remediation_time
 from compliance.coverage import ControlCoverage
 from compliance.errors import ComplianceError
 from compliance.evidence import (
+    BUNDLE_TIME,
     EvidenceError,
     SigningKey,
     TrustAnchor,
@@ -824,15 +825,14 @@ def read_series(path: Path, anchor: TrustAnchor, head: Path | None) -> SeriesRea
     for check in outcome.checks:
         bundle = path / check.bundle
         if check.problems or check.signed_at is None:
-            placed = BUNDLE_ID.fullmatch(check.bundle)
-            if placed:
-                at = datetime.datetime.strptime(placed["time"], "%Y%m%dT%H%M%S.%fZ")
+            placed = _placed(check.bundle)
+            if placed:  # else it is among the problems only: it stands at no due time
                 unverified.append(
                     Unverified(
                         path.name,
                         check.bundle,
-                        placed["kind"],
-                        at.replace(tzinfo=datetime.UTC),
+                        placed[1],
+                        placed[0],
                         "; ".join(check.problems) or "no signed time",
                     )
                 )
@@ -862,6 +862,17 @@ def read_series(path: Path, anchor: TrustAnchor, head: Path | None) -> SeriesRea
         record["pruned_through"] if record else None,
         int(record.get("count", 0)) if record else 0,
     )
+
+
+def _placed(bundle: str) -> tuple[datetime.datetime, str] | None:
+    """The time and checklist a bundle's name claims (unsigned: used only to place a
+    bundle that does not verify), or None for a name that is no bundle id."""
+    named = BUNDLE_ID.fullmatch(bundle)
+    try:
+        at = datetime.datetime.strptime(named["time"], BUNDLE_TIME) if named else None
+    except ValueError:  # a name of a day that is no day
+        return None
+    return (at.replace(tzinfo=datetime.UTC), named["kind"]) if at and named else None
 
 
 def _trusted(anchor: TrustAnchor, key_id: str | None) -> str:

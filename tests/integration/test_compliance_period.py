@@ -304,3 +304,21 @@ def test_a_period_needs_a_trust_anchor_and_sensible_dates(year: Year, tmp_path: 
     )
     assert backwards.returncode == 2 and "is before --from" in backwards.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_crafted_bundle_or_option_is_named_not_a_traceback(year: Year, tmp_path: Path) -> None:
+    evidence = copied(year, tmp_path)
+    # A directory named as a bundle of a day that is no day: it verifies as nothing, and
+    # cannot be placed among the due times either.
+    crafted = evidence / "daily" / "20251340T090000.000000Z-daily"
+    crafted.mkdir()
+    (crafted / "run.json").write_text("{}")
+    done = period(year, evidence, tmp_path / "out", "--seed", "1")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.startswith("NOT VERIFIED: ")
+    assert "\n- daily/20251340T090000.000000Z-daily: manifest or signature unreadable" in report
+    negative = period(year, year.root, tmp_path / "negative", "--sample", "-1")
+    assert negative.returncode == 2 and "Traceback" not in negative.stderr, negative.stderr
+    assert "--sample: -1: a number of runs, 1 or more" in negative.stderr
+    assert not (tmp_path / "negative").exists()
