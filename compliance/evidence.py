@@ -835,9 +835,11 @@ class Verification:
         return [p for c in self.checks for p in c.problems] + self.chain + self.series + self.head
 
 
-def _check_head(
+def check_head(
     path: Path, anchor: TrustAnchor, bundles: list[Path], record: dict[str, Any] | None
 ) -> list[str]:
+    """What the series head at PATH shows of the series BUNDLES (oldest first) and its
+    retention RECORD: a newest run removed, a bundle replaced, a count that differs."""
     try:
         head = read_head(path, anchor)
     except EvidenceError as error:
@@ -884,9 +886,7 @@ def verify_bundles(target: Path, anchor: TrustAnchor, head: Path | None = None) 
     bundles = bundle_dirs(target)
     if not bundles and head is not None and target.is_dir():
         # Everything removed: the head still names the newest run (never an empty pass).
-        return Verification(
-            [], head=_check_head(head, anchor, [], None), unverified=anchor.embedded
-        )
+        return Verification([], head=check_head(head, anchor, [], None), unverified=anchor.embedded)
     if not bundles:
         raise EvidenceError(
             f"{target}: no evidence bundles in it - nothing to verify "
@@ -919,7 +919,7 @@ def verify_bundles(target: Path, anchor: TrustAnchor, head: Path | None = None) 
                 "file; an interrupted run's leftovers are removed by hand)"
             )
     if head is not None:
-        outcome.head = _check_head(head, anchor, bundles, record)
+        outcome.head = check_head(head, anchor, bundles, record)
     return outcome
 
 

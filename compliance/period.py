@@ -61,11 +61,13 @@ from compliance.coverage import ControlCoverage
 from compliance.errors import ComplianceError
 from compliance.evidence import (
     BUNDLE_TIME,
+    PRUNED,
     EvidenceError,
     SigningKey,
     TrustAnchor,
     Verification,
     bundle_dirs,
+    check_head,
     default_head,
     pruned_record,
     verify_bundles,
@@ -757,23 +759,25 @@ class SeriesRead:
 BUNDLE_ID = re.compile(r"(?P<time>[0-9]{8}T[0-9]{6}\.[0-9]{6}Z)-(?P<kind>.+)")
 
 
+def _is_series(path: Path) -> bool:
+    return bool(bundle_dirs(path)) or (path / PRUNED).is_file()
+
+
 def find_series(evidence: Path) -> list[Path]:
-    """EVIDENCE is one series (bundles in it) or holds one series per checklist."""
+    """EVIDENCE is one series (bundles in it) or holds one series per checklist, as the
+    scheduler keeps them: there, every checklist's series is expected, and one that is
+    gone (removed, or emptied) is listed all the same, to be reported as such."""
     if not evidence.is_dir():
         raise PeriodError(f"{evidence}: not a directory of evidence")
-    if bundle_dirs(evidence) or (evidence / "PRUNED.json").is_file():
+    if _is_series(evidence):
         return [evidence]
-    found = [
-        p
-        for p in sorted(evidence.iterdir())
-        if p.is_dir() and (bundle_dirs(p) or (p / "PRUNED.json").is_file())
-    ]
+    found = [p for p in sorted(evidence.iterdir()) if p.is_dir() and _is_series(p)]
     if not found:
         raise PeriodError(
             f"{evidence}: no evidence series in it (bundles, or one directory of "
             f"bundles per checklist: {', '.join(NAMES)})"
         )
-    return found
+    return found + [evidence / n for n in NAMES if evidence / n not in found]
 
 
 def _order(name: str) -> int:
@@ -812,6 +816,11 @@ def heads_for(
 def read_series(path: Path, anchor: TrustAnchor, head: Path | None) -> SeriesRead:
     """SERIES verified as `compliance verify` verifies it, and its bundles that verify
     read as runs."""
+    if not _is_series(path):  # a checklist's whole series gone: none of its runs is here
+        problems = [f"{path.name}: no series: {path} holds no bundle, so none of its runs is here"]
+        if head is not None:
+            problems += [f"{path.name}: {p}" for p in check_head(head, anchor, [], None)]
+        return SeriesRead(path.name, path, head, 0, problems, [], [], [], None)
     try:
         outcome = verify_bundles(path, anchor, head)
     except EvidenceError as error:

@@ -322,3 +322,32 @@ def test_a_crafted_bundle_or_option_is_named_not_a_traceback(year: Year, tmp_pat
     assert negative.returncode == 2 and "Traceback" not in negative.stderr, negative.stderr
     assert "--sample: -1: a number of runs, 1 or more" in negative.stderr
     assert not (tmp_path / "negative").exists()
+
+
+@pytest.mark.parametrize("how", ["removed", "emptied"])
+def test_a_checklists_whole_series_gone_is_reported(year: Year, tmp_path: Path, how: str) -> None:
+    # The scheduler's evidence holds a series per checklist: one that is gone is not a
+    # smaller clean report but every run of it missing, on the first line.
+    evidence = copied(year, tmp_path)
+    shutil.rmtree(evidence / "weekly")
+    if how == "emptied":
+        (evidence / "weekly").mkdir()
+    done = period(year, evidence, tmp_path / "out", "--seed", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.startswith(
+        "NOT VERIFIED: weekly: the series head (signed 2025-12-29T10:00:00+00:00) names "
+        "20251229T100000.000000Z-weekly as the newest of 52 bundles, but "
+        "20251229T100000.000000Z-weekly is not here (the newest here is none): the newest "
+        "runs were removed; weekly: no series: "
+    ), report.splitlines()[0]
+    assert "| weekly | Mon *-*-* 10:00:00 | 52 | 0 | 0 | 0 | 52 | 0 | 0 | 0 |" in report
+    assert "- weekly: due 2025-12-29 10:00 UTC: no run" in report
+    document = json.loads((tmp_path / "out" / "period.json").read_text())
+    assert document["verified"] is False
+    assert [s["name"] for s in document["series"]] == ["daily", "weekly", "monthly"]
+    headless = period(year, evidence, tmp_path / "headless", "--seed", "1", heads=False)
+    first = (tmp_path / "headless" / "report.md").read_text().splitlines()[0]
+    assert headless.returncode == 1 and first.startswith(
+        "NOT VERIFIED: NO SERIES HEADS for daily, weekly, monthly"
+    ), first
