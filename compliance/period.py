@@ -70,6 +70,7 @@ from compliance.evidence import (
     check_head,
     default_head,
     pruned_record,
+    read_head,
     verify_bundles,
     write_signed_bundle,
 )
@@ -748,6 +749,7 @@ class SeriesRead:
     unverified: list[Unverified]
     pruned_through: dict[str, Any] | None  # the retention record's last removed bundle
     pruned_count: int = 0
+    head_signed: datetime.datetime | None = None  # of a head that verifies
 
     @property
     def kept_through(self) -> datetime.datetime | None:
@@ -870,6 +872,31 @@ def read_series(path: Path, anchor: TrustAnchor, head: Path | None) -> SeriesRea
         unverified,
         record["pruned_through"] if record else None,
         int(record.get("count", 0)) if record else 0,
+        _head_signed(head, anchor),
+    )
+
+
+def _head_signed(head: Path | None, anchor: TrustAnchor) -> datetime.datetime | None:
+    """When HEAD was signed, if it verifies (if not, the verification says why)."""
+    if head is None:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(str(read_head(head, anchor)["signed_at"]))
+    except (EvidenceError, ValueError):
+        return None
+
+
+def stale_head(series: SeriesRead, made: Population) -> str | None:
+    """Why SERIES' head cannot show that the runs of MADE are all here: it was signed
+    before the period's last run was due, so the runs after it could have been removed
+    (with the head kept from then) without a trace."""
+    due = [d.due for d in made.dues if d.status != NOT_YET_DUE]
+    if series.head_signed is None or not due or series.head_signed >= due[-1]:
+        return None
+    return (
+        f"{series.name}: the series head was signed {when(series.head_signed)}, before the "
+        f"period's last run due {when(due[-1])}: it cannot show that no later run was "
+        "removed (give the newest head)"
     )
 
 
@@ -1034,6 +1061,7 @@ def _series_dict(series: SeriesRead) -> dict[str, Any]:
     return {
         "name": series.name,
         "head": str(series.head) if series.head else None,
+        "head_signed": series.head_signed.isoformat() if series.head_signed else None,
         "bundles": series.bundles,
         "verified": not series.problems and series.head is not None,
         "problems": series.problems,
@@ -1134,6 +1162,9 @@ def period_report(
             kept_through=max(kept, default=None),
             unverified=[u for s in mine for u in s.unverified],
         )
+    for read in series:
+        if read.name in populations and (stale := stale_head(read, populations[read.name])):
+            read.problems.append(stale)
     attested_controls = {
         i.id: i.attested_controls
         for c in checklists.values()

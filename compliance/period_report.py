@@ -129,9 +129,12 @@ def _verification(report: PeriodReport) -> list[str]:
 def _head(series: SeriesRead) -> str:
     if series.head is None:
         return "NONE: the newest runs cannot be shown to be here"
+    head = str(series.head)
+    if series.head_signed is not None:
+        head += f" (signed {when(series.head_signed)})"
     if any("series head" in p for p in series.problems):
-        return f"{series.head}: does NOT match (see the problems)"
-    return f"{series.head}: the newest runs are all here"
+        return f"{head}: does NOT match (see the problems)"
+    return f"{head}: the newest runs are all here"
 
 
 def _pruned(series: SeriesRead) -> str:

@@ -11,12 +11,14 @@ days removed by retention. Each test runs the command as an auditor would.
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from compliance.evidence import load_signing_key, write_head
 from tests.support.commands import compliance
 from tests.support.period import Year, make_year
 
@@ -351,3 +353,40 @@ def test_a_checklists_whole_series_gone_is_reported(year: Year, tmp_path: Path, 
     assert headless.returncode == 1 and first.startswith(
         "NOT VERIFIED: NO SERIES HEADS for daily, weekly, monthly"
     ), first
+
+
+def test_an_older_head_cannot_vouch_for_the_runs_after_it(
+    year: Year, reported, tmp_path: Path
+) -> None:
+    # The head as the scheduler wrote it after the run of 20 December, kept by whoever
+    # holds the evidence: with it, the runs after it can be removed and the series still
+    # matches its head. A head signed before the period's last due run shows nothing of
+    # the runs after it.
+    evidence, heads = copied(year, tmp_path), tmp_path / "heads"
+    shutil.copytree(year.heads, heads)
+    bundles = sorted(p for p in (evidence / "daily").iterdir() if p.is_dir())
+    kept = [p.name for p in bundles].index("20251220T090000.000000Z-daily")
+    at = datetime.datetime(2025, 12, 20, 9, tzinfo=datetime.UTC)
+    key = load_signing_key(year.new_key)
+    write_head(heads / "daily.json", key, bundles[kept], 9 + kept + 1, now=at)
+    for bundle in bundles[kept + 1 :]:
+        shutil.rmtree(bundle)
+    done = compliance(
+        "period", str(evidence), "--from", "2025-01-01", "--to", "2025-12-31",
+        "--key-list", str(year.key_list), "--head-dir", str(heads),
+        "--signing-key", str(year.period_key), "--out", str(tmp_path / "out"), "--seed", "1",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.splitlines()[0] == (
+        "NOT VERIFIED: daily: the series head was signed 2025-12-20 09:00 UTC, before the "
+        "period's last run due 2025-12-31 09:00 UTC: it cannot show that no later run was "
+        "removed (give the newest head)"
+    )
+    assert (
+        f"| daily | {kept + 1} | {heads / 'daily.json'} (signed 2025-12-20 09:00 UTC): " in report
+    )
+    assert (tmp_path / "out" / "period.json").is_file()
+    # The heads the scheduler left say when they were signed.
+    _, clean = reported
+    assert f"| weekly | 51 | {year.heads / 'weekly.json'} (signed 2025-12-29 10:00 UTC): " in clean
