@@ -72,7 +72,7 @@ from compliance.evidence import (
 )
 from compliance.html_report import render
 from compliance.oscal import assessment_results
-from compliance.period import DEFAULT_SAMPLE, period_report, write_period_bundle
+from compliance.period import DEFAULT_SAMPLE, check_out, period_report, write_period_bundle
 from compliance.period_report import markdown as period_markdown
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 from compliance.signing import generate_token_key, is_pkcs11, load_key
@@ -425,6 +425,7 @@ def _period(args: argparse.Namespace) -> int:
     catalogs, checks, checklists = _loaded()
     frameworks = [_framework(args.framework, catalogs)] if args.framework else None
     signing_key = load_key(args.signing_key)  # before the work: a key that fails, fails now
+    check_out(args.out, args.evidence)
     report = period_report(
         args.evidence,
         args.first,

@@ -1227,11 +1227,7 @@ def write_period_bundle(
 ) -> Path:
     """OUT: a new signed bundle with period.json, report.md (TEXT) and the sampled runs'
     bundles, each verified again as copied, under samples/."""
-    if out.exists():
-        raise PeriodError(f"{out}: exists; a period bundle is written to a new directory")
-    staging = out.with_name(f".{out.name}.partial")
-    if staging.exists():
-        raise PeriodError(f"{staging}: an interrupted run's leftovers; remove them first")
+    check_out(out, Path(report.evidence))
     files: dict[str, bytes] = {}
     series = {s.name: s.path for s in report.series}
     for sample in report.samples:
@@ -1242,8 +1238,27 @@ def write_period_bundle(
     document = report.as_dict()
     files["period.json"] = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
     files["report.md"] = text.encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return write_signed_bundle(out, files, key, report.made)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return write_signed_bundle(out, files, key, report.made)
+    except OSError as error:
+        raise PeriodError(f"{out}: cannot write it ({error.strerror or error})") from error
+
+
+def check_out(out: Path, evidence: Path) -> None:
+    """That OUT may take a period bundle: a new directory, outside the EVIDENCE it reports
+    on (there it would be a stray entry of a series, which fails every verification of it
+    after). Checked before the work, and again before writing."""
+    if out.exists() or out.is_symlink():
+        raise PeriodError(f"{out}: exists; a period bundle is written to a new directory")
+    target, root = out.resolve(), evidence.resolve()
+    if target == root or root in target.parents:
+        raise PeriodError(
+            f"{out}: inside the evidence {evidence}; a period bundle is written outside it"
+        )
+    staging = out.with_name(f".{out.name}.partial")
+    if staging.exists():
+        raise PeriodError(f"{staging}: an interrupted run's leftovers; remove them first")
 
 
 def _copied(bundle: Path, anchor: TrustAnchor) -> dict[str, bytes]:

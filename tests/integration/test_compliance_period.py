@@ -390,3 +390,27 @@ def test_an_older_head_cannot_vouch_for_the_runs_after_it(
     # The heads the scheduler left say when they were signed.
     _, clean = reported
     assert f"| weekly | 51 | {year.heads / 'weekly.json'} (signed 2025-12-29 10:00 UTC): " in clean
+
+
+def test_the_period_bundle_goes_to_a_new_directory_outside_the_evidence(
+    year: Year, tmp_path: Path
+) -> None:
+    evidence = copied(year, tmp_path)
+    # Inside the evidence it would be a stray directory of a series (or the root taken
+    # for one): the scheduler's next verification, and every later one, would fail.
+    for out in (evidence / "daily" / "period-2025", evidence / "period-2025"):
+        done = period(year, evidence, out, "--seed", "1")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"{out}: inside the evidence {evidence}" in done.stderr
+        assert not out.exists() and not list(out.parent.glob(".*partial"))
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    done = period(year, evidence, kept, "--seed", "1")
+    assert done.returncode == 2 and f"{kept}: exists" in done.stderr
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+    (tmp_path / "a-file").write_text("")
+    unwritable = tmp_path / "a-file" / "period-2025"
+    done = period(year, evidence, unwritable, "--seed", "1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{unwritable}: cannot write it" in done.stderr
