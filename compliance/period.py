@@ -686,6 +686,13 @@ class Sample:
     chosen: str  # "at random", "on DATE"
 
 
+def sample_size(made: Population, size: int | None = None) -> int:
+    """How many of MADE's runs a sample of SIZE (default: by its frequency) draws: at
+    most the runs found."""
+    wanted = size if size is not None else DEFAULT_SAMPLE.get(made.checklist, 2)
+    return min(wanted, len(made.found))
+
+
 def random_samples(
     populations: Iterable[Population], seed: int, size: int | None = None
 ) -> list[Sample]:
@@ -695,9 +702,8 @@ def random_samples(
     picked = []
     for made in populations:
         found = made.found
-        wanted = size if size is not None else DEFAULT_SAMPLE.get(made.checklist, 2)
         chooser = random.Random(f"{seed}:{made.checklist}")  # noqa: S311 - a sample, not a secret
-        for index in sorted(chooser.sample(range(len(found)), min(wanted, len(found)))):
+        for index in sorted(chooser.sample(range(len(found)), sample_size(made, size))):
             due, run = found[index], found[index].run
             if run is not None:  # found: each has its run
                 picked.append(Sample(made.checklist, due.due, run.series, run.bundle, "at random"))
@@ -962,6 +968,9 @@ class PeriodReport:
     not_sampled: list[str]  # dates asked for without a run
     grace: datetime.timedelta = GRACE
     unscheduled: int = 0  # runs of no checklist (compliance check)
+    seed_given: bool = False  # by whoever ran the report (--seed), not drawn by it
+    sample_asked: int | None = None  # --sample N; None: the sizes by frequency
+    sample_sizes: dict[str, int] = field(default_factory=dict)  # checklist -> runs drawn
 
     @property
     def end(self) -> datetime.datetime:
@@ -1022,6 +1031,9 @@ class PeriodReport:
             "controls": [_control_dict(c) for c in self.controls],
             "samples": {
                 "seed": self.seed,
+                "seed_given": self.seed_given,
+                "asked": self.sample_asked,
+                "sizes": self.sample_sizes,
                 "method": SAMPLING if self.seed is not None else "on the dates asked for",
                 "picked": [{**_plain(s), "copy": sample_path(s)} for s in self.samples],
                 "not_found": self.not_sampled,
@@ -1030,9 +1042,10 @@ class PeriodReport:
 
 
 SAMPLING = (
-    'random.Random(f"{seed}:{checklist}").sample(range(len(found)), size), over each '
-    "checklist's runs found in the period in order of their due time (Python's Mersenne "
-    "Twister, seeded from the text: the same seed picks the same runs)"
+    'sorted(random.Random(f"{seed}:{checklist}").sample(range(len(found)), size)), over '
+    "each checklist's runs found in the period in order of their due time, size its "
+    "sample's (Python's Mersenne Twister, seeded from the text: the same seed and sizes "
+    "pick the same runs)"
 )
 
 
@@ -1184,6 +1197,7 @@ def period_report(
     )
     counted, pending = attestations(populations.values(), set(attested_controls))
     not_found: list[str] = []
+    seed_given, sizes = seed is not None, {}
     if dates:
         outside = [d for d in dates if not first <= d <= last]
         if outside:
@@ -1196,6 +1210,7 @@ def period_report(
         if seed is None:
             seed = random.SystemRandom().randrange(2**32)
         picked = random_samples(populations.values(), seed, sample)
+        sizes = {n: sample_size(p, sample) for n, p in populations.items()}
     return PeriodReport(
         first,
         last,
@@ -1212,6 +1227,9 @@ def period_report(
         seed,
         not_found,
         unscheduled=sum(r.checklist not in checklists for r in runs),
+        seed_given=seed_given and not dates,
+        sample_asked=sample,
+        sample_sizes=sizes,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -414,3 +415,43 @@ def test_the_period_bundle_goes_to_a_new_directory_outside_the_evidence(
     done = period(year, evidence, unwritable, "--seed", "1")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert f"{unwritable}: cannot write it" in done.stderr
+
+
+def drawn_again(document: dict) -> list[str]:
+    """The sample drawn anew from period.json alone, by the method it states."""
+    samples, picked = document["samples"], []
+    for name, made in document["population"].items():
+        found = [d["bundle"] for d in made["dues"] if d["bundle"]]
+        chooser = random.Random(f"{samples['seed']}:{name}")  # noqa: S311 - a sample
+        size = samples["sizes"][name]
+        picked += [found[i] for i in sorted(chooser.sample(range(len(found)), size))]
+    return picked
+
+
+def test_a_sample_is_drawn_again_from_what_the_period_bundle_records(
+    year: Year, reported, tmp_path: Path
+) -> None:
+    out, report = reported
+    document = json.loads((out / "period.json").read_text())
+    seed = document["samples"]["seed"]  # the module's, given with --seed
+    assert document["samples"]["sizes"] == {"daily": 25, "weekly": 5, "monthly": 2}
+    assert document["samples"]["seed_given"] is True
+    assert drawn_again(document) == [p["bundle"] for p in document["samples"]["picked"]]
+    assert f"Sampling seed: {seed} (given with --seed); runs drawn: 25 daily, 5 weekly" in report
+    assert f"`compliance period ... --seed {seed}` picks the same runs" in report
+    # A size of its own is recorded and named: --seed alone would draw other runs.
+    done = period(year, year.root, tmp_path / "three", "--seed", str(seed), "--sample", "3")
+    assert done.returncode == 0, done.stderr
+    three = json.loads((tmp_path / "three" / "period.json").read_text())
+    assert three["samples"]["sizes"] == {"daily": 3, "weekly": 3, "monthly": 3}
+    assert drawn_again(three) == [p["bundle"] for p in three["samples"]["picked"]]
+    text = (tmp_path / "three" / "report.md").read_text()
+    assert f"`compliance period ... --seed {seed} --sample 3` picks the same runs" in text
+    # A seed the command drew says so: nobody chose it.
+    drawn = period(year, year.root, tmp_path / "drawn")
+    assert drawn.returncode == 0, drawn.stderr
+    seed = json.loads((tmp_path / "drawn" / "period.json").read_text())["samples"]["seed"]
+    assert (
+        f"Sampling seed: {seed} (drawn at random by the command)"
+        in (tmp_path / "drawn" / "report.md").read_text()
+    )
