@@ -56,7 +56,7 @@ from compliance import __version__
 from compliance.attestations import period_of
 from compliance.catalog import Catalog
 from compliance.checklists import NAMES, Checklist
-from compliance.checks import Check, RemediationTime, remediation_time
+from compliance.checks import SEVERITIES, Check, RemediationTime, remediation_time
 from compliance.coverage import ControlCoverage
 from compliance.errors import ComplianceError
 from compliance.evidence import (
@@ -397,9 +397,13 @@ def episodes(
 def _opened(
     check: str, host: str, run: Run, result: dict[str, Any], checks: Mapping[str, Check]
 ) -> Episode:
+    # The severity its first failing run recorded (signed): the deadline in force then,
+    # not one a later edit of the check gave it. A time of its own (remediate_within)
+    # is the definition's: runs do not record it.
     known = checks.get(check)
-    severity = known.severity if known else str(result.get("severity", "medium"))
-    deadline = known.remediation_time() if known else remediation_time(severity)
+    recorded = result.get("severity")
+    severity = recorded if recorded in SEVERITIES else (known.severity if known else "medium")
+    deadline = remediation_time(severity, known.remediate_within if known else None)
     return Episode(
         check,
         host,

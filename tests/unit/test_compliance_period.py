@@ -55,12 +55,12 @@ def run(moment: datetime.datetime, results=(), items=(), checklist: str = "daily
     return Run(checklist, bundle, checklist, moment, tuple(results), tuple(items))
 
 
-def result(check: str, host: str, status: str, **extra) -> dict:
+def result(check: str, host: str, status: str, severity: str = "high", **extra) -> dict:
     return {
         "check": check,
         "host": host,
         "status": status,
-        "severity": "high",
+        "severity": severity,
         "detail": "found",
         "controls": {"iso27001-2022": ["A.8.8"]},
         **extra,
@@ -175,13 +175,12 @@ def test_an_episode_runs_from_first_failure_to_the_first_pass(checks) -> None:
 
 def test_a_waiver_that_expires_during_an_episode(checks) -> None:
     waiver = {"reason": "rebuild", "approver": "ciso", "expires": "2025-03-03"}
+    expired = {**waiver, "expired": True}
     runs = [
-        run(at(1), [result("integrity.aide", "dmz-01", "waived", waiver=waiver)]),
-        run(at(3), [result("integrity.aide", "dmz-01", "waived", waiver=waiver)]),
-        run(
-            at(4), [result("integrity.aide", "dmz-01", "fail", waiver={**waiver, "expired": True})]
-        ),
-        run(at(5), [result("integrity.aide", "dmz-01", "pass")]),
+        run(at(1), [result("integrity.aide", "dmz-01", "waived", "medium", waiver=waiver)]),
+        run(at(3), [result("integrity.aide", "dmz-01", "waived", "medium", waiver=waiver)]),
+        run(at(4), [result("integrity.aide", "dmz-01", "fail", "medium", waiver=expired)]),
+        run(at(5), [result("integrity.aide", "dmz-01", "pass", "medium")]),
     ]
     [episode] = episodes(runs, checks, START, END)
     [use] = episode.waivers
@@ -190,6 +189,23 @@ def test_a_waiver_that_expires_during_an_episode(checks) -> None:
     assert use.expired_during
     # A medium check without a time of its own: REQ-HARD-12's 30 days for medium.
     assert episode.deadline.hours == 30 * 24 and "medium" in episode.deadline.basis
+
+
+def test_an_episode_is_held_to_the_severity_its_runs_recorded(checks) -> None:
+    # firewall.default_drop is critical in today's catalog; the signed runs of the
+    # episode recorded it as high: the deadline in force then was high's.
+    assert checks["firewall.default_drop"].severity == "critical"
+    runs = [
+        run(at(1), [result("firewall.default_drop", "core-01", "fail")]),
+        run(at(2), [result("firewall.default_drop", "core-01", "pass")]),
+    ]
+    [episode] = episodes(runs, checks, START, END)
+    assert (episode.severity, episode.deadline.hours) == ("high", 7 * 24)
+    assert "high severity" in episode.deadline.basis
+    # A check of security updates: REQ-HARD-12's deadline for the recorded severity.
+    critical = result("patches.security_updates", "dmz-01", "fail", "critical")
+    [patch] = episodes([run(at(3), [critical])], checks, START, END)
+    assert patch.deadline.hours == 24 and patch.deadline.basis.startswith("REQ-HARD-12 patch")
 
 
 def test_deadlines_the_patch_sla_a_checks_own_time_or_its_severitys(checks) -> None:
