@@ -23,9 +23,10 @@ verify:
   in force during it - one that expired during the episode is said so, with
   the runs that were no longer waived;
 - the attestations: who attested which item when, and the run that counted
-  it (the run due at the end of the attestation's window); an item pending in
-  the run due for it stayed pending past its due time, whatever a later run
-  in the same window shows - a signed pending result is never overridden;
+  it (the run due in the attestation's period - the UTC day, ISO week or month
+  in which it was made - that recorded it); an item pending in the run due for
+  it stayed pending past its due time, whatever a later run in the same period
+  shows - a signed pending result is never overridden;
 - per control of each framework: how it is covered (compliance.coverage), its
   status on each day (from the runs whose period holds the day), the share of
   its runs in which it was satisfied, and its exceptions;
@@ -470,9 +471,9 @@ class Pending:
 def attestations(
     populations: Iterable[Population], attestable: set[str]
 ) -> tuple[list[Attested], list[Pending]]:
-    """Who attested which item when, counted by the run due at the end of its window,
-    and the items that run found pending. An attestation that only a later run of the
-    same window shows does not change the due run's signed result: it is listed with
+    """Who attested which item when, counted by the run due in its period that recorded
+    it, and the items that run found pending. An attestation that only a later run of the
+    same period shows does not change the due run's signed result: it is listed with
     that run's pending item, not counted."""
     counted: list[Attested] = []
     pending: list[Pending] = []

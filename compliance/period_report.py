@@ -305,9 +305,9 @@ def _attestations(report: PeriodReport) -> list[str]:
     people = sorted({a.by for a in report.attested})
     lines = _heading(
         "Attestations (REQ-COMP-21)",
-        "An attestation counts for the run due at the end of its window: the run that "
-        "recorded it. One that only a later run shows never turns that run's signed pending "
-        "result into a pass.",
+        "An attestation counts for the run due in its period (the UTC day, ISO week or "
+        "month in which it was made) that recorded it. One that only a later run shows "
+        "never turns that run's signed pending result into a pass.",
     )
     lines += [
         f"{len(report.attested)} attestations counted, by "
@@ -380,7 +380,8 @@ def _controls(report: PeriodReport) -> list[str]:
         "Each control's status on each day, from the runs whose period holds the day (the "
         "day's daily run, the week's weekly run, the month's monthly run), the worst of "
         f"them: {', '.join(DAY_STATUSES)}. The share counts the runs due in the period that "
-        "judge the control, a missing run or one that does not verify as not satisfied.",
+        "judge the control, a missing run or one that does not verify as not satisfied; "
+        "runs removed by retention (before the evidence kept) are not counted.",
     )
     for framework, title in report.frameworks.items():
         heading = f"### {title} ({framework})"

@@ -129,6 +129,12 @@ def test_the_report_states_each_exception_against_its_deadline(reported) -> None
 
 def test_the_report_states_the_attestations_and_the_key_rotation(reported) -> None:
     _, report = reported
+    # A daily item attested at 08:00 counts for that day's 09:00 run: the run due in the
+    # attestation's period, not one at its end.
+    assert (
+        "An attestation counts for the run due in its period (the UTC day, ISO week or "
+        "month in which it was made) that recorded it."
+    ) in report
     assert "1103 attestations counted, by alice." in report
     assert (
         "| daily.security_alerts Security alerts reviewed and each one handled "
@@ -172,6 +178,11 @@ def test_the_report_states_each_control_day_by_day(reported) -> None:
         "- Exceptions: integrity.aide on dmz-01 from 2025-07-01 09:00 UTC, fixed 2025-07-21 "
         "09:00 UTC (within its deadline)",
     ]
+    assert (
+        "The share counts the runs due in the period that judge the control, a missing run "
+        "or one that does not verify as not satisfied; runs removed by retention (before "
+        "the evidence kept) are not counted."
+    ) in report
     alerts = report.split("#### A.5.25 ", 1)[1].split("\n\n####", 1)[0]
     assert "2025-08-20 pending" in alerts and "pending in 1 run" in alerts
     assert "- Runs: satisfied in 354 of 356 runs (99.4 %)" in alerts
