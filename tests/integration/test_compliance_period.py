@@ -188,6 +188,10 @@ def test_the_report_states_each_control_day_by_day(reported) -> None:
     assert "- Runs: satisfied in 354 of 356 runs (99.4 %)" in alerts
     assert "#### CC6.6 " in report and "### SOC 2" in report
     assert "None" not in report
+    # Reasons cite what an auditor can read here, not a document the bundle lacks.
+    processing = report.split("#### PI1.1 ", 1)[1].split("\n\n####", 1)[0]
+    assert "- Covered by: not applicable: Processing integrity is not among" in processing
+    assert "system description" not in report
 
 
 def test_the_period_bundle_verifies_and_a_changed_byte_is_named(
