@@ -443,7 +443,9 @@ def _period(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if report.seed is not None and args.seed is None:
-        print(f"sample seed: {report.seed} (recorded; --seed {report.seed} picks the same runs)")
+        print(
+            f"sample seed: {report.seed} (recorded; {report.sample_options()} picks the same runs)"
+        )
     text = period_markdown(report)
     bundle = write_period_bundle(report, text, args.out, signing_key, anchor)
     print(report.verdict())

@@ -1004,6 +1004,11 @@ class PeriodReport:
     def verified(self) -> bool:
         return not self.problems
 
+    def sample_options(self) -> str:
+        """The options that draw the same sample again (with the same evidence)."""
+        options = f"--seed {self.seed}"
+        return options + (f" --sample {self.sample_asked}" if self.sample_asked else "")
+
     def verdict(self) -> str:
         """The report's first line."""
         if self.verified:

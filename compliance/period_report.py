@@ -350,12 +350,9 @@ def _samples(report: PeriodReport) -> list[str]:
     if report.seed is not None:
         source = "given with --seed" if report.seed_given else "drawn at random by the command"
         sizes = ", ".join(f"{n} {name}" for name, n in report.sample_sizes.items())
-        again = f"--seed {report.seed}"
-        if report.sample_asked is not None:
-            again += f" --sample {report.sample_asked}"
         lines.append(
             f"Sampling seed: {report.seed} ({source}); runs drawn: {sizes or 'none'}; method: "
-            f"{SAMPLING}. `compliance period ... {again}` picks the same runs."
+            f"{SAMPLING}. `compliance period ... {report.sample_options()}` picks the same runs."
         )
     else:
         lines.append("The runs due on the dates asked for.")

@@ -462,11 +462,12 @@ def test_a_sample_is_drawn_again_from_what_the_period_bundle_records(
     assert drawn_again(three) == [p["bundle"] for p in three["samples"]["picked"]]
     text = (tmp_path / "three" / "report.md").read_text()
     assert f"`compliance period ... --seed {seed} --sample 3` picks the same runs" in text
-    # A seed the command drew says so: nobody chose it.
-    drawn = period(year, year.root, tmp_path / "drawn")
+    # A seed the command drew says so: nobody chose it; and it prints how to draw again.
+    drawn = period(year, year.root, tmp_path / "drawn", "--sample", "2")
     assert drawn.returncode == 0, drawn.stderr
     seed = json.loads((tmp_path / "drawn" / "period.json").read_text())["samples"]["seed"]
     assert (
         f"Sampling seed: {seed} (drawn at random by the command)"
         in (tmp_path / "drawn" / "report.md").read_text()
     )
+    assert f"--seed {seed} --sample 2 picks the same runs" in drawn.stdout, drawn.stdout
