@@ -872,29 +872,40 @@ def read_series(path: Path, anchor: TrustAnchor, head: Path | None) -> SeriesRea
         else:
             use.bundles += 1
             use.last = check.signed_at
+    signed, other = _head_read(path.name, head, anchor)
     return SeriesRead(
         path.name,
         path,
         head,
         len(outcome.checks),
-        _problems(path.name, outcome),
+        other + _problems(path.name, outcome),
         list(keys.values()),
         runs,
         unverified,
         record["pruned_through"] if record else None,
         int(record.get("count", 0)) if record else 0,
-        _head_signed(head, anchor),
+        signed,
     )
 
 
-def _head_signed(head: Path | None, anchor: TrustAnchor) -> datetime.datetime | None:
-    """When HEAD was signed, if it verifies (if not, the verification says why)."""
+def _head_read(
+    name: str, head: Path | None, anchor: TrustAnchor
+) -> tuple[datetime.datetime | None, list[str]]:
+    """When HEAD was signed, if it verifies (if not, the verification says why), and
+    whether it is the head of the series NAME: one of another series - a copy of it
+    beside its own - vouches for nothing here."""
     if head is None:
-        return None
+        return None, []
     try:
-        return datetime.datetime.fromisoformat(str(read_head(head, anchor)["signed_at"]))
+        record = read_head(head, anchor)
+        signed = datetime.datetime.fromisoformat(str(record["signed_at"]))
     except (EvidenceError, ValueError):
-        return None
+        return None, []
+    if record.get("series") != name:
+        return signed, [
+            f"{name}: {head} is the series head of {record.get('series')}, not of {name}"
+        ]
+    return signed, []
 
 
 def stale_head(series: SeriesRead, made: Population) -> str | None:

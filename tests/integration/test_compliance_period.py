@@ -476,3 +476,23 @@ def test_a_sample_is_drawn_again_from_what_the_period_bundle_records(
         in (tmp_path / "drawn" / "report.md").read_text()
     )
     assert f"--seed {seed} --sample 2 picks the same runs" in drawn.stdout, drawn.stdout
+
+
+def test_a_head_of_another_series_vouches_for_nothing(year: Year, tmp_path: Path) -> None:
+    # The weekly series replaced by a copy of the daily one, and the daily head copied as
+    # weekly's: chain and head match, but the head is the daily series'.
+    evidence, heads = copied(year, tmp_path), tmp_path / "heads"
+    shutil.copytree(year.heads, heads)
+    shutil.rmtree(evidence / "weekly")
+    shutil.copytree(evidence / "daily", evidence / "weekly")
+    shutil.copy(heads / "daily.json", heads / "weekly.json")
+    done = compliance(
+        "period", str(evidence), "--from", "2025-01-01", "--to", "2025-12-31",
+        "--key-list", str(year.key_list), "--head-dir", str(heads),
+        "--signing-key", str(year.period_key), "--out", str(tmp_path / "out"), "--seed", "1",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    first = (tmp_path / "out" / "report.md").read_text().splitlines()[0]
+    assert first.startswith(
+        f"NOT VERIFIED: weekly: {heads / 'weekly.json'} is the series head of daily, not of weekly"
+    ), first
