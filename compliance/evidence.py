@@ -658,12 +658,14 @@ class BundleCheck:
     problems: list[str] = field(default_factory=list)
     key_id: str | None = None
     signed_at: datetime.datetime | None = None
+    manifest_sha256: str | None = None  # of the manifest whose signature was checked
 
 
 def _verify_signature(path: Path, anchor: TrustAnchor) -> BundleCheck:
     check = BundleCheck(path.name)
     try:
         manifest_bytes = (path / "manifest.json").read_bytes()
+        check.manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
         manifest = json.loads(manifest_bytes)
         signature = json.loads((path / "signature.json").read_bytes())
         public = load_public_key(signature["public_key"].encode(), "signature.json")

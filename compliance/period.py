@@ -43,6 +43,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime
+import hashlib
 import json
 import random
 import re
@@ -174,6 +175,7 @@ class Run:
     signed_at: datetime.datetime  # from the signed manifest
     results: tuple[dict[str, Any], ...] = ()
     items: tuple[dict[str, Any], ...] = ()
+    manifest_sha256: str = ""  # of the signed manifest the run was read under
 
 
 @dataclass(frozen=True)
@@ -689,6 +691,7 @@ class Sample:
     series: str
     bundle: str
     chosen: str  # "at random", "on DATE"
+    manifest_sha256: str = ""  # the run's, as read: its copy must be that bundle
 
 
 def sample_size(made: Population, size: int | None = None) -> int:
@@ -711,7 +714,16 @@ def random_samples(
         for index in sorted(chooser.sample(range(len(found)), sample_size(made, size))):
             due, run = found[index], found[index].run
             if run is not None:  # found: each has its run
-                picked.append(Sample(made.checklist, due.due, run.series, run.bundle, "at random"))
+                picked.append(
+                    Sample(
+                        made.checklist,
+                        due.due,
+                        run.series,
+                        run.bundle,
+                        "at random",
+                        run.manifest_sha256,
+                    )
+                )
     return picked
 
 
@@ -731,7 +743,14 @@ def dated_samples(
                 absent.append(f"{date.isoformat()}: the {due.checklist} run is {due.status}")
             else:
                 picked.append(
-                    Sample(due.checklist, due.due, due.run.series, due.run.bundle, f"on {date}")
+                    Sample(
+                        due.checklist,
+                        due.due,
+                        due.run.series,
+                        due.run.bundle,
+                        f"on {date}",
+                        due.run.manifest_sha256,
+                    )
                 )
     return picked, absent
 
@@ -845,8 +864,15 @@ def read_series(path: Path, anchor: TrustAnchor, head: Path | None) -> SeriesRea
     unverified: list[Unverified] = []
     keys: dict[str, KeyUse] = {}
     for check in outcome.checks:
-        bundle = path / check.bundle
-        if check.problems or check.signed_at is None:
+        run = None
+        if not check.problems and check.signed_at and check.manifest_sha256:
+            try:
+                run = _read_run(
+                    path.name, path / check.bundle, check.signed_at, check.manifest_sha256
+                )
+            except _ChangedError as error:  # since it verified: what it holds now did not
+                check.problems.append(str(error))
+        if run is None:
             placed = _placed(check.bundle)
             if placed:  # else it is among the problems only: it stands at no due time
                 unverified.append(
@@ -859,19 +885,19 @@ def read_series(path: Path, anchor: TrustAnchor, head: Path | None) -> SeriesRea
                     )
                 )
             continue
-        runs.append(_read_run(path.name, bundle, check.signed_at))
+        runs.append(run)
         use = keys.get(check.key_id or "")
         if use is None:
             keys[check.key_id or ""] = KeyUse(
                 check.key_id or "",
                 1,
-                check.signed_at,
-                check.signed_at,
+                run.signed_at,
+                run.signed_at,
                 _trusted(anchor, check.key_id),
             )
         else:
             use.bundles += 1
-            use.last = check.signed_at
+            use.last = run.signed_at
     signed, other = _head_read(path.name, head, anchor)
     return SeriesRead(
         path.name,
@@ -953,13 +979,36 @@ def _problems(series: str, outcome: Verification) -> list[str]:
     return found + [f"{series}: {p}" for p in outcome.chain + outcome.series + outcome.head]
 
 
-def _read_run(series: str, bundle: Path, signed_at: datetime.datetime) -> Run:
-    run = json.loads((bundle / "run.json").read_text())
-    results = json.loads((bundle / "results.json").read_text()).get("results", [])
-    listed = bundle / "checklist.json"
-    items = json.loads(listed.read_text()) if listed.is_file() else []
+class _ChangedError(EvidenceError):
+    """A bundle's files are not those it verified with (changed since)."""
+
+
+def _read_run(series: str, bundle: Path, signed_at: datetime.datetime, manifest_sha256: str) -> Run:
+    """BUNDLE's run, from the bytes of its manifest that verified (MANIFEST_SHA256) and
+    the files it lists by their hashes: a file changed between the verification and this
+    reading is not read as the run's."""
+    manifest_bytes = (bundle / "manifest.json").read_bytes()
+    if hashlib.sha256(manifest_bytes).hexdigest() != manifest_sha256:
+        raise _ChangedError("manifest.json changed since it verified")
+    listed = json.loads(manifest_bytes)["files"]
+
+    def read(name: str) -> Any:
+        if name not in listed:
+            return None
+        data = (bundle / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != listed[name]["sha256"]:
+            raise _ChangedError(f"{name} changed since it verified")
+        return json.loads(data)
+
+    run, results, items = read("run.json") or {}, read("results.json") or {}, read("checklist.json")
     return Run(
-        series, bundle.name, str(run.get("kind", "")), signed_at, tuple(results), tuple(items)
+        series,
+        bundle.name,
+        str(run.get("kind", "")),
+        signed_at,
+        tuple(results.get("results", [])),
+        tuple(items or []),
+        manifest_sha256,
     )
 
 
@@ -1116,6 +1165,7 @@ def _population_dict(made: Population) -> dict[str, Any]:
                 "due": d.due.isoformat(),
                 "status": d.status,
                 "bundle": d.run.bundle if d.run else None,
+                "manifest_sha256": d.run.manifest_sha256 if d.run else None,
                 "signed_at": d.run.signed_at.isoformat() if d.run else None,
                 "late_seconds": int(d.late_by.total_seconds()) if d.late_by else None,
                 "additional": [r.bundle for r in d.extra],
@@ -1271,7 +1321,7 @@ def write_period_bundle(
     series = {s.name: s.path for s in report.series}
     for sample in report.samples:
         source = series[sample.series] / sample.bundle
-        copied = _copied(source, anchor)
+        copied = _copied(source, anchor, sample.manifest_sha256)
         for name, data in copied.items():
             files[f"{sample_path(sample)}/{name}"] = data
     document = report.as_dict()
@@ -1300,10 +1350,16 @@ def check_out(out: Path, evidence: Path) -> None:
         raise PeriodError(f"{staging}: an interrupted run's leftovers; remove them first")
 
 
-def _copied(bundle: Path, anchor: TrustAnchor) -> dict[str, bytes]:
+def _copied(bundle: Path, anchor: TrustAnchor, manifest_sha256: str) -> dict[str, bytes]:
     """BUNDLE's files, read once and verified as read (a copy outside the evidence): what
-    goes into the period bundle is what verified."""
+    goes into the period bundle is what verified, and the run the report read (its
+    manifest's hash MANIFEST_SHA256), not another bundle of the same name."""
     files = {str(p.relative_to(bundle)): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    if hashlib.sha256(files.get("manifest.json", b"")).hexdigest() != manifest_sha256:
+        raise PeriodError(
+            f"{bundle}: not the bundle the report read (its manifest changed since); "
+            "make the report again"
+        )
     with tempfile.TemporaryDirectory(prefix="compliance-period-") as scratch:
         copy = Path(scratch) / bundle.name
         for name, data in files.items():

@@ -19,7 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from compliance.evidence import load_signing_key, write_head
+from compliance.catalog import load_catalogs
+from compliance.checklists import load_checklists
+from compliance.checks import load_checks
+from compliance.coverage import coverage, load_applicability
+from compliance.evidence import TrustAnchor, load_signing_key, write_bundle, write_head
+from compliance.period import PeriodError, period_report, write_period_bundle
 from tests.support.commands import compliance
 from tests.support.period import Year, make_year
 
@@ -496,3 +501,40 @@ def test_a_head_of_another_series_vouches_for_nothing(year: Year, tmp_path: Path
     assert first.startswith(
         f"NOT VERIFIED: weekly: {heads / 'weekly.json'} is the series head of daily, not of weekly"
     ), first
+
+
+def test_a_sample_swapped_after_the_report_read_it_is_refused(year: Year, tmp_path: Path) -> None:
+    # Between reading the evidence and copying the samples, the sampled bundle is replaced
+    # by another of the same name, signed by the same key at the same time (the writer's
+    # own, elsewhere): it verifies on its own, but it is not the run the report read.
+    evidence = copied(year, tmp_path)
+    anchor = TrustAnchor.from_options(None, year.key_list)
+    catalogs = load_catalogs()
+    checks = load_checks(catalogs)
+    checklists = load_checklists(catalogs, checks)
+    report = period_report(
+        evidence,
+        year.first,
+        year.last,
+        anchor,
+        catalogs,
+        checks,
+        checklists,
+        coverage(catalogs, checks, checklists, load_applicability(catalogs)),
+        head_dir=year.heads,
+        dates=[datetime.date(2025, 9, 2)],
+    )
+    [sample] = report.samples
+    assert report.verified and len(sample.manifest_sha256) == 64
+    key = load_signing_key(year.new_key)
+    other = write_bundle(tmp_path / "elsewhere", "daily", [], [], {}, {}, key, now=sample.due)
+    assert other.name == sample.bundle
+    shutil.rmtree(evidence / "daily" / sample.bundle)
+    shutil.move(other, evidence / "daily" / sample.bundle)
+    with pytest.raises(PeriodError, match="not the bundle the report read"):
+        write_period_bundle(report, "", tmp_path / "out", load_signing_key(year.period_key), anchor)
+    assert not (tmp_path / "out").exists()
+    # Each run of the population is named with its manifest's hash: what was read.
+    document = report.as_dict()
+    [due] = [d for d in document["population"]["daily"]["dues"] if d["bundle"] == sample.bundle]
+    assert due["manifest_sha256"] == sample.manifest_sha256
