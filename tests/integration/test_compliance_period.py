@@ -36,7 +36,9 @@ def year(tmp_path_factory: pytest.TempPathFactory) -> Year:
     return made
 
 
-def period(year: Year, evidence: Path, out: Path, *extra: str, heads: bool = True):
+def period(year: Year, evidence: Path, out: Path, *extra: str, heads: bool | Path = True):
+    """The command over the year's period; HEADS: the scheduler's heads, others, or none."""
+    head_dir = year.heads if heads is True else heads
     return compliance(
         "period",
         str(evidence),
@@ -46,7 +48,7 @@ def period(year: Year, evidence: Path, out: Path, *extra: str, heads: bool = Tru
         "2025-12-31",
         "--key-list",
         str(year.key_list),
-        *(("--head-dir", str(year.heads)) if heads else ()),
+        *(("--head-dir", str(head_dir)) if head_dir else ()),
         "--signing-key",
         str(year.period_key),
         "--out",
@@ -397,11 +399,7 @@ def test_an_older_head_cannot_vouch_for_the_runs_after_it(
     write_head(heads / "daily.json", key, bundles[kept], 9 + kept + 1, now=at)
     for bundle in bundles[kept + 1 :]:
         shutil.rmtree(bundle)
-    done = compliance(
-        "period", str(evidence), "--from", "2025-01-01", "--to", "2025-12-31",
-        "--key-list", str(year.key_list), "--head-dir", str(heads),
-        "--signing-key", str(year.period_key), "--out", str(tmp_path / "out"), "--seed", "1",
-    )  # fmt: skip
+    done = period(year, evidence, tmp_path / "out", "--seed", "1", heads=heads)
     assert done.returncode == 1, done.stdout + done.stderr
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.splitlines()[0] == (
@@ -491,11 +489,7 @@ def test_a_head_of_another_series_vouches_for_nothing(year: Year, tmp_path: Path
     shutil.rmtree(evidence / "weekly")
     shutil.copytree(evidence / "daily", evidence / "weekly")
     shutil.copy(heads / "daily.json", heads / "weekly.json")
-    done = compliance(
-        "period", str(evidence), "--from", "2025-01-01", "--to", "2025-12-31",
-        "--key-list", str(year.key_list), "--head-dir", str(heads),
-        "--signing-key", str(year.period_key), "--out", str(tmp_path / "out"), "--seed", "1",
-    )  # fmt: skip
+    done = period(year, evidence, tmp_path / "out", "--seed", "1", heads=heads)
     assert done.returncode == 1, done.stdout + done.stderr
     first = (tmp_path / "out" / "report.md").read_text().splitlines()[0]
     assert first.startswith(
