@@ -1038,11 +1038,14 @@ class PeriodReport:
     sample_sizes: dict[str, int] = field(default_factory=dict)  # checklist -> runs drawn
 
     @property
+    def period_end(self) -> datetime.datetime:
+        """The end of the period's last day (UTC)."""
+        return datetime.datetime.combine(self.last + DAY, datetime.time(), datetime.UTC)
+
+    @property
     def end(self) -> datetime.datetime:
         """Where open episodes are measured to: the period's end, or when it was made."""
-        return min(
-            datetime.datetime.combine(self.last + DAY, datetime.time(), datetime.UTC), self.made
-        )
+        return min(self.period_end, self.made)
 
     @property
     def problems(self) -> list[str]:

@@ -192,13 +192,12 @@ def _population(report: PeriodReport) -> list[str]:
         if d.status == MISSING
     ] or ["_none_"]
     lines += ["", "### Late runs", ""]
-    end = datetime.datetime.combine(report.last, datetime.time(), datetime.UTC)
-    end += datetime.timedelta(days=1)
     late = [d for p in populations for d in p.dues if d.status == LATE]
     lines += [
         f"- {d.checklist}: due {when(d.due)}, signed {when(d.run.signed_at)}: "
         f"{length(d.late_by or datetime.timedelta())} late (grace {length(report.grace)}; "
-        f"bundle {d.run.bundle})" + (", after the period's end" if d.run.signed_at >= end else "")
+        f"bundle {d.run.bundle})"
+        + (", after the period's end" if d.run.signed_at >= report.period_end else "")
         for d in late
         if d.run is not None
     ] or ["_none_"]
