@@ -169,18 +169,24 @@ def archive(path: str, dest: str) -> dict:
     created = not os.path.exists(target)
     if created:
         # Written aside, then renamed: an interrupted run leaves no half archive
-        # that a later run would take for a whole one.
-        partial = f"{target}.partial"
-        git(
-            top,
-            "archive",
-            "--format=tar.gz",
-            f"--prefix={name}/",
-            "-o",
-            partial,
-            tree if modified else commit,
-        )
-        os.replace(partial, target)
+        # that a later run would take for a whole one, and two runs at once (two
+        # operators, or a run and a check-mode run) never write into one file.
+        handle, partial = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".partial")
+        os.close(handle)
+        try:
+            git(
+                top,
+                "archive",
+                "--format=tar.gz",
+                f"--prefix={name}/",
+                "-o",
+                partial,
+                tree if modified else commit,
+            )
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
     return {
         "changed": created,
         "name": name,
