@@ -9,11 +9,15 @@ lab manager's own tests, which stop, replace and finally remove the containers, 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support import background
+from tests.support.commands import ROOT
 from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
@@ -107,4 +111,45 @@ def spec():
 @pytest.fixture(scope="module")
 def hosts():
     """Every lab host by name, as testinfra reaches it (root through sudo)."""
+    return {h.name: connect(SPEC, h) for h in SPEC.hosts}
+
+
+def configuration_state(host) -> str:
+    """Every configuration and installed file with its time of change (the service's own
+    data changes all the time, and is not looked at)."""
+    return host.check_output(
+        "find /etc /opt /usr/local -xdev -type f -printf '%p %T@\\n' 2>/dev/null | sort | md5sum"
+    )
+
+
+@pytest.fixture(scope="session")
+def site_check(hosts_by_name):
+    """`compliance check` over the converged lab, every check, once for the session: the
+    JSON document, and each host's configuration state before and after it (a gathering
+    pass over six hosts takes a minute; the hardening and the site's checks both read it)."""
+    before = {name: configuration_state(host) for name, host in hosts_by_name.items()}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compliance.cli",
+            "check",
+            "-i",
+            str(ROOT / "inventories" / "lab"),
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    after = {name: configuration_state(host) for name, host in hosts_by_name.items()}
+    return json.loads(proc.stdout), before, after
+
+
+@pytest.fixture(scope="session")
+def hosts_by_name():
     return {h.name: connect(SPEC, h) for h in SPEC.hosts}

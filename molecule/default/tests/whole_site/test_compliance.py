@@ -4,14 +4,9 @@ every host, the service checks on the core hosts - and nothing changed on a host
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.support.commands import ROOT
-from tests.support.labhosts import connect, lab_spec
+from tests.support.labhosts import lab_spec
 
 SPEC = lab_spec()
 # What site.yml establishes on every host: these must pass on the converged lab.
@@ -48,39 +43,11 @@ SERVICE = [
 ]
 
 
-def configuration_state(host) -> str:
-    """Every configuration and installed file with its time of change (the service's own
-    data changes all the time, and is not looked at)."""
-    return host.check_output(
-        "find /etc /opt /usr/local -xdev -type f -printf '%p %T@\\n' 2>/dev/null | sort | md5sum"
-    )
-
-
 @pytest.fixture(scope="module")
-def checked():
-    hosts = {h.name: connect(SPEC, h) for h in SPEC.hosts}
-    before = {name: configuration_state(host) for name, host in hosts.items()}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "compliance.cli",
-            "check",
-            "-i",
-            str(ROOT / "inventories" / "lab"),
-            "--format",
-            "json",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]
-    document = json.loads(proc.stdout)
-    after = {name: configuration_state(host) for name, host in hosts.items()}
-    return document, before, after
+def checked(site_check):
+    """The session's `compliance check` over the lab (conftest.py): the document, and
+    each host's configuration state before and after it."""
+    return site_check
 
 
 def results_of(document, host: str) -> dict[str, dict]:
