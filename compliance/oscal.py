@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compliance import __version__
+from compliance.controls import NOT_APPLICABLE, SATISFIED, judged
 
 OSCAL_VERSION = "1.1.3"
 NS = "https://securecore.dev/ns/oscal"
@@ -124,12 +125,15 @@ def _item_observation(item: dict[str, Any], tool: str, collected: str) -> dict:
 
 
 def _finding(framework: str, control: str, related: list[dict[str, Any]]) -> dict:
+    # The state is the run's judgement of the control (compliance.controls); the reason
+    # says whether it was assessed in full.
+    judgement = judged({r["status"] for r in related})
     statuses = {r["status"] for r in related} - {"not_applicable"}
     requirements = sorted({i for r in related for i in r["requirements"]})
-    if not statuses:
-        state, reason = "satisfied", "other"
-    elif statuses <= {"pass"}:
+    if judgement == SATISFIED:
         state, reason = "satisfied", "pass"
+    elif judgement == NOT_APPLICABLE:
+        state, reason = "satisfied", "other"
     elif statuses & {"error", "pending"}:  # not (fully) assessed: never satisfied
         state, reason = "not-satisfied", "other"
     else:

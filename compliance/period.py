@@ -59,6 +59,14 @@ from compliance.attestations import period_of
 from compliance.catalog import Catalog
 from compliance.checklists import NAMES, Checklist
 from compliance.checks import SEVERITIES, Check, RemediationTime, remediation_time
+from compliance.controls import (
+    FAILED,
+    FAILING,
+    NOT_APPLICABLE,
+    PENDING,
+    SATISFIED,
+    controls_in_run,
+)
 from compliance.coverage import ControlCoverage
 from compliance.errors import ComplianceError
 from compliance.evidence import (
@@ -86,12 +94,11 @@ ON_TIME, LATE, MISSING = "on time", "late", "missing"
 BEFORE_KEPT, NOT_VERIFIED, NOT_YET_DUE = "before evidence kept", "not verified", "not yet due"
 DUE_STATUSES = (ON_TIME, LATE, MISSING, NOT_VERIFIED, BEFORE_KEPT, NOT_YET_DUE)
 
-# A control on a day, the worst first: what decides a day that several runs cover.
-FAILED, NO_RUN, PENDING = "failed", "no run", "pending"
-SATISFIED, NOT_APPLICABLE = "satisfied", "not applicable"
+# A control on a day, the worst first: what decides a day that several runs cover. A
+# run's own judgement of it (failed, pending, satisfied, not applicable) is
+# compliance.controls'.
+NO_RUN = "no run"
 DAY_STATUSES = (FAILED, NOT_VERIFIED, NO_RUN, PENDING, BEFORE_KEPT, SATISFIED, NOT_APPLICABLE)
-
-FAILING = ("fail", "waived", "error")  # a result that does not pass, for the exceptions
 DEFAULT_SAMPLE = {"daily": 25, "weekly": 5, "monthly": 2}  # per checklist, by frequency
 
 
@@ -288,37 +295,16 @@ def _due(
 # --- controls in a run -----------------------------------------------------------------
 
 
-def judged(statuses: set[str]) -> str | None:
-    """A control's status in one run, from the statuses of what supports it there: any
-    failure (a waived one and an error too) fails it; a pending attestation leaves it
-    pending; otherwise a pass or an attestation satisfies it; what does not apply
-    neither satisfies nor fails it (REQ-COMP-17). None: nothing in the run covers it."""
-    if statuses & set(FAILING):
-        return FAILED
-    if "pending" in statuses:
-        return PENDING
-    if statuses & {"pass", "attested"}:
-        return SATISFIED
-    return NOT_APPLICABLE if statuses else None
-
-
 def run_controls(
     run: Run, attested: Mapping[str, Mapping[str, Sequence[str]]]
 ) -> dict[tuple[str, str], str]:
-    """(framework, control) -> its status in RUN: from its check results (the controls
-    each result names) and its items' attestations (ATTESTED: item -> the controls the
+    """(framework, control) -> its status in RUN, as compliance.controls judges it: from
+    its check results and its items' attestations (ATTESTED: item -> the controls the
     checklist says its attestation supports)."""
-    statuses: dict[tuple[str, str], set[str]] = {}
-    for result in run.results:
-        for framework, ids in (result.get("controls") or {}).items():
-            for control in ids:
-                statuses.setdefault((framework, control), set()).add(result["status"])
-    for item in run.items:
-        for framework, ids in (attested.get(item["id"]) or {}).items():
-            state = "attested" if item.get("attestation") else "pending"
-            for control in ids:
-                statuses.setdefault((framework, control), set()).add(state)
-    return {key: status for key, found in statuses.items() if (status := judged(found))}
+    return {
+        key: control.status
+        for key, control in controls_in_run(run.results, run.items, attested).items()
+    }
 
 
 # --- exceptions ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import datetime
 from collections.abc import Iterable
 
 from compliance import __version__
+from compliance.controls import JUDGEMENT
 from compliance.period import (
     BEFORE_KEPT,
     DAY_STATUSES,
@@ -375,12 +376,10 @@ def _controls(report: PeriodReport) -> list[str]:
         "Controls (REQ-COMP-19)",
         "Each control's status on each day, from the runs whose period holds the day (the "
         "day's daily run, the week's weekly run, the month's monthly run), the worst of "
-        f"them: {', '.join(DAY_STATUSES)}. A run fails a control when any check behind it "
-        "failed there, waived or not, or could not be checked on a host; it leaves it "
-        "pending when an attestation behind it was pending; what does not apply neither "
-        "satisfies nor fails it. The share counts the runs due in the period that "
-        "judge the control, a missing run or one that does not verify as not satisfied; "
-        "runs removed by retention (before the evidence kept) are not counted.",
+        f"them: {', '.join(DAY_STATUSES)}. {JUDGEMENT} The share counts the runs due in "
+        "the period that judge the control, a missing run or one that does not verify as "
+        "not satisfied; runs removed by retention (before the evidence kept) are not "
+        "counted.",
     )
     for framework, title in report.frameworks.items():
         heading = f"### {title} ({framework})"

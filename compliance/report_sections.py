@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compliance.checks import Check
+from compliance.controls import NOT_APPLICABLE, SATISFIED, controls_in_run
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -221,23 +222,20 @@ def compliance_status(run: RunData) -> Section:
         "Compliance status",
         ["framework", "controls reviewed", "satisfied", "not satisfied", "not applicable"],
     )
-    by_control: dict[tuple[str, str], set[str]] = {}
-    for r in run.results:
-        for framework, ids in r["controls"].items():
-            for control in ids:
-                by_control.setdefault((framework, control), set()).add(r["status"])
-    for framework in sorted({f for f, _ in by_control}):
-        mine = {c: s for (f, c), s in by_control.items() if f == framework}
-        # What does not apply neither satisfies a control nor fails it (REQ-COMP-17).
-        applied = {c: s - {"not_applicable"} for c, s in mine.items() if s - {"not_applicable"}}
-        satisfied = sum(statuses <= {"pass"} for statuses in applied.values())
+    # Each control as the run judged it from its checks (compliance.controls): what does
+    # not apply neither satisfies a control nor fails it (REQ-COMP-17).
+    found = controls_in_run(run.results, [], {})
+    for framework in sorted({f for f, _ in found}):
+        judged = Counter(c.status for (f, _), c in found.items() if f == framework)
+        reviewed = sum(judged.values())
+        unapplied = judged[NOT_APPLICABLE]
         section.rows.append(
             [
                 framework,
-                str(len(mine)),
-                str(satisfied),
-                str(len(applied) - satisfied),
-                str(len(mine) - len(applied)),
+                str(reviewed),
+                str(judged[SATISFIED]),
+                str(reviewed - judged[SATISFIED] - unapplied),
+                str(unapplied),
             ]
         )
     counted = Counter(i["status"] for i in run.items)

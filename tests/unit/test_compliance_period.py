@@ -12,6 +12,7 @@ import yaml
 from compliance.catalog import CatalogError, load_catalogs
 from compliance.checklists import CHECKLIST_DIR, NAMES, load_checklists
 from compliance.checks import load_checks, remediation_time
+from compliance.controls import judged
 from compliance.coverage import ControlCoverage
 from compliance.period import (
     BEFORE_KEPT,
@@ -32,7 +33,6 @@ from compliance.period import (
     control_views,
     dated_samples,
     episodes,
-    judged,
     parse_schedule,
     population,
     random_samples,
