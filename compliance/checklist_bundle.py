@@ -3,8 +3,9 @@
 `compliance checklist run` (and the scheduler's `schedule run`) gathers, runs
 the checks, then asks this module for what the checklist adds to the bundle:
 every item's status from the results and the attestations of its period
-(checklist.json), the report with the checklist's sections (report.md,
-report.html) and the run as OSCAL assessment results. Anything that makes
+(checklist.json), the report with the checklist's sections and a section per
+framework leading from each control to the facts (report.md, report.html) and
+the run as OSCAL assessment results. Anything that makes
 checklist runs - a test on a clock of its own included - goes through here, so
 the bundles it makes are the ones the command makes.
 """
@@ -13,18 +14,20 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from compliance.attestations import Attesters
+from compliance.catalog import Catalog
 from compliance.checklist_run import ItemResult, markdown, run_items
 from compliance.checklists import Checklist
 from compliance.checks import Check
 from compliance.engine import Result
 from compliance.html_report import render
 from compliance.oscal import assessment_results
-from compliance.report_sections import RunData, build_sections
+from compliance.report_sections import RunData, build_sections, control_sections
 
 
 @dataclass
@@ -41,6 +44,7 @@ def oscal_json(document: dict) -> bytes:
 def checklist_files(
     checklist: Checklist,
     checks: list[Check],
+    catalogs: Mapping[str, Catalog],
     document: dict[str, Any],
     results: list[Result],
     run: dict[str, Any],
@@ -62,13 +66,22 @@ def checklist_files(
         document["started"],
     )
     sections = build_sections(checklist.report_sections, data)
-    text = markdown(
-        checklist, items, document["hosts"], document["started"], sections, document["results"]
-    )
-    page = render(checklist.title, run, document["hosts"], document["results"], listed, sections)
     attested = {
         i.id: i.attested_controls for i in checklist.items if i.attested_controls is not None
     }
+    controls = control_sections(document["results"], listed, attested, catalogs)
+    text = markdown(
+        checklist,
+        items,
+        document["hosts"],
+        document["started"],
+        sections,
+        document["results"],
+        controls,
+    )
+    page = render(
+        checklist.title, run, document["hosts"], document["results"], listed, sections, controls
+    )
     oscal = assessment_results(
         checklist.title, run, document["hosts"], document["results"], listed, attested
     )

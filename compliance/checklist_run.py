@@ -89,8 +89,10 @@ def markdown(
     when: datetime.datetime,
     sections: list[Section] | None = None,
     results: list[dict[str, Any]] | None = None,
+    controls: list[Section] | None = None,
 ) -> str:
-    """The report: SECTIONS, the items and, given the check RESULTS, why each check ran."""
+    """The report: SECTIONS, the items and, given the check RESULTS, why each check ran,
+    then CONTROLS (the per-control sections: report_sections.control_sections)."""
     counts = Counter(i.status for i in items)
     lines = [
         f"# {checklist.title} - {period_of(checklist.name, when)}",
@@ -145,4 +147,5 @@ def markdown(
     if errors:
         lines += ["", "## Hosts not checked", ""]
         lines += [f"- {h['host']}: {h['error']}" for h in errors]
+    lines += markdown_sections(controls or [])
     return "\n".join(lines) + "\n"

@@ -74,6 +74,7 @@ from compliance.html_report import render
 from compliance.oscal import assessment_results
 from compliance.period import DEFAULT_SAMPLE, check_out, period_report, write_period_bundle
 from compliance.period_report import markdown as period_markdown
+from compliance.report_sections import control_sections
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 from compliance.signing import generate_token_key, is_pkcs11, load_key
 
@@ -256,7 +257,10 @@ def _gather_and_check(
     facts = {h.host: h.facts for h in hosts}
     added = extra(document, results, run, facts) if extra else {}
     if "report.html" not in added:
-        page = render("compliance check", run, document["hosts"], document["results"])
+        controls = control_sections(document["results"], [], {}, load_catalogs())
+        page = render(
+            "compliance check", run, document["hosts"], document["results"], controls=controls
+        )
         added["report.html"] = page.encode()
     if "assessment-results.json" not in added:
         oscal = assessment_results("compliance check", run, document["hosts"], document["results"])
@@ -319,7 +323,7 @@ def _checklist_run(args: argparse.Namespace) -> int:
         document: dict[str, Any], results: list[Result], run: dict[str, Any], facts: dict[str, Any]
     ) -> dict[str, bytes]:
         made = checklist_files(
-            checklist, checks, document, results, run, facts, args.store, attesters
+            checklist, checks, catalogs, document, results, run, facts, args.store, attesters
         )
         outcome["items"], outcome["markdown"] = made.items, made.markdown
         return made.files

@@ -7,9 +7,10 @@ not checked too) fails it; a pending attestation leaves it pending; otherwise a
 pass or an attestation satisfies it; what does not apply neither satisfies nor
 fails it (REQ-COMP-17).
 
-The monthly compliance status (compliance.report_sections), the OSCAL findings
-(compliance.oscal) and the period report's status of each control day by day
-(compliance.period) read it from here.
+The run reports' per-control sections and the monthly compliance status
+(compliance.report_sections), the OSCAL findings (compliance.oscal) and the
+period report's status of each control day by day (compliance.period) read
+it from here.
 """
 
 from __future__ import annotations

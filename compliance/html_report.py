@@ -4,12 +4,15 @@ No script, no external style sheet or font, nothing fetched: the page is
 the evidence itself. Everything that came from a host or a person is
 escaped, so a fact or a note can never become markup. Each check result
 shows, under the check's name, its rationale: why the check exists and the
-requirements it verifies.
+requirements it verifies. After the results, a section per framework leads
+from each control the run judged to the checks, attestations, hosts and
+evidence files behind it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
@@ -31,6 +34,29 @@ code { font-size: .92em; }
 """
 
 
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str) -> list[str]:
+    """A table of text cells (escaped), or EMPTY in words when there is no row."""
+    listed = list(rows)
+    if not listed:
+        return [f"<p><em>{escape(empty)}</em></p>"]
+    header = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    return [
+        f"<table><thead><tr>{header}</tr></thead><tbody>",
+        *("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in listed),
+        "</tbody></table>",
+    ]
+
+
+def sections_html(sections: Iterable[Section]) -> list[str]:
+    parts = []
+    for section in sections:
+        parts.append(f"<h2>{escape(section.title)}</h2>")
+        parts += table(section.columns, section.rows, section.empty)
+        if section.note:
+            parts.append(f"<p>{escape(section.note)}</p>")
+    return parts
+
+
 def _status(status: str) -> str:
     return f'<span class="status {escape(status)}">{escape(status)}</span>'
 
@@ -42,8 +68,10 @@ def render(
     results: list[dict[str, Any]],
     items: list[dict[str, Any]] | None = None,
     sections: list[Section] | None = None,
+    controls: list[Section] | None = None,
 ) -> str:
-    """The page for a check run (RESULTS) or a checklist run (ITEMS and their RESULTS)."""
+    """The page for a check run (RESULTS) or a checklist run (ITEMS and their RESULTS);
+    CONTROLS: the per-control sections (report_sections.control_sections)."""
     counted = (
         Counter(i["status"] for i in items) if items else Counter(r["status"] for r in results)
     )
@@ -61,21 +89,8 @@ def render(
             if not isinstance(v, dict | list)
         ),
         "</tbody></table>",
+        *sections_html(sections or []),
     ]
-    for section in sections or []:
-        parts.append(f"<h2>{escape(section.title)}</h2>")
-        if section.rows:
-            header = "".join(f"<th>{escape(c)}</th>" for c in section.columns)
-            parts.append(f"<table><thead><tr>{header}</tr></thead><tbody>")
-            parts += [
-                "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
-                for row in section.rows
-            ]
-            parts.append("</tbody></table>")
-        else:
-            parts.append(f"<p><em>{escape(section.empty)}</em></p>")
-        if section.note:
-            parts.append(f"<p>{escape(section.note)}</p>")
     if items:
         header = "".join(
             f"<th>{h}</th>" for h in ("item", "status", "checks", "attestation", "source")
@@ -122,7 +137,7 @@ def render(
     ]
     ranked = sorted(results, key=lambda r: (ORDER.index(r["status"]), r["host"], r["check"]))
     for r in ranked:
-        controls = "; ".join(f"{f}: {', '.join(ids)}" for f, ids in r["controls"].items())
+        mapped = "; ".join(f"{f}: {', '.join(ids)}" for f, ids in r["controls"].items())
         waiver = ""
         if r.get("waiver"):
             w = r["waiver"]
@@ -139,7 +154,7 @@ def render(
         parts.append(
             f"<tr><td>{escape(r['host'])}</td><td>{escape(r['check'])}{why}</td>"
             f"<td>{_status(r['status'])}</td><td>{escape(r['severity'])}</td>"
-            f"<td>{escape(controls)}</td><td>{escape(r['detail'])}{waiver}</td></tr>"
+            f"<td>{escape(mapped)}</td><td>{escape(r['detail'])}{waiver}</td></tr>"
         )
-    parts += ["</tbody></table>", "</body></html>"]
+    parts += ["</tbody></table>", *sections_html(controls or []), "</body></html>"]
     return "\n".join(parts) + "\n"

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import datetime
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from compliance.catalog import Catalog
 from compliance.checks import Check
-from compliance.controls import NOT_APPLICABLE, SATISFIED, controls_in_run
+from compliance.controls import JUDGEMENT, NOT_APPLICABLE, SATISFIED, controls_in_run
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -269,6 +270,77 @@ def check_rationales(results: list[dict[str, Any]]) -> Section:
         rationales.setdefault(r["check"], r.get("rationale") or "")
     section.rows = [[check, rationales[check]] for check in sorted(rationales)]
     return section
+
+
+def control_sections(
+    results: Sequence[Mapping[str, Any]],
+    items: Sequence[Mapping[str, Any]],
+    attested: Mapping[str, Mapping[str, Sequence[str]]],
+    catalogs: Mapping[str, Catalog],
+) -> list[Section]:
+    """A section per framework: each control the run judged - its status in this run
+    (compliance.controls), the checks behind it on each host, the attestations behind
+    it (ATTESTED: item id -> the controls its checklist names), and the files of this
+    bundle that hold the facts - then the framework's controls this run did not judge.
+    Not one of a checklist's sections: every run report has them."""
+    found = controls_in_run(results, items, attested)
+    sections = []
+    for framework, catalog in catalogs.items():
+        section = Section(
+            f"Controls: {catalog.title} ({framework})",
+            ["control", "status in this run", "checks (host: status)", "attestations", "evidence"],
+            empty=f"no control of {framework} is judged by this run",
+        )
+        others = []
+        for control in catalog.controls:
+            entry = found.get((framework, control.id))
+            if entry is None:
+                others.append(control.id)
+                continue
+            section.rows.append(
+                [
+                    f"{control.id} {control.title}",
+                    entry.status,
+                    _checks_behind(entry.results),
+                    "; ".join(_attestation_behind(i) for i in entry.items),
+                    _evidence_behind(entry.results, entry.items),
+                ]
+            )
+        section.note = f"{JUDGEMENT} Not judged by this run: " + (
+            f"{len(others)} controls ({', '.join(others)})." if others else "none."
+        )
+        sections.append(section)
+    return sections
+
+
+def _checks_behind(results: Sequence[Mapping[str, Any]]) -> str:
+    hosts: dict[str, list[str]] = {}
+    for r in results:
+        status = r["status"]
+        if r.get("waiver") and status == "waived":
+            status += f" (waiver of {r['waiver']['approver']} until {r['waiver']['expires']})"
+        hosts.setdefault(r["check"], []).append(f"{r['host']}: {status}")
+    return "; ".join(f"{check} ({', '.join(found)})" for check, found in sorted(hosts.items()))
+
+
+def _attestation_behind(item: Mapping[str, Any]) -> str:
+    attestation = item.get("attestation")
+    if not attestation:
+        return f"{item['id']}: pending (no attestation in its period)"
+    shown = [str(f.get("name")) for f in attestation.get("files") or []]
+    return f"{item['id']}: attested by {attestation['by']} at {attestation['at']}" + (
+        f", files shown: {', '.join(shown)}" if shown else ""
+    )
+
+
+def _evidence_behind(
+    results: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]]
+) -> str:
+    files = ["results.json"] if results else []
+    files += [f"facts/{host}.json" for host in sorted({r["host"] for r in results})]
+    if items:
+        files.append("checklist.json")
+    return ", ".join(files)
 
 
 def build_sections(names: tuple[str, ...], run: RunData) -> list[Section]:

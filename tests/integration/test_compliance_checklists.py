@@ -162,4 +162,19 @@ def test_a_checklist_run_reports_attested_and_pending_items(inventory, tmp_path:
     assert json.loads((made / "checklist.json").read_text())[0]["id"] == "daily.system_status"
     page = (made / "report.html").read_text()
     assert "Daily operations check" in page and "quiet night" in page
+    # A section per framework leads from each control to what the run found for it: its
+    # status, the checks on each host, the attestations, the files that hold the facts.
+    iso = report.split("## Controls: ISO/IEC 27001:2022 Annex A (iso27001-2022)\n", 1)[1]
+    rows = {line.split(" | ")[0][2:]: line for line in iso.splitlines() if line.startswith("| A.")}
+    attested = rows["A.5.25 Assessment and decision on information security events"]
+    assert "| satisfied | " in attested and "daily.security_alerts: attested by alice" in attested
+    assert attested.endswith("| checklist.json |")
+    assert rows["A.5.37 Documented operating procedures"].startswith(
+        "| A.5.37 Documented operating procedures | pending | "
+    )
+    tls = rows["A.8.24 Use of cryptography"]
+    assert "tls.policy (here: " in tls and tls.endswith("| results.json, facts/here.json |")
+    assert "Not judged by this run: " in iso and "## Controls: SOC 2" in report
+    assert "<h2>Controls: ISO/IEC 27001:2022 Annex A (iso27001-2022)</h2>" in page
+    assert "<td>A.8.24 Use of cryptography</td>" in page
     assert compliance("verify", str(evidence), "--trusted-key", f"{key}.pub").returncode == 0

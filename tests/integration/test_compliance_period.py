@@ -532,3 +532,22 @@ def test_a_sample_swapped_after_the_report_read_it_is_refused(year: Year, tmp_pa
     document = report.as_dict()
     [due] = [d for d in document["population"]["daily"]["dues"] if d["bundle"] == sample.bundle]
     assert due["manifest_sha256"] == sample.manifest_sha256
+
+
+def test_each_run_report_leads_from_a_control_to_its_facts(year: Year) -> None:
+    # A run of the year: the firewall open on core-01, the AIDE check of dmz-01 waived.
+    bundle = year.root / "daily" / "20250611T090000.000000Z-daily"
+    report = (bundle / "report.md").read_text()
+    iso = report.split("## Controls: ISO/IEC 27001:2022 Annex A (iso27001-2022)", 1)[1]
+    firewall = [line for line in iso.splitlines() if "firewall.default_drop (core-01: fail" in line]
+    assert firewall and all("| failed |" in line for line in firewall), firewall
+    assert all("facts/core-01.json" in line for line in firewall)
+    alerts = next(line for line in iso.splitlines() if line.startswith("| A.5.25 "))
+    assert (
+        "| daily.security_alerts: attested by alice at 2025-06-11T08:00:00+00:00 | checklist.json |"
+    ) in alerts and "| satisfied |" in alerts
+    assert "## Controls: SOC 2" in report
+    waived = (year.root / "daily" / "20250705T090000.000000Z-daily" / "report.html").read_text()
+    assert "integrity.aide (core-01: pass, dmz-01: waived (waiver of ciso until 2025-07-10))" in (
+        waived
+    )

@@ -1,6 +1,6 @@
 """report.html in a real headless Chromium (Debian's chromium package): the page an
-auditor opens renders its summary, hosts and results, runs no script, asks for
-nothing over the network, and shows what hosts said as text."""
+auditor opens renders its summary, hosts and results and the controls they support,
+runs no script, asks for nothing over the network, and shows what hosts said as text."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from compliance.catalog import load_catalogs
 from compliance.html_report import render
+from compliance.report_sections import control_sections
 from tests.support.evidence import HOSTS, RESULTS
 
 pytestmark = pytest.mark.chromium
@@ -96,3 +98,29 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert (width, height) == (1200, 900)
     # Something was drawn: the rows differ (a blank or failed page is one colour).
     assert len(set(rows)) > 50
+
+
+def test_the_per_control_sections_render_in_headless_chromium(tmp_path: Path) -> None:
+    # A control's row leads to the checks, attestations, hosts and files behind it.
+    catalogs = load_catalogs()
+    attested = {"daily.security_alerts": {"iso27001-2022": ["A.5.25"]}}
+    run = {"inventory": "inventories/lab"}
+    controls = control_sections(RESULTS, ITEMS, attested, catalogs)
+    page = tmp_path / "report.html"
+    page.write_text(render("Daily operations check", run, HOSTS, RESULTS, ITEMS, [], controls))
+    dumped = chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    dom = dumped.stdout
+    assert "<h2>Controls: ISO/IEC 27001:2022 Annex A (iso27001-2022)</h2>" in dom
+    assert (
+        "<tr><td>A.8.5 Secure authentication</td><td>failed</td>"
+        "<td>ssh.keys_only (core-01: fail)</td><td></td><td>results.json, facts/core-01.json"
+        "</td></tr>"
+    ) in dom
+    assert (
+        "<tr><td>A.5.25 Assessment and decision on information security events</td>"
+        "<td>pending</td><td></td><td>daily.security_alerts: pending (no attestation in its "
+        "period)</td><td>checklist.json</td></tr>"
+    ) in dom
+    assert "tls.policy (core-01: waived (waiver of ciso until 2027-01-01))" in dom
+    assert "Not judged by this run: 91 controls (A.5.1, A.5.2," in dom

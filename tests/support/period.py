@@ -272,7 +272,9 @@ def make_year(directory: Path) -> Year:
             "waivers_sha256": None,
         }
         facts = {h.host: h.facts for h in hosts}
-        made = checklist_files(checklist, checks, document, results, run, facts, store, pinned, at)
+        made = checklist_files(
+            checklist, checks, catalogs, document, results, run, facts, store, pinned, at
+        )
         series, head = year.root / name, year.heads / f"{name}.json"
         # The evidence key was rotated: the operator verified the series, then started
         # its head anew under the new key (--new-head), as after any key change.
