@@ -1,12 +1,14 @@
 """report.html: one self-contained page an auditor opens without any tool.
 
 No script, no external style sheet or font, nothing fetched: the page is
-the evidence itself. Everything that came from a host or a person is
+the evidence itself, and its Content-Security-Policy lets it load nothing but
+its own inline style. Everything that came from a host or a person is
 escaped, so a fact or a note can never become markup. Each check result
 shows, under the check's name, its rationale: why the check exists and the
 requirements it verifies. After the results, a section per framework leads
 from each control the run judged to the checks, attestations, hosts and
-evidence files behind it.
+evidence files behind it. A value the run does not have reads as words ("all
+hosts", "no waivers"), never as None.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from html import escape
 from typing import Any
 
 from compliance.checklist_run import ORDER
-from compliance.report_sections import Section
+from compliance.report_sections import Section, run_value
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
@@ -32,6 +34,21 @@ th { background: #f3f3f3; }
 code { font-size: .92em; }
 .rationale { color: #555; font-size: .92em; }
 """
+
+
+# Nothing is loaded from anywhere: no script, image, font or frame; the style inline.
+CSP = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+def page_start(title: str, style: str = "") -> list[str]:
+    """The page's head (its policy, the style, STYLE added) and its title."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        f"<title>{escape(title)}</title><style>{STYLE}{style}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+    ]
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str) -> list[str]:
@@ -77,14 +94,11 @@ def render(
     )
     summary = ", ".join(f"{counted[s]} {s}" for s in ORDER if counted[s]) or "nothing ran"
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{escape(title)}</h1>",
+        *page_start(title),
         f"<p>Summary: <strong>{escape(summary)}</strong>.</p>",
         "<table><tbody>",
         *(
-            f"<tr><th>{escape(k)}</th><td><code>{escape(str(v))}</code></td></tr>"
+            f"<tr><th>{escape(k)}</th><td><code>{escape(run_value(k, v))}</code></td></tr>"
             for k, v in run.items()
             if not isinstance(v, dict | list)
         ),

@@ -39,6 +39,7 @@ from typing import Any
 
 from compliance import __version__
 from compliance.controls import NOT_APPLICABLE, SATISFIED, judged
+from compliance.report_sections import run_value
 
 OSCAL_VERSION = "1.1.3"
 NS = "https://securecore.dev/ns/oscal"
@@ -247,7 +248,7 @@ def assessment_results(
                 "oscal-version": OSCAL_VERSION,
                 "props": [
                     _prop("inventory", run.get("inventory")),
-                    _prop("limit", run.get("limit") or "all"),
+                    _prop("limit", run_value("limit", run.get("limit"))),
                 ],
             },
             "import-ap": {
@@ -295,7 +296,10 @@ def assessment_results(
                         ),
                         "props": [
                             _prop("checks-sha256", run.get("checks_sha256")),
-                            _prop("waivers-sha256", run.get("waivers_sha256") or "none"),
+                            _prop(
+                                "waivers-sha256",
+                                run_value("waivers_sha256", run.get("waivers_sha256")),
+                            ),
                         ],
                     }
                 ]

@@ -27,6 +27,16 @@ from compliance.controls import JUDGEMENT, NOT_APPLICABLE, SATISFIED, controls_i
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
+# What a run's missing value means, in words: None would say nothing to an auditor.
+ABSENT = {"limit": "all hosts", "waivers_sha256": "no waivers", "previous": "none: the first"}
+
+
+def run_value(key: str, value: Any) -> str:
+    """A field of a run (run.json) as an auditor reads it: an absent value in words."""
+    if value is None or value == "":
+        return ABSENT.get(key, "none")
+    return str(value)
+
 
 @dataclass
 class Section:

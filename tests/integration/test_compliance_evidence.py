@@ -91,12 +91,15 @@ def test_a_check_run_writes_a_bundle_that_verifies(inventory, tmp_path: Path) ->
     ]
     page = (made_bundle / "report.html").read_text()
     assert "tls.policy" in page
-    # Each control the run judged leads to its checks, hosts and files.
+    # Each control the run judged leads to its checks, hosts and files; absent values of
+    # the run read as words.
     assert (
         "<tr><td>A.8.24 Use of cryptography</td><td>failed</td><td>tls.policy (here: fail)</td>"
         "<td></td><td>results.json, facts/here.json</td></tr>"
     ) in page
     assert "<h2>Controls: SOC 2" in page
+    assert "<th>limit</th><td><code>all hosts</code>" in page
+    assert "<th>waivers_sha256</th><td><code>no waivers</code>" in page
     run_json = json.loads((made_bundle / "run.json").read_text())
     assert run_json["previous"] is None and len(run_json["checks_sha256"]) == 64
     assert "<failure" in (made_bundle / "junit.xml").read_text()

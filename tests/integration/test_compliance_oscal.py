@@ -128,6 +128,11 @@ def test_a_check_run_is_valid_oscal_assessment_results(inventory, tmp_path: Path
     assert set(tls["requirements"]) <= {
         p["value"] for p in finding["props"] if p["name"] == "requirement"
     }
+    # A run over every host, without waivers, says so in words.
+    props = {p["name"]: p["value"] for p in document["assessment-results"]["metadata"]["props"]}
+    assert props["limit"] == "all hosts"
+    [plan] = document["assessment-results"]["back-matter"]["resources"]
+    assert {"name": "waivers-sha256", "ns": NS, "value": "no waivers"} in plan["props"]
     # The manifest covers the OSCAL file like every other file.
     assert "assessment-results.json" in json.loads((bundle / "manifest.json").read_text())["files"]
 

@@ -551,3 +551,6 @@ def test_each_run_report_leads_from_a_control_to_its_facts(year: Year) -> None:
     assert "integrity.aide (core-01: pass, dmz-01: waived (waiver of ciso until 2025-07-10))" in (
         waived
     )
+    assert "<th>limit</th><td><code>all hosts</code>" in waived
+    assert "<th>waivers_sha256</th><td><code>no waivers</code>" in waived
+    assert "None" not in waived

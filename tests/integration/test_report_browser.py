@@ -101,10 +101,11 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def test_the_per_control_sections_render_in_headless_chromium(tmp_path: Path) -> None:
-    # A control's row leads to the checks, attestations, hosts and files behind it.
+    # A control's row leads to the checks, attestations, hosts and files behind it; a
+    # run's absent values read as words.
     catalogs = load_catalogs()
     attested = {"daily.security_alerts": {"iso27001-2022": ["A.5.25"]}}
-    run = {"inventory": "inventories/lab"}
+    run = {"inventory": "inventories/lab", "limit": None, "waivers_sha256": None}
     controls = control_sections(RESULTS, ITEMS, attested, catalogs)
     page = tmp_path / "report.html"
     page.write_text(render("Daily operations check", run, HOSTS, RESULTS, ITEMS, [], controls))
@@ -124,3 +125,6 @@ def test_the_per_control_sections_render_in_headless_chromium(tmp_path: Path) ->
     ) in dom
     assert "tls.policy (core-01: waived (waiver of ciso until 2027-01-01))" in dom
     assert "Not judged by this run: 91 controls (A.5.1, A.5.2," in dom
+    assert "<th>limit</th><td><code>all hosts</code>" in dom
+    assert "<th>waivers_sha256</th><td><code>no waivers</code>" in dom
+    assert "None" not in dom

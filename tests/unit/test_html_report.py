@@ -87,3 +87,15 @@ def test_each_check_result_says_why_the_check_exists() -> None:
         "&lt;over the network&gt; can be guessed.</span></td>" in page
     )
     assert "<td>tls.policy</td>" in page and page.count('class="rationale"') == 1
+
+
+def test_the_page_loads_nothing_and_says_absent_values_in_words() -> None:
+    run = {"inventory": "inventories/lab", "limit": None, "waivers_sha256": None}
+    page = render("compliance check", run, HOSTS, RESULTS)
+    assert (
+        '<meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+    ) in page
+    assert "<th>limit</th><td><code>all hosts</code></td>" in page
+    assert "<th>waivers_sha256</th><td><code>no waivers</code></td>" in page
+    assert "None" not in page
