@@ -222,3 +222,27 @@ def test_every_checklist_item_cites_a_requirement() -> None:
     assert len(items) >= 21
     uncited = [f"{name}: {item['id']}" for name, item in items if not ID.search(item["source"])]
     assert uncited == []
+
+
+# Texts that reach every evidence bundle and its auditor - a check's rationale, a
+# checklist item's source, the reason a control does not apply - cite this project's
+# requirement ids and the frameworks' controls only: never another document, which the
+# bundle does not hold (a benchmark, another standard, a web page, a description the
+# repository does not have).
+OTHER_DOCUMENTS = re.compile(
+    r"\b(?:CIS|NIST|OWASP|PCI|RFC\s*[0-9]+|benchmark|system description)\b|https?://",
+    re.IGNORECASE,
+)
+
+
+def test_auditor_facing_texts_cite_no_other_document() -> None:
+    texts = [(f"check {c['id']}: rationale", str(c["rationale"])) for c, _ in compliance_checks()]
+    for path in sorted((ROOT / "compliance" / "checklists").glob("*.yaml")):
+        for item in yaml.safe_load(path.read_text(encoding="utf-8"))["items"]:
+            texts.append((f"{path.name}: {item['id']}: source", str(item["source"])))
+    applicability = yaml.safe_load((ROOT / "compliance" / "applicability.yaml").read_text())
+    for framework, reasons in applicability.items():
+        texts += [(f"{framework} {c}: not applicable", str(r)) for c, r in reasons.items()]
+    assert len(texts) > 50
+    cited = [f"{where}: {m.group(0)!r}" for where, t in texts for m in OTHER_DOCUMENTS.finditer(t)]
+    assert cited == []
