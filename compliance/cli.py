@@ -73,7 +73,7 @@ from compliance.evidence import (
 from compliance.html_report import render
 from compliance.oscal import assessment_results
 from compliance.period import DEFAULT_SAMPLE, check_out, period_report, write_period_bundle
-from compliance.period_report import markdown as period_markdown
+from compliance.period_html import report_files
 from compliance.report_sections import control_sections
 from compliance.schedule import log_alert, post_webhook, prune, schedule_state, write_metrics
 from compliance.signing import generate_token_key, is_pkcs11, load_key
@@ -450,8 +450,7 @@ def _period(args: argparse.Namespace) -> int:
         print(
             f"sample seed: {report.seed} (recorded; {report.sample_options()} picks the same runs)"
         )
-    text = period_markdown(report)
-    bundle = write_period_bundle(report, text, args.out, signing_key, anchor)
+    bundle = write_period_bundle(report, report_files(report), args.out, signing_key, anchor)
     print(report.verdict())
     print(f"period bundle: {bundle} ({len(report.samples)} sampled runs)")
     return 0 if report.verified else 1

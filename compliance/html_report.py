@@ -9,6 +9,9 @@ requirements it verifies. After the results, a section per framework leads
 from each control the run judged to the checks, attestations, hosts and
 evidence files behind it. A value the run does not have reads as words ("all
 hosts", "no waivers"), never as None.
+
+The period report's page (compliance.period_html) is made with the same head,
+style and tables.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ verify:
 
 The functions over runs are pure: `read_series` and `period_report` read and
 verify the evidence, `write_period_bundle` writes the signed period bundle,
-and compliance.period_report renders its Markdown.
+compliance.period_report renders its Markdown and compliance.period_html its
+page with the charts.
 """
 
 from __future__ import annotations
@@ -1298,13 +1299,14 @@ def period_report(
 
 def write_period_bundle(
     report: PeriodReport,
-    text: str,
+    reports: Mapping[str, bytes],
     out: Path,
     key: SigningKey,
     anchor: TrustAnchor,
 ) -> Path:
-    """OUT: a new signed bundle with period.json, report.md (TEXT) and the sampled runs'
-    bundles, each verified again as copied, under samples/."""
+    """OUT: a new signed bundle with period.json, the REPORTS made of it (name -> content:
+    compliance.period_html.report_files) and the sampled runs' bundles, each verified
+    again as copied, under samples/."""
     check_out(out, Path(report.evidence))
     files: dict[str, bytes] = {}
     series = {s.name: s.path for s in report.series}
@@ -1315,7 +1317,7 @@ def write_period_bundle(
             files[f"{sample_path(sample)}/{name}"] = data
     document = report.as_dict()
     files["period.json"] = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
-    files["report.md"] = text.encode()
+    files.update(reports)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return write_signed_bundle(out, files, key, report.made)

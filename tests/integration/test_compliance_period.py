@@ -15,6 +15,7 @@ import datetime
 import json
 import random
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from compliance.checks import load_checks
 from compliance.coverage import coverage, load_applicability
 from compliance.evidence import TrustAnchor, load_signing_key, write_bundle, write_head
 from compliance.period import PeriodError, period_report, write_period_bundle
+from tests.support.browser import laid_out, png_rows, screenshot
 from tests.support.commands import compliance
 from tests.support.period import Year, make_year
 
@@ -239,6 +241,17 @@ def test_the_period_bundle_verifies_and_a_changed_byte_is_named(
     broken = compliance("verify", str(changed), *pinned)
     assert broken.returncode == 1
     assert f"{picked[0]['copy']}/results.json: changed" in broken.stdout
+    # The page is in the manifest, and signed, like the rest.
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert {"period.json", "report.md", "report.html"} <= set(listed)
+    page = tmp_path / "page" / out.name
+    shutil.copytree(out, page)
+    data = bytearray((page / "report.html").read_bytes())
+    data[len(data) // 2] ^= 1
+    (page / "report.html").write_bytes(bytes(data))
+    broken = compliance("verify", str(page), *pinned)
+    assert broken.returncode == 1
+    assert "report.html: changed (its SHA-256 differs from the manifest's)" in broken.stdout
 
 
 def test_the_same_seed_picks_the_same_runs_and_dates_pick_theirs(
@@ -289,6 +302,10 @@ def test_a_tampered_bundle_is_reported_and_the_period_not_verified(
     assert "| daily | *-*-* 09:00:00 | 365 | 354 | 352 | 2 | 1 | 1 | 9 | 1 |" in report
     document = json.loads((tmp_path / "out" / "period.json").read_text())
     assert document["verified"] is False
+    # So does its page, first.
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f'<p class="verdict bad">NOT VERIFIED: daily/{bundle}: results.json: changed' in page
+    assert page.index('class="verdict bad"') < page.index("<h1>")
     # The period bundle itself is signed and whole: it says the evidence is not.
     assert (
         compliance(
@@ -526,12 +543,116 @@ def test_a_sample_swapped_after_the_report_read_it_is_refused(year: Year, tmp_pa
     shutil.rmtree(evidence / "daily" / sample.bundle)
     shutil.move(other, evidence / "daily" / sample.bundle)
     with pytest.raises(PeriodError, match="not the bundle the report read"):
-        write_period_bundle(report, "", tmp_path / "out", load_signing_key(year.period_key), anchor)
+        write_period_bundle(report, {}, tmp_path / "out", load_signing_key(year.period_key), anchor)
     assert not (tmp_path / "out").exists()
     # Each run of the population is named with its manifest's hash: what was read.
     document = report.as_dict()
     [due] = [d for d in document["population"]["daily"]["dues"] if d["bundle"] == sample.bundle]
     assert due["manifest_sha256"] == sample.manifest_sha256
+
+
+# --- report.html, the run reports' controls ----------------------------------------------
+
+
+class Elements(HTMLParser):
+    """Each element's tag and attributes, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.found.append((tag, dict(attrs)))
+
+
+def test_report_html_is_one_offline_page_saying_what_report_md_says(reported) -> None:
+    out, report = reported
+    page = (out / "report.html").read_text()
+    parser = Elements()
+    parser.feed(page)
+    tags = [tag for tag, _ in parser.found]
+    # Nothing runs and nothing is fetched: no script, no link, no source, a policy that
+    # loads nothing.
+    assert "script" not in tags and "link" not in tags and "img" not in tags
+    assert [a for _, attrs in parser.found for a in attrs if a in ("src", "href")] == []
+    policy = [a["content"] for t, a in parser.found if a.get("http-equiv")]
+    assert policy == ["default-src 'none'; style-src 'unsafe-inline'"]
+    # The verdict first, as in report.md.
+    assert tags.index("p") < tags.index("h1")
+    first = report.splitlines()[0]
+    assert f'<p class="verdict ok">{first}</p>' in page
+    # Its sections, tables and lists are report.md's.
+    for line in (
+        "<h2>Exceptions: failure episodes (REQ-COMP-20)</h2>",
+        "<li>daily: due 2025-03-10 09:00 UTC: no run</li>",
+        "<td>EXCEEDED by 2 d</td>",
+        "<code>compliance period ... --seed " + "7</code> picks the same runs",  # as typed
+        "<summary>1103 rows</summary>",  # the attested items: a list to look up in
+    ):
+        assert line in page, line
+    # A row per control of each catalog, its timeline a shape per run of days.
+    rows = [a["id"] for t, a in parser.found if t == "tr" and a.get("id")]
+    assert sum(r.startswith("iso27001-2022-") for r in rows) == 93
+    assert sum(r.startswith("soc2-tsc-") for r in rows) == 61
+    aide = page.split('<tr id="iso27001-2022-A.8.7">', 1)[1].split("</tr>", 1)[0]
+    shapes = [t.split("</title>")[0] for t in aide.split("<title>")[2:]]
+    assert shapes == [
+        "2025-01-01 to 2025-01-09: before evidence kept",
+        "2025-01-10 to 2025-03-09: satisfied",
+        "2025-03-10: no run",
+        "2025-03-11 to 2025-06-30: satisfied",
+        "2025-07-01 to 2025-07-20: failed",
+        "2025-07-21 to 2025-12-31: satisfied",
+    ]
+    assert '<rect class="st-failed" x="362" width="40" height="14">' in aide  # 2 px a day
+    assert "satisfied in 335 of 356 runs (94.1 %)" in aide
+    assert "integrity.aide on dmz-01 from 2025-07-01 09:00 UTC, fixed" in aide
+    # The pass rate of each framework, its dips named under it.
+    assert page.count("<figure>") == 2
+    caption = page.split('<figcaption id="rate-iso27001-2022">', 1)[1].split("</figcaption>")[0]
+    # Every day with a missing run, a failure or a pending attestation, and only those.
+    assert caption.endswith(
+        "100 % on 327 of 356 days; lowest 75.0 %. Below 100 % (marked under the chart): "
+        "2025-03-10 (75.0 %); 2025-05-06 to 2025-05-09 (lowest 97.8 %); 2025-06-10 to "
+        "2025-06-12 (lowest 97.8 %); 2025-07-01 to 2025-07-20 (lowest 97.8 %); 2025-08-20 "
+        "(95.7 %)."
+    ), caption
+    # A legend names every colour.
+    for status in ("failed", "not verified", "no run", "pending", "before evidence kept"):
+        assert f"</span>{status}<span" in page or f"</span>{status}." in page
+    # A year of 154 controls stays one page of reasonable size.
+    size = len(page.encode())
+    print(f"\nreport.html: {size} bytes")
+    assert size < 1_000_000
+
+
+@pytest.mark.chromium
+def test_report_html_renders_its_charts_in_headless_chromium(reported, tmp_path: Path) -> None:
+    out, _ = reported
+    page = out / "report.html"
+    found = laid_out(tmp_path, page)
+    assert found["title"] == "Evidence over the period 2025-01-01 to 2025-12-31"
+    # Every chart was laid out with a size: a timeline per control, a chart per framework.
+    timelines = [s for s in found["svgs"] if s["title"].endswith(" day by day")]
+    charts = [s for s in found["svgs"] if s["title"].endswith(" satisfied each day")]
+    assert len(timelines) == 154 and len(charts) == 2
+    assert all(s["size"][0] > 0 and s["size"][1] == 14 for s in timelines)
+    assert all(s["size"][0] > 700 and s["size"][1] > 100 and s["shapes"] > 3 for s in charts)
+    # The days integrity.aide failed, in each control it supports: 20 days of 2 pixels, red.
+    failed = [c for c in found["cells"] if c["title"] == "2025-07-01 to 2025-07-20: failed"]
+    assert failed and all(c["size"] == [40, 14] for c in failed)
+    assert {c["fill"] for c in failed} == {"rgb(198, 40, 40)"}
+    # What an auditor reads is on the page, as text: the exception past its deadline.
+    assert "firewall.default_drop\tcore-01\tcritical" in found["text"]
+    assert "EXCEEDED by 2 d" in found["text"]
+    # A screenshot at the first framework's controls: its chart and timelines drawn.
+    shot = tmp_path / "period.png"
+    taken = screenshot(tmp_path, page, shot, "iso27001-2022")
+    assert taken.returncode == 0 and shot.is_file(), taken.stderr[-2000:]
+    width, height, rows = png_rows(shot)
+    assert (width, height) == (1400, 1000)
+    assert len(set(rows)) > 50
+    print(f"\nscreenshot: {shot}")
 
 
 def test_each_run_report_leads_from_a_control_to_its_facts(year: Year) -> None:

@@ -1,13 +1,11 @@
 """report.html in a real headless Chromium (Debian's chromium package): the page an
 auditor opens renders its summary, hosts and results and the controls they support,
-runs no script, asks for nothing over the network, and shows what hosts said as text."""
+runs no script, asks for nothing over the network, and shows what hosts said as text.
+The period report's page, with its charts, is rendered in
+tests/integration/test_compliance_period.py, over a year of evidence."""
 
 from __future__ import annotations
 
-import shutil
-import struct
-import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,11 +13,11 @@ import pytest
 from compliance.catalog import load_catalogs
 from compliance.html_report import render
 from compliance.report_sections import control_sections
+from tests.support.browser import chromium, png_rows
 from tests.support.evidence import HOSTS, RESULTS
 
 pytestmark = pytest.mark.chromium
 
-CHROMIUM = shutil.which("chromium") or "chromium (installed by scripts/bootstrap.sh)"
 ITEMS = [
     {
         "id": "daily.security_alerts",
@@ -31,48 +29,6 @@ ITEMS = [
         "attestation": None,
     }
 ]
-
-
-def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # --no-sandbox: the tests run as root; the network flags keep Chromium from
-    # calling home on a machine with a closed network.
-    return subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def png_rows(path: Path) -> tuple[int, int, list[bytes]]:
-    """Width, height and the unfiltered-enough scanlines of an 8-bit RGB(A) PNG."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    position, idat, width, height = 8, b"", 0, 0
-    while position < len(data):
-        length, kind = struct.unpack(">I4s", data[position : position + 8])
-        body = data[position + 8 : position + 8 + length]
-        if kind == b"IHDR":
-            width, height = struct.unpack(">II", body[:8])
-        elif kind == b"IDAT":
-            idat += body
-        position += 12 + length
-    raw = zlib.decompress(idat)
-    stride = len(raw) // height
-    return width, height, [raw[i * stride : (i + 1) * stride] for i in range(height)]
 
 
 def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
