@@ -35,8 +35,8 @@ verify:
 
 The functions over runs are pure: `read_series` and `period_report` read and
 verify the evidence, `write_period_bundle` writes the signed period bundle,
-compliance.period_report renders its Markdown and compliance.period_html its
-page with the charts.
+compliance.period_report renders its Markdown, compliance.period_html its page
+with the charts, and compliance.oscal the runs as OSCAL assessment results.
 """
 
 from __future__ import annotations
@@ -184,6 +184,8 @@ class Run:
     results: tuple[dict[str, Any], ...] = ()
     items: tuple[dict[str, Any], ...] = ()
     manifest_sha256: str = ""  # of the signed manifest the run was read under
+    hosts: tuple[dict[str, Any], ...] = ()  # as results.json lists them
+    started: str = ""  # run.json's start time
 
 
 @dataclass(frozen=True)
@@ -996,6 +998,8 @@ def _read_run(series: str, bundle: Path, signed_at: datetime.datetime, manifest_
         tuple(results.get("results", [])),
         tuple(items or []),
         manifest_sha256,
+        tuple(results.get("hosts", [])),
+        str(run.get("started", "")),
     )
 
 
@@ -1023,6 +1027,8 @@ class PeriodReport:
     seed_given: bool = False  # by whoever ran the report (--seed), not drawn by it
     sample_asked: int | None = None  # --sample N; None: the sizes by frequency
     sample_sizes: dict[str, int] = field(default_factory=dict)  # checklist -> runs drawn
+    # item -> the controls its checklist says its attestation supports
+    item_controls: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def period_end(self) -> datetime.datetime:
@@ -1291,6 +1297,7 @@ def period_report(
         seed_given=seed_given and not dates,
         sample_asked=sample,
         sample_sizes=sizes,
+        item_controls={i: dict(c) for i, c in attested_controls.items()},
     )
 
 

@@ -20,10 +20,12 @@ nothing, everything escaped). Its charts are inline SVG drawn here:
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Sequence
 from html import escape
 
 from compliance.html_report import page_start, table
+from compliance.oscal import period_assessment_results
 from compliance.period import (
     BEFORE_KEPT,
     DAY,
@@ -94,8 +96,17 @@ figure { margin: 1em 0; } figcaption { color: #555; font-size: .9em; max-width: 
 
 
 def report_files(report: PeriodReport) -> dict[str, bytes]:
-    """The period bundle's reports: report.md and report.html."""
-    return {"report.md": markdown(report).encode(), "report.html": render(report).encode()}
+    """The period bundle's reports: report.md, report.html and the runs as OSCAL
+    assessment results (oscal-assessment-results.json)."""
+    oscal = period_assessment_results(report)
+    return {
+        "report.md": markdown(report).encode(),
+        "report.html": render(report).encode(),
+        # Compact: a year of runs is some megabytes of it, read by tools.
+        "oscal-assessment-results.json": (
+            json.dumps(oscal, ensure_ascii=False, separators=(",", ":")) + "\n"
+        ).encode(),
+    }
 
 
 def render(report: PeriodReport) -> str:

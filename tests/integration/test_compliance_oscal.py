@@ -1,9 +1,10 @@
 """The bundle's assessment-results.json against the OSCAL 1.1 schema.
 
-The validator is compliance-trestle's model of OSCAL 1.1.3, generated from
-NIST's JSON schema (no package on the registries ships the schema file itself):
-strict - unknown fields, wrong enumerations, missing required fields and
-malformed UUIDs and dates are all refused, as the last test shows.
+The validator (tests.support.oscal) is compliance-trestle's model of OSCAL 1.1.3,
+generated from NIST's JSON schema: strict - unknown fields, wrong enumerations,
+missing required fields and malformed UUIDs and dates are all refused, as the last
+test shows. The period bundle's assessment results are validated with it too
+(tests/integration/test_compliance_period.py).
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ from pathlib import Path
 import pytest
 from pydantic.v1 import ValidationError
 from trestle.oscal import OSCAL_VERSION
-from trestle.oscal.assessment_results import Model
 
 from compliance.catalog import load_catalogs
 from compliance.checks import load_checks
 from compliance.oscal import NS
 from tests.support.commands import compliance
 from tests.support.evidence import attesters
-
-
-def validated(document: dict) -> Model:
-    return Model.parse_obj(document)
+from tests.support.oscal import validated
 
 
 @pytest.fixture

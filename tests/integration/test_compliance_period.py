@@ -12,6 +12,7 @@ days removed by retention. Each test runs the command as an auditor would.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import random
 import shutil
@@ -25,9 +26,11 @@ from compliance.checklists import load_checklists
 from compliance.checks import load_checks
 from compliance.coverage import coverage, load_applicability
 from compliance.evidence import TrustAnchor, load_signing_key, write_bundle, write_head
+from compliance.oscal import NS
 from compliance.period import PeriodError, period_report, write_period_bundle
 from tests.support.browser import laid_out, png_rows, screenshot
 from tests.support.commands import compliance
+from tests.support.oscal import validated
 from tests.support.period import Year, make_year
 
 
@@ -241,9 +244,11 @@ def test_the_period_bundle_verifies_and_a_changed_byte_is_named(
     broken = compliance("verify", str(changed), *pinned)
     assert broken.returncode == 1
     assert f"{picked[0]['copy']}/results.json: changed" in broken.stdout
-    # The page is in the manifest, and signed, like the rest.
+    # The page and the OSCAL results are in the manifest, and signed, like the rest.
     listed = json.loads((out / "manifest.json").read_text())["files"]
-    assert {"period.json", "report.md", "report.html"} <= set(listed)
+    assert {"period.json", "report.md", "report.html", "oscal-assessment-results.json"} <= set(
+        listed
+    )
     page = tmp_path / "page" / out.name
     shutil.copytree(out, page)
     data = bytearray((page / "report.html").read_bytes())
@@ -302,10 +307,15 @@ def test_a_tampered_bundle_is_reported_and_the_period_not_verified(
     assert "| daily | *-*-* 09:00:00 | 365 | 354 | 352 | 2 | 1 | 1 | 9 | 1 |" in report
     document = json.loads((tmp_path / "out" / "period.json").read_text())
     assert document["verified"] is False
-    # So does its page, first.
+    # So do its page and its OSCAL results, first.
     page = (tmp_path / "out" / "report.html").read_text()
     assert f'<p class="verdict bad">NOT VERIFIED: daily/{bundle}: results.json: changed' in page
     assert page.index('class="verdict bad"') < page.index("<h1>")
+    metadata = json.loads((tmp_path / "out" / "oscal-assessment-results.json").read_text())[
+        "assessment-results"
+    ]["metadata"]
+    assert metadata["remarks"].startswith(f"NOT VERIFIED: daily/{bundle}: results.json: changed")
+    assert {"name": "evidence-verified", "ns": NS, "value": "false"} in metadata["props"]
     # The period bundle itself is signed and whole: it says the evidence is not.
     assert (
         compliance(
@@ -551,7 +561,7 @@ def test_a_sample_swapped_after_the_report_read_it_is_refused(year: Year, tmp_pa
     assert due["manifest_sha256"] == sample.manifest_sha256
 
 
-# --- report.html, the run reports' controls ----------------------------------------------
+# --- report.html, the OSCAL results, the run reports' controls ---------------------------
 
 
 class Elements(HTMLParser):
@@ -653,6 +663,75 @@ def test_report_html_renders_its_charts_in_headless_chromium(reported, tmp_path:
     assert (width, height) == (1400, 1000)
     assert len(set(rows)) > 50
     print(f"\nscreenshot: {shot}")
+
+
+def test_the_period_oscal_is_one_result_per_run_and_validates(reported) -> None:
+    out, _ = reported
+    document = json.loads((out / "oscal-assessment-results.json").read_text())
+    validated(document)  # as every run bundle's
+    made = document["assessment-results"]
+    period = json.loads((out / "period.json").read_text())
+    runs = [
+        bundle
+        for population in period["population"].values()
+        for due in population["dues"]
+        for bundle in ([due["bundle"]] if due["bundle"] else []) + due["additional"]
+    ]
+    assert len(runs) == 355 + 1 + 51 + 11
+    results = {r["title"].split("(bundle ")[1].rstrip(")"): r for r in made["results"]}
+    assert sorted(results) == sorted(runs)
+    assert made["metadata"]["remarks"].startswith("VERIFIED: 418 bundles")
+    assert {"name": "evidence-verified", "ns": NS, "value": "true"} in made["metadata"]["props"]
+
+    def finding(bundle: str, control: str) -> dict:
+        [found] = [
+            f for f in results[bundle]["findings"] if f["target"]["target-id"] == f"{control}_obj"
+        ]
+        return found
+
+    # The waived failure of integrity.aide fails A.8.7 in its run; it passes once fixed.
+    waived = finding("20250705T090000.000000Z-daily", "A.8.7")
+    assert waived["target"]["status"] == {"state": "not-satisfied", "reason": "fail"}
+    assert "waived failures" in waived["remarks"]
+    fixed = finding("20250721T090000.000000Z-daily", "A.8.7")
+    assert fixed["target"]["status"] == {"state": "satisfied", "reason": "pass"}
+    # The attestation pending at 09:00 on 20 August is not satisfied in that run, and the
+    # additional run that recorded it is a result of its own.
+    pending = finding("20250820T090000.000000Z-daily", "A.5.25")
+    assert pending["target"]["status"] == {"state": "not-satisfied", "reason": "other"}
+    later = finding("20250820T150000.000000Z-daily", "A.5.25")
+    assert later["target"]["status"]["state"] == "satisfied"
+    assert (
+        "an additional run after the run due 2025-08-20 09:00 UTC"
+        in (results["20250820T150000.000000Z-daily"]["description"])
+    )
+    # Each result links its run's bundle, named with its manifest's hash, whose own
+    # OSCAL results observe each check and host; a sampled run's copy is linked in this
+    # bundle, with that hash.
+    resources = {r["uuid"]: r for r in made["back-matter"]["resources"]}
+    sampled = {p["bundle"]: p["copy"] for p in period["samples"]["picked"]}
+    dues = {d["bundle"]: d for p in period["population"].values() for d in p["dues"]}
+    for bundle, result in results.items():
+        assert "observations" not in result
+        [href] = [link["href"] for link in result["links"]]
+        assert all("related-observations" not in f for f in result["findings"])
+        resource = resources[href.lstrip("#")]
+        props = {p["name"]: p["value"] for p in resource["props"]}
+        assert props["bundle"] == bundle
+        if bundle in dues:
+            assert props["manifest-sha256"] == dues[bundle]["manifest_sha256"]
+        if bundle in sampled:
+            [link] = resource["rlinks"]
+            assert link["href"] == f"{sampled[bundle]}/manifest.json"
+            digest = hashlib.sha256((out / link["href"]).read_bytes()).hexdigest()
+            assert link["hashes"] == [{"algorithm": "SHA-256", "value": digest}]
+            assert props["manifest-sha256"] == digest
+            assert (out / sampled[bundle] / "assessment-results.json").is_file()
+    # A year of runs stays a few megabytes: a finding per control and run, not a copy of
+    # every run's observations.
+    size = (out / "oscal-assessment-results.json").stat().st_size
+    print(f"\noscal-assessment-results.json: {size} bytes")
+    assert size < 11_000_000
 
 
 def test_each_run_report_leads_from_a_control_to_its_facts(year: Year) -> None:
