@@ -115,6 +115,7 @@ CALENDAR = re.compile(
     r"(?:(?P<weekdays>[A-Z][a-z]{2}(?:,[A-Z][a-z]{2})*)\s+)?"
     r"\*-\*-(?P<day>\*|[0-9]{1,2})\s+"
     r"(?P<hour>[0-9]{1,2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2}))?"
+    r"\s+UTC"
 )
 
 
@@ -148,11 +149,13 @@ class Schedule:
 
 
 def parse_schedule(expression: str) -> Schedule:
-    """EXPRESSION as the checklists write it: `[Mon,...] *-*-DAY HH:MM[:SS]`."""
+    """EXPRESSION as the checklists write it: `[Mon,...] *-*-DAY HH:MM[:SS] UTC`."""
     match = CALENDAR.fullmatch(expression.strip())
     if match is None:
         raise PeriodError(
-            f"schedule {expression!r}: the period report reads `[Mon,...] *-*-DAY HH:MM[:SS]`"
+            f"schedule {expression!r}: the period report reads `[Mon,...] *-*-DAY HH:MM[:SS] UTC`"
+            " (a schedule without its zone runs in each host's local time, which evidence"
+            " cannot place)"
         )
     weekdays = None
     if match["weekdays"]:

@@ -83,9 +83,9 @@ def test_the_report_states_the_population_exactly(year: Year, reported) -> None:
         "anchor, their chains and their series heads."
     )
     rows = [
-        "| daily | *-*-* 09:00:00 | 365 | 355 | 353 | 2 | 1 | 0 | 9 | 1 |",
-        "| weekly | Mon *-*-* 10:00:00 | 52 | 51 | 51 | 0 | 0 | 0 | 1 | 0 |",
-        "| monthly | *-*-01 14:00:00 | 12 | 11 | 11 | 0 | 0 | 0 | 1 | 0 |",
+        "| daily | *-*-* 09:00:00 UTC | 365 | 355 | 353 | 2 | 1 | 0 | 9 | 1 |",
+        "| weekly | Mon *-*-* 10:00:00 UTC | 52 | 51 | 51 | 0 | 0 | 0 | 1 | 0 |",
+        "| monthly | *-*-01 14:00:00 UTC | 12 | 11 | 11 | 0 | 0 | 0 | 1 | 0 |",
     ]
     for row in rows:
         assert row in report
@@ -304,7 +304,7 @@ def test_a_tampered_bundle_is_reported_and_the_period_not_verified(
         "manifest's)"
     )
     assert f"- daily: due 2025-06-02 09:00 UTC: bundle {bundle}: results.json: changed" in report
-    assert "| daily | *-*-* 09:00:00 | 365 | 354 | 352 | 2 | 1 | 1 | 9 | 1 |" in report
+    assert "| daily | *-*-* 09:00:00 UTC | 365 | 354 | 352 | 2 | 1 | 1 | 9 | 1 |" in report
     document = json.loads((tmp_path / "out" / "period.json").read_text())
     assert document["verified"] is False
     # So do its page and its OSCAL results, first.
@@ -398,7 +398,7 @@ def test_a_checklists_whole_series_gone_is_reported(year: Year, tmp_path: Path, 
         "20251229T100000.000000Z-weekly is not here (the newest here is none): the newest "
         "runs were removed; weekly: no series: "
     ), report.splitlines()[0]
-    assert "| weekly | Mon *-*-* 10:00:00 | 52 | 0 | 0 | 0 | 52 | 0 | 0 | 0 |" in report
+    assert "| weekly | Mon *-*-* 10:00:00 UTC | 52 | 0 | 0 | 0 | 52 | 0 | 0 | 0 |" in report
     assert "- weekly: due 2025-12-29 10:00 UTC: no run" in report
     document = json.loads((tmp_path / "out" / "period.json").read_text())
     assert document["verified"] is False

@@ -226,7 +226,7 @@ def test_each_checklist_has_its_seven_required_items(catalogs, checks) -> None:
         items = checklists[name].items
         assert sum(section in item.source for item in items) == 7, name
         assert all(item.checks or item.attested_controls for item in items)
-    assert checklists["daily"].schedule == "*-*-* 09:00:00"
+    assert checklists["daily"].schedule == "*-*-* 09:00:00 UTC"
     assert checklists["monthly"].report_sections[2] == "compliance status"
     people_only = next(i for i in checklists["daily"].items if i.id == "daily.security_alerts")
     assert not people_only.checks and people_only.attested_controls

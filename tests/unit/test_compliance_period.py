@@ -40,7 +40,7 @@ from compliance.period import (
 )
 
 UTC = datetime.UTC
-DAILY = parse_schedule("*-*-* 09:00:00")
+DAILY = parse_schedule("*-*-* 09:00:00 UTC")
 START = datetime.datetime(2025, 3, 1, tzinfo=UTC)
 END = datetime.datetime(2025, 4, 1, tzinfo=UTC)  # March
 NOW = datetime.datetime(2026, 1, 1, tzinfo=UTC)
@@ -89,9 +89,11 @@ def test_the_checklists_own_schedules_are_read() -> None:
     [
         ("daily", "the period report reads"),
         ("Mon..Fri *-*-* 10:00", "the period report reads"),
-        ("Mun *-*-* 10:00", "no weekday Mun"),
-        ("*-*-32 10:00", "no day 32"),
-        ("*-*-* 25:00", "hour must be in"),
+        ("Mun *-*-* 10:00 UTC", "no weekday Mun"),
+        ("*-*-32 10:00 UTC", "no day 32"),
+        ("*-*-* 25:00 UTC", "hour must be in"),
+        # Without its zone a schedule runs in each host's local time.
+        ("*-*-* 09:00:00", "a schedule without its zone"),
     ],
 )
 def test_a_schedule_it_cannot_read_is_an_error(expression: str, message: str) -> None:
@@ -329,7 +331,7 @@ def test_a_run_judges_a_control_by_its_worst() -> None:
 def test_samples_are_reproduced_from_their_seed_and_capped_by_the_population() -> None:
     year = (datetime.datetime(2025, 1, 1, tzinfo=UTC), datetime.datetime(2026, 1, 1, tzinfo=UTC))
     daily_runs = [run(d) for d in DAILY.due_times(*year)]
-    monthly = parse_schedule("*-*-01 14:00:00")
+    monthly = parse_schedule("*-*-01 14:00:00 UTC")
     monthly_runs = [run(d, checklist="monthly") for d in monthly.due_times(*year)]
     populations = [
         population("daily", DAILY, daily_runs, *year, NOW),

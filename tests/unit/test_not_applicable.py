@@ -72,7 +72,7 @@ def checklist() -> Checklist:
     return Checklist(
         "daily",
         "Daily",
-        "*-*-* 09:00:00",
+        "*-*-* 09:00:00 UTC",
         (),
         (
             Item("clock", "Clock", "REQ-COMP-8", ("time.synchronized",), None),

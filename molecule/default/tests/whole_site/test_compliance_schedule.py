@@ -15,9 +15,9 @@ from tests.support.labhosts import connect, lab_spec
 
 SPEC = lab_spec()
 SCHEDULES = {
-    "daily": "*-*-* 09:00:00",
-    "weekly": "Mon *-*-* 10:00:00",
-    "monthly": "*-*-01 14:00:00",
+    "daily": "*-*-* 09:00:00 UTC",
+    "weekly": "Mon *-*-* 10:00:00 UTC",
+    "monthly": "*-*-01 14:00:00 UTC",
 }
 HOME = "/var/lib/securecore-compliance"
 TOOL = "/opt/securecore-compliance/current/venv/bin/compliance"
