@@ -168,7 +168,14 @@ def gather(
                 try:
                     result.facts = json.loads(answer.get("stdout", ""))
                 except ValueError:
-                    result.error = "gathering printed no facts (see the host's python3)"
+                    # What the host's python3 said instead (a traceback's last lines,
+                    # a killed process's nothing): the facts script prints no secrets.
+                    said = (answer.get("stderr") or answer.get("stdout") or "").strip()
+                    result.error = "gathering printed no facts" + (
+                        f"; the host's python3 said: ...{said[-400:]}"
+                        if said
+                        else f" and nothing else (exit {answer.get('rc', 'unknown')})"
+                    )
             finished.append(host)
             if progress is not None:
                 progress(result, len(finished), len(results))
