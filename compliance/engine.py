@@ -50,6 +50,10 @@ class Result:
     waiver: dict[str, Any] | None = None
     rationale: str = ""
     requirements: list[str] = field(default_factory=list)  # the REQ ids it verifies
+    # How soon a failure must be fixed, as the check said when it ran ({"hours",
+    # "basis"}): signed with the run, so a later edit of the check cannot move the
+    # deadline of a failure already found (REQ-COMP-20).
+    remediation: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +116,8 @@ def run_checks(
                 continue
             controls = {f: list(ids) for f, ids in check.controls.items()}
             why = check.rationale.strip()
+            deadline = check.remediation_time()
+            remediation = {"hours": deadline.hours, "basis": deadline.basis}
             if host.error:
                 results.append(
                     Result(
@@ -123,6 +129,7 @@ def run_checks(
                         controls,
                         rationale=why,
                         requirements=list(check.requirements),
+                        remediation=remediation,
                     )
                 )
                 continue
@@ -147,6 +154,7 @@ def run_checks(
                 controls,
                 rationale=why,
                 requirements=list(check.requirements),
+                remediation=remediation,
             )
             if status == "fail":
                 waiver = next(

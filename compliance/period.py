@@ -14,7 +14,8 @@ verify:
   any further one is an additional run. A due time with no run is missing;
   one at or before the last bundle that retention removed (the signed
   PRUNED.json) is "before evidence kept"; one whose bundle does not verify is
-  "not verified"; one after the report was made is "not yet due". A run due in
+  "not verified"; one whose grace had not passed when the report was made is
+  "not yet due" (its run may still come in time). A run due in
   the period but made after its end still counts for its due time (late);
 - the exceptions: each failure episode of a check on a host (consecutive runs
   in which it failed, was waived or could not be checked), first and last
@@ -284,7 +285,9 @@ def _due(
     kept_through: datetime.datetime | None,
 ) -> Due:
     if not window:
-        if due > now:
+        # A run may still come within its grace (a report made at 10:00 on the day of a
+        # 09:00 run): not missing, and not yet judged.
+        if due + grace > now:
             return Due(checklist, due, NOT_YET_DUE)
         if kept_through is not None and due <= kept_through:
             return Due(checklist, due, BEFORE_KEPT)
@@ -389,16 +392,27 @@ def episodes(
     return sorted(overlapping, key=lambda e: (e.first_seen, e.check, e.host))
 
 
+def _recorded_deadline(recorded: object) -> RemediationTime | None:
+    if not isinstance(recorded, dict):
+        return None
+    hours, basis = recorded.get("hours"), recorded.get("basis")
+    if isinstance(hours, int) and not isinstance(hours, bool) and hours > 0 and basis:
+        return RemediationTime(hours, str(basis))
+    return None
+
+
 def _opened(
     check: str, host: str, run: Run, result: dict[str, Any], checks: Mapping[str, Check]
 ) -> Episode:
-    # The severity its first failing run recorded (signed): the deadline in force then,
-    # not one a later edit of the check gave it. A time of its own (remediate_within)
-    # is the definition's: runs do not record it.
+    # The deadline its first failing run recorded (signed): the one in force then, not
+    # one a later edit of the check gave it. Runs from before runs recorded it: the
+    # deadline of the severity they recorded, with the check's own time if it has one.
     known = checks.get(check)
     recorded = result.get("severity")
     severity = recorded if recorded in SEVERITIES else (known.severity if known else "medium")
-    deadline = remediation_time(severity, known.remediate_within if known else None)
+    deadline = _recorded_deadline(result.get("remediation")) or remediation_time(
+        severity, known.remediate_within if known else None
+    )
     return Episode(
         check,
         host,

@@ -14,6 +14,8 @@ from compliance.checklists import CHECKLIST_DIR, NAMES, load_checklists
 from compliance.checks import load_checks, remediation_time
 from compliance.controls import judged
 from compliance.coverage import ControlCoverage
+from compliance.engine import run_checks
+from compliance.gather.runner import HostFacts
 from compliance.period import (
     BEFORE_KEPT,
     FAILED,
@@ -148,6 +150,13 @@ def test_a_bundle_that_does_not_verify_and_runs_not_yet_due() -> None:
     assert day5.status == NOT_VERIFIED and day5.unverified is broken and day5.run is None
     assert [r.signed_at for r in day5.extra] == [at(5, 10)]  # the later one is additional
     assert made.dues[19].status == NOT_YET_DUE and made.expected == 19
+    # A report made within a run's grace (--to today, an hour after the 09:00 run was
+    # due) does not call it missing: it may still come on time. Once the grace has
+    # passed, it is missing.
+    nothing_yet = population("daily", DAILY, [], START, END, at(20, 10))
+    assert nothing_yet.dues[19].status == NOT_YET_DUE and nothing_yet.expected == 19
+    grace_over = population("daily", DAILY, [], START, END, at(20, 15, 1))
+    assert grace_over.dues[19].status == MISSING and grace_over.expected == 20
 
 
 # --- exceptions and their deadlines ------------------------------------------------------
@@ -208,6 +217,37 @@ def test_an_episode_is_held_to_the_severity_its_runs_recorded(checks) -> None:
     critical = result("patches.security_updates", "dmz-01", "fail", "critical")
     [patch] = episodes([run(at(3), [critical])], checks, START, END)
     assert patch.deadline.hours == 24 and patch.deadline.basis.startswith("REQ-HARD-12 patch")
+
+
+def test_an_episode_is_held_to_the_deadline_its_first_run_signed(checks) -> None:
+    # Each run records the deadline its checks had (engine.Result.remediation); the
+    # check's definition edited since (a longer time of its own, another severity)
+    # moves no deadline of a failure already found.
+    signed = {"hours": 72, "basis": "the check's own remediation time"}
+    runs = [
+        run(at(1), [result("integrity.aide", "dmz-01", "fail", "medium", remediation=signed)]),
+        run(at(6), [result("integrity.aide", "dmz-01", "pass", "medium")]),
+    ]
+    [episode] = episodes(runs, checks, START, END)
+    assert checks["integrity.aide"].remediation_time().hours == 30 * 24  # today's
+    assert (episode.deadline.hours, episode.deadline.basis) == (72, signed["basis"])
+    assert not episode.within_deadline(END)  # 5 days against the 72 h signed
+    # What a run did not record in a form it can be read in is no deadline: the
+    # severity's, as for runs from before runs recorded theirs.
+    for unreadable in ({"hours": "72"}, {"hours": 0, "basis": "x"}, {"hours": True}, "72h"):
+        broken = result("integrity.aide", "dmz-01", "fail", "medium", remediation=unreadable)
+        [old] = episodes([run(at(1), [broken])], checks, START, END)
+        assert old.deadline.hours == 30 * 24, unreadable
+
+
+def test_every_result_records_the_deadline_its_check_has(checks) -> None:
+    facts = HostFacts("dmz-01", ["dmz"], {"aide": {"daily_check": False}})
+    [aide] = run_checks([checks["integrity.aide"]], [facts], [])
+    assert aide.status == "fail"
+    assert aide.as_dict()["remediation"] == {
+        "hours": 30 * 24,
+        "basis": "REQ-HARD-12's deadline for medium severity, for a check without its own",
+    }
 
 
 def test_deadlines_the_patch_sla_a_checks_own_time_or_its_severitys(checks) -> None:
