@@ -395,10 +395,12 @@ def period_assessment_results(report: PeriodReport) -> dict[str, Any]:
     found (each due time's run and any additional one), in the order they were signed,
     with its hosts and a finding per control, as in the run's own bundle. Each result
     links the run's bundle - a back-matter resource that names it and its manifest's
-    SHA-256 (and links the copy under samples/ when the run was sampled) - whose
-    assessment-results.json holds the observations. The metadata's remarks are the
-    report's verdict on the evidence."""
+    SHA-256 and links it where the report read it (a file: URI on the machine that
+    made the report) and, when the run was sampled, its copy under samples/ first -
+    whose assessment-results.json holds the observations. The metadata's remarks are
+    the report's verdict on the evidence."""
     sampled = {(s.series, s.bundle): sample_path(s) for s in report.samples}
+    kept = {series.name: series.path.resolve() for series in report.series}
     runs = sorted(
         (
             (due, run, run is not due.run)
@@ -421,14 +423,13 @@ def period_assessment_results(report: PeriodReport) -> dict[str, Any]:
                 _prop("manifest-sha256", run.manifest_sha256),
             ],
         }
+        # The same hash for each place: whichever copy a reader opens, it is this one.
+        hashes = [{"algorithm": "SHA-256", "value": run.manifest_sha256}]
         copy = sampled.get((run.series, run.bundle))
-        if copy is not None:
-            resource["rlinks"] = [
-                {
-                    "href": f"{copy}/manifest.json",
-                    "hashes": [{"algorithm": "SHA-256", "value": run.manifest_sha256}],
-                }
-            ]
+        places = [f"{copy}/manifest.json"] if copy is not None else []
+        if run.series in kept:
+            places.append((kept[run.series] / run.bundle / "manifest.json").as_uri())
+        resource["rlinks"] = [{"href": href, "hashes": hashes} for href in places]
         resources.append(resource)
         which = (
             f"an additional run after the run due {when(due.due)}"

@@ -16,6 +16,7 @@ import hashlib
 import json
 import random
 import shutil
+import urllib.parse
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from compliance.period import PeriodError, period_report, write_period_bundle
 from tests.support.browser import laid_out, png_rows, screenshot
 from tests.support.commands import compliance
 from tests.support.oscal import validated
-from tests.support.period import Year, make_year
+from tests.support.period import Year, make_year, period_arguments
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +45,7 @@ def year(tmp_path_factory: pytest.TempPathFactory) -> Year:
 def period(year: Year, evidence: Path, out: Path, *extra: str, heads: bool | Path = True):
     """The command over the year's period; HEADS: the scheduler's heads, others, or none."""
     head_dir = year.heads if heads is True else heads
-    return compliance(
-        "period",
-        str(evidence),
-        "--from",
-        "2025-01-01",
-        "--to",
-        "2025-12-31",
-        "--key-list",
-        str(year.key_list),
-        *(("--head-dir", str(head_dir)) if head_dir else ()),
-        "--signing-key",
-        str(year.period_key),
-        "--out",
-        str(out),
-        *extra,
-    )
+    return compliance(*period_arguments(year, evidence, out, head_dir or None), *extra)
 
 
 def copied(year: Year, tmp_path: Path) -> Path:
@@ -126,8 +112,9 @@ def test_the_report_states_each_exception_against_its_deadline(reported) -> None
         "| 2025-07-21 09:00 UTC (passed, bundle 20250721T090000.000000Z-daily) | 20 d "
         "| 30 d (REQ-HARD-12's deadline for medium severity, for a check without its own) "
         "| within | 10 fail, 10 waived | approved by ciso until 2025-07-10 (AIDE database "
-        "rebuilt after the upgrade): waived 10 runs, 2025-07-01 09:00 UTC to 2025-07-10 09:00 "
-        "UTC; expired during the episode: not waived from 2025-07-11 09:00 UTC (10 runs) |"
+        "rebuilt after the upgrade <img src=x onerror=alert(1)>): waived 10 runs, "
+        "2025-07-01 09:00 UTC to 2025-07-10 09:00 UTC; expired during the episode: not waived "
+        "from 2025-07-11 09:00 UTC (10 runs) |"
     )
     exceptions = report.split("## Exceptions", 1)[1].split("\n## ", 1)[0]
     assert [
@@ -154,6 +141,11 @@ def test_the_report_states_the_attestations_and_the_key_rotation(reported) -> No
         "08:00 UTC, before the run signed 2025-08-20 09:00 UTC found the item pending, but "
         "recorded only in the later run 20250820T150000.000000Z-daily: backdated, not counted "
         "(a signed pending result stands) |"
+    ) in report
+    # A note is a cell of its own, whatever it says.
+    assert (
+        "| daily.security_alerts | alice | 2025-09-01 08:00 UTC | 2025-09-01 09:00 UTC "
+        '| handled <script>alert("note")</script> \\| a forged column | none |'
     ) in report
     pending = report.split("### Pending past their due time", 1)[1].split("###", 1)[0]
     assert pending.count("\n| daily.") == 1  # that one, and no other
@@ -591,8 +583,10 @@ def test_report_html_is_one_offline_page_saying_what_report_md_says(reported) ->
     assert tags.index("p") < tags.index("h1")
     first = report.splitlines()[0]
     assert f'<p class="verdict ok">{first}</p>' in page
-    # Its sections, tables and lists are report.md's.
+    # Its sections, tables and lists are report.md's; what people wrote stays text.
     for line in (
+        "<td>handled &lt;script&gt;alert(&quot;note&quot;)&lt;/script&gt; | a forged column</td>",
+        "(AIDE database rebuilt after the upgrade &lt;img src=x onerror=alert(1)&gt;)",
         "<h2>Exceptions: failure episodes (REQ-COMP-20)</h2>",
         "<li>daily: due 2025-03-10 09:00 UTC: no run</li>",
         "<td>EXCEEDED by 2 d</td>",
@@ -665,7 +659,7 @@ def test_report_html_renders_its_charts_in_headless_chromium(reported, tmp_path:
     print(f"\nscreenshot: {shot}")
 
 
-def test_the_period_oscal_is_one_result_per_run_and_validates(reported) -> None:
+def test_the_period_oscal_is_one_result_per_run_and_validates(year: Year, reported) -> None:
     out, _ = reported
     document = json.loads((out / "oscal-assessment-results.json").read_text())
     validated(document)  # as every run bundle's
@@ -706,8 +700,8 @@ def test_the_period_oscal_is_one_result_per_run_and_validates(reported) -> None:
         in (results["20250820T150000.000000Z-daily"]["description"])
     )
     # Each result links its run's bundle, named with its manifest's hash, whose own
-    # OSCAL results observe each check and host; a sampled run's copy is linked in this
-    # bundle, with that hash.
+    # OSCAL results observe each check and host: where the report read it, and a
+    # sampled run's copy in this bundle first, each with that hash.
     resources = {r["uuid"]: r for r in made["back-matter"]["resources"]}
     sampled = {p["bundle"]: p["copy"] for p in period["samples"]["picked"]}
     dues = {d["bundle"]: d for p in period["population"].values() for d in p["dues"]}
@@ -720,13 +714,21 @@ def test_the_period_oscal_is_one_result_per_run_and_validates(reported) -> None:
         assert props["bundle"] == bundle
         if bundle in dues:
             assert props["manifest-sha256"] == dues[bundle]["manifest_sha256"]
+        *copies, kept = resource["rlinks"]
+        assert kept["href"].startswith("file:///")
+        manifest = Path(urllib.parse.unquote(urllib.parse.urlparse(kept["href"]).path))
+        assert manifest == year.root.resolve() / props["series"] / bundle / "manifest.json"
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        assert kept["hashes"] == [{"algorithm": "SHA-256", "value": digest}]
+        assert props["manifest-sha256"] == digest
         if bundle in sampled:
-            [link] = resource["rlinks"]
+            [link] = copies
             assert link["href"] == f"{sampled[bundle]}/manifest.json"
-            digest = hashlib.sha256((out / link["href"]).read_bytes()).hexdigest()
-            assert link["hashes"] == [{"algorithm": "SHA-256", "value": digest}]
-            assert props["manifest-sha256"] == digest
+            assert (out / link["href"]).read_bytes() == manifest.read_bytes()
+            assert link["hashes"] == kept["hashes"]
             assert (out / sampled[bundle] / "assessment-results.json").is_file()
+        else:
+            assert copies == []
     # A year of runs stays a few megabytes: a finding per control and run, not a copy of
     # every run's observations.
     size = (out / "oscal-assessment-results.json").stat().st_size

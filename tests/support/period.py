@@ -159,15 +159,39 @@ class Year:
         # integrity.aide (medium: 30 d), waived until 2025-07-10: 20 days.
         ("dmz-01", datetime.date(2025, 7, 1), datetime.date(2025, 7, 20), _no_aide),
     )
+    # The texts people write (a waiver's reason, an attestation's note) reach the
+    # reports as they were written: markup and table separators in them stay text.
     waiver = Waiver(
         "integrity.aide",
         ("dmz-01",),
-        "AIDE database rebuilt after the upgrade",
+        "AIDE database rebuilt after the upgrade <img src=x onerror=alert(1)>",
         "ciso",
         datetime.date(2025, 7, 10),
     )
     pending_day = datetime.date(2025, 8, 20)  # daily.security_alerts not attested in time
+    marked_up_day = datetime.date(2025, 9, 1)
+    marked_up_note = 'handled <script>alert("note")</script> | a forged column'
     prune_at = datetime.datetime(2026, 1, 10, tzinfo=UTC)
+
+
+def period_arguments(year: Year, evidence: Path, out: Path, head_dir: Path | None) -> list[str]:
+    """`compliance period`'s arguments for the year's period, as an auditor gives them
+    (HEAD_DIR: the scheduler's heads, others, or None for none)."""
+    return [
+        "period",
+        str(evidence),
+        "--from",
+        year.first.isoformat(),
+        "--to",
+        year.last.isoformat(),
+        "--key-list",
+        str(year.key_list),
+        *(("--head-dir", str(head_dir)) if head_dir else ()),
+        "--signing-key",
+        str(year.period_key),
+        "--out",
+        str(out),
+    ]
 
 
 def _schedule(year: Year) -> list[tuple[datetime.datetime, str]]:
@@ -188,8 +212,10 @@ def _schedule(year: Year) -> list[tuple[datetime.datetime, str]]:
     return sorted(runs)
 
 
-def make_year(directory: Path) -> Year:
-    """A year (2025) of daily, weekly and monthly runs over two hosts."""
+def make_year(directory: Path, hosts: dict[str, list[str]] | None = None) -> Year:
+    """A year (2025) of daily, weekly and monthly runs over HOSTS (name -> its groups;
+    two hosts that carry every kind of check by default)."""
+    hosts = HOSTS if hosts is None else hosts
     started = time.monotonic()
     year = Year(
         directory / "evidence",
@@ -233,6 +259,8 @@ def make_year(directory: Path) -> Year:
             if at.date() == year.pending_day and item.id == "daily.security_alerts":
                 continue  # not in time: the run finds it pending
             note = f"{item.id} done {at.date()}"
+            if at.date() == year.marked_up_day and item.id == "daily.security_alerts":
+                note = year.marked_up_note
             record(store, checklists, item.id, "alice", note, [], alice, now=morning)
         if at.date() == year.pending_day and at.time() == datetime.time(15):
             record(
@@ -245,21 +273,21 @@ def make_year(directory: Path) -> Year:
                 alice,
                 now=morning,
             )
-        hosts = []
-        for host, groups in HOSTS.items():
+        gathered = []
+        for host, groups in hosts.items():
             facts = copy.deepcopy(passing_facts(groups))
             for who, first, last, change in year.changes:
                 if who == host and first <= at.date() <= last:
                     change(facts)
-            hosts.append(HostFacts(host, groups, facts, seconds=1.0))
+            gathered.append(HostFacts(host, groups, facts, seconds=1.0))
         wanted = {c for item in checklist.items for c in item.checks}
         results = run_checks(
-            [c for c in checks if c.id in wanted], hosts, [year.waiver], today=at.date()
+            [c for c in checks if c.id in wanted], gathered, [year.waiver], today=at.date()
         )
         document = {
             "hosts": [
                 {"host": h.host, "groups": h.groups, "error": h.error, "seconds": h.seconds}
-                for h in hosts
+                for h in gathered
             ],
             "results": [r.as_dict() for r in results],
             "started": at,
@@ -271,7 +299,7 @@ def make_year(directory: Path) -> Year:
             "checks_sha256": checks_sha256,
             "waivers_sha256": None,
         }
-        facts = {h.host: h.facts for h in hosts}
+        facts = {h.host: h.facts for h in gathered}
         made = checklist_files(
             checklist, checks, catalogs, document, results, run, facts, store, pinned, at
         )
