@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from compliance.catalog import load_catalogs
 from compliance.checklists import load_checklist
@@ -70,6 +73,37 @@ def test_an_unreachable_host_is_an_error_not_a_pass(tmp_path: Path) -> None:
     assert "gone" in proc.stdout and "ERROR" in proc.stdout and "unreachable" in proc.stdout
     assert "PASS" not in proc.stdout
     assert "[1/1] gone error: unreachable" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("said", "named"),
+    [
+        ("Fatal: the host's Python ran out of memory\n", "python3 said: ...Fatal: the host's"),
+        ("", "printed no facts and nothing else (exit 0)"),
+    ],
+)
+def test_a_host_whose_python_prints_no_facts_is_an_error_saying_what_it_did(
+    inventory: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str, named: str
+) -> None:
+    # The host's python3 leaves the fact script before it runs and exits 0 (a broken
+    # interpreter, an OOM-killed child whose parent still says ok): the run names the
+    # host as an error with what its python3 said, so an operator has it to go on.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        f"if sys.argv and sys.argv[0].endswith({SCRIPT.name!r}):\n"
+        f"    sys.stderr.write({said!r})\n"
+        "    sys.stderr.flush()\n"
+        "    os._exit(0)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    proc = compliance("check", "-i", str(inventory), "--format", "json")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    [host] = json.loads(proc.stdout)["hosts"]
+    assert host["error"].startswith("gathering printed no facts"), host
+    assert named in host["error"], host
+    assert {r["status"] for r in json.loads(proc.stdout)["results"]} == {"error"}
 
 
 def test_waivers_cover_failures_until_they_expire(inventory: Path, tmp_path: Path) -> None:
