@@ -291,13 +291,18 @@ def test_records_removed_with_their_checkpoints_fail_and_the_service_will_not_st
         dev = server["config"].parent
         rewrite_everything_on_the_host(dev, keep=4)
         proc = verify(server)
-        assert first_bad(proc) == 1 and f"checkpoint of {held}" in proc.stderr, proc.stderr
+        # The log is unproved from the first record after the newest checkpoint the
+        # witnesses cosigned within the four kept: record 1 when the eight came in one
+        # checkpoint, a later one when the checkpoint interval fell among them (a busy
+        # machine); at the latest record 5, the first one removed.
+        assert first_bad(proc) <= 5 and f"checkpoint of {held}" in proc.stderr, proc.stderr
+        assert "records were removed" in proc.stderr, proc.stderr
         assert "tampered" in restart_refused(server)
         # Asked explicitly: the same answer from one named witness alone.
         (dev / "data/witness/cosigned").mkdir(exist_ok=True)
         text = server["config"].read_text()
         server["config"].write_text(re.sub(r"witnesses = \{.*\}\n", "", text))
-        assert first_bad(verify(server, "--witness", server["witnesses"][1]["url"])) == 1
+        assert first_bad(verify(server, "--witness", server["witnesses"][1]["url"])) <= 5
 
 
 def test_cosigned_checkpoints_reach_the_audit_store(tmp_path: Path) -> None:
