@@ -110,13 +110,15 @@ def run_checks(
 ) -> list[Result]:
     today = today or datetime.date.today()
     results = []
+    # Each check's deadline, worked out once: the same for every host it runs on.
+    deadlines = {c.id: c.remediation_time() for c in checks}
     for host in hosts:
         for check in checks:
             if not applies(check, host):
                 continue
             controls = {f: list(ids) for f, ids in check.controls.items()}
             why = check.rationale.strip()
-            deadline = check.remediation_time()
+            deadline = deadlines[check.id]
             remediation = {"hours": deadline.hours, "basis": deadline.basis}
             if host.error:
                 results.append(
