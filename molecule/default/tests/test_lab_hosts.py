@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
+from tests.support.cpus import allowed_cpus
 from tests.support.labhosts import connect
 
 
@@ -42,3 +44,13 @@ def test_each_host_has_its_own_ssh_host_key(spec):
         for h in spec.hosts
     }
     assert len(fingerprints) == len(spec.hosts)
+
+
+def test_every_process_of_a_host_may_run_on_every_cpu(lab_host):
+    # A lab host is made by a task (molecule's create runs securecore-lab up) and
+    # inherits the CPUs that task's process may use: pinned by Ansible's strategy, the
+    # whole lab shared one CPU of the machine (plugins/strategy/mitogen_linear.py).
+    _, host = lab_host
+    listed = host.run("grep -h Cpus_allowed_list /proc/1/status /proc/self/status").stdout
+    found = [allowed_cpus(line.split()[-1]) for line in listed.splitlines()]
+    assert found == [os.sched_getaffinity(0)] * 2, listed
