@@ -17,6 +17,13 @@ Targets (REQ-PERF-1, -4, -5): auth p95 < 100 ms, 1,000 concurrent sessions, 10,0
 
 Writes bench/results/service.json (and prints it). The service runs as in production
 (one uvicorn process, software keys unless --hsm); every request writes an audit record.
+The hello-world runs with as many worker processes as the service (--workers).
+
+Each closed loop also reports the server's CPU time per request (its processes' user
+and system time over the measured seconds, bench/server_cost.py): steadier than
+requests/s on a shared machine. --profile FILE samples the service with py-spy under a
+closed loop of its own and writes where its CPU time goes (by part of the code and by
+function) to FILE; bench/results/service-*.profile.txt are such summaries.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +55,8 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
+
+from bench import server_cost  # noqa: E402
 
 # The service allows 5 live sessions per principal: 4 in use, 1 for the logins
 # of the latency phase (made and ended again).
@@ -202,21 +212,38 @@ def start_service(base: Path, hsm: bool, workers: int) -> tuple[subprocess.Popen
     return process, port
 
 
-def start_hello(base: Path) -> tuple[subprocess.Popen, int]:
-    """The reference: the same uvicorn, TLS policy and protocol class, an empty application."""
+def start_hello(base: Path, workers: int) -> tuple[subprocess.Popen, int]:
+    """The reference: the same uvicorn, TLS policy and protocol class, an empty
+    application, with as many worker processes as the service."""
     tls = base / "pki"
     port = free_port()
     (base / "hello.py").write_text(HELLO)
+    # Like `securecore serve --workers N`: the listening socket bound once, each worker
+    # a process of its own accepting on it.
     runner = f"""
-import sys, uvicorn
+import multiprocessing, signal, socket, sys, uvicorn
 sys.path.insert(0, {str(base)!r})
 from securecore.server.tls_scope import TLSScopeHttpToolsProtocol
 from securecore.tls import TLSPolicy
 policy = TLSPolicy.from_mapping({{"ca_file": {str(tls / "ca.pem")!r}, "crl_check": "none",
     "server_certificate": {str(tls / "server.pem")!r}, "server_key": {str(tls / "server.key")!r}}})
-uvicorn.run("hello:app", host="127.0.0.1", port={port}, http=TLSScopeHttpToolsProtocol,
-            loop="uvloop", ssl_context_factory=lambda c, d: policy.server_context(),
-            log_level="warning")
+
+def serve(listening):
+    config = uvicorn.Config("hello:app", http=TLSScopeHttpToolsProtocol, loop="uvloop",
+        ssl_context_factory=lambda c, d: policy.server_context(), log_level="warning")
+    uvicorn.Server(config).run(sockets=[listening])
+
+listening = socket.socket()
+listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listening.bind(("127.0.0.1", {port}))
+listening.listen(2048)
+workers = [multiprocessing.get_context("fork").Process(target=serve, args=(listening,))
+           for _ in range({workers})]
+for worker in workers:
+    worker.start()
+signal.signal(signal.SIGTERM, lambda *_: [w.terminate() for w in workers])
+for worker in workers:
+    worker.join()
 """
     process = subprocess.Popen(
         [sys.executable, "-c", runner],
@@ -264,7 +291,9 @@ async def login(reader, writer) -> tuple[int, str | None]:
     return status, json.loads(body)["access_token"] if status == 201 else None
 
 
-async def drive_saturated(port: int, tls: Path, names: list[str], seconds: float, mode: str):
+async def drive_saturated(
+    port: int, tls: Path, names: list[str], seconds: float, mode: str, start: Barrier
+):
     """Closed loop, one connection per principal, each rotating over its sessions:
     the most the service answers (requests/s). Sessions are made first, all
     connections at once (the login burst), and ended afterwards."""
@@ -306,6 +335,7 @@ async def drive_saturated(port: int, tls: Path, names: list[str], seconds: float
     await asyncio.sleep(0)
     while len(auth_latencies) < len(names) * SESSIONS_PER_PRINCIPAL * (mode == "service"):
         await asyncio.sleep(0.05)
+    await asyncio.to_thread(start.wait)  # every client process, and the measuring parent
     deadline = time.monotonic() + seconds
     ready.set()
     await asyncio.gather(*tasks)
@@ -313,7 +343,13 @@ async def drive_saturated(port: int, tls: Path, names: list[str], seconds: float
 
 
 async def drive_offered(
-    port: int, tls: Path, names: list[str], seconds: float, rate: float, logins: float
+    port: int,
+    tls: Path,
+    names: list[str],
+    seconds: float,
+    rate: float,
+    logins: float,
+    start: Barrier,
 ):
     """Open loop at a fixed offered load: every connection sends its share of RATE
     requests/s on a schedule, and its share of LOGINS new sessions/s (each ended
@@ -363,20 +399,22 @@ async def drive_offered(
     while len(connected) < len(names):  # every connection and its sessions are up
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)  # and the service has settled after the burst of logins
+    await asyncio.to_thread(start.wait)
     ready.set()
     await asyncio.gather(*tasks)
     return {"latencies": latencies, "auth": auth_latencies, "errors": errors}
 
 
-def client_process(port, tls, names, seconds, mode, results, rate=0.0, logins=0.0) -> None:
+def client_process(port, tls, names, seconds, mode, results, start, rate=0.0, logins=0.0) -> None:
     if mode == "offered":
-        run = drive_offered(port, Path(tls), names, seconds, rate, logins)
+        run = drive_offered(port, Path(tls), names, seconds, rate, logins, start)
     else:
-        run = drive_saturated(port, Path(tls), names, seconds, mode)
+        run = drive_saturated(port, Path(tls), names, seconds, mode, start)
     results.put(asyncio.run(run))
 
 
 def run_clients(
+    server: subprocess.Popen,
     port: int,
     tls: Path,
     names: list[str],
@@ -385,8 +423,12 @@ def run_clients(
     clients: int,
     rate: float = 0.0,
     logins: float = 0.0,
+    profile: Path | None = None,
 ):
+    """The client processes against the server for SECONDS, all starting at once; the
+    server's CPU time over those seconds, and (PROFILE) its py-spy stacks then."""
     queue: multiprocessing.Queue = multiprocessing.Queue()
+    start = multiprocessing.Barrier(clients + 1)
     shares = [names[i::clients] for i in range(clients)]
     workers = [
         multiprocessing.Process(
@@ -398,6 +440,7 @@ def run_clients(
                 seconds,
                 mode,
                 queue,
+                start,
                 rate * len(share) / len(names),
                 logins * len(share) / len(names),
             ),
@@ -406,6 +449,11 @@ def run_clients(
     ]
     for worker in workers:
         worker.start()
+    start.wait(timeout=600)  # the sessions are made; the measured seconds begin
+    cpu_before = server_cost.cpu_seconds(server.pid)
+    profiler = server_cost.Profile(server.pid, seconds, profile) if profile else None
+    time.sleep(seconds)
+    cpu = server_cost.cpu_seconds(server.pid) - cpu_before
     parts = [queue.get(timeout=seconds + 300) for _ in workers]
     for worker in workers:
         worker.join()
@@ -424,6 +472,10 @@ def run_clients(
     return {
         "requests": len(latencies),
         "requests_per_second": round(len(latencies) / seconds),
+        # The server's processes (a supervisor and its workers) over the same seconds.
+        "server_cpu_seconds": round(cpu, 2),
+        "server_cpu_us_per_request": round(cpu * 1e6 / max(1, len(latencies))),
+        **({"profile": profiler.stacks()} if profiler else {}),
         "latency_ms": quantiles(latencies),
         "auth_latency_ms": quantiles(auth),
         "logins": len(auth),
@@ -446,6 +498,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="service worker processes")
     parser.add_argument("--hsm", action="store_true", help="SoftHSM keys instead of key files")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "service.json"))
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also sample the service with py-spy under a closed loop of its own and write "
+        "the summary of where its CPU time goes to FILE",
+    )
     args = parser.parse_args()
     principals = max(1, -(-args.sessions // SESSIONS_PER_PRINCIPAL))
     (ROOT / "output").mkdir(exist_ok=True)
@@ -454,21 +512,24 @@ def main() -> int:
         (base / "pki").mkdir()
         make_pki(base / "pki", principals)
         names = [f"bench-{i:04d}" for i in range(principals)]
-        hello, hello_port = start_hello(base)
+        hello, hello_port = start_hello(base, args.workers)
         try:
             reference = run_clients(
-                hello_port, base / "pki", names, args.seconds, "hello", args.clients
+                hello, hello_port, base / "pki", names, args.seconds, "hello", args.clients
             )
         finally:
             hello.terminate()
             hello.wait()
         service, port = start_service(base, args.hsm, args.workers)
         try:
-            pipeline = run_clients(port, base / "pki", names, args.seconds, "service", args.clients)
+            pipeline = run_clients(
+                service, port, base / "pki", names, args.seconds, "service", args.clients
+            )
             # Latency is measured at half the throughput just measured: the load
             # the service is sized for, not a queue of 1,000 waiting clients.
             offered_rate = pipeline["requests_per_second"] * args.load
             offered = run_clients(
+                service,
                 port,
                 base / "pki",
                 names,
@@ -481,6 +542,19 @@ def main() -> int:
             offered["offered_requests_per_second"] = round(offered_rate)
             offered["offered_logins_per_second"] = args.logins
             offered["sessions"] = len(names) * SESSIONS_PER_PRINCIPAL
+            if args.profile:
+                # A closed loop of its own: sampling slows the server down, so the
+                # figures above are taken without it.
+                profiled = run_clients(
+                    service,
+                    port,
+                    base / "pki",
+                    names,
+                    args.seconds,
+                    "service",
+                    args.clients,
+                    profile=base / "profile.raw",
+                )
         finally:
             service.terminate()
             service.wait()
@@ -516,6 +590,14 @@ def main() -> int:
         "pipeline_to_hello_world_ratio": round(
             pipeline["requests_per_second"] / max(1, reference["requests_per_second"]), 3
         ),
+        # What the pipeline costs beyond serving HTTP over mutual TLS: CPU time per
+        # request, which waiting for a CPU on a shared machine does not change.
+        "cpu_us_per_request": {
+            "pipeline": pipeline["server_cpu_us_per_request"],
+            "hello_world_reference": reference["server_cpu_us_per_request"],
+            "pipeline_cost": pipeline["server_cpu_us_per_request"]
+            - reference["server_cpu_us_per_request"],
+        },
         "targets_met": {
             "auth_p95_under_100ms": offered["auth_latency_ms"].get("p95", 1e9) < 100,
             "concurrent_sessions_1000": offered["sessions"] >= 1000
@@ -524,6 +606,16 @@ def main() -> int:
             "requests_10000_per_second": pipeline["requests_per_second"] >= 10_000,
         },
     }
+    if args.profile:
+        summary = server_cost.summarize(
+            profiled.pop("profile"),
+            f"securecore serve --workers {args.workers} under a closed loop of GET "
+            f"/v1/sessions/current, {args.seconds:g} s, {profiled['requests']} requests "
+            f"({profiled['server_cpu_us_per_request']} CPU-us each while sampled); "
+            f"{results['when']}",
+        )
+        Path(args.profile).write_text(summary)
+        print(summary)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
