@@ -109,6 +109,20 @@ def read_inventory(inventory: Path) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
+# The ports the kernel gives outgoing connections: a lab port in this range can be
+# taken (or held in TIME_WAIT for a minute) by any connection the machine made.
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_ports() -> tuple[int, int] | None:
+    """This machine's ephemeral port range, or None where it cannot be read."""
+    try:
+        low, high = EPHEMERAL_PORTS.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return None
+
+
 def load_spec(inventory: Path) -> LabSpec:
     """Read the lab inventory and return the lab it describes."""
     inventory = inventory.resolve()
@@ -149,6 +163,14 @@ def load_spec(inventory: Path) -> LabSpec:
             raise LabError(
                 f"{inventory}: host '{host_name}' needs segment_ip and ansible_port ({exc})"
             ) from exc
+        ephemeral = ephemeral_ports()
+        if ephemeral and ephemeral[0] <= port <= ephemeral[1]:
+            raise LabError(
+                f"{inventory}: host '{host_name}' ansible_port {port} is in this machine's "
+                f"ephemeral port range {ephemeral[0]}-{ephemeral[1]} "
+                f"({EPHEMERAL_PORTS}): any outgoing connection may hold it when the lab "
+                "starts, and podman then cannot publish it; choose a port outside it"
+            )
         if address not in segments[member_of[0]].network:
             raise LabError(
                 f"{inventory}: host '{host_name}' segment_ip {address} is outside "
