@@ -5,12 +5,15 @@ descendants (a supervisor and its workers) from /proc, so that a benchmark can
 report CPU-microseconds per request: steadier than requests/s on a shared
 machine, since time the server waits for a CPU is not counted.
 
-`Profile` samples the same processes with py-spy (its idle threads left out)
-and `summarize` turns the stacks into the summary a person reads: where the
-samples were, by the part of the code (securecore's packages, the TLS and HTTP
-stack, SQLite, logging, metrics ...) and by function. A frame's share counts the
-samples whose stack holds it (inclusive); a function's own share, the samples
-it was the innermost Python frame of (time in C code it called included).
+`Profile` samples the same processes with py-spy, each sample the stack of the
+thread that holds the GIL: the Python work of a process, which is what bounds a
+worker's throughput (the time a thread waits on a disk or a lock, or spends in C
+code that released the GIL, is not sampled). `summarize` turns the stacks into
+the summary a person reads: where the samples were, by the part of the code
+(securecore's packages, the TLS and HTTP stack, SQLite, logging, metrics ...)
+and by function. A frame's share counts the samples whose stack holds it
+(inclusive); a function's own share, the samples it was the innermost Python
+frame of (time in C code it called while holding the GIL included).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Profile:
                 "--pid",
                 str(pid),
                 "--subprocesses",
+                "--gil",
                 "--duration",
                 str(max(1, round(seconds))),
                 "--rate",
@@ -97,8 +101,8 @@ class Profile:
 # A frame as py-spy writes it: "name (path/to/file.py:line)", the path relative to
 # sys.path's entry (securecore/audit/log.py, asyncio/tasks.py).
 FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(:\d+)?\)$")
-# Innermost frames of a thread that waits (for work, a lock, a socket) although py-spy,
-# which asks the OS, saw it running: counted apart, not as work.
+# Innermost frames of a thread that waits (for work, a lock, a socket) while holding
+# the GIL as py-spy saw it (a sample taken as it was letting go): counted apart.
 WAITING = {
     "Condition.wait (threading.py)",
     "Event.wait (threading.py)",
@@ -187,8 +191,8 @@ def summarize(stacks: list[tuple[list[str], int]], title: str, top: int = 30) ->
 
     lines = [
         title,
-        f"{total} samples of work (py-spy, busy threads only; {waiting} more of threads "
-        "waiting on a lock or a queue left out)",
+        f"{total} samples of the thread holding the GIL in each process (py-spy --gil; "
+        f"{waiting} more in a wait left out)",
         "",
     ]
     lines += ["By part of the code: own (innermost Python frame) / inclusive (on the stack)"]
