@@ -13,7 +13,7 @@ import datetime
 import ipaddress
 from dataclasses import dataclass, field
 
-from securecore.policy.state import PolicyState
+from securecore.policy.state import PolicyView
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -78,7 +78,7 @@ class AclRules:
 
 
 def check_acl(
-    rules: AclRules, state: PolicyState, source: str, moment: datetime.datetime
+    rules: AclRules, state: PolicyView, source: str, moment: datetime.datetime
 ) -> str | None:
     """None when allowed, else the reason for the refusal."""
     address = ipaddress.ip_address(source)

@@ -152,9 +152,11 @@ class PolicyEngine:
         def deny(stage: str, reason: str, retry: float = 0.0) -> Decision:
             return Decision(False, stage, reason, retry, version)
 
-        if self.state.mode("shutdown") == "on" and not request.operator:
+        # One look at the blocks and modes for the whole decision.
+        state = self.state.view()
+        if state.mode("shutdown") == "on" and not request.operator:
             return deny("emergency", "emergency shutdown: all traffic is stopped")
-        refused = check_acl(self.policy.acl, self.state, request.source, moment)
+        refused = check_acl(self.policy.acl, state, request.source, moment)
         if refused:
             return deny("acl", refused)
         # Locks and stops are per principal (intrusion.py): another principal's
@@ -164,10 +166,10 @@ class PolicyEngine:
             ("client", request.principal),
             ("session", request.session_id),
         ):
-            blocked = subject and self.state.blocked(kind, subject, now)
+            blocked = subject and state.blocked(kind, subject, now)
             if blocked:
                 return deny("intrusion", f"{kind} {subject} is blocked: {blocked}")
-        emergency = self.state.mode("emergency") == "on"
+        emergency = state.mode("emergency") == "on"
         client = ratelimit.scaled(self.policy.client_limit, load=request.load, emergency=emergency)
         verdict = ratelimit.take(self.state, f"client:{request.principal}", client, now)
         if not verdict.allowed:

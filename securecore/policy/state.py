@@ -9,14 +9,16 @@ holds across all workers of the service, not per process.
 Blocks and modes are read on every request but change rarely, so each
 process keeps them in memory and reloads them when the database changed:
 every change of blocks or modes bumps the one-row `policy_version` table in
-the same transaction, and each request reads only that number. A block
-therefore takes effect on the very next request everywhere.
+the same transaction, and each request reads only that number, once
+(`view()`: the blocks and modes as of that look, for every step of one
+decision). A block therefore takes effect on the very next request everywhere.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from securecore.policy.counters import SharedCounters
@@ -49,6 +51,22 @@ INSERT INTO policy_version VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 BUMP = "UPDATE policy_version SET version = version + 1 WHERE id = 1"
 
 
+@dataclass(frozen=True)
+class PolicyView:
+    """Blocks and modes as committed when one decision began (never changed: a reload
+    makes a new view, so a decision reads one consistent state)."""
+
+    blocks: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    modes: dict[str, str] = field(default_factory=dict)
+
+    def blocked(self, kind: str, subject: str, now: float) -> str | None:
+        found = self.blocks.get((kind, subject))
+        return found[1] if found and found[0] > now else None
+
+    def mode(self, name: str, default: str = "") -> str:
+        return self.modes.get(name, default)
+
+
 class PolicyState:
     def __init__(
         self, database: str | Path | StateDatabase, counters: str | Path | None = None
@@ -66,30 +84,30 @@ class PolicyState:
         self.lock = threading.Lock()
         self.counters = SharedCounters(counters)
         self._seen_version = -1
-        self._blocks: dict[tuple[str, str], tuple[float, str]] = {}
-        self._modes: dict[str, str] = {}
+        self._view = PolicyView()
 
-    def _current(self) -> None:
-        """Reload blocks and modes if anyone committed a change since the last look."""
+    def view(self) -> PolicyView:
+        """Blocks and modes as committed now: reloaded if anyone committed a change
+        since the last look (one statement when nothing changed)."""
         # Under the lock: a read must not overlap a write on this shared
         # connection (the write would fail at once if another worker committed).
         with self.lock:
             version = self.db.execute("SELECT version FROM policy_version").fetchone()[0]
-            if version == self._seen_version:
-                return
-            self._seen_version = version
-            self._blocks = {
-                (kind, subject): (until, reason)
-                for kind, subject, until, reason in self.db.execute(
-                    "SELECT kind, subject, until, reason FROM blocks"
+            if version != self._seen_version:
+                self._seen_version = version
+                self._view = PolicyView(
+                    {
+                        (kind, subject): (until, reason)
+                        for kind, subject, until, reason in self.db.execute(
+                            "SELECT kind, subject, until, reason FROM blocks"
+                        )
+                    },
+                    dict(self.db.execute("SELECT name, value FROM modes")),
                 )
-            }
-            self._modes = dict(self.db.execute("SELECT name, value FROM modes"))
+            return self._view
 
     def blocked(self, kind: str, subject: str, now: float) -> str | None:
-        self._current()
-        found = self._blocks.get((kind, subject))
-        return found[1] if found and found[0] > now else None
+        return self.view().blocked(kind, subject, now)
 
     def block(self, kind: str, subject: str, until: float, reason: str) -> None:
         """Block SUBJECT until UNTIL (math.inf: until cleared); a longer block in force
@@ -135,8 +153,7 @@ class PolicyState:
         ]
 
     def mode(self, name: str, default: str = "") -> str:
-        self._current()
-        return self._modes.get(name, default)
+        return self.view().mode(name, default)
 
     def set_mode(self, name: str, value: str) -> None:
         with self.lock, self.db.write_transaction():
