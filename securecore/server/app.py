@@ -34,6 +34,7 @@ from securecore.server.errors import http_exception, unhandled
 from securecore.server.forwarded import EdgeTrust
 from securecore.server.identity_middleware import IdentityMiddleware
 from securecore.server.intrusion_hooks import IntrusionResponder
+from securecore.server.logs import flush_access_log
 from securecore.server.policy_middleware import PolicyMiddleware
 from securecore.server.session_routes import session_routes
 from securecore.sessions.manager import SessionManager
@@ -49,6 +50,7 @@ def _lifespan(
         yield
         if on_shutdown is not None:
             on_shutdown()
+        flush_access_log()  # every request is answered by now
 
     return lifespan
 

@@ -1,0 +1,82 @@
+"""The access log's own thread (securecore/server/logs.py): every line reaches the log,
+masked, also when the process ends right after the request, as a worker process does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from tests.support.commands import ROOT
+
+LINES = 20_000  # more than the queue holds, and more than the thread writes meanwhile
+
+# A process that configures logging as the service does, logs an access line per
+# "request" (the last ones just before it ends) and ends the way it is told.
+CHILD = textwrap.dedent(
+    """
+    import logging, logging.config, multiprocessing, os, signal, sys
+    from securecore.server.logs import flush_access_log, log_config
+
+    def worker(lines):
+        logging.config.dictConfig(log_config())
+        access = logging.getLogger("uvicorn.access")
+        for number in range(lines):
+            access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET",
+                        f"/v1/x?n={number}&token=eyJa.eyJb.c", "1.1", 200)
+
+    if __name__ == "__main__":
+        lines, how = int(sys.argv[1]), sys.argv[2]
+        if how == "worker":
+            process = multiprocessing.get_context("spawn").Process(target=worker, args=(lines,))
+            process.start()
+            process.join()
+            sys.exit(process.exitcode)
+        worker(lines)
+        if how == "sigterm":
+            # As uvicorn ends a service stopped by SIGTERM: the signal raised again
+            # once it has shut down, its default action ending the process at once.
+            flush_access_log()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+    """
+)
+
+
+def run(how: str, tmp_path) -> list[dict]:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(LINES), how],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this tree's securecore
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == (-15 if how == "sigterm" else 0), proc.stderr[-2000:]
+    return [json.loads(line) for line in proc.stderr.splitlines()]
+
+
+def test_every_access_line_is_written_when_the_main_process_ends(tmp_path) -> None:
+    lines = run("main", tmp_path)
+    assert [line["message"].split("n=")[1].split("&")[0] for line in lines] == [
+        str(n) for n in range(LINES)
+    ]
+
+
+def test_every_access_line_is_written_when_a_worker_process_ends(tmp_path) -> None:
+    # multiprocessing ends a worker with os._exit, past atexit: without the handler's
+    # finalizer the lines still queued would be lost with it.
+    lines = run("worker", tmp_path)
+    assert len(lines) == LINES
+    assert lines[-1]["message"].endswith(f'n={LINES - 1}&token=*** HTTP/1.1" 200')
+    assert all(line["logger"] == "uvicorn.access" for line in lines)
+    assert not any("eyJ" in line["message"] for line in lines)  # masked by the thread too
+
+
+def test_every_access_line_is_written_when_the_service_stops_on_sigterm(tmp_path) -> None:
+    # Past atexit: without the flush when the service stops, the queued lines are lost.
+    assert len(run("sigterm", tmp_path)) == LINES
