@@ -66,7 +66,7 @@ from securecore.audit.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from securecore.audit.record import Record, canonical, protect_details
+from securecore.audit.record import Record, entry_parts, join_entry, protect_details
 from securecore.audit.store import AuditStore, Newer, StoreUnavailableError
 from securecore.audit.witness import atomic_write
 from securecore.errors import SecureCoreError
@@ -90,10 +90,10 @@ class AuditError(SecureCoreError):
 class _Batch:
     """Records that commit together, and what their appenders wait on."""
 
-    __slots__ = ("done", "error", "first", "futures", "records", "rows")
+    __slots__ = ("done", "error", "first", "records", "rows", "waiters")
 
     def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []  # prepared fields
+        self.records: list[tuple[bytes, bytes]] = []  # prepared entries (_prepare)
         self.first = 0  # the first record's sequence number, once committed
         # Cluster mode: the rows of the last attempt to commit it (a commit whose answer
         # was lost is looked for in the store by these).
@@ -101,7 +101,7 @@ class _Batch:
         self.done = threading.Event()
         self.error: BaseException | None = None
         # Appenders on event loops: one wake-up per loop and batch, not per record.
-        self.futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+        self.waiters: dict[asyncio.AbstractEventLoop, _LoopWaiters] = {}
 
     def fail(self, error: BaseException) -> None:
         """Answer every appender of the batch with ERROR."""
@@ -110,20 +110,62 @@ class _Batch:
 
     def settle(self) -> None:
         self.done.set()
-        for loop, futures in self.futures.items():
+        for loop, waiters in self.waiters.items():
             # A closed loop raises RuntimeError: nobody there is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, futures, self.error)
+                loop.call_soon_threadsafe(waiters.settle, self.error)
 
 
-def _settle(futures: list[asyncio.Future], error: BaseException | None) -> None:
-    for future in futures:
-        if future.done():  # the awaiting task was cancelled
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(AuditError(f"audit write failed: {error}"))
+class _LoopWaiters:
+    """The appenders of one batch on one event loop, and their one deadline timer.
+
+    A timer per batch and loop, not per record: asyncio.wait_for and shield
+    around every append cost the loop more than the rest of the append. Used
+    on its loop's thread only (append_async adds to it, settle runs there).
+    """
+
+    __slots__ = ("futures", "loop", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.futures: list[tuple[asyncio.Future[None], float, float]] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, future: asyncio.Future[None], timeout: float) -> None:
+        deadline = self.loop.time() + timeout
+        self.futures.append((future, deadline, timeout))
+        if self.timer is None or deadline < self.timer.when():
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the appenders whose deadline has passed; wait on for the others."""
+        self.timer, now, later = None, self.loop.time(), []
+        for future, deadline, timeout in self.futures:
+            if future.done():
+                continue
+            if deadline <= now:
+                message = f"an audit record was not durable within {timeout} s"
+                future.set_exception(AuditError(message))
+            else:
+                later.append(deadline)
+        if later:
+            self._arm(min(later))
+
+    def settle(self, error: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for future, _, _ in self.futures:
+            if future.done():  # timed out, or the awaiting task was cancelled
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(AuditError(f"audit write failed: {error}"))
 
 
 class AuditLog:
@@ -276,20 +318,19 @@ class AuditLog:
         Bounded like `append`: a store that hangs without failing (a network
         partition that drops packets) must not hold a request for ever.
         """
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        fields = self._prepare(actor, action, target, outcome, details)
-        index, batch = self._enqueue(fields, loop, future)
-        try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            raise AuditError(f"an audit record was not durable within {timeout} s") from None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        parts = self._prepare(actor, action, target, outcome, details)
+        # A timeout or a cancelled request leaves the record in its batch: it is
+        # written all the same (the caller only stops waiting for it).
+        index, batch = self._enqueue(parts, future, timeout)
+        await future
         return batch.first + index
 
     def _prepare(
         self, actor: str, action: str, target: str, outcome: str, details: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        """The record's fields, secrets protected, checked to encode.
+    ) -> tuple[bytes, bytes]:
+        """The record's entry without seq and timestamp (record.entry_parts), secrets
+        protected.
 
         Whatever a request put in them, a record that cannot be encoded fails
         its own caller here, before it has a sequence number: the writer
@@ -304,26 +345,20 @@ class AuditLog:
             ):
                 if not isinstance(value, str):
                     raise TypeError(f"{name} must be a string, not {type(value).__name__}")
-            fields = {
-                "actor": actor,
-                "action": action,
-                "target": target,
-                "outcome": outcome,
-                "details": protect_details(details or {}, self.hmac_key),
-            }
-            canonical(fields)
+            protected = protect_details(details or {}, self.hmac_key)
+            return entry_parts(actor, action, target, outcome, protected)
         except (TypeError, ValueError, RecursionError) as error:
             message = f"an audit record that cannot be encoded is refused: {error}"
             raise AuditError(message) from error
-        return fields
 
     def _enqueue(
         self,
-        fields: dict[str, Any],
-        loop: asyncio.AbstractEventLoop | None = None,
-        future: asyncio.Future[int] | None = None,
+        parts: tuple[bytes, bytes],
+        future: asyncio.Future[None] | None = None,
+        timeout: float = 0.0,
     ) -> tuple[int, _Batch]:
-        """Add FIELDS to the open batch (and FUTURE to its waiters); their index in it.
+        """Add PARTS (a prepared entry) to the open batch (and FUTURE, failed after
+        TIMEOUT seconds, to its waiters on its loop); their index in it.
 
         The sequence number is the batch's first (known once it is committed)
         plus the index: the writer numbers a batch when it commits it.
@@ -334,9 +369,13 @@ class AuditLog:
                 raise AuditError(f"the audit store is unavailable: {self._failing_fast}")
             self._accepted += 1
             batch = self._open
-            batch.records.append(fields)
-            if future is not None and loop is not None:  # given together
-                batch.futures.setdefault(loop, []).append(future)
+            batch.records.append(parts)
+            if future is not None:
+                loop = future.get_loop()
+                waiters = batch.waiters.get(loop)
+                if waiters is None:
+                    waiters = batch.waiters[loop] = _LoopWaiters(loop)
+                waiters.add(future, timeout)
             if len(batch.records) == 1:
                 self._work.notify()
         return len(batch.records) - 1, batch
@@ -489,10 +528,9 @@ class AuditLog:
     def _entries(batch: _Batch, first: int) -> list[tuple[int, bytes]]:
         """BATCH's (seq, entry) rows, numbered from FIRST."""
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
-        # The fields were checked to encode (_prepare): only I/O can fail here.
+        # The parts encoded (_prepare): only I/O can fail here.
         return [
-            (seq, canonical({"seq": seq, "timestamp": now, **fields}))
-            for seq, fields in enumerate(batch.records, first)
+            (seq, join_entry(parts, seq, now)) for seq, parts in enumerate(batch.records, first)
         ]
 
     def _commit(self, batch: _Batch) -> None:

@@ -61,6 +61,26 @@ def canonical(value: dict[str, Any]) -> bytes:
         return escape_surrogates(text).encode()
 
 
+def entry_parts(
+    actor: str, action: str, target: str, outcome: str, details: dict[str, Any]
+) -> tuple[bytes, bytes]:
+    """A record's canonical entry without its seq and timestamp, in the two pieces
+    they go between (the keys sort action, actor, details, outcome, seq, target,
+    timestamp). Encoded once, by the appender, which learns there whether its
+    record encodes; the writer only joins the pieces (join_entry). Each piece is
+    canonical() of its own keys: escaping never reaches across a key."""
+    head = canonical({"action": action, "actor": actor, "details": details, "outcome": outcome})
+    target_part = canonical({"target": target})
+    return head[:-1], target_part[1:-1]
+
+
+def join_entry(parts: tuple[bytes, bytes], seq: int, timestamp: str) -> bytes:
+    """canonical() of the whole record: PARTS (entry_parts) with SEQ and TIMESTAMP
+    (an ISO 8601 time: ASCII that JSON writes as is)."""
+    head, target = parts
+    return b'%s,"seq":%d,%s,"timestamp":"%s"}' % (head, seq, target, timestamp.encode("ascii"))
+
+
 def escape_surrogates(text: str) -> str:
     """TEXT (JSON) with surrogate pairs joined and lone surrogates as \\uXXXX escapes."""
     joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")

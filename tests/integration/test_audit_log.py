@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -228,3 +230,58 @@ def test_a_store_made_before_cosigned_notes_were_kept_gains_their_table(tmp_path
         assert store.checkpoints() == [(3, "signed")]  # the signed notes are apart
     finally:
         store.close()
+
+
+class HangingSQLiteStore(SQLiteAuditStore):
+    """A real store whose commits wait, neither failing nor answering, while `hang` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.hang, self.release = threading.Event(), threading.Event()
+
+    def append_batch(self, rows):  # type: ignore[no-untyped-def]
+        if self.hang.is_set():
+            self.release.wait(30)
+        return super().append_batch(rows)
+
+
+def test_appenders_on_one_loop_each_keep_their_own_deadline(tmp_path: Path, keys) -> None:
+    """Appenders of one batch share one timer: each still fails at its own deadline,
+    a later deadline is not cut short by an earlier one, and a record whose caller
+    gave up (timed out or cancelled) is written all the same, once."""
+    store = HangingSQLiteStore(tmp_path / "audit.db")
+    log = open_log(tmp_path, keys, store)
+
+    async def scenario() -> tuple[BaseException | int, ...]:
+        store.hang.set()
+        patient = asyncio.ensure_future(
+            log.append_async("admin/a", "policy.acl", "core", "allowed", timeout=10.0)
+        )
+        hasty = asyncio.ensure_future(
+            log.append_async("admin/b", "policy.acl", "core", "allowed", timeout=0.3)
+        )
+        cancelled = asyncio.ensure_future(
+            log.append_async("admin/c", "policy.acl", "core", "allowed", timeout=10.0)
+        )
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        started = time.monotonic()
+        hasty_error = await asyncio.gather(hasty, return_exceptions=True)
+        waited = time.monotonic() - started
+        assert 0.1 < waited < 2.0, waited  # at its own deadline, not the patient one's
+        await asyncio.sleep(0.5)
+        assert not patient.done()  # the earlier deadline did not fail it
+        store.release.set()
+        return (hasty_error[0], await patient)
+
+    hasty_error, patient_seq = asyncio.run(scenario())
+    assert isinstance(hasty_error, AuditError)
+    assert "not durable within 0.3 s" in str(hasty_error)
+    assert 1 <= patient_seq <= 3
+    log.close()
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        actors = sorted(
+            json.loads(entry)["actor"] for (entry,) in db.execute("SELECT entry FROM audit_records")
+        )
+    assert actors == ["admin/a", "admin/b", "admin/c"]  # each once, none lost
+    assert verify(tmp_path, keys).ok

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from securecore.audit.log import AuditError, AuditLog, verify_log
-from securecore.audit.store import SQLiteAuditStore
+from securecore.audit.store import AuditStore, SQLiteAuditStore
 from securecore.keys.base import KeyRing
 from securecore.keys.software import SoftwareKeys
 
@@ -38,10 +38,12 @@ def append_from_threads(
 HMAC_KEY = b"k" * 32
 
 
-def open_log(tmp_path: Path, keys: SoftwareKeys, **options) -> AuditLog:
+def open_log(
+    tmp_path: Path, keys: SoftwareKeys, store: AuditStore | None = None, **options
+) -> AuditLog:
     ring = KeyRing(keys, "securecore-signing", "securecore-kek")
     return AuditLog(
-        SQLiteAuditStore(tmp_path / "audit.db"),
+        store or SQLiteAuditStore(tmp_path / "audit.db"),
         ring,
         tmp_path / "witness",
         origin="securecore.test/audit",
