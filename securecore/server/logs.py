@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -43,16 +44,27 @@ def mask(value: Any) -> Any:
     return value
 
 
+def json_line(created: float, level: str, name: str, pid: int | None, message: str) -> dict:
+    """The fields every log line starts with."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created * 1000) % 1000:03d}Z",
+        "level": level,
+        "logger": name,
+        "pid": pid,  # which worker, when there are several
+        "message": message,
+    }
+
+
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,  # which worker, when there are several
-            "message": record.getMessage(),
-        }
+        entry = json_line(
+            record.created,
+            record.levelname.lower(),
+            record.name,
+            record.process,
+            record.getMessage(),
+        )
         entry.update({k: v for k, v in record.__dict__.items() if k not in STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -71,6 +83,11 @@ ACCESS_QUEUE_RECORDS = 10_000
 WRITE_SECONDS = 0.05
 
 
+# An access line queued without a LogRecord (AccessLogger.info): when, and the
+# message's format and arguments.
+Line = tuple[float, str, tuple[object, ...]]
+
+
 class QueuedStreamHandler(logging.Handler):
     """JSON lines to stderr, formatted and written in batches by a thread of its own."""
 
@@ -78,18 +95,31 @@ class QueuedStreamHandler(logging.Handler):
         super().__init__()
         self.target = logging.StreamHandler()
         self.target.setFormatter(JSONFormatter())
-        self.records: queue.SimpleQueue[logging.LogRecord | threading.Event | None] = (
-            queue.SimpleQueue()
-        )
+        self.records: queue.SimpleQueue[logging.LogRecord | Line | threading.Event | None]
+        self._start()
+        # A process forked from this one has the handler but not its thread: it gets
+        # its own thread, and a queue without the lines its parent writes.
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
+        self.records = queue.SimpleQueue()
+        self.pid = os.getpid()  # the access line names its worker
         self.writer = threading.Thread(target=self._write, name="access-log", daemon=True)
         self.writer.start()
 
     def emit(self, record: logging.LogRecord) -> None:
-        # An access record's arguments are strings and numbers that nothing changes
-        # after the call: the thread formats the record as it was.
+        self._put(record)
+
+    def put_line(self, created: float, message: str, args: tuple[object, ...]) -> None:
+        """An access line from AccessLogger: formatted by the thread, as a record is."""
+        self._put((created, message, args))
+
+    def _put(self, item: logging.LogRecord | Line) -> None:
+        # An access line's arguments are strings and numbers that nothing changes
+        # after the call: the thread formats the line as it was.
         if self.records.qsize() >= ACCESS_QUEUE_RECORDS:
             self.flush()
-        self.records.put(record)
+        self.records.put(item)
 
     def _write(self) -> None:
         running = True
@@ -103,6 +133,8 @@ class QueuedStreamHandler(logging.Handler):
                         running = False  # close(): what came before is written first
                     elif isinstance(item, threading.Event):
                         written.append(item)
+                    elif isinstance(item, tuple):
+                        lines.append(self._format_line(*item))
                     else:
                         lines.append(self._format(item))
             if lines:
@@ -122,6 +154,13 @@ class QueuedStreamHandler(logging.Handler):
             self.handleError(record)
             return json.dumps({"level": "error", "message": "an access record failed to format"})
 
+    def _format_line(self, created: float, message: str, args: tuple[object, ...]) -> str:
+        try:
+            entry = json_line(created, "info", ACCESS_LOGGER, self.pid, message % args)
+            return json.dumps(mask(entry), default=str)
+        except Exception:
+            return json.dumps({"level": "error", "message": "an access line failed to format"})
+
     def flush(self) -> None:
         """Wait until every line queued so far is written."""
         if self.writer.is_alive():
@@ -139,11 +178,45 @@ class QueuedStreamHandler(logging.Handler):
         super().close()
 
 
+ACCESS_LOGGER = "uvicorn.access"
+
+
+class AccessLogger:
+    """Takes the place of the `uvicorn.access` logger in the service's HTTP protocol
+    (tls_scope): uvicorn calls `info` once per request, and a logging call makes a
+    LogRecord (the caller's frame looked up, the thread and process named): more of
+    the request's time than the rest of its line. Here the call queues the time and
+    the arguments for the access log's thread, which writes the same JSON line."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: QueuedStreamHandler) -> None:
+        self.handler = handler
+
+    def info(self, message: str, *args: object) -> None:
+        self.handler.put_line(time.time(), message, args)
+
+    @staticmethod
+    def for_uvicorn(default: logging.Logger) -> logging.Logger | AccessLogger:
+        """The access logger a connection uses: this one when the access log is the
+        queued handler at INFO (log_config), else DEFAULT, uvicorn's own."""
+        handlers = default.handlers
+        if (
+            default.isEnabledFor(logging.INFO)
+            and len(handlers) == 1
+            and isinstance(handlers[0], QueuedStreamHandler)
+            and not default.filters
+            and not handlers[0].filters
+        ):
+            return AccessLogger(handlers[0])
+        return default
+
+
 def flush_access_log() -> None:
     """Write the access lines still queued. The service calls it when it stops:
     uvicorn ends a process stopped by SIGTERM by raising the signal again once it
     has shut down, which ends it past atexit and logging's own shutdown."""
-    for handler in logging.getLogger("uvicorn.access").handlers:
+    for handler in logging.getLogger(ACCESS_LOGGER).handlers:
         handler.flush()
 
 
@@ -163,6 +236,6 @@ def log_config(level: str = "INFO") -> dict:
                 name: {"handlers": ["stderr"], "level": level, "propagate": False}
                 for name in ("uvicorn", "uvicorn.error", "securecore")
             },
-            "uvicorn.access": {"handlers": ["access"], "level": level, "propagate": False},
+            ACCESS_LOGGER: {"handlers": ["access"], "level": level, "propagate": False},
         },
     }

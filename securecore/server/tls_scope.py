@@ -18,6 +18,7 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from securecore.server.logs import AccessLogger
 from securecore.tls import LIVE_CONNECTIONS
 
 # IANA TLS versions and TLS 1.3 cipher suites, as the extension wants numbers.
@@ -61,13 +62,16 @@ class _WithTLS:
 class _TLSScope:
     """Mixed into a uvicorn HTTP protocol (one instance per connection). Each
     connection is known to LIVE_CONNECTIONS while open, so that a CRL that
-    revokes its certificate later ends it."""
+    revokes its certificate later ends it. Its access lines go to the access
+    log's thread without a LogRecord each (logs.AccessLogger)."""
 
     app: Any
     transport: Any
+    access_logger: Any
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        self.access_logger = AccessLogger.for_uvicorn(self.access_logger)
         tls = tls_extension(transport)
         if tls is not None:
             self.app = _WithTLS(self.app, tls)

@@ -18,14 +18,22 @@ LINES = 20_000  # more than the queue holds, and more than the thread writes mea
 CHILD = textwrap.dedent(
     """
     import logging, logging.config, multiprocessing, os, signal, sys
-    from securecore.server.logs import flush_access_log, log_config
+    from securecore.server.logs import AccessLogger, flush_access_log, log_config
+
+    def log_lines(numbers):
+        # Both ways a line is queued, in turn: a logging call (a LogRecord) and
+        # the service's HTTP protocol's AccessLogger (its time and arguments).
+        logger = logging.getLogger("uvicorn.access")
+        fast = AccessLogger.for_uvicorn(logger)
+        assert isinstance(fast, AccessLogger)
+        for number in numbers:
+            (fast if number % 2 else logger).info(
+                '%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET",
+                f"/v1/x?n={number}&token=eyJa.eyJb.c", "1.1", 200)
 
     def worker(lines):
         logging.config.dictConfig(log_config())
-        access = logging.getLogger("uvicorn.access")
-        for number in range(lines):
-            access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET",
-                        f"/v1/x?n={number}&token=eyJa.eyJb.c", "1.1", 200)
+        log_lines(range(lines))
 
     if __name__ == "__main__":
         lines, how = int(sys.argv[1]), sys.argv[2]
@@ -34,6 +42,17 @@ CHILD = textwrap.dedent(
             process.start()
             process.join()
             sys.exit(process.exitcode)
+        if how == "fork":
+            # Lines queued in the parent when it forks are the parent's to write.
+            logging.config.dictConfig(log_config())
+            log_lines(range(lines // 2))
+            child = os.fork()
+            if child == 0:
+                log_lines(range(lines // 2, lines))
+                flush_access_log()
+                os._exit(0)
+            os.waitpid(child, 0)
+            sys.exit(0)
         worker(lines)
         if how == "sigterm":
             # As uvicorn ends a service stopped by SIGTERM: the signal raised again
@@ -80,3 +99,18 @@ def test_every_access_line_is_written_when_a_worker_process_ends(tmp_path) -> No
 def test_every_access_line_is_written_when_the_service_stops_on_sigterm(tmp_path) -> None:
     # Past atexit: without the flush when the service stops, the queued lines are lost.
     assert len(run("sigterm", tmp_path)) == LINES
+
+
+def number(line: dict) -> int:
+    return int(line["message"].split("n=")[1].split("&")[0])
+
+
+def test_a_forked_process_writes_its_own_lines_and_not_its_parents(tmp_path) -> None:
+    # The child is forked with the parent's handler and queue: without a thread and
+    # a queue of its own it would write nothing, or the parent's lines a second time.
+    lines = run("fork", tmp_path)
+    assert sorted(number(line) for line in lines) == list(range(LINES))  # each once
+    parent = {line["pid"] for line in lines if number(line) < LINES // 2}
+    child = {line["pid"] for line in lines if number(line) >= LINES // 2}
+    assert len(parent) == len(child) == 1
+    assert parent != child
