@@ -9,6 +9,7 @@ the policy version, so an auditor can tell which rules refused what.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -53,7 +54,7 @@ DEFAULT_CLIENT_LIMIT = ratelimit.Limit(rate=50, burst=100)
 DEFAULT_PLUGIN_LIMIT = ratelimit.Limit(rate=200, burst=400)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Policy:
     acl: AclRules = field(default_factory=AclRules)
     client_limit: ratelimit.Limit = DEFAULT_CLIENT_LIMIT
@@ -77,8 +78,9 @@ class Policy:
             source={**self.source, "serving_hosts": hosts},
         )
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
+        # Read by every decision: computed once (a policy is replaced, never changed).
         canonical = json.dumps(self.source, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -127,7 +129,17 @@ class PolicyEngine:
             seq = await self.audit_async(*self._record(request, decision))
         else:
             seq = self.audit(*self._record(request, decision))
-        return replace(decision, audit_record=seq) if isinstance(seq, int) else decision
+        if not isinstance(seq, int):
+            return decision
+        # Not dataclasses.replace: it looks the fields up again on every call.
+        return Decision(
+            decision.allowed,
+            decision.stage,
+            decision.reason,
+            decision.retry_after,
+            decision.policy_version,
+            seq,
+        )
 
     @staticmethod
     def _record(request: RequestContext, decision: Decision) -> tuple:
