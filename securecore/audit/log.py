@@ -46,8 +46,10 @@ never a guess about a commit whose answer was lost.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime
+import itertools
 import logging
 import os
 import threading
@@ -74,6 +76,9 @@ from securecore.keys.base import KeyRing
 from securecore.storage import failover
 
 LEAVES_FILE = "leaves"
+# Records verify_log checks at a time: a power of two, so that each chunk is one
+# complete subtree of the log's Merkle tree (2**16: a few tens of MB at most).
+VERIFY_CHUNK = 1 << 16
 CHECKPOINT_DIR = "checkpoints"
 FOLLOW_SECONDS = 1.0  # cluster mode: how often an idle host reads the others' records
 RECONNECT_SECONDS = (0.1, 1.0)  # cluster mode: the back-off after a failover
@@ -844,43 +849,95 @@ def verify_log(
         )
 
     tree = merkle.CompactRange()
-    expected = 0
+    expected = 0  # the records checked so far
     restored_end: datetime.datetime | None = None  # when the last restored record was written
     timestamps: dict[int, bytes] = {}
     due_from = set(checkpoints) | set(anchors) | {0}
-    for seq, entry in store.entries():
-        expected += 1
-        if seq != expected or f'"seq":{seq},'.encode() not in entry:
-            if seq != expected:
-                problem = f"record {expected} is missing (the next one stored is {seq})"
-            else:
-                problem = f"record {expected} carries another sequence number inside"
-            return Verification(False, expected - 1, len(checkpoints), expected, problem)
-        leaf = merkle.leaf_hash(entry)
-        if expected == restored:
-            restored_end = datetime.datetime.fromisoformat(Record.from_entry(entry).timestamp)
-        if expected > count and not following and restored is None:
-            problem = f"record {expected} is not in the witness (inserted or never witnessed)"
-            return Verification(False, expected - 1, len(checkpoints), expected, problem)
-        if expected <= count and leaf != witnessed_leaves[(expected - 1) * 32 : expected * 32]:
-            problem = f"record {expected} differs from what was witnessed (modified or reordered)"
-            return Verification(False, expected - 1, len(checkpoints), expected, problem)
-        tree.append(leaf)
-        if expected - 1 in due_from:
-            timestamps[expected] = entry
-        anchor = anchors.get(expected)
-        if anchor is not None and (restored is None or expected <= restored):
-            if anchor[0] != tree.root():
-                return unprovable(
-                    f"the tree of its first {expected} records is not the one witness "
-                    f"{', '.join(anchor[1])} cosigned (rewritten)",
-                    expected,
+    roots_at = sorted(set(checkpoints) | set(anchors))  # sizes whose tree is compared
+    # A chunk of records at a time, each check over the whole chunk at once; the
+    # first record that fails one is reported as a record-by-record pass would.
+    rows = iter(store.entries())
+    while chunk := list(itertools.islice(rows, VERIFY_CHUNK)):
+        base, n = expected, len(chunk)  # base: a multiple of VERIFY_CHUNK
+        entries = [entry for _, entry in chunk]
+        leaves = merkle.leaf_hashes(entries)
+        # (index in the chunk, precedence at one index, the result): the first wins.
+        failures: list[tuple[int, int, Verification]] = []
+        seqs = [seq for seq, _ in chunk]
+        if seqs != list(range(base + 1, base + n + 1)):
+            i = next(i for i, seq in enumerate(seqs) if seq != base + 1 + i)
+            problem = f"record {base + i + 1} is missing (the next one stored is {seqs[i]})"
+            failures.append(
+                (i, 0, Verification(False, base + i, len(checkpoints), base + i + 1, problem))
+            )
+        inner = next(
+            (i for i, (seq, entry) in enumerate(chunk) if b'"seq":%d,' % seq not in entry), None
+        )
+        if inner is not None:
+            problem = f"record {base + inner + 1} carries another sequence number inside"
+            failures.append(
+                (
+                    inner,
+                    1,
+                    Verification(False, base + inner, len(checkpoints), base + inner + 1, problem),
                 )
-            proved = expected
-        root = checkpoints.get(expected)
-        if root is not None and root != tree.root():
-            problem = f"the tree of size {expected} does not match its signed checkpoint"
-            return Verification(False, expected, len(checkpoints), None, problem)
+            )
+        witnessed_here = min(n, max(0, count - base))
+        if witnessed_here < n and not following and restored is None:
+            i = witnessed_here
+            problem = f"record {base + i + 1} is not in the witness (inserted or never witnessed)"
+            failures.append(
+                (i, 2, Verification(False, base + i, len(checkpoints), base + i + 1, problem))
+            )
+        if (
+            b"".join(leaves[:witnessed_here])
+            != witnessed_leaves[base * 32 : (base + witnessed_here) * 32]
+        ):
+            i = next(
+                i
+                for i in range(witnessed_here)
+                if leaves[i] != witnessed_leaves[(base + i) * 32 : (base + i + 1) * 32]
+            )
+            problem = (
+                f"record {base + i + 1} differs from what was witnessed (modified or reordered)"
+            )
+            failures.append(
+                (i, 3, Verification(False, base + i, len(checkpoints), base + i + 1, problem))
+            )
+        failed = min(failures, key=lambda failure: failure[:2]) if failures else None
+        checked = failed[0] if failed else n  # the records of the chunk that pass their own checks
+        if restored is not None and base < restored <= base + checked:
+            record = Record.from_entry(entries[restored - base - 1])
+            restored_end = datetime.datetime.fromisoformat(record.timestamp)
+        for size in due_from:
+            if base <= size < base + checked:
+                timestamps[size + 1] = entries[size - base]
+        chunk_levels = merkle.levels(leaves)
+        for size in roots_at[
+            bisect.bisect_right(roots_at, base) : bisect.bisect_right(roots_at, base + checked)
+        ]:
+            prefix = tree.copy()
+            for value, height in merkle.prefix_subtrees(chunk_levels, size - base):
+                prefix.push_subtree(value, height)
+            root = prefix.root()
+            anchor = anchors.get(size)
+            if anchor is not None and (restored is None or size <= restored):
+                if anchor[0] != root:
+                    return unprovable(
+                        f"the tree of its first {size} records is not the one witness "
+                        f"{', '.join(anchor[1])} cosigned (rewritten)",
+                        size,
+                    )
+                proved = size
+            signed = checkpoints.get(size)
+            if signed is not None and signed != root:
+                problem = f"the tree of size {size} does not match its signed checkpoint"
+                return Verification(False, size, len(checkpoints), None, problem)
+        if failed is not None:
+            return failed[2]
+        for value, height in merkle.prefix_subtrees(chunk_levels, n):
+            tree.push_subtree(value, height)
+        expected = base + n
     if restored is not None and not 0 <= restored <= expected:
         problem = f"the log holds {expected} records, not the {restored} the restore brought back"
         return Verification(False, expected, len(checkpoints), None, problem)

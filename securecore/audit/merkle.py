@@ -66,6 +66,18 @@ class CompactRange:
         self._stack.append(value)
         self.size += 1
 
+    def push_subtree(self, value: bytes, height: int) -> None:
+        """Append a complete subtree of 2**HEIGHT leaves whose root is VALUE (the
+        range's size a multiple of 2**HEIGHT): what HEIGHT levels of appends give."""
+        if self.size & ((1 << height) - 1):
+            raise ValueError(f"a subtree of height {height} does not start at {self.size}")
+        size = self.size >> height
+        while size & 1:
+            value = node_hash(self._stack.pop(), value)
+            size >>= 1
+        self._stack.append(value)
+        self.size += 1 << height
+
     def copy(self) -> CompactRange:
         other = CompactRange()
         other.size, other._stack = self.size, list(self._stack)
@@ -78,6 +90,36 @@ class CompactRange:
         for left in reversed(self._stack[:-1]):
             value = node_hash(left, value)
         return value
+
+
+def leaf_hashes(entries: Sequence[bytes]) -> list[bytes]:
+    """leaf_hash of each entry (the loop inlined: verification hashes millions)."""
+    sha256 = hashlib.sha256
+    return [sha256(b"\x00" + entry).digest() for entry in entries]
+
+
+def levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """Every level of complete subtrees over LEAVES: levels[h][i] is the root of
+    leaves[i * 2**h : (i + 1) * 2**h] (a ragged right end has no node of its own)."""
+    sha256 = hashlib.sha256
+    found, level = [leaves], leaves
+    while len(level) > 1:
+        pairs = zip(level[::2], level[1::2], strict=False)  # an odd last node: no parent
+        level = [sha256(b"\x01" + a + b).digest() for a, b in pairs]
+        found.append(level)
+    return found
+
+
+def prefix_subtrees(tree_levels: list[list[bytes]], count: int) -> list[tuple[bytes, int]]:
+    """The complete subtrees that make up the first COUNT leaves of TREE_LEVELS
+    (levels()), biggest first, as (root, height): pushed in this order onto a
+    CompactRange they add those leaves."""
+    found, offset = [], 0
+    for height in reversed(range(len(tree_levels))):
+        if count & (1 << height):
+            found.append((tree_levels[height][offset >> height], height))
+            offset += 1 << height
+    return found
 
 
 def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:

@@ -72,7 +72,15 @@ def sql(tmp_path: Path, statement: str) -> None:
         db.executescript(statement)
 
 
-def test_an_untouched_log_verifies_with_its_checkpoints(written: Path, keys) -> None:
+@pytest.fixture(params=[4, 64, 1 << 16], ids=lambda n: f"chunk-{n}")
+def verify_chunk(request, monkeypatch) -> int:
+    """verify_log checks records a chunk at a time: its results must not depend on
+    where the chunks end (200 records: 50 chunks, 4, or one)."""
+    monkeypatch.setattr("securecore.audit.log.VERIFY_CHUNK", request.param)
+    return request.param
+
+
+def test_an_untouched_log_verifies_with_its_checkpoints(written: Path, keys, verify_chunk) -> None:
     result = verify(written, keys)
     assert result.ok and result.size == 200 and result.checkpoints == 4, result
     assert sorted(p.name for p in (written / "witness" / "checkpoints").iterdir())[-1] == (
@@ -108,7 +116,7 @@ SWAP_OUTCOME = (
     ids=["modified", "deleted", "inserted", "reordered", "truncated"],
 )
 def test_every_kind_of_change_is_named_by_its_first_sequence_number(
-    written: Path, keys, statement: str, first_bad: int, problem: str
+    written: Path, keys, statement: str, first_bad: int, problem: str, verify_chunk
 ) -> None:
     sql(written, statement)
     result = verify(written, keys)
@@ -116,7 +124,7 @@ def test_every_kind_of_change_is_named_by_its_first_sequence_number(
 
 
 def test_rewriting_database_and_witness_leaves_is_caught_by_the_signed_checkpoints(
-    written: Path, keys
+    written: Path, keys, verify_chunk
 ) -> None:
     sql(written, f"UPDATE audit_records SET entry = {SWAP_OUTCOME} WHERE seq=33")
     store = SQLiteAuditStore(written / "audit.db")

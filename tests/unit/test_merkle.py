@@ -155,3 +155,35 @@ def test_bad_indexes_are_errors() -> None:
     with pytest.raises(ValueError, match=r"first size 0 must be within 1\.\.8"):
         merkle.consistency_proof(LEAVES, 0)
     assert not merkle.verify_inclusion(LEAVES[0], 8, 8, [], bytes.fromhex(ROOTS[8]))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 8, 64])
+def test_a_tree_built_a_chunk_at_a_time_has_every_root_of_one_built_leaf_by_leaf(chunk) -> None:
+    """What verification does: the complete subtrees of each chunk (levels) pushed
+    onto the tree, and any size's root from the tree before its chunk plus the
+    chunk's subtrees up to that size (prefix_subtrees)."""
+    leaves = [merkle.leaf_hash(b"entry %d" % n) for n in range(70)]
+    one_by_one, expected = merkle.CompactRange(), [merkle.EMPTY_ROOT]
+    for leaf in leaves:
+        one_by_one.append(leaf)
+        expected.append(one_by_one.root())
+    tree, roots = merkle.CompactRange(), [merkle.EMPTY_ROOT]
+    for base in range(0, len(leaves), chunk):
+        levels = merkle.levels(leaves[base : base + chunk])
+        for size in range(1, len(levels[0]) + 1):
+            prefix = tree.copy()
+            for value, height in merkle.prefix_subtrees(levels, size):
+                prefix.push_subtree(value, height)
+            assert prefix.size == base + size
+            roots.append(prefix.root())
+        for value, height in merkle.prefix_subtrees(levels, len(levels[0])):
+            tree.push_subtree(value, height)
+    assert roots == expected
+    assert roots[-1] == merkle.root(leaves)
+
+
+def test_a_subtree_pushed_out_of_line_is_refused() -> None:
+    tree = merkle.CompactRange()
+    tree.append(merkle.leaf_hash(b"a"))
+    with pytest.raises(ValueError, match="does not start at 1"):
+        tree.push_subtree(merkle.leaf_hash(b"b"), 1)
