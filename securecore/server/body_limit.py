@@ -65,17 +65,20 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
-        where = f"{scope['method']} {scope['path']}"
-        headers = dict(scope["headers"])  # httptools refused repeated framing headers
+        # httptools refuses repeated framing headers: one of each at most.
+        length, chunked = b"0", False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"transfer-encoding":
+                chunked = True  # a body of unknown length (a declared length is bounded)
         try:
-            declared = int(headers.get(b"content-length", b"0"))
+            declared = int(length)
         except ValueError:
             declared = limit + 1  # httptools refuses these first; never read one
         if declared > limit:
-            await _refuse(scope, receive, send, where, limit)  # before any byte is read
+            await _refuse(scope, receive, send, limit)  # before any byte is read
             return
-        # A body of unknown length: HTTP/1.1 chunks (a declared length is bounded).
-        chunked = b"transfer-encoding" in headers
         state = {"received": 0, "ended": not chunked, "started": False}
 
         async def counted() -> Message:
@@ -102,10 +105,11 @@ class BodyLimitMiddleware:
         except BodyTooLargeError:
             if state["started"]:
                 raise  # uvicorn closes a connection whose application failed mid-answer
-            await _refuse(scope, receive, send, where, limit)
+            await _refuse(scope, receive, send, limit)
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, where: str, limit: int) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    where = f"{scope['method']} {scope['path']}"
     response = error_response(413, f"{where}: the body is larger than {limit} bytes")
     response.headers["Connection"] = "close"  # the rest of the body is never read
     await response(scope, receive, send)

@@ -39,11 +39,13 @@ class Principal:
     serial: str
     fingerprint: str
 
-    @property
+    # Cached: a principal is made once per certificate (principal_from_certificate)
+    # and asked for these on every request.
+    @functools.cached_property
     def id(self) -> str:
         return f"{self.kind}/{self.name}"
 
-    @property
+    @functools.cached_property
     def thumbprint(self) -> str:
         """RFC 8705 x5t#S256: base64url SHA-256 of the certificate (binds tokens to it)."""
         return base64.urlsafe_b64encode(bytes.fromhex(self.fingerprint)).rstrip(b"=").decode()
