@@ -38,6 +38,9 @@ class Option:
     must_exist: bool = False
     choices: tuple[str, ...] = ()
     minimum: int | None = None
+    # An int that may also be given as "auto": as many as the CPUs this process may
+    # run on (its affinity: a container's or a systemd unit's CPU set, not the host's).
+    auto: bool = False
 
 
 SCHEMA: dict[str, dict[str, Option]] = {
@@ -47,7 +50,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "data_dir": Option(str, required=True, is_path=True),
         # Worker processes; with more than one, the supervisor keeps the one
         # audit log writer and the workers reach it over a Unix socket.
-        "workers": Option(int, 1, minimum=1),
+        # "auto": one per CPU (a worker is one Python process: one CPU at most).
+        "workers": Option(int, 1, minimum=1, auto=True),
     },
     "tls": {
         "policy": Option(str, is_path=True, must_exist=True),
@@ -239,12 +243,15 @@ def _validate(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str,
                     problems.append(f"{where}: required")
                 continue
             value = content[key]
+            if option.auto and value == "auto":
+                value = usable_cpus()
             # A bool is an int to Python, but true is no number of workers.
             if (isinstance(value, bool) and option.kind is not bool) or not isinstance(
                 value, option.kind
             ):
                 kinds = option.kind if isinstance(option.kind, tuple) else (option.kind,)
                 wanted = " or ".join(kind.__name__ for kind in kinds)
+                wanted += ' or "auto"' if option.auto else ""
                 problems.append(f"{where}: must be {wanted}, not {type(value).__name__}")
                 continue
             if option.choices and value not in option.choices:
@@ -262,6 +269,11 @@ def _validate(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str,
     _check_backends(sections, values, problems)
     _check_edge(values, problems)
     return values
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 def _check_backends(

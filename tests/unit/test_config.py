@@ -1,7 +1,9 @@
-"""The configuration file: [edge] principals are checked when it is read (REQ-EDGE-5)."""
+"""The configuration file: [edge] principals are checked when it is read (REQ-EDGE-5), and
+[service] workers may be "auto"."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,12 @@ from securecore import config as configuration
 from securecore.config import ConfigError
 
 
-def write(tmp_path: Path, edge: str) -> Path:
+def write(tmp_path: Path, edge: str, service: str = "") -> Path:
     (tmp_path / "keys").mkdir()
     (tmp_path / "hmac").write_text("k" * 64)
     path = tmp_path / "config.toml"
     path.write_text(
-        '[service]\ndata_dir = "data"\n\n'
+        f'[service]\ndata_dir = "data"\n{service}\n'
         '[keys]\nbackend = "software"\n\n[keys.software]\ndirectory = "keys"\n\n'
         '[audit]\ndatabase = "audit.db"\nwitness_dir = "witness"\norigin = "test/audit"\n'
         'hmac_key_file = "hmac"\n\n' + edge
@@ -60,3 +62,25 @@ def test_edge_principals_must_be_a_list(tmp_path: Path) -> None:
     path = write(tmp_path, '[edge]\nprincipals = "dmz/dmz-01"\n')
     with pytest.raises(ConfigError, match=r"\[edge\] principals: must be list, not str"):
         configuration.load(path)
+
+
+def test_workers_auto_is_one_per_cpu_this_process_may_use(tmp_path: Path) -> None:
+    path = write(tmp_path, "", 'workers = "auto"')
+    assert configuration.load(path).get("service", "workers") == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"all"', 'must be int or "auto", not str'),
+        ("true", 'must be int or "auto", not bool'),
+        ("0", "= 0: at least 1"),
+    ],
+)
+def test_workers_is_a_number_or_auto(tmp_path: Path, value: str, message: str) -> None:
+    path = write(tmp_path, "", f"workers = {value}")
+    with pytest.raises(ConfigError) as raised:
+        configuration.load(path)
+    assert f"[service] workers{' ' if message.startswith('=') else ': '}{message}" in str(
+        raised.value
+    )
