@@ -168,7 +168,12 @@ def read_raw(text: str) -> list[tuple[list[str], int]]:
     return stacks
 
 
-def summarize(stacks: list[tuple[list[str], int]], title: str, top: int = 30) -> str:
+def summarize(
+    stacks: list[tuple[list[str], int]], title: str, top: int = 30, cost_us: float | None = None
+) -> str:
+    """The summary; with COST_US (the server's CPU-us per request, measured without the
+    profiler), each part's own share of it as well: an estimate, since a sample is
+    wall time holding the GIL, not CPU time."""
     waiting = sum(count for frames, count in stacks if frames and frames[-1] in WAITING)
     stacks = [(frames, count) for frames, count in stacks if frames and frames[-1] not in WAITING]
     total = sum(count for _, count in stacks) or 1
@@ -195,9 +200,13 @@ def summarize(stacks: list[tuple[list[str], int]], title: str, top: int = 30) ->
         f"{waiting} more in a wait left out)",
         "",
     ]
-    lines += ["By part of the code: own (innermost Python frame) / inclusive (on the stack)"]
+    lines += [
+        "By part of the code: own (innermost Python frame) / inclusive (on the stack)"
+        + (f" / own share of the {cost_us:g} CPU-us a request costs" if cost_us else "")
+    ]
     for name, count in own_area.most_common():
-        lines.append(f"  {share(count)}  {share(inclusive_area[name])}  {name}")
+        per_request = f"  {cost_us * count / total:6.1f} us" if cost_us else ""
+        lines.append(f"  {share(count)}  {share(inclusive_area[name])}{per_request}  {name}")
     lines += ["", f"Functions by own samples (top {top})"]
     for frame, count in own_function.most_common(top):
         lines.append(f"  {share(count)}  {frame}")
