@@ -49,7 +49,6 @@ import asyncio
 import bisect
 import contextlib
 import datetime
-import itertools
 import logging
 import os
 import threading
@@ -61,7 +60,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from securecore.audit import merkle
+from securecore.audit import chunks, merkle
 from securecore.audit.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -76,9 +75,6 @@ from securecore.keys.base import KeyRing
 from securecore.storage import failover
 
 LEAVES_FILE = "leaves"
-# Records verify_log checks at a time: a power of two, so that each chunk is one
-# complete subtree of the log's Merkle tree (2**16: a few tens of MB at most).
-VERIFY_CHUNK = 1 << 16
 CHECKPOINT_DIR = "checkpoints"
 FOLLOW_SECONDS = 1.0  # cluster mode: how often an idle host reads the others' records
 RECONNECT_SECONDS = (0.1, 1.0)  # cluster mode: the back-off after a failover
@@ -854,70 +850,48 @@ def verify_log(
     timestamps: dict[int, bytes] = {}
     due_from = set(checkpoints) | set(anchors) | {0}
     roots_at = sorted(set(checkpoints) | set(anchors))  # sizes whose tree is compared
-    # A chunk of records at a time, each check over the whole chunk at once; the
-    # first record that fails one is reported as a record-by-record pass would.
-    rows = iter(store.entries())
-    while chunk := list(itertools.islice(rows, VERIFY_CHUNK)):
-        base, n = expected, len(chunk)  # base: a multiple of VERIFY_CHUNK
-        entries = [entry for _, entry in chunk]
-        leaves = merkle.leaf_hashes(entries)
-        # (index in the chunk, precedence at one index, the result): the first wins.
-        failures: list[tuple[int, int, Verification]] = []
-        seqs = [seq for seq, _ in chunk]
-        if seqs != list(range(base + 1, base + n + 1)):
-            i = next(i for i, seq in enumerate(seqs) if seq != base + 1 + i)
-            problem = f"record {base + i + 1} is missing (the next one stored is {seqs[i]})"
+    wanted = sorted({size + 1 for size in due_from} | ({restored} if restored else set()))
+    # A chunk of records at a time (securecore.audit.chunks), in parallel processes
+    # for a long log; the first record that fails a check is named as a
+    # record-by-record pass would name it.
+    requests = chunks.requests_for(witnessed_leaves, roots_at, wanted)
+    for chunk in chunks.check_chunks(store, requests):
+        base, n = chunk.base, chunk.count
+
+        # (index in the chunk, precedence at one index, the problem): the first wins.
+        failures: list[tuple[int, int, str]] = []
+        if chunk.gap is not None:
+            i, found = chunk.gap
             failures.append(
-                (i, 0, Verification(False, base + i, len(checkpoints), base + i + 1, problem))
+                (i, 0, f"record {base + i + 1} is missing (the next one stored is {found})")
             )
-        inner = next(
-            (i for i, (seq, entry) in enumerate(chunk) if b'"seq":%d,' % seq not in entry), None
-        )
-        if inner is not None:
-            problem = f"record {base + inner + 1} carries another sequence number inside"
-            failures.append(
-                (
-                    inner,
-                    1,
-                    Verification(False, base + inner, len(checkpoints), base + inner + 1, problem),
-                )
-            )
+        if chunk.inner is not None:
+            i = chunk.inner
+            failures.append((i, 1, f"record {base + i + 1} carries another sequence number inside"))
         witnessed_here = min(n, max(0, count - base))
         if witnessed_here < n and not following and restored is None:
             i = witnessed_here
             problem = f"record {base + i + 1} is not in the witness (inserted or never witnessed)"
-            failures.append(
-                (i, 2, Verification(False, base + i, len(checkpoints), base + i + 1, problem))
-            )
-        if (
-            b"".join(leaves[:witnessed_here])
-            != witnessed_leaves[base * 32 : (base + witnessed_here) * 32]
-        ):
-            i = next(
-                i
-                for i in range(witnessed_here)
-                if leaves[i] != witnessed_leaves[(base + i) * 32 : (base + i + 1) * 32]
-            )
+            failures.append((i, 2, problem))
+        if chunk.differs is not None:
+            i = chunk.differs
             problem = (
                 f"record {base + i + 1} differs from what was witnessed (modified or reordered)"
             )
-            failures.append(
-                (i, 3, Verification(False, base + i, len(checkpoints), base + i + 1, problem))
-            )
-        failed = min(failures, key=lambda failure: failure[:2]) if failures else None
+            failures.append((i, 3, problem))
+        failed = min(failures) if failures else None
         checked = failed[0] if failed else n  # the records of the chunk that pass their own checks
+        for index, entry in chunk.entries.items():
+            if index < checked:
+                timestamps[base + index + 1] = entry
         if restored is not None and base < restored <= base + checked:
-            record = Record.from_entry(entries[restored - base - 1])
+            record = Record.from_entry(chunk.entries[restored - base - 1])
             restored_end = datetime.datetime.fromisoformat(record.timestamp)
-        for size in due_from:
-            if base <= size < base + checked:
-                timestamps[size + 1] = entries[size - base]
-        chunk_levels = merkle.levels(leaves)
         for size in roots_at[
             bisect.bisect_right(roots_at, base) : bisect.bisect_right(roots_at, base + checked)
         ]:
             prefix = tree.copy()
-            for value, height in merkle.prefix_subtrees(chunk_levels, size - base):
+            for value, height in chunk.subtrees[size - base]:
                 prefix.push_subtree(value, height)
             root = prefix.root()
             anchor = anchors.get(size)
@@ -934,8 +908,9 @@ def verify_log(
                 problem = f"the tree of size {size} does not match its signed checkpoint"
                 return Verification(False, size, len(checkpoints), None, problem)
         if failed is not None:
-            return failed[2]
-        for value, height in merkle.prefix_subtrees(chunk_levels, n):
+            i, _, problem = failed
+            return Verification(False, base + i, len(checkpoints), base + i + 1, problem)
+        for value, height in chunk.subtrees[n]:
             tree.push_subtree(value, height)
         expected = base + n
     if restored is not None and not 0 <= restored <= expected:

@@ -22,6 +22,7 @@ primary) and re-reads the store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -186,6 +187,17 @@ class PostgresAuditStore(AuditStore):
             with contextlib.suppress(psycopg.Error):
                 self._sequencer.close()
         self._sequencer, self._holding = None, False
+
+    def reader(self) -> Callable[[], AuditStore]:
+        return functools.partial(PostgresAuditStore, self._dsn)
+
+    def entries_between(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        with self._lock, _unavailable_on_failover(), self._connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT seq, entry FROM audit_records WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after, limit),
+            )
+            return [(int(seq), bytes(entry)) for seq, entry in cursor.fetchall()]
 
     def entries(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
         # A separate connection and a server-side cursor: millions of rows

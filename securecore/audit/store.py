@@ -21,6 +21,8 @@ their witness directories are lost. A backup of the database carries them.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -71,6 +73,15 @@ class AuditStore(ABC):
     @abstractmethod
     def entries(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
         """Every (seq, entry) with seq > AFTER, in order of sequence numbers."""
+
+    def entries_between(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """The first LIMIT (seq, entry) with seq > AFTER, in order."""
+        return list(itertools.islice(self.entries(after), limit))
+
+    def reader(self) -> Callable[[], AuditStore] | None:
+        """How to open this store again, in another process (picklable), to read it;
+        None if it cannot be (verification then reads it here only)."""
+        return None
 
     def records(self) -> Iterator[Record]:
         for _, entry in self.entries():
@@ -140,6 +151,15 @@ class SQLiteAuditStore(AuditStore):
         )
         while rows := cursor.fetchmany(4096):
             yield from rows
+
+    def entries_between(self, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return self._db.execute(
+            "SELECT seq, entry FROM audit_records WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+    def reader(self) -> Callable[[], AuditStore]:
+        return functools.partial(SQLiteAuditStore, self.path)
 
     def size(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()[0]

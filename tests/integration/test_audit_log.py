@@ -76,7 +76,7 @@ def sql(tmp_path: Path, statement: str) -> None:
 def verify_chunk(request, monkeypatch) -> int:
     """verify_log checks records a chunk at a time: its results must not depend on
     where the chunks end (200 records: 50 chunks, 4, or one)."""
-    monkeypatch.setattr("securecore.audit.log.VERIFY_CHUNK", request.param)
+    monkeypatch.setattr("securecore.audit.chunks.VERIFY_CHUNK", request.param)
     return request.param
 
 
