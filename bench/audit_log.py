@@ -2,9 +2,8 @@
 
 Targets (REQ-PERF-3): append p99 under 50 ms while sustaining at least 20,000
 durable appends/s; verification of 1,000,000 records under 10 s. The goals of
-the current round of work on speed are tighter: 50,000 appends/s with p99
-under 5 ms, and 1,000,000 records verified in under 1 s; the results say
-whether each is met.
+REQ-PERF-11 are tighter: 50,000 appends/s with p99 under 5 ms, and 1,000,000
+records verified in under 1 s; the results say whether each is met.
 
 Every append is acknowledged only after its group's commit is durable (SQLite
 WAL with synchronous=FULL, or PostgreSQL with synchronous_commit on and fsync)

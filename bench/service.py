@@ -604,9 +604,8 @@ def main() -> int:
             and pipeline["errors"] == 0,
             "requests_10000_per_second": pipeline["requests_per_second"] >= 10_000,
         },
-        # The goals of the current round of work on speed: the pipeline at a share of
-        # the hello-world's throughput (0.4 with one worker, 0.6 with more), and
-        # logins at half load in milliseconds.
+        # REQ-PERF-10: the pipeline at a share of the hello-world's throughput (0.4
+        # with one worker, 0.6 with more), and logins at half load in milliseconds.
         "goals_met": {
             "ratio_to_hello_world": ratio >= (0.4 if args.workers == 1 else 0.6),
             "auth_p95_under_20ms": offered["auth_latency_ms"].get("p95", 1e9) < 20,

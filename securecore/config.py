@@ -50,7 +50,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "data_dir": Option(str, required=True, is_path=True),
         # Worker processes; with more than one, the supervisor keeps the one
         # audit log writer and the workers reach it over a Unix socket.
-        # "auto": one per CPU (a worker is one Python process: one CPU at most).
+        # "auto": one per CPU (REQ-PERF-12; a worker is one Python process: one CPU at most).
         "workers": Option(int, 1, minimum=1, auto=True),
     },
     "tls": {
