@@ -49,6 +49,7 @@ import asyncio
 import bisect
 import contextlib
 import datetime
+import heapq
 import logging
 import os
 import threading
@@ -121,20 +122,27 @@ class _LoopWaiters:
     """The appenders of one batch on one event loop, and their one deadline timer.
 
     A timer per batch and loop, not per record: asyncio.wait_for and shield
-    around every append cost the loop more than the rest of the append. Used
-    on its loop's thread only (append_async adds to it, settle runs there).
+    around every append cost the loop more than the rest of the append. The
+    deadlines are a heap, so that a store that hangs while a batch grows costs
+    each appender one push and one pop, not a scan of all the others. Used on
+    its loop's thread only (append_async adds to it, settle runs there).
     """
 
-    __slots__ = ("futures", "loop", "timer")
+    __slots__ = ("deadlines", "futures", "loop", "timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.futures: list[tuple[asyncio.Future[None], float, float]] = []
+        self.futures: list[asyncio.Future[None]] = []
+        # (deadline, number, future, timeout): the number keeps futures out of comparisons.
+        self.deadlines: list[tuple[float, int, asyncio.Future[None], float]] = []
         self.timer: asyncio.TimerHandle | None = None
 
-    def add(self, future: asyncio.Future[None], timeout: float) -> None:
+    def add(self, future: asyncio.Future[None], timeout: float | None) -> None:
+        self.futures.append(future)
+        if timeout is None:  # no deadline: wait as long as the writer takes
+            return
         deadline = self.loop.time() + timeout
-        self.futures.append((future, deadline, timeout))
+        heapq.heappush(self.deadlines, (deadline, len(self.futures), future, timeout))
         if self.timer is None or deadline < self.timer.when():
             self._arm(deadline)
 
@@ -145,22 +153,19 @@ class _LoopWaiters:
 
     def _expire(self) -> None:
         """Fail the appenders whose deadline has passed; wait on for the others."""
-        self.timer, now, later = None, self.loop.time(), []
-        for future, deadline, timeout in self.futures:
-            if future.done():
-                continue
-            if deadline <= now:
+        self.timer, now = None, self.loop.time()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, _, future, timeout = heapq.heappop(self.deadlines)
+            if not future.done():
                 message = f"an audit record was not durable within {timeout} s"
                 future.set_exception(AuditError(message))
-            else:
-                later.append(deadline)
-        if later:
-            self._arm(min(later))
+        if self.deadlines:
+            self._arm(self.deadlines[0][0])
 
     def settle(self, error: BaseException | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        for future, _, _ in self.futures:
+        for future in self.futures:
             if future.done():  # timed out, or the awaiting task was cancelled
                 continue
             if error is None:
@@ -312,12 +317,13 @@ class AuditLog:
         target: str,
         outcome: str,
         details: dict[str, Any] | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = 30.0,
     ) -> int:
         """`append` for an event loop: the loop goes on while the record becomes durable.
 
         Bounded like `append`: a store that hangs without failing (a network
-        partition that drops packets) must not hold a request for ever.
+        partition that drops packets) must not hold a request for ever (TIMEOUT
+        None: as long as the writer takes).
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         parts = self._prepare(actor, action, target, outcome, details)
@@ -356,7 +362,7 @@ class AuditLog:
         self,
         parts: tuple[bytes, bytes],
         future: asyncio.Future[None] | None = None,
-        timeout: float = 0.0,
+        timeout: float | None = None,
     ) -> tuple[int, _Batch]:
         """Add PARTS (a prepared entry) to the open batch (and FUTURE, failed after
         TIMEOUT seconds, to its waiters on its loop); their index in it.
@@ -371,15 +377,17 @@ class AuditLog:
             self._accepted += 1
             batch = self._open
             batch.records.append(parts)
+            # Under the lock: another appender may add to the batch right after.
+            index = len(batch.records) - 1
             if future is not None:
                 loop = future.get_loop()
                 waiters = batch.waiters.get(loop)
                 if waiters is None:
                     waiters = batch.waiters[loop] = _LoopWaiters(loop)
                 waiters.add(future, timeout)
-            if len(batch.records) == 1:
+            if index == 0:
                 self._work.notify()
-        return len(batch.records) - 1, batch
+        return index, batch
 
     @property
     def size(self) -> int:
@@ -798,6 +806,9 @@ def verify_log(
     witness = Path(witness_dir)
     leaves_path = witness / LEAVES_FILE
     witnessed_leaves = leaves_path.read_bytes() if leaves_path.exists() else b""
+    # The records there are now: a running service's later records (past the leaf
+    # file just read) are the next verification's.
+    stored = store.size()
     if len(witnessed_leaves) % 32:
         return Verification(False, 0, 0, None, f"{leaves_path}: not a whole number of hashes")
     count = len(witnessed_leaves) // 32
@@ -854,8 +865,8 @@ def verify_log(
     # A chunk of records at a time (securecore.audit.chunks), in parallel processes
     # for a long log; the first record that fails a check is named as a
     # record-by-record pass would name it.
-    requests = chunks.requests_for(witnessed_leaves, roots_at, wanted)
-    for chunk in chunks.check_chunks(store, requests):
+    requests = chunks.requests_for(witnessed_leaves, roots_at, wanted, stored)
+    for chunk in chunks.check_chunks(store, requests, stored):
         base, n = chunk.base, chunk.count
 
         # (index in the chunk, precedence at one index, the problem): the first wins.

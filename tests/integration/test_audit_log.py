@@ -54,6 +54,20 @@ def test_appends_from_an_event_loop_and_threads_share_one_durable_order(
     assert verify(tmp_path, keys).ok
 
 
+def test_every_appender_is_told_its_own_sequence_number(tmp_path: Path, keys) -> None:
+    """Each record's number is its receipt (the response header of a decision):
+    appenders racing for one batch must each get their own."""
+    log = open_log(tmp_path, keys, checkpoint_every=1000)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two steps, as on many CPUs
+    try:
+        seqs = append_from_threads(log, threads=8, each=300)
+    finally:
+        sys.setswitchinterval(interval)
+    log.close()
+    assert sorted(seqs) == list(range(1, 2401))
+
+
 def test_an_append_awaited_after_the_log_failed_raises(tmp_path: Path, keys) -> None:
     log = open_log(tmp_path, keys)
     log.store.close()  # the next commit fails
