@@ -81,6 +81,8 @@ ACCESS_QUEUE_RECORDS = 10_000
 # queued wakes nobody (a thread woken per request cost more CPU than the
 # formatting it took over), and the lines of many requests go out in one write.
 WRITE_SECONDS = 0.05
+# How long flush() waits for the thread at most.
+FLUSH_SECONDS = 10.0
 
 
 # An access line queued without a LogRecord (AccessLogger.info): when, and the
@@ -115,6 +117,9 @@ class QueuedStreamHandler(logging.Handler):
         self._put((created, message, args))
 
     def _put(self, item: logging.LogRecord | Line) -> None:
+        if not self.writer.is_alive():  # closed: written here, as logging would
+            self._write_lines([self._format_item(item)])
+            return
         # An access line's arguments are strings and numbers that nothing changes
         # after the call: the thread formats the line as it was.
         if self.records.qsize() >= ACCESS_QUEUE_RECORDS:
@@ -133,19 +138,29 @@ class QueuedStreamHandler(logging.Handler):
                         running = False  # close(): what came before is written first
                     elif isinstance(item, threading.Event):
                         written.append(item)
-                    elif isinstance(item, tuple):
-                        lines.append(self._format_line(*item))
                     else:
-                        lines.append(self._format(item))
-            if lines:
-                self.target.acquire()
-                try:
-                    self.target.stream.write("\n".join(lines) + "\n")
-                    self.target.flush()
-                finally:
-                    self.target.release()
-            for event in written:
-                event.set()  # flush(): everything queued before it is written
+                        lines.append(self._format_item(item))
+            try:
+                if lines:
+                    self._write_lines(lines)
+            finally:
+                for event in written:
+                    event.set()  # flush(): everything queued before it is written
+
+    def _write_lines(self, lines: list[str]) -> None:
+        """Write LINES; a stream that fails (its reader gone) loses them, reported as
+        logging reports a failed write, and the next lines are tried again."""
+        self.target.acquire()
+        try:
+            self.target.stream.write("\n".join(lines) + "\n")
+            self.target.flush()
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": f"{len(lines)} access lines"}))
+        finally:
+            self.target.release()
+
+    def _format_item(self, item: logging.LogRecord | Line) -> str:
+        return self._format_line(*item) if isinstance(item, tuple) else self._format(item)
 
     def _format(self, record: logging.LogRecord) -> str:
         try:
@@ -162,11 +177,12 @@ class QueuedStreamHandler(logging.Handler):
             return json.dumps({"level": "error", "message": "an access line failed to format"})
 
     def flush(self) -> None:
-        """Wait until every line queued so far is written."""
+        """Wait until every line queued so far is written (at most FLUSH_SECONDS: a
+        stream that blocks must not hold the service)."""
         if self.writer.is_alive():
             written = threading.Event()
             self.records.put(written)
-            written.wait()
+            written.wait(FLUSH_SECONDS)
 
     def close(self) -> None:
         # logging.shutdown() when the process ends (the service's workers are spawned
@@ -199,12 +215,16 @@ class AccessLogger:
     @staticmethod
     def for_uvicorn(default: logging.Logger) -> logging.Logger | AccessLogger:
         """The access logger a connection uses: this one when the access log is the
-        queued handler at INFO (log_config), else DEFAULT, uvicorn's own."""
+        queued handler alone, at INFO, without filters (log_config), else DEFAULT,
+        uvicorn's own. Decided per connection: a change to the logging
+        configuration reaches the connections made after it."""
         handlers = default.handlers
         if (
             default.isEnabledFor(logging.INFO)
+            and not default.propagate
             and len(handlers) == 1
             and isinstance(handlers[0], QueuedStreamHandler)
+            and handlers[0].level <= logging.INFO
             and not default.filters
             and not handlers[0].filters
         ):

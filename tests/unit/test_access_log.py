@@ -3,12 +3,15 @@ masked, also when the process ends right after the request, as a worker process 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
+from securecore.server.logs import QueuedStreamHandler
 from tests.support.commands import ROOT
 
 LINES = 20_000  # more than the queue holds, and more than the thread writes meanwhile
@@ -114,3 +117,28 @@ def test_a_forked_process_writes_its_own_lines_and_not_its_parents(tmp_path) -> 
     child = {line["pid"] for line in lines if number(line) >= LINES // 2}
     assert len(parent) == len(child) == 1
     assert parent != child
+
+
+class BrokenStream(io.StringIO):
+    """stderr whose reader is gone."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stream_that_fails_loses_its_lines_but_never_holds_the_service() -> None:
+    handler = QueuedStreamHandler()
+    handler.target.setStream(BrokenStream())
+    handler.put_line(time.time(), "%s", ("lost",))
+    started = time.monotonic()
+    handler.flush()  # answered: the failed write does not end the thread
+    assert time.monotonic() - started < 5
+    assert handler.writer.is_alive()
+    working = io.StringIO()
+    handler.target.setStream(working)
+    handler.put_line(time.time(), "%s", ("written",))
+    handler.flush()
+    assert [json.loads(line)["message"] for line in working.getvalue().splitlines()] == ["written"]
+    handler.close()
+    handler.put_line(time.time(), "%s", ("after close",))  # written at once, not queued
+    assert json.loads(working.getvalue().splitlines()[-1])["message"] == "after close"
