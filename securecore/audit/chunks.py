@@ -19,8 +19,10 @@ CPUs (bench/audit_log.py).
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import multiprocessing
+import multiprocessing.util
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +35,9 @@ VERIFY_CHUNK = 1 << 16  # records: a few tens of MB of entries, leaves and subtr
 # Starting a pool of spawned processes costs about 0.2 s: a log of fewer chunks
 # is checked sooner in this process.
 POOL_FROM_CHUNKS = 4
+# Processes at most, whatever the CPUs: each holds a connection to the store (on
+# PostgreSQL, one the service's own may need) and a copy of the interpreter.
+MAX_PROCESSES = 8
 
 
 @dataclass(frozen=True)
@@ -92,12 +97,19 @@ def check_chunk(store: AuditStore, request: ChunkRequest) -> ChunkResult:
     )
 
 
-def _check_in_a_process(opener: Callable[[], AuditStore], request: ChunkRequest) -> ChunkResult:
-    store = opener()
-    try:
-        return check_chunk(store, request)
-    finally:
-        store.close()
+# A pool process's own connection to the store (_open_in_a_process), for its chunks.
+_process_store: AuditStore | None = None
+
+
+def _open_in_a_process(opener: Callable[[], AuditStore]) -> None:
+    global _process_store
+    _process_store = opener()
+    multiprocessing.util.Finalize(None, _process_store.close, exitpriority=10)
+
+
+def _check_in_a_process(request: ChunkRequest) -> ChunkResult:
+    assert _process_store is not None  # noqa: S101 - the pool's initializer opened it
+    return check_chunk(_process_store, request)
 
 
 def _one_by_one(store: AuditStore, requests: Iterator[ChunkRequest]) -> Iterator[ChunkResult]:
@@ -109,21 +121,27 @@ def _one_by_one(store: AuditStore, requests: Iterator[ChunkRequest]) -> Iterator
 
 
 def check_chunks(
-    store: AuditStore, requests: Iterator[ChunkRequest], processes: int | None = None
+    store: AuditStore, requests: Iterator[ChunkRequest], end: int, processes: int | None = None
 ) -> Iterator[ChunkResult]:
     """The result of each request, in order, until a chunk ends short of its length
-    (the log's end). A log of more than POOL_FROM_CHUNKS chunks in a store that can
-    be opened again is checked by PROCESSES processes (default: the CPUs this one
-    may use), a few chunks ahead of the caller; the caller may stop at any time."""
+    (the log's end). A log of more than POOL_FROM_CHUNKS chunks (END records) in a
+    store that can be opened again is checked by PROCESSES processes (default: the
+    CPUs this one may use, at most MAX_PROCESSES, at most one per chunk), each with
+    its own connection, a few chunks ahead of the caller; the caller may stop at
+    any time."""
     opener = store.reader()
-    workers = processes or len(os.sched_getaffinity(0))
-    if opener is None or workers < 2 or store.size() <= POOL_FROM_CHUNKS * VERIFY_CHUNK:
+    chunks = -(-end // VERIFY_CHUNK)
+    workers = min(processes or len(os.sched_getaffinity(0)), MAX_PROCESSES, chunks)
+    if opener is None or workers < 2 or chunks <= POOL_FROM_CHUNKS:
         yield from _one_by_one(store, requests)
         return
     try:
         # Spawned, not forked: the caller may be a process with threads of its own.
         pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn")
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_open_in_a_process,
+            initargs=(opener,),
         )
     except OSError:  # no shared memory for the pool's locks (a system without /dev/shm)
         yield from _one_by_one(store, requests)
@@ -138,7 +156,7 @@ def check_chunks(
                 ahead = next(requests, None)
                 if ahead is None:
                     break
-                pending.append((ahead, pool.submit(_check_in_a_process, opener, ahead)))
+                pending.append((ahead, pool.submit(_check_in_a_process, ahead)))
             if not pending:
                 return
             request, future = pending.popleft()
@@ -149,19 +167,24 @@ def check_chunks(
 
 
 def requests_for(
-    witnessed_leaves: bytes, roots_at: Sequence[int], entries_at: Sequence[int]
+    witnessed_leaves: bytes, roots_at: Sequence[int], entries_at: Sequence[int], end: int
 ) -> Iterator[ChunkRequest]:
-    """The chunks of a log, in order, without end (check_chunks stops at the log's end):
-    for each, the leaf file's part, the sizes within it whose roots are wanted
-    (ROOTS_AT) and the record numbers whose entries are (ENTRIES_AT)."""
+    """The chunks of a log's first END records, in order: for each, the leaf file's
+    part, the sizes within it whose roots are wanted (ROOTS_AT, sorted) and the
+    record numbers whose entries are (ENTRIES_AT, sorted). Records past END came
+    after the verification began, and are left to the next one."""
     base, chunk = 0, VERIFY_CHUNK
-    while True:
-        end = base + chunk
+    while base < end:
+        last = min(base + chunk, end)
+        roots = roots_at[bisect.bisect_right(roots_at, base) : bisect.bisect_right(roots_at, last)]
+        numbers = entries_at[
+            bisect.bisect_right(entries_at, base) : bisect.bisect_right(entries_at, last)
+        ]
         yield ChunkRequest(
             base,
-            chunk,
-            witnessed_leaves[base * merkle.HASH_SIZE : end * merkle.HASH_SIZE],
-            tuple(size - base for size in roots_at if base < size <= end),
-            tuple(number - base - 1 for number in entries_at if base < number <= end),
+            last - base,
+            witnessed_leaves[base * merkle.HASH_SIZE : last * merkle.HASH_SIZE],
+            tuple(size - base for size in roots),
+            tuple(number - base - 1 for number in numbers),
         )
-        base = end
+        base = last
