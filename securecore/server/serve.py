@@ -6,8 +6,9 @@ audit log - it has exactly one writer - and serves it on a Unix socket
 (securecore.audit.writer_service), binds the listening socket, and starts N
 worker processes that share that socket; limits, blocks, sessions and the
 registry are shared through the data directory. A worker that dies is
-started again; SIGTERM stops the workers gracefully, then writes the last
-audit records and a final signed checkpoint.
+started again, and a supervisor that dies takes its workers with it (the
+kernel's parent-death signal); SIGTERM stops the workers gracefully, then
+writes the last audit records and a final signed checkpoint.
 
 The admin routes are also served on the local admin socket DATA_DIR/admin.sock
 (securecore.server.local_admin): the operators' path on the host that no
@@ -33,6 +34,7 @@ the newest version on every use.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 import logging
@@ -45,6 +47,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
@@ -486,22 +489,32 @@ def serve(args: argparse.Namespace) -> int:
 WORKER_RESTART_PAUSE = 1.0
 
 
-def _end_with_the_supervisor() -> None:
-    """A worker whose supervisor died (even by SIGKILL) stops gracefully itself."""
-    supervisor = os.getppid()
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
-    def watch() -> None:
-        while os.getppid() == supervisor:
-            time.sleep(1)
-        os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+def _end_with_the_supervisor(supervisor: int) -> None:
+    """A worker whose supervisor dies (even by SIGKILL) ends at once, by the kernel's
+    hand: its supervisor held the audit writer, so nothing it would still answer
+    could be recorded, and it must not hold the listening socket open meanwhile.
+    Its connections are cut, not answered 503, which tells an edge that the
+    requests on them were never served (and may go to another instance)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+    # The supervisor may have died before the signal was asked for.
+    if os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _worker(
-    config_path: str, listening: socket.socket, audit_socket: str, local_admin: socket.socket
+    supervisor: int,
+    config_path: str,
+    listening: socket.socket,
+    audit_socket: str,
+    local_admin: socket.socket,
 ) -> None:
-    _end_with_the_supervisor()
+    _end_with_the_supervisor(supervisor)
     config = configuration.load(config_path)
     server = build_server(config, audit=RemoteAuditLog(audit_socket), local_admin=local_admin)
     # Started with SIGHUP blocked (see start()): one sent meanwhile is held,
@@ -541,7 +554,7 @@ def supervise(config: configuration.Config, workers: int) -> int:
     def start() -> SpawnProcess:
         process = spawn.Process(
             target=_worker,
-            args=(str(config.path), listening, str(writer.path), local_admin),
+            args=(os.getpid(), str(config.path), listening, str(writer.path), local_admin),
             name="securecore-worker",
         )
         # A reload must not kill a worker that is still starting (SIGHUP's default
@@ -599,4 +612,16 @@ def supervise(config: configuration.Config, workers: int) -> int:
         listening.close()
         local_admin.close()
         admin_path.unlink(missing_ok=True)
+        _stop_resource_tracker()
     return AUDIT_FAILURE_EXIT if audit_failed.is_set() else 0
+
+
+def _stop_resource_tracker() -> None:
+    """End multiprocessing's resource tracker (started with the first worker) and wait
+    for it, so that the supervisor is the service's last process to end. Left to
+    itself it ends after the supervisor, as an orphan, and a service manager that
+    sees its main process end but not the tracker's (systemd without cgroup
+    notifications, as in containers) waits out its whole stop timeout."""
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:  # private, but in every Python this package supports
+        stop()

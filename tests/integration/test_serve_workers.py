@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +125,71 @@ def test_stopping_ends_every_process_and_the_audit_log_verifies(server) -> None:
         >= 12
     )
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+
+
+def spawned_workers(pid: int) -> set[int]:
+    """The worker processes PID started (multiprocessing's spawn_main)."""
+    return processes_of(pid, b"spawn_main")
+
+
+def processes_of(pid: int, command_part: bytes) -> set[int]:
+    """PID's child processes whose command line holds COMMAND_PART (from /proc)."""
+    found = set()
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            # pid (comm) state ppid ...: comm may hold spaces, so split after ")".
+            parent = int((process / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (process / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        if parent == pid and command_part in command:
+            found.add(int(process.name))
+    return found
+
+
+def test_workers_end_with_a_killed_supervisor_and_answer_nothing_meanwhile(tmp_path) -> None:
+    """The supervisor holds the audit writer. Killed outright (SIGKILL: nothing graceful
+    runs), its workers end with it at once: a client is cut off, never answered by a
+    worker that can no longer record anything (a 503 an edge must not retry, where a
+    cut connection tells it the request was never served). Fails when a worker
+    outlives its supervisor, even for a second."""
+    with dev_server(tmp_path / "dev", workers=2) as server:
+        supervisor = server["process"]
+        assert whoami(server).status == 200
+        workers = spawned_workers(supervisor.pid)
+        assert len(workers) == 2, workers
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait(timeout=10)
+        answered = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                answered.append(call(server, "GET", "/v1/whoami")[0])
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.05)  # refused or cut: what an edge retries elsewhere
+        assert answered == [], answered
+        alive = set()
+        for pid in workers:
+            try:
+                os.kill(pid, 0)
+                alive.add(pid)
+            except ProcessLookupError:
+                pass
+        assert not alive, f"workers {alive} outlived their supervisor"
+
+
+def test_a_stopped_supervisor_is_the_last_of_its_processes_to_end(tmp_path) -> None:
+    """SIGTERM (systemctl stop): the workers end, then the supervisor, which first ends
+    multiprocessing's resource tracker and waits for it. A process left behind
+    would make a service manager that is not told when the service's cgroup
+    empties (systemd in the lab's containers) wait out its whole stop timeout."""
+    with dev_server(tmp_path / "dev", workers=2) as server:
+        supervisor = server["process"]
+        assert whoami(server).status == 200
+        tracker = processes_of(supervisor.pid, b"resource_tracker")
+        started = spawned_workers(supervisor.pid) | tracker
+        assert len(started) == 3, started
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=40) == 0
+        left = {pid for pid in started if Path(f"/proc/{pid}").exists()}
+        assert not left, f"{left} outlived the supervisor"
