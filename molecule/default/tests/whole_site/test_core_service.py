@@ -66,17 +66,20 @@ def test_the_service_runs_sandboxed_as_its_own_user(hosts, name) -> None:
 
 
 @pytest.mark.parametrize("name", [h.name for h in CORE])
-def test_the_service_runs_the_one_worker_of_the_roles_default(hosts, name) -> None:
-    # securecore_workers' default: the service's own process serves, no worker is
-    # spawned beside it (README, "Performance": why auto is not the default yet).
+def test_the_service_runs_a_worker_per_cpu_it_may_use(hosts, name) -> None:
+    # The role's default (securecore_workers: auto): a worker is one Python process.
     host = hosts[name]
-    assert re.search(r"^workers = 1$", host.file(CONFIG).content_string, re.M)
+    assert 'workers = "auto"' in host.file(CONFIG).content_string
     pid = host.check_output("systemctl show -p MainPID --value securecore")
+    cpus = int(
+        host.check_output(f"python3 -c 'import os; print(len(os.sched_getaffinity({pid})))'")
+    )
     children = host.check_output(
         f"for child in $(cat /proc/{pid}/task/*/children); do "
         f"tr '\\0' ' ' < /proc/$child/cmdline; echo; done"
     )
-    assert "spawn_main" not in children, children
+    workers = [line for line in children.splitlines() if "spawn_main" in line]
+    assert len(workers) == cpus, children
 
 
 @pytest.mark.parametrize("name", [h.name for h in CORE])
