@@ -267,3 +267,24 @@ def test_the_monthly_drill_check_wants_a_recent_drill_that_met_the_objectives(
     assert evaluate(check.rule, json.loads(out.stdout)).passed
     drill(-5)
     assert not outcome()  # dated in the future: no drill at all
+
+
+def test_the_fact_script_names_the_files_anyone_may_write_and_times_its_parts(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "etc"
+    (root / "sub").mkdir(parents=True)
+    (root / "open-dir").mkdir(mode=0o777)
+    (root / "open-dir").chmod(0o777)  # a directory anyone may write is not a file
+    for name, mode in (("open", 0o666), ("sub/other-write", 0o602), ("closed", 0o644)):
+        (root / name).write_text("x")
+        (root / name).chmod(mode)
+    (root / "link").symlink_to(root / "open")  # not followed: its target is named once
+    overrides = {"writable_roots": [str(root), str(tmp_path / "absent")], "apt_user": None}
+    command = [sys.executable, str(SCRIPT), json.dumps(overrides)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    facts = json.loads(out)
+    assert facts["files"]["world_writable"] == [str(root / "open"), str(root / "sub/other-write")]
+    # Each part's seconds, for whoever asks why a host gathers slowly.
+    assert {"apt", "files", "sshd", "all"} <= set(facts["_timings"])
+    assert facts["_timings"]["all"] >= facts["_timings"]["files"]

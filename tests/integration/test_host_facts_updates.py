@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +70,10 @@ class Apt:
         self.status = root / "status"
         self.install(("sc-openssl", "3.0.1-1"), ("sc-zlib", "1.2-1"), ("sc-tool", "1.0-1"))
         self.state_file = root / "compliance" / "security-updates.json"
+        # apt's package cache for these lists: a directory of the test's, never the
+        # machine's (the script runs apt as root here unless it drops to apt_user).
+        self.cache = root / "cache"
+        self.cache.mkdir(mode=0o755)
 
     def install(self, *entries: tuple[str, str]) -> None:
         self.status.write_text(installed(*entries))
@@ -95,10 +100,15 @@ class Apt:
             f"Dir::State::status={self.status}",
             f"Dir::Etc::SourceList={self.root / 'sources.list'}",
             f"Dir::Etc::SourceParts={self.root / 'sources.list.d'}",
+            f"Dir::Cache::pkgcache={self.cache / 'pkgcache.bin'}",
+            f"Dir::Cache::srcpkgcache={self.cache / 'srcpkgcache.bin'}",
         ]
         overrides = {
             "apt_options": [part for o in options for part in ("-o", o)],
             "apt_state": str(self.state_file),
+            # pytest's directories are its user's alone: apt as another user could
+            # not read them (the drop is tested on a directory of its own, below).
+            "apt_user": None,
             "writable_roots": [],  # not what these tests are about, and it takes seconds
             **extra,
         }
@@ -283,3 +293,25 @@ def test_the_host_says_whether_it_is_a_container_and_the_clock_check_follows(
     assert lab.status == "not_applicable" and "container_type" not in lab.detail
     assert "system.container = True" in lab.detail
     assert machine.status == "fail"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_apt_runs_as_nobody_and_writes_no_cache(checks) -> None:
+    """apt takes no lock here (the host's own apt may be running), so it must write
+    nothing: run as root it writes a package cache for lists newer than the cache; as
+    the unprivileged apt_user it cannot, and builds one in memory, with the same
+    answer. Fails when the script runs apt as root."""
+    # Readable by nobody, unlike pytest's directories; removed at the end.
+    root = Path(tempfile.mkdtemp(prefix="facts-apt-"))
+    try:
+        root.chmod(0o755)
+        apt = Apt(root)
+        apt.fetched(1, [("sc-openssl", "3.0.1-2")])
+        facts = apt.facts(apt_user="nobody")["apt"]
+        assert facts["security_packages"] == ["sc-openssl"], facts
+        assert list(apt.cache.iterdir()) == []
+        # The same as root: the cache is written (what the drop prevents).
+        assert apt.facts()["apt"]["security_packages"] == ["sc-openssl"]
+        assert {p.name for p in apt.cache.iterdir()} >= {"pkgcache.bin"}
+    finally:
+        shutil.rmtree(root)
