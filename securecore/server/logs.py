@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import re
+import select
 import threading
 import time
 from typing import Any
@@ -83,6 +84,11 @@ ACCESS_QUEUE_RECORDS = 10_000
 WRITE_SECONDS = 0.05
 # How long flush() waits for the thread at most.
 FLUSH_SECONDS = 10.0
+# The workers of a service share its stderr (a pipe, or journald's socket): a write
+# of at most PIPE_BUF bytes to a pipe is never mixed with another process's
+# (POSIX), so lines go out in chunks of whole lines no larger. A longer batch in
+# one write was cut into another worker's line now and then.
+ATOMIC_WRITE_BYTES = select.PIPE_BUF
 
 
 # An access line queued without a LogRecord (AccessLogger.info): when, and the
@@ -148,11 +154,22 @@ class QueuedStreamHandler(logging.Handler):
                     event.set()  # flush(): everything queued before it is written
 
     def _write_lines(self, lines: list[str]) -> None:
-        """Write LINES; a stream that fails (its reader gone) loses them, reported as
-        logging reports a failed write, and the next lines are tried again."""
+        """Write LINES in chunks of whole lines, each at most ATOMIC_WRITE_BYTES; a
+        stream that fails (its reader gone) loses them, reported as logging reports a
+        failed write, and the next lines are tried again."""
         self.target.acquire()
         try:
-            self.target.stream.write("\n".join(lines) + "\n")
+            chunk: list[str] = []
+            size = 0
+            for line in lines:
+                # The lines are JSON with ASCII escapes: a character is a byte.
+                if chunk and size + len(line) + 1 > ATOMIC_WRITE_BYTES:
+                    self.target.stream.write("\n".join(chunk) + "\n")
+                    self.target.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line) + 1
+            self.target.stream.write("\n".join(chunk) + "\n")
             self.target.flush()
         except Exception:
             self.handleError(logging.makeLogRecord({"msg": f"{len(lines)} access lines"}))

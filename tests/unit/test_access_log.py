@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 
-from securecore.server.logs import QueuedStreamHandler
+from securecore.server.logs import ATOMIC_WRITE_BYTES, QueuedStreamHandler
 from tests.support.commands import ROOT
 
 LINES = 20_000  # more than the queue holds, and more than the thread writes meanwhile
@@ -142,3 +142,32 @@ def test_a_stream_that_fails_loses_its_lines_but_never_holds_the_service() -> No
     handler.close()
     handler.put_line(time.time(), "%s", ("after close",))  # written at once, not queued
     assert json.loads(working.getvalue().splitlines()[-1])["message"] == "after close"
+
+
+class RecordingStream(io.StringIO):
+    """A stream that remembers each write it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_lines_go_out_in_writes_no_other_process_can_cut() -> None:
+    # Workers share stderr: a write of at most PIPE_BUF bytes to a pipe is never mixed
+    # with another process's, so each write holds whole lines and no more than that.
+    # Without the chunks, the 300 lines below went out in one write of about 40 kB.
+    handler = QueuedStreamHandler()
+    stream = RecordingStream()
+    handler.target.setStream(stream)
+    for n in range(300):
+        handler.put_line(time.time(), "%s - %s", ("127.0.0.1:1", f"GET /v1/x?n={n}" + "y" * 80))
+    handler.flush()
+    handler.close()
+    assert len(stream.writes) > 1
+    assert all(len(w.encode()) <= ATOMIC_WRITE_BYTES and w.endswith("\n") for w in stream.writes)
+    lines = [json.loads(line) for w in stream.writes for line in w.splitlines()]
+    assert [int(line["message"].split("n=")[1].split("y")[0]) for line in lines] == list(range(300))
