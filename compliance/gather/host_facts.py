@@ -109,19 +109,27 @@ DEFAULTS = {
 }
 
 
+def dropping_to(user: str | None) -> bool:
+    """Whether a command run as USER (run()) runs as another user than this script's."""
+    return user is not None and os.geteuid() == 0
+
+
 def run(*command: str, timeout: float = 30, user: str | None = None) -> str:
-    """COMMAND's output; as USER (its own group, no other) when given and run as root."""
+    """COMMAND's output; as USER (its own group, no other, and an environment of
+    nothing but PATH: another process of that user can read it) when dropping_to(USER)."""
     identity: dict[str, Any] = {}
-    if user is not None and os.geteuid() == 0:
-        account = pwd.getpwnam(user)
+    environment = {**os.environ, "LC_ALL": "C"}
+    if dropping_to(user):
+        account = pwd.getpwnam(str(user))
         identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        environment = {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C"}
     return subprocess.run(
         command,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=True,
-        env={**os.environ, "LC_ALL": "C"},
+        env=environment,
         **identity,
     ).stdout
 
@@ -338,8 +346,11 @@ UPGRADE = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ([^\[]*)\[", re.MULTI
 
 
 def apt(paths: dict) -> dict:
-    # No lock taken: nothing is written (see apt_user).
+    # No lock taken: nothing may be written. As apt_user apt cannot write its cache;
+    # as root it would, so it is told to keep the cache it builds in memory.
     options = ["-o", "Debug::NoLocking=1", *paths["apt_options"]]
+    if not dropping_to(paths["apt_user"]):
+        options += ["-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache="]
     # dist-upgrade, not upgrade: a security update that needs a new package (a
     # kernel's new ABI) is held back by upgrade and would not be seen.
     simulated = run("apt-get", "-s", *options, "dist-upgrade", timeout=120, user=paths["apt_user"])
@@ -541,19 +552,21 @@ def hardening(paths: dict) -> dict:
 
 
 def world_writable(paths: dict) -> dict:
-    """Regular files anyone may write under the roots (the first 100). find(1) walks
-    them: in Python a stat per file took a third of a host's gathering time."""
-    roots = [root for root in paths["writable_roots"] if Path(root).exists()]
+    """Regular files anyone may write under the roots (the first 100 and how many).
+    find(1) walks them: in Python a stat per file took a third of a host's gathering
+    time. -H: a root that is a symbolic link is walked (below it, none is followed);
+    absolute roots: none can be read as part of find's expression."""
+    roots = [str(Path(root).absolute()) for root in paths["writable_roots"] if Path(root).exists()]
     if not roots:
-        return {"world_writable": []}
+        return {"world_writable": [], "world_writable_count": 0}
     walked = subprocess.run(
-        ["find", *roots, "-type", "f", "-perm", "-0002", "-print0"],
+        ["find", "-H", *roots, "-type", "f", "-perm", "-0002", "-print0"],
         capture_output=True,
         timeout=120,
         check=False,  # an unreadable directory on the way is no reason to see nothing
     )
     found = [os.fsdecode(path) for path in walked.stdout.split(b"\0") if path]
-    return {"world_writable": sorted(found)[:100]}
+    return {"world_writable": sorted(found)[:100], "world_writable_count": len(found)}
 
 
 def securecore(paths: dict) -> dict:
@@ -923,7 +936,10 @@ def gather(paths: dict) -> dict:
         started = time.perf_counter()
         try:
             facts[name] = function(*args)
-        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as error:
+        # Any error: a part that fails is named in _errors (its checks fail on the
+        # missing facts, saying why) and the others are still gathered; apt's part
+        # runs in a thread, where an exception would otherwise vanish.
+        except Exception as error:
             facts["_errors"][name] = f"{type(error).__name__}: {error}"[:300]
         facts["_timings"][name] = round(time.perf_counter() - started, 3)
 
@@ -935,7 +951,7 @@ def gather(paths: dict) -> dict:
         started = time.perf_counter()
         try:
             service.update(securecore(paths))
-        except (OSError, ValueError, subprocess.SubprocessError) as error:
+        except Exception as error:  # in a thread: whatever it was must reach _errors
             facts["_errors"]["securecore"] = f"{type(error).__name__}: {error}"[:300]
         facts["_timings"]["securecore"] = round(time.perf_counter() - started, 3)
 

@@ -280,11 +280,17 @@ def test_the_fact_script_names_the_files_anyone_may_write_and_times_its_parts(
         (root / name).write_text("x")
         (root / name).chmod(mode)
     (root / "link").symlink_to(root / "open")  # not followed: its target is named once
-    overrides = {"writable_roots": [str(root), str(tmp_path / "absent")], "apt_user": None}
+    # A root that is itself a symbolic link (/opt on some hosts) is walked.
+    (tmp_path / "etc-link").symlink_to(root)
+    overrides = {"writable_roots": [str(tmp_path / "etc-link"), str(tmp_path / "absent")]}
     command = [sys.executable, str(SCRIPT), json.dumps(overrides)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
     facts = json.loads(out)
-    assert facts["files"]["world_writable"] == [str(root / "open"), str(root / "sub/other-write")]
+    walked = tmp_path / "etc-link"
+    assert facts["files"] == {
+        "world_writable": [str(walked / "open"), str(walked / "sub/other-write")],
+        "world_writable_count": 2,
+    }
     # Each part's seconds, for whoever asks why a host gathers slowly.
     assert {"apt", "files", "sshd", "all"} <= set(facts["_timings"])
     assert facts["_timings"]["all"] >= facts["_timings"]["files"]

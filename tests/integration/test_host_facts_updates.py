@@ -94,17 +94,13 @@ class Apt:
             path.write_text(text)
             os.utime(path, (when, when))
 
+    def options(self) -> list[str]:
+        """apt's -o options that make it use this host's files."""
+        return [part for option in self._options() for part in ("-o", option)]
+
     def facts(self, **extra: object) -> dict:
-        options = [
-            f"Dir::State={self.state}",
-            f"Dir::State::status={self.status}",
-            f"Dir::Etc::SourceList={self.root / 'sources.list'}",
-            f"Dir::Etc::SourceParts={self.root / 'sources.list.d'}",
-            f"Dir::Cache::pkgcache={self.cache / 'pkgcache.bin'}",
-            f"Dir::Cache::srcpkgcache={self.cache / 'srcpkgcache.bin'}",
-        ]
         overrides = {
-            "apt_options": [part for o in options for part in ("-o", o)],
+            "apt_options": self.options(),
             "apt_state": str(self.state_file),
             # pytest's directories are its user's alone: apt as another user could
             # not read them (the drop is tested on a directory of its own, below).
@@ -117,6 +113,16 @@ class Apt:
         facts = json.loads(done.stdout)
         assert "apt" not in facts["_errors"], facts["_errors"]
         return facts
+
+    def _options(self) -> list[str]:
+        return [
+            f"Dir::State={self.state}",
+            f"Dir::State::status={self.status}",
+            f"Dir::Etc::SourceList={self.root / 'sources.list'}",
+            f"Dir::Etc::SourceParts={self.root / 'sources.list.d'}",
+            f"Dir::Cache::pkgcache={self.cache / 'pkgcache.bin'}",
+            f"Dir::Cache::srcpkgcache={self.cache / 'srcpkgcache.bin'}",
+        ]
 
     def age(self, key: str, hours: float) -> None:
         """As if this host had seen KEY pending for HOURS already."""
@@ -310,8 +316,22 @@ def test_apt_runs_as_nobody_and_writes_no_cache(checks) -> None:
         facts = apt.facts(apt_user="nobody")["apt"]
         assert facts["security_packages"] == ["sc-openssl"], facts
         assert list(apt.cache.iterdir()) == []
-        # The same as root: the cache is written (what the drop prevents).
-        assert apt.facts()["apt"]["security_packages"] == ["sc-openssl"]
-        assert {p.name for p in apt.cache.iterdir()} >= {"pkgcache.bin"}
+        # Run by root itself (apt-get update does this), apt writes its cache ...
+        subprocess.run(["apt-cache", *apt.options(), "gencaches"], check=True)
+        cache = apt.cache / "pkgcache.bin"
+        written = cache.stat().st_mtime_ns
+        # ... which nobody reads, and leaves as it is.
+        assert apt.facts(apt_user="nobody")["apt"]["security_packages"] == ["sc-openssl"]
+        assert cache.stat().st_mtime_ns == written
+        # Lists newer than the cache: nobody sees the new update all the same (apt
+        # builds a cache in memory), and still writes nothing.
+        apt.fetched(0, [("sc-openssl", "3.0.1-2"), ("sc-zlib", "1.2-2")])
+        facts = apt.facts(apt_user="nobody")["apt"]
+        assert facts["security_packages"] == ["sc-openssl", "sc-zlib"], facts
+        assert cache.stat().st_mtime_ns == written
+        # Nor does the script run as root without the drop: apt is told to keep
+        # its cache in memory (it would write it here otherwise).
+        assert apt.facts()["apt"]["security_packages"] == ["sc-openssl", "sc-zlib"]
+        assert cache.stat().st_mtime_ns == written
     finally:
         shutil.rmtree(root)
