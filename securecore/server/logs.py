@@ -91,6 +91,29 @@ FLUSH_SECONDS = 10.0
 ATOMIC_WRITE_BYTES = select.PIPE_BUF
 
 
+def within_one_write(line: str) -> str:
+    """LINE (a JSON object) with its message cut short enough that the line and its
+    newline fit one ATOMIC_WRITE_BYTES write, and the message's full length: a client
+    sends the request line, and a longer one would be cut by other workers' lines."""
+    entry = json.loads(line)
+    message = str(entry.get("message", ""))
+    entry["message_length"] = len(message)
+
+    def cut_to(characters: int) -> str:
+        return json.dumps({**entry, "message": message[:characters] + "..."})
+
+    # The longest cut that fits (escapes make a character 1 to 6 bytes): rare, so a
+    # bisection of a dozen encodings is cheap enough.
+    low, high = 0, len(message)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(cut_to(middle)) < ATOMIC_WRITE_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    return cut_to(low)
+
+
 # An access line queued without a LogRecord (AccessLogger.info): when, and the
 # message's format and arguments.
 Line = tuple[float, str, tuple[object, ...]]
@@ -177,7 +200,8 @@ class QueuedStreamHandler(logging.Handler):
             self.target.release()
 
     def _format_item(self, item: logging.LogRecord | Line) -> str:
-        return self._format_line(*item) if isinstance(item, tuple) else self._format(item)
+        line = self._format_line(*item) if isinstance(item, tuple) else self._format(item)
+        return line if len(line) < ATOMIC_WRITE_BYTES else within_one_write(line)
 
     def _format(self, record: logging.LogRecord) -> str:
         try:

@@ -171,3 +171,22 @@ def test_lines_go_out_in_writes_no_other_process_can_cut() -> None:
     assert all(len(w.encode()) <= ATOMIC_WRITE_BYTES and w.endswith("\n") for w in stream.writes)
     lines = [json.loads(line) for w in stream.writes for line in w.splitlines()]
     assert [int(line["message"].split("n=")[1].split("y")[0]) for line in lines] == list(range(300))
+
+
+def test_a_line_too_long_for_one_write_is_cut_and_says_so() -> None:
+    # A client's request line is as long as the client makes it (the edge lets
+    # 16 kB through): its access line is cut to fit one write, whatever it holds.
+    handler = QueuedStreamHandler()
+    stream = RecordingStream()
+    handler.target.setStream(stream)
+    target = "/v1/" + 'é"x' * 3000
+    handler.put_line(time.time(), "%s - %s", ("127.0.0.1:1", f"GET {target} HTTP/1.1"))
+    handler.put_line(time.time(), "%s - %s", ("127.0.0.1:1", "GET /v1/short HTTP/1.1"))
+    handler.flush()
+    handler.close()
+    assert all(len(w.encode()) <= ATOMIC_WRITE_BYTES for w in stream.writes)
+    cut, short = [json.loads(line) for w in stream.writes for line in w.splitlines()]
+    assert cut["message"].startswith("127.0.0.1:1 - GET /v1/é") and cut["message"].endswith("...")
+    assert cut["message_length"] == len(f"127.0.0.1:1 - GET {target} HTTP/1.1")
+    assert short["message"] == "127.0.0.1:1 - GET /v1/short HTTP/1.1"
+    assert "message_length" not in short
