@@ -50,7 +50,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "data_dir": Option(str, required=True, is_path=True),
         # Worker processes; with more than one, the supervisor keeps the one
         # audit log writer and the workers reach it over a Unix socket.
-        # "auto": one per CPU (REQ-PERF-12; a worker is one Python process: one CPU at most).
+        # "auto": one per CPU, at most AUTO_MAXIMUM (REQ-PERF-12; a worker is one
+        # Python process: one CPU at most).
         "workers": Option(int, 1, minimum=1, auto=True),
     },
     "tls": {
@@ -271,9 +272,15 @@ def _validate(raw: dict[str, Any], base: Path, problems: list[str]) -> dict[str,
     return values
 
 
+# "auto" runs at most this many workers: each holds its own HSM session and
+# database connections, which a large host's CPU count could exhaust (a token's
+# sessions, PostgreSQL's max_connections). More are asked for by number.
+AUTO_MAXIMUM = 8
+
+
 def usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) or 1
+    """The CPUs this process may run on, at most AUTO_MAXIMUM."""
+    return min(len(os.sched_getaffinity(0)) or 1, AUTO_MAXIMUM)
 
 
 def _check_backends(

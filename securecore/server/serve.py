@@ -496,8 +496,9 @@ def _end_with_the_supervisor(supervisor: int) -> None:
     """A worker whose supervisor dies (even by SIGKILL) ends at once, by the kernel's
     hand: its supervisor held the audit writer, so nothing it would still answer
     could be recorded, and it must not hold the listening socket open meanwhile.
-    Its connections are cut, not answered 503, which tells an edge that the
-    requests on them were never served (and may go to another instance)."""
+    Its connections are cut, not answered 503: an edge sends the idempotent requests
+    on them to another instance (a request may have been served before the cut,
+    which is why only those are tried again)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         error = ctypes.get_errno()
@@ -607,12 +608,15 @@ def supervise(config: configuration.Config, workers: int) -> int:
             process.join(GRACEFUL_SHUTDOWN_SECONDS + 5)
             if process.is_alive():
                 process.kill()
-        writer.stop()
-        audit.close()  # the last records and a final signed checkpoint
-        listening.close()
-        local_admin.close()
-        admin_path.unlink(missing_ok=True)
-        _stop_resource_tracker()
+                process.join(5)
+        try:
+            writer.stop()
+            audit.close()  # the last records and a final signed checkpoint
+            listening.close()
+            local_admin.close()
+            admin_path.unlink(missing_ok=True)
+        finally:
+            _stop_resource_tracker()
     return AUDIT_FAILURE_EXIT if audit_failed.is_set() else 0
 
 

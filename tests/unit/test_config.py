@@ -69,6 +69,15 @@ def test_workers_auto_is_one_per_cpu_this_process_may_use(tmp_path: Path) -> Non
     assert configuration.load(path).get("service", "workers") == len(os.sched_getaffinity(0))
 
 
+def test_workers_auto_stops_at_eight_on_a_large_host(tmp_path: Path, monkeypatch) -> None:
+    # Each worker holds an HSM session and database connections of its own.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    path = write(tmp_path, "", 'workers = "auto"')
+    assert configuration.load(path).get("service", "workers") == configuration.AUTO_MAXIMUM == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert configuration.load(path).get("service", "workers") == 3
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
