@@ -1,11 +1,12 @@
 """Request bodies as schemas: one declaration validates input and documents the API.
 
 Every endpoint that takes a body declares it here (a JSON Schema subset:
-object, string/integer properties, lengths, ranges, required, no other
-keys). `read_body` enforces it - JSON, every property - and answers 422 with
-every problem listed; `openapi` turns the same declarations into the
-OpenAPI 3.1 document served at /openapi.json. (The size of a body is limited
-while it is read, before this: securecore.server.body_limit.)
+object, string/integer/boolean properties and lists of strings, lengths,
+ranges, patterns, required, no other keys). `read_body` enforces it - JSON,
+every property - and answers 422 with every problem listed; `openapi` turns
+the same declarations into the OpenAPI 3.1 document served at /openapi.json.
+(The size of a body is limited while it is read, before this:
+securecore.server.body_limit.)
 
 A body is JSON as RFC 8259 and I-JSON (RFC 7493) have it, or it is refused
 before anything acts on it: UTF-8 without a byte order mark (400), no NaN or
@@ -135,6 +136,40 @@ def integer(minimum: int, maximum: int, description: str = "") -> dict:
     return {"type": "integer", "minimum": minimum, "maximum": maximum, "description": description}
 
 
+def boolean(description: str = "") -> dict:
+    return {"type": "boolean", "description": description}
+
+
+def strings(item: dict, max_items: int, description: str = "") -> dict:
+    """A list of up to MAX_ITEMS strings, each as ITEM (a `string` rule), none twice."""
+    return {
+        "type": "array",
+        "items": item,
+        "maxItems": max_items,
+        "uniqueItems": True,
+        "description": description,
+    }
+
+
+def _ecma_end(pattern: str) -> str:
+    """PATTERN with a final `$` as JSON Schema means it (ECMA-262: the end of the string),
+    not as Python's re does (the end, or before a final newline, which would let "high\n"
+    through as a severity)."""
+    return (
+        pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
+    )
+
+
+def _string_problem(key: str, rule: dict, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"{key}: must be a string"
+    if not rule["minLength"] <= len(value) <= rule["maxLength"]:
+        return f"{key}: length {rule['minLength']}-{rule['maxLength']}"
+    if "pattern" in rule and not re.search(_ecma_end(rule["pattern"]), value):
+        return f"{key}: must match {rule['pattern']}"
+    return None
+
+
 def body(required: dict[str, dict] | None = None, optional: dict[str, dict] | None = None) -> dict:
     required, optional = required or {}, optional or {}
     return {
@@ -159,12 +194,24 @@ def problems(schema: dict, data: Any) -> list[str]:
             continue
         value = data[key]
         if rule["type"] == "string":
-            if not isinstance(value, str):
-                found.append(f"{key}: must be a string")
-            elif not rule["minLength"] <= len(value) <= rule["maxLength"]:
-                found.append(f"{key}: length {rule['minLength']}-{rule['maxLength']}")
-            elif "pattern" in rule and not re.search(rule["pattern"], value):
-                found.append(f"{key}: must match {rule['pattern']}")
+            problem = _string_problem(key, rule, value)
+            if problem:
+                found.append(problem)
+        elif rule["type"] == "boolean":
+            if not isinstance(value, bool):
+                found.append(f"{key}: must be true or false")
+        elif rule["type"] == "array":
+            if not isinstance(value, list):
+                found.append(f"{key}: must be a list")
+            elif len(value) > rule["maxItems"]:
+                found.append(f"{key}: at most {rule['maxItems']} items")
+            elif len(set(map(repr, value))) != len(value):
+                found.append(f"{key}: an item is given twice")
+            else:
+                found += filter(
+                    None,
+                    (_string_problem(f"{key}[{i}]", rule["items"], v) for i, v in enumerate(value)),
+                )
         elif rule["type"] == "integer":
             if isinstance(value, bool) or not isinstance(value, int):
                 found.append(f"{key}: must be an integer")
@@ -195,6 +242,8 @@ class Endpoint:
     statuses: tuple[int, ...] = (200,)
     tags: tuple[str, ...] = field(default_factory=tuple)
     query: dict[str, dict] = field(default_factory=dict)  # optional query parameters
+    # Path parameters' schemas where more than "a string" is known (a pattern).
+    path_parameters: dict[str, dict] = field(default_factory=dict)
 
 
 ERROR = {
@@ -229,7 +278,12 @@ def openapi(endpoints: list[Endpoint], version: str) -> dict:
                 )
         # Every {name} of the path is a string parameter; the query's are optional.
         parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": endpoint.path_parameters.get(name, {"type": "string"}),
+            }
             for name in re.findall(r"\{([^/{}]+)\}", endpoint.path)
         ]
         parameters += [

@@ -81,3 +81,28 @@ def test_strict_json_keeps_what_json_allows() -> None:
         "b": [1, 2.5, None, True],
         "c": "é",
     }
+
+
+def test_booleans_and_lists_of_strings_are_checked_item_by_item() -> None:
+    from securecore.server.api_schema import body, boolean, string, strings
+
+    schema = body({"passed": boolean()}, {"hosts": strings(string(8, pattern=r"^[a-z-]+$"), 2)})
+    assert problems(schema, {"passed": True, "hosts": ["core-a"]}) == []
+    assert problems(schema, {"passed": 1, "hosts": "core-a"}) == [
+        "passed: must be true or false",
+        "hosts: must be a list",
+    ]
+    assert problems(schema, {"passed": False, "hosts": ["a", "b", "c"]}) == [
+        "hosts: at most 2 items"
+    ]
+    assert problems(schema, {"passed": False, "hosts": ["a", "a"]}) == [
+        "hosts: an item is given twice"
+    ]
+    assert problems(schema, {"passed": False, "hosts": ["ok", "No/"]}) == [
+        "hosts[1]: must match ^[a-z-]+$"
+    ]
+    assert problems(schema, {"passed": False, "hosts": [7]}) == ["hosts[0]: must be a string"]
+    # "$" ends the string, as in JSON Schema: no newline after it.
+    assert problems(schema, {"passed": False, "hosts": ["core\n"]}) == [
+        "hosts[0]: must match ^[a-z-]+$"
+    ]
