@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "recover": ("admin", "end an emergency shutdown"),
     "status": ("admin", "modes, plugins, sessions and the audit log"),
+    "incident": ("incident", "open, update, record, verify and close security incidents"),
     "plugin": ("plugin", "run a plugin built on securecore.plugin_sdk"),
 }
 

@@ -24,9 +24,12 @@ from starlette.routing import Route
 from securecore.server.api_schema import Endpoint, body, integer, read_body, string
 from securecore.server.errors import error_response
 from securecore.server.identity_middleware import relayed_by, request_source
+from securecore.server.incident_routes import ENDPOINTS as INCIDENT_ENDPOINTS
+from securecore.server.incident_routes import incident_routes
 
 if TYPE_CHECKING:
     # For the annotations only: the routes act on what serve.py built.
+    from securecore.incidents.store import IncidentStore
     from securecore.plugin_registry.registry import PluginRegistry
     from securecore.policy.state import PolicyState
     from securecore.server.identity import Principal
@@ -47,8 +50,10 @@ class AdminActions:
         snapshot: Callable[..., Any],
         status: Callable[[], dict],
         operators: AbstractSet[str] = frozenset(),
+        incidents: IncidentStore | None = None,
     ) -> None:
         self.audit, self.sessions, self.policy_state = audit, sessions, policy_state
+        self.incidents = incidents
         self.registry, self.snapshot, self.status = registry, snapshot, status
         # SHA-256 fingerprints of certificates that act as a local operator: the
         # service's own client certificate, whose key only root and the service
@@ -123,6 +128,7 @@ ENDPOINTS = [
         ("admin",),
     ),
     Endpoint("POST", "/v1/admin/recover", "End an emergency shutdown", RECOVER, (200,), ("admin",)),
+    *INCIDENT_ENDPOINTS,
 ]
 
 
@@ -293,4 +299,5 @@ def admin_routes(
         Route("/v1/admin/plugins/{name}/{verb}", admin_only(plugin_state), methods=["POST"]),
         Route("/v1/admin/emergency-shutdown", admin_only(emergency_shutdown), methods=["POST"]),
         Route("/v1/admin/recover", admin_only(recover), methods=["POST"]),
+        *(incident_routes(actions.incidents, admin_only) if actions.incidents else []),
     ]

@@ -64,6 +64,7 @@ from securecore.audit.log import AuditLog
 from securecore.audit.witness import STATUS_FILE as WITNESS_STATUS_FILE
 from securecore.audit.writer_service import AuditWriterServer, RemoteAuditLog
 from securecore.config import ConfigError
+from securecore.incidents.store import IncidentStore
 from securecore.keys import signing_public_keys
 from securecore.keys.factory import open_key_ring
 from securecore.monitoring.metrics import MULTIPROCESS_DIR, ServiceMetrics
@@ -281,6 +282,7 @@ def build_server(
     operators = {own_certificate_fingerprint(plugin_client_policy(config, policy))}
     admin = AdminActions(
         operators=operators,
+        incidents=IncidentStore(open_state(config, "incidents"), append),
         audit=append,
         sessions=sessions,
         policy_state=policy_state,

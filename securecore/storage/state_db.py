@@ -326,7 +326,7 @@ def _is_read(sql: str) -> bool:
 
 
 def open_state(config: Config, role: str) -> StateDatabase:
-    """The state database of ROLE (sessions, plugins, policy) as the config says, or
+    """The state database of ROLE (sessions, plugins, policy, incidents) as the config says, or
     BackendError naming the file and key (never the dsn: it may hold a password)."""
     if config.get("state", "backend") == "postgresql":
         dsn = config.get("state", "dsn")
@@ -353,7 +353,7 @@ def open_state(config: Config, role: str) -> StateDatabase:
         ) from error
 
 
-STATE_ROLES = ("sessions", "plugins", "policy")
+STATE_ROLES = ("sessions", "plugins", "policy", "incidents")
 
 
 def sqlite_path(config: Config, role: str) -> Path:
