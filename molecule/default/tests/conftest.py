@@ -60,6 +60,8 @@ ORDER = [
     # Central logs: cuts plugin-01's link to the collector (an nft table of its own,
     # removed in finally:) and writes markers to every host's journal.
     "central_logs/test_central_logs.py",
+    # Incident response: contains plugin-01 under traffic, releases it as it was.
+    "incident/test_containment.py",
     # Shutdown and recovery, key and certificate rotation, backup and restore, upgrades.
     "whole_site/test_core_service.py",
     "whole_site/test_revocation.py",
