@@ -19,6 +19,9 @@
       a Markdown report in the bundle
   compliance attest ITEM --by NAME --note TEXT --key KEY [--file PATH]
       a person's item, signed with that person's key (file or pkcs11: URI)
+  compliance forensics --incident INC --hosts H,... -i INVENTORY --evidence-root DIR
+      --signing-key KEY   what the hosts are doing (read-only), as the incident's next
+      signed forensic bundle in DIR/incidents/INC/ (and its archive)
   compliance keygen --key FILE                 an evidence signing key
   compliance checks [--format text|json]      the check definitions
   compliance checklists [NAME]                the daily, weekly and monthly items
@@ -363,6 +366,24 @@ def _attest(args: argparse.Namespace) -> int:
     )
     print(f"attestation recorded: {path} (signed by {args.by}'s key {key_id(key.public_key())})")
     return 0
+
+
+def _forensics(args: argparse.Namespace) -> int:
+    """The hosts' forensic facts as the incident's next signed bundle; its place and hash."""
+    from compliance.forensics import collect
+
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    key = load_key(args.signing_key)
+    made = collect(args.inventory, args.incident, hosts, args.evidence_root, key, args.forks)
+    answer = {
+        "bundle": str(made.bundle),
+        "archive": str(made.archive),
+        "manifest_sha256": made.manifest_sha256,
+        "errors": made.errors,
+    }
+    json.dump(answer, sys.stdout, indent=2)
+    print()
+    return 1 if made.errors else 0
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -760,6 +781,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-key", type=Path, help="where to write the public key (PEM) of a token key"
     )
     keygen.set_defaults(handler=_keygen)
+    forensics = commands.add_parser(
+        "forensics", help="an incident's forensic evidence from its hosts (read-only), signed"
+    )
+    forensics.add_argument("--incident", required=True, help="INC-YYYY-NNNN")
+    forensics.add_argument("--hosts", required=True, help="the hosts, comma-separated")
+    forensics.add_argument("-i", "--inventory", type=Path, required=True)
+    forensics.add_argument("--forks", type=int, default=8)
+    forensics.add_argument(
+        "--evidence-root", type=Path, required=True, help="the series go in DIR/incidents/INC/"
+    )
+    forensics.add_argument(
+        "--signing-key", required=True, help="the evidence key: a file or a pkcs11: URI"
+    )
+    forensics.set_defaults(handler=_forensics)
     verify = commands.add_parser(
         "verify", help="check evidence bundles offline: hashes, signature, the chain"
     )

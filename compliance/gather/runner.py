@@ -140,8 +140,10 @@ def gather(
     forks: int = 8,
     timeout: int = 300,
     progress: Callable[[HostFacts, int, int], None] | None = None,
+    script: Path = HOST_FACTS_SCRIPT,
 ) -> list[HostFacts]:
-    """Facts of every host LIMIT selects; PROGRESS(host, done, total) hears each one end."""
+    """Facts of every host LIMIT selects, as SCRIPT prints them (the compliance facts by
+    default); PROGRESS(host, done, total) hears each one end."""
     inventory = Path(inventory).resolve()
     hosts = read_inventory(inventory, limit)
     results = {name: HostFacts(name, info["groups"]) for name, info in hosts.items()}
@@ -182,13 +184,12 @@ def gather(
         return True
 
     with tempfile.TemporaryDirectory(prefix="compliance-gather-") as private:
-        script = f"{HOST_FACTS_SCRIPT} executable=/usr/bin/python3"
         _ansible_runner().run(
             private_data_dir=private,
             inventory=str(inventory),
             host_pattern=",".join(hosts),
             module="ansible.builtin.script",
-            module_args=script,
+            module_args=f"{script} executable=/usr/bin/python3",
             forks=forks,
             quiet=True,
             cmdline="--become",
@@ -200,7 +201,7 @@ def gather(
     for name, result in results.items():
         if result.error is None and not result.facts:
             result.error = "no answer from the gathering pass"
-        if result.error is None:
+        if result.error is None and script == HOST_FACTS_SCRIPT:
             addresses = (result.facts.get("network") or {}).get("addresses", [])
             result.facts["network"] = {
                 **(result.facts.get("network") or {}),
