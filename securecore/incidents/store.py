@@ -339,6 +339,7 @@ BRIEF = (
     "opened_at",
     "closed_at",
     "escalation_level",
+    "team",
     "respond_by",
     "contained_hosts",
 )

@@ -9,6 +9,7 @@ from cryptography import x509
 
 from securecore.audit.log import AuditLog
 from securecore.audit.writer_service import RemoteAuditLog
+from securecore.incidents.store import IncidentStore
 from securecore.monitoring.metrics import LiveState
 from securecore.plugin_registry.registry import PluginRegistry
 from securecore.sessions.manager import SessionManager
@@ -48,6 +49,7 @@ def live_state(
     policy: TLSPolicy,
     witness_status: Path | None = None,
     witness_deadline: float = 0.0,
+    incidents: IncidentStore | None = None,
 ) -> LiveState:
     def by_plugin(key: str) -> dict[tuple[str, ...], float]:
         return {(plugin["name"],): float(plugin[key]) for plugin in registry.summary()}
@@ -64,8 +66,23 @@ def live_state(
             counts[plugin["state"]] = counts.get(plugin["state"], 0.0) + 1
         return {(state,): number for state, number in counts.items()}
 
+    def open_incidents() -> dict[tuple[str, ...], float]:
+        # One series per open incident, which the monitoring routes by escalation level
+        # (REQ-IR-5); closed ones are not exported, so the series are as many as are open.
+        return {
+            (
+                i["id"],
+                i["severity"],
+                str(i["escalation_level"]),
+                i["team"],
+                i["respond_by"],
+            ): 1.0
+            for i in (incidents.open_incidents() if incidents is not None else [])
+        }
+
     return LiveState(
         {
+            "securecore_incident_open": open_incidents,
             "securecore_plugin_trust_score": lambda: by_plugin("score"),
             "securecore_plugin_calls": lambda: by_plugin("calls"),
             "securecore_plugin_success_ratio": success_ratio,
@@ -83,6 +100,13 @@ def live_state(
             "securecore_audit_witness_deadline_seconds": lambda: witness_deadline,
         },
         labels={
+            "securecore_incident_open": [
+                "incident",
+                "incident_severity",
+                "escalation_level",
+                "team",
+                "respond_by",
+            ],
             "securecore_plugin_trust_score": ["plugin"],
             "securecore_plugin_calls": ["plugin"],
             "securecore_plugin_success_ratio": ["plugin"],
@@ -92,6 +116,7 @@ def live_state(
             "securecore_audit_witness_cosigned_timestamp_seconds": ["witness"],
         },
         help_text={
+            "securecore_incident_open": "Each open security incident (1), by escalation level",
             "securecore_plugin_trust_score": "Trust score of each plugin (0-100)",
             "securecore_plugin_calls": "Calls made to each plugin",
             "securecore_plugin_success_ratio": "Share of successful calls to each plugin",

@@ -280,9 +280,10 @@ def build_server(
 
     # A set changed in place on reload: the admin routes and the policy hold it.
     operators = {own_certificate_fingerprint(plugin_client_policy(config, policy))}
+    incidents = IncidentStore(open_state(config, "incidents"), append)
     admin = AdminActions(
         operators=operators,
-        incidents=IncidentStore(open_state(config, "incidents"), append),
+        incidents=incidents,
         audit=append,
         sessions=sessions,
         policy_state=policy_state,
@@ -300,6 +301,7 @@ def build_server(
             # REQ-AUDIT-6: a record must be under a witnessed checkpoint this long after it.
             witness_deadline=float(config.get("audit", "checkpoint_interval_seconds"))
             + float(config.get("audit", "witness_grace_seconds")),
+            incidents=incidents,
         )
     )
     trust_domain = "securecore"

@@ -265,6 +265,52 @@ def silence(minutes: int = 10) -> dict[str, Any]:
     return {**SILENCE, "startsAt": now.isoformat(), "endsAt": ends.isoformat()}
 
 
+def test_each_incident_level_reaches_its_receiver_in_its_timing_class(
+    alertmanager: tuple[str, Receiver],
+) -> None:
+    """SecurityIncidentOpen as Prometheus sends it, one incident per escalation level, at
+    once: level 3 arrives at once (group_wait 0s), level 2 after its 10 s, level 1 after
+    its 30 s, each to its level's receiver, one notification per incident. (The role's
+    own incident timings: the fixture shortens the other routes' only.)"""
+    base, receiver = alertmanager
+    levels = {
+        "3": ("critical", "crisis"),
+        "2": ("warning", "security"),
+        "1": ("info", "operations"),
+    }
+    sent = time.monotonic()
+    post(
+        base,
+        [
+            alert(
+                "SecurityIncidentOpen",
+                severity,
+                "core-01",
+                incident=f"INC-2026-010{level}",
+                escalation_level=level,
+                team=team,
+            )
+            for level, (severity, team) in levels.items()
+        ],
+    )
+    arrived: dict[str, float] = {}
+    deadline = sent + 45
+    while time.monotonic() < deadline and len(arrived) < 3:
+        for note in list(receiver.notifications):
+            for item in note["alerts"]:
+                labels = item["labels"]
+                if labels["alertname"] == "SecurityIncidentOpen" and item["status"] == "firing":
+                    level = labels["escalation_level"]
+                    assert note["receiver"] == f"securecore-incident-level-{level}", note
+                    assert len(note["alerts"]) == 1  # one notification per incident
+                    arrived.setdefault(level, time.monotonic() - sent)
+        time.sleep(0.2)
+    assert set(arrived) == set(levels), arrived
+    assert arrived["3"] < 5, arrived
+    assert 9 <= arrived["2"] < 20, arrived
+    assert 29 <= arrived["1"] < 42, arrived
+
+
 def test_without_the_password_nobody_silences_or_reads_alertmanager(
     alertmanager: tuple[str, Receiver],
 ) -> None:

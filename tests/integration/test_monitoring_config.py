@@ -37,7 +37,7 @@ def check(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_prometheus_configuration_passes_promtool(rendered: Path) -> None:
     proc = check(tool("promtool"), "check", "config", str(rendered / "prometheus.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "30 rules found" in proc.stdout
+    assert "31 rules found" in proc.stdout
 
 
 def test_every_host_is_scraped_over_mutual_tls_and_the_core_hosts_service_too(
