@@ -92,12 +92,36 @@ def _counts(run: RunData, window: str, title: str) -> Section:
     return section
 
 
+def _with_records(section: Section, run: RunData, days: int) -> Section:
+    """SECTION noting the incident records (the core's, REQ-IR-7) open now and those
+    closed within DAYS: one record, whichever core host reported it."""
+    records: dict[str, dict[str, Any]] = {}
+    for events in run.core_events().values():
+        for record in events.get("records", []):
+            records.setdefault(record["id"], record)
+    since = run.now - datetime.timedelta(days=days)
+    opened, closed = [], []
+    for number, record in sorted(records.items()):
+        brief = f"{number} ({record['severity']}, {record['title']})"
+        if record["closed_at"] is None:
+            contained = ", ".join(record["contained_hosts"])
+            opened.append(
+                f"{brief}: {record['phase']}, respond by {record['respond_by']}"
+                + (f", contained: {contained}" if contained else "")
+            )
+        elif datetime.datetime.fromisoformat(record["closed_at"]) >= since:
+            closed.append(f"{brief} closed {record['closed_at']}")
+    section.note = "Open incidents: " + ("; ".join(opened) or "none")
+    section.note += ". Closed in the period: " + ("; ".join(closed) or "none") + "."
+    return section
+
+
 def incidents_today(run: RunData) -> Section:
-    return _listed(run, "incidents", 1, "Incidents (last 24 hours)")
+    return _with_records(_listed(run, "incidents", 1, "Incidents (last 24 hours)"), run, 1)
 
 
 def incidents_of_the_week(run: RunData) -> Section:
-    return _listed(run, "incidents", 7, "Incidents of the week")
+    return _with_records(_listed(run, "incidents", 7, "Incidents of the week"), run, 7)
 
 
 def alert_statistics(run: RunData) -> Section:

@@ -10,6 +10,8 @@ securecore incident action INC ACTION [--host H ...] [--outcome O] [--summary T]
 securecore incident verify INC --stage S --method M --summary T (--passed | --failed)
                                [--bundle DIR --trusted-key PEM]
 securecore incident close INC --summary T
+securecore incident report INC --out DIR     the post-incident report of a closed incident:
+                                             DIR/INC.md and DIR/INC.html
 
 A client of the admin API like the other operator commands (securecore.cli.admin):
 the same certificate, --url and --local options; the service audits every change.
@@ -80,6 +82,23 @@ def checked_bundle(bundle: Path, trusted_keys: list[Path] | None) -> dict[str, A
     return linked
 
 
+def _report(args: argparse.Namespace) -> int:
+    # The report's form is the compliance package's (its HTML page and tables).
+    from compliance.incident_report import IncidentReportError, html, markdown
+
+    if args.out is None:
+        raise AdminError("report needs --out DIR: where INC.md and INC.html are written")
+    record = _call(args, "GET", _path(args.incident))
+    try:
+        made = {".md": markdown(record), ".html": html(record)}
+    except IncidentReportError as error:
+        raise AdminError(str(error)) from error
+    args.out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in made.items():
+        (args.out / f"{record['id']}{suffix}").write_text(text, encoding="utf-8")
+    return _show({"report": [str(args.out / f"{record['id']}{s}") for s in made]})
+
+
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
@@ -103,6 +122,8 @@ def _incident(args: argparse.Namespace) -> int:
             args, ("phase", "severity", "impact", "scope", "cause", "note", "fix", "follow_up")
         )
         return _show(_call(args, "POST", _path(args.incident, "update"), change))
+    if action == "report":
+        return _report(args)
     if action == "close":
         if not args.summary:
             raise AdminError("close needs --summary: how the incident ended")
@@ -143,7 +164,8 @@ def _incident(args: argparse.Namespace) -> int:
 
 def configure(name: str, command: argparse.ArgumentParser) -> None:
     command.add_argument(
-        "action", choices=["list", "show", "open", "update", "action", "verify", "close"]
+        "action",
+        choices=["list", "show", "open", "update", "action", "verify", "close", "report"],
     )
     command.add_argument("incident", nargs="?", help="INC-YYYY-NNNN")
     command.add_argument("what", nargs="?", help="action: what was done (contain, collect, ...)")
@@ -174,5 +196,6 @@ def configure(name: str, command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--trusted-key", type=Path, action="append", help="the evidence public key (PEM)"
     )
+    command.add_argument("--out", type=Path, help="report: the directory to write it to")
     command.set_defaults(handler=_incident)
     _connection_options(command)

@@ -14,7 +14,8 @@ Read-only, run on the core host as the service user (it opens the key ring):
   events     security events from the audit log (the report sections of REQ-COMP-12):
              counts per action and outcome over the last 1, 7 and 31 days, and the
              incidents and responses of the last 31 days (time, action, target,
-             outcome - never a record's details)
+             outcome - never a record's details), and the incident records open now
+             or closed in the last 31 days (id, severity, phase, times, hosts contained)
 Nothing secret is printed: no key material, no PIN, no token.
 """
 
@@ -33,6 +34,7 @@ from securecore.audit.factory import anchored_verification, open_store
 from securecore.audit.record import Record
 from securecore.audit.store import AuditStore
 from securecore.audit.witness import STATUS_FILE
+from securecore.incidents.store import IncidentStore
 from securecore.keys.base import KeyRing
 from securecore.keys.factory import open_key_ring
 from securecore.operations.backup import signed_backups
@@ -95,8 +97,25 @@ def _audit(config: configuration.Config, ring: KeyRing) -> tuple[dict[str, Any],
 
 # What the reports count: security-relevant actions, and among them incidents (something
 # happened to the service) and responses (what people or the service did about it).
-INCIDENTS = ("intrusion.", "emergency.shutdown", "plugin.suspended", "plugin.revoked")
-RESPONSES = ("intrusion.", "emergency.recover", "acl.block", "acl.unblock", "session.revoke")
+# An incident record opened or closed is an incident; what is done about it a response.
+INCIDENTS = (
+    "intrusion.",
+    "emergency.shutdown",
+    "plugin.suspended",
+    "plugin.revoked",
+    "incident.open",
+    "incident.close",
+)
+RESPONSES = (
+    "intrusion.",
+    "emergency.recover",
+    "acl.block",
+    "acl.unblock",
+    "session.revoke",
+    "incident.action",
+    "incident.update",
+    "incident.verification",
+)
 WINDOWS = {"1d": 1, "7d": 7, "31d": 31}
 # The newest records looked at: the reports cover a month, and a month of a busy
 # service is well under this; it bounds the time a facts run can take.
@@ -186,10 +205,26 @@ def _plugins(config: configuration.Config) -> dict[str, Any]:
     }
 
 
+def _incident_records(config: configuration.Config) -> list[dict[str, Any]]:
+    """The incident records open now or closed in the last 31 days (the reports' period)."""
+
+    def no_change(*_: Any) -> int:
+        raise RuntimeError("service facts change nothing")
+
+    since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=WINDOWS["31d"])
+    return [
+        record
+        for record in IncidentStore(open_state(config, "incidents"), no_change).summaries()
+        if record["closed_at"] is None
+        or datetime.datetime.fromisoformat(record["closed_at"]) >= since
+    ]
+
+
 def service_facts(config: configuration.Config) -> dict[str, Any]:
     ring = open_key_ring(config)
     try:
         audit, events = _audit(config, ring)
+        events["records"] = _incident_records(config)
         return {
             "service": {"ready": _ready(config)},
             "audit": audit,

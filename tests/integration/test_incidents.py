@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from compliance.evidence import generate_key, load_signing_key, write_bundle
-from tests.support.devserver import admin, call, dev_server
+from tests.support.devserver import admin, call, dev_server, scrape
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +123,29 @@ def test_an_incident_is_numbered_escalated_by_severity_and_every_change_audited(
         assert record["action"] == f"incident.{event['kind']}"
         assert record["actor"] == event["actor"] == "admin/admin"
     assert audited[shown["timeline"][2]["audit_sequence"]]["details"]["hosts"] == ["plugin-01"]
+    # Each open incident is a series the monitoring routes by escalation level.
+    exported = [
+        line
+        for line in scrape(server)[1].splitlines()
+        if line.startswith("securecore_incident_open{")
+    ]
+    assert any(
+        f'incident="{number}"' in line
+        and 'escalation_level="3"' in line
+        and 'team="crisis"' in line
+        and 'incident_severity="critical"' in line
+        and line.endswith(" 1.0")
+        for line in exported
+    ), exported
     second = opened(server, "low")
     assert second["id"].endswith("-0002") and second["escalation_level"] == 1
     listed = json.loads(incident(server, "list").stdout)
     assert [i["id"] for i in listed][:2] == [second["id"], number]
 
 
-def test_closing_needs_released_hosts_a_cause_and_verified_evidence(server, evidence) -> None:
+def test_closing_needs_released_hosts_a_cause_and_verified_evidence(
+    server, evidence, tmp_path
+) -> None:
     number = opened(server)["id"]
     incident(server, "action", number, "contain", "--host", "plugin-01")
     refused = incident(server, "close", number, "--summary", "done", check=False)
@@ -147,7 +163,12 @@ def test_closing_needs_released_hosts_a_cause_and_verified_evidence(server, evid
     for stage, bundle in (("eradication", "pass"), ("recovery", "pass again")):
         verified(server, number, stage, evidence[bundle], evidence["key"])
     incident(server, "action", number, "release", "--host", "plugin-01")
+    early = incident(server, "report", number, "--out", str(tmp_path), check=False)
+    assert (
+        early.returncode == 2 and "not closed: a post-incident report is made once" in early.stderr
+    )
     incident(server, "update", number, "--cause", "a leaked plugin key", "--fix", "key rotated")
+    incident(server, "update", number, "--follow-up", "<script>alert(1)</script> | pin the key")
     closed = json.loads(incident(server, "close", number, "--summary", "plugin-01 rebuilt").stdout)
     assert closed["phase"] == "closed" and closed["closing"]["by"] == "admin/admin"
     manifests = {
@@ -156,6 +177,19 @@ def test_closing_needs_released_hosts_a_cause_and_verified_evidence(server, evid
     }
     assert {v["artifact_sha256"] for v in closed["verifications"]} == manifests
     assert closed["verifications"][0]["checks_passed"] == 1
+    assert f'incident="{number}"' not in scrape(server)[1]  # closed: no longer exported
+    # The post-incident report: every part, in Markdown and HTML, the notes escaped.
+    incident(server, "report", number, "--out", str(tmp_path / "report"))
+    text = (tmp_path / "report" / f"{number}.md").read_text()
+    page = (tmp_path / "report" / f"{number}.html").read_text()
+    for part in ("Summary", "Timeline", "Scope", "Containment", "Backups and evidence"):
+        assert f"## {part}" in text and f"<h2>{part}</h2>" in page
+    for part in ("Cause", "Fixes", "Verification", "Follow-ups"):
+        assert f"## {part}" in text and f"<h2>{part}</h2>" in page
+    assert "| a leaked plugin key |" in text and "key rotated" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "\\| pin the key" in text  # a | in a note stays inside its cell
+    assert text.count("| yes |") == 2 and manifests.pop() in text
     after = incident(server, "update", number, "--note", "late", check=False)
     assert after.returncode == 2 and f"409 conflict: {number} is closed" in after.stderr
 

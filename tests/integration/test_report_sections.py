@@ -48,6 +48,14 @@ def test_sections_show_the_incidents_and_responses_of_a_real_service(tmp_path: P
         admin(server, "emergency-shutdown", "--reason", "plugin zone compromised")
         admin(server, "recover", "--note", "plugin-01 rebuilt")
         admin(server, "acl", "block", "127.0.0.9", "--reason", "scan", "--by", "alice")
+        fields = [
+            "--title=beaconing",
+            "--severity=high",
+            "--impact=compromise",
+            "--source=monitoring",
+        ]
+        number = json.loads(admin(server, "incident", "open", *fields).stdout)["id"]
+        admin(server, "incident", "action", number, "contain", "--host=plugin-01")
         facts = json.loads(admin(server, "facts").stdout)
     catalogs = load_catalogs()
     checks = load_checks(catalogs)
@@ -74,9 +82,24 @@ def test_sections_show_the_incidents_and_responses_of_a_real_service(tmp_path: P
         "Response status (last 24 hours)",
     ]
     incidents = sections["Incidents (last 24 hours)"].rows
-    assert [r[2] for r in incidents] == ["emergency.shutdown"]
+    assert [r[2:4] for r in incidents] == [
+        ["emergency.shutdown", "securecore"],
+        ["incident.open", number],
+    ]
+    # The incident records themselves: open, their phase, deadline and contained hosts.
+    assert sections["Incidents (last 24 hours)"].note.startswith(
+        f"Open incidents: {number} (high, beaconing): containment, respond by "
+    )
+    assert (
+        "contained: plugin-01. Closed in the period: none."
+        in sections["Incidents (last 24 hours)"].note
+    )
     responses = [r[2:4] for r in sections["Response status (last 24 hours)"].rows]
-    assert responses == [["emergency.recover", "securecore"], ["acl.block", "127.0.0.9"]]
+    assert responses == [
+        ["emergency.recover", "securecore"],
+        ["acl.block", "127.0.0.9"],
+        ["incident.action", number],
+    ]
     statistics = {
         (r[1], r[2]): int(r[3]) for r in sections["Alert statistics (last 24 hours)"].rows
     }
