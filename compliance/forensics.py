@@ -41,6 +41,7 @@ from securecore.incidents.model import HOST_PATTERN, ID
 KIND = "forensic"
 FORENSIC_FACTS_SCRIPT = Path(__file__).with_name("gather") / "forensic_facts.py"
 HOST_NAME = re.compile(HOST_PATTERN)
+COLLECT_SECONDS = 1800
 
 
 class ForensicsError(ComplianceError):
@@ -75,6 +76,8 @@ def write_forensic_bundle(
         if not HOST_NAME.fullmatch(facts.host):
             raise ForensicsError(f"host {facts.host!r}: not a name a bundle's file can have")
     directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    # The hosts' files first: one whose answer cannot be recorded is named in run.json.
+    files = {f"hosts/{facts.host}.json": _recordable(facts) for facts in gathered}
     run = {
         "kind": KIND,
         "incident": incident,
@@ -84,12 +87,21 @@ def write_forensic_bundle(
         "hosts": [{"host": f.host, "error": f.error, "seconds": f.seconds} for f in gathered],
         "previous": previous_bundle(directory),
     }
-    files = {"run.json": _json(run)}
-    for facts in gathered:
-        files[f"hosts/{facts.host}.json"] = _json(masked(facts.facts))
+    files["run.json"] = _json(run)
     return write_signed_bundle(
         directory / f"{now.strftime(BUNDLE_TIME)}-{KIND}", files, signing_key, now
     )
+
+
+def _recordable(facts: HostFacts) -> bytes:
+    """FACTS as the bundle's file, masked; what a host answered that cannot be recorded
+    (nested too deep, not text) becomes that host's error instead of failing the bundle."""
+    try:
+        return _json(masked(facts.facts))
+    except (ValueError, RecursionError, UnicodeError) as error:
+        facts.error = f"its answer could not be recorded ({type(error).__name__}: {error})"[:500]
+        facts.facts = {}
+        return _json({})
 
 
 def collect(
@@ -104,7 +116,14 @@ def collect(
     directory = series_directory(evidence_root, incident)
     if not hosts:
         raise ForensicsError("hosts: give the hosts to collect from")
-    gathered = gather(inventory, ",".join(hosts), forks=forks, script=FORENSIC_FACTS_SCRIPT)
+    # The host's own parts are bounded (forensic_facts.PART_SECONDS, ten minutes in all).
+    gathered = gather(
+        inventory,
+        ",".join(hosts),
+        forks=forks,
+        timeout=COLLECT_SECONDS,
+        script=FORENSIC_FACTS_SCRIPT,
+    )
     missing = sorted(set(hosts) - {f.host for f in gathered})
     if missing:
         raise ForensicsError(f"hosts: {', '.join(missing)} not in the inventory")

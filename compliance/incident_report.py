@@ -133,7 +133,8 @@ def _value(value: Any) -> str:
 
 
 def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    # Markdown renderers show inline HTML: the record's text is escaped there too.
+    return escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def title(record: dict[str, Any]) -> str:

@@ -95,10 +95,16 @@ def _counts(run: RunData, window: str, title: str) -> Section:
 def _with_records(section: Section, run: RunData, days: int) -> Section:
     """SECTION noting the incident records (the core's, REQ-IR-7) open now and those
     closed within DAYS: one record, whichever core host reported it."""
+    if not run.core_events():
+        section.note = "Incident records: unknown (no core host was gathered)."
+        return section
     records: dict[str, dict[str, Any]] = {}
     for events in run.core_events().values():
         for record in events.get("records", []):
-            records.setdefault(record["id"], record)
+            # Every core host of a shared database reports the same records; a copy that
+            # says closed is the later one (closing is final).
+            if record["id"] not in records or record["closed_at"] is not None:
+                records[record["id"]] = record
     since = run.now - datetime.timedelta(days=days)
     opened, closed = [], []
     for number, record in sorted(records.items()):

@@ -15,9 +15,14 @@ installed, nothing written. Prints one JSON object:
   changed in them;
 - firewall: the ruleset as nft lists it (no counters);
 - service: `securecore facts` where the core service is installed.
-Arguments that look like secrets (after --password, --token, ...; a NAME=VALUE whose
-name says so) are masked in command lines; the bundle masks secret-named fields again.
-Each part that fails is named in `_errors`, and the others are still collected.
+Secrets are masked in command lines (what follows --password, --token, ...; a
+NAME=VALUE whose name says so) and, by their form, in command lines and log lines (an
+Authorization header, password=..., a URL's password); each command line's unmasked
+SHA-256 is kept. The bundle masks secret-named fields again. Each part has its time
+(PART_SECONDS); one that fails or takes longer is named in `_errors`, and the others
+are still collected. What this prints is what the host says: root on the host can
+make it say anything, and the bundle's signature proves what the management host
+received from it, not that it is true.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import os
 import pwd
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +48,20 @@ SECURECORE_BIN = "/opt/securecore/current/venv/bin/securecore"
 SECURECORE_CONFIG = "/etc/securecore/securecore.toml"
 SOFTHSM_CONF = "/etc/securecore/softhsm2.conf"
 AIDE_LOGS = ("/var/log/aide/aide.log",)
+EXECUTABLE_BYTES = 512 * 1024 * 1024
+# Each part's time on the host: a part that takes longer is named in _errors, the others
+# are still collected (dpkg --verify reads every installed file).
+PART_SECONDS = {"integrity": 300}
+DEFAULT_PART_SECONDS = 120
+# Secrets by their form, wherever they appear in a line (a log's, a command's).
+SECRET_VALUES = [
+    (re.compile(r"(?i)(authorization:\s*(?:bearer|basic)\s+)\S+"), r"\1***"),
+    (
+        re.compile(r"(?i)\b((?:pass(?:word|phrase)?|token|secret|pin|api[_-]?key)\s*[=:]\s*)\S+"),
+        r"\1***",
+    ),
+    (re.compile(r"(\w+://[^/\s:@]+:)[^@\s/]+@"), r"\1***@"),
+]
 
 
 def run(*command: str, timeout: float = 60) -> str:
@@ -53,15 +73,24 @@ def run(*command: str, timeout: float = 60) -> str:
     return done.stdout
 
 
+def masked_line(line: str) -> str:
+    """LINE with secrets of a known form (an Authorization header, NAME=VALUE of a secret's
+    name, a URL's password) masked."""
+    for pattern, replacement in SECRET_VALUES:
+        line = pattern.sub(replacement, line)
+    return line
+
+
 def masked_command(arguments: list[str]) -> list[str]:
-    """ARGUMENTS with what follows a secret-named option, or a secret-named NAME=VALUE's
-    value, replaced by a mask."""
+    """ARGUMENTS with what follows a secret-named option, a secret-named NAME=VALUE's
+    value and secrets of a known form (masked_line) replaced by a mask."""
     shown, hide_next = [], False
     for argument in arguments:
-        if hide_next:
+        if hide_next and not argument.startswith("-"):
             shown.append(MASK)
             hide_next = False
             continue
+        hide_next = False
         name, equals, _ = argument.partition("=")
         if equals and SECRET.search(name):
             shown.append(f"{name}={MASK}")
@@ -69,8 +98,17 @@ def masked_command(arguments: list[str]) -> list[str]:
             shown.append(argument)
             hide_next = True
         else:
-            shown.append(argument)
+            shown.append(masked_line(argument))
     return shown
+
+
+def executable_hash(path: Path, size: int) -> str | None:
+    """The SHA-256 of the executable at PATH; None above EXECUTABLE_BYTES (a huge or
+    sparse file must not hold the collection up)."""
+    if size > EXECUTABLE_BYTES:
+        return None
+    with path.open("rb") as binary:
+        return hashlib.file_digest(binary, "sha256").hexdigest()
 
 
 def processes() -> list[dict]:
@@ -78,7 +116,7 @@ def processes() -> list[dict]:
         os.sysconf("SC_CLK_TCK"),
         time.time() - float(Path("/proc/uptime").read_text().split()[0]),
     )
-    hashes: dict[tuple[int, int], str] = {}
+    hashes: dict[tuple[int, int], str | None] = {}
     found = []
     for entry in sorted(
         Path("/proc").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0
@@ -86,13 +124,19 @@ def processes() -> list[dict]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            # A process's name and paths are whatever its user chose: bytes, decoded so
+            # that nothing it names can break the record (undecodable bytes as \xNN).
+            stat = (entry / "stat").read_bytes().decode(errors="backslashreplace")
             status = dict(
                 line.split(":", 1)
-                for line in (entry / "status").read_text().splitlines()
+                for line in (entry / "status")
+                .read_bytes()
+                .decode(errors="backslashreplace")
+                .splitlines()
                 if ":" in line
             )
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+            arguments = cmdline.split(b"\0")
         except OSError:
             continue  # ended meanwhile
         fields = stat.rsplit(")", 1)[1].split()
@@ -101,23 +145,28 @@ def processes() -> list[dict]:
             user = pwd.getpwuid(uid).pw_name
         except KeyError:
             user = str(uid)
+        command = [a.decode(errors="backslashreplace") for a in arguments if a]
         process = {
             "pid": int(entry.name),
             "ppid": int(fields[1]),
             "user": user,
             "name": stat[stat.index("(") + 1 : stat.rindex(")")],
-            "command": masked_command([a.decode(errors="replace") for a in arguments if a]),
+            "command": masked_command(command),
+            # What ran, unmasked, by its hash (of the kernel's copy: each argument
+            # ends in a NUL): a value the mask hides can still be shown to be the one
+            # suspected.
+            "command_sha256": hashlib.sha256(cmdline).hexdigest(),
             "started": round(boot + int(fields[19]) / ticks),
         }
         try:
-            target = str((entry / "exe").readlink())
-            process["exe"] = target.removesuffix(" (deleted)")
-            process["exe_deleted"] = target.endswith(" (deleted)")
+            link = os.fsencode((entry / "exe").readlink())
+            shown = link.decode(errors="backslashreplace")
+            process["exe"] = shown.removesuffix(" (deleted)")
+            process["exe_deleted"] = shown.endswith(" (deleted)")
             info = (entry / "exe").stat()
             identity = (info.st_dev, info.st_ino)
             if identity not in hashes:
-                with (entry / "exe").open("rb") as binary:
-                    hashes[identity] = hashlib.file_digest(binary, "sha256").hexdigest()
+                hashes[identity] = executable_hash(entry / "exe", info.st_size)
             process["exe_sha256"] = hashes[identity]
         except OSError:
             process["exe"] = None  # a kernel thread, or gone
@@ -156,8 +205,8 @@ def journal() -> dict:
     authentication = run(*asked, "SYSLOG_FACILITY=4", "SYSLOG_FACILITY=10")
     return {
         "hours": JOURNAL_HOURS,
-        "recent": recent.splitlines(),
-        "authentication": authentication.splitlines(),
+        "recent": [masked_line(line) for line in recent.splitlines()],
+        "authentication": [masked_line(line) for line in authentication.splitlines()],
     }
 
 
@@ -214,12 +263,20 @@ PARTS = {
 
 def main() -> int:
     facts: dict = {"host": socket.gethostname(), "collected_at": time.time(), "_errors": {}}
+
+    def too_long(signum: int, frame: object) -> None:
+        raise TimeoutError("took longer than its time")
+
+    signal.signal(signal.SIGALRM, too_long)
     for name, part in PARTS.items():
+        signal.alarm(PART_SECONDS.get(name, DEFAULT_PART_SECONDS))
         try:
             facts[name] = part()
         except Exception as error:  # one part failing leaves the others collected
             facts[name] = None
             facts["_errors"][name] = f"{type(error).__name__}: {error}"[:500]
+        finally:
+            signal.alarm(0)
     json.dump(facts, sys.stdout)
     return 0
 

@@ -169,7 +169,9 @@ def gather(
             else:
                 try:
                     result.facts = json.loads(answer.get("stdout", ""))
-                except ValueError:
+                    if not isinstance(result.facts, dict):
+                        raise ValueError("not an object")
+                except (ValueError, RecursionError):
                     # What the host's python3 said instead (a traceback's last lines,
                     # a killed process's nothing): the facts script prints no secrets.
                     said = (answer.get("stderr") or answer.get("stdout") or "").strip()

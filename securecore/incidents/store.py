@@ -315,8 +315,13 @@ class IncidentStore:
         )
 
     def open_incidents(self) -> list[dict[str, Any]]:
-        """Incidents not closed, for the metrics (severity, level, respond-by)."""
-        return [i for i in self.summaries() if i["phase"] != CLOSED]
+        """Incidents not closed, for the metrics (severity, level, respond-by): read at every
+        scrape, so only the open ones are read."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record FROM incidents WHERE phase != ? ORDER BY year, number", (CLOSED,)
+            ).fetchall()
+        return [_brief(json.loads(row[0])) for row in rows]
 
 
 def _response(severity: str, opened: float) -> dict[str, Any]:

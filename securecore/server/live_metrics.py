@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from cryptography import x509
 
 from securecore.audit.log import AuditLog
 from securecore.audit.writer_service import RemoteAuditLog
+from securecore.errors import SecureCoreError
 from securecore.incidents.store import IncidentStore
 from securecore.monitoring.metrics import LiveState
 from securecore.plugin_registry.registry import PluginRegistry
 from securecore.sessions.manager import SessionManager
 from securecore.tls import TLSPolicy
+
+log = logging.getLogger(__name__)
 
 
 def _certificate_ends(policy: TLSPolicy) -> dict[tuple[str, ...], float]:
@@ -25,6 +29,18 @@ def _certificate_ends(policy: TLSPolicy) -> dict[tuple[str, ...], float]:
             end = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after
             ends[(name,)] = end.timestamp()
     return ends
+
+
+def _open(incidents: IncidentStore | None) -> list[dict]:
+    """The open incidents; none while the state database cannot be read (the rest of
+    /metrics is still served, and the alert outlasts a gap: keep_firing_for)."""
+    if incidents is None:
+        return []
+    try:
+        return incidents.open_incidents()
+    except SecureCoreError as error:
+        log.warning("open incidents not exported: %s", error)
+        return []
 
 
 def witness_cosignatures(status: Path | None) -> dict[str, dict[tuple[str, ...], float]]:
@@ -77,7 +93,7 @@ def live_state(
                 i["team"],
                 i["respond_by"],
             ): 1.0
-            for i in (incidents.open_incidents() if incidents is not None else [])
+            for i in _open(incidents)
         }
 
     return LiveState(

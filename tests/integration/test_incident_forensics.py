@@ -42,11 +42,18 @@ def test_a_process_and_its_socket_are_in_a_signed_chained_bundle(
     port = listener.getsockname()[1]
     waiting = [sys.executable, "-c", "import time; time.sleep(300)"]
     sleeper = subprocess.Popen([*waiting, "--token", "s3cr3t-value", "password=hunter2"])
+    # A name that is no text (any user may give its process one): recorded, not fatal.
+    renamed = (
+        "import ctypes, time; ctypes.CDLL(None).prctl(15, b'\\xff\\xfeevil', 0, 0, 0); "
+        "time.sleep(300)"
+    )
+    hostile = subprocess.Popen([sys.executable, "-c", renamed])
     try:
         first = collected(inventory, tmp_path / "evidence", evidence_key)
         second = collected(inventory, tmp_path / "evidence", evidence_key)
     finally:
         sleeper.kill()
+        hostile.kill()
         listener.close()
     assert first.returncode == 0, first.stderr
     made = json.loads(first.stdout)
@@ -58,6 +65,12 @@ def test_a_process_and_its_socket_are_in_a_signed_chained_bundle(
     assert mine["exe"] == str(executable)
     assert mine["exe_sha256"] == hashlib.sha256(executable.read_bytes()).hexdigest()
     assert mine["command"] == [*waiting, "--token", "***", "password=***"]
+    raw = b"".join(
+        f"{a}\0".encode() for a in [*waiting, "--token", "s3cr3t-value", "password=hunter2"]
+    )
+    assert mine["command_sha256"] == hashlib.sha256(raw).hexdigest()
+    named = next(p for p in facts["processes"] if p["pid"] == hostile.pid)
+    assert named["name"] == "\\xff\\xfeevil"
     assert any(s["local"].endswith(f":{port}") and s["state"] == "LISTEN" for s in facts["sockets"])
     assert "s3cr3t-value" not in (bundle / "hosts" / "here.json").read_text()
     run = json.loads((bundle / "run.json").read_text())
