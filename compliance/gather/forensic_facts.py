@@ -57,10 +57,14 @@ DEFAULT_PART_SECONDS = 120
 SECRET_VALUES = [
     (re.compile(r"(?i)(authorization:\s*(?:bearer|basic)\s+)\S+"), r"\1***"),
     (
-        re.compile(r"(?i)\b((?:pass(?:word|phrase)?|token|secret|pin|api[_-]?key)\s*[=:]\s*)\S+"),
+        re.compile(
+            r"(?i)\b((?:pass(?:word|phrase)?|token|secret|pin|api[_-]?key)\s{0,8}[=:]\s{0,8})\S+"
+        ),
         r"\1***",
     ),
-    (re.compile(r"(\w+://[^/\s:@]+:)[^@\s/]+@"), r"\1***@"),
+    # Bounded: a command line is the user's to choose (128 kB an argument), and an
+    # unbounded \w+ before "://" would backtrack over all of it at every position.
+    (re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{0,31}://[^/\s:@]{1,256}:)[^@\s/]{1,256}@"), r"\1***@"),
 ]
 
 

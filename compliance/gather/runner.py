@@ -25,6 +25,8 @@ from typing import Any
 from compliance.errors import ComplianceError
 
 HOST_FACTS_SCRIPT = Path(__file__).with_name("host_facts.py")
+# The largest answer one host's gathering may give (the runner keeps it in memory).
+EVENT_BYTES = 256 * 1024 * 1024
 
 
 class GatherError(ComplianceError):
@@ -55,6 +57,9 @@ def _environment(inventory: Path) -> dict[str, str]:
     # fast as any; the project's ansible.cfg may name Mitogen's for its playbooks,
     # which would also ask sudo of a local host already running as root.
     env = {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_STRATEGY": "linear"}
+    # ansible-runner drops a task's whole result above MAX_EVENT_RES characters (700,000
+    # by default): a host's forensic facts (a day of its journal) are larger than that.
+    env["MAX_EVENT_RES"] = str(EVENT_BYTES)
     # Run from a project, its ansible.cfg (connection settings, known hosts) applies.
     config = os.environ.get("ANSIBLE_CONFIG") or next(
         (
@@ -166,6 +171,10 @@ def gather(
                 result.error = f"unreachable: {answer.get('msg', '')}".strip()
             elif kind == "runner_on_failed":
                 result.error = f"gathering failed: {answer.get('msg') or answer.get('stderr')}"
+            elif not answer:
+                result.error = (
+                    f"its answer was dropped by ansible-runner (over {EVENT_BYTES} characters)"
+                )
             else:
                 try:
                     result.facts = json.loads(answer.get("stdout", ""))

@@ -48,12 +48,16 @@ def test_a_process_and_its_socket_are_in_a_signed_chained_bundle(
         "time.sleep(300)"
     )
     hostile = subprocess.Popen([sys.executable, "-c", renamed])
+    # A command line of 1 MB: the host's answer is larger than ansible-runner keeps by
+    # default (700,000 characters), as a busy host's day of journal is.
+    long = subprocess.Popen([*waiting, *(["x" * 100_000] * 10)])
     try:
         first = collected(inventory, tmp_path / "evidence", evidence_key)
         second = collected(inventory, tmp_path / "evidence", evidence_key)
     finally:
         sleeper.kill()
         hostile.kill()
+        long.kill()
         listener.close()
     assert first.returncode == 0, first.stderr
     made = json.loads(first.stdout)
@@ -69,6 +73,7 @@ def test_a_process_and_its_socket_are_in_a_signed_chained_bundle(
         f"{a}\0".encode() for a in [*waiting, "--token", "s3cr3t-value", "password=hunter2"]
     )
     assert mine["command_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert any(p["pid"] == long.pid for p in facts["processes"])
     named = next(p for p in facts["processes"] if p["pid"] == hostile.pid)
     assert named["name"] == "\\xff\\xfeevil"
     assert any(s["local"].endswith(f":{port}") and s["state"] == "LISTEN" for s in facts["sockets"])

@@ -243,6 +243,8 @@ def test_a_contained_host_reaches_and_is_reached_by_nothing_but_ssh_and_its_logs
     assert checked.returncode == 0, checked.stdout + checked.stderr
     with tarfile.open(archives[0]) as bundle:
         name = archives[0].name.removesuffix(".tar.gz")
+        ran = json.load(bundle.extractfile(f"{name}/run.json"))
+        assert [h["error"] for h in ran["hosts"]] == [None], ran["hosts"]
         seen = json.load(bundle.extractfile(f"{name}/hosts/{CONTAINED}.json"))
         manifest = bundle.extractfile(f"{name}/manifest.json").read()
     flows = [p for p in seen["processes"] if "/tmp/incident-flow-out" in p["command"]]
