@@ -323,6 +323,35 @@ def test_revocation_is_permanent_and_reaches_the_crl(site: Path, tmp_path: Path)
     assert denied.returncode != 0 and "certificate revoked" in denied.stdout + denied.stderr
 
 
+def test_what_a_host_holds_is_revoked_by_the_ca_that_issued_each(
+    site: Path, tmp_path: Path
+) -> None:
+    """A host holds certificates of the site CA and of the database cluster's: given all
+    its serials, each CA revokes (key_compromise) those it issued and no other."""
+    database = tmp_path / "database-ca"
+    assert ca(database)["changed"]
+    (tmp_path / "host").mkdir()
+    client = issue(site, tmp_path / "host", "client", "client")
+    member = issue(database, tmp_path / "host", "database", "peer")
+    other = issue(site, tmp_path, "another-host", "client")
+    held = [client["serial"], member["serial"].upper()]  # as openssl prints them
+    check = ca(site, check=True, revoke_if_issued=held)
+    assert check["changed"] and client["serial"] not in check["revoked"]
+    done = {"site": ca(site, revoke_if_issued=held), "db": ca(database, revoke_if_issued=held)}
+    assert done["site"]["revoked"] == [client["serial"]]
+    assert done["db"]["revoked"] == [member["serial"]]
+    for result, signed in ((done["site"], client), (done["db"], member)):
+        crl = x509.load_pem_x509_crl(result["crl_pem"].encode())
+        entry = crl.get_revoked_certificate_by_serial_number(int(signed["serial"], 16))
+        assert entry is not None
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        assert reason.name == "key_compromise"
+        assert crl.get_revoked_certificate_by_serial_number(int(other["serial"], 16)) is None
+    assert ca(site, revoke_if_issued=held)["changed"] is False  # once
+    bad = ca(site, revoke_if_issued=["not-a-serial"])
+    assert bad.get("failed") and "serial 'not-a-serial' is not a hexadecimal" in bad["msg"]
+
+
 def test_every_ca_of_the_chain_has_a_crl_for_verifiers_that_check_them_all(
     site: Path, tmp_path: Path
 ) -> None:

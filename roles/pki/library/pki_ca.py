@@ -68,6 +68,17 @@ options:
     type: list
     elements: dict
     default: []
+  revoke_if_issued:
+    description:
+      - Serials (hex) to revoke if this CA issued them; the others are left to the site's other
+        CA. What a host holds is of either (the incident response's contained hosts).
+    type: list
+    elements: str
+    default: []
+  revoke_if_issued_reason:
+    description: The CRL reason of the revocations of I(revoke_if_issued).
+    type: str
+    default: key_compromise
 notes:
   - Supports check mode.
 author: SecureCore developers
@@ -139,6 +150,8 @@ def main() -> None:
             "crl_validity_days": {"type": "int", "default": 7},
             "crl_renew_before_days": {"type": "int", "default": 3},
             "revoke": {"type": "list", "elements": "dict", "default": []},
+            "revoke_if_issued": {"type": "list", "elements": "str", "default": []},
+            "revoke_if_issued_reason": {"type": "str", "default": "key_compromise"},
         },
         supports_check_mode=True,
     )

@@ -153,7 +153,15 @@ class CertificateAuthority:
                 return [*actions, "re-sign the CRL"]
             intermediate = self._create_intermediate(root, settings)
 
-        revoke_actions = self._record_revocations(settings.get("revoke") or [], check_mode)
+        requests = list(settings.get("revoke") or [])
+        # A host holds certificates of both of the site's CAs (the incident response
+        # revokes all a contained host holds): each CA takes those it issued.
+        requests += [
+            {"serial": serial, "reason": settings.get("revoke_if_issued_reason")}
+            for serial in settings.get("revoke_if_issued") or []
+            if self.issued(normalise_serial(serial)) is not None
+        ]
+        revoke_actions = self._record_revocations(requests, check_mode)
         actions += revoke_actions
         crl_reason = self._crl_problem(intermediate, settings)
         if revoke_actions or crl_reason:
