@@ -6,8 +6,10 @@ core through the edge. Once contained, plugin-01 reaches and is reached by
 nothing but SSH from the management networks and its journal to the collector,
 proved by real connections from the lab's hosts; the connection it had open is
 cut; the core keeps serving through the edge. The backup taken once it is
-contained is on the controller and verifies. Release leaves the ruleset exactly as
-it was. Bad requests are refused before anything changes.
+contained is on the controller and verifies. Its certificates are revoked: a copy of
+its key presented from another host is refused by the core hosts. Release leaves the
+ruleset exactly as it was and gives plugin-01 new keys and certificates. Bad requests
+are refused before anything changes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ SECURECORE = "/opt/securecore/current/venv/bin/securecore"
 CONFIG = "/etc/securecore/securecore.toml"
 TABLE = "securecore_quarantine"
 FLOW_SECONDS = 240
+STOLEN = "/tmp/incident-stolen/client"  # a copy of plugin-01's client key, on dmz-01
+REVOCATION_BOUND = 60  # seconds: the most the TLS policy's watch_seconds may be
 
 # Runs on a lab host for FLOW_SECONDS: a request (or a connection) every 0.3 s, each
 # outcome a line "TIME ok|fail WHY" in argv[1]. With a URL the requests share one
@@ -101,6 +105,24 @@ def ruleset(host) -> str:
     return host.check_output("nft --stateless list ruleset")
 
 
+def held(host) -> dict[str, str]:
+    """The serials (hex) of the certificates HOST holds with their keys."""
+    found = {}
+    for name in ("server", "client"):
+        out = host.check_output(f"openssl x509 -noout -serial -in {TLS}/{name}.pem")
+        found[name] = out.split("=", 1)[1].strip().lower().lstrip("0")
+    return found
+
+
+def refused_by_the_core(dmz, client: str) -> None:
+    """Both core hosts refuse CLIENT's certificate in the handshake, within the bound."""
+    for name in ("core-01", "core-02"):
+        deadline = time.monotonic() + REVOCATION_BOUND
+        while https(dmz, ip(name), "GET", "/v1/whoami", client=client)[0] != 0:
+            assert time.monotonic() < deadline, f"{name} still accepts {client}"
+            time.sleep(2)
+
+
 def start_flow(host, log: str, target: str, tls: bool = False) -> None:
     arguments = [log, target, str(FLOW_SECONDS)] + ([TLS] if tls else [])
     unit = f"securecore-test-flow-{uuid.uuid4().hex[:8]}"
@@ -125,6 +147,7 @@ def rules_before(hosts):
         "systemctl stop 'securecore-test-flow-*'"
     )
     hosts[CORE].run("systemctl stop 'securecore-test-flow-*'")
+    hosts["dmz-01"].run(f"rm -rf {STOLEN.rsplit('/', 1)[0]}")
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +191,18 @@ def test_bad_requests_are_refused_before_anything_changes(hosts, opened, rules_b
 def test_a_contained_host_reaches_and_is_reached_by_nothing_but_ssh_and_its_logs(
     hosts, opened, rules_before
 ) -> None:
-    plugin, core, mgmt = hosts[CONTAINED], hosts[CORE], hosts[MGMT]
+    plugin, core, mgmt, dmz = hosts[CONTAINED], hosts[CORE], hosts[MGMT], hosts["dmz-01"]
     zone_before = plugin.check_output("nft --stateless list table inet securecore")
+    # The attacker's copy of plugin-01's client key, used from another host: the core
+    # takes it in the handshake (and answers) until it is revoked.
+    for ext in ("pem", "key"):
+        copied = plugin.check_output(f"cat {TLS}/client.{ext}")
+        dmz.check_output(
+            f"install -d -m 0700 {STOLEN.rsplit('/', 1)[0]} && "
+            f"printf '%s\\n' {shlex.quote(copied)} > {STOLEN}.{ext}"
+        )
+    assert https(dmz, ip(CORE), "GET", "/v1/whoami", client=STOLEN)[0] != 0
+    serials = held(plugin)
     # A session of the plugin's principal, which containing it with revoke_sessions ends.
     status, session = https(plugin, ip(CORE), "POST", "/v1/sessions")
     assert status == 201, session
@@ -180,7 +213,13 @@ def test_a_contained_host_reaches_and_is_reached_by_nothing_but_ssh_and_its_logs
     time.sleep(2)
     contained_at = time.time()
     reason = "beaconing to 203.0.113.9 seen by the IDS"
-    extra = {"incident": opened, "hosts": [CONTAINED], "reason": reason, "revoke_sessions": True}
+    extra = {
+        "incident": opened,
+        "hosts": [CONTAINED],
+        "reason": reason,
+        "revoke_sessions": True,
+        "revoke_certificates": True,
+    }
     done = playbook("contain", extra)
     assert done.returncode == 0, done.stdout[-4000:]
     contained_by = time.time()
@@ -215,6 +254,13 @@ def test_a_contained_host_reaches_and_is_reached_by_nothing_but_ssh_and_its_logs
     answers = [request("GET", "/v1/whoami").status for _ in range(10)]
     assert answers == [200] * 10, answers
 
+    # Its certificates are revoked: the stolen key opens no core host.
+    refused_by_the_core(dmz, STOLEN)
+    revoked = json.loads((ROOT / "inventories/lab/.state/pki-ca/revoked.json").read_text())
+    compromised = {r["serial"] for r in revoked if r["reason"] == "key_compromise"}
+    assert set(serials.values()) <= compromised
+    assert held(plugin) == serials  # the contained host itself is left as it is
+
     # The zone's table is untouched; the quarantine is a table of its own.
     assert plugin.check_output("nft --stateless list table inet securecore") == zone_before
     assert f'comment "incident {opened}"' in plugin.check_output(f"nft list table inet {TABLE}")
@@ -224,8 +270,10 @@ def test_a_contained_host_reaches_and_is_reached_by_nothing_but_ssh_and_its_logs
     record = incident(hosts, "show", opened)
     assert record["phase"] == "containment" and record["contained_hosts"] == [CONTAINED]
     actions = [e["details"] for e in record["timeline"] if e["kind"] == "action"]
-    # Quarantined first, then backed up: nothing on the host can hold the containment up.
-    assert [a["action"] for a in actions][:2] == ["contain", "backup"]
+    # Quarantined first, then backed up: nothing on the host can hold the containment up;
+    # its certificates revoked once every host of the run is contained.
+    assert [a["action"] for a in actions][:3] == ["contain", "backup", "revoke"]
+    assert all(f"{name} {serial}" in actions[2]["summary"] for name, serial in serials.items())
     assert reason in actions[0]["summary"] and "plugin/plugin-01" in actions[0]["summary"]
     assert actions[0]["hosts"] == actions[1]["hosts"] == [CONTAINED]
     sessions = json.loads(core.check_output(f"{SECURECORE} sessions list --local -c {CONFIG}"))
@@ -280,12 +328,11 @@ def test_a_contained_host_reaches_and_is_reached_by_nothing_but_ssh_and_its_logs
 
 
 def test_containing_again_changes_nothing_and_another_incident_is_refused(hosts, opened) -> None:
-    again = playbook("contain", {"incident": opened, "hosts": [CONTAINED], "reason": "again"})
+    request = {"incident": opened, "hosts": [CONTAINED], "reason": "again"}
+    again = playbook("contain", {**request, "revoke_certificates": True})
     assert again.returncode == 0, again.stdout[-3000:]
-    assert {h: c["changed"] for h, c in recap(again.stdout).items()} == {
-        CONTAINED: 0,
-        "localhost": 0,
-    }
+    changed = {h: c["changed"] for h, c in recap(again.stdout).items()}
+    assert {CONTAINED, "localhost", CORE} <= set(changed) and set(changed.values()) == {0}, changed
     fields = {
         "title": "another",
         "severity": "low",
@@ -298,8 +345,11 @@ def test_containing_again_changes_nothing_and_another_incident_is_refused(hosts,
     assert f"{CONTAINED} is contained for {opened}, not {other['id']}" in refused.stdout
 
 
-def test_release_restores_the_zones_rules_exactly(hosts, opened, rules_before) -> None:
+def test_release_restores_the_zones_rules_exactly_and_new_certificates(
+    hosts, opened, rules_before
+) -> None:
     plugin = hosts[CONTAINED]
+    revoked = held(plugin)
     checked = playbook("release", {"incident": opened, "hosts": [CONTAINED]}, "--check")
     assert checked.returncode == 0 and recap(checked.stdout)[CONTAINED]["changed"] >= 1
     assert plugin.run(f"nft list table inet {TABLE}").rc == 0  # check mode changed nothing
@@ -310,9 +360,17 @@ def test_release_restores_the_zones_rules_exactly(hosts, opened, rules_before) -
     assert can_connect(plugin, ip(CORE), CORE_PORT, banner=False)
     assert can_connect(hosts[CORE], ip(CONTAINED), PLUGIN_PORT, banner=False)
     assert ruleset(plugin) == rules_before  # the diff is empty
+    # New keys and certificates in place of the revoked: the core takes plugin-01's, and
+    # the copy of its old key stays refused.
+    renewed = held(plugin)
+    assert not set(renewed.values()) & set(revoked.values()), (renewed, revoked)
+    assert https(plugin, ip(CORE), "GET", "/v1/whoami")[0] == 200
+    assert https(hosts["dmz-01"], ip(CORE), "GET", "/v1/whoami", client=STOLEN)[0] == 0
     record = incident(hosts, "show", opened)
     assert record["contained_hosts"] == []
-    assert record["timeline"][-1]["details"]["action"] == "release"
+    actions = [e["details"] for e in record["timeline"] if e["kind"] == "action"]
+    assert [a["action"] for a in actions][-2:] == ["release", "reissue"]
+    assert all(f"{name} {serial}" in actions[-1]["summary"] for name, serial in renewed.items())
     again = playbook("release", {"incident": opened, "hosts": [CONTAINED]})
     assert again.returncode == 0, again.stdout[-3000:]
     assert recap(again.stdout)[CONTAINED]["changed"] == 0
