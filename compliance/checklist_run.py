@@ -22,6 +22,7 @@ from typing import Any
 from compliance.attestations import Attesters, current, period_of
 from compliance.checklists import Checklist
 from compliance.engine import Result
+from compliance.markdown import cell
 from compliance.report_sections import Section, check_rationales, markdown_sections
 
 ORDER = ("error", "fail", "pending", "waived", "pass", "not_applicable")
@@ -127,8 +128,10 @@ def markdown(
             )
         elif item.status == "pending" or (item.attestation is None and not item.checks):
             how.append("attestation pending")
-        cell = "; ".join(how).replace("|", "\\|")
-        lines.append(f"| {item.id} {item.title} | **{item.status}** | {cell} | {item.source} |")
+        lines.append(
+            f"| {cell(f'{item.id} {item.title}')} | **{item.status}** | {cell('; '.join(how))} "
+            f"| {cell(item.source)} |"
+        )
     if results is not None:
         lines += markdown_sections([check_rationales(results)])
     problems = [(i.id, f) for i in items for f in i.failing]

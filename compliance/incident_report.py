@@ -16,7 +16,8 @@ from typing import Any
 
 from compliance.errors import ComplianceError
 from compliance.html_report import page_start, sections_html
-from compliance.report_sections import Section
+from compliance.markdown import cell
+from compliance.report_sections import Section, markdown_sections
 
 
 class IncidentReportError(ComplianceError):
@@ -132,26 +133,12 @@ def _value(value: Any) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _cell(text: object) -> str:
-    # Markdown renderers show inline HTML: the record's text is escaped there too.
-    return escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
-
-
 def title(record: dict[str, Any]) -> str:
     return f"Post-incident report: {record['id']}"
 
 
 def markdown(record: dict[str, Any]) -> str:
-    lines = [f"# {_cell(title(record))}"]
-    for section in sections(record):
-        lines += ["", f"## {section.title}", ""]
-        if not section.rows:
-            lines.append(f"_{section.empty}_")
-            continue
-        lines.append("| " + " | ".join(map(_cell, section.columns)) + " |")
-        lines.append("|" + "---|" * len(section.columns))
-        lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in section.rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join([f"# {cell(title(record))}", *markdown_sections(sections(record))]) + "\n"
 
 
 def html(record: dict[str, Any]) -> str:

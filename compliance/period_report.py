@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from compliance import __version__
 from compliance.controls import JUDGEMENT
+from compliance.markdown import cell
 from compliance.period import (
     BEFORE_KEPT,
     DAY_STATUSES,
@@ -103,10 +104,6 @@ def _at(text: str) -> str:
         return text
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def markdown(report: PeriodReport) -> str:
     lines = [report.verdict()]
     for block in blocks(report):
@@ -125,7 +122,7 @@ def _markdown(block: Block, until: datetime.datetime) -> list[str]:
         return [
             "| " + " | ".join(block.columns) + " |",
             "|" + " --- |" * len(block.columns),
-            *("| " + " | ".join(_cell(c) for c in row) + " |" for row in block.rows),
+            *("| " + " | ".join(cell(c) for c in row) + " |" for row in block.rows),
         ]
     if isinstance(block, Bullets):
         return [f"- {item}" for item in block.items] or [f"_{block.empty}_"]

@@ -24,6 +24,7 @@ from typing import Any
 from compliance.catalog import Catalog
 from compliance.checks import Check
 from compliance.controls import JUDGEMENT, NOT_APPLICABLE, SATISFIED, controls_in_run
+from compliance.markdown import cell
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -398,8 +399,7 @@ def markdown_sections(sections: list[Section]) -> list[str]:
             lines.append("| " + " | ".join(section.columns) + " |")
             lines.append("|" + " --- |" * len(section.columns))
             for row in section.rows:
-                cells = [str(c).replace("|", "\\|").replace("\n", " ") for c in row]
-                lines.append("| " + " | ".join(cells) + " |")
+                lines.append("| " + " | ".join(cell(c) for c in row) + " |")
         else:
             lines.append(f"_{section.empty}_")
         if section.note:

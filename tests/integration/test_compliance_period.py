@@ -112,7 +112,7 @@ def test_the_report_states_each_exception_against_its_deadline(reported) -> None
         "| 2025-07-21 09:00 UTC (passed, bundle 20250721T090000.000000Z-daily) | 20 d "
         "| 30 d (REQ-HARD-12's deadline for medium severity, for a check without its own) "
         "| within | 10 fail, 10 waived | approved by ciso until 2025-07-10 (AIDE database "
-        "rebuilt after the upgrade <img src=x onerror=alert(1)>): waived 10 runs, "
+        "rebuilt after the upgrade &lt;img src=x onerror=alert(1)&gt;): waived 10 runs, "
         "2025-07-01 09:00 UTC to 2025-07-10 09:00 UTC; expired during the episode: not waived "
         "from 2025-07-11 09:00 UTC (10 runs) |"
     )
@@ -142,11 +142,13 @@ def test_the_report_states_the_attestations_and_the_key_rotation(reported) -> No
         "recorded only in the later run 20250820T150000.000000Z-daily: backdated, not counted "
         "(a signed pending result stands) |"
     ) in report
-    # A note is a cell of its own, whatever it says.
+    # A note is a cell of its own, whatever it says, and its HTML is text (Markdown
+    # renderers show inline HTML).
     assert (
         "| daily.security_alerts | alice | 2025-09-01 08:00 UTC | 2025-09-01 09:00 UTC "
-        '| handled <script>alert("note")</script> \\| a forged column | none |'
+        '| handled &lt;script&gt;alert("note")&lt;/script&gt; \\| a forged column | none |'
     ) in report
+    assert "<script>" not in report
     pending = report.split("### Pending past their due time", 1)[1].split("###", 1)[0]
     assert pending.count("\n| daily.") == 1  # that one, and no other
     assert (
