@@ -323,33 +323,68 @@ def test_revocation_is_permanent_and_reaches_the_crl(site: Path, tmp_path: Path)
     assert denied.returncode != 0 and "certificate revoked" in denied.stdout + denied.stderr
 
 
-def test_what_a_host_holds_is_revoked_by_the_ca_that_issued_each(
+def test_a_held_host_loses_every_certificate_issued_to_it_and_is_issued_nothing(
     site: Path, tmp_path: Path
 ) -> None:
-    """A host holds certificates of the site CA and of the database cluster's: given all
-    its serials, each CA revokes (key_compromise) those it issued and no other."""
+    """Holding a contained host: the CAs revoke, from their own records, every unexpired
+    certificate they issued to it (a renewal's predecessor on the same key too, the
+    database CA's as well) and no other host's; they issue it nothing until it is
+    released, and its stolen key never again."""
     database = tmp_path / "database-ca"
     assert ca(database)["changed"]
-    (tmp_path / "host").mkdir()
-    client = issue(site, tmp_path / "host", "client", "client")
-    member = issue(database, tmp_path / "host", "database", "peer")
-    other = issue(site, tmp_path, "another-host", "client")
-    held = [client["serial"], member["serial"].upper()]  # as openssl prints them
-    check = ca(site, check=True, revoke_if_issued=held)
-    assert check["changed"] and client["serial"] not in check["revoked"]
-    done = {"site": ca(site, revoke_if_issued=held), "db": ca(database, revoke_if_issued=held)}
-    assert done["site"]["revoked"] == [client["serial"]]
-    assert done["db"]["revoked"] == [member["serial"]]
-    for result, signed in ((done["site"], client), (done["db"], member)):
-        crl = x509.load_pem_x509_crl(result["crl_pem"].encode())
-        entry = crl.get_revoked_certificate_by_serial_number(int(signed["serial"], 16))
-        assert entry is not None
+    host = tmp_path / "plugin-01"
+    host.mkdir()
+    spiffe = {"uris": ["spiffe://securecore/plugin/plugin-01"]}
+    asked = request(host, "client", "client", common_name="plugin-01", **spiffe)
+    before = sign(site, asked["csr"], "plugin-01", "client", **spiffe)  # renewed: same key
+    client = sign(site, asked["csr"], "plugin-01", "client", **spiffe)
+    (host / "client.pem").write_text(client["chain_pem"])
+    server = sign(site, request(host, "server")["csr"], "plugin-01", dns_names=["plugin-01"])
+    peer = request(host, "database", "peer", common_name="database/plugin-01")
+    member = sign(database, peer["csr"], "database/plugin-01", "peer")
+    others = [issue(site, tmp_path, name, "client")["serial"] for name in ("plugin-011", "core-01")]
+
+    check = ca(site, check=True, hold_hosts=["plugin-01"])
+    assert check["changed"] and check["revoked"] == [] and check["held"] == []
+    held = {
+        "site": ca(site, hold_hosts=["plugin-01"]),
+        "db": ca(database, hold_hosts=["plugin-01"]),
+    }
+    mine = sorted(c["serial"] for c in (before, client, server))
+    assert held["site"]["revoked"] == mine and held["site"]["held"] == ["plugin-01"]
+    assert held["site"]["revoked_for"] == {"plugin-01": mine}
+    assert held["db"]["revoked_for"] == {"plugin-01": [member["serial"]]}
+    crl = x509.load_pem_x509_crl(held["site"]["crl_pem"].encode())
+    for serial in mine:
+        entry = crl.get_revoked_certificate_by_serial_number(int(serial, 16))
         reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
         assert reason.name == "key_compromise"
-        assert crl.get_revoked_certificate_by_serial_number(int(other["serial"], 16)) is None
-    assert ca(site, revoke_if_issued=held)["changed"] is False  # once
-    bad = ca(site, revoke_if_issued=["not-a-serial"])
-    assert bad.get("failed") and "serial 'not-a-serial' is not a hexadecimal" in bad["msg"]
+    assert all(crl.get_revoked_certificate_by_serial_number(int(s, 16)) is None for s in others)
+    assert ca(site, hold_hosts=["plugin-01"])["changed"] is False  # once
+
+    # Held: nothing is issued to it, whatever key it offers.
+    fresh = request(tmp_path / "plugin-01", "fresh", "client", common_name="plugin-01")
+    refused = sign(site, fresh["csr"], "plugin-01", "client", **spiffe)
+    assert refused.get("failed") and "plugin-01 is held by this CA" in refused["msg"]
+    # Released: a new key is certified, the stolen one never again.
+    assert ca(site, release_hosts=["plugin-01"])["held"] == []
+    stolen = sign(site, asked["csr"], "plugin-01", "client", **spiffe)
+    assert stolen.get("failed") and "revoked for key compromise: make a new key" in stolen["msg"]
+    assert "certificate_pem" in sign(site, fresh["csr"], "plugin-01", "client", **spiffe)
+    # The holder of a revoked certificate makes a new key for its next one.
+    key = (host / "client.key").read_bytes()
+    renewing = request(
+        host,
+        "client",
+        "client",
+        common_name="plugin-01",
+        issuer=(site / "intermediate-ca.pem").read_text(),
+        crl=held["site"]["crl_pem"],
+        **spiffe,
+    )
+    assert renewing["needs_certificate"] and "it is revoked" in renewing["reasons"]
+    assert (host / "client.key").read_bytes() != key
+    assert "certificate_pem" in sign(site, renewing["csr"], "plugin-01", "client", **spiffe)
 
 
 def test_every_ca_of_the_chain_has_a_crl_for_verifiers_that_check_them_all(

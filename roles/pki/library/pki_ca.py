@@ -68,17 +68,20 @@ options:
     type: list
     elements: dict
     default: []
-  revoke_if_issued:
+  hold_hosts:
     description:
-      - Serials (hex) to revoke if this CA issued them; the others are left to the site's other
-        CA. What a host holds is of either (the incident response's contained hosts).
+      - Hosts the CA holds (contained hosts): every unexpired certificate it issued to each
+        (by its records, not the host's word) is revoked for key compromise, and it issues
+        each nothing until released. A certificate is issued to HOST when its common name is
+        HOST or ends in /HOST, a DNS name is HOST or HOST.DOMAIN, or a URI ends in /HOST.
     type: list
     elements: str
     default: []
-  revoke_if_issued_reason:
-    description: The CRL reason of the revocations of I(revoke_if_issued).
-    type: str
-    default: key_compromise
+  release_hosts:
+    description: Held hosts the CA issues certificates to again (their revocations stay).
+    type: list
+    elements: str
+    default: []
 notes:
   - Supports check mode.
 author: SecureCore developers
@@ -117,6 +120,15 @@ revoked:
   description: Serials (hex) of every revoked certificate.
   returned: always
   type: list
+held:
+  description: The hosts the CA holds (issues nothing to).
+  returned: always
+  type: list
+revoked_for:
+  description: For each host of I(hold_hosts) and I(release_hosts), the serials of the revoked
+    unexpired certificates issued to it.
+  returned: always
+  type: dict
 actions:
   description: What was (or in check mode would be) done.
   returned: always
@@ -150,8 +162,8 @@ def main() -> None:
             "crl_validity_days": {"type": "int", "default": 7},
             "crl_renew_before_days": {"type": "int", "default": 3},
             "revoke": {"type": "list", "elements": "dict", "default": []},
-            "revoke_if_issued": {"type": "list", "elements": "str", "default": []},
-            "revoke_if_issued_reason": {"type": "str", "default": "key_compromise"},
+            "hold_hosts": {"type": "list", "elements": "str", "default": []},
+            "release_hosts": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -172,14 +184,15 @@ def main() -> None:
     authority = CertificateAuthority(params["path"], params["passphrase"], params["kdf_iterations"])
     try:
         actions = authority.ensure(params, module.check_mode)
+        result = {
+            "changed": bool(actions),
+            "actions": actions,
+            "revoked": sorted(authority.revocations()),
+            "held": sorted(authority.held()),
+            "revoked_for": authority.revoked_for(params["hold_hosts"] + params["release_hosts"]),
+        }
     except (PkiError, OSError) as error:
         module.fail_json(msg=f"pki_ca {params['path']}: {error}")
-
-    result = {
-        "changed": bool(actions),
-        "actions": actions,
-        "revoked": sorted(authority.revocations()),
-    }
     root, intermediate = authority.root, authority.intermediate
     if root is not None and intermediate is not None and os.path.exists(authority.file("crl.pem")):
         for name, key in (("crl.pem", "crl_pem"), ("root-crl.pem", "root_crl_pem")):

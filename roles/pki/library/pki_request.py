@@ -66,7 +66,7 @@ options:
     description: PEM of the CA that must have issued the certificate (the intermediate).
     type: str
   crl:
-    description: PEM of the issuer's CRL; a certificate listed in it is replaced.
+    description: PEM of the issuer's CRL; a certificate listed in it is replaced, on a new key.
     type: str
   renew_before_days:
     description: A certificate with fewer days left than this is renewed (REQ-PKI-4, 3 months).
@@ -232,6 +232,14 @@ def main() -> None:
             )
             if params["crl"] and is_revoked(current, params["crl"]):
                 reasons.append("it is revoked")
+                # Its key may be what was stolen (the CA certifies a key revoked for
+                # compromise never again): the new certificate gets a new key.
+                changed = True
+                actions.append("generate a new private key (the certificate is revoked)")
+                key = None
+                if not module.check_mode:
+                    key = generate_key()
+                    write_atomically(key_path, private_key_pem(key), KEY_MODE, (uid, gid))
     except (PkiError, OSError, ValueError) as error:
         module.fail_json(msg=f"pki_request {cert_path}: {error}")
 

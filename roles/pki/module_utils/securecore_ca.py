@@ -8,6 +8,7 @@ Layout of the directory (mode 0700):
                                      never revoked); verifiers that check every CA of
                                      the chain (PostgreSQL) need one for the root too
   revoked.json                       every revocation ever made (revocation is permanent)
+  held.json                          hosts the CA issues nothing to (contained hosts)
   issued/SERIAL.pem                  every certificate issued, like OpenSSL's newcerts
 """
 
@@ -36,6 +37,7 @@ from ansible.module_utils.securecore_pki import (
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 # Certificates start slightly in the past so that hosts whose clocks lag a
 # little (chrony keeps them within seconds) accept them at once.
@@ -60,6 +62,38 @@ def normalise_serial(value) -> str:
     if not re.fullmatch(r"[0-9a-f]+", text):
         raise PkiError(f"serial {value!r} is not a hexadecimal certificate serial number")
     return text.lstrip("0") or "0"
+
+
+def names_host(subject: x509.Name, sans: list, host: str) -> bool:
+    """Whether a certificate of SUBJECT and SANS (x509 general names) is one the site's PKI
+    issues to HOST: its common name is HOST or ends in /HOST (database/HOST,
+    monitoring/HOST), a DNS name is HOST or HOST.DOMAIN, or a URI ends in /HOST
+    (spiffe://TRUST-DOMAIN/ZONE/HOST)."""
+    names = [str(a.value) for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    dns = [n.value for n in sans if isinstance(n, x509.DNSName)]
+    uris = [n.value for n in sans if isinstance(n, x509.UniformResourceIdentifier)]
+    return (
+        any(n == host or n.endswith("/" + host) for n in names)
+        or any(n == host or n.startswith(host + ".") for n in dns)
+        or any(n.endswith("/" + host) for n in uris)
+    )
+
+
+def _sans(cert: x509.Certificate) -> list:
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def spki_sha256(public_key) -> str:
+    """The SHA-256 of a public key's SubjectPublicKeyInfo: a key, whatever certifies it."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return digest.finalize().hex()
 
 
 def _read_certificate(path: str) -> x509.Certificate | None:
@@ -101,19 +135,46 @@ class CertificateAuthority:
             except ValueError as error:
                 raise PkiError(f"{path}: not a PEM CRL") from error
 
-    def revocations(self) -> dict[str, dict]:
-        path = self.file("revoked.json")
+    def _json(self, name: str, empty):
+        path = self.file(name)
         if not os.path.exists(path):
-            return {}
+            return empty
         with open(path, encoding="utf-8") as handle:
             try:
-                entries = json.load(handle)
+                return json.load(handle)
             except ValueError as error:
                 raise PkiError(f"{path}: not valid JSON ({error})") from error
-        return {entry["serial"]: entry for entry in entries}
+
+    def revocations(self) -> dict[str, dict]:
+        return {entry["serial"]: entry for entry in self._json("revoked.json", [])}
 
     def issued(self, serial: str) -> x509.Certificate | None:
         return _read_certificate(self.file(f"issued/{serial}.pem"))
+
+    def issued_to(self, host: str) -> dict[str, x509.Certificate]:
+        """{serial: certificate} of every unexpired certificate issued to HOST, renewed
+        ones included (a renewal keeps the key: the earlier certificate still proves it)."""
+        directory = self.file("issued")
+        if not os.path.isdir(directory):
+            return {}
+        now = utcnow()
+        found = {}
+        for name in sorted(os.listdir(directory)):
+            cert = _read_certificate(os.path.join(directory, name))
+            if cert is None or not_after(cert) <= now:
+                continue
+            if names_host(cert.subject, _sans(cert), host):
+                found[name.removesuffix(".pem")] = cert
+        return found
+
+    def held(self) -> dict[str, dict]:
+        """{host: {since, ...}}: the hosts the CA issues nothing to."""
+        return self._json("held.json", {})
+
+    def revoked_for(self, hosts: list[str]) -> dict[str, list[str]]:
+        """{host: serials}: the revoked unexpired certificates issued to each of HOSTS."""
+        revoked = self.revocations()
+        return {host: sorted(set(self.issued_to(host)) & set(revoked)) for host in hosts}
 
     # --- the CA certificates --------------------------------------------------
 
@@ -153,13 +214,14 @@ class CertificateAuthority:
                 return [*actions, "re-sign the CRL"]
             intermediate = self._create_intermediate(root, settings)
 
+        actions += self._record_holds(settings, check_mode)
         requests = list(settings.get("revoke") or [])
-        # A host holds certificates of both of the site's CAs (the incident response
-        # revokes all a contained host holds): each CA takes those it issued.
+        # A held host's keys count as stolen: every unexpired certificate the CA issued to
+        # it is revoked, found in the CA's own records - never in what the host says.
         requests += [
-            {"serial": serial, "reason": settings.get("revoke_if_issued_reason")}
-            for serial in settings.get("revoke_if_issued") or []
-            if self.issued(normalise_serial(serial)) is not None
+            {"serial": serial, "reason": "key_compromise"}
+            for host in settings.get("hold_hosts") or []
+            for serial in self.issued_to(host)
         ]
         revoke_actions = self._record_revocations(requests, check_mode)
         actions += revoke_actions
@@ -260,12 +322,30 @@ class CertificateAuthority:
                 "reason": reason,
                 "revoked_at": utcnow().isoformat(timespec="seconds"),
             }
+            if reason == "key_compromise":
+                # The key itself is stolen: no certificate for it is issued again.
+                recorded[serial]["spki_sha256"] = spki_sha256(self.issued(serial).public_key())
             actions.append(f"revoke {serial} ({reason})")
         if actions and not check_mode:
             entries = sorted(recorded.values(), key=lambda entry: entry["revoked_at"])
             write_atomically(
                 self.file("revoked.json"), json.dumps(entries, indent=2).encode(), 0o644
             )
+        return actions
+
+    def _record_holds(self, settings: dict, check_mode: bool) -> list[str]:
+        held = self.held()
+        actions = []
+        for host in settings.get("hold_hosts") or []:
+            if host not in held:
+                held[host] = {"since": utcnow().isoformat(timespec="seconds")}
+                actions.append(f"hold {host} (issue it nothing)")
+        for host in settings.get("release_hosts") or []:
+            if host in held:
+                del held[host]
+                actions.append(f"release {host}")
+        if actions and not check_mode:
+            write_atomically(self.file("held.json"), json.dumps(held, indent=2).encode(), 0o644)
         return actions
 
     def _crl_problem(self, intermediate: x509.Certificate, settings: dict) -> str:
@@ -335,6 +415,22 @@ class CertificateAuthority:
 
     # --- issuing leaf certificates -----------------------------------------------
 
+    def _refuse_held(self, subject: x509.Name, sans: list, public_key) -> None:
+        """A contained host is issued nothing, and a stolen key is certified never again."""
+        for host, hold in self.held().items():
+            if names_host(subject, sans, host):
+                raise PkiError(
+                    f"{host} is held by this CA since {hold.get('since')} (a contained host: "
+                    "release it first, playbooks/incident/release.yml)"
+                )
+        digest = spki_sha256(public_key)
+        for entry in self.revocations().values():
+            if entry.get("spki_sha256") == digest:
+                raise PkiError(
+                    f"csr: its key is that of certificate {entry['serial']}, revoked for key "
+                    "compromise: make a new key"
+                )
+
     def sign(
         self,
         csr_pem: str,
@@ -365,6 +461,7 @@ class CertificateAuthority:
             or public_key.curve.name != "secp256r1"
         ):
             raise PkiError("csr: the key is not an ECDSA P-256 key")
+        self._refuse_held(subject, sans, public_key)
         intermediate = self.intermediate
         if intermediate is None:
             raise PkiError(f"{self.path}: no intermediate CA yet (run the CA step first)")
