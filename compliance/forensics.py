@@ -18,9 +18,12 @@ secret-named options on the host already.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import getpass
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,26 +74,38 @@ def write_forensic_bundle(
     now: datetime.datetime | None = None,
 ) -> Path:
     """A new signed bundle of GATHERED in DIRECTORY, following its newest bundle."""
-    now = now or datetime.datetime.now(datetime.UTC)
     for facts in gathered:
         if not HOST_NAME.fullmatch(facts.host):
             raise ForensicsError(f"host {facts.host!r}: not a name a bundle's file can have")
     directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     # The hosts' files first: one whose answer cannot be recorded is named in run.json.
     files = {f"hosts/{facts.host}.json": _recordable(facts) for facts in gathered}
-    run = {
-        "kind": KIND,
-        "incident": incident,
-        "tool": f"compliance {__version__}",
-        "by": getpass.getuser(),
-        "collected_at": now.isoformat(),
-        "hosts": [{"host": f.host, "error": f.error, "seconds": f.seconds} for f in gathered],
-        "previous": previous_bundle(directory),
-    }
-    files["run.json"] = _json(run)
-    return write_signed_bundle(
-        directory / f"{now.strftime(BUNDLE_TIME)}-{KIND}", files, signing_key, now
-    )
+    with _chain_lock(directory):
+        # Inside the lock: the predecessor and the time that orders this bundle after it.
+        now = now or datetime.datetime.now(datetime.UTC)
+        run = {
+            "kind": KIND,
+            "incident": incident,
+            "tool": f"compliance {__version__}",
+            "by": getpass.getuser(),
+            "collected_at": now.isoformat(),
+            "hosts": [{"host": f.host, "error": f.error, "seconds": f.seconds} for f in gathered],
+            "previous": previous_bundle(directory),
+        }
+        files["run.json"] = _json(run)
+        return write_signed_bundle(
+            directory / f"{now.strftime(BUNDLE_TIME)}-{KIND}", files, signing_key, now
+        )
+
+
+@contextmanager
+def _chain_lock(directory: Path) -> Iterator[None]:
+    """One writer at a time on an incident's chain: two collections at once would both
+    name the same predecessor, and the chain would fork. The lock file lies beside the
+    series, which holds bundles and their archives only."""
+    with directory.with_name(f".{directory.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _recordable(facts: HostFacts) -> bytes:
